@@ -1,0 +1,70 @@
+// The LibTorch functional API: quest::attention(q, k, v, options) over (B, H, N, D) tensors.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "quest/kind.h"
+#include "quest/problem.h"
+
+namespace quest {
+
+// Which implementation computes attention. `automatic` picks the fastest available path and can be
+// overridden for a whole process with QUEST_ATTENTION_BACKEND=reference|composite.
+enum class Backend { automatic, reference, composite };
+std::string to_string(Backend backend);
+std::optional<Backend> parse_backend(std::string_view name);
+// The backend `automatic` resolves to now (reads QUEST_ATTENTION_BACKEND).
+Backend resolve(Backend backend);
+
+struct AttentionOptions {
+  AttentionOptions(Kind kind = Kind::quest) : kind_(kind) {}
+  TORCH_ARG(Kind, kind);
+  // Logit scale; default: default_scale(kind, Dk). Ignored where head_scale is given.
+  TORCH_ARG(std::optional<double>, scale) = std::nullopt;
+  // (H) learnable per-head logit scale (qknorm). Gradients flow to it.
+  TORCH_ARG(torch::Tensor, head_scale) = {};
+  // (Dk) affine of the per-head LayerNorm (qk_layernorm); undefined = weight 1 / bias 0.
+  TORCH_ARG(torch::Tensor, q_norm_weight) = {};
+  TORCH_ARG(torch::Tensor, q_norm_bias) = {};
+  TORCH_ARG(torch::Tensor, k_norm_weight) = {};
+  TORCH_ARG(torch::Tensor, k_norm_bias) = {};
+  TORCH_ARG(double, l2_eps) = 1e-6;         // x / max(|x|, l2_eps)
+  TORCH_ARG(double, layernorm_eps) = 1e-5;
+  // Query i sees key j only if j <= i (top-left aligned, as torch's is_causal).
+  TORCH_ARG(bool, causal) = false;
+  // (B, Nk) bool, true = padding, ignored by every query (torch::nn::MultiheadAttention's convention).
+  TORCH_ARG(torch::Tensor, key_padding_mask) = {};
+  // Dropout on the attention weights; applied only when training is true.
+  TORCH_ARG(double, dropout) = 0.0;
+  TORCH_ARG(bool, training) = false;
+  // Dropout seed; default: drawn from torch's global generator (so torch::manual_seed fixes it).
+  TORCH_ARG(std::optional<uint64_t>, seed) = std::nullopt;
+  TORCH_ARG(Backend, backend) = Backend::automatic;
+  // Reject NaN/Inf in q, k, v and the parameters with an error naming the tensor (one O(N*D) pass).
+  TORCH_ARG(bool, check_finite) = true;
+};
+
+struct AttentionOutput {
+  torch::Tensor output;   // (B, H, Nq, Dv)
+  torch::Tensor weights;  // (B, H, Nq, Nk), before dropout, detached; only if asked for
+  std::optional<HeadDiagnostics> diagnostics;  // only if asked for
+};
+
+// O = softmax(S) V with S from the kind's formula. Differentiable in q, k, v and the parameters.
+torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                        const AttentionOptions& options = {});
+
+// As attention(), optionally also returning the attention weights (materialised: for inspection
+// only) and per-head diagnostics (computed in the same pass, no extra N x N buffer).
+AttentionOutput attention_forward(const torch::Tensor& q, const torch::Tensor& k,
+                                  const torch::Tensor& v, const AttentionOptions& options,
+                                  bool need_weights, bool need_diagnostics);
+
+// Diagnostics as a printable table, one row per head.
+std::string format_diagnostics(const HeadDiagnostics& diagnostics);
+
+}  // namespace quest

@@ -1,0 +1,20 @@
+// The math reference: plain loops, accumulating in double, forward and backward for every kind.
+// Slow on purpose and kept forever as the oracle every faster path is tested against.
+#pragma once
+
+#include "quest/problem.h"
+
+namespace quest::reference {
+
+// out: (B, H, Nq, Dv). lse: B*H*Nq contiguous, the per-row logsumexp of the logits (-inf for a row
+// that sees no key; its output row is zero). diagnostics: optional, B*H partials.
+template <typename T>
+void forward(const AttentionArgs<T>& args, View4<T> out, T* lse,
+             HeadDiagnosticsPartial* diagnostics = nullptr);
+
+// dout: (B, H, Nq, Dv); lse from forward. Rows that see no key get zero gradient.
+template <typename T>
+void backward(const AttentionArgs<T>& args, View4<const T> dout, const T* lse,
+              const AttentionGrads<T>& grads);
+
+}  // namespace quest::reference

@@ -1,0 +1,11 @@
+// One function per `quest <command>`: each registers its options on the CLI11 app.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace quest::cli {
+
+void add_demo(CLI::App& app);
+void add_info(CLI::App& app);
+
+}  // namespace quest::cli

@@ -1,0 +1,96 @@
+// quest demo: every attention kind on one random batch — agreement of the paths, diagnostics,
+// and a rough timing. quest info: BLAS and threads.
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+
+#include "commands.h"
+#include "quest/quest.h"
+
+namespace quest::cli {
+namespace {
+
+struct DemoConfig {
+  int64_t batch = 8, heads = 4, tokens = 65, head_dim = 32;
+  uint64_t seed = 0;
+  int repeats = 5;
+};
+
+double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
+  return (a - b).abs().max().item<double>();
+}
+
+// Median milliseconds of forward+backward over `repeats` runs.
+double time_forward_backward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                             const AttentionOptions& options, int repeats) {
+  std::vector<double> ms;
+  for (int r = 0; r < repeats; ++r) {
+    auto qq = q.detach().requires_grad_(), kk = k.detach().requires_grad_(),
+         vv = v.detach().requires_grad_();
+    const auto t0 = std::chrono::steady_clock::now();
+    attention(qq, kk, vv, options).sum().backward();
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                     .count());
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+void run_demo(const DemoConfig& c) {
+  warn_if_reference_blas();
+  const int threads = configure_threads();
+  torch::manual_seed(c.seed);
+  const auto q = torch::randn({c.batch, c.heads, c.tokens, c.head_dim});
+  const auto k = torch::randn({c.batch, c.heads, c.tokens, c.head_dim});
+  const auto v = torch::randn({c.batch, c.heads, c.tokens, c.head_dim});
+  std::printf("quest demo: B=%lld H=%lld N=%lld D=%lld, fp32, %d threads, BLAS %s\n\n",
+              (long long)c.batch, (long long)c.heads, (long long)c.tokens, (long long)c.head_dim,
+              threads, detect_blas().name.c_str());
+  const double gflop = 3.5 * 4.0 * c.batch * c.heads * c.tokens * c.tokens * c.head_dim / 1e9;
+  for (Kind kind : all_kinds()) {
+    AttentionOptions o(kind);
+    if (kind == Kind::qknorm) o.head_scale(torch::full({c.heads}, default_scale(kind, c.head_dim)));
+    const auto composite = attention_forward(q, k, v, o.backend(Backend::composite), false, true);
+    const auto reference = attention_forward(q, k, v, o.backend(Backend::reference), false, false);
+    std::printf("== %s: |O| = %.4f, max |reference - composite| = %.2e\n", to_string(kind).c_str(),
+                composite.output.norm().item<double>(),
+                max_abs_diff(composite.output, reference.output));
+    std::cout << format_diagnostics(*composite.diagnostics);
+    const double t_comp = time_forward_backward(q, k, v, o.backend(Backend::composite), c.repeats);
+    const double t_ref = time_forward_backward(q, k, v, o.backend(Backend::reference), 1);
+    std::printf("fwd+bwd: composite %.2f ms (%.1f GFLOP/s), reference %.1f ms\n\n", t_comp,
+                gflop / (t_comp / 1e3), t_ref);
+  }
+}
+
+}  // namespace
+
+void add_demo(CLI::App& app) {
+  auto config = std::make_shared<DemoConfig>();
+  CLI::App* cmd = app.add_subcommand(
+      "demo", "Run every attention kind on a random batch: path agreement, diagnostics, timing");
+  cmd->add_option("--batch", config->batch, "Batch size B")->check(CLI::PositiveNumber);
+  cmd->add_option("--heads", config->heads, "Heads H")->check(CLI::PositiveNumber);
+  cmd->add_option("--tokens", config->tokens, "Sequence length N")->check(CLI::PositiveNumber);
+  cmd->add_option("--head-dim", config->head_dim, "Head dimension D")->check(CLI::PositiveNumber);
+  cmd->add_option("--seed", config->seed, "Random seed");
+  cmd->add_option("--repeats", config->repeats, "Timing repeats (median)")
+      ->check(CLI::PositiveNumber);
+  cmd->callback([config] { run_demo(*config); });
+}
+
+void add_info(CLI::App& app) {
+  CLI::App* cmd = app.add_subcommand("info", "Show the BLAS and thread count torch will use");
+  cmd->callback([] {
+    warn_if_reference_blas();
+    const BlasInfo blas = detect_blas();
+    const int threads = configure_threads();
+    std::printf("BLAS: %s (%s)\nthreads: %d\nattention backend (automatic): %s\n",
+                blas.name.c_str(), blas.library.c_str(), threads,
+                to_string(resolve(Backend::automatic)).c_str());
+  });
+}
+
+}  // namespace quest::cli
