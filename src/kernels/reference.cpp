@@ -125,7 +125,7 @@ double raw_norm(const Rows& r, int64_t i) {
 }  // namespace
 
 template <typename T>
-void forward(const AttentionArgs<T>& a, View4<T> out, T* lse, HeadDiagnosticsPartial* diag) {
+void forward(const AttentionArgs<T>& a, View4<T> out, double* lse, HeadDiagnosticsPartial* diag) {
   const AttentionDims& d = a.dims;
   std::vector<double> s(d.k_len), o(d.v_dim);
   std::vector<char> visible(d.k_len);
@@ -163,9 +163,9 @@ void forward(const AttentionArgs<T>& a, View4<T> out, T* lse, HeadDiagnosticsPar
           s[j] = g * dot(qn.row(i), kn.row(j), d.qk_dim);  // s_ij = g q.k
           m = std::max(m, s[j]);
         }
-        T* lse_i = &lse[(b * d.heads + h) * d.q_len + i];
+        double* lse_i = &lse[(b * d.heads + h) * d.q_len + i];
         if (m == -std::numeric_limits<double>::infinity()) {  // sees no key: zero row
-          *lse_i = -std::numeric_limits<T>::infinity();
+          *lse_i = -std::numeric_limits<double>::infinity();
           for (int64_t c = 0; c < d.v_dim; ++c) out.at(b, h, i, c) = T(0);
           continue;
         }
@@ -173,7 +173,7 @@ void forward(const AttentionArgs<T>& a, View4<T> out, T* lse, HeadDiagnosticsPar
         for (int64_t j = 0; j < d.k_len; ++j)
           if (visible[j]) l += std::exp(s[j] - m);
         const double row_lse = m + std::log(l);  // lse = m + log sum exp(s - m)
-        *lse_i = static_cast<T>(row_lse);
+        *lse_i = row_lse;
         std::fill(o.begin(), o.end(), 0.0);
         double p_dot_s = 0, logit_max = 0;
         for (int64_t j = 0; j < d.k_len; ++j) {
@@ -196,7 +196,7 @@ void forward(const AttentionArgs<T>& a, View4<T> out, T* lse, HeadDiagnosticsPar
 }
 
 template <typename T>
-void backward(const AttentionArgs<T>& a, View4<const T> dout, const T* lse,
+void backward(const AttentionArgs<T>& a, View4<const T> dout, const double* lse,
               const AttentionGrads<T>& gr) {
   const AttentionDims& d = a.dims;
   const bool want_ln_q = a.q_norm == Norm::layer;
@@ -216,7 +216,7 @@ void backward(const AttentionArgs<T>& a, View4<const T> dout, const T* lse,
       dkn.assign(d.k_len * d.qk_dim, 0.0);
       dv.assign(d.k_len * d.v_dim, 0.0);
       for (int64_t i = 0; i < d.q_len; ++i) {
-        const double row_lse = static_cast<double>(lse[(b * d.heads + h) * d.q_len + i]);
+        const double row_lse = lse[(b * d.heads + h) * d.q_len + i];
         if (!std::isfinite(row_lse)) continue;  // row saw no key: zero gradient
         double di = 0;
         for (int64_t j = 0; j < d.k_len; ++j) {
@@ -275,11 +275,11 @@ void backward(const AttentionArgs<T>& a, View4<const T> dout, const T* lse,
   }
 }
 
-template void forward<float>(const AttentionArgs<float>&, View4<float>, float*,
+template void forward<float>(const AttentionArgs<float>&, View4<float>, double*,
                              HeadDiagnosticsPartial*);
 template void forward<double>(const AttentionArgs<double>&, View4<double>, double*,
                               HeadDiagnosticsPartial*);
-template void backward<float>(const AttentionArgs<float>&, View4<const float>, const float*,
+template void backward<float>(const AttentionArgs<float>&, View4<const float>, const double*,
                               const AttentionGrads<float>&);
 template void backward<double>(const AttentionArgs<double>&, View4<const double>, const double*,
                                const AttentionGrads<double>&);

@@ -196,7 +196,14 @@ AttentionArgs<T> make_args(const Plan& p, const Inputs& in) {
   return a;
 }
 
-Tensor contiguous_or_undefined(const Tensor& t) { return t.defined() ? t.contiguous() : t; }
+// LibTorch 1.13's custom Functions reject undefined inputs: absent optional tensors travel as
+// empty placeholders and are turned back into undefined ones inside.
+Tensor placeholder_if_undefined(const Tensor& t, const Tensor& like) {
+  return t.defined() ? t : torch::empty({0}, like.options());
+}
+Tensor undefined_if_placeholder(const Tensor& t) {
+  return t.numel() == 0 ? Tensor() : t.contiguous();
+}
 
 // Autograd wrapper of the reference kernel. Saved context: inputs and the per-row logsumexp.
 class ReferenceFunction : public torch::autograd::Function<ReferenceFunction> {
@@ -205,21 +212,23 @@ class ReferenceFunction : public torch::autograd::Function<ReferenceFunction> {
                                Tensor head_scale, Tensor q_weight, Tensor q_bias, Tensor k_weight,
                                Tensor k_bias, Tensor key_padding_mask, const Plan& plan,
                                HeadDiagnostics* diagnostics) {
-    const Inputs in{q, k, v, contiguous_or_undefined(head_scale), contiguous_or_undefined(q_weight),
-                    contiguous_or_undefined(q_bias), contiguous_or_undefined(k_weight),
-                    contiguous_or_undefined(k_bias), key_padding_mask};
+    const Inputs in{q, k, v, undefined_if_placeholder(head_scale),
+                    undefined_if_placeholder(q_weight), undefined_if_placeholder(q_bias),
+                    undefined_if_placeholder(k_weight), undefined_if_placeholder(k_bias),
+                    undefined_if_placeholder(key_padding_mask)};
     const AttentionDims& d = plan.dims;
     Tensor out = torch::empty({d.batch, d.heads, d.q_len, d.v_dim}, q.options());
-    Tensor lse = torch::empty({d.batch, d.heads, d.q_len}, q.options());
+    // The oracle keeps its logsumexp in double whatever the input dtype.
+    Tensor lse = torch::empty({d.batch, d.heads, d.q_len}, q.options().dtype(torch::kDouble));
     std::vector<HeadDiagnosticsPartial> partials(diagnostics ? d.batch * d.heads : 0);
     AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "quest_reference_forward", [&] {
       reference::forward<scalar_t>(make_args<scalar_t>(plan, in), view4<scalar_t>(out),
-                                   lse.data_ptr<scalar_t>(),
+                                   lse.data_ptr<double>(),
                                    diagnostics ? partials.data() : nullptr);
     });
     if (diagnostics) *diagnostics = reduce(partials, d.heads);
-    ctx->save_for_backward({in.q, in.k, in.v, in.head_scale, in.q_weight, in.q_bias, in.k_weight,
-                            in.k_bias, key_padding_mask, lse});
+    ctx->save_for_backward({in.q, in.k, in.v, head_scale, q_weight, q_bias, k_weight, k_bias,
+                            key_padding_mask, lse});
     ctx->saved_data["dims"] = std::vector<int64_t>{d.batch, d.heads, d.q_len,
                                                    d.k_len, d.qk_dim, d.v_dim};
     ctx->saved_data["norms"] = std::vector<int64_t>{static_cast<int64_t>(plan.q_norm),
@@ -234,8 +243,15 @@ class ReferenceFunction : public torch::autograd::Function<ReferenceFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
-    const Inputs in{saved[0], saved[1], saved[2], saved[3], saved[4],
-                    saved[5], saved[6], saved[7], saved[8]};
+    const Inputs in{saved[0],
+                    saved[1],
+                    saved[2],
+                    undefined_if_placeholder(saved[3]),
+                    undefined_if_placeholder(saved[4]),
+                    undefined_if_placeholder(saved[5]),
+                    undefined_if_placeholder(saved[6]),
+                    undefined_if_placeholder(saved[7]),
+                    undefined_if_placeholder(saved[8])};
     const Tensor& lse = saved[9];
     Plan plan;
     const auto dims = ctx->saved_data["dims"].toIntVector();
@@ -272,7 +288,7 @@ class ReferenceFunction : public torch::autograd::Function<ReferenceFunction> {
       g.dk_ln_weight = out_ptr(dkw);
       g.dk_ln_bias = out_ptr(dkb);
       reference::backward<scalar_t>(make_args<scalar_t>(plan, in), view4<const scalar_t>(dout),
-                                    lse.data_ptr<scalar_t>(), g);
+                                    lse.data_ptr<double>(), g);
     });
     return {dq, dk, dv, dscale, dqw, dqb, dkw, dkb, Tensor(), Tensor(), Tensor()};
   }
@@ -391,10 +407,12 @@ AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor
   AttentionOutput result;
   if (resolve(options.backend()) == Backend::reference) {
     HeadDiagnostics diagnostics;
-    result.output = ReferenceFunction::apply(in.q, in.k, in.v, in.head_scale, in.q_weight,
-                                             in.q_bias, in.k_weight, in.k_bias,
-                                             in.key_padding_mask, plan,
-                                             need_diagnostics ? &diagnostics : nullptr)[0];
+    auto pass = [&](const Tensor& t) { return placeholder_if_undefined(t, q); };
+    result.output = ReferenceFunction::apply(
+        in.q, in.k, in.v, pass(in.head_scale), pass(in.q_weight), pass(in.q_bias),
+        pass(in.k_weight), pass(in.k_bias),
+        placeholder_if_undefined(in.key_padding_mask, torch::empty({0}, torch::kBool)), plan,
+        need_diagnostics ? &diagnostics : nullptr)[0];
     if (need_diagnostics) result.diagnostics = diagnostics;
     if (need_weights) {
       torch::NoGradGuard no_grad;

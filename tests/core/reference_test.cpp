@@ -306,7 +306,8 @@ TEST(Reference, FloatAgreesWithDouble) {
   af.k_ln_weight = kw.data();
   af.k_ln_bias = kb.data();
   af.causal = true;
-  std::vector<float> out(ref.size()), lse(2 * 2 * 7);
+  std::vector<float> out(ref.size());
+  std::vector<double> lse(2 * 2 * 7);
   reference::forward<float>(af, Problem::view(out.data(), 2, 2, 7, 3), lse.data());
   for (size_t i = 0; i < ref.size(); ++i) EXPECT_NEAR(out[i], ref[i], 1e-5 * (1 + std::abs(ref[i])));
 }

@@ -1,0 +1,292 @@
+// Reference vs composite vs an independent torch oracle: outputs and every gradient, every kind
+// and option, fp64 and fp32.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <map>
+#include <tuple>
+
+#include "oracle.h"
+#include "quest/attention.h"
+
+namespace quest {
+namespace {
+
+using testing::OracleInputs;
+using torch::Tensor;
+
+enum OptionBits { kCausal = 1, kPad = 2, kDropout = 4, kHeadScale = 8 };
+
+struct Shape {
+  int64_t b, h, nq, nk, dk, dv;
+};
+const std::vector<Shape>& shapes() {
+  static const std::vector<Shape> s = {
+      {1, 1, 1, 1, 1, 1},   {2, 3, 5, 5, 4, 4},     {2, 2, 7, 3, 5, 6}, {1, 2, 3, 9, 8, 2},
+      {3, 4, 17, 17, 16, 16}, {16, 12, 6, 6, 4, 4},  // large B*H
+  };
+  return s;
+}
+
+OracleInputs make_inputs(const Shape& s, Kind kind, int bits, torch::Dtype dtype, uint64_t seed) {
+  torch::manual_seed(seed);
+  auto opts = torch::TensorOptions().dtype(dtype);
+  OracleInputs in;
+  in.q = torch::randn({s.b, s.h, s.nq, s.dk}, opts);
+  in.k = torch::randn({s.b, s.h, s.nk, s.dk}, opts);
+  in.v = torch::randn({s.b, s.h, s.nk, s.dv}, opts);
+  if (bits & kHeadScale) in.head_scale = torch::rand({s.h}, opts) + 0.5;
+  if (kind == Kind::qk_layernorm) {
+    in.qw = torch::randn({s.dk}, opts) * 0.2 + 1;
+    in.qb = torch::randn({s.dk}, opts) * 0.2;
+    in.kw = torch::randn({s.dk}, opts) * 0.2 + 1;
+    in.kb = torch::randn({s.dk}, opts) * 0.2;
+  }
+  if (bits & kPad) {
+    in.key_padding_mask = torch::rand({s.b, s.nk}) < 0.3;
+    in.key_padding_mask.index_put_({0}, true);  // batch 0 sees no key at all
+  }
+  return in;
+}
+
+// Differentiable inputs by name, in a fixed order.
+std::vector<std::pair<std::string, Tensor>> leaves(const OracleInputs& in) {
+  std::vector<std::pair<std::string, Tensor>> out;
+  const std::pair<const char*, const Tensor*> all[] = {
+      {"q", &in.q},       {"k", &in.k},   {"v", &in.v},   {"head_scale", &in.head_scale},
+      {"q_weight", &in.qw}, {"q_bias", &in.qb}, {"k_weight", &in.kw}, {"k_bias", &in.kb}};
+  for (const auto& [name, t] : all)
+    if (t->defined()) out.emplace_back(name, *t);
+  return out;
+}
+
+OracleInputs with_grad(const OracleInputs& in) {
+  OracleInputs c = in;
+  for (Tensor* t : {&c.q, &c.k, &c.v, &c.head_scale, &c.qw, &c.qb, &c.kw, &c.kb})
+    if (t->defined()) *t = t->detach().clone().requires_grad_();
+  return c;
+}
+
+AttentionOptions options_for(Kind kind, int bits, const OracleInputs& in) {
+  return AttentionOptions(kind)
+      .causal(bits & kCausal)
+      .key_padding_mask(in.key_padding_mask)
+      .dropout((bits & kDropout) ? 0.25 : 0.0)
+      .training(true)
+      .seed(1234)
+      .head_scale(in.head_scale)
+      .q_norm_weight(in.qw)
+      .q_norm_bias(in.qb)
+      .k_norm_weight(in.kw)
+      .k_norm_bias(in.kb);
+}
+
+// "out" and the gradient of sum(out * w) with respect to every leaf, by name.
+std::map<std::string, Tensor> run(const std::function<Tensor(const OracleInputs&)>& f,
+                                  const OracleInputs& in0, const Tensor& w) {
+  const OracleInputs in = with_grad(in0);
+  const Tensor out = f(in);
+  const auto named = leaves(in);
+  std::vector<Tensor> ls;
+  for (const auto& nt : named) ls.push_back(nt.second);
+  auto grads = torch::autograd::grad({(out * w).sum()}, ls, {}, false, false, true);
+  std::map<std::string, Tensor> r{{"out", out.detach()}};
+  for (size_t i = 0; i < grads.size(); ++i)
+    r["d" + named[i].first] = grads[i].defined() ? grads[i] : torch::zeros_like(ls[i]);
+  return r;
+}
+
+// max |a - b| <= atol + rtol * scale, with scale = max |b|: relative to the tensor's size, since
+// gradients that sum many terms carry absolute, not per-element, rounding error. A LayerNorm bias
+// gradient sums the same terms as its weight's (and the key bias's is exactly zero, as a shared
+// shift of all logits leaves softmax unchanged), so it is measured on the weight's scale.
+void expect_close(const std::map<std::string, Tensor>& a, const std::map<std::string, Tensor>& b,
+                  double rtol, double atol, const std::string& what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  for (const auto& [name, got] : a) {
+    ASSERT_TRUE(b.count(name)) << what << " " << name;
+    const Tensor x = got.to(torch::kDouble), y = b.at(name).to(torch::kDouble);
+    ASSERT_EQ(x.sizes(), y.sizes()) << what << " " << name;
+    ASSERT_TRUE(torch::isfinite(x).all().item<bool>()) << what << " " << name << " not finite";
+    double scale = y.abs().max().item<double>();
+    if (const auto pos = name.find("_bias"); pos != std::string::npos)
+      scale = std::max(scale, b.at(name.substr(0, pos) + "_weight").abs().max().item<double>());
+    const double err = (x - y).abs().max().item<double>();
+    EXPECT_LE(err, atol + rtol * scale) << what << " " << name;
+  }
+}
+
+using Param = std::tuple<Kind, int, torch::Dtype>;
+class ThreePaths : public ::testing::TestWithParam<Param> {};
+
+TEST_P(ThreePaths, OutputsAndEveryGradientAgree) {
+  const auto [kind, bits, dtype] = GetParam();
+  const bool fp64 = dtype == torch::kDouble;
+  const double rtol = fp64 ? 1e-10 : 1e-5, atol = fp64 ? 1e-12 : 1e-6;
+  for (const Shape& s : shapes()) {
+    const OracleInputs in = make_inputs(s, kind, bits, dtype, 17 + s.nq);
+    const Tensor w = torch::randn({s.b, s.h, s.nq, s.dv}, torch::TensorOptions().dtype(dtype));
+    const std::string what = to_string(kind) + " shape (" + std::to_string(s.b) + "," +
+                             std::to_string(s.h) + "," + std::to_string(s.nq) + "," +
+                             std::to_string(s.nk) + "," + std::to_string(s.dk) + "," +
+                             std::to_string(s.dv) + ") bits " + std::to_string(bits);
+    // The oracle in fp64 from the same inputs is the ground truth for both dtypes.
+    OracleInputs in64 = in;
+    for (Tensor* t : {&in64.q, &in64.k, &in64.v, &in64.head_scale, &in64.qw, &in64.qb, &in64.kw,
+                      &in64.kb})
+      if (t->defined()) *t = t->to(torch::kDouble);
+    const auto truth = run(
+        [&](const OracleInputs& x) {
+          return testing::oracle_attention(x, kind, bits & kCausal, (bits & kDropout) ? 0.25 : 0,
+                                           1234);
+        },
+        in64, w.to(torch::kDouble));
+    for (Backend backend : {Backend::reference, Backend::composite}) {
+      const auto got = run(
+          [&](const OracleInputs& x) {
+            return attention(x.q, x.k, x.v, options_for(kind, bits, x).backend(backend));
+          },
+          in, w);
+      expect_close(got, truth, rtol, atol, what + " " + to_string(backend));
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllKindsAllOptions, ThreePaths,
+    ::testing::Combine(::testing::ValuesIn(all_kinds()), ::testing::Range(0, 16),
+                       ::testing::Values(torch::kDouble, torch::kFloat)),
+    [](const auto& info) {
+      const Kind kind = std::get<0>(info.param);
+      const int bits = std::get<1>(info.param);
+      const torch::Dtype dtype = std::get<2>(info.param);
+      return to_string(kind) + ((bits & kCausal) ? "_causal" : "") + ((bits & kPad) ? "_pad" : "") +
+             ((bits & kDropout) ? "_dropout" : "") + ((bits & kHeadScale) ? "_headscale" : "") +
+             (dtype == torch::kDouble ? "_f64" : "_f32");
+    });
+
+TEST(Attention, StridedInputsNeedNoCopy) {
+  torch::manual_seed(3);
+  const auto qkv = torch::randn({2, 9, 3, 4, 8}, torch::kDouble);  // (B, N, 3, H, D)
+  const auto heads = qkv.permute({2, 0, 3, 1, 4});                  // (3, B, H, N, D) view
+  ASSERT_FALSE(heads[0].is_contiguous());
+  for (Kind kind : all_kinds()) {
+    const auto a = attention(heads[0], heads[1], heads[2],
+                             AttentionOptions(kind).backend(Backend::reference));
+    const auto b = attention(heads[0].contiguous(), heads[1].contiguous(), heads[2].contiguous(),
+                             AttentionOptions(kind).backend(Backend::composite));
+    EXPECT_TRUE(torch::allclose(a, b, 1e-12, 1e-12)) << to_string(kind);
+  }
+}
+
+TEST(Attention, DiagnosticsAgreeAcrossPaths) {
+  for (Kind kind : all_kinds()) {
+    const OracleInputs in = make_inputs({3, 2, 6, 8, 5, 3}, kind, kCausal | kPad, torch::kDouble, 5);
+    const auto o = options_for(kind, kCausal | kPad, in).training(false);
+    const auto r = attention_forward(in.q, in.k, in.v, AttentionOptions(o).backend(Backend::reference),
+                                     false, true);
+    const auto c = attention_forward(in.q, in.k, in.v, AttentionOptions(o).backend(Backend::composite),
+                                     false, true);
+    ASSERT_TRUE(r.diagnostics && c.diagnostics);
+    const HeadDiagnostics &x = *r.diagnostics, &y = *c.diagnostics;
+    for (int h = 0; h < 2; ++h) {
+      EXPECT_NEAR(x.q_norm_mean[h], y.q_norm_mean[h], 1e-10);
+      EXPECT_NEAR(x.q_norm_max[h], y.q_norm_max[h], 1e-10);
+      EXPECT_NEAR(x.k_norm_mean[h], y.k_norm_mean[h], 1e-10);
+      EXPECT_NEAR(x.k_norm_max[h], y.k_norm_max[h], 1e-10);
+      EXPECT_NEAR(x.logit_abs_max[h], y.logit_abs_max[h], 1e-10);
+      EXPECT_NEAR(x.entropy_mean[h], y.entropy_mean[h], 1e-10);
+      EXPECT_GT(x.entropy_mean[h], 0);
+    }
+    // Entropy of uniform attention over N keys is log N: a check against the definition.
+    const auto uniform = attention_forward(torch::zeros({1, 1, 4, 3}, torch::kDouble),
+                                           torch::randn({1, 1, 7, 3}, torch::kDouble),
+                                           torch::randn({1, 1, 7, 2}, torch::kDouble),
+                                           AttentionOptions(kind).backend(Backend::reference), false,
+                                           true);
+    if (kind != Kind::qk_layernorm && kind != Kind::qnorm && kind != Kind::qknorm)
+      EXPECT_NEAR(uniform.diagnostics->entropy_mean[0], std::log(7.0), 1e-12) << to_string(kind);
+  }
+}
+
+TEST(Attention, WeightsAreTheOraclesAndSumToOne) {
+  const OracleInputs in = make_inputs({2, 3, 5, 6, 4, 2}, Kind::quest, kCausal, torch::kDouble, 9);
+  Tensor expected;
+  testing::oracle_attention(in, Kind::quest, true, 0, 0, &expected);
+  for (Backend backend : {Backend::reference, Backend::composite}) {
+    const auto r = attention_forward(in.q, in.k, in.v,
+                                     AttentionOptions(Kind::quest).causal(true).backend(backend),
+                                     true, false);
+    ASSERT_TRUE(r.weights.defined());
+    EXPECT_FALSE(r.weights.requires_grad());
+    EXPECT_TRUE(torch::allclose(r.weights, expected, 1e-12, 1e-12));
+    EXPECT_TRUE(torch::allclose(r.weights.sum(-1), torch::ones({2, 3, 5}, torch::kDouble)));
+  }
+}
+
+TEST(Attention, DropoutOnlyInTrainingAndSeeded) {
+  const OracleInputs in = make_inputs({2, 2, 8, 8, 4, 4}, Kind::quest, 0, torch::kDouble, 2);
+  for (Backend backend : {Backend::reference, Backend::composite}) {
+    const auto base = AttentionOptions(Kind::quest).dropout(0.5).backend(backend);
+    const auto eval = attention(in.q, in.k, in.v, AttentionOptions(base).training(false));
+    const auto none = attention(in.q, in.k, in.v, AttentionOptions(Kind::quest).backend(backend));
+    EXPECT_TRUE(torch::equal(eval, none));
+    const auto a = attention(in.q, in.k, in.v, AttentionOptions(base).training(true).seed(1));
+    const auto b = attention(in.q, in.k, in.v, AttentionOptions(base).training(true).seed(1));
+    const auto c = attention(in.q, in.k, in.v, AttentionOptions(base).training(true).seed(2));
+    EXPECT_TRUE(torch::equal(a, b));
+    EXPECT_FALSE(torch::allclose(a, c));
+    torch::manual_seed(11);  // without a seed, torch's global generator decides
+    const auto d = attention(in.q, in.k, in.v, AttentionOptions(base).training(true));
+    torch::manual_seed(11);
+    const auto e = attention(in.q, in.k, in.v, AttentionOptions(base).training(true));
+    EXPECT_TRUE(torch::equal(d, e));
+  }
+}
+
+TEST(Attention, EnvironmentForcesBackend) {
+  ::setenv("QUEST_ATTENTION_BACKEND", "reference", 1);
+  EXPECT_EQ(resolve(Backend::automatic), Backend::reference);
+  EXPECT_EQ(resolve(Backend::composite), Backend::composite);  // an explicit choice wins
+  ::setenv("QUEST_ATTENTION_BACKEND", "turbo", 1);
+  EXPECT_THROW(resolve(Backend::automatic), c10::Error);
+  ::unsetenv("QUEST_ATTENTION_BACKEND");
+  EXPECT_EQ(resolve(Backend::automatic), Backend::composite);
+}
+
+TEST(Attention, HugeQueryNormAndZeroKeyStayFinite) {
+  for (Kind kind : all_kinds())
+    for (Backend backend : {Backend::reference, Backend::composite})
+      for (auto dtype : {torch::kFloat, torch::kDouble}) {
+        torch::manual_seed(4);
+        auto q = (torch::nn::functional::normalize(torch::randn({1, 2, 5, 8}, dtype)) * 1e4)
+                     .requires_grad_();
+        auto k = torch::randn({1, 2, 6, 8}, dtype);
+        k.index_put_({0, 0, 2}, 0.0);
+        k.requires_grad_();
+        auto v = torch::randn({1, 2, 6, 3}, dtype).requires_grad_();
+        const auto o = attention(q, k, v, AttentionOptions(kind).backend(backend));
+        o.sum().backward();
+        for (const Tensor& t : {o, q.grad(), k.grad(), v.grad()})
+          EXPECT_TRUE(torch::isfinite(t).all().item<bool>())
+              << to_string(kind) << " " << to_string(backend);
+      }
+}
+
+TEST(Attention, QuestInvariantToKeyScaleStandardIsNot) {
+  torch::manual_seed(8);
+  const auto q = torch::randn({2, 2, 5, 6}, torch::kDouble) * 3;
+  const auto k = torch::randn({2, 2, 7, 6}, torch::kDouble);
+  const auto v = torch::randn({2, 2, 7, 4}, torch::kDouble);
+  auto scaled = k.clone();
+  scaled.select(2, 3).mul_(7.5);  // key 3, every batch and head
+  for (Backend backend : {Backend::reference, Backend::composite}) {
+    const auto o = AttentionOptions(Kind::quest).backend(backend);
+    EXPECT_TRUE(torch::allclose(attention(q, k, v, o), attention(q, scaled, v, o), 1e-12, 1e-12));
+    const auto s = AttentionOptions(Kind::standard).backend(backend);
+    EXPECT_GT((attention(q, k, v, s) - attention(q, scaled, v, s)).abs().max().item<double>(), 1e-3);
+  }
+}
+
+}  // namespace
+}  // namespace quest

@@ -1,0 +1,116 @@
+// Bad input gets an error that names the problem.
+#include <gtest/gtest.h>
+
+#include "quest/attention.h"
+
+namespace quest {
+namespace {
+
+using torch::Tensor;
+
+// Runs f and returns the error message without the backtrace ("" if nothing was thrown).
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const c10::Error& e) {
+    return e.what_without_backtrace();
+  }
+  return "";
+}
+
+#define EXPECT_ERROR_MENTIONS(call, text)                                         \
+  do {                                                                            \
+    const std::string msg = error_of([&] { (void)(call); });                      \
+    EXPECT_NE(msg.find(text), std::string::npos) << "message was: '" << msg << "'"; \
+  } while (0)
+
+struct Inputs {
+  Tensor q = torch::randn({2, 3, 5, 4});
+  Tensor k = torch::randn({2, 3, 6, 4});
+  Tensor v = torch::randn({2, 3, 6, 7});
+};
+
+TEST(Validation, WrongRank) {
+  Inputs in;
+  EXPECT_ERROR_MENTIONS(attention(in.q[0], in.k, in.v), "q must have rank 4");
+  EXPECT_ERROR_MENTIONS(attention(in.q, in.k.unsqueeze(0), in.v), "k must have rank 4");
+}
+
+TEST(Validation, MismatchedDims) {
+  Inputs in;
+  EXPECT_ERROR_MENTIONS(attention(in.q, torch::randn({3, 3, 6, 4}), in.v), "batch sizes differ");
+  EXPECT_ERROR_MENTIONS(attention(in.q, torch::randn({2, 2, 6, 4}), in.v), "head counts differ");
+  EXPECT_ERROR_MENTIONS(attention(in.q, torch::randn({2, 3, 6, 5}), in.v), "head dims differ");
+  EXPECT_ERROR_MENTIONS(attention(in.q, in.k, torch::randn({2, 3, 5, 7})), "key counts differ");
+}
+
+TEST(Validation, Dtypes) {
+  Inputs in;
+  EXPECT_ERROR_MENTIONS(attention(in.q.to(torch::kInt), in.k, in.v), "q has dtype Int");
+  EXPECT_ERROR_MENTIONS(attention(in.q.to(torch::kHalf), in.k, in.v), "expected float32 or float64");
+  EXPECT_ERROR_MENTIONS(attention(in.q, in.k.to(torch::kDouble), in.v), "must share a dtype");
+  EXPECT_ERROR_MENTIONS(
+      attention(in.q, in.k, in.v, AttentionOptions(Kind::qknorm).head_scale(torch::ones({3}, torch::kDouble))),
+      "head_scale has dtype Double");
+}
+
+TEST(Validation, EmptyTensors) {
+  Inputs in;
+  EXPECT_ERROR_MENTIONS(attention(torch::randn({0, 3, 5, 4}), in.k, in.v), "q is empty");
+  EXPECT_ERROR_MENTIONS(attention(in.q, torch::randn({2, 3, 0, 4}), torch::randn({2, 3, 0, 7})),
+                        "k is empty");
+}
+
+TEST(Validation, Masks) {
+  Inputs in;
+  EXPECT_ERROR_MENTIONS(
+      attention(in.q, in.k, in.v, AttentionOptions().key_padding_mask(torch::zeros({2, 5}, torch::kBool))),
+      "key_padding_mask must have shape [B, Nk] = [2, 6]");
+  EXPECT_ERROR_MENTIONS(
+      attention(in.q, in.k, in.v, AttentionOptions().key_padding_mask(torch::zeros({2, 6}))),
+      "key_padding_mask has dtype Float; expected bool");
+}
+
+TEST(Validation, OptionRanges) {
+  Inputs in;
+  EXPECT_ERROR_MENTIONS(attention(in.q, in.k, in.v, AttentionOptions().dropout(1.0)),
+                        "dropout must be in [0, 1)");
+  EXPECT_ERROR_MENTIONS(attention(in.q, in.k, in.v, AttentionOptions().dropout(-0.1)),
+                        "dropout must be in [0, 1)");
+  EXPECT_ERROR_MENTIONS(attention(in.q, in.k, in.v, AttentionOptions().l2_eps(0)),
+                        "l2_eps must be > 0");
+  EXPECT_ERROR_MENTIONS(attention(in.q, in.k, in.v, AttentionOptions().scale(INFINITY)),
+                        "scale must be finite");
+  EXPECT_ERROR_MENTIONS(
+      attention(in.q, in.k, in.v, AttentionOptions(Kind::qknorm).head_scale(torch::ones({2}))),
+      "head_scale must have shape [3]");
+  EXPECT_ERROR_MENTIONS(
+      attention(in.q, in.k, in.v, AttentionOptions(Kind::qk_layernorm).k_norm_bias(torch::ones({5}))),
+      "k_norm_bias must have shape [4]");
+}
+
+TEST(Validation, NonFiniteInputsAreRejectedUnlessUnchecked) {
+  Inputs in;
+  in.k[1][2][3][0] = NAN;
+  EXPECT_ERROR_MENTIONS(attention(in.q, in.k, in.v), "k contains NaN or Inf");
+  in.k[1][2][3][0] = 0;
+  in.v[0][0][0][0] = INFINITY;
+  EXPECT_ERROR_MENTIONS(attention(in.q, in.k, in.v), "v contains NaN or Inf");
+  // Unchecked, NaN propagates (as in torch) instead of being hidden: into exactly the outputs
+  // that read it (every query of batch 0, head 0, value channel 0).
+  in.v[0][0][0][0] = NAN;
+  for (Backend backend : {Backend::reference, Backend::composite}) {
+    const auto out =
+        attention(in.q, in.k, in.v, AttentionOptions().check_finite(false).backend(backend));
+    EXPECT_TRUE(torch::isnan(out[0][0].select(-1, 0)).all().item<bool>());
+    EXPECT_EQ(torch::isnan(out).sum().item<int64_t>(), out.size(2));
+  }
+}
+
+TEST(Validation, UndefinedInput) {
+  Inputs in;
+  EXPECT_ERROR_MENTIONS(attention(Tensor(), in.k, in.v), "q is undefined");
+}
+
+}  // namespace
+}  // namespace quest
