@@ -12,13 +12,17 @@
 
 namespace quest {
 
-// Which implementation computes attention. `automatic` picks the fastest available path and can be
-// overridden for a whole process with QUEST_ATTENTION_BACKEND=reference|composite.
-enum class Backend { automatic, reference, composite };
+// Which implementation computes attention:
+//   fused     — the tiled SIMD kernel (float32 only; src/kernels/fused.cpp)
+//   composite — matmul -> softmax -> matmul with torch ops
+//   reference — the plain-loop math reference (slow; the test oracle)
+// `automatic` picks fused for float32 and composite for float64; QUEST_ATTENTION_BACKEND=
+// reference|composite|fused overrides what `automatic` picks for a whole process.
+enum class Backend { automatic, reference, composite, fused };
 std::string to_string(Backend backend);
 std::optional<Backend> parse_backend(std::string_view name);
-// The backend `automatic` resolves to now (reads QUEST_ATTENTION_BACKEND).
-Backend resolve(Backend backend);
+// The backend a call with this choice and dtype runs on (reads QUEST_ATTENTION_BACKEND).
+Backend resolve(Backend backend, torch::ScalarType dtype = torch::kFloat);
 
 struct AttentionOptions {
   AttentionOptions(Kind kind = Kind::quest) : kind_(kind) {}

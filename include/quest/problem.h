@@ -91,6 +91,9 @@ struct HeadDiagnosticsPartial {
   int64_t entropy_rows = 0;
 };
 
+// into += from (sums and counts add, maxima take the larger).
+void merge(HeadDiagnosticsPartial& into, const HeadDiagnosticsPartial& from);
+
 // partials: B*H entries, index b*H + h.
 HeadDiagnostics reduce(const std::vector<HeadDiagnosticsPartial>& partials, int64_t heads);
 

@@ -7,6 +7,7 @@
 #include <iomanip>
 #include <sstream>
 
+#include "quest/fused.h"
 #include "quest/reference.h"
 
 namespace quest {
@@ -16,25 +17,32 @@ std::string to_string(Backend backend) {
     case Backend::automatic: return "automatic";
     case Backend::reference: return "reference";
     case Backend::composite: return "composite";
+    case Backend::fused: return "fused";
   }
   return "?";
 }
 
 std::optional<Backend> parse_backend(std::string_view name) {
-  for (Backend b : {Backend::automatic, Backend::reference, Backend::composite})
+  for (Backend b : {Backend::automatic, Backend::reference, Backend::composite, Backend::fused})
     if (name == to_string(b)) return b;
   return std::nullopt;
 }
 
-Backend resolve(Backend backend) {
-  if (backend != Backend::automatic) return backend;
-  if (const char* env = std::getenv("QUEST_ATTENTION_BACKEND"); env && *env) {
-    const auto forced = parse_backend(env);
-    TORCH_CHECK(forced.has_value(), "quest::attention: QUEST_ATTENTION_BACKEND='", env,
-                "' is not one of automatic, reference, composite");
-    if (*forced != Backend::automatic) return *forced;
+Backend resolve(Backend backend, torch::ScalarType dtype) {
+  if (backend == Backend::automatic) {
+    if (const char* env = std::getenv("QUEST_ATTENTION_BACKEND"); env && *env) {
+      const auto forced = parse_backend(env);
+      TORCH_CHECK(forced.has_value(), "quest::attention: QUEST_ATTENTION_BACKEND='", env,
+                  "' is not one of automatic, reference, composite, fused");
+      backend = *forced;
+    }
   }
-  return Backend::composite;  // the fastest path available
+  if (backend == Backend::automatic)  // the fastest path for the dtype
+    return dtype == torch::kFloat ? Backend::fused : Backend::composite;
+  TORCH_CHECK(backend != Backend::fused || dtype == torch::kFloat,
+              "quest::attention: the fused backend computes in float32 only, got ", dtype,
+              "; use the composite or reference backend");
+  return backend;
 }
 
 namespace {
@@ -205,6 +213,38 @@ Tensor undefined_if_placeholder(const Tensor& t) {
   return t.numel() == 0 ? Tensor() : t.contiguous();
 }
 
+void save_plan(AutogradContext* ctx, const Plan& plan) {
+  const AttentionDims& d = plan.dims;
+  ctx->saved_data["dims"] = std::vector<int64_t>{d.batch, d.heads, d.q_len,
+                                                 d.k_len, d.qk_dim, d.v_dim};
+  ctx->saved_data["norms"] = std::vector<int64_t>{static_cast<int64_t>(plan.q_norm),
+                                                  static_cast<int64_t>(plan.k_norm)};
+  ctx->saved_data["reals"] = std::vector<double>{plan.scale, plan.l2_eps, plan.layernorm_eps,
+                                                 plan.dropout};
+  ctx->saved_data["causal"] = plan.causal;
+  ctx->saved_data["seed"] = static_cast<int64_t>(plan.seed);
+}
+
+Plan load_plan(AutogradContext* ctx) {
+  Plan plan;
+  const auto dims = ctx->saved_data["dims"].toIntVector();
+  plan.dims = {dims[0], dims[1], dims[2], dims[3], dims[4], dims[5]};
+  const auto norms = ctx->saved_data["norms"].toIntVector();
+  plan.q_norm = static_cast<Norm>(norms[0]);
+  plan.k_norm = static_cast<Norm>(norms[1]);
+  const auto reals = ctx->saved_data["reals"].toDoubleVector();
+  plan.scale = reals[0];
+  plan.l2_eps = reals[1];
+  plan.layernorm_eps = reals[2];
+  plan.dropout = reals[3];
+  plan.causal = ctx->saved_data["causal"].toBool();
+  plan.seed = static_cast<uint64_t>(ctx->saved_data["seed"].toInt());
+  return plan;
+}
+
+// Parameter gradients the backward kernels write: zero tensors where the parameter exists.
+Tensor grad_like(const Tensor& t) { return t.defined() ? torch::zeros_like(t) : Tensor(); }
+
 // Autograd wrapper of the reference kernel. Saved context: inputs and the per-row logsumexp.
 class ReferenceFunction : public torch::autograd::Function<ReferenceFunction> {
  public:
@@ -229,14 +269,7 @@ class ReferenceFunction : public torch::autograd::Function<ReferenceFunction> {
     if (diagnostics) *diagnostics = reduce(partials, d.heads);
     ctx->save_for_backward({in.q, in.k, in.v, head_scale, q_weight, q_bias, k_weight, k_bias,
                             key_padding_mask, lse});
-    ctx->saved_data["dims"] = std::vector<int64_t>{d.batch, d.heads, d.q_len,
-                                                   d.k_len, d.qk_dim, d.v_dim};
-    ctx->saved_data["norms"] = std::vector<int64_t>{static_cast<int64_t>(plan.q_norm),
-                                                    static_cast<int64_t>(plan.k_norm)};
-    ctx->saved_data["reals"] = std::vector<double>{plan.scale, plan.l2_eps, plan.layernorm_eps,
-                                                   plan.dropout};
-    ctx->saved_data["causal"] = plan.causal;
-    ctx->saved_data["seed"] = static_cast<int64_t>(plan.seed);
+    save_plan(ctx, plan);
     ctx->mark_non_differentiable({lse});
     return {out};
   }
@@ -253,19 +286,7 @@ class ReferenceFunction : public torch::autograd::Function<ReferenceFunction> {
                     undefined_if_placeholder(saved[7]),
                     undefined_if_placeholder(saved[8])};
     const Tensor& lse = saved[9];
-    Plan plan;
-    const auto dims = ctx->saved_data["dims"].toIntVector();
-    plan.dims = {dims[0], dims[1], dims[2], dims[3], dims[4], dims[5]};
-    const auto norms = ctx->saved_data["norms"].toIntVector();
-    plan.q_norm = static_cast<Norm>(norms[0]);
-    plan.k_norm = static_cast<Norm>(norms[1]);
-    const auto reals = ctx->saved_data["reals"].toDoubleVector();
-    plan.scale = reals[0];
-    plan.l2_eps = reals[1];
-    plan.layernorm_eps = reals[2];
-    plan.dropout = reals[3];
-    plan.causal = ctx->saved_data["causal"].toBool();
-    plan.seed = static_cast<uint64_t>(ctx->saved_data["seed"].toInt());
+    const Plan plan = load_plan(ctx);
 
     Tensor dout = grad_outputs[0];
     if (!dout.defined()) dout = torch::zeros({plan.dims.batch, plan.dims.heads, plan.dims.q_len,
@@ -273,7 +294,6 @@ class ReferenceFunction : public torch::autograd::Function<ReferenceFunction> {
     Tensor dq = torch::empty(in.q.sizes(), in.q.options());
     Tensor dk = torch::empty(in.k.sizes(), in.k.options());
     Tensor dv = torch::empty(in.v.sizes(), in.v.options());
-    auto grad_like = [](const Tensor& t) { return t.defined() ? torch::zeros_like(t) : Tensor(); };
     Tensor dscale = grad_like(in.head_scale), dqw = grad_like(in.q_weight),
            dqb = grad_like(in.q_bias), dkw = grad_like(in.k_weight), dkb = grad_like(in.k_bias);
     AT_DISPATCH_FLOATING_TYPES(in.q.scalar_type(), "quest_reference_backward", [&] {
@@ -292,6 +312,56 @@ class ReferenceFunction : public torch::autograd::Function<ReferenceFunction> {
     });
     return {dq, dk, dv, dscale, dqw, dqb, dkw, dkb, Tensor(), Tensor(), Tensor()};
   }
+};
+
+// Autograd wrapper of the fused kernel. LayerNorm kinds arrive here already normalised (by
+// torch::layer_norm, whose autograd carries the affine gradients). Saved: q, k, v, O, lse.
+class FusedFunction : public torch::autograd::Function<FusedFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, Tensor q, Tensor k, Tensor v,
+                               Tensor head_scale, Tensor key_padding_mask, const Plan& plan,
+                               HeadDiagnostics* diagnostics) {
+    const Inputs in{unit_stride(q), unit_stride(k), unit_stride(v),
+                    undefined_if_placeholder(head_scale), {}, {}, {}, {},
+                    undefined_if_placeholder(key_padding_mask)};
+    const AttentionDims& d = plan.dims;
+    Tensor out = torch::empty({d.batch, d.heads, d.q_len, d.v_dim}, q.options());
+    Tensor lse = torch::empty({d.batch, d.heads, d.q_len}, q.options());
+    std::vector<HeadDiagnosticsPartial> partials(diagnostics ? d.batch * d.heads : 0);
+    fused::forward(make_args<float>(plan, in), view4<float>(out), lse.data_ptr<float>(),
+                   diagnostics ? partials.data() : nullptr, at::get_num_threads());
+    if (diagnostics) *diagnostics = reduce(partials, d.heads);
+    ctx->save_for_backward({in.q, in.k, in.v, head_scale, key_padding_mask, out, lse});
+    save_plan(ctx, plan);
+    ctx->mark_non_differentiable({lse});
+    return {out};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const Inputs in{saved[0], saved[1], saved[2], undefined_if_placeholder(saved[3]),
+                    {},       {},       {},       {},
+                    undefined_if_placeholder(saved[4])};
+    const Tensor &out = saved[5], &lse = saved[6];
+    const Plan plan = load_plan(ctx);
+    Tensor dout = grad_outputs[0].defined() ? unit_stride(grad_outputs[0]) : torch::zeros_like(out);
+    Tensor dq = torch::empty(in.q.sizes(), in.q.options());
+    Tensor dk = torch::empty(in.k.sizes(), in.k.options());
+    Tensor dv = torch::empty(in.v.sizes(), in.v.options());
+    Tensor dscale = grad_like(in.head_scale);
+    AttentionGrads<float> g;
+    g.dq = view4<float>(dq);
+    g.dk = view4<float>(dk);
+    g.dv = view4<float>(dv);
+    g.dhead_scale = dscale.defined() ? dscale.data_ptr<float>() : nullptr;
+    fused::backward(make_args<float>(plan, in), view4<const float>(out),
+                    view4<const float>(dout), lse.data_ptr<float>(), g, at::get_num_threads());
+    return {dq, dk, dv, dscale, Tensor(), Tensor(), Tensor()};
+  }
+
+ private:
+  // The fused kernel reads rows with unit stride along D; other layouts are copied once.
+  static Tensor unit_stride(const Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); }
 };
 
 Tensor normalise(const Tensor& x, Norm norm, const Tensor& weight, const Tensor& bias,
@@ -323,14 +393,13 @@ struct CompositeResult {
   std::optional<HeadDiagnostics> diagnostics;
 };
 
-HeadDiagnostics composite_diagnostics(const Tensor& q, const Tensor& k, const Tensor& s,
-                                      const Tensor& hidden, const Tensor& key_padding_mask) {
+// Per-head mean / max of the raw |q| and |k| (padded keys left out) into d.
+void fill_norm_diagnostics(const Tensor& q, const Tensor& k, const Tensor& key_padding_mask,
+                           HeadDiagnostics& d) {
   torch::NoGradGuard no_grad;
   const int64_t heads = q.size(1);
-  HeadDiagnostics d;
-  d.resize(heads);
   const Tensor qn = q.to(torch::kDouble).norm(2, -1).transpose(0, 1).reshape({heads, -1});
-  Tensor kn = k.to(torch::kDouble).norm(2, -1).transpose(0, 1).reshape({heads, -1});
+  const Tensor kn = k.to(torch::kDouble).norm(2, -1).transpose(0, 1).reshape({heads, -1});
   Tensor kvalid = torch::ones_like(kn, torch::kBool);
   if (key_padding_mask.defined())
     kvalid = key_padding_mask.logical_not().unsqueeze(0).expand({heads, k.size(0), k.size(2)})
@@ -338,6 +407,23 @@ HeadDiagnostics composite_diagnostics(const Tensor& q, const Tensor& k, const Te
   const Tensor kcount = kvalid.sum(1).to(torch::kDouble);
   const Tensor kmean = (kn * kvalid).sum(1) / kcount.clamp_min(1);
   const Tensor kmax = (kn * kvalid).amax(1);
+  const Tensor qmean = qn.mean(1), qmax = qn.amax(1);
+  for (int64_t h = 0; h < heads; ++h) {
+    d.q_norm_mean[h] = qmean[h].item<double>();
+    d.q_norm_max[h] = qmax[h].item<double>();
+    d.k_norm_mean[h] = kmean[h].item<double>();
+    d.k_norm_max[h] = kmax[h].item<double>();
+  }
+}
+
+// Diagnostics from the logits s (B, H, Nq, Nk) the composite path materialises anyway.
+HeadDiagnostics composite_diagnostics(const Tensor& q, const Tensor& k, const Tensor& s,
+                                      const Tensor& hidden, const Tensor& key_padding_mask) {
+  torch::NoGradGuard no_grad;
+  const int64_t heads = q.size(1);
+  HeadDiagnostics d;
+  d.resize(heads);
+  fill_norm_diagnostics(q, k, key_padding_mask, d);
   Tensor sd = s.to(torch::kDouble);
   Tensor visible = torch::ones_like(sd, torch::kBool);
   if (hidden.defined()) visible = hidden.logical_not().expand_as(sd);
@@ -351,12 +437,7 @@ HeadDiagnostics composite_diagnostics(const Tensor& q, const Tensor& k, const Te
   const Tensor ent_sum = entropy.transpose(0, 1).reshape({heads, -1}).sum(1);
   const Tensor ent_rows = row_valid.transpose(0, 1).reshape({heads, -1}).sum(1).to(torch::kDouble);
   const Tensor ent_mean = ent_sum / ent_rows.clamp_min(1);
-  const Tensor qmean = qn.mean(1), qmax = qn.amax(1);
   for (int64_t h = 0; h < heads; ++h) {
-    d.q_norm_mean[h] = qmean[h].item<double>();
-    d.q_norm_max[h] = qmax[h].item<double>();
-    d.k_norm_mean[h] = kmean[h].item<double>();
-    d.k_norm_max[h] = kmax[h].item<double>();
     d.logit_abs_max[h] = logit_max[h].item<double>();
     d.entropy_mean[h] = ent_mean[h].item<double>();
   }
@@ -405,9 +486,37 @@ AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor
                   options.key_padding_mask().defined() ? options.key_padding_mask().contiguous()
                                                        : Tensor()};
   AttentionOutput result;
-  if (resolve(options.backend()) == Backend::reference) {
+  const Backend backend = resolve(options.backend(), q.scalar_type());
+  auto pass = [&](const Tensor& t) { return placeholder_if_undefined(t, q); };
+  if (backend == Backend::fused) {
+    // LayerNorm kinds: normalise with torch (autograd for the affine), then plain dot products.
+    Plan fused_plan = plan;
+    Tensor qf = in.q, kf = in.k;
+    if (plan.q_norm == Norm::layer) {
+      qf = normalise(in.q, Norm::layer, in.q_weight, in.q_bias, plan);
+      fused_plan.q_norm = Norm::none;
+    }
+    if (plan.k_norm == Norm::layer) {
+      kf = normalise(in.k, Norm::layer, in.k_weight, in.k_bias, plan);
+      fused_plan.k_norm = Norm::none;
+    }
     HeadDiagnostics diagnostics;
-    auto pass = [&](const Tensor& t) { return placeholder_if_undefined(t, q); };
+    result.output = FusedFunction::apply(
+        qf, kf, in.v, pass(in.head_scale),
+        placeholder_if_undefined(in.key_padding_mask, torch::empty({0}, torch::kBool)),
+        fused_plan, need_diagnostics ? &diagnostics : nullptr)[0];
+    if (need_diagnostics) {
+      // Norms are of the raw inputs, as on every path.
+      if (fused_plan.q_norm != plan.q_norm || fused_plan.k_norm != plan.k_norm)
+        fill_norm_diagnostics(in.q, in.k, in.key_padding_mask, diagnostics);
+      result.diagnostics = diagnostics;
+    }
+    if (need_weights) {
+      torch::NoGradGuard no_grad;
+      result.weights = composite(in, plan, false).weights;
+    }
+  } else if (backend == Backend::reference) {
+    HeadDiagnostics diagnostics;
     result.output = ReferenceFunction::apply(
         in.q, in.k, in.v, pass(in.head_scale), pass(in.q_weight), pass(in.q_bias),
         pass(in.k_weight), pass(in.k_bias),

@@ -141,7 +141,9 @@ TEST_P(ThreePaths, OutputsAndEveryGradientAgree) {
                                            1234);
         },
         in64, w.to(torch::kDouble));
-    for (Backend backend : {Backend::reference, Backend::composite}) {
+    std::vector<Backend> backends = {Backend::reference, Backend::composite};
+    if (!fp64) backends.push_back(Backend::fused);
+    for (Backend backend : backends) {
       const auto got = run(
           [&](const OracleInputs& x) {
             return attention(x.q, x.k, x.v, options_for(kind, bits, x).backend(backend));
@@ -251,7 +253,9 @@ TEST(Attention, EnvironmentForcesBackend) {
   ::setenv("QUEST_ATTENTION_BACKEND", "turbo", 1);
   EXPECT_THROW(resolve(Backend::automatic), c10::Error);
   ::unsetenv("QUEST_ATTENTION_BACKEND");
-  EXPECT_EQ(resolve(Backend::automatic), Backend::composite);
+  EXPECT_EQ(resolve(Backend::automatic, torch::kFloat), Backend::fused);
+  EXPECT_EQ(resolve(Backend::automatic, torch::kDouble), Backend::composite);
+  EXPECT_THROW(resolve(Backend::fused, torch::kDouble), c10::Error);
 }
 
 TEST(Attention, HugeQueryNormAndZeroKeyStayFinite) {
@@ -267,6 +271,15 @@ TEST(Attention, HugeQueryNormAndZeroKeyStayFinite) {
         auto v = torch::randn({1, 2, 6, 3}, dtype).requires_grad_();
         const auto o = attention(q, k, v, AttentionOptions(kind).backend(backend));
         o.sum().backward();
+        if (backend == Backend::composite && dtype == torch::kFloat) {
+          auto q2 = q.detach().requires_grad_(), k2 = k.detach().requires_grad_(),
+               v2 = v.detach().requires_grad_();
+          const auto of = attention(q2, k2, v2, AttentionOptions(kind).backend(Backend::fused));
+          of.sum().backward();
+          for (const Tensor& t : {of, q2.grad(), k2.grad(), v2.grad()})
+            EXPECT_TRUE(torch::isfinite(t).all().item<bool>()) << to_string(kind) << " fused";
+          EXPECT_TRUE(torch::allclose(of, o, 1e-4, 1e-4)) << to_string(kind) << " fused";
+        }
         for (const Tensor& t : {o, q.grad(), k.grad(), v.grad()})
           EXPECT_TRUE(torch::isfinite(t).all().item<bool>())
               << to_string(kind) << " " << to_string(backend);

@@ -1,0 +1,30 @@
+// Fused fp32 attention in the FlashAttention-2 way: tiles of queries and keys, online softmax, only
+// the per-row logsumexp saved; the backward recomputes probabilities. Key (and query) L2
+// normalisation is fused into the tile packing: no normalised copy of K exists. SIMD through
+// Highway with runtime dispatch (AVX-512 / AVX2 / SSE4 ...), threads through OpenMP.
+// Extra memory is O(threads * N * D), never N x N.
+#pragma once
+
+#include <string>
+
+#include "quest/problem.h"
+
+namespace quest::fused {
+
+// Whether the fused kernel handles these args: fp32, unit stride along D for every tensor, and
+// Norm::none or Norm::l2 on each side (LayerNorm is applied by the caller before the kernel).
+bool supports(const AttentionArgs<float>& args);
+
+// out: (B, H, Nq, Dv), lse: B*H*Nq contiguous (-inf for a row that sees no key).
+// diagnostics: optional, B*H partials. threads <= 0: OpenMP's default.
+void forward(const AttentionArgs<float>& args, View4<float> out, float* lse,
+             HeadDiagnosticsPartial* diagnostics, int threads);
+
+// out and lse from forward; D_i = rowsum(dO o O) is computed from them.
+void backward(const AttentionArgs<float>& args, View4<const float> out, View4<const float> dout,
+              const float* lse, const AttentionGrads<float>& grads, int threads);
+
+// The SIMD target chosen at run time, e.g. "AVX3" or "AVX2".
+std::string simd_target();
+
+}  // namespace quest::fused
