@@ -15,14 +15,21 @@ namespace quest::fused {
 // Norm::none or Norm::l2 on each side (LayerNorm is applied by the caller before the kernel).
 bool supports(const AttentionArgs<float>& args);
 
-// out: (B, H, Nq, Dv), lse: B*H*Nq contiguous (-inf for a row that sees no key).
-// diagnostics: optional, B*H partials. threads <= 0: OpenMP's default.
-void forward(const AttentionArgs<float>& args, View4<float> out, float* lse,
+// The softmax statistics saved per query row, each B*H*Nq contiguous: logsumexp = shift +
+// log_sum. Kept apart because a float logsumexp of a logit near 1e4 has lost the last 1e-3 that
+// exp(s - lse) needs; s - shift is exact where s is near shift.
+struct RowStats {
+  float* shift;    // the softmax shift (row max or the fixed bound); -inf: the row sees no key
+  float* log_sum;  // log sum_j exp(s_ij - shift)
+};
+
+// out: (B, H, Nq, Dv). diagnostics: optional, B*H partials. threads <= 0: OpenMP's default.
+void forward(const AttentionArgs<float>& args, View4<float> out, RowStats stats,
              HeadDiagnosticsPartial* diagnostics, int threads);
 
-// out and lse from forward; D_i = rowsum(dO o O) is computed from them.
+// out and stats from forward; D_i = rowsum(dO o O) is computed from them.
 void backward(const AttentionArgs<float>& args, View4<const float> out, View4<const float> dout,
-              const float* lse, const AttentionGrads<float>& grads, int threads);
+              RowStats stats, const AttentionGrads<float>& grads, int threads);
 
 // The SIMD target chosen at run time, e.g. "AVX3" or "AVX2".
 std::string simd_target();

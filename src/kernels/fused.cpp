@@ -5,7 +5,8 @@
 //   m' = max(m, rowmax S);  P = exp(S - m');  l = l*exp(m - m') + rowsum P;  O = O*exp(m - m') + P V
 // and, when every row of the block has a moderate logit bound |s_ij| <= |g| |q_i| max_j |k_j|
 // (always |g| |q_i| for unit keys), a fixed shift m = bound: no running max, no rescaling.
-// Backward, per (b, h): for each key tile, for each query block, recompute P = exp(S - lse),
+// Backward, per (b, h): for each key tile, for each query block, recompute the forward's logits
+//   bit for bit (same packed operands, same GEMM order) and P = exp((S - shift) - log_sum),
 //   dP = dO V^T, dS = P o (dP - D_i) with D_i = rowsum(dO o O), dV += P^T dO, dK += dS^T Q,
 //   dQ += dS K; one thread owns a head, so dQ needs no synchronisation.
 #include "quest/fused.h"
@@ -167,7 +168,7 @@ float DropoutFactor(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t
 }
 
 void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i0, int64_t i1,
-                  float kmax, View4<float> out, float* lse, HeadDiagnosticsPartial* part,
+                  float kmax, View4<float> out, RowStats stats, HeadDiagnosticsPartial* part,
                   Scratch& w) {
   const DF d;
   const int64_t L = LanesF();
@@ -257,24 +258,26 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
   }
   for (int64_t r = 0; r < Br; ++r) {
     float* dst = &out.at(b, h, i0 + r, 0);
-    float& row_lse = lse[(b * dm.heads + h) * dm.q_len + i0 + r];
+    const int64_t row = (b * dm.heads + h) * dm.q_len + i0 + r;
     if (l[r] == 0) {  // sees no key
       std::fill(dst, dst + Dv, 0.0f);
-      row_lse = kNegInf;
+      stats.shift[row] = kNegInf;
+      stats.log_sum[row] = kNegInf;
       continue;
     }
     const float inv = 1.0f / l[r];
     for (int64_t e = 0; e < Dv; ++e) dst[e] = o[r * Dvp + e] * inv;
-    row_lse = m[r] + std::log(l[r]);
-    if (part) {
-      part->entropy_sum += row_lse - t[r] * inv;  // H = lse - sum p s
+    stats.shift[row] = m[r];
+    stats.log_sum[row] = std::log(l[r]);
+    if (part) {  // H = lse - sum p s
+      part->entropy_sum += static_cast<double>(m[r]) + std::log(l[r]) - t[r] * inv;
       ++part->entropy_rows;
     }
   }
   if (part) part->logit_abs_max = std::max<double>(part->logit_abs_max, logit_max);
 }
 
-void ForwardF32(const AttentionArgs<float>& a, View4<float> out, float* lse,
+void ForwardF32(const AttentionArgs<float>& a, View4<float> out, RowStats stats,
                 HeadDiagnosticsPartial* diagnostics, int threads) {
   const AttentionDims& dm = a.dims;
   const int64_t heads = dm.batch * dm.heads;
@@ -308,7 +311,7 @@ void ForwardF32(const AttentionArgs<float>& a, View4<float> out, float* lse,
     for (int64_t item = 0; item < heads * q_blocks; ++item) {
       const int64_t bh = item / q_blocks, qb = item % q_blocks;
       const int64_t i0 = qb * kBlockQ, i1 = std::min(dm.q_len, i0 + kBlockQ);
-      ForwardBlock(a, bh / dm.heads, bh % dm.heads, i0, i1, kmax[bh], out, lse,
+      ForwardBlock(a, bh / dm.heads, bh % dm.heads, i0, i1, kmax[bh], out, stats,
                    diagnostics ? &parts[item] : nullptr, w);
     }
   }
@@ -328,7 +331,7 @@ void L2Backward(const float* y, const float* dy, float raw, double eps, int64_t 
 }
 
 void BackwardHead(const AttentionArgs<float>& a, int64_t b, int64_t h, View4<const float> out,
-                  View4<const float> dout, const float* lse_all, const AttentionGrads<float>& gr,
+                  View4<const float> dout, RowStats stats, const AttentionGrads<float>& gr,
                   double* dscale_out, Scratch& w) {
   const DF d;
   const int64_t L = LanesF();
@@ -336,7 +339,12 @@ void BackwardHead(const AttentionArgs<float>& a, int64_t b, int64_t h, View4<con
   const int64_t D = dm.qk_dim, Dp = RoundUp(D, L), Dv = dm.v_dim, Dvp = RoundUp(Dv, L);
   const int64_t Nq = dm.q_len, Nk = dm.k_len;
   const float g = static_cast<float>(a.head_scale_at(h));
-  const float* lse = lse_all + (b * dm.heads + h) * Nq;
+  // The forward's query operand is g q/|q|; with g = 0 its logits are all 0, so the unscaled
+  // q/|q| serves (for the head-scale gradient) and the logits are multiplied by 0.
+  const float gq = g != 0 ? g : 1.0f, post = g != 0 ? 1.0f : 0.0f;
+  const int64_t row0 = (b * dm.heads + h) * Nq;
+  const float* shift = stats.shift + row0;
+  const float* log_sum = stats.log_sum + row0;
   float* qn = Scratch::Get(w.qs, Nq * Dp);
   float* qnorm = Scratch::Get(w.qnorm, Nq);
   float* dop = Scratch::Get(w.dout, Nq * Dvp);
@@ -358,7 +366,7 @@ void BackwardHead(const AttentionArgs<float>& a, int64_t b, int64_t h, View4<con
   for (int64_t i = 0; i < Nq; ++i) {
     const float* q = &a.q.at(b, h, i, 0);
     const float rq = InverseNorm(q, D, a.q_norm, a.l2_eps, &qnorm[i]);
-    for (int64_t e = 0; e < D; ++e) qn[i * Dp + e] = q[e] * rq;
+    for (int64_t e = 0; e < D; ++e) qn[i * Dp + e] = q[e] * rq * gq;  // as the forward's qs
     std::copy_n(&dout.at(b, h, i, 0), Dv, dop + i * Dvp);
     dsum[i] = Dot(&dout.at(b, h, i, 0), &out.at(b, h, i, 0), Dv);  // D_i = rowsum(dO o O)
   }
@@ -376,24 +384,25 @@ void BackwardHead(const AttentionArgs<float>& a, int64_t b, int64_t h, View4<con
     const int64_t i_start = a.causal ? (j0 / kBlockQ) * kBlockQ : 0;  // earlier rows see none
     for (int64_t i0 = i_start; i0 < Nq; i0 += kBlockQ) {
       const int64_t Br = std::min(kBlockQ, Nq - i0);
-      Gemm(Br, width, D, qn + i0 * Dp, Dp, 1, kt, width, s, width, false);       // q.k, unscaled
+      Gemm(Br, width, D, qn + i0 * Dp, Dp, 1, kt, width, s, width, false);       // S, as forward
       Gemm(Br, width, Dv, dop + i0 * Dvp, Dvp, 1, vt, width, ds, width, false);  // dP = dO V^T
-      const VF vg = hn::Set(d, g);
+      const VF vpost = hn::Set(d, post), vinv_gq = hn::Set(d, 1.0f / gq);
       for (int64_t r = 0; r < Br; ++r) {
         const int64_t i = i0 + r;
         float* sr = s + r * width;
         float* pr = p + r * width;
         float* dsr = ds + r * width;
-        if (lse[i] == kNegInf) {  // row saw no key: no gradient
+        if (shift[i] == kNegInf) {  // row saw no key: no gradient
           std::fill(pr, pr + width, 0.0f);
           std::fill(dsr, dsr + width, 0.0f);
           if (pd != p) std::fill(pd + r * width, pd + (r + 1) * width, 0.0f);
           continue;
         }
         MaskRow(a, b, i, j0, jn, width, sr);  // masked logits -> -inf -> P = 0
-        const VF vl = hn::Set(d, lse[i]);
-        for (int64_t c = 0; c < width; c += L)  // P = exp(g s - lse)
-          hn::StoreU(hn::Exp(d, hn::Sub(hn::Mul(vg, hn::LoadU(d, sr + c)), vl)), d, pr + c);
+        const VF vm = hn::Set(d, shift[i]), vls = hn::Set(d, log_sum[i]);
+        for (int64_t c = 0; c < width; c += L)  // P = exp((s - shift) - log_sum)
+          hn::StoreU(hn::Exp(d, hn::Sub(hn::Sub(hn::Mul(vpost, hn::LoadU(d, sr + c)), vm), vls)),
+                     d, pr + c);
         if (a.dropout > 0)
           for (int64_t c = 0; c < width; ++c) {
             const float f = c < jn ? DropoutFactor(a, b, h, i, j0 + c) : 0.0f;
@@ -404,16 +413,16 @@ void BackwardHead(const AttentionArgs<float>& a, int64_t b, int64_t h, View4<con
         VF vscale = hn::Zero(d);
         for (int64_t c = 0; c < width; c += L) {  // dS = P o (dP - D_i)
           const VF dsv = hn::Mul(hn::LoadU(d, pr + c), hn::Sub(hn::LoadU(d, dsr + c), vdi));
-          const VF sv = hn::LoadU(d, sr + c);
+          const VF sv = hn::LoadU(d, sr + c);  // g q.k (or q.k where g = 0)
           vscale = hn::Add(vscale, hn::IfThenElseZero(hn::Gt(sv, hn::Set(d, kNegInf)),
-                                                      hn::Mul(dsv, sv)));
-          hn::StoreU(hn::Mul(dsv, vg), d, dsr + c);  // g dS: the gradient of q.k
+                                                      hn::Mul(hn::Mul(dsv, sv), vinv_gq)));
+          hn::StoreU(hn::Mul(dsv, vpost), d, dsr + c);
         }
         dscale += hn::GetLane(hn::SumOfLanes(d, vscale));
       }
       Gemm(width, Dvp, Br, pd, 1, width, dop + i0 * Dvp, Dvp, dv, Dvp, true);  // dV += P'^T dO
-      Gemm(width, Dp, Br, ds, 1, width, qn + i0 * Dp, Dp, dk, Dp, true);       // dK += dS^T Q
-      Gemm(Br, Dp, width, ds, width, 1, kbar, Dp, dq + i0 * Dp, Dp, true);     // dQ += dS K
+      Gemm(width, Dp, Br, ds, 1, width, qn + i0 * Dp, Dp, dk, Dp, true);  // dK += dS^T (g Q)
+      Gemm(Br, Dp, width, ds, width, 1, kbar, Dp, dq + i0 * Dp, Dp, true);  // dQ += dS K (x g later)
     }
     for (int64_t c = 0; c < jn; ++c) {
       std::copy_n(dv + c * Dvp, Dv, &gr.dv.at(b, h, j0 + c, 0));
@@ -426,16 +435,22 @@ void BackwardHead(const AttentionArgs<float>& a, int64_t b, int64_t h, View4<con
   }
   for (int64_t i = 0; i < Nq; ++i) {
     float* dst = &gr.dq.at(b, h, i, 0);
+    float* dqi = dq + i * Dp;
+    float* qi = qn + i * Dp;
+    for (int64_t e = 0; e < D; ++e) {
+      dqi[e] *= g;    // d(q/|q|) = g sum_j dS_ij k_j/|k_j|
+      qi[e] /= gq;    // back to q/|q|
+    }
     if (a.q_norm == Norm::l2)
-      L2Backward(qn + i * Dp, dq + i * Dp, qnorm[i], a.l2_eps, D, dst);
+      L2Backward(qi, dqi, qnorm[i], a.l2_eps, D, dst);
     else
-      std::copy_n(dq + i * Dp, D, dst);
+      std::copy_n(dqi, D, dst);
   }
   *dscale_out = dscale;
 }
 
 void BackwardF32(const AttentionArgs<float>& a, View4<const float> out, View4<const float> dout,
-                 const float* lse, const AttentionGrads<float>& gr, int threads) {
+                 RowStats stats, const AttentionGrads<float>& gr, int threads) {
   const AttentionDims& dm = a.dims;
   const int64_t heads = dm.batch * dm.heads;
   std::vector<double> dscale(heads, 0.0);
@@ -444,7 +459,7 @@ void BackwardF32(const AttentionArgs<float>& a, View4<const float> out, View4<co
     Scratch w;
 #pragma omp for schedule(dynamic)
     for (int64_t bh = 0; bh < heads; ++bh)
-      BackwardHead(a, bh / dm.heads, bh % dm.heads, out, dout, lse, gr, &dscale[bh], w);
+      BackwardHead(a, bh / dm.heads, bh % dm.heads, out, dout, stats, gr, &dscale[bh], w);
   }
   if (gr.dhead_scale && a.head_scale) {
     for (int64_t h = 0; h < dm.heads; ++h) {
@@ -476,14 +491,14 @@ bool supports(const AttentionArgs<float>& a) {
 
 static int resolve_threads(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
 
-void forward(const AttentionArgs<float>& args, View4<float> out, float* lse,
+void forward(const AttentionArgs<float>& args, View4<float> out, RowStats stats,
              HeadDiagnosticsPartial* diagnostics, int threads) {
-  HWY_DYNAMIC_DISPATCH(ForwardF32)(args, out, lse, diagnostics, resolve_threads(threads));
+  HWY_DYNAMIC_DISPATCH(ForwardF32)(args, out, stats, diagnostics, resolve_threads(threads));
 }
 
 void backward(const AttentionArgs<float>& args, View4<const float> out, View4<const float> dout,
-              const float* lse, const AttentionGrads<float>& grads, int threads) {
-  HWY_DYNAMIC_DISPATCH(BackwardF32)(args, out, dout, lse, grads, resolve_threads(threads));
+              RowStats stats, const AttentionGrads<float>& grads, int threads) {
+  HWY_DYNAMIC_DISPATCH(BackwardF32)(args, out, dout, stats, grads, resolve_threads(threads));
 }
 
 std::string simd_target() { return HWY_DYNAMIC_DISPATCH(TargetName)(); }

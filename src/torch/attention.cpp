@@ -326,14 +326,14 @@ class FusedFunction : public torch::autograd::Function<FusedFunction> {
                     undefined_if_placeholder(key_padding_mask)};
     const AttentionDims& d = plan.dims;
     Tensor out = torch::empty({d.batch, d.heads, d.q_len, d.v_dim}, q.options());
-    Tensor lse = torch::empty({d.batch, d.heads, d.q_len}, q.options());
+    Tensor stats = torch::empty({2, d.batch, d.heads, d.q_len}, q.options());  // shift, log_sum
     std::vector<HeadDiagnosticsPartial> partials(diagnostics ? d.batch * d.heads : 0);
-    fused::forward(make_args<float>(plan, in), view4<float>(out), lse.data_ptr<float>(),
+    fused::forward(make_args<float>(plan, in), view4<float>(out), row_stats(stats),
                    diagnostics ? partials.data() : nullptr, at::get_num_threads());
     if (diagnostics) *diagnostics = reduce(partials, d.heads);
-    ctx->save_for_backward({in.q, in.k, in.v, head_scale, key_padding_mask, out, lse});
+    ctx->save_for_backward({in.q, in.k, in.v, head_scale, key_padding_mask, out, stats});
     save_plan(ctx, plan);
-    ctx->mark_non_differentiable({lse});
+    ctx->mark_non_differentiable({stats});
     return {out};
   }
 
@@ -342,7 +342,7 @@ class FusedFunction : public torch::autograd::Function<FusedFunction> {
     const Inputs in{saved[0], saved[1], saved[2], undefined_if_placeholder(saved[3]),
                     {},       {},       {},       {},
                     undefined_if_placeholder(saved[4])};
-    const Tensor &out = saved[5], &lse = saved[6];
+    const Tensor &out = saved[5], &stats = saved[6];
     const Plan plan = load_plan(ctx);
     Tensor dout = grad_outputs[0].defined() ? unit_stride(grad_outputs[0]) : torch::zeros_like(out);
     Tensor dq = torch::empty(in.q.sizes(), in.q.options());
@@ -355,11 +355,14 @@ class FusedFunction : public torch::autograd::Function<FusedFunction> {
     g.dv = view4<float>(dv);
     g.dhead_scale = dscale.defined() ? dscale.data_ptr<float>() : nullptr;
     fused::backward(make_args<float>(plan, in), view4<const float>(out),
-                    view4<const float>(dout), lse.data_ptr<float>(), g, at::get_num_threads());
+                    view4<const float>(dout), row_stats(stats), g, at::get_num_threads());
     return {dq, dk, dv, dscale, Tensor(), Tensor(), Tensor()};
   }
 
  private:
+  static fused::RowStats row_stats(const Tensor& stats) {
+    return {stats[0].data_ptr<float>(), stats[1].data_ptr<float>()};
+  }
   // The fused kernel reads rows with unit stride along D; other layouts are copied once.
   static Tensor unit_stride(const Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); }
 };
