@@ -7,5 +7,6 @@ namespace quest::cli {
 
 void add_demo(CLI::App& app);
 void add_info(CLI::App& app);
+void add_bench(CLI::App& app);
 
 }  // namespace quest::cli

@@ -31,11 +31,19 @@ namespace hn = hwy::HWY_NAMESPACE;
 using DF = hn::ScalableTag<float>;
 using VF = hn::Vec<DF>;
 
-constexpr int64_t kBlockQ = 64;
+constexpr int64_t kBlockQ = 256;
 constexpr int64_t kBlockK = 128;
 // exp(s - shift) >= exp(-2 * 40) stays a normal float, so a fixed shift loses no row.
 constexpr float kFixedShiftMax = 40.0f;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Rows per micro-tile: R x 2 vector accumulators plus 2 B vectors and a broadcast must fit the
+// register file (16 vectors on AVX2 and older, 32 on AVX-512).
+#if HWY_TARGET <= HWY_AVX3
+constexpr int kRows = 8;
+#else
+constexpr int kRows = 6;
+#endif
 
 int64_t RoundUp(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 int64_t LanesF() { return static_cast<int64_t>(hn::Lanes(DF())); }
@@ -75,7 +83,7 @@ HWY_INLINE void MicroRows(int64_t rows, const float* A, int64_t ars, int64_t aks
     case 5: return Micro<5, V>(A, ars, aks, B, ldb, C, ldc, K, accumulate);
     case 6: return Micro<6, V>(A, ars, aks, B, ldb, C, ldc, K, accumulate);
     case 7: return Micro<7, V>(A, ars, aks, B, ldb, C, ldc, K, accumulate);
-    default: return Micro<8, V>(A, ars, aks, B, ldb, C, ldc, K, accumulate);
+    default: return Micro<kRows, V>(A, ars, aks, B, ldb, C, ldc, K, accumulate);
   }
 }
 
@@ -86,8 +94,8 @@ void Gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, int64_t 
   const int64_t L = LanesF();
   for (int64_t c0 = 0; c0 < N;) {
     const bool two = N - c0 >= 2 * L;
-    for (int64_t r0 = 0; r0 < M; r0 += 8) {
-      const int64_t rows = std::min<int64_t>(8, M - r0);
+    for (int64_t r0 = 0; r0 < M; r0 += kRows) {
+      const int64_t rows = std::min<int64_t>(kRows, M - r0);
       if (two)
         MicroRows<2>(rows, A + r0 * ars, ars, aks, B + c0, ldb, C + r0 * ldc + c0, ldc, K,
                      accumulate);
