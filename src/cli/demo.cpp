@@ -52,16 +52,21 @@ void run_demo(const DemoConfig& c) {
   for (Kind kind : all_kinds()) {
     AttentionOptions o(kind);
     if (kind == Kind::qknorm) o.head_scale(torch::full({c.heads}, default_scale(kind, c.head_dim)));
-    const auto composite = attention_forward(q, k, v, o.backend(Backend::composite), false, true);
+    const auto fused = attention_forward(q, k, v, o.backend(Backend::fused), false, true);
+    const auto composite = attention_forward(q, k, v, o.backend(Backend::composite), false, false);
     const auto reference = attention_forward(q, k, v, o.backend(Backend::reference), false, false);
-    std::printf("== %s: |O| = %.4f, max |reference - composite| = %.2e\n", to_string(kind).c_str(),
-                composite.output.norm().item<double>(),
+    std::printf("== %s: |O| = %.4f, max |fused - reference| = %.2e, max |composite - reference| = "
+                "%.2e\n",
+                to_string(kind).c_str(), fused.output.norm().item<double>(),
+                max_abs_diff(fused.output, reference.output),
                 max_abs_diff(composite.output, reference.output));
-    std::cout << format_diagnostics(*composite.diagnostics);
+    std::cout << format_diagnostics(*fused.diagnostics);
+    const double t_fused = time_forward_backward(q, k, v, o.backend(Backend::fused), c.repeats);
     const double t_comp = time_forward_backward(q, k, v, o.backend(Backend::composite), c.repeats);
     const double t_ref = time_forward_backward(q, k, v, o.backend(Backend::reference), 1);
-    std::printf("fwd+bwd: composite %.2f ms (%.1f GFLOP/s), reference %.1f ms\n\n", t_comp,
-                gflop / (t_comp / 1e3), t_ref);
+    std::printf("fwd+bwd: fused %.2f ms (%.1f GFLOP/s), composite %.2f ms (%.1f GFLOP/s), "
+                "reference %.1f ms\n\n",
+                t_fused, gflop / (t_fused / 1e3), t_comp, gflop / (t_comp / 1e3), t_ref);
   }
 }
 
