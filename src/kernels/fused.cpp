@@ -152,21 +152,36 @@ struct Scratch {
 };
 
 // Packs keys [j0, j0 + jn) of (b, h), normalised: kt as D x width (transposed), optionally kbar
-// as width x ldk rows. Pad entries are zero. knorm receives raw |k|.
+// as width x ldk rows; pad entries are zero. rk: the keys' 1/max(|k|, eps) if known (null:
+// computed here, raw |k| into knorm if given).
 void PackKeys(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t j0, int64_t jn,
-              int64_t width, float* kt, float* kbar, int64_t ldk, float* knorm) {
+              int64_t width, const float* rk, float* kt, float* kbar, int64_t ldk,
+              float* knorm) {
   const int64_t D = a.dims.qk_dim;
-  std::fill(kt, kt + D * width, 0.0f);
-  if (kbar) std::fill(kbar, kbar + width * ldk, 0.0f);
+  for (int64_t e = 0; e < D; ++e) std::fill(kt + e * width + jn, kt + (e + 1) * width, 0.0f);
+  if (kbar) std::fill(kbar + jn * ldk, kbar + width * ldk, 0.0f);
   for (int64_t c = 0; c < jn; ++c) {
     const float* k = &a.k.at(b, h, j0 + c, 0);
     float raw = 0;
-    const float rk = InverseNorm(k, D, a.k_norm, a.l2_eps, &raw);  // normalise in the load
+    const float r = rk ? rk[c] : InverseNorm(k, D, a.k_norm, a.l2_eps, &raw);
     if (knorm) knorm[c] = raw;
-    for (int64_t e = 0; e < D; ++e) kt[e * width + c] = k[e] * rk;
-    if (kbar)
-      for (int64_t e = 0; e < D; ++e) kbar[c * ldk + e] = k[e] * rk;
+    for (int64_t e = 0; e < D; ++e) kt[e * width + c] = k[e] * r;  // normalise in the load
+    if (kbar) {
+      for (int64_t e = 0; e < D; ++e) kbar[c * ldk + e] = k[e] * r;
+      std::fill(kbar + c * ldk + D, kbar + (c + 1) * ldk, 0.0f);
+    }
   }
+}
+
+// Values [j0, j0 + jn) of (b, h) as width x ldv rows; pad entries are zero.
+void PackValues(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t j0, int64_t jn,
+                int64_t width, int64_t ldv, float* vp) {
+  const int64_t Dv = a.dims.v_dim;
+  for (int64_t c = 0; c < jn; ++c) {
+    std::copy_n(&a.v.at(b, h, j0 + c, 0), Dv, vp + c * ldv);
+    std::fill(vp + c * ldv + Dv, vp + (c + 1) * ldv, 0.0f);
+  }
+  std::fill(vp + jn * ldv, vp + width * ldv, 0.0f);
 }
 
 float DropoutFactor(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i, int64_t j) {
@@ -176,8 +191,8 @@ float DropoutFactor(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t
 }
 
 void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i0, int64_t i1,
-                  float kmax, View4<float> out, RowStats stats, HeadDiagnosticsPartial* part,
-                  Scratch& w) {
+                  float kmax, const float* rk, View4<float> out, RowStats stats,
+                  HeadDiagnosticsPartial* part, Scratch& w) {
   const DF d;
   const int64_t L = LanesF();
   const AttentionDims& dm = a.dims;
@@ -216,9 +231,8 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
   const int64_t k_end = a.causal ? std::min(dm.k_len, i1) : dm.k_len;  // later tiles all hidden
   for (int64_t j0 = 0; j0 < k_end; j0 += kBlockK) {
     const int64_t jn = std::min(kBlockK, k_end - j0), width = RoundUp(jn, L);
-    PackKeys(a, b, h, j0, jn, width, kt, nullptr, 0, nullptr);
-    std::fill(vp, vp + width * Dvp, 0.0f);
-    for (int64_t c = 0; c < jn; ++c) std::copy_n(&a.v.at(b, h, j0 + c, 0), Dv, vp + c * Dvp);
+    PackKeys(a, b, h, j0, jn, width, rk + j0, kt, nullptr, 0, nullptr);
+    PackValues(a, b, h, j0, jn, width, Dvp, vp);
     Gemm(Br, width, D, qs, D, 1, kt, width, s, width, false);  // S = Qs K^T
     for (int64_t r = 0; r < Br; ++r) {
       float* sr = s + r * width;
@@ -290,20 +304,21 @@ void ForwardF32(const AttentionArgs<float>& a, View4<float> out, RowStats stats,
   const AttentionDims& dm = a.dims;
   const int64_t heads = dm.batch * dm.heads;
   const int64_t q_blocks = (dm.q_len + kBlockQ - 1) / kBlockQ;
-  // Per head: the largest key norm after normalisation (the logit bound), and key diagnostics.
-  std::vector<float> kmax(heads, 1.0f);
+  // Per key: 1/max(|k|, eps) (1 without normalisation), O(B*H*Nk). Per head: the largest key
+  // norm after normalisation (for the logit bound), and the key diagnostics.
+  std::vector<float> kmax(heads, 1.0f), rk(heads * dm.k_len);
   std::vector<HeadDiagnosticsPartial> parts(diagnostics ? heads * q_blocks : 0);
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t bh = 0; bh < heads; ++bh) {
     const int64_t b = bh / dm.heads, h = bh % dm.heads;
     HeadDiagnosticsPartial* part = diagnostics ? &diagnostics[bh] : nullptr;
     if (part) *part = HeadDiagnosticsPartial{};
-    if (a.k_norm == Norm::l2 && !part) continue;
     float largest = 0;
     for (int64_t j = 0; j < dm.k_len; ++j) {
       float raw = 0;
-      const float rk = InverseNorm(&a.k.at(b, h, j, 0), dm.qk_dim, a.k_norm, a.l2_eps, &raw);
-      largest = std::max(largest, raw * rk);
+      const float r = InverseNorm(&a.k.at(b, h, j, 0), dm.qk_dim, a.k_norm, a.l2_eps, &raw);
+      rk[bh * dm.k_len + j] = r;
+      largest = std::max(largest, raw * r);
       if (part && !Padded(a, b, j)) {
         part->k_norm_sum += raw;
         part->k_norm_max = std::max<double>(part->k_norm_max, raw);
@@ -319,7 +334,8 @@ void ForwardF32(const AttentionArgs<float>& a, View4<float> out, RowStats stats,
     for (int64_t item = 0; item < heads * q_blocks; ++item) {
       const int64_t bh = item / q_blocks, qb = item % q_blocks;
       const int64_t i0 = qb * kBlockQ, i1 = std::min(dm.q_len, i0 + kBlockQ);
-      ForwardBlock(a, bh / dm.heads, bh % dm.heads, i0, i1, kmax[bh], out, stats,
+      ForwardBlock(a, bh / dm.heads, bh % dm.heads, i0, i1, kmax[bh], &rk[bh * dm.k_len], out,
+                   stats,
                    diagnostics ? &parts[item] : nullptr, w);
     }
   }
@@ -381,7 +397,7 @@ void BackwardHead(const AttentionArgs<float>& a, int64_t b, int64_t h, View4<con
   double dscale = 0;
   for (int64_t j0 = 0; j0 < Nk; j0 += kBlockK) {
     const int64_t jn = std::min(kBlockK, Nk - j0), width = RoundUp(jn, L);
-    PackKeys(a, b, h, j0, jn, width, kt, kbar, Dp, knorm);
+    PackKeys(a, b, h, j0, jn, width, nullptr, kt, kbar, Dp, knorm);
     std::fill(vt, vt + Dv * width, 0.0f);
     for (int64_t c = 0; c < jn; ++c) {
       const float* v = &a.v.at(b, h, j0 + c, 0);
