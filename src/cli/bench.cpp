@@ -23,13 +23,17 @@ struct BenchConfig {
   std::vector<std::string> kinds = {"standard", "quest"};
   std::vector<std::string> backends = {"fused", "composite"};
   int repeats = 5;
+  int paired = 0;  // alternating quest/standard pairs per shape (0: off)
   double composite_memory_limit_gb = 8.0;
   std::string json_path;
 };
 
 template <typename F>
 double median_seconds(int repeats, F&& f) {
-  f();  // warm-up
+  // Warm-up for at least 0.2 s: thread pools, first-touch pages and clocks settle.
+  const auto warm = std::chrono::steady_clock::now();
+  do f();
+  while (std::chrono::steady_clock::now() - warm < std::chrono::milliseconds(200));
   std::vector<double> t;
   for (int r = 0; r < repeats; ++r) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -124,6 +128,37 @@ void run_bench(const BenchConfig& c) {
   }
   sgemm_samples.push_back(sgemm_gflops(c.repeats));
   const double sgemm = median(sgemm_samples);
+  // quest vs standard through the fused kernel: alternate the two, median of per-pair ratios,
+  // so that machine noise common to a pair cancels.
+  nlohmann::json paired = nlohmann::json::array();
+  if (c.paired > 0) {
+    for (const std::string& shape_text : c.shapes) {
+      const auto s = parse_shape(shape_text);
+      torch::manual_seed(0);
+      const auto q = torch::randn({s[0], s[1], s[2], s[3]}), k = torch::randn_like(q),
+                 v = torch::randn_like(q), dout = torch::randn_like(q);
+      auto time_kind = [&](Kind kind, bool backward) {
+        const auto opts = AttentionOptions(kind).backend(Backend::fused).check_finite(false);
+        return median_seconds(1, [&] {
+          if (!backward) {
+            torch::NoGradGuard no_grad;
+            (void)attention(q, k, v, opts);
+            return;
+          }
+          auto qq = q.detach().requires_grad_(), kk = k.detach().requires_grad_(),
+               vv = v.detach().requires_grad_();
+          attention(qq, kk, vv, opts).backward(dout);
+        });
+      };
+      std::vector<double> fwd, fb;
+      for (int r = 0; r < c.paired; ++r) {
+        fwd.push_back(time_kind(Kind::quest, false) / time_kind(Kind::standard, false));
+        fb.push_back(time_kind(Kind::quest, true) / time_kind(Kind::standard, true));
+      }
+      paired.push_back({{"shape", shape_text}, {"quest_over_standard_time_fwd", median(fwd)},
+                        {"quest_over_standard_time_fwd_bwd", median(fb)}});
+    }
+  }
   for (auto& row : rows) {
     const double f = row["fwd_gflops"], b = row["fwd_bwd_gflops"];
     row["fwd_vs_sgemm"] = f / sgemm;
@@ -138,6 +173,12 @@ void run_bench(const BenchConfig& c) {
               sgemm, sgemm_samples.size(),
               *std::min_element(sgemm_samples.begin(), sgemm_samples.end()),
               *std::max_element(sgemm_samples.begin(), sgemm_samples.end()));
+  for (const auto& p : paired)
+    std::printf("fused quest / standard time, median of %d alternating pairs, %s: forward %.3f, "
+                "forward+backward %.3f\n",
+                c.paired, p["shape"].get<std::string>().c_str(),
+                p["quest_over_standard_time_fwd"].get<double>(),
+                p["quest_over_standard_time_fwd_bwd"].get<double>());
   std::printf("peak RSS of this process: %.2f GiB\n", peak_rss_gb());
   if (!c.json_path.empty()) {
     nlohmann::json out = {{"threads", threads},
@@ -146,6 +187,7 @@ void run_bench(const BenchConfig& c) {
                           {"sgemm_gflops_samples", sgemm_samples},
                           {"peak_rss_gib", peak_rss_gb()},
                           {"repeats", c.repeats},
+                          {"paired", paired},
                           {"rows", rows}};
     std::ofstream(c.json_path) << out.dump(2) << "\n";
   }
@@ -166,6 +208,10 @@ void add_bench(CLI::App& app) {
   cmd->add_option("--composite-memory-limit", config->composite_memory_limit_gb,
                   "Skip composite/reference where N x N buffers exceed this many GB")
       ->capture_default_str();
+  cmd->add_option("--paired", config->paired,
+                  "Also time fused quest against fused standard in this many alternating pairs "
+                  "per shape (median ratio)")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
   cmd->add_option("--json", config->json_path, "Write the results as JSON here");
   cmd->callback([config] { run_bench(*config); });
 }

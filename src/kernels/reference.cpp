@@ -62,6 +62,16 @@ Rows normalise(View4<const T> x, int64_t b, int64_t h, int64_t n, int64_t d, Nor
   return r;
 }
 
+template <typename T>
+Rows normalise_queries(const AttentionArgs<T>& a, int64_t b, int64_t h) {
+  return normalise(a.q, b, h, a.dims.q_len, a.dims.qk_dim, a.q_norm, a.q_ln_weight, a.q_ln_bias, a);
+}
+
+template <typename T>
+Rows normalise_keys(const AttentionArgs<T>& a, int64_t b, int64_t h) {
+  return normalise(a.k, b, h, a.dims.k_len, a.dims.qk_dim, a.k_norm, a.k_ln_weight, a.k_ln_bias, a);
+}
+
 // dx from dy through the row normalisation; accumulates the LayerNorm affine gradients.
 template <typename T>
 void normalise_backward(const Rows& r, Norm norm, const T* weight, const std::vector<double>& dy,
@@ -131,10 +141,8 @@ void forward(const AttentionArgs<T>& a, View4<T> out, double* lse, HeadDiagnosti
   std::vector<char> visible(d.k_len);
   for (int64_t b = 0; b < d.batch; ++b)
     for (int64_t h = 0; h < d.heads; ++h) {
-      const Rows qn = normalise(a.q, b, h, d.q_len, d.qk_dim, a.q_norm, a.q_ln_weight,
-                                a.q_ln_bias, a);
-      const Rows kn = normalise(a.k, b, h, d.k_len, d.qk_dim, a.k_norm, a.k_ln_weight,
-                                a.k_ln_bias, a);
+      const Rows qn = normalise_queries(a, b, h);
+      const Rows kn = normalise_keys(a, b, h);
       const double g = a.head_scale_at(h);
       HeadDiagnosticsPartial* part = diag ? &diag[b * d.heads + h] : nullptr;
       if (part) {
@@ -207,10 +215,8 @@ void backward(const AttentionArgs<T>& a, View4<const T> dout, const double* lse,
   std::vector<char> visible(d.k_len);
   for (int64_t b = 0; b < d.batch; ++b)
     for (int64_t h = 0; h < d.heads; ++h) {
-      const Rows qn = normalise(a.q, b, h, d.q_len, d.qk_dim, a.q_norm, a.q_ln_weight,
-                                a.q_ln_bias, a);
-      const Rows kn = normalise(a.k, b, h, d.k_len, d.qk_dim, a.k_norm, a.k_ln_weight,
-                                a.k_ln_bias, a);
+      const Rows qn = normalise_queries(a, b, h);
+      const Rows kn = normalise_keys(a, b, h);
       const double g = a.head_scale_at(h);
       dqn.assign(d.q_len * d.qk_dim, 0.0);
       dkn.assign(d.k_len * d.qk_dim, 0.0);
