@@ -1,0 +1,65 @@
+// Torch-free driver of one fused forward (and optionally backward), for profilers:
+//   valgrind --tool=callgrind build/bench/profile_fused 1 4 1024 64 quest
+// Arguments: B H N D kind [backward]. One thread unless OMP_NUM_THREADS says otherwise.
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "quest/fused.h"
+
+int main(int argc, char** argv) {
+  using namespace quest;
+  if (argc < 6) {
+    std::fprintf(stderr, "usage: %s B H N D kind [backward]\n", argv[0]);
+    return 2;
+  }
+  const int64_t B = std::atoll(argv[1]), H = std::atoll(argv[2]), N = std::atoll(argv[3]),
+                D = std::atoll(argv[4]);
+  const auto kind = parse_kind(argv[5]);
+  if (B < 1 || H < 1 || N < 1 || D < 1 || !kind || *kind == Kind::qk_layernorm) {
+    std::fprintf(stderr, "need positive sizes and a kind other than qk_layernorm\n");
+    return 2;
+  }
+  const bool backward = argc > 6 && std::string(argv[6]) == "backward";
+  const AttentionDims dims{B, H, N, N, D, D};
+  const size_t n = static_cast<size_t>(B * H * N * D);
+  std::vector<float> q(n), k(n), v(n), o(n), dout(n), dq(n), dk(n), dv(n), shift(B * H * N),
+      log_sum(B * H * N);
+  std::mt19937 rng(1);
+  std::normal_distribution<float> n01;
+  for (auto* x : {&q, &k, &v, &dout})
+    for (auto& e : *x) e = n01(rng);
+  auto view = [&](auto* data) {
+    View4<std::remove_pointer_t<decltype(data)>> w;
+    w.data = data;
+    w.stride[0] = H * N * D;
+    w.stride[1] = N * D;
+    w.stride[2] = D;
+    w.stride[3] = 1;
+    return w;
+  };
+  AttentionArgs<float> a;
+  a.dims = dims;
+  a.q = view(static_cast<const float*>(q.data()));
+  a.k = view(static_cast<const float*>(k.data()));
+  a.v = view(static_cast<const float*>(v.data()));
+  a.q_norm = traits(*kind).q_norm;
+  a.k_norm = traits(*kind).k_norm;
+  a.scale = default_scale(*kind, D);
+  const int threads = std::getenv("OMP_NUM_THREADS") ? 0 : 1;
+  fused::forward(a, view(o.data()), {shift.data(), log_sum.data()}, nullptr, threads);
+  if (backward) {
+    AttentionGrads<float> g;
+    g.dq = view(dq.data());
+    g.dk = view(dk.data());
+    g.dv = view(dv.data());
+    fused::backward(a, view(static_cast<const float*>(o.data())),
+                    view(static_cast<const float*>(dout.data())), {shift.data(), log_sum.data()},
+                    g, threads);
+  }
+  std::printf("%s: o[0] = %f%s\n", fused::simd_target().c_str(), o[0],
+              backward ? (", dk[0] = " + std::to_string(dk[0])).c_str() : "");
+  return 0;
+}
