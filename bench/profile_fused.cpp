@@ -31,15 +31,7 @@ int main(int argc, char** argv) {
   std::normal_distribution<float> n01;
   for (auto* x : {&q, &k, &v, &dout})
     for (auto& e : *x) e = n01(rng);
-  auto view = [&](auto* data) {
-    View4<std::remove_pointer_t<decltype(data)>> w;
-    w.data = data;
-    w.stride[0] = H * N * D;
-    w.stride[1] = N * D;
-    w.stride[2] = D;
-    w.stride[3] = 1;
-    return w;
-  };
+  auto view = [&](auto* data) { return contiguous_view(data, H, N, D); };
   AttentionArgs<float> a;
   a.dims = dims;
   a.q = view(static_cast<const float*>(q.data()));

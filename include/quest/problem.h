@@ -20,6 +20,18 @@ struct View4 {
   }
 };
 
+// A contiguous (B, H, n, d) buffer as a View4.
+template <typename T>
+View4<T> contiguous_view(T* data, int64_t heads, int64_t n, int64_t d) {
+  View4<T> v;
+  v.data = data;
+  v.stride[0] = heads * n * d;
+  v.stride[1] = n * d;
+  v.stride[2] = d;
+  v.stride[3] = 1;
+  return v;
+}
+
 struct AttentionDims {
   int64_t batch = 0, heads = 0;
   int64_t q_len = 0, k_len = 0;  // Nq, Nk

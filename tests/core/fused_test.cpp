@@ -13,13 +13,7 @@ namespace {
 
 template <typename T>
 View4<T> contiguous(T* data, const AttentionDims& d, int64_t n, int64_t dim) {
-  View4<T> v;
-  v.data = data;
-  v.stride[0] = d.heads * n * dim;
-  v.stride[1] = n * dim;
-  v.stride[2] = dim;
-  v.stride[3] = 1;
-  return v;
+  return contiguous_view(data, d.heads, n, dim);
 }
 
 struct Case {

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "error_message.h"
 #include "quest/data/idx.h"
 
 namespace quest::data {
@@ -12,14 +13,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string message_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "";
-}
+std::string message_of(const std::function<void()>& f) { return testing::error_message(f); }
 
 std::vector<unsigned char> be32(uint32_t v) {
   return {static_cast<unsigned char>(v >> 24), static_cast<unsigned char>(v >> 16),

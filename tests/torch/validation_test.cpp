@@ -1,6 +1,7 @@
 // Bad input gets an error that names the problem.
 #include <gtest/gtest.h>
 
+#include "error_message.h"
 #include "quest/attention.h"
 
 namespace quest {
@@ -8,19 +9,11 @@ namespace {
 
 using torch::Tensor;
 
-// Runs f and returns the error message without the backtrace ("" if nothing was thrown).
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "";
-}
+using testing::error_message;
 
 #define EXPECT_ERROR_MENTIONS(call, text)                                         \
   do {                                                                            \
-    const std::string msg = error_of([&] { (void)(call); });                      \
+    const std::string msg = error_message([&] { (void)(call); });                      \
     EXPECT_NE(msg.find(text), std::string::npos) << "message was: '" << msg << "'"; \
   } while (0)
 
