@@ -1,0 +1,67 @@
+// A Vision Transformer for small images: patch embedding, class token, learned position
+// embedding, pre-norm blocks (any attention kind of the family), MLP, classification head.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <optional>
+#include <vector>
+
+#include "quest/nn/multihead_attention.h"
+
+namespace quest::models {
+
+struct VitOptions {
+  TORCH_ARG(int64_t, image_size) = 28;
+  TORCH_ARG(int64_t, channels) = 1;
+  TORCH_ARG(int64_t, patch_size) = 4;
+  TORCH_ARG(int64_t, num_classes) = 10;
+  TORCH_ARG(int64_t, dim) = 128;
+  TORCH_ARG(int64_t, depth) = 6;
+  TORCH_ARG(int64_t, heads) = 4;
+  TORCH_ARG(double, mlp_ratio) = 2.0;
+  TORCH_ARG(double, dropout) = 0.0;            // after the MLP and the attention projection
+  TORCH_ARG(double, attention_dropout) = 0.0;  // on the attention weights
+  TORCH_ARG(double, drop_path) = 0.0;          // stochastic depth, rising linearly to this
+  TORCH_ARG(Kind, attention) = Kind::quest;
+  TORCH_ARG(Backend, backend) = Backend::automatic;
+};
+
+// Pre-norm transformer block: x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x))).
+class BlockImpl : public torch::nn::Module {
+ public:
+  BlockImpl(const VitOptions& options, double drop_path);
+  torch::Tensor forward(torch::Tensor x);
+
+  torch::nn::LayerNorm norm1{nullptr}, norm2{nullptr};
+  nn::MultiheadAttention attn{nullptr};
+  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+  torch::nn::Dropout dropout{nullptr};
+
+ private:
+  torch::Tensor drop_path(const torch::Tensor& branch) const;
+  double drop_path_ = 0.0;
+};
+TORCH_MODULE(Block);
+
+class VitImpl : public torch::nn::Module {
+ public:
+  explicit VitImpl(const VitOptions& options);
+  // images: (B, C, H, W) float -> logits (B, num_classes).
+  torch::Tensor forward(const torch::Tensor& images);
+
+  // Per block, the attention diagnostics of the last forward (when recording is on).
+  void set_record_diagnostics(bool on);
+  std::vector<std::optional<HeadDiagnostics>> attention_diagnostics() const;
+
+  VitOptions options;
+  torch::nn::Conv2d patch_embed{nullptr};
+  torch::Tensor cls_token, pos_embed;
+  torch::nn::ModuleList blocks{nullptr};
+  torch::nn::LayerNorm norm{nullptr};
+  torch::nn::Linear head{nullptr};
+  torch::nn::Dropout embed_dropout{nullptr};
+};
+TORCH_MODULE(Vit);
+
+}  // namespace quest::models

@@ -1,0 +1,89 @@
+// Supervised image-classification training: AdamW with weight-decay exclusions, warmup + cosine
+// schedule, gradient clipping, label smoothing, JSON-lines metrics, atomic checkpoints with exact
+// resume at epoch boundaries, and a clean stop on non-finite loss or gradients.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+#include <string>
+
+#include "quest/models/vit.h"
+
+namespace quest::training {
+
+struct Dataset {
+  torch::Tensor images;  // (N, C, H, W) float, normalised
+  torch::Tensor labels;  // (N) int64
+  int64_t size() const { return labels.size(0); }
+};
+
+// uint8 (N, H, W) images -> float (N, 1, H, W), (x/255 - mean) / std.
+Dataset to_dataset(const torch::Tensor& images_u8, const torch::Tensor& labels, double mean,
+                   double std);
+// A seeded split: the last `fraction` of a seeded permutation becomes the validation set.
+std::pair<Dataset, Dataset> split_validation(const Dataset& all, double fraction, uint64_t seed);
+// Random crop after zero padding by `pad` pixels, and horizontal flip with probability 1/2.
+torch::Tensor augment(const torch::Tensor& images, int64_t pad, bool flip, torch::Generator& gen);
+
+struct TrainConfig {
+  models::VitOptions model;
+  int64_t epochs = 10, batch_size = 128;
+  double lr = 1e-3, min_lr = 1e-5, weight_decay = 0.05, warmup_epochs = 1;
+  double clip_grad_norm = 1.0;  // <= 0: off
+  double label_smoothing = 0.1;
+  bool augment = true;
+  int64_t crop_padding = 2;
+  bool flip = true;
+  uint64_t seed = 0;
+  int64_t log_every = 50;  // steps between metric lines (and diagnostics)
+  std::string run_dir;     // metrics.jsonl, checkpoint.pt, config.json
+};
+nlohmann::json to_json(const TrainConfig& config);
+TrainConfig config_from_json(const nlohmann::json& j);
+
+// Thrown when the loss or the gradient norm stops being finite.
+struct DivergenceError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct EvalResult {
+  double loss = 0, accuracy = 0;
+};
+
+class Trainer {
+ public:
+  explicit Trainer(TrainConfig config);
+
+  // Trains up to config.epochs, resuming from run_dir/checkpoint.pt when `resume` and it exists.
+  // Writes the checkpoint atomically after each epoch. `on_step` (optional) sees progress.
+  void fit(const Dataset& train, const Dataset& validation, bool resume,
+           const std::function<void(const nlohmann::json&)>& on_step = {});
+  EvalResult evaluate(const Dataset& data, int64_t batch_size = 512);
+
+  void save_checkpoint(const std::string& path);
+  void load_checkpoint(const std::string& path);
+  std::string checkpoint_path() const;
+
+  models::Vit& model() { return model_; }
+  int64_t epoch() const { return epoch_; }
+  int64_t step() const { return step_; }
+  double learning_rate(int64_t step, int64_t steps_per_epoch) const;
+
+ private:
+  void set_learning_rate(double lr);
+  void log(const nlohmann::json& line);
+
+  TrainConfig config_;
+  models::Vit model_{nullptr};
+  std::unique_ptr<torch::optim::AdamW> optimizer_;
+  int64_t epoch_ = 0, step_ = 0;
+};
+
+// Parameters that get no weight decay: biases, norm parameters, position/class embeddings,
+// learnable attention scales.
+bool excluded_from_weight_decay(const std::string& name);
+
+}  // namespace quest::training
