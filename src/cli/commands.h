@@ -8,5 +8,7 @@ namespace quest::cli {
 void add_demo(CLI::App& app);
 void add_info(CLI::App& app);
 void add_bench(CLI::App& app);
+// Sets exit_code to the command's exit status (non-zero when training diverges).
+void add_train(CLI::App& app, int& exit_code);
 
 }  // namespace quest::cli

@@ -12,6 +12,8 @@ int main(int argc, char** argv) {
   quest::cli::add_demo(app);
   quest::cli::add_info(app);
   quest::cli::add_bench(app);
+  int exit_code = 0;
+  quest::cli::add_train(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -23,5 +25,5 @@ int main(int argc, char** argv) {
     std::cerr << "error: " << e.what() << "\n";
     return 1;
   }
-  return 0;
+  return exit_code;
 }

@@ -1,0 +1,228 @@
+// quest train / quest eval: thin over quest::training. A config is a JSON file (the config.json
+// every run writes is one) plus flag overrides; the resolved config is saved in the run directory.
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "commands.h"
+#include "quest/data/idx.h"
+#include "quest/quest.h"
+#include "quest/training/trainer.h"
+
+namespace quest::cli {
+namespace {
+
+namespace fs = std::filesystem;
+using training::TrainConfig;
+
+struct TrainFlags {
+  std::string config_path, data_dir = data::kFashionMnistDir;
+  std::string attention, backend;
+  int64_t epochs = 0, batch_size = 0, dim = 0, depth = 0, heads = 0, patch_size = 0;
+  int64_t log_every = -1, train_subset = 0;
+  double lr = 0, min_lr = -1, weight_decay = -1, warmup_epochs = -1, mlp_ratio = 0, dropout = -1,
+         attention_dropout = -1, drop_path = -1, label_smoothing = -1, clip_grad_norm = -1;
+  double val_fraction = 0.1;
+  uint64_t seed = 0;
+  bool no_augment = false, resume = false;
+  std::string run_dir = "runs/train";
+  CLI::App* cmd = nullptr;
+  bool given(const char* name) const { return cmd->count(name) > 0; }
+};
+
+TrainConfig resolve_config(const TrainFlags& f) {
+  TrainConfig c;
+  if (!f.config_path.empty()) {
+    std::ifstream in(f.config_path);
+    if (!in) throw CLI::ValidationError("--config", "cannot read '" + f.config_path + "'");
+    try {
+      c = training::config_from_json(nlohmann::json::parse(in));
+    } catch (const nlohmann::json::exception& e) {
+      throw CLI::ValidationError("--config", "'" + f.config_path + "': " + e.what());
+    }
+  }
+  if (f.given("--attention")) {
+    const auto kind = parse_kind(f.attention);
+    if (!kind) throw CLI::ValidationError("--attention", "unknown kind '" + f.attention + "'");
+    c.model.attention(*kind);
+  }
+  if (f.given("--backend")) {
+    const auto backend = parse_backend(f.backend);
+    if (!backend) throw CLI::ValidationError("--backend", "unknown backend '" + f.backend + "'");
+    c.model.backend(*backend);
+  }
+  if (f.given("--epochs")) c.epochs = f.epochs;
+  if (f.given("--batch-size")) c.batch_size = f.batch_size;
+  if (f.given("--dim")) c.model.dim(f.dim);
+  if (f.given("--depth")) c.model.depth(f.depth);
+  if (f.given("--heads")) c.model.heads(f.heads);
+  if (f.given("--patch-size")) c.model.patch_size(f.patch_size);
+  if (f.given("--mlp-ratio")) c.model.mlp_ratio(f.mlp_ratio);
+  if (f.given("--dropout")) c.model.dropout(f.dropout);
+  if (f.given("--attention-dropout")) c.model.attention_dropout(f.attention_dropout);
+  if (f.given("--drop-path")) c.model.drop_path(f.drop_path);
+  if (f.given("--lr")) c.lr = f.lr;
+  if (f.given("--min-lr")) c.min_lr = f.min_lr;
+  if (f.given("--weight-decay")) c.weight_decay = f.weight_decay;
+  if (f.given("--warmup-epochs")) c.warmup_epochs = f.warmup_epochs;
+  if (f.given("--label-smoothing")) c.label_smoothing = f.label_smoothing;
+  if (f.given("--clip-grad-norm")) c.clip_grad_norm = f.clip_grad_norm;
+  if (f.given("--log-every")) c.log_every = f.log_every;
+  if (f.given("--seed")) c.seed = f.seed;
+  if (f.no_augment) c.augment = false;
+  if (f.given("--run-dir") || c.run_dir.empty()) c.run_dir = f.run_dir;
+  return c;
+}
+
+// Progress: one rewritten line on a terminal, plain lines every log_every steps otherwise.
+class Progress {
+ public:
+  Progress(int64_t total_steps, int64_t batch, int64_t every)
+      : total_(total_steps), batch_(batch), every_(std::max<int64_t>(every, 1)),
+        tty_(isatty(fileno(stdout))), start_(std::chrono::steady_clock::now()) {}
+  void update(const nlohmann::json& line) {
+    const int64_t step = line["step"].get<int64_t>() + 1;
+    if (!tty_ && step % every_ != 0 && step != total_) return;
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    const double ips = (step - first_) * batch_ / std::max(secs, 1e-9);
+    const double eta = (total_ - step) * batch_ / std::max(ips, 1e-9);
+    std::printf("%sepoch %lld  step %lld/%lld  loss %.4f  lr %.2e  %.0f img/s  ETA %.0fs%s",
+                tty_ ? "\r" : "", (long long)line["epoch"].get<int64_t>(), (long long)step,
+                (long long)total_, line["loss"].get<double>(), line["lr"].get<double>(), ips, eta,
+                tty_ ? "   " : "\n");
+    std::fflush(stdout);
+  }
+  void start_at(int64_t step) { first_ = step; }
+  void finish() {
+    if (tty_) std::printf("\n");
+  }
+
+ private:
+  int64_t total_, batch_, every_;
+  bool tty_;
+  std::chrono::steady_clock::time_point start_;
+  int64_t first_ = 0;
+};
+
+struct Data {
+  training::Dataset train, validation, test;
+};
+
+Data load_data(const std::string& dir, double val_fraction, uint64_t seed, int64_t subset) {
+  const data::ImageSet train = data::read_mnist_split(dir, "train");
+  const data::ImageSet test = data::read_mnist_split(dir, "t10k");
+  // Normalisation statistics from the training images.
+  const auto pixels = train.images.to(torch::kFloat) / 255.0;
+  const double mean = pixels.mean().item<double>(), std = pixels.std().item<double>();
+  training::Dataset all = training::to_dataset(train.images, train.labels, mean, std);
+  if (subset > 0 && subset < all.size())
+    all = {all.images.narrow(0, 0, subset), all.labels.narrow(0, 0, subset)};
+  auto [tr, val] = training::split_validation(all, val_fraction, seed);
+  return {tr, val, training::to_dataset(test.images, test.labels, mean, std)};
+}
+
+int run_train(const TrainFlags& flags) {
+  warn_if_reference_blas();
+  configure_threads();
+  const TrainConfig config = resolve_config(flags);
+  const Data data = load_data(flags.data_dir, flags.val_fraction, config.seed, flags.train_subset);
+  std::printf("train %lld / validation %lld / test %lld images; attention %s; run dir %s\n",
+              (long long)data.train.size(), (long long)data.validation.size(),
+              (long long)data.test.size(), to_string(config.model.attention()).c_str(),
+              config.run_dir.c_str());
+  training::Trainer trainer(config);
+  const int64_t steps = config.epochs * ((data.train.size() + config.batch_size - 1) / config.batch_size);
+  Progress progress(steps, config.batch_size, config.log_every);
+  bool started = false;
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    trainer.fit(data.train, data.validation, flags.resume, [&](const nlohmann::json& line) {
+      if (!started) progress.start_at(line["step"].get<int64_t>());
+      started = true;
+      progress.update(line);
+    });
+  } catch (const training::DivergenceError& e) {
+    progress.finish();
+    std::fprintf(stderr, "error: training diverged: %s\n", e.what());
+    for (size_t layer = 0; layer < trainer.model()->attention_diagnostics().size(); ++layer)
+      if (const auto& d = trainer.model()->attention_diagnostics()[layer])
+        std::fprintf(stderr, "layer %zu attention:\n%s", layer, format_diagnostics(*d).c_str());
+    std::fprintf(stderr, "the last good checkpoint is kept: %s\n", trainer.checkpoint_path().c_str());
+    return 3;
+  }
+  progress.finish();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const auto test = trainer.evaluate(data.test);
+  std::printf("test accuracy %.4f, test loss %.4f, wall %.1f s\n", test.accuracy, test.loss, secs);
+  nlohmann::json result = {{"test_accuracy", test.accuracy}, {"test_loss", test.loss},
+                           {"wall_seconds", secs}, {"config", training::to_json(config)}};
+  std::ofstream(fs::path(config.run_dir) / "result.json") << result.dump(2) << "\n";
+  return 0;
+}
+
+int run_eval(const std::string& checkpoint, const std::string& data_dir) {
+  configure_threads();
+  const fs::path config_path = fs::path(checkpoint).parent_path() / "config.json";
+  std::ifstream in(config_path);
+  if (!in) throw CLI::ValidationError("eval", "no config.json beside '" + checkpoint + "'");
+  if (!fs::exists(checkpoint)) throw CLI::ValidationError("eval", "'" + checkpoint + "' does not exist");
+  TrainConfig config = training::config_from_json(nlohmann::json::parse(in));
+  training::Trainer trainer(config);
+  trainer.load_checkpoint(checkpoint);
+  const Data data = load_data(data_dir, 0.0, config.seed, 0);
+  const auto test = trainer.evaluate(data.test);
+  std::printf("%s: epoch %lld, test accuracy %.4f, test loss %.4f\n", checkpoint.c_str(),
+              (long long)trainer.epoch(), test.accuracy, test.loss);
+  return 0;
+}
+
+}  // namespace
+
+void add_train(CLI::App& app, int& exit_code) {
+  auto f = std::make_shared<TrainFlags>();
+  CLI::App* cmd = app.add_subcommand("train", "Train a ViT on Fashion-MNIST (or any MNIST-format directory)");
+  f->cmd = cmd;
+  cmd->add_option("--config", f->config_path, "JSON config (e.g. a run's config.json); flags override it");
+  cmd->add_option("--data-dir", f->data_dir, "Directory with {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]")
+      ->capture_default_str();
+  cmd->add_option("--attention", f->attention, "standard, quest, qnorm, qknorm or qk_layernorm");
+  cmd->add_option("--backend", f->backend, "automatic, fused, composite or reference");
+  cmd->add_option("--epochs", f->epochs)->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
+  cmd->add_option("--batch-size", f->batch_size)->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
+  cmd->add_option("--dim", f->dim, "Embedding width")->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
+  cmd->add_option("--depth", f->depth, "Transformer blocks")->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
+  cmd->add_option("--heads", f->heads)->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
+  cmd->add_option("--patch-size", f->patch_size)->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
+  cmd->add_option("--mlp-ratio", f->mlp_ratio)->check(CLI::PositiveNumber);
+  cmd->add_option("--dropout", f->dropout)->check(CLI::Range(0.0, 0.99));
+  cmd->add_option("--attention-dropout", f->attention_dropout)->check(CLI::Range(0.0, 0.99));
+  cmd->add_option("--drop-path", f->drop_path)->check(CLI::Range(0.0, 0.99));
+  cmd->add_option("--lr", f->lr, "Peak learning rate")->check(CLI::PositiveNumber);
+  cmd->add_option("--min-lr", f->min_lr)->check(CLI::NonNegativeNumber);
+  cmd->add_option("--weight-decay", f->weight_decay)->check(CLI::NonNegativeNumber);
+  cmd->add_option("--warmup-epochs", f->warmup_epochs)->check(CLI::NonNegativeNumber);
+  cmd->add_option("--label-smoothing", f->label_smoothing)->check(CLI::Range(0.0, 0.99));
+  cmd->add_option("--clip-grad-norm", f->clip_grad_norm, "<= 0 turns clipping off");
+  cmd->add_option("--log-every", f->log_every, "Steps between metric lines")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--seed", f->seed);
+  cmd->add_option("--val-fraction", f->val_fraction, "Held-out share of the training set")
+      ->check(CLI::Range(0.0, 0.9))->capture_default_str();
+  cmd->add_option("--train-subset", f->train_subset, "Use only the first N training images (quick runs)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--no-augment", f->no_augment, "No random crop / flip");
+  cmd->add_flag("--resume", f->resume, "Continue from <run-dir>/checkpoint.pt");
+  cmd->add_option("--run-dir", f->run_dir, "Where metrics, checkpoints and config go")->capture_default_str();
+  cmd->callback([f, &exit_code] { exit_code = run_train(*f); });
+
+  auto checkpoint = std::make_shared<std::string>();
+  auto data_dir = std::make_shared<std::string>(data::kFashionMnistDir);
+  CLI::App* eval = app.add_subcommand("eval", "Test accuracy of a checkpoint (its run's config.json beside it)");
+  eval->add_option("checkpoint", *checkpoint, "Path to checkpoint.pt")->required();
+  eval->add_option("--data-dir", *data_dir)->capture_default_str();
+  eval->callback([checkpoint, data_dir, &exit_code] { exit_code = run_eval(*checkpoint, *data_dir); });
+}
+
+}  // namespace quest::cli
