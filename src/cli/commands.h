@@ -2,6 +2,7 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <functional>
 
 namespace quest::cli {
 
@@ -10,5 +11,6 @@ void add_info(CLI::App& app);
 void add_bench(CLI::App& app);
 // Sets exit_code to the command's exit status (non-zero when training diverges).
 void add_train(CLI::App& app, int& exit_code);
+void add_plot(CLI::App& app);
 
 }  // namespace quest::cli

@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   quest::cli::add_bench(app);
   int exit_code = 0;
   quest::cli::add_train(app, exit_code);
+  quest::cli::add_plot(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -3,6 +3,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
+#include <map>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -30,7 +32,10 @@ struct TrainFlags {
   bool no_augment = false, resume = false;
   std::string run_dir = "runs/train";
   CLI::App* cmd = nullptr;
-  bool given(const char* name) const { return cmd->count(name) > 0; }
+  bool given(const char* name) const {  // given on the command line (not every command has it)
+    const CLI::Option* opt = cmd->get_option_no_throw(name);
+    return opt && opt->count() > 0;
+  }
 };
 
 TrainConfig resolve_config(const TrainFlags& f) {
@@ -179,16 +184,119 @@ int run_eval(const std::string& checkpoint, const std::string& data_dir) {
   return 0;
 }
 
+struct CompareFlags {
+  std::vector<std::string> kinds = {"standard", "quest", "qknorm"};
+  std::vector<uint64_t> seeds = {0, 1, 2};
+  std::string out_dir = "runs/compare";
+};
+
+double mean_of(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x;
+  return v.empty() ? NAN : s / v.size();
+}
+double std_of(const std::vector<double>& v) {  // sample standard deviation
+  if (v.size() < 2) return 0;
+  const double m = mean_of(v);
+  double s = 0;
+  for (double x : v) s += (x - m) * (x - m);
+  return std::sqrt(s / (v.size() - 1));
+}
+
+// Final attention diagnostics of a trained model on one test batch, averaged over layers/heads.
+nlohmann::json final_diagnostics(training::Trainer& trainer, const training::Dataset& test) {
+  torch::NoGradGuard no_grad;
+  trainer.model()->eval();
+  trainer.model()->set_record_diagnostics(true);
+  trainer.model()->forward(test.images.narrow(0, 0, std::min<int64_t>(256, test.size())));
+  trainer.model()->set_record_diagnostics(false);
+  double kmax = 0, qmax = 0, logit = 0, entropy = 0;
+  int64_t n = 0;
+  for (const auto& d : trainer.model()->attention_diagnostics()) {
+    if (!d) continue;
+    for (size_t h = 0; h < d->entropy_mean.size(); ++h, ++n) {
+      kmax = std::max(kmax, d->k_norm_max[h]);
+      qmax = std::max(qmax, d->q_norm_max[h]);
+      logit = std::max(logit, d->logit_abs_max[h]);
+      entropy += d->entropy_mean[h];
+    }
+  }
+  return {{"k_norm_max", kmax}, {"q_norm_max", qmax}, {"logit_abs_max", logit},
+          {"entropy_mean", n ? entropy / n : 0.0}};
+}
+
+int run_compare(TrainFlags flags, const CompareFlags& compare) {
+  warn_if_reference_blas();
+  configure_threads();
+  nlohmann::json runs = nlohmann::json::array();
+  fs::create_directories(compare.out_dir);
+  std::map<std::string, std::vector<double>> acc, wall;
+  std::map<std::string, nlohmann::json> last_diag;
+  for (const std::string& kind_name : compare.kinds) {
+    if (!parse_kind(kind_name)) throw CLI::ValidationError("--kinds", "unknown kind '" + kind_name + "'");
+    for (uint64_t seed : compare.seeds) {
+      TrainFlags f = flags;
+      TrainConfig config = resolve_config(f);
+      config.model.attention(*parse_kind(kind_name));
+      config.seed = seed;
+      config.run_dir = (fs::path(compare.out_dir) / kind_name / ("seed-" + std::to_string(seed))).string();
+      const Data data = load_data(flags.data_dir, flags.val_fraction, seed, flags.train_subset);
+      training::Trainer trainer(config);
+      const auto t0 = std::chrono::steady_clock::now();
+      std::string status = "ok";
+      try {
+        trainer.fit(data.train, data.validation, flags.resume);
+      } catch (const training::DivergenceError& e) {
+        status = std::string("diverged: ") + e.what();
+      }
+      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const auto test = trainer.evaluate(data.test);
+      const auto diag = final_diagnostics(trainer, data.test);
+      std::printf("%-12s seed %llu: test accuracy %.4f  (%s, %.0f s)\n", kind_name.c_str(),
+                  (unsigned long long)seed, test.accuracy, status.c_str(), secs);
+      std::fflush(stdout);
+      acc[kind_name].push_back(test.accuracy);
+      wall[kind_name].push_back(secs);
+      last_diag[kind_name] = diag;
+      runs.push_back({{"kind", kind_name}, {"seed", seed}, {"test_accuracy", test.accuracy},
+                      {"test_loss", test.loss}, {"wall_seconds", secs}, {"status", status},
+                      {"diagnostics", diag}, {"run_dir", config.run_dir}});
+    }
+  }
+  std::printf("\n%-12s %-18s %6s %12s %12s %10s %10s\n", "kind", "test acc (mean±std)", "seeds",
+              "max |k|", "max |logit|", "entropy", "wall s");
+  std::ofstream csv(fs::path(compare.out_dir) / "summary.csv");
+  csv << "kind,test_accuracy_mean,test_accuracy_std,seeds,k_norm_max,logit_abs_max,entropy_mean,wall_seconds_mean\n";
+  nlohmann::json summary = nlohmann::json::array();
+  for (const std::string& kind_name : compare.kinds) {
+    const auto& d = last_diag[kind_name];
+    std::printf("%-12s %8.2f ± %-7.2f %6zu %12.2f %12.2f %10.3f %10.0f\n", kind_name.c_str(),
+                100 * mean_of(acc[kind_name]), 100 * std_of(acc[kind_name]), acc[kind_name].size(),
+                d["k_norm_max"].get<double>(), d["logit_abs_max"].get<double>(),
+                d["entropy_mean"].get<double>(), mean_of(wall[kind_name]));
+    csv << kind_name << "," << mean_of(acc[kind_name]) << "," << std_of(acc[kind_name]) << ","
+        << acc[kind_name].size() << "," << d["k_norm_max"].get<double>() << ","
+        << d["logit_abs_max"].get<double>() << "," << d["entropy_mean"].get<double>() << ","
+        << mean_of(wall[kind_name]) << "\n";
+    summary.push_back({{"kind", kind_name}, {"test_accuracy_mean", mean_of(acc[kind_name])},
+                       {"test_accuracy_std", std_of(acc[kind_name])}, {"seeds", acc[kind_name].size()},
+                       {"final_diagnostics_last_seed", d}, {"wall_seconds_mean", mean_of(wall[kind_name])}});
+  }
+  std::ofstream(fs::path(compare.out_dir) / "compare.json")
+      << nlohmann::json({{"summary", summary}, {"runs", runs}}).dump(2) << "\n";
+  std::printf("(diagnostics: final model on 256 test images, last seed; results in %s)\n",
+              compare.out_dir.c_str());
+  return 0;
+}
+
 }  // namespace
 
-void add_train(CLI::App& app, int& exit_code) {
-  auto f = std::make_shared<TrainFlags>();
-  CLI::App* cmd = app.add_subcommand("train", "Train a ViT on Fashion-MNIST (or any MNIST-format directory)");
+// The training flags shared by train and compare.
+static void add_training_flags(CLI::App* cmd, const std::shared_ptr<TrainFlags>& f) {
   f->cmd = cmd;
   cmd->add_option("--config", f->config_path, "JSON config (e.g. a run's config.json); flags override it");
   cmd->add_option("--data-dir", f->data_dir, "Directory with {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]")
       ->capture_default_str();
-  cmd->add_option("--attention", f->attention, "standard, quest, qnorm, qknorm or qk_layernorm");
   cmd->add_option("--backend", f->backend, "automatic, fused, composite or reference");
   cmd->add_option("--epochs", f->epochs)->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   cmd->add_option("--batch-size", f->batch_size)->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
@@ -214,8 +322,25 @@ void add_train(CLI::App& app, int& exit_code) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--no-augment", f->no_augment, "No random crop / flip");
   cmd->add_flag("--resume", f->resume, "Continue from <run-dir>/checkpoint.pt");
+}
+
+void add_train(CLI::App& app, int& exit_code) {
+  auto f = std::make_shared<TrainFlags>();
+  CLI::App* cmd = app.add_subcommand("train", "Train a ViT on Fashion-MNIST (or any MNIST-format directory)");
+  add_training_flags(cmd, f);
+  cmd->add_option("--attention", f->attention, "standard, quest, qnorm, qknorm or qk_layernorm");
   cmd->add_option("--run-dir", f->run_dir, "Where metrics, checkpoints and config go")->capture_default_str();
   cmd->callback([f, &exit_code] { exit_code = run_train(*f); });
+
+  auto cf = std::make_shared<TrainFlags>();
+  auto compare = std::make_shared<CompareFlags>();
+  CLI::App* cmp = app.add_subcommand(
+      "compare", "Train every requested attention kind on the same seeds and data; table of test accuracy");
+  add_training_flags(cmp, cf);
+  cmp->add_option("--kinds", compare->kinds, "Attention kinds")->capture_default_str();
+  cmp->add_option("--seeds", compare->seeds, "Seeds (each kind runs on each)")->capture_default_str();
+  cmp->add_option("--out-dir", compare->out_dir, "Runs go to <out-dir>/<kind>/seed-<s>")->capture_default_str();
+  cmp->callback([cf, compare, &exit_code] { exit_code = run_compare(*cf, *compare); });
 
   auto checkpoint = std::make_shared<std::string>();
   auto data_dir = std::make_shared<std::string>(data::kFashionMnistDir);
