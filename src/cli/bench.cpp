@@ -73,6 +73,7 @@ double median(std::vector<double> v) {
 }
 
 void run_bench(const BenchConfig& c) {
+  for (const std::string& shape : c.shapes) parse_shape(shape);  // reject bad input before timing
   warn_if_reference_blas();
   const int threads = configure_threads();
   // The machine is shared and noisy: sgemm is sampled before every kind of every shape and the

@@ -195,7 +195,7 @@ void Trainer::fit(const Dataset& train, const Dataset& validation, bool resume,
   if (resume && fs::exists(checkpoint_path())) load_checkpoint(checkpoint_path());
   const int64_t steps_per_epoch = (train.size() + config_.batch_size - 1) / config_.batch_size;
   const auto ce = torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(config_.label_smoothing);
-  for (; epoch_ < config_.epochs; ++epoch_) {
+  while (epoch_ < config_.epochs) {
     model_->train();
     // Everything random in an epoch derives from (seed, epoch): a resumed run repeats it exactly.
     auto gen = at::make_generator<at::CPUGeneratorImpl>(config_.seed * 1000003 + epoch_);
@@ -221,13 +221,9 @@ void Trainer::fit(const Dataset& train, const Dataset& validation, bool resume,
         throw DivergenceError("non-finite loss " + std::to_string(loss_value) + " at step " +
                               std::to_string(step_) + " (epoch " + std::to_string(epoch_) + ")");
       loss.backward();
-      double grad_norm = 0;
-      if (config_.clip_grad_norm > 0)
-        grad_norm = torch::nn::utils::clip_grad_norm_(model_->parameters(), config_.clip_grad_norm);
-      else
-        for (const auto& p : model_->parameters())
-          if (p.grad().defined()) grad_norm += p.grad().pow(2).sum().item<double>();
-      if (config_.clip_grad_norm <= 0) grad_norm = std::sqrt(grad_norm);
+      // With clipping off, an infinite bound still returns the total norm and scales nothing.
+      const double grad_norm = torch::nn::utils::clip_grad_norm_(
+          model_->parameters(), config_.clip_grad_norm > 0 ? config_.clip_grad_norm : INFINITY);
       if (!std::isfinite(grad_norm))
         throw DivergenceError("non-finite gradient norm at step " + std::to_string(step_) +
                               " (epoch " + std::to_string(epoch_) + ")");
@@ -258,7 +254,6 @@ void Trainer::fit(const Dataset& train, const Dataset& validation, bool resume,
          {"val_loss", val.loss}, {"val_accuracy", val.accuracy}});
     ++epoch_;  // the checkpoint records the next epoch to run
     if (!config_.run_dir.empty()) save_checkpoint(checkpoint_path());
-    --epoch_;
   }
 }
 
