@@ -12,5 +12,9 @@ void add_bench(CLI::App& app);
 // Sets exit_code to the command's exit status (non-zero when training diverges).
 void add_train(CLI::App& app, int& exit_code);
 void add_plot(CLI::App& app);
+// PNGs of every run below `dir` (what `quest plot <dir>` does).
+void write_plots(const std::string& dir);
+// quest robustness and quest attack.
+void add_robustness(CLI::App& app, int& exit_code);
 
 }  // namespace quest::cli

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "commands.h"
+#include "gnuplot.h"
 
 namespace quest::cli {
 namespace {
@@ -21,12 +22,6 @@ struct Run {
   fs::path epochs_dat;
   std::vector<fs::path> layer_dat;  // one per layer
 };
-
-std::string quote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += (c == '\'') ? std::string("''") : std::string(1, c);
-  return out + "'";
-}
 
 Run convert(const fs::path& metrics, const fs::path& root, const fs::path& data_dir, size_t index) {
   Run run;
@@ -77,7 +72,9 @@ Run convert(const fs::path& metrics, const fs::path& root, const fs::path& data_
   return run;
 }
 
-void plot(const std::string& dir_text) {
+}  // namespace
+
+void write_plots(const std::string& dir_text) {
   const fs::path dir(dir_text);
   if (!fs::is_directory(dir)) throw CLI::ValidationError("plot", "'" + dir_text + "' is not a directory");
   std::vector<fs::path> files;
@@ -91,23 +88,23 @@ void plot(const std::string& dir_text) {
   for (size_t i = 0; i < files.size(); ++i) runs.push_back(convert(files[i], dir, data, i));
 
   std::ostringstream gp;
-  gp << "set terminal pngcairo size 1400,900 font ',10' noenhanced\nset key outside right\nset grid\n";
+  gp << kGnuplotHeader;
   auto curves = [&](const std::function<std::string(const Run&)>& file, int column,
                     const std::string& suffix) {
     std::string s;
     for (const Run& r : runs) {
       const std::string f = file(r);
       if (f.empty()) continue;
-      s += (s.empty() ? "plot " : ", ") + quote(f) + " using 1:" + std::to_string(column) +
-           " with lines title " + quote(r.label + suffix);
+      s += (s.empty() ? "plot " : ", ") + gnuplot_quote(f) + " using 1:" + std::to_string(column) +
+           " with lines title " + gnuplot_quote(r.label + suffix);
     }
     return s;
   };
   auto epochs = [](const Run& r) { return r.epochs_dat.string(); };
-  gp << "set output " << quote((out / "loss.png").string()) << "\nset multiplot layout 1,2\n"
+  gp << "set output " << gnuplot_quote((out / "loss.png").string()) << "\nset multiplot layout 1,2\n"
      << "set xlabel 'epoch'\nset title 'train loss'\n" << curves(epochs, 2, "") << "\n"
      << "set title 'validation loss'\n" << curves(epochs, 3, "") << "\nunset multiplot\n";
-  gp << "set output " << quote((out / "accuracy.png").string()) << "\nset multiplot layout 1,2\n"
+  gp << "set output " << gnuplot_quote((out / "accuracy.png").string()) << "\nset multiplot layout 1,2\n"
      << "set title 'train accuracy'\n" << curves(epochs, 4, "") << "\n"
      << "set title 'validation accuracy'\n" << curves(epochs, 5, "") << "\nunset multiplot\n";
   size_t n_layers = 0;
@@ -117,7 +114,7 @@ void plot(const std::string& dir_text) {
   if (n_layers > 0) {
     const size_t cols = std::min<size_t>(n_layers, 3), rows = (n_layers + cols - 1) / cols;
     for (const auto& [name, column] : metrics) {
-      gp << "set output " << quote((out / (std::string(name) + ".png")).string()) << "\n"
+      gp << "set output " << gnuplot_quote((out / (std::string(name) + ".png")).string()) << "\n"
          << "set multiplot layout " << rows << "," << cols << " title '" << name << " per layer'\n"
          << "set xlabel 'step'\nset key inside top left\n";
       for (size_t l = 0; l < n_layers; ++l) {
@@ -129,22 +126,16 @@ void plot(const std::string& dir_text) {
       gp << "unset multiplot\nset key outside right\n";
     }
   }
-  const fs::path script = out / "plots.gp";
-  std::ofstream(script) << gp.str();
-  const std::string cmd = "gnuplot " + quote(script.string());
-  if (std::system(cmd.c_str()) != 0)
-    throw std::runtime_error("gnuplot failed on " + script.string() + " (is gnuplot-nox installed?)");
+  run_gnuplot(out / "plots.gp", gp.str());
   std::printf("plots of %zu run(s) in %s (loss, accuracy%s)\n", runs.size(), out.string().c_str(),
               n_layers ? ", q_norm_max, k_norm_max, logit_abs_max, entropy" : "");
 }
-
-}  // namespace
 
 void add_plot(CLI::App& app) {
   auto dir = std::make_shared<std::string>();
   CLI::App* cmd = app.add_subcommand("plot", "PNG plots (gnuplot) of a run or compare directory");
   cmd->add_option("dir", *dir, "A run directory, or a directory of runs (quest compare's --out-dir)")->required();
-  cmd->callback([dir] { plot(*dir); });
+  cmd->callback([dir] { write_plots(*dir); });
 }
 
 }  // namespace quest::cli

@@ -10,6 +10,7 @@
 #include <fstream>
 
 #include "commands.h"
+#include "stats.h"
 #include "quest/data/idx.h"
 #include "quest/quest.h"
 #include "quest/training/trainer.h"
@@ -22,7 +23,7 @@ using training::TrainConfig;
 
 struct TrainFlags {
   std::string config_path, data_dir = data::kFashionMnistDir;
-  std::string attention, backend;
+  std::string attention, backend, stem;
   int64_t epochs = 0, batch_size = 0, dim = 0, depth = 0, heads = 0, patch_size = 0;
   int64_t log_every = -1, train_subset = 0;
   double lr = 0, min_lr = -1, weight_decay = -1, warmup_epochs = -1, mlp_ratio = 0, dropout = -1,
@@ -47,6 +48,8 @@ TrainConfig resolve_config(const TrainFlags& f) {
       c = training::config_from_json(nlohmann::json::parse(in));
     } catch (const nlohmann::json::exception& e) {
       throw CLI::ValidationError("--config", "'" + f.config_path + "': " + e.what());
+    } catch (const c10::Error& e) {
+      throw CLI::ValidationError("--config", "'" + f.config_path + "': " + e.what_without_backtrace());
     }
   }
   if (f.given("--attention")) {
@@ -65,6 +68,7 @@ TrainConfig resolve_config(const TrainFlags& f) {
   if (f.given("--depth")) c.model.depth(f.depth);
   if (f.given("--heads")) c.model.heads(f.heads);
   if (f.given("--patch-size")) c.model.patch_size(f.patch_size);
+  if (f.given("--stem")) c.model.stem(f.stem);
   if (f.given("--mlp-ratio")) c.model.mlp_ratio(f.mlp_ratio);
   if (f.given("--dropout")) c.model.dropout(f.dropout);
   if (f.given("--attention-dropout")) c.model.attention_dropout(f.attention_dropout);
@@ -77,6 +81,7 @@ TrainConfig resolve_config(const TrainFlags& f) {
   if (f.given("--clip-grad-norm")) c.clip_grad_norm = f.clip_grad_norm;
   if (f.given("--log-every")) c.log_every = f.log_every;
   if (f.given("--seed")) c.seed = f.seed;
+  if (f.given("--train-subset")) c.train_subset = f.train_subset;
   if (f.no_augment) c.augment = false;
   if (f.given("--run-dir") || c.run_dir.empty()) c.run_dir = f.run_dir;
   return c;
@@ -112,28 +117,17 @@ class Progress {
   int64_t first_ = 0;
 };
 
-struct Data {
-  training::Dataset train, validation, test;
-};
+using Data = training::MnistSplits;
 
 Data load_data(const std::string& dir, double val_fraction, uint64_t seed, int64_t subset) {
-  const data::ImageSet train = data::read_mnist_split(dir, "train");
-  const data::ImageSet test = data::read_mnist_split(dir, "t10k");
-  // Normalisation statistics from the training images.
-  const auto pixels = train.images.to(torch::kFloat) / 255.0;
-  const double mean = pixels.mean().item<double>(), std = pixels.std().item<double>();
-  training::Dataset all = training::to_dataset(train.images, train.labels, mean, std);
-  if (subset > 0 && subset < all.size())
-    all = {all.images.narrow(0, 0, subset), all.labels.narrow(0, 0, subset)};
-  auto [tr, val] = training::split_validation(all, val_fraction, seed);
-  return {tr, val, training::to_dataset(test.images, test.labels, mean, std)};
+  return training::load_mnist_splits(dir, val_fraction, seed, subset);
 }
 
 int run_train(const TrainFlags& flags) {
   warn_if_reference_blas();
   configure_threads();
   const TrainConfig config = resolve_config(flags);
-  const Data data = load_data(flags.data_dir, flags.val_fraction, config.seed, flags.train_subset);
+  const Data data = load_data(flags.data_dir, flags.val_fraction, config.seed, config.train_subset);
   std::printf("train %lld / validation %lld / test %lld images; attention %s; run dir %s\n",
               (long long)data.train.size(), (long long)data.validation.size(),
               (long long)data.test.size(), to_string(config.model.attention()).c_str(),
@@ -170,17 +164,11 @@ int run_train(const TrainFlags& flags) {
 
 int run_eval(const std::string& checkpoint, const std::string& data_dir) {
   configure_threads();
-  const fs::path config_path = fs::path(checkpoint).parent_path() / "config.json";
-  std::ifstream in(config_path);
-  if (!in) throw CLI::ValidationError("eval", "no config.json beside '" + checkpoint + "'");
-  if (!fs::exists(checkpoint)) throw CLI::ValidationError("eval", "'" + checkpoint + "' does not exist");
-  TrainConfig config = training::config_from_json(nlohmann::json::parse(in));
-  training::Trainer trainer(config);
-  trainer.load_checkpoint(checkpoint);
-  const Data data = load_data(data_dir, 0.0, config.seed, 0);
-  const auto test = trainer.evaluate(data.test);
+  const auto trainer = training::load_run(checkpoint);
+  const Data data = load_data(data_dir, 0.0, trainer->config().seed, 0);
+  const auto test = trainer->evaluate(data.test);
   std::printf("%s: epoch %lld, test accuracy %.4f, test loss %.4f\n", checkpoint.c_str(),
-              (long long)trainer.epoch(), test.accuracy, test.loss);
+              (long long)trainer->epoch(), test.accuracy, test.loss);
   return 0;
 }
 
@@ -189,19 +177,6 @@ struct CompareFlags {
   std::vector<uint64_t> seeds = {0, 1, 2};
   std::string out_dir = "runs/compare";
 };
-
-double mean_of(const std::vector<double>& v) {
-  double s = 0;
-  for (double x : v) s += x;
-  return v.empty() ? NAN : s / v.size();
-}
-double std_of(const std::vector<double>& v) {  // sample standard deviation
-  if (v.size() < 2) return 0;
-  const double m = mean_of(v);
-  double s = 0;
-  for (double x : v) s += (x - m) * (x - m);
-  return std::sqrt(s / (v.size() - 1));
-}
 
 // Final attention diagnostics of a trained model on one test batch, averaged over layers/heads.
 nlohmann::json final_diagnostics(training::Trainer& trainer, const training::Dataset& test) {
@@ -240,12 +215,22 @@ int run_compare(TrainFlags flags, const CompareFlags& compare) {
       config.model.attention(*parse_kind(kind_name));
       config.seed = seed;
       config.run_dir = (fs::path(compare.out_dir) / kind_name / ("seed-" + std::to_string(seed))).string();
-      const Data data = load_data(flags.data_dir, flags.val_fraction, seed, flags.train_subset);
+      const Data data = load_data(flags.data_dir, flags.val_fraction, seed, config.train_subset);
       training::Trainer trainer(config);
       const auto t0 = std::chrono::steady_clock::now();
       std::string status = "ok";
       try {
-        trainer.fit(data.train, data.validation, flags.resume);
+        const int64_t steps = config.epochs * ((data.train.size() + config.batch_size - 1) / config.batch_size);
+        Progress progress(steps, config.batch_size, config.log_every);
+        bool started = false;
+        std::printf("%s seed %llu (%lld training images)\n", kind_name.c_str(), (unsigned long long)seed,
+                    (long long)data.train.size());
+        trainer.fit(data.train, data.validation, flags.resume, [&](const nlohmann::json& line) {
+          if (!started) progress.start_at(line["step"].get<int64_t>());
+          started = true;
+          progress.update(line);
+        });
+        progress.finish();
       } catch (const training::DivergenceError& e) {
         status = std::string("diverged: ") + e.what();
       }
@@ -286,6 +271,7 @@ int run_compare(TrainFlags flags, const CompareFlags& compare) {
       << nlohmann::json({{"summary", summary}, {"runs", runs}}).dump(2) << "\n";
   std::printf("(diagnostics: final model on 256 test images, last seed; results in %s)\n",
               compare.out_dir.c_str());
+  write_plots(compare.out_dir);
   return 0;
 }
 
@@ -304,6 +290,9 @@ static void add_training_flags(CLI::App* cmd, const std::shared_ptr<TrainFlags>&
   cmd->add_option("--depth", f->depth, "Transformer blocks")->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   cmd->add_option("--heads", f->heads)->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   cmd->add_option("--patch-size", f->patch_size)->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
+  cmd->add_option("--stem", f->stem,
+                  "patch (linear patch embedding) or conv (3x3 stride-2 convolutions)")
+      ->check(CLI::IsMember({"patch", "conv"}));
   cmd->add_option("--mlp-ratio", f->mlp_ratio)->check(CLI::PositiveNumber);
   cmd->add_option("--dropout", f->dropout)->check(CLI::Range(0.0, 0.99));
   cmd->add_option("--attention-dropout", f->attention_dropout)->check(CLI::Range(0.0, 0.99));
@@ -337,8 +326,12 @@ void add_train(CLI::App& app, int& exit_code) {
   CLI::App* cmp = app.add_subcommand(
       "compare", "Train every requested attention kind on the same seeds and data; table of test accuracy");
   add_training_flags(cmp, cf);
-  cmp->add_option("--kinds", compare->kinds, "Attention kinds")->capture_default_str();
-  cmp->add_option("--seeds", compare->seeds, "Seeds (each kind runs on each)")->capture_default_str();
+  cmp->add_option("--kinds", compare->kinds, "Attention kinds (space- or comma-separated)")
+      ->delimiter(',')
+      ->capture_default_str();
+  cmp->add_option("--seeds", compare->seeds, "Seeds (each kind runs on each)")
+      ->delimiter(',')
+      ->capture_default_str();
   cmp->add_option("--out-dir", compare->out_dir, "Runs go to <out-dir>/<kind>/seed-<s>")->capture_default_str();
   cmp->callback([cf, compare, &exit_code] { exit_code = run_compare(*cf, *compare); });
 

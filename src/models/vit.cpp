@@ -37,9 +37,27 @@ VitImpl::VitImpl(const VitOptions& o) : options(o) {
   TORCH_CHECK(o.drop_path() >= 0 && o.drop_path() < 1 && o.dropout() >= 0 && o.dropout() < 1,
               "quest::models::Vit: dropout and drop_path must be in [0, 1)");
   const int64_t grid = o.image_size() / o.patch_size(), tokens = grid * grid + 1;
-  patch_embed = register_module(
-      "patch_embed", torch::nn::Conv2d(torch::nn::Conv2dOptions(o.channels(), o.dim(), o.patch_size())
-                                           .stride(o.patch_size())));
+  patch_embed = register_module("patch_embed", torch::nn::Sequential());
+  if (o.stem() == "patch") {
+    patch_embed->push_back(torch::nn::Conv2d(
+        torch::nn::Conv2dOptions(o.channels(), o.dim(), o.patch_size()).stride(o.patch_size())));
+  } else if (o.stem() == "conv") {
+    int64_t steps = 0;
+    while ((int64_t{1} << steps) < o.patch_size()) ++steps;
+    TORCH_CHECK(steps >= 1 && (int64_t{1} << steps) == o.patch_size(),
+                "quest::models::Vit: the conv stem needs a power-of-two patch_size >= 2, got ",
+                o.patch_size());
+    int64_t in = o.channels();
+    for (int64_t i = 0; i < steps; ++i) {  // widths double up to dim; each conv halves H and W
+      const int64_t out = std::max<int64_t>(o.dim() >> (steps - 1 - i), 1);
+      patch_embed->push_back(torch::nn::Conv2d(
+          torch::nn::Conv2dOptions(in, out, 3).stride(2).padding(1)));
+      if (i + 1 < steps) patch_embed->push_back(torch::nn::Functional([](torch::Tensor x) { return torch::gelu(x); }));
+      in = out;
+    }
+  } else {
+    TORCH_CHECK(false, "quest::models::Vit: unknown stem '", o.stem(), "' (patch or conv)");
+  }
   cls_token = register_parameter("cls_token", torch::randn({1, 1, o.dim()}) * 0.02);
   pos_embed = register_parameter("pos_embed", torch::randn({1, tokens, o.dim()}) * 0.02);
   embed_dropout = register_module("embed_dropout", torch::nn::Dropout(o.dropout()));
@@ -57,7 +75,7 @@ torch::Tensor VitImpl::forward(const torch::Tensor& images) {
                   images.size(2) == options.image_size() && images.size(3) == options.image_size(),
               "quest::models::Vit: expected images of shape (B, ", options.channels(), ", ",
               options.image_size(), ", ", options.image_size(), "), got ", images.sizes());
-  auto x = patch_embed(images).flatten(2).transpose(1, 2);  // (B, patches, dim)
+  auto x = patch_embed->forward<torch::Tensor>(images).flatten(2).transpose(1, 2);  // (B, patches, dim)
   x = torch::cat({cls_token.expand({x.size(0), 1, -1}), x}, 1) + pos_embed;
   x = embed_dropout(x);
   for (const auto& block : *blocks) x = block->as<Block>()->forward(x);

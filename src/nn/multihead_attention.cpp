@@ -21,17 +21,8 @@ void MultiheadAttentionImpl::reset() {
                                                      .bias(options.bias())));
   out_proj = register_module("out_proj", torch::nn::Linear(torch::nn::LinearOptions(e, e)
                                                                .bias(options.bias())));
-  const int64_t dh = e / h;
-  if (options.kind() == Kind::qknorm) {
-    const double init = options.qknorm_init_scale().value_or(std::sqrt(static_cast<double>(dh)));
-    head_scale = register_parameter("head_scale", torch::full({h}, init));
-  }
-  if (options.kind() == Kind::qk_layernorm) {
-    q_norm_weight = register_parameter("q_norm_weight", torch::ones({dh}));
-    q_norm_bias = register_parameter("q_norm_bias", torch::zeros({dh}));
-    k_norm_weight = register_parameter("k_norm_weight", torch::ones({dh}));
-    k_norm_bias = register_parameter("k_norm_bias", torch::zeros({dh}));
-  }
+  kind_parameters = KindParameters{};
+  kind_parameters.register_on(*this, options.kind(), h, e / h, options.qknorm_init_scale());
 }
 
 void MultiheadAttentionImpl::pretty_print(std::ostream& stream) const {
@@ -41,13 +32,8 @@ void MultiheadAttentionImpl::pretty_print(std::ostream& stream) const {
 }
 
 AttentionOptions MultiheadAttentionImpl::attention_options(const torch::Tensor& mask) const {
-  return AttentionOptions(options.kind())
+  return kind_parameters.options(options.kind())
       .scale(options.scale())
-      .head_scale(head_scale)
-      .q_norm_weight(q_norm_weight)
-      .q_norm_bias(q_norm_bias)
-      .k_norm_weight(k_norm_weight)
-      .k_norm_bias(k_norm_bias)
       .causal(options.causal())
       .key_padding_mask(mask)
       .dropout(options.dropout())
@@ -81,7 +67,7 @@ torch::Tensor MultiheadAttentionImpl::forward(const torch::Tensor& x,
   check_sequence(x, "x", options.embed_dim());
   const int64_t b = x.size(0), n = x.size(1), h = options.num_heads(), dh = head_dim();
   // (B, N, 3E) -> (3, B, H, N, Dh): q, k, v are strided views of one projection, no copies.
-  const torch::Tensor qkv_heads = qkv->forward(x).view({b, n, 3, h, dh}).permute({2, 0, 3, 1, 4});
+  const torch::Tensor qkv_heads = qkv->forward(x).view({b, n, 3, h, dh}).permute({2, 0, 3, 1, 4}).contiguous();
   return attend(qkv_heads[0], qkv_heads[1], qkv_heads[2], key_padding_mask);
 }
 

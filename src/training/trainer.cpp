@@ -3,6 +3,9 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <tuple>
+
+#include "quest/data/idx.h"
 
 namespace quest::training {
 
@@ -15,6 +18,38 @@ Dataset to_dataset(const torch::Tensor& images_u8, const torch::Tensor& labels, 
   TORCH_CHECK(labels.dim() == 1 && labels.size(0) == images_u8.size(0),
               "quest::training: ", labels.numel(), " labels for ", images_u8.size(0), " images");
   return {(images_u8.unsqueeze(1).to(torch::kFloat) / 255.0 - mean) / std, labels};
+}
+
+MnistSplits load_mnist_splits(const std::string& dir, double val_fraction, uint64_t seed,
+                              int64_t train_subset) {
+  const data::ImageSet train = data::read_mnist_split(dir, "train");
+  const data::ImageSet test = data::read_mnist_split(dir, "t10k");
+  const auto pixels = train.images.to(torch::kFloat) / 255.0;
+  MnistSplits out;
+  out.mean = pixels.mean().item<double>();
+  out.std = pixels.std().item<double>();
+  Dataset all = to_dataset(train.images, train.labels, out.mean, out.std);
+  if (train_subset > 0 && train_subset < all.size())
+    all = {all.images.narrow(0, 0, train_subset), all.labels.narrow(0, 0, train_subset)};
+  std::tie(out.train, out.validation) = split_validation(all, val_fraction, seed);
+  out.test = to_dataset(test.images, test.labels, out.mean, out.std);
+  return out;
+}
+
+std::unique_ptr<Trainer> load_run(const std::string& checkpoint) {
+  TORCH_CHECK(fs::exists(checkpoint), "quest::training: checkpoint '", checkpoint, "' does not exist");
+  const fs::path config_path = fs::path(checkpoint).parent_path() / "config.json";
+  std::ifstream in(config_path);
+  TORCH_CHECK(in, "quest::training: no config.json beside '", checkpoint, "'");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    TORCH_CHECK(false, "quest::training: '", config_path.string(), "': ", e.what());
+  }
+  auto trainer = std::make_unique<Trainer>(config_from_json(j));
+  trainer->load_checkpoint(checkpoint);
+  return trainer;
 }
 
 std::pair<Dataset, Dataset> split_validation(const Dataset& all, double fraction, uint64_t seed) {
@@ -52,43 +87,60 @@ nlohmann::json to_json(const TrainConfig& c) {
   const auto& m = c.model;
   return {{"model",
            {{"image_size", m.image_size()}, {"channels", m.channels()}, {"patch_size", m.patch_size()},
+            {"stem", m.stem()},
             {"num_classes", m.num_classes()}, {"dim", m.dim()}, {"depth", m.depth()},
             {"heads", m.heads()}, {"mlp_ratio", m.mlp_ratio()}, {"dropout", m.dropout()},
             {"attention_dropout", m.attention_dropout()}, {"drop_path", m.drop_path()},
             {"attention", to_string(m.attention())}, {"backend", to_string(m.backend())}}},
-          {"epochs", c.epochs}, {"batch_size", c.batch_size}, {"lr", c.lr}, {"min_lr", c.min_lr},
+          {"epochs", c.epochs}, {"batch_size", c.batch_size}, {"train_subset", c.train_subset}, {"lr", c.lr}, {"min_lr", c.min_lr},
           {"weight_decay", c.weight_decay}, {"warmup_epochs", c.warmup_epochs},
           {"clip_grad_norm", c.clip_grad_norm}, {"label_smoothing", c.label_smoothing},
           {"augment", c.augment}, {"crop_padding", c.crop_padding}, {"flip", c.flip},
           {"seed", c.seed}, {"log_every", c.log_every}, {"run_dir", c.run_dir}};
 }
 
+// Keys absent from the file keep their defaults, so a config file can hold only what it changes;
+// an unknown key is an error (a typo would otherwise be silently ignored).
 TrainConfig config_from_json(const nlohmann::json& j) {
   TrainConfig c;
-  const auto& m = j.at("model");
+  const nlohmann::json defaults = to_json(c);
+  TORCH_CHECK(j.is_object(), "quest::training: a config must be a JSON object");
+  for (const auto& [key, value] : j.items()) {
+    TORCH_CHECK(defaults.contains(key), "quest::training: unknown config key '", key, "'");
+    if (key == "model") {
+      TORCH_CHECK(value.is_object(), "quest::training: 'model' must be a JSON object");
+      for (const auto& [mkey, mvalue] : value.items())
+        TORCH_CHECK(defaults["model"].contains(mkey), "quest::training: unknown config key 'model.",
+                    mkey, "'");
+    }
+  }
+  nlohmann::json merged = defaults;
+  merged.merge_patch(j);
+  const auto& m = merged.at("model");
   const auto kind = parse_kind(m.at("attention").get<std::string>());
   TORCH_CHECK(kind, "quest::training: unknown attention kind '", m.at("attention").get<std::string>(), "'");
   const auto backend = parse_backend(m.at("backend").get<std::string>());
   TORCH_CHECK(backend, "quest::training: unknown backend '", m.at("backend").get<std::string>(), "'");
   c.model.image_size(m.at("image_size")).channels(m.at("channels")).patch_size(m.at("patch_size"))
-      .num_classes(m.at("num_classes")).dim(m.at("dim")).depth(m.at("depth")).heads(m.at("heads"))
-      .mlp_ratio(m.at("mlp_ratio")).dropout(m.at("dropout"))
+      .stem(m.at("stem")).num_classes(m.at("num_classes")).dim(m.at("dim")).depth(m.at("depth"))
+      .heads(m.at("heads")).mlp_ratio(m.at("mlp_ratio")).dropout(m.at("dropout"))
       .attention_dropout(m.at("attention_dropout")).drop_path(m.at("drop_path"))
       .attention(*kind).backend(*backend);
-  c.epochs = j.at("epochs");
-  c.batch_size = j.at("batch_size");
-  c.lr = j.at("lr");
-  c.min_lr = j.at("min_lr");
-  c.weight_decay = j.at("weight_decay");
-  c.warmup_epochs = j.at("warmup_epochs");
-  c.clip_grad_norm = j.at("clip_grad_norm");
-  c.label_smoothing = j.at("label_smoothing");
-  c.augment = j.at("augment");
-  c.crop_padding = j.at("crop_padding");
-  c.flip = j.at("flip");
-  c.seed = j.at("seed");
-  c.log_every = j.at("log_every");
-  c.run_dir = j.at("run_dir");
+  c.epochs = merged.at("epochs");
+  c.batch_size = merged.at("batch_size");
+  c.train_subset = merged.at("train_subset");
+  c.lr = merged.at("lr");
+  c.min_lr = merged.at("min_lr");
+  c.weight_decay = merged.at("weight_decay");
+  c.warmup_epochs = merged.at("warmup_epochs");
+  c.clip_grad_norm = merged.at("clip_grad_norm");
+  c.label_smoothing = merged.at("label_smoothing");
+  c.augment = merged.at("augment");
+  c.crop_padding = merged.at("crop_padding");
+  c.flip = merged.at("flip");
+  c.seed = merged.at("seed");
+  c.log_every = merged.at("log_every");
+  c.run_dir = merged.at("run_dir");
   return c;
 }
 

@@ -17,7 +17,7 @@ TEST(MultiheadAttention, ShapesAndKindParameters) {
     EXPECT_EQ(params.contains("head_scale"), kind == Kind::qknorm);
     EXPECT_EQ(params.contains("q_norm_weight"), kind == Kind::qk_layernorm);
     if (kind == Kind::qknorm)
-      EXPECT_TRUE(torch::allclose(mha->head_scale, torch::full({4}, std::sqrt(8.0))));
+      EXPECT_TRUE(torch::allclose(mha->kind_parameters.head_scale, torch::full({4}, std::sqrt(8.0))));
   }
 }
 

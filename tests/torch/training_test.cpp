@@ -68,7 +68,7 @@ TEST(Trainer, WeightDecayExclusions) {
   for (const char* name : {"blocks.0.attn.qkv.bias", "blocks.1.norm1.weight", "pos_embed", "cls_token",
                            "blocks.0.attn.head_scale", "blocks.0.attn.k_norm_weight", "norm.bias"})
     EXPECT_TRUE(excluded_from_weight_decay(name)) << name;
-  for (const char* name : {"blocks.0.attn.qkv.weight", "blocks.0.fc1.weight", "head.weight", "patch_embed.weight"})
+  for (const char* name : {"blocks.0.attn.qkv.weight", "blocks.0.fc1.weight", "head.weight", "patch_embed.0.weight"})
     EXPECT_FALSE(excluded_from_weight_decay(name)) << name;
 }
 
@@ -149,9 +149,38 @@ TEST(Trainer, DivergenceStopsCleanlyAndKeepsTheLastCheckpoint) {
 }
 
 TEST(Trainer, ConfigJsonRoundTrip) {
-  const auto c = tiny_config("runs/x", Kind::qknorm);
+  auto c = tiny_config("runs/x", Kind::qknorm);
+  c.model.stem("conv");
   const auto back = config_from_json(to_json(c));
   EXPECT_EQ(to_json(back), to_json(c));
+}
+
+TEST(Trainer, PartialConfigKeepsDefaultsAndUnknownKeysAreErrors) {
+  const auto c = config_from_json(nlohmann::json::parse(R"({"epochs": 7, "model": {"dim": 32}})"));
+  EXPECT_EQ(c.epochs, 7);
+  EXPECT_EQ(c.model.dim(), 32);
+  EXPECT_EQ(c.model.depth(), TrainConfig{}.model.depth());
+  EXPECT_EQ(c.lr, TrainConfig{}.lr);
+  EXPECT_NE(testing::error_message([] { config_from_json(nlohmann::json::parse(R"({"epoch": 7})")); })
+                .find("unknown config key 'epoch'"),
+            std::string::npos);
+  EXPECT_NE(testing::error_message([] { config_from_json(nlohmann::json::parse(R"({"model": {"dims": 7}})")); })
+                .find("unknown config key 'model.dims'"),
+            std::string::npos);
+}
+
+TEST(Vit, ConvStemKeepsTheTokenGrid) {
+  models::VitOptions o;
+  o.image_size(16).patch_size(4).dim(16).depth(1).heads(2).stem("conv");
+  models::Vit vit(o);
+  EXPECT_EQ(vit->forward(torch::randn({3, 1, 16, 16})).sizes(), (std::vector<int64_t>{3, 10}));
+  EXPECT_EQ(vit->pos_embed.size(1), 4 * 4 + 1);
+  EXPECT_NE(testing::error_message([] { models::Vit(models::VitOptions().patch_size(7).stem("conv")); })
+                .find("power-of-two patch_size"),
+            std::string::npos);
+  EXPECT_NE(testing::error_message([] { models::Vit(models::VitOptions().stem("convolution")); })
+                .find("unknown stem 'convolution'"),
+            std::string::npos);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "quest/attention.h"
+#include "quest/nn/kind_parameters.h"
 
 namespace quest::nn {
 
@@ -52,9 +53,7 @@ class MultiheadAttentionImpl : public torch::nn::Cloneable<MultiheadAttentionImp
 
   MultiheadAttentionOptions options;
   torch::nn::Linear qkv{nullptr}, out_proj{nullptr};
-  torch::Tensor head_scale;                  // qknorm: (H)
-  torch::Tensor q_norm_weight, q_norm_bias;  // qk_layernorm: (head_dim)
-  torch::Tensor k_norm_weight, k_norm_bias;
+  KindParameters kind_parameters;  // qknorm's head scale, qk_layernorm's affine
 
  private:
   torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,

@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
@@ -28,9 +29,20 @@ std::pair<Dataset, Dataset> split_validation(const Dataset& all, double fraction
 // Random crop after zero padding by `pad` pixels, and horizontal flip with probability 1/2.
 torch::Tensor augment(const torch::Tensor& images, int64_t pad, bool flip, torch::Generator& gen);
 
+// An MNIST-format directory (Fashion-MNIST by default) as train / validation / test sets,
+// normalised by the training images' mean and standard deviation (returned, for re-use on raw
+// [0, 1] images). train_subset > 0 keeps only the first that many training images.
+struct MnistSplits {
+  Dataset train, validation, test;
+  double mean = 0, std = 1;
+};
+MnistSplits load_mnist_splits(const std::string& dir, double val_fraction, uint64_t seed,
+                              int64_t train_subset = 0);
+
 struct TrainConfig {
   models::VitOptions model;
   int64_t epochs = 10, batch_size = 128;
+  int64_t train_subset = 0;  // > 0: train on the first that many training images only
   double lr = 1e-3, min_lr = 1e-5, weight_decay = 0.05, warmup_epochs = 1;
   double clip_grad_norm = 1.0;  // <= 0: off
   double label_smoothing = 0.1;
@@ -53,6 +65,10 @@ struct EvalResult {
   double loss = 0, accuracy = 0;
 };
 
+class Trainer;
+// A trained run: its config.json (beside the checkpoint), then the checkpoint's state.
+std::unique_ptr<Trainer> load_run(const std::string& checkpoint);
+
 class Trainer {
  public:
   explicit Trainer(TrainConfig config);
@@ -69,6 +85,7 @@ class Trainer {
 
   models::Vit& model() { return model_; }
   int64_t epoch() const { return epoch_; }
+  const TrainConfig& config() const { return config_; }
   int64_t step() const { return step_; }
   double learning_rate(int64_t step, int64_t steps_per_epoch) const;
 
