@@ -1,5 +1,6 @@
 #include "quest/training/trainer.h"
 
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -199,6 +200,7 @@ void Trainer::save_checkpoint(const std::string& path) {
   archive.write("epoch", torch::tensor(epoch_));
   archive.write("step", torch::tensor(step_));
   archive.write("rng", at::detail::getDefaultCPUGenerator().get_state());
+  archive.write("train_seconds", torch::tensor(train_seconds_, torch::kDouble));
   const std::string tmp = path + ".tmp";
   archive.save_to(tmp);
   fs::rename(tmp, path);  // atomic on POSIX: the old checkpoint stays until the new one is whole
@@ -217,6 +219,8 @@ void Trainer::load_checkpoint(const std::string& path) {
   archive.read("rng", rng);
   epoch_ = epoch.item<int64_t>();
   step_ = step.item<int64_t>();
+  torch::Tensor seconds;  // absent from checkpoints written before it was recorded
+  train_seconds_ = archive.try_read("train_seconds", seconds) ? seconds.item<double>() : NAN;
   at::Generator global = at::detail::getDefaultCPUGenerator();  // a handle to the global one
   global.set_state(rng);
 }
@@ -248,6 +252,7 @@ void Trainer::fit(const Dataset& train, const Dataset& validation, bool resume,
   const int64_t steps_per_epoch = (train.size() + config_.batch_size - 1) / config_.batch_size;
   const auto ce = torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(config_.label_smoothing);
   while (epoch_ < config_.epochs) {
+    const auto epoch_start = std::chrono::steady_clock::now();
     model_->train();
     // Everything random in an epoch derives from (seed, epoch): a resumed run repeats it exactly.
     auto gen = at::make_generator<at::CPUGeneratorImpl>(config_.seed * 1000003 + epoch_);
@@ -299,11 +304,16 @@ void Trainer::fit(const Dataset& train, const Dataset& validation, bool resume,
       }
     }
     model_->set_record_diagnostics(false);
+    const double epoch_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_start).count();
+    train_seconds_ += epoch_seconds;
     const EvalResult val = validation.size() > 0 ? evaluate(validation) : EvalResult{};
     log({{"type", "epoch"}, {"epoch", epoch_}, {"step", step_},
          {"train_loss", loss_sum / train.size()},
          {"train_accuracy", static_cast<double>(correct) / train.size()},
-         {"val_loss", val.loss}, {"val_accuracy", val.accuracy}});
+         {"val_loss", val.loss}, {"val_accuracy", val.accuracy},
+         {"epoch_seconds", epoch_seconds}, {"images_per_second", train.size() / epoch_seconds},
+         {"train_seconds", train_seconds_}});
     ++epoch_;  // the checkpoint records the next epoch to run
     if (!config_.run_dir.empty()) save_checkpoint(checkpoint_path());
   }

@@ -99,6 +99,8 @@ TEST(Trainer, CheckpointRoundTrip) {
   EXPECT_TRUE(same_weights(a.model(), b.model()));
   EXPECT_EQ(b.epoch(), 1);
   EXPECT_EQ(b.step(), a.step());
+  EXPECT_GT(a.train_seconds(), 0.0);
+  EXPECT_EQ(b.train_seconds(), a.train_seconds());
 }
 
 TEST(Trainer, KilledRunResumesToTheSameWeights) {

@@ -87,6 +87,9 @@ class Trainer {
   int64_t epoch() const { return epoch_; }
   const TrainConfig& config() const { return config_; }
   int64_t step() const { return step_; }
+  // Seconds spent in training epochs (validation excluded), summed over resumed segments; NaN
+  // for a checkpoint written before quest recorded it.
+  double train_seconds() const { return train_seconds_; }
   double learning_rate(int64_t step, int64_t steps_per_epoch) const;
 
  private:
@@ -97,6 +100,7 @@ class Trainer {
   models::Vit model_{nullptr};
   std::unique_ptr<torch::optim::AdamW> optimizer_;
   int64_t epoch_ = 0, step_ = 0;
+  double train_seconds_ = 0;
 };
 
 // Parameters that get no weight decay: biases, norm parameters, position/class embeddings,
