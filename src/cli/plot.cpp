@@ -87,16 +87,27 @@ void write_plots(const std::string& dir_text) {
   std::vector<Run> runs;
   for (size_t i = 0; i < files.size(); ++i) runs.push_back(convert(files[i], dir, data, i));
 
+  // One colour per kind (the first part of "<kind>/seed-<s>"), one dash pattern per seed.
+  std::map<std::string, int> colour, dash;
+  std::vector<std::string> styles;
+  for (const Run& r : runs) {
+    const auto slash = r.label.find('/');
+    const std::string group = r.label.substr(0, slash);
+    const std::string member = slash == std::string::npos ? "" : r.label.substr(slash + 1);
+    colour.emplace(group, static_cast<int>(colour.size()) + 1);
+    dash.emplace(member, static_cast<int>(dash.size()) + 1);
+    styles.push_back(" lc " + std::to_string(colour[group]) + " dt " + std::to_string(dash[member]));
+  }
   std::ostringstream gp;
   gp << kGnuplotHeader;
   auto curves = [&](const std::function<std::string(const Run&)>& file, int column,
                     const std::string& suffix) {
     std::string s;
-    for (const Run& r : runs) {
-      const std::string f = file(r);
+    for (size_t i = 0; i < runs.size(); ++i) {
+      const std::string f = file(runs[i]);
       if (f.empty()) continue;
       s += (s.empty() ? "plot " : ", ") + gnuplot_quote(f) + " using 1:" + std::to_string(column) +
-           " with lines title " + gnuplot_quote(r.label + suffix);
+           " with lines" + styles[i] + " title " + gnuplot_quote(runs[i].label + suffix);
     }
     return s;
   };
