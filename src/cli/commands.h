@@ -16,5 +16,7 @@ void add_plot(CLI::App& app);
 void write_plots(const std::string& dir);
 // quest robustness and quest attack.
 void add_robustness(CLI::App& app, int& exit_code);
+// quest experiment spurious.
+void add_experiment(CLI::App& app);
 
 }  // namespace quest::cli

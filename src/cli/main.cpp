@@ -38,6 +38,7 @@ int main(int argc, char** argv) {
   quest::cli::add_train(app, exit_code);
   quest::cli::add_plot(app);
   quest::cli::add_robustness(app, exit_code);
+  quest::cli::add_experiment(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,76 @@
+// The spurious-pattern stability experiment (the QUEST paper's claim 1): train the retrieval toy
+// model (quest/models/retrieval.h) on the biased retrieval task (quest/data/retrieval.h) and ask
+// whether it learned the robust cue (Sigma) or only the shortcut (b). One run per
+// (kind, learning rate, weight decay, seed); a grid of runs gives each kind's success rate.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "quest/data/retrieval.h"
+#include "quest/models/retrieval.h"
+
+namespace quest::experiments {
+
+struct SpuriousRunConfig {
+  data::RetrievalTaskOptions task;
+  models::RetrievalModelOptions model;  // key_dim and classes are taken from `task`
+  double lr = 1e-3;
+  double weight_decay = 0.0;  // AdamW (decoupled); biases, the query token and kind parameters get none
+  int64_t steps = 1000;
+  int64_t batch_size = 64;   // fresh samples every step: no sample is seen twice
+  int64_t log_every = 50;    // steps between trajectory points
+  int64_t eval_size = 2000;  // samples per evaluation split
+  int64_t probe_size = 256;  // samples per split for the trajectory statistics
+  uint64_t seed = 0;         // model initialisation and training stream
+  // Success: accuracy >= threshold on both the unbiased and the conflicting split.
+  double success_threshold = 0.9;
+};
+
+// Statistics at one step, on fixed probe samples (biased and unbiased splits).
+struct SpuriousPoint {
+  int64_t step = 0;
+  double loss = 0;                  // training loss, mean over the last log_every steps
+  double key_norm_biased = 0;       // mean |k| of answer tokens in biased samples
+  double key_norm_unbiased = 0;     // ... in unbiased samples
+  double key_norm_ordinary = 0;     // mean |k| of non-answer tokens
+  double query_norm = 0;
+  double max_logit = 0;             // max |s| over both probes
+  double entropy = 0;               // mean attention entropy over both probes
+  double accuracy_biased = 0, accuracy_unbiased = 0;
+};
+
+struct SpuriousRunResult {
+  SpuriousRunConfig config;
+  std::vector<SpuriousPoint> trajectory;
+  double accuracy_biased = 0, accuracy_unbiased = 0, accuracy_conflicting = 0;
+  bool success = false;
+  bool diverged = false;  // non-finite loss: the run stopped there; success is false
+  int64_t steps_done = 0;
+  double seconds = 0;
+};
+
+// Evaluation splits shared by every run of a grid (fixed seed, independent of the run's seed).
+struct SpuriousEvalSets {
+  data::RetrievalBatch biased, unbiased, conflicting;        // eval_size each
+  data::RetrievalBatch probe_biased, probe_unbiased;         // probe_size each
+};
+SpuriousEvalSets make_eval_sets(const data::RetrievalTaskOptions& task, int64_t eval_size, int64_t probe_size);
+
+// One training run. Deterministic for a given config (and eval sets).
+SpuriousRunResult run_spurious(const SpuriousRunConfig& config, const SpuriousEvalSets& eval);
+
+// Every config of `grid`, `workers` at a time (each single-threaded inside); results in grid
+// order; `on_done(index, result)` is called as each finishes (from one thread at a time).
+std::vector<SpuriousRunResult> run_spurious_grid(
+    const std::vector<SpuriousRunConfig>& grid, int workers,
+    const std::function<void(size_t, const SpuriousRunResult&)>& on_done = {});
+
+nlohmann::json to_json(const SpuriousRunConfig& config);
+nlohmann::json to_json(const SpuriousRunResult& result);
+
+}  // namespace quest::experiments
