@@ -77,4 +77,21 @@ RetrievalBatch generate_retrieval(const RetrievalTaskOptions& o, RetrievalSplit 
   return {keys, codes, labels, answer, biased, decoy};
 }
 
+torch::Tensor oracle_predictions(const RetrievalTaskOptions& o, const RetrievalBatch& batch) {
+  validate(o);
+  const auto x = batch.keys.to(torch::kDouble);  // (B, N, d)
+  const auto var = answer_variances(o);
+  const double half_log_2pi = 0.5 * std::log(2 * M_PI);
+  auto gaussian = [&](const torch::Tensor& centred, const torch::Tensor& variances) {  // log N, diagonal
+    return (-0.5 * centred.square() / variances - 0.5 * variances.log() - half_log_2pi).sum(-1);
+  };
+  const auto ordinary = gaussian(x, torch::ones_like(var));
+  const auto robust = gaussian(x, var) + std::log(std::max(1 - o.bias_probability, 1e-300));
+  const auto shortcut = gaussian(x - spurious_bias(o).to(torch::kDouble), torch::full_like(var, o.bias_noise)) +
+                        std::log(std::max(o.bias_probability, 1e-300));
+  const auto llr = torch::logaddexp(robust, shortcut) - ordinary;  // (B, N)
+  const auto chosen = llr.argmax(1);
+  return batch.codes.index({torch::arange(x.size(0)), chosen}).argmax(1);
+}
+
 }  // namespace quest::data

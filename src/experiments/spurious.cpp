@@ -1,5 +1,7 @@
 #include "quest/experiments/spurious.h"
 
+#include "quest/runtime.h"
+
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 
@@ -85,6 +87,12 @@ SpuriousEvalSets make_eval_sets(const data::RetrievalTaskOptions& task, int64_t 
   s.conflicting = data::generate_retrieval(task, RetrievalSplit::conflicting, eval_size, gen);
   s.probe_biased = data::generate_retrieval(task, RetrievalSplit::biased, probe_size, gen);
   s.probe_unbiased = data::generate_retrieval(task, RetrievalSplit::unbiased, probe_size, gen);
+  auto oracle = [&](const data::RetrievalBatch& b) {
+    return data::oracle_predictions(task, b).eq(b.labels).to(torch::kDouble).mean().item<double>();
+  };
+  s.oracle_biased = oracle(s.biased);
+  s.oracle_unbiased = oracle(s.unbiased);
+  s.oracle_conflicting = oracle(s.conflicting);
   return s;
 }
 
@@ -138,13 +146,14 @@ SpuriousRunResult run_spurious(const SpuriousRunConfig& c, const SpuriousEvalSet
     r.accuracy_unbiased = accuracy(model, eval.unbiased);
     r.accuracy_conflicting = accuracy(model, eval.conflicting);
   }
-  r.success = !r.diverged && r.accuracy_unbiased >= c.success_threshold &&
-              r.accuracy_conflicting >= c.success_threshold;
+  r.success = !r.diverged && r.accuracy_unbiased >= c.unbiased_threshold &&
+              r.accuracy_conflicting >= c.conflicting_threshold;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return r;
 }
 
-std::vector<SpuriousRunResult> run_spurious_grid(const std::vector<SpuriousRunConfig>& grid, int workers,
+std::vector<SpuriousRunResult> run_spurious_grid(const std::vector<SpuriousRunConfig>& grid,
+                                                 const SpuriousEvalSets& eval, int workers,
                                                  const std::function<void(size_t, const SpuriousRunResult&)>& on_done) {
   std::vector<SpuriousRunResult> results(grid.size());
   if (grid.empty()) return results;
@@ -152,7 +161,10 @@ std::vector<SpuriousRunResult> run_spurious_grid(const std::vector<SpuriousRunCo
     TORCH_CHECK(same_task(c.task, grid[0].task) && c.eval_size == grid[0].eval_size &&
                     c.probe_size == grid[0].probe_size,
                 "spurious experiment: every run of a grid must share the task and the evaluation sizes");
-  const auto eval = make_eval_sets(grid[0].task, grid[0].eval_size, grid[0].probe_size);
+  TORCH_CHECK(eval.biased.keys.size(0) == grid[0].eval_size && eval.probe_biased.keys.size(0) == grid[0].probe_size &&
+                  eval.biased.keys.size(1) == grid[0].task.tokens && eval.biased.keys.size(2) == grid[0].task.key_dim &&
+                  eval.biased.codes.size(2) == grid[0].task.classes,
+              "spurious experiment: the evaluation sets were made for another task or size");
   workers = std::max(1, std::min<int>(workers, static_cast<int>(grid.size())));
   std::atomic<size_t> next{0};
   std::mutex done_mutex;
@@ -173,10 +185,14 @@ std::vector<SpuriousRunResult> run_spurious_grid(const std::vector<SpuriousRunCo
     }
   };
   const int previous_threads = at::get_num_threads();
+  // Concurrent callers of a multi-threaded OpenBLAS queue on its pool: 2 workers ran 4 runs in
+  // 46 s with it, 9.5 s without (one worker: 21.5 s).
+  const int previous_blas_threads = workers > 1 ? set_blas_threads(1) : -1;
   std::vector<std::thread> threads;
   for (int w = 0; w < workers; ++w) threads.emplace_back(work);
   for (auto& t : threads) t.join();
   at::set_num_threads(previous_threads);
+  if (previous_blas_threads > 0) set_blas_threads(previous_blas_threads);
   if (error) std::rethrow_exception(error);
   return results;
 }
@@ -193,7 +209,8 @@ nlohmann::json to_json(const SpuriousRunConfig& c) {
             {"heads", m.heads()}, {"hidden", m.hidden()}, {"backend", to_string(m.backend())}}},
           {"lr", c.lr}, {"weight_decay", c.weight_decay}, {"steps", c.steps}, {"batch_size", c.batch_size},
           {"log_every", c.log_every}, {"eval_size", c.eval_size}, {"probe_size", c.probe_size},
-          {"seed", c.seed}, {"success_threshold", c.success_threshold}};
+          {"seed", c.seed}, {"unbiased_threshold", c.unbiased_threshold},
+          {"conflicting_threshold", c.conflicting_threshold}};
 }
 
 nlohmann::json to_json(const SpuriousRunResult& r) {

@@ -49,6 +49,17 @@ bool warn_if_reference_blas() {
   return warned;
 }
 
+int set_blas_threads(int threads) {
+  using GetFn = int (*)();
+  using SetFn = void (*)(int);
+  auto get = reinterpret_cast<GetFn>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  auto set = reinterpret_cast<SetFn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  if (!get || !set) return -1;
+  const int previous = get();
+  set(threads);
+  return previous;
+}
+
 int configure_threads() {
   int threads = 0;
   if (const char* env = std::getenv("OMP_NUM_THREADS"); env && *env) threads = std::atoi(env);

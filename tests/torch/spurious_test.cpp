@@ -84,6 +84,26 @@ TEST(RetrievalTask, EvaluationSplitsPlantWhatTheyName) {
   EXPECT_LT(keys.narrow(1, 8, 8).var(0).mean().item<double>(), 0.15);
 }
 
+TEST(RetrievalTask, BayesOracleFindsTheAnswerAndPrefersTheStrongerCue) {
+  RetrievalTaskOptions o;
+  auto accuracy = [&](RetrievalSplit split) {
+    const auto b = draw(split, 4000, 21, o);
+    return data::oracle_predictions(o, b).eq(b.labels).to(torch::kDouble).mean().item<double>();
+  };
+  // Defaults: the Sigma cue (log-likelihood ratio ~ 28 nats on average) usually outweighs b's
+  // (~ 19): the oracle reads the real answer in most samples where b is planted elsewhere.
+  EXPECT_GT(accuracy(RetrievalSplit::biased), 0.999);
+  EXPECT_GT(accuracy(RetrievalSplit::unbiased), 0.99);
+  const double conflicting = accuracy(RetrievalSplit::conflicting);
+  EXPECT_GT(conflicting, 0.6);
+  EXPECT_LT(conflicting, 0.85);
+  // A weak Sigma (4, 1/4: ~ 9 nats) loses to b in conflicts: the training data then favours b.
+  o.high_variance = 4;
+  o.low_variance = 0.25;
+  EXPECT_GT(accuracy(RetrievalSplit::unbiased), 0.9);
+  EXPECT_LT(accuracy(RetrievalSplit::conflicting), 0.5);
+}
+
 TEST(RetrievalTask, DeterministicBySeed) {
   for (auto split : {RetrievalSplit::training, RetrievalSplit::conflicting}) {
     const auto a = draw(split, 64, 11), b = draw(split, 64, 11), c = draw(split, 64, 12);
@@ -165,7 +185,7 @@ TEST(SpuriousExperiment, ShortRunLearnsTheShortcutAndIsDeterministic) {
   EXPECT_EQ(a.accuracy_biased, b.accuracy_biased);
   EXPECT_EQ(a.accuracy_conflicting, b.accuracy_conflicting);
   EXPECT_EQ(a.trajectory.back().key_norm_biased, b.trajectory.back().key_norm_biased);
-  EXPECT_EQ(a.success, a.accuracy_unbiased >= 0.9 && a.accuracy_conflicting >= 0.9);
+  EXPECT_EQ(a.success, a.accuracy_unbiased >= 0.9 && a.accuracy_conflicting >= 0.5);
   const auto j = experiments::to_json(a);
   EXPECT_EQ(j["trajectory"].size(), 4u);
   EXPECT_EQ(j["config"]["model"]["attention"], "standard");
@@ -182,7 +202,7 @@ TEST(SpuriousExperiment, GridWithTwoWorkersMatchesRunsOneByOne) {
     }
   const auto eval = experiments::make_eval_sets(grid[0].task, grid[0].eval_size, grid[0].probe_size);
   int calls = 0;
-  const auto parallel = experiments::run_spurious_grid(grid, 2, [&](size_t, const auto&) { ++calls; });
+  const auto parallel = experiments::run_spurious_grid(grid, eval, 2, [&](size_t, const auto&) { ++calls; });
   EXPECT_EQ(calls, 4);
   for (size_t i = 0; i < grid.size(); ++i) {
     const auto one = experiments::run_spurious(grid[i], eval);
@@ -191,7 +211,7 @@ TEST(SpuriousExperiment, GridWithTwoWorkersMatchesRunsOneByOne) {
   }
   auto mixed = grid;
   mixed[1].task.tokens = 9;
-  EXPECT_NE(error_message([&] { experiments::run_spurious_grid(mixed, 1); }).find("share the task"), std::string::npos);
+  EXPECT_NE(error_message([&] { experiments::run_spurious_grid(mixed, eval, 1); }).find("share the task"), std::string::npos);
 }
 
 }  // namespace

@@ -54,4 +54,10 @@ struct RetrievalBatch {
 RetrievalBatch generate_retrieval(const RetrievalTaskOptions& options, RetrievalSplit split,
                                   int64_t batch, torch::Generator& gen);
 
+// The Bayes-optimal reader of the training distribution: for every token, the log-likelihood ratio
+// of "this token is the answer" (its x^k from the answer mixture (1-p) N(0, Sigma) + p N(b, noise I))
+// against "ordinary" (N(0, I)); picks the largest and reads its code. Its accuracy on a split is
+// the ceiling for that split; on `conflicting` it says which cue the training data itself favours.
+torch::Tensor oracle_predictions(const RetrievalTaskOptions& options, const RetrievalBatch& batch);  // (B)
+
 }  // namespace quest::data

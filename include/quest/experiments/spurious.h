@@ -27,8 +27,13 @@ struct SpuriousRunConfig {
   int64_t eval_size = 2000;  // samples per evaluation split
   int64_t probe_size = 256;  // samples per split for the trajectory statistics
   uint64_t seed = 0;         // model initialisation and training stream
-  // Success: accuracy >= threshold on both the unbiased and the conflicting split.
-  double success_threshold = 0.9;
+  // Success, "the robust solution is learned": accuracy >= unbiased_threshold on the unbiased
+  // split (the Sigma cue alone finds the answer) and >= conflicting_threshold on the conflicting
+  // split (Sigma outweighs a planted b more often than not). Not 0.9 there too: with the default
+  // task the Bayes-optimal reader of the training distribution itself gets ~0.72 on conflicting,
+  // since b is a perfectly reliable cue wherever it occurs in training.
+  double unbiased_threshold = 0.9;
+  double conflicting_threshold = 0.5;
 };
 
 // Statistics at one step, on fixed probe samples (biased and unbiased splits).
@@ -58,16 +63,19 @@ struct SpuriousRunResult {
 struct SpuriousEvalSets {
   data::RetrievalBatch biased, unbiased, conflicting;        // eval_size each
   data::RetrievalBatch probe_biased, probe_unbiased;         // probe_size each
+  // Accuracy of the Bayes-optimal reader (data::oracle_predictions) on each evaluation split.
+  double oracle_biased = 0, oracle_unbiased = 0, oracle_conflicting = 0;
 };
 SpuriousEvalSets make_eval_sets(const data::RetrievalTaskOptions& task, int64_t eval_size, int64_t probe_size);
 
 // One training run. Deterministic for a given config (and eval sets).
 SpuriousRunResult run_spurious(const SpuriousRunConfig& config, const SpuriousEvalSets& eval);
 
-// Every config of `grid`, `workers` at a time (each single-threaded inside); results in grid
-// order; `on_done(index, result)` is called as each finishes (from one thread at a time).
+// Every config of `grid` (all on `eval`'s task), `workers` at a time (each single-threaded
+// inside); results in grid order; `on_done(index, result)` is called as each finishes (from one
+// thread at a time).
 std::vector<SpuriousRunResult> run_spurious_grid(
-    const std::vector<SpuriousRunConfig>& grid, int workers,
+    const std::vector<SpuriousRunConfig>& grid, const SpuriousEvalSets& eval, int workers,
     const std::function<void(size_t, const SpuriousRunResult&)>& on_done = {});
 
 nlohmann::json to_json(const SpuriousRunConfig& config);
