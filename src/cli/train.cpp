@@ -293,8 +293,9 @@ static void add_training_flags(CLI::App* cmd, const std::shared_ptr<TrainFlags>&
   cmd->add_option("--heads", f->heads)->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   cmd->add_option("--patch-size", f->patch_size)->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   cmd->add_option("--stem", f->stem,
-                  "patch (linear patch embedding) or conv (3x3 stride-2 convolutions)")
-      ->check(CLI::IsMember({"patch", "conv"}));
+                  "patch (linear patch embedding), conv (3x3 stride-2 convolutions) or conv_bn (the same "
+                  "with BatchNorm + ReLU and a final 1x1 conv)")
+      ->check(CLI::IsMember({"patch", "conv", "conv_bn"}));
   cmd->add_option("--mlp-ratio", f->mlp_ratio)->check(CLI::PositiveNumber);
   cmd->add_option("--dropout", f->dropout)->check(CLI::Range(0.0, 0.99));
   cmd->add_option("--attention-dropout", f->attention_dropout)->check(CLI::Range(0.0, 0.99));

@@ -41,7 +41,8 @@ VitImpl::VitImpl(const VitOptions& o) : options(o) {
   if (o.stem() == "patch") {
     patch_embed->push_back(torch::nn::Conv2d(
         torch::nn::Conv2dOptions(o.channels(), o.dim(), o.patch_size()).stride(o.patch_size())));
-  } else if (o.stem() == "conv") {
+  } else if (o.stem() == "conv" || o.stem() == "conv_bn") {
+    const bool batch_norm = o.stem() == "conv_bn";
     int64_t steps = 0;
     while ((int64_t{1} << steps) < o.patch_size()) ++steps;
     TORCH_CHECK(steps >= 1 && (int64_t{1} << steps) == o.patch_size(),
@@ -50,13 +51,22 @@ VitImpl::VitImpl(const VitOptions& o) : options(o) {
     int64_t in = o.channels();
     for (int64_t i = 0; i < steps; ++i) {  // widths double up to dim; each conv halves H and W
       const int64_t out = std::max<int64_t>(o.dim() >> (steps - 1 - i), 1);
-      patch_embed->push_back(torch::nn::Conv2d(
-          torch::nn::Conv2dOptions(in, out, 3).stride(2).padding(1)));
-      if (i + 1 < steps) patch_embed->push_back(torch::nn::Functional([](torch::Tensor x) { return torch::gelu(x); }));
+      const std::string n = std::to_string(i + 1);
+      if (batch_norm) {  // conv (no bias: BN has one) -> BN -> ReLU, then a 1x1 conv, as Xiao et al.
+        patch_embed->push_back("conv" + n, torch::nn::Conv2d(
+            torch::nn::Conv2dOptions(in, out, 3).stride(2).padding(1).bias(false)));
+        patch_embed->push_back("norm" + n, torch::nn::BatchNorm2d(out));
+        patch_embed->push_back("relu" + n, torch::nn::ReLU());
+      } else {
+        patch_embed->push_back(torch::nn::Conv2d(
+            torch::nn::Conv2dOptions(in, out, 3).stride(2).padding(1)));
+        if (i + 1 < steps) patch_embed->push_back(torch::nn::Functional([](torch::Tensor x) { return torch::gelu(x); }));
+      }
       in = out;
     }
+    if (batch_norm) patch_embed->push_back("project", torch::nn::Conv2d(torch::nn::Conv2dOptions(in, o.dim(), 1)));
   } else {
-    TORCH_CHECK(false, "quest::models::Vit: unknown stem '", o.stem(), "' (patch or conv)");
+    TORCH_CHECK(false, "quest::models::Vit: unknown stem '", o.stem(), "' (patch, conv or conv_bn)");
   }
   cls_token = register_parameter("cls_token", torch::randn({1, 1, o.dim()}) * 0.02);
   pos_embed = register_parameter("pos_embed", torch::randn({1, tokens, o.dim()}) * 0.02);

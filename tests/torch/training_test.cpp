@@ -177,6 +177,10 @@ TEST(Vit, ConvStemKeepsTheTokenGrid) {
   models::Vit vit(o);
   EXPECT_EQ(vit->forward(torch::randn({3, 1, 16, 16})).sizes(), (std::vector<int64_t>{3, 10}));
   EXPECT_EQ(vit->pos_embed.size(1), 4 * 4 + 1);
+  models::Vit bn(o.stem("conv_bn"));
+  EXPECT_EQ(bn->forward(torch::randn({3, 1, 16, 16})).sizes(), (std::vector<int64_t>{3, 10}));
+  EXPECT_TRUE(bn->named_buffers().contains("patch_embed.norm1.running_mean"));
+  EXPECT_TRUE(excluded_from_weight_decay("patch_embed.norm1.weight"));
   EXPECT_NE(testing::error_message([] { models::Vit(models::VitOptions().patch_size(7).stem("conv")); })
                 .find("power-of-two patch_size"),
             std::string::npos);

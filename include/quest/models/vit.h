@@ -19,6 +19,8 @@ struct VitOptions {
   // "conv": a convolutional stem (Xiao et al. 2021, "Early convolutions help transformers see
   // better"): log2(patch_size) 3x3 stride-2 convolutions with GELU, same token grid; needs a
   // power-of-two patch_size. Far more sample-efficient on small datasets.
+  // "conv_bn": the stem as Xiao et al. build it: each 3x3 stride-2 conv followed by BatchNorm and
+  // ReLU, then a 1x1 conv to dim (BatchNorm: train/eval modes matter, statistics are buffers).
   TORCH_ARG(std::string, stem) = "patch";
   TORCH_ARG(int64_t, num_classes) = 10;
   TORCH_ARG(int64_t, dim) = 128;
