@@ -219,9 +219,9 @@ int run_compare(TrainFlags flags, const CompareFlags& compare) {
       training::Trainer trainer(config);
       const auto t0 = std::chrono::steady_clock::now();
       std::string status = "ok";
+      const int64_t steps = config.epochs * ((data.train.size() + config.batch_size - 1) / config.batch_size);
+      Progress progress(steps, config.batch_size, config.log_every);
       try {
-        const int64_t steps = config.epochs * ((data.train.size() + config.batch_size - 1) / config.batch_size);
-        Progress progress(steps, config.batch_size, config.log_every);
         bool started = false;
         std::printf("%s seed %llu (%lld training images)\n", kind_name.c_str(), (unsigned long long)seed,
                     (long long)data.train.size());
@@ -232,6 +232,7 @@ int run_compare(TrainFlags flags, const CompareFlags& compare) {
         });
         progress.finish();
       } catch (const training::DivergenceError& e) {
+        progress.finish();  // end the progress line before the run's result line
         status = std::string("diverged: ") + e.what();
       }
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
