@@ -235,9 +235,9 @@ int run_spurious_command(const SpuriousFlags& f, const std::string& command) {
   const auto grid = build_grid(f);
   fs::create_directories(f.out_dir);
   std::printf("spurious-pattern grid: %zu runs (%zu kinds x %zu lrs x %zu weight decays x %zu seeds), "
-              "projections %s, %d workers -> %s\n",
+              "projections %s, queries %s, %d workers -> %s\n",
               grid.size(), f.kinds.size(), f.lrs.size(), f.weight_decays.size(), f.seeds.size(),
-              f.projections.c_str(), f.workers, f.out_dir.c_str());
+              f.projections.c_str(), f.base.model.queries().c_str(), f.workers, f.out_dir.c_str());
   std::fflush(stdout);
   const auto start = std::chrono::steady_clock::now();
   size_t done = 0;
@@ -282,6 +282,9 @@ void add_experiment(CLI::App& app) {
   cmd->add_option("--projections", f->projections,
                   "on: MLP token encoder + learnable Q/K/V projections; off: a learned query on raw x^k")
       ->check(CLI::IsMember({"on", "off"}))->capture_default_str();
+  cmd->add_option("--queries", b.model.queries(),
+                  "learned: one learned query token reads the sequence; tokens: self-attention, rows averaged")
+      ->check(CLI::IsMember({"learned", "tokens"}))->capture_default_str();
   cmd->add_option("--steps", b.steps, "Training steps per run")->check(positive_int)->capture_default_str();
   cmd->add_option("--batch-size", b.batch_size)->check(positive_int)->capture_default_str();
   cmd->add_option("--log-every", b.log_every, "Steps between trajectory points")->check(positive_int)->capture_default_str();

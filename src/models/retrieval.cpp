@@ -7,8 +7,10 @@ RetrievalModelImpl::RetrievalModelImpl(const RetrievalModelOptions& o) : options
               "quest::models::RetrievalModel: key_dim, dim, heads, hidden must be >= 1 and classes >= 2");
   TORCH_CHECK(!o.projections() || o.dim() % o.heads() == 0, "quest::models::RetrievalModel: dim ",
               o.dim(), " is not divisible by heads ", o.heads());
+  TORCH_CHECK(o.queries() == "learned" || o.queries() == "tokens",
+              "quest::models::RetrievalModel: queries must be 'learned' or 'tokens', got '", o.queries(), "'");
   if (o.projections()) {
-    query_token = register_parameter("query_token", torch::randn({o.dim()}));
+    if (!self_attention()) query_token = register_parameter("query_token", torch::randn({o.dim()}));
     encoder = register_module(
         "encoder", torch::nn::Sequential(torch::nn::Linear(o.key_dim(), o.hidden()), torch::nn::GELU(),
                                          torch::nn::Linear(o.hidden(), o.dim())));
@@ -19,7 +21,8 @@ RetrievalModelImpl::RetrievalModelImpl(const RetrievalModelOptions& o) : options
     kind_parameters.register_on(*this, o.attention(), o.heads(), o.dim() / o.heads());
   } else {
     // A unit-variance query like the keys it meets, so every kind starts near uniform attention.
-    query_token = register_parameter("query_token", torch::randn({o.key_dim()}) / std::sqrt(double(o.key_dim())));
+    if (!self_attention())
+      query_token = register_parameter("query_token", torch::randn({o.key_dim()}) / std::sqrt(double(o.key_dim())));
     out = register_module("out", torch::nn::Linear(o.classes(), o.classes()));
     kind_parameters.register_on(*this, o.attention(), 1, o.key_dim());
   }
@@ -35,13 +38,16 @@ RetrievalModelImpl::Heads RetrievalModelImpl::split_heads(const torch::Tensor& k
               keys.sizes(), ", got ", codes.sizes());
   const int64_t B = keys.size(0), N = keys.size(1);
   if (!o.projections())
-    return {query_token.view({1, 1, 1, -1}).expand({B, 1, 1, o.key_dim()}), keys.unsqueeze(1), codes.unsqueeze(1)};
+    return {self_attention() ? keys.unsqueeze(1) : query_token.view({1, 1, 1, -1}).expand({B, 1, 1, o.key_dim()}),
+            keys.unsqueeze(1), codes.unsqueeze(1)};
   const int64_t H = o.heads(), Dh = o.dim() / H;
   auto to_heads = [&](const torch::Tensor& x, int64_t n) {  // (B, n, dim) -> (B, H, n, Dh)
     return x.view({B, n, H, Dh}).transpose(1, 2).contiguous();
   };
+  const auto h = encoder->forward(keys);
+  if (self_attention()) return {to_heads(q_proj(h), N), to_heads(k_proj(h), N), to_heads(v_proj(codes), N)};
   const auto q = q_proj(query_token).view({1, 1, o.dim()}).expand({B, 1, o.dim()});
-  return {to_heads(q, 1), to_heads(k_proj(encoder->forward(keys)), N), to_heads(v_proj(codes), N)};
+  return {to_heads(q, 1), to_heads(k_proj(h), N), to_heads(v_proj(codes), N)};
 }
 
 torch::Tensor RetrievalModelImpl::forward(const torch::Tensor& keys, const torch::Tensor& codes) {
@@ -55,7 +61,7 @@ RetrievalProbe RetrievalModelImpl::probe(const torch::Tensor& keys, const torch:
   auto result = attention_forward(heads_.q, heads_.k, heads_.v, attention_options, false, diagnose);
   const int64_t B = keys.size(0);
   RetrievalProbe probe;
-  probe.logits = out(result.output.transpose(1, 2).reshape({B, -1}));  // (B, H*Dv)
+  probe.logits = out(result.output.mean(2).reshape({B, -1}));  // mean over query rows -> (B, H*Dv)
   if (result.diagnostics) {
     const auto& d = *result.diagnostics;
     for (size_t h = 0; h < d.logit_abs_max.size(); ++h) {
@@ -64,7 +70,7 @@ RetrievalProbe RetrievalModelImpl::probe(const torch::Tensor& keys, const torch:
     }
     torch::NoGradGuard no_grad;
     probe.key_norms = heads_.k.norm(2, -1).mean(1);           // (B, N)
-    probe.query_norm = heads_.q.norm(2, -1).mean(1).squeeze(1);  // (B)
+    probe.query_norm = heads_.q.norm(2, -1).mean({1, 2});  // (B)
   }
   return probe;
 }

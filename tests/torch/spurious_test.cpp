@@ -128,10 +128,13 @@ TEST(RetrievalTask, BadOptionsNameTheField) {
 
 TEST(RetrievalModel, ShapesGradientsAndBadInputForEveryKind) {
   const auto b = draw(RetrievalSplit::training, 8, 5);
+  for (const std::string queries : {"learned", "tokens"})
   for (bool projections : {true, false})
     for (Kind kind : all_kinds()) {
-      SCOPED_TRACE(to_string(kind) + (projections ? " projections on" : " projections off"));
-      models::RetrievalModel model(models::RetrievalModelOptions().attention(kind).projections(projections).heads(2));
+      SCOPED_TRACE(to_string(kind) + (projections ? " projections on" : " projections off") + " queries " + queries);
+      models::RetrievalModel model(
+          models::RetrievalModelOptions().attention(kind).projections(projections).heads(2).queries(queries));
+      EXPECT_EQ(model->named_parameters().contains("query_token"), queries == "learned");
       const auto logits = model->forward(b.keys, b.codes);
       ASSERT_EQ(logits.sizes(), (std::vector<int64_t>{8, 8}));
       torch::cross_entropy_loss(logits, b.labels).backward();
@@ -150,6 +153,9 @@ TEST(RetrievalModel, ShapesGradientsAndBadInputForEveryKind) {
       if (!projections)  // raw keys: the probe's key norms are |x^k|
         EXPECT_TRUE(torch::allclose(probe.key_norms, b.keys.norm(2, -1), 1e-5, 1e-5));
     }
+  EXPECT_NE(error_message([] { models::RetrievalModel(models::RetrievalModelOptions().queries("all")); })
+                .find("queries must be 'learned' or 'tokens'"),
+            std::string::npos);
   models::RetrievalModel model(models::RetrievalModelOptions{});
   EXPECT_NE(error_message([&] { model->forward(b.keys.narrow(2, 0, 5), b.codes); }).find("keys must be (B, N, 16)"),
             std::string::npos);

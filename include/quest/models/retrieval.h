@@ -14,6 +14,10 @@
 //   q = e (a learned vector of width d), k_j = x_j^k, v_j = x_j^v (raw), one head,
 //   logits = W_out o + c_out. The only thing the attention can learn is where q points, so it can
 //   find b (a direction) but not Sigma: the robust solution is out of reach by construction.
+// queries "tokens" (self-attention) instead of "learned": every token queries with its own
+// q_i = W_q h_i + c_q (projections off: q_i = x_i^k), and the N output rows are averaged before
+// W_out. Each token then sets its own sharpness through |q_i| (what QUEST keeps), and a query can
+// be quadratic in x^k even without the encoder (q_i . k_j with i = j).
 #pragma once
 
 #include <torch/torch.h>
@@ -30,6 +34,7 @@ struct RetrievalModelOptions {
   TORCH_ARG(int64_t, heads) = 1;
   TORCH_ARG(int64_t, hidden) = 64;  // token encoder width
   TORCH_ARG(bool, projections) = true;
+  TORCH_ARG(std::string, queries) = "learned";  // "learned" (one query token) or "tokens" (self-attention)
   TORCH_ARG(Kind, attention) = Kind::quest;
   TORCH_ARG(Backend, backend) = Backend::automatic;
 };
@@ -38,7 +43,7 @@ struct RetrievalModelOptions {
 struct RetrievalProbe {
   torch::Tensor logits;      // (B, classes)
   torch::Tensor key_norms;   // (B, N) |k_j| before any normalisation, mean over heads
-  torch::Tensor query_norm;  // (B) |q| before any normalisation, mean over heads
+  torch::Tensor query_norm;  // (B) |q| before any normalisation, mean over heads and query rows
   double max_logit = 0;      // max |s_j| over the batch and heads
   double entropy = 0;        // mean entropy of the attention row
 };
@@ -58,10 +63,11 @@ class RetrievalModelImpl : public torch::nn::Module {
 
  private:
   struct Heads {
-    torch::Tensor q, k, v;  // (B, H, 1, Dq), (B, H, N, Dq), (B, H, N, Dv)
+    torch::Tensor q, k, v;  // (B, H, Nq, Dq), (B, H, N, Dq), (B, H, N, Dv); Nq = 1 or N
   };
   Heads split_heads(const torch::Tensor& keys, const torch::Tensor& codes);
   int64_t heads() const { return options.projections() ? options.heads() : 1; }
+  bool self_attention() const { return options.queries() == "tokens"; }
 };
 TORCH_MODULE(RetrievalModel);
 
