@@ -3,9 +3,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <iostream>
 #include <map>
-#include <sstream>
 
 #include "commands.h"
 #include "gnuplot.h"
@@ -60,6 +58,16 @@ std::vector<SpuriousRunConfig> build_grid(const SpuriousFlags& f) {
         }
   }
   return grid;
+}
+
+// The runs of one heat-map / trajectory cell: one kind at one (lr, weight decay), every seed.
+std::vector<const SpuriousRunResult*> cell_runs(const std::vector<SpuriousRunResult>& results,
+                                                const std::string& kind, double lr, double wd) {
+  std::vector<const SpuriousRunResult*> cell;
+  for (const auto& r : results)
+    if (to_string(r.config.model.attention()) == kind && r.config.lr == lr && r.config.weight_decay == wd)
+      cell.push_back(&r);
+  return cell;
 }
 
 struct KindSummary {
@@ -145,13 +153,10 @@ void write_outputs(const SpuriousFlags& f, const experiments::SpuriousEvalSets& 
     std::ofstream dat(dir / ("heatmap-" + kind + ".dat"));
     for (int i = 0; i < L; ++i) {
       for (int j = 0; j < W; ++j) {
-        int n = 0, ok = 0;
-        for (const auto& r : results)
-          if (to_string(r.config.model.attention()) == kind && r.config.lr == f.lrs[i] &&
-              r.config.weight_decay == f.weight_decays[j]) {
-            ++n;
-            ok += r.success;
-          }
+        const auto cell = cell_runs(results, kind, f.lrs[i], f.weight_decays[j]);
+        const int n = cell.size();
+        int ok = 0;
+        for (auto* r : cell) ok += r->success;
         dat << i << " " << j << " " << (n ? double(ok) / n : 0) << " " << ok << "/" << n << "\n";
       }
       dat << "\n";
@@ -175,10 +180,7 @@ void write_outputs(const SpuriousFlags& f, const experiments::SpuriousEvalSets& 
     std::vector<std::string> titles;
     for (double lr : f.lrs)
       for (double wd : f.weight_decays) {
-        std::vector<const SpuriousRunResult*> cell;
-        for (const auto& r : results)
-          if (to_string(r.config.model.attention()) == kind && r.config.lr == lr && r.config.weight_decay == wd)
-            cell.push_back(&r);
+        const auto cell = cell_runs(results, kind, lr, wd);
         if (cell.empty()) continue;
         size_t points = cell[0]->trajectory.size();
         for (auto* r : cell) points = std::min(points, r->trajectory.size());  // diverged runs stop early
