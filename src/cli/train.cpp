@@ -5,12 +5,14 @@
 #include <chrono>
 #include <cmath>
 #include <map>
+#include <optional>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 
 #include "commands.h"
 #include "stats.h"
+#include "subprocess.h"
 #include "quest/data/idx.h"
 #include "quest/quest.h"
 #include "quest/training/trainer.h"
@@ -176,6 +178,7 @@ struct CompareFlags {
   std::vector<std::string> kinds = {"standard", "quest", "qknorm"};
   std::vector<uint64_t> seeds = {0, 1, 2};
   std::string out_dir = "runs/compare";
+  int workers = 1;
 };
 
 // Final attention diagnostics of a trained model on one test batch, averaged over layers/heads.
@@ -200,56 +203,183 @@ nlohmann::json final_diagnostics(training::Trainer& trainer, const training::Dat
           {"entropy_mean", n ? entropy / n : 0.0}};
 }
 
-int run_compare(TrainFlags flags, const CompareFlags& compare) {
-  warn_if_reference_blas();
-  configure_threads();
-  nlohmann::json runs = nlohmann::json::array();
-  fs::create_directories(compare.out_dir);
-  std::map<std::string, std::vector<double>> acc, wall;
-  std::map<std::string, nlohmann::json> last_diag;
-  for (const std::string& kind_name : compare.kinds) {
+struct CompareRun {
+  std::string kind;
+  uint64_t seed;
+  TrainConfig config;
+};
+
+// The (kind, seed) runs of a comparison, in table order; a kind or seed listed twice is an error
+// (it would count the same run twice in the mean).
+std::vector<CompareRun> plan_compare(const TrainFlags& flags, const CompareFlags& compare) {
+  std::vector<CompareRun> runs;
+  for (size_t i = 0; i < compare.kinds.size(); ++i) {
+    const std::string& kind_name = compare.kinds[i];
     if (!parse_kind(kind_name)) throw CLI::ValidationError("--kinds", "unknown kind '" + kind_name + "'");
+    for (size_t j = 0; j < i; ++j)
+      if (compare.kinds[j] == kind_name)
+        throw CLI::ValidationError("--kinds", "'" + kind_name + "' is listed twice");
+  }
+  for (size_t i = 0; i < compare.seeds.size(); ++i)
+    for (size_t j = 0; j < i; ++j)
+      if (compare.seeds[j] == compare.seeds[i])
+        throw CLI::ValidationError("--seeds", std::to_string(compare.seeds[i]) + " is listed twice");
+  for (const std::string& kind_name : compare.kinds)
     for (uint64_t seed : compare.seeds) {
-      TrainFlags f = flags;
-      TrainConfig config = resolve_config(f);
+      TrainConfig config = resolve_config(flags);
       config.model.attention(*parse_kind(kind_name));
       config.seed = seed;
       config.run_dir = (fs::path(compare.out_dir) / kind_name / ("seed-" + std::to_string(seed))).string();
-      const Data data = load_data(flags.data_dir, flags.val_fraction, seed, config.train_subset);
-      training::Trainer trainer(config);
-      const auto t0 = std::chrono::steady_clock::now();
-      std::string status = "ok";
-      const int64_t steps = config.epochs * ((data.train.size() + config.batch_size - 1) / config.batch_size);
-      Progress progress(steps, config.batch_size, config.log_every);
-      try {
-        bool started = false;
-        std::printf("%s seed %llu (%lld training images)\n", kind_name.c_str(), (unsigned long long)seed,
-                    (long long)data.train.size());
-        trainer.fit(data.train, data.validation, flags.resume, [&](const nlohmann::json& line) {
-          if (!started) progress.start_at(line["step"].get<int64_t>());
-          started = true;
-          progress.update(line);
-        });
-        progress.finish();
-      } catch (const training::DivergenceError& e) {
-        progress.finish();  // end the progress line before the run's result line
-        status = std::string("diverged: ") + e.what();
-      }
-      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      const double train_secs = trainer.train_seconds();  // over resumed segments too
-      const auto test = trainer.evaluate(data.test);
-      const auto diag = final_diagnostics(trainer, data.test);
-      std::printf("%-12s seed %llu: test accuracy %.4f  (%s, training %.0f s)\n", kind_name.c_str(),
-                  (unsigned long long)seed, test.accuracy, status.c_str(), train_secs);
-      std::fflush(stdout);
-      acc[kind_name].push_back(test.accuracy);
-      wall[kind_name].push_back(train_secs);
-      last_diag[kind_name] = diag;
-      runs.push_back({{"kind", kind_name}, {"seed", seed}, {"test_accuracy", test.accuracy},
-                      {"test_loss", test.loss}, {"train_seconds", train_secs},
-                      {"wall_seconds_this_invocation", secs}, {"status", status},
-                      {"diagnostics", diag}, {"run_dir", config.run_dir}});
+      runs.push_back({kind_name, seed, config});
     }
+  return runs;
+}
+
+// A finished (or diverged) run's line in compare.json, from its trained model.
+nlohmann::json compare_result(const CompareRun& run, training::Trainer& trainer, const Data& data,
+                              const std::string& status, double wall_seconds) {
+  const double train_secs = trainer.train_seconds();  // over resumed segments too
+  const auto test = trainer.evaluate(data.test);
+  const auto diag = final_diagnostics(trainer, data.test);
+  std::printf("%-12s seed %llu: test accuracy %.4f  (%s, training %.0f s)\n", run.kind.c_str(),
+              (unsigned long long)run.seed, test.accuracy, status.c_str(), train_secs);
+  std::fflush(stdout);
+  return {{"kind", run.kind}, {"seed", run.seed}, {"test_accuracy", test.accuracy},
+          {"test_loss", test.loss}, {"train_seconds", train_secs},
+          {"wall_seconds_this_invocation", wall_seconds}, {"status", status},
+          {"diagnostics", diag}, {"run_dir", run.config.run_dir}};
+}
+
+// One run after another in this process, every thread on each, with a progress bar.
+std::vector<nlohmann::json> compare_in_turn(const TrainFlags& flags, const std::vector<CompareRun>& runs) {
+  std::vector<nlohmann::json> results;
+  for (const CompareRun& run : runs) {
+    const auto& config = run.config;
+    const Data data = load_data(flags.data_dir, flags.val_fraction, run.seed, config.train_subset);
+    training::Trainer trainer(config);
+    const auto t0 = std::chrono::steady_clock::now();
+    std::string status = "ok";
+    const int64_t steps = config.epochs * ((data.train.size() + config.batch_size - 1) / config.batch_size);
+    Progress progress(steps, config.batch_size, config.log_every);
+    try {
+      bool started = false;
+      std::printf("%s seed %llu (%lld training images)\n", run.kind.c_str(), (unsigned long long)run.seed,
+                  (long long)data.train.size());
+      trainer.fit(data.train, data.validation, flags.resume, [&](const nlohmann::json& line) {
+        if (!started) progress.start_at(line["step"].get<int64_t>());
+        started = true;
+        progress.update(line);
+      });
+      progress.finish();
+    } catch (const training::DivergenceError& e) {
+      progress.finish();  // end the progress line before the run's result line
+      status = std::string("diverged: ") + e.what();
+    }
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    results.push_back(compare_result(run, trainer, data, status, secs));
+  }
+  return results;
+}
+
+// `workers` runs side by side, each a `quest train` child with its share of the threads (on this
+// 2-core machine two 1-thread runs train ~1.6x as many images/s as one 2-thread run). Each child
+// logs to <run-dir>/train.log; this process prints a line per finished epoch, then evaluates every
+// run from its checkpoint.
+std::vector<nlohmann::json> compare_side_by_side(const TrainFlags& flags, const std::vector<CompareRun>& runs,
+                                                 int workers, int threads) {
+  const int child_threads = std::max(1, threads / workers);
+  std::vector<ChildJob> jobs;
+  for (const CompareRun& run : runs) {
+    fs::create_directories(run.config.run_dir);
+    const std::string config_path = (fs::path(run.config.run_dir) / "config.json").string();
+    std::ofstream(config_path) << training::to_json(run.config).dump(2) << "\n";
+    ChildJob job;
+    job.args = {"train", "--config", config_path, "--run-dir", run.config.run_dir, "--data-dir", flags.data_dir,
+                "--val-fraction", nlohmann::json(flags.val_fraction).dump()};
+    if (flags.resume) job.args.push_back("--resume");
+    job.env = {{"OMP_NUM_THREADS", std::to_string(child_threads)},
+               {"OPENBLAS_NUM_THREADS", std::to_string(child_threads)}};
+    job.log_path = (fs::path(run.config.run_dir) / "train.log").string();
+    jobs.push_back(job);
+  }
+  std::printf("%zu runs, %d side by side with %d thread(s) each; logs in <run-dir>/train.log\n", runs.size(),
+              workers, child_threads);
+  std::fflush(stdout);
+  // Each run's newest epoch line, once per epoch; lines from before its child started are not news.
+  std::vector<int64_t> epoch_reported(runs.size(), -1);
+  std::vector<std::optional<fs::file_time_type>> started(runs.size());
+  auto report_epochs = [&] {
+    for (size_t i = 0; i < runs.size(); ++i) {
+      const fs::path metrics = fs::path(runs[i].config.run_dir) / "metrics.jsonl";
+      std::error_code ec;
+      const auto modified = fs::last_write_time(metrics, ec);
+      if (!started[i] || ec || modified < *started[i]) continue;
+      std::ifstream in(metrics);
+      nlohmann::json last;
+      for (std::string text; std::getline(in, text);) {
+        if (text.find("\"type\":\"epoch\"") == std::string::npos) continue;
+        try {
+          last = nlohmann::json::parse(text);
+        } catch (const nlohmann::json::exception&) {  // being written
+        }
+      }
+      if (last.is_null() || last["epoch"].get<int64_t>() <= epoch_reported[i]) continue;
+      epoch_reported[i] = last["epoch"].get<int64_t>();
+      std::printf("%-12s seed %llu: epoch %lld/%lld  train loss %.4f  val accuracy %.4f  %.0f img/s\n",
+                  runs[i].kind.c_str(), (unsigned long long)runs[i].seed, (long long)epoch_reported[i] + 1,
+                  (long long)runs[i].config.epochs, last["train_loss"].get<double>(),
+                  last["val_accuracy"].get<double>(), last["images_per_second"].get<double>());
+      std::fflush(stdout);
+    }
+  };
+  const auto codes = run_children(
+      jobs, workers, [&](size_t i) { started[i] = fs::file_time_type::clock::now(); }, report_epochs,
+      [&](size_t i, int code) {
+        report_epochs();
+        if (code != 0)
+          std::printf("%-12s seed %llu: exit code %d (see %s)\n", runs[i].kind.c_str(),
+                      (unsigned long long)runs[i].seed, code, jobs[i].log_path.c_str());
+        std::fflush(stdout);
+      });
+  std::vector<nlohmann::json> results;
+  std::string failed;
+  for (size_t i = 0; i < runs.size(); ++i) {
+    // quest train exits 3 when training diverged (its last good checkpoint is kept).
+    if (codes[i] != 0 && codes[i] != 3) {
+      failed += "\n  " + runs[i].kind + " seed " + std::to_string(runs[i].seed) + ": exit code " +
+                std::to_string(codes[i]) + ", log " + jobs[i].log_path;
+      continue;
+    }
+    const std::string checkpoint = (fs::path(runs[i].config.run_dir) / "checkpoint.pt").string();
+    if (!fs::exists(checkpoint)) {
+      failed += "\n  " + runs[i].kind + " seed " + std::to_string(runs[i].seed) +
+                ": diverged before its first checkpoint, log " + jobs[i].log_path;
+      continue;
+    }
+    const Data data = load_data(flags.data_dir, flags.val_fraction, runs[i].seed, runs[i].config.train_subset);
+    auto trainer = training::load_run(checkpoint);
+    const std::string status = codes[i] == 0 ? "ok" : "diverged: see " + jobs[i].log_path;
+    results.push_back(compare_result(runs[i], *trainer, data, status, NAN));
+  }
+  if (!failed.empty()) throw std::runtime_error("quest compare: runs failed:" + failed);
+  return results;
+}
+
+int run_compare(TrainFlags flags, const CompareFlags& compare) {
+  warn_if_reference_blas();
+  const int threads = configure_threads();
+  const std::vector<CompareRun> plan = plan_compare(flags, compare);
+  fs::create_directories(compare.out_dir);
+  const int workers = std::min<int>(compare.workers, static_cast<int>(plan.size()));
+  const std::vector<nlohmann::json> runs =
+      workers > 1 ? compare_side_by_side(flags, plan, workers, threads) : compare_in_turn(flags, plan);
+  std::map<std::string, std::vector<double>> acc, wall;
+  std::map<std::string, nlohmann::json> last_diag;
+  for (const auto& run : runs) {
+    const std::string kind = run["kind"];
+    acc[kind].push_back(run["test_accuracy"].get<double>());
+    wall[kind].push_back(run["train_seconds"].get<double>());
+    last_diag[kind] = run["diagnostics"];
   }
   std::printf("\n%-12s %-18s %6s %12s %12s %10s %10s\n", "kind", "test acc (mean±std)", "seeds",
               "max |k|", "max |logit|", "entropy", "train s");
@@ -271,7 +401,7 @@ int run_compare(TrainFlags flags, const CompareFlags& compare) {
                        {"final_diagnostics_last_seed", d}, {"train_seconds_mean", mean_of(wall[kind_name])}});
   }
   std::ofstream(fs::path(compare.out_dir) / "compare.json")
-      << nlohmann::json({{"summary", summary}, {"runs", runs}}).dump(2) << "\n";
+      << nlohmann::json({{"summary", summary}, {"runs", runs}, {"workers", workers}}).dump(2) << "\n";
   std::printf("(diagnostics: final model on 256 test images, last seed; results in %s)\n",
               compare.out_dir.c_str());
   write_plots(compare.out_dir);
@@ -337,6 +467,11 @@ void add_train(CLI::App& app, int& exit_code) {
       ->delimiter(',')
       ->capture_default_str();
   cmp->add_option("--out-dir", compare->out_dir, "Runs go to <out-dir>/<kind>/seed-<s>")->capture_default_str();
+  cmp->add_option("--workers", compare->workers,
+                  "Runs trained side by side, each a 'quest train' process with its share of the threads "
+                  "(log in <run-dir>/train.log); 1 = one after another with every thread")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
   cmp->callback([cf, compare, &exit_code] { exit_code = run_compare(*cf, *compare); });
 
   auto checkpoint = std::make_shared<std::string>();

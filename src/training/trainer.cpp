@@ -191,6 +191,32 @@ void Trainer::log(const nlohmann::json& line) {
   std::ofstream(fs::path(config_.run_dir) / "metrics.jsonl", std::ios::app) << line.dump() << "\n";
 }
 
+void Trainer::trim_metrics() {
+  if (config_.run_dir.empty()) return;
+  const fs::path path = fs::path(config_.run_dir) / "metrics.jsonl";
+  if (!fs::exists(path)) return;
+  // Lines of epochs the checkpoint does not hold (a fresh start: all of them; a run killed mid-epoch:
+  // that epoch's step lines) would be written again, so they go.
+  std::vector<std::string> kept;
+  {
+    std::ifstream in(path);
+    for (std::string line; std::getline(in, line);) {
+      if (epoch_ == 0) break;
+      try {
+        const auto j = nlohmann::json::parse(line);
+        if (j.value("epoch", epoch_) < epoch_) kept.push_back(line);
+      } catch (const nlohmann::json::exception&) {  // a line cut short by the kill
+      }
+    }
+  }
+  const std::string tmp = path.string() + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    for (const auto& line : kept) out << line << "\n";
+  }
+  fs::rename(tmp, path);
+}
+
 void Trainer::save_checkpoint(const std::string& path) {
   torch::serialize::OutputArchive archive;
   model_->save(archive);
@@ -249,6 +275,7 @@ void Trainer::fit(const Dataset& train, const Dataset& validation, bool resume,
     std::ofstream(fs::path(config_.run_dir) / "config.json") << to_json(config_).dump(2) << "\n";
   }
   if (resume && fs::exists(checkpoint_path())) load_checkpoint(checkpoint_path());
+  trim_metrics();
   const int64_t steps_per_epoch = (train.size() + config_.batch_size - 1) / config_.batch_size;
   const auto ce = torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(config_.label_smoothing);
   while (epoch_ < config_.epochs) {

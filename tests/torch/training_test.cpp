@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
+#include <tuple>
 
 #include "error_message.h"
 #include "quest/training/trainer.h"
@@ -44,6 +46,17 @@ struct TempDir {
   fs::path path;
   static inline int counter = 0;
 };
+
+// metrics.jsonl as (type, epoch, step, loss) per line: what a resumed run must log exactly once.
+std::vector<std::tuple<std::string, int64_t, int64_t, double>> metric_lines(const fs::path& run_dir) {
+  std::vector<std::tuple<std::string, int64_t, int64_t, double>> lines;
+  std::ifstream in(run_dir / "metrics.jsonl");
+  for (std::string text; std::getline(in, text);) {
+    const auto j = nlohmann::json::parse(text);
+    lines.emplace_back(j["type"], j["epoch"], j["step"], j.contains("loss") ? j["loss"] : j["train_loss"]);
+  }
+  return lines;
+}
 
 bool same_weights(models::Vit& a, models::Vit& b) {
   const auto pa = a->named_parameters(), pb = b->named_parameters();
@@ -125,6 +138,15 @@ TEST(Trainer, KilledRunResumesToTheSameWeights) {
   resumed.fit(train, val, true);
   EXPECT_EQ(resumed.step(), full.step());
   EXPECT_TRUE(same_weights(full.model(), resumed.model()));
+  // The killed epoch's step lines are logged once, not once per attempt.
+  const auto lines = metric_lines(full_dir.path);
+  ASSERT_EQ(lines.size(), 5u + 3u);  // steps 0, 2, 4, 6, 8 of 9; an epoch line per epoch
+  EXPECT_EQ(metric_lines(killed_dir.path), lines);
+  // A fresh start in a used run directory starts the log afresh.
+  config.epochs = 1;
+  Trainer restarted(config);
+  restarted.fit(train, val, false);
+  EXPECT_EQ(metric_lines(killed_dir.path).size(), 3u);
 }
 
 TEST(Trainer, DivergenceStopsCleanlyAndKeepsTheLastCheckpoint) {

@@ -75,6 +75,8 @@ class Trainer {
 
   // Trains up to config.epochs, resuming from run_dir/checkpoint.pt when `resume` and it exists.
   // Writes the checkpoint atomically after each epoch. `on_step` (optional) sees progress.
+  // run_dir/metrics.jsonl keeps the lines of the epochs the checkpoint holds (none on a fresh start),
+  // so a resumed or restarted run never logs a step twice.
   void fit(const Dataset& train, const Dataset& validation, bool resume,
            const std::function<void(const nlohmann::json&)>& on_step = {});
   EvalResult evaluate(const Dataset& data, int64_t batch_size = 512);
@@ -95,6 +97,8 @@ class Trainer {
  private:
   void set_learning_rate(double lr);
   void log(const nlohmann::json& line);
+  // metrics.jsonl keeps only the epochs before epoch_ (called once fit has loaded any checkpoint).
+  void trim_metrics();
 
   TrainConfig config_;
   models::Vit model_{nullptr};
