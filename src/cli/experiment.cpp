@@ -165,9 +165,9 @@ void write_outputs(const SpuriousFlags& f, const experiments::SpuriousEvalSets& 
     const std::string d = gnuplot_quote((dir / ("heatmap-" + kind + ".dat")).string());
     heat_script += "set output " + gnuplot_quote((dir / ("heatmap-" + kind + ".png")).string()) + "\n";
     heat_script += "set title " + gnuplot_quote(kind + ": success rate (robust solution learned)") + "\n";
-    // Squares rather than `with image`, which needs at least a 2 x 2 grid.
-    heat_script += "plot " + d + " using 1:2:3 with points pointtype 5 pointsize " +
-                   fmt(std::max(2.0, 24.0 / std::max(L, W))) + " palette, " + d + " using 1:2:4 with labels\n";
+    // Filled boxes rather than `with image`, which needs at least a 2 x 2 grid.
+    heat_script += "plot " + d + " using 1:2:(0.5):(0.5):3 with boxxyerror fillstyle solid 1.0 noborder "
+                   "fillcolor palette, " + d + " using 1:2:4 with labels\n";
   }
   run_gnuplot(dir / "heatmap.gp", heat_script);
 

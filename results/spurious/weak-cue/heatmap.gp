@@ -14,13 +14,13 @@ set xrange [-0.5:2.500000]
 set yrange [-0.5:2.500000]
 set output 'results/spurious/weak-cue/heatmap-standard.png'
 set title 'standard: success rate (robust solution learned)'
-plot 'results/spurious/weak-cue/heatmap-standard.dat' using 1:2:3 with points pointtype 5 pointsize 8 palette, 'results/spurious/weak-cue/heatmap-standard.dat' using 1:2:4 with labels
+plot 'results/spurious/weak-cue/heatmap-standard.dat' using 1:2:(0.5):(0.5):3 with boxxyerror fillstyle solid 1.0 noborder fillcolor palette, 'results/spurious/weak-cue/heatmap-standard.dat' using 1:2:4 with labels
 set output 'results/spurious/weak-cue/heatmap-quest.png'
 set title 'quest: success rate (robust solution learned)'
-plot 'results/spurious/weak-cue/heatmap-quest.dat' using 1:2:3 with points pointtype 5 pointsize 8 palette, 'results/spurious/weak-cue/heatmap-quest.dat' using 1:2:4 with labels
+plot 'results/spurious/weak-cue/heatmap-quest.dat' using 1:2:(0.5):(0.5):3 with boxxyerror fillstyle solid 1.0 noborder fillcolor palette, 'results/spurious/weak-cue/heatmap-quest.dat' using 1:2:4 with labels
 set output 'results/spurious/weak-cue/heatmap-qnorm.png'
 set title 'qnorm: success rate (robust solution learned)'
-plot 'results/spurious/weak-cue/heatmap-qnorm.dat' using 1:2:3 with points pointtype 5 pointsize 8 palette, 'results/spurious/weak-cue/heatmap-qnorm.dat' using 1:2:4 with labels
+plot 'results/spurious/weak-cue/heatmap-qnorm.dat' using 1:2:(0.5):(0.5):3 with boxxyerror fillstyle solid 1.0 noborder fillcolor palette, 'results/spurious/weak-cue/heatmap-qnorm.dat' using 1:2:4 with labels
 set output 'results/spurious/weak-cue/heatmap-qknorm.png'
 set title 'qknorm: success rate (robust solution learned)'
-plot 'results/spurious/weak-cue/heatmap-qknorm.dat' using 1:2:3 with points pointtype 5 pointsize 8 palette, 'results/spurious/weak-cue/heatmap-qknorm.dat' using 1:2:4 with labels
+plot 'results/spurious/weak-cue/heatmap-qknorm.dat' using 1:2:(0.5):(0.5):3 with boxxyerror fillstyle solid 1.0 noborder fillcolor palette, 'results/spurious/weak-cue/heatmap-qknorm.dat' using 1:2:4 with labels
