@@ -282,7 +282,7 @@ std::vector<nlohmann::json> compare_in_turn(const TrainFlags& flags, const std::
 }
 
 // `workers` runs side by side, each a `quest train` child with its share of the threads (on this
-// 2-core machine two 1-thread runs train ~1.6x as many images/s as one 2-thread run). Each child
+// 2-core machine two 1-thread runs train ~1.5x as many images/s as one 2-thread run). Each child
 // logs to <run-dir>/train.log; this process prints a line per finished epoch, then evaluates every
 // run from its checkpoint.
 std::vector<nlohmann::json> compare_side_by_side(const TrainFlags& flags, const std::vector<CompareRun>& runs,
