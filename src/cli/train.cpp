@@ -346,8 +346,12 @@ std::vector<nlohmann::json> compare_side_by_side(const TrainFlags& flags, const 
   for (size_t i = 0; i < runs.size(); ++i) {
     // quest train exits 3 when training diverged (its last good checkpoint is kept).
     if (codes[i] != 0 && codes[i] != 3) {
+      std::ifstream log(jobs[i].log_path);
+      std::string line, last;
+      while (std::getline(log, line))
+        if (!line.empty()) last = line;
       failed += "\n  " + runs[i].kind + " seed " + std::to_string(runs[i].seed) + ": exit code " +
-                std::to_string(codes[i]) + ", log " + jobs[i].log_path;
+                std::to_string(codes[i]) + ", log " + jobs[i].log_path + "\n    " + last;
       continue;
     }
     const std::string checkpoint = (fs::path(runs[i].config.run_dir) / "checkpoint.pt").string();
