@@ -151,7 +151,10 @@ int run_train(const TrainFlags& flags) {
     for (size_t layer = 0; layer < trainer.model()->attention_diagnostics().size(); ++layer)
       if (const auto& d = trainer.model()->attention_diagnostics()[layer])
         std::fprintf(stderr, "layer %zu attention:\n%s", layer, format_diagnostics(*d).c_str());
-    std::fprintf(stderr, "the last good checkpoint is kept: %s\n", trainer.checkpoint_path().c_str());
+    if (fs::exists(trainer.checkpoint_path()))
+      std::fprintf(stderr, "the last good checkpoint is kept: %s\n", trainer.checkpoint_path().c_str());
+    else
+      std::fprintf(stderr, "no checkpoint yet: it diverged within its first epoch\n");
     return 3;
   }
   progress.finish();
