@@ -8,17 +8,12 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <filesystem>
 #include <stdexcept>
 #include <thread>
 
 extern char** environ;
 
 namespace quest::cli {
-
-std::string self_executable() {
-  return std::filesystem::read_symlink("/proc/self/exe").string();
-}
 
 namespace {
 
@@ -58,7 +53,7 @@ std::vector<int> run_children(const std::vector<ChildJob>& jobs, int workers,
                               const std::function<void(size_t)>& on_start,
                               const std::function<void()>& poll,
                               const std::function<void(size_t, int)>& on_exit) {
-  const std::string exe = self_executable();
+  const std::string exe = "/proc/self/exe";  // as main.cpp's re-execution: this very binary
   std::vector<int> codes(jobs.size(), -1);
   std::map<pid_t, size_t> running;
   size_t next = 0;

@@ -11,13 +11,10 @@
 namespace quest::cli {
 
 struct ChildJob {
-  std::vector<std::string> args;             // argv[1..] for this executable
+  std::vector<std::string> args;             // argv[1..] for this executable (/proc/self/exe)
   std::map<std::string, std::string> env;    // overrides on top of this process's environment
   std::string log_path;                      // stdout and stderr, appended
 };
-
-// This executable's path (/proc/self/exe).
-std::string self_executable();
 
 // Runs every job as a child of this executable, at most `workers` at a time: `on_start(job)` as
 // each starts, `poll` about once a second while any runs, `on_exit(job, exit_code)` as each ends

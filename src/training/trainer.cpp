@@ -198,10 +198,9 @@ void Trainer::trim_metrics() {
   // Lines of epochs the checkpoint does not hold (a fresh start: all of them; a run killed mid-epoch:
   // that epoch's step lines) would be written again, so they go.
   std::vector<std::string> kept;
-  {
+  if (epoch_ > 0) {
     std::ifstream in(path);
     for (std::string line; std::getline(in, line);) {
-      if (epoch_ == 0) break;
       try {
         const auto j = nlohmann::json::parse(line);
         if (j.value("epoch", epoch_) < epoch_) kept.push_back(line);
