@@ -308,15 +308,18 @@ std::vector<nlohmann::json> compare_side_by_side(const TrainFlags& flags, const 
   std::printf("%zu runs, %d side by side with %d thread(s) each; logs in <run-dir>/train.log\n", runs.size(),
               workers, child_threads);
   std::fflush(stdout);
-  // Each run's newest epoch line, once per epoch; lines from before its child started are not news.
+  // Each running run's newest epoch line, once per epoch; lines from before its child started are
+  // not news, and a run whose child has exited was read a last time then.
   std::vector<int64_t> epoch_reported(runs.size(), -1);
   std::vector<std::optional<fs::file_time_type>> started(runs.size());
+  std::vector<bool> exited(runs.size(), false);
   auto report_epochs = [&] {
     for (size_t i = 0; i < runs.size(); ++i) {
+      if (!started[i] || exited[i]) continue;
       const fs::path metrics = fs::path(runs[i].config.run_dir) / "metrics.jsonl";
       std::error_code ec;
       const auto modified = fs::last_write_time(metrics, ec);
-      if (!started[i] || ec || modified < *started[i]) continue;
+      if (ec || modified < *started[i]) continue;
       std::ifstream in(metrics);
       nlohmann::json last;
       for (std::string text; std::getline(in, text);) {
@@ -339,6 +342,7 @@ std::vector<nlohmann::json> compare_side_by_side(const TrainFlags& flags, const 
       jobs, workers, [&](size_t i) { started[i] = fs::file_time_type::clock::now(); }, report_epochs,
       [&](size_t i, int code) {
         report_epochs();
+        exited[i] = true;
         if (code != 0)
           std::printf("%-12s seed %llu: exit code %d (see %s)\n", runs[i].kind.c_str(),
                       (unsigned long long)runs[i].seed, code, jobs[i].log_path.c_str());
