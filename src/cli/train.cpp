@@ -291,8 +291,19 @@ std::vector<nlohmann::json> compare_in_turn(const TrainFlags& flags, const std::
 std::vector<nlohmann::json> compare_side_by_side(const TrainFlags& flags, const std::vector<CompareRun>& runs,
                                                  int workers, int threads) {
   const int child_threads = std::max(1, threads / workers);
+  // A resumed run whose checkpoint already holds every epoch needs no child: the evaluation below
+  // is all that is left of it.
   std::vector<ChildJob> jobs;
-  for (const CompareRun& run : runs) {
+  std::vector<size_t> run_of_job;
+  std::vector<int> codes(runs.size(), 0);
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const CompareRun& run = runs[i];
+    const fs::path checkpoint = fs::path(run.config.run_dir) / "checkpoint.pt";
+    if (flags.resume && fs::exists(checkpoint) &&
+        training::load_run(checkpoint.string())->epoch() >= run.config.epochs) {
+      std::printf("%-12s seed %llu: finished, evaluating only\n", run.kind.c_str(), (unsigned long long)run.seed);
+      continue;
+    }
     fs::create_directories(run.config.run_dir);
     const std::string config_path = (fs::path(run.config.run_dir) / "config.json").string();
     std::ofstream(config_path) << training::to_json(run.config).dump(2) << "\n";
@@ -304,9 +315,10 @@ std::vector<nlohmann::json> compare_side_by_side(const TrainFlags& flags, const 
                {"OPENBLAS_NUM_THREADS", std::to_string(child_threads)}};
     job.log_path = (fs::path(run.config.run_dir) / "train.log").string();
     jobs.push_back(job);
+    run_of_job.push_back(i);
   }
-  std::printf("%zu runs, %d side by side with %d thread(s) each; logs in <run-dir>/train.log\n", runs.size(),
-              workers, child_threads);
+  std::printf("%zu runs to train, %d side by side with %d thread(s) each; logs in <run-dir>/train.log\n",
+              jobs.size(), workers, child_threads);
   std::fflush(stdout);
   // Each running run's newest epoch line, once per epoch; lines from before its child started are
   // not news, and a run whose child has exited was read a last time then.
@@ -338,38 +350,41 @@ std::vector<nlohmann::json> compare_side_by_side(const TrainFlags& flags, const 
       std::fflush(stdout);
     }
   };
-  const auto codes = run_children(
-      jobs, workers, [&](size_t i) { started[i] = fs::file_time_type::clock::now(); }, report_epochs,
-      [&](size_t i, int code) {
+  const std::vector<int> job_codes = run_children(
+      jobs, workers, [&](size_t j) { started[run_of_job[j]] = fs::file_time_type::clock::now(); }, report_epochs,
+      [&](size_t j, int code) {
+        const size_t i = run_of_job[j];
         report_epochs();
         exited[i] = true;
         if (code != 0)
           std::printf("%-12s seed %llu: exit code %d (see %s)\n", runs[i].kind.c_str(),
-                      (unsigned long long)runs[i].seed, code, jobs[i].log_path.c_str());
+                      (unsigned long long)runs[i].seed, code, jobs[j].log_path.c_str());
         std::fflush(stdout);
       });
+  for (size_t j = 0; j < jobs.size(); ++j) codes[run_of_job[j]] = job_codes[j];
   std::vector<nlohmann::json> results;
   std::string failed;
   for (size_t i = 0; i < runs.size(); ++i) {
+    const std::string log_path = (fs::path(runs[i].config.run_dir) / "train.log").string();
     // quest train exits 3 when training diverged (its last good checkpoint is kept).
     if (codes[i] != 0 && codes[i] != 3) {
-      std::ifstream log(jobs[i].log_path);
+      std::ifstream log(log_path);
       std::string line, last;
       while (std::getline(log, line))
         if (!line.empty()) last = line;
       failed += "\n  " + runs[i].kind + " seed " + std::to_string(runs[i].seed) + ": exit code " +
-                std::to_string(codes[i]) + ", log " + jobs[i].log_path + "\n    " + last;
+                std::to_string(codes[i]) + ", log " + log_path + "\n    " + last;
       continue;
     }
     const std::string checkpoint = (fs::path(runs[i].config.run_dir) / "checkpoint.pt").string();
     if (!fs::exists(checkpoint)) {
       failed += "\n  " + runs[i].kind + " seed " + std::to_string(runs[i].seed) +
-                ": diverged before its first checkpoint, log " + jobs[i].log_path;
+                ": diverged before its first checkpoint, log " + log_path;
       continue;
     }
     const Data data = load_data(flags.data_dir, flags.val_fraction, runs[i].seed, runs[i].config.train_subset);
     auto trainer = training::load_run(checkpoint);
-    const std::string status = codes[i] == 0 ? "ok" : "diverged: see " + jobs[i].log_path;
+    const std::string status = codes[i] == 0 ? "ok" : "diverged: see " + log_path;
     results.push_back(compare_result(runs[i], *trainer, data, status, NAN));
   }
   if (!failed.empty()) throw std::runtime_error("quest compare: runs failed:" + failed);
