@@ -293,14 +293,14 @@ std::vector<nlohmann::json> compare_side_by_side(const TrainFlags& flags, const 
   const int child_threads = std::max(1, threads / workers);
   // A resumed run whose checkpoint already holds every epoch needs no child: the evaluation below
   // is all that is left of it.
+  auto train_log = [](const CompareRun& run) { return (fs::path(run.config.run_dir) / "train.log").string(); };
   std::vector<ChildJob> jobs;
   std::vector<size_t> run_of_job;
   std::vector<int> codes(runs.size(), 0);
   for (size_t i = 0; i < runs.size(); ++i) {
     const CompareRun& run = runs[i];
-    const fs::path checkpoint = fs::path(run.config.run_dir) / "checkpoint.pt";
-    if (flags.resume && fs::exists(checkpoint) &&
-        training::load_run(checkpoint.string())->epoch() >= run.config.epochs) {
+    const std::string checkpoint = training::checkpoint_path(run.config.run_dir);
+    if (flags.resume && fs::exists(checkpoint) && training::load_run(checkpoint)->epoch() >= run.config.epochs) {
       std::printf("%-12s seed %llu: finished, evaluating only\n", run.kind.c_str(), (unsigned long long)run.seed);
       continue;
     }
@@ -313,7 +313,7 @@ std::vector<nlohmann::json> compare_side_by_side(const TrainFlags& flags, const 
     if (flags.resume) job.args.push_back("--resume");
     job.env = {{"OMP_NUM_THREADS", std::to_string(child_threads)},
                {"OPENBLAS_NUM_THREADS", std::to_string(child_threads)}};
-    job.log_path = (fs::path(run.config.run_dir) / "train.log").string();
+    job.log_path = train_log(run);
     jobs.push_back(job);
     run_of_job.push_back(i);
   }
@@ -365,7 +365,7 @@ std::vector<nlohmann::json> compare_side_by_side(const TrainFlags& flags, const 
   std::vector<nlohmann::json> results;
   std::string failed;
   for (size_t i = 0; i < runs.size(); ++i) {
-    const std::string log_path = (fs::path(runs[i].config.run_dir) / "train.log").string();
+    const std::string log_path = train_log(runs[i]);
     // quest train exits 3 when training diverged (its last good checkpoint is kept).
     if (codes[i] != 0 && codes[i] != 3) {
       std::ifstream log(log_path);
@@ -376,7 +376,7 @@ std::vector<nlohmann::json> compare_side_by_side(const TrainFlags& flags, const 
                 std::to_string(codes[i]) + ", log " + log_path + "\n    " + last;
       continue;
     }
-    const std::string checkpoint = (fs::path(runs[i].config.run_dir) / "checkpoint.pt").string();
+    const std::string checkpoint = training::checkpoint_path(runs[i].config.run_dir);
     if (!fs::exists(checkpoint)) {
       failed += "\n  " + runs[i].kind + " seed " + std::to_string(runs[i].seed) +
                 ": diverged before its first checkpoint, log " + log_path;

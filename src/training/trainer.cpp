@@ -169,9 +169,11 @@ Trainer::Trainer(TrainConfig config) : config_(std::move(config)) {
   optimizer_ = std::make_unique<torch::optim::AdamW>(std::move(groups));
 }
 
-std::string Trainer::checkpoint_path() const {
-  return (fs::path(config_.run_dir) / "checkpoint.pt").string();
+std::string checkpoint_path(const std::string& run_dir) {
+  return (fs::path(run_dir) / "checkpoint.pt").string();
 }
+
+std::string Trainer::checkpoint_path() const { return training::checkpoint_path(config_.run_dir); }
 
 double Trainer::learning_rate(int64_t step, int64_t steps_per_epoch) const {
   const double warmup = config_.warmup_epochs * steps_per_epoch;

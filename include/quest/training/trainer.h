@@ -68,6 +68,8 @@ struct EvalResult {
 class Trainer;
 // A trained run: its config.json (beside the checkpoint), then the checkpoint's state.
 std::unique_ptr<Trainer> load_run(const std::string& checkpoint);
+// Where a run directory keeps its checkpoint (written each epoch, read by --resume).
+std::string checkpoint_path(const std::string& run_dir);
 
 class Trainer {
  public:
