@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "quest/fused.h"
+#include "quest/core/fused.h"
 
 int main(int argc, char** argv) {
   using namespace quest;

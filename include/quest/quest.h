@@ -1,7 +1,7 @@
 // Everything of quest's LibTorch layer in one include.
 #pragma once
 
-#include "quest/attention.h"
-#include "quest/kind.h"
-#include "quest/nn/multihead_attention.h"
-#include "quest/runtime.h"
+#include "quest/torch/attention.h"
+#include "quest/core/kind.h"
+#include "quest/torch/nn/multihead_attention.h"
+#include "quest/torch/runtime.h"

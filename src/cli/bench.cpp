@@ -12,7 +12,7 @@
 #include <sstream>
 
 #include "commands.h"
-#include "quest/fused.h"
+#include "quest/core/fused.h"
 #include "quest/quest.h"
 
 namespace quest::cli {
@@ -63,7 +63,7 @@ std::vector<int64_t> parse_shape(const std::string& s) {
   std::string item;
   while (std::getline(ss, item, ',')) v.push_back(std::stoll(item));
   if (v.size() != 4 || *std::min_element(v.begin(), v.end()) < 1)
-    throw CLI::ValidationError("--shapes", "'" + s + "' is not B,H,N,D with positive sizes");
+    throw std::invalid_argument("--shapes: '" + s + "' is not B,H,N,D with positive sizes");
   return v;
 }
 
@@ -94,11 +94,11 @@ void run_bench(const BenchConfig& c) {
     for (const std::string& kind_name : c.kinds) {
       sgemm_samples.push_back(sgemm_gflops(c.repeats));
       const auto kind = parse_kind(kind_name);
-      if (!kind) throw CLI::ValidationError("--kinds", "unknown kind '" + kind_name + "'");
+      if (!kind) throw std::invalid_argument("--kinds: unknown kind '" + kind_name + "'");
       std::map<std::string, std::pair<double, double>> gflops;  // backend -> (fwd, fwd+bwd)
       for (const std::string& backend_name : c.backends) {
         const auto backend = parse_backend(backend_name);
-        if (!backend) throw CLI::ValidationError("--backends", "unknown backend '" + backend_name + "'");
+        if (!backend) throw std::invalid_argument("--backends: unknown backend '" + backend_name + "'");
         const double composite_gb = 3.0 * B * H * N * N * 4 / 1e9;  // S, P and a gradient
         if (*backend != Backend::fused && composite_gb > c.composite_memory_limit_gb) {
           std::printf("%-16s %-9s %-10s   skipped: needs ~%.0f GB for N x N buffers\n",

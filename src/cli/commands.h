@@ -1,22 +1,19 @@
-// One function per `quest <command>`: each registers its options on the CLI11 app.
+// One function per `quest <command>`: each registers its flags; its callback turns them into one
+// library call and prints. Errors are exceptions, reported once by main().
 #pragma once
 
 #include <CLI/CLI.hpp>
-#include <functional>
 
 namespace quest::cli {
 
 void add_demo(CLI::App& app);
 void add_info(CLI::App& app);
 void add_bench(CLI::App& app);
-// Sets exit_code to the command's exit status (non-zero when training diverges).
+// train, eval and compare set exit_code (3: a run diverged).
 void add_train(CLI::App& app, int& exit_code);
+void add_compare(CLI::App& app, int& exit_code);
 void add_plot(CLI::App& app);
-// PNGs of every run below `dir` (what `quest plot <dir>` does).
-void write_plots(const std::string& dir);
-// quest robustness and quest attack.
-void add_robustness(CLI::App& app, int& exit_code);
-// quest experiment spurious.
+void add_robustness(CLI::App& app);
 void add_experiment(CLI::App& app);
 
 }  // namespace quest::cli

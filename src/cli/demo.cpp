@@ -92,9 +92,12 @@ void add_info(CLI::App& app) {
     warn_if_reference_blas();
     const BlasInfo blas = detect_blas();
     const int threads = configure_threads();
-    std::printf("BLAS: %s (%s)\nthreads: %d\nattention backend (automatic): %s\n",
+    const auto one = torch::zeros({1, 1, 1, 1});
+    std::printf("BLAS: %s (%s)\nthreads: %d\nattention backend (automatic): float32 %s, float64 %s%s\n",
                 blas.name.c_str(), blas.library.c_str(), threads,
-                to_string(resolve(Backend::automatic)).c_str());
+                to_string(select_backend(one, one, one).backend).c_str(),
+                to_string(select_backend(one.to(torch::kDouble), one.to(torch::kDouble), one.to(torch::kDouble)).backend).c_str(),
+                backend_override() ? " (QUEST_ATTENTION_BACKEND)" : "");
   });
 }
 

@@ -7,7 +7,7 @@
 #include <iostream>
 
 #include "commands.h"
-#include "quest/runtime.h"
+#include "quest/torch/runtime.h"
 
 // libgomp and OpenBLAS's thread pool read their idle policies once, when they load (before
 // main), and their defaults spin (libgomp) and sched_yield (OpenBLAS) for a long time after each
@@ -36,12 +36,13 @@ int main(int argc, char** argv) {
   quest::cli::add_bench(app);
   int exit_code = 0;
   quest::cli::add_train(app, exit_code);
+  quest::cli::add_compare(app, exit_code);
   quest::cli::add_plot(app);
-  quest::cli::add_robustness(app, exit_code);
+  quest::cli::add_robustness(app);
   quest::cli::add_experiment(app);
   try {
     app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
+  } catch (const CLI::ParseError& e) {  // unknown options, malformed values: CLI11's own message
     return app.exit(e);
   } catch (const c10::Error& e) {
     std::cerr << "error: " << e.what_without_backtrace() << "\n";

@@ -1,4 +1,4 @@
-#include "quest/runtime.h"
+#include "quest/torch/runtime.h"
 
 #include <dlfcn.h>
 #include <torch/torch.h>

@@ -5,8 +5,8 @@
 #include <random>
 #include <vector>
 
-#include "quest/fused.h"
-#include "quest/reference.h"
+#include "quest/core/fused.h"
+#include "quest/core/reference.h"
 
 namespace quest {
 namespace {

@@ -6,7 +6,7 @@
 #include <random>
 #include <vector>
 
-#include "quest/reference.h"
+#include "quest/core/reference.h"
 
 namespace quest {
 namespace {

@@ -6,8 +6,9 @@
 #include <map>
 #include <tuple>
 
+#include "error_message.h"
 #include "oracle.h"
-#include "quest/attention.h"
+#include "quest/torch/attention.h"
 
 namespace quest {
 namespace {
@@ -181,24 +182,24 @@ TEST(Attention, StridedInputsNeedNoCopy) {
   }
 }
 
-TEST(Attention, DiagnosticsAgreeAcrossPaths) {
+TEST(Attention, DiagnosticsMatchTheirDefinitionOnEveryPath) {
   for (Kind kind : all_kinds()) {
     const OracleInputs in = make_inputs({3, 2, 6, 8, 5, 3}, kind, kCausal | kPad, torch::kDouble, 5);
     const auto o = options_for(kind, kCausal | kPad, in).training(false);
-    const auto r = attention_forward(in.q, in.k, in.v, AttentionOptions(o).backend(Backend::reference),
-                                     false, true);
-    const auto c = attention_forward(in.q, in.k, in.v, AttentionOptions(o).backend(Backend::composite),
-                                     false, true);
-    ASSERT_TRUE(r.diagnostics && c.diagnostics);
-    const HeadDiagnostics &x = *r.diagnostics, &y = *c.diagnostics;
-    for (int h = 0; h < 2; ++h) {
-      EXPECT_NEAR(x.q_norm_mean[h], y.q_norm_mean[h], 1e-10);
-      EXPECT_NEAR(x.q_norm_max[h], y.q_norm_max[h], 1e-10);
-      EXPECT_NEAR(x.k_norm_mean[h], y.k_norm_mean[h], 1e-10);
-      EXPECT_NEAR(x.k_norm_max[h], y.k_norm_max[h], 1e-10);
-      EXPECT_NEAR(x.logit_abs_max[h], y.logit_abs_max[h], 1e-10);
-      EXPECT_NEAR(x.entropy_mean[h], y.entropy_mean[h], 1e-10);
-      EXPECT_GT(x.entropy_mean[h], 0);
+    const HeadDiagnostics expected = oracle_diagnostics(in, kind, true);
+    for (Backend backend : {Backend::reference, Backend::composite}) {
+      const auto r = attention_forward(in.q, in.k, in.v, AttentionOptions(o).backend(backend), false, true);
+      ASSERT_TRUE(r.diagnostics);
+      const HeadDiagnostics& x = *r.diagnostics;
+      for (int h = 0; h < 2; ++h) {
+        EXPECT_NEAR(x.q_norm_mean[h], expected.q_norm_mean[h], 1e-10) << to_string(backend);
+        EXPECT_NEAR(x.q_norm_max[h], expected.q_norm_max[h], 1e-10) << to_string(backend);
+        EXPECT_NEAR(x.k_norm_mean[h], expected.k_norm_mean[h], 1e-10) << to_string(backend);
+        EXPECT_NEAR(x.k_norm_max[h], expected.k_norm_max[h], 1e-10) << to_string(backend);
+        EXPECT_NEAR(x.logit_abs_max[h], expected.logit_abs_max[h], 1e-10) << to_string(backend);
+        EXPECT_NEAR(x.entropy_mean[h], expected.entropy_mean[h], 1e-10) << to_string(backend);
+        EXPECT_GT(x.entropy_mean[h], 0);
+      }
     }
     // Entropy of uniform attention over N keys is log N: a check against the definition.
     const auto uniform = attention_forward(torch::zeros({1, 1, 4, 3}, torch::kDouble),
@@ -246,16 +247,40 @@ TEST(Attention, DropoutOnlyInTrainingAndSeeded) {
   }
 }
 
-TEST(Attention, EnvironmentForcesBackend) {
-  ::setenv("QUEST_ATTENTION_BACKEND", "reference", 1);
-  EXPECT_EQ(resolve(Backend::automatic), Backend::reference);
-  EXPECT_EQ(resolve(Backend::composite), Backend::composite);  // an explicit choice wins
-  ::setenv("QUEST_ATTENTION_BACKEND", "turbo", 1);
-  EXPECT_THROW(resolve(Backend::automatic), c10::Error);
+TEST(Attention, BackendSelectionSaysWhy) {
+  const auto f = torch::randn({1, 2, 5, 4}), d = f.to(torch::kDouble);
+  EXPECT_EQ(select_backend(f, f, f).backend, Backend::fused);
+  EXPECT_TRUE(select_backend(f, f, f).rejected.empty());
+  // float64: fused is not eligible, and the selection says why.
+  const BackendSelection s = select_backend(d, d, d);
+  EXPECT_EQ(s.backend, Backend::composite);
+  ASSERT_EQ(s.rejected.size(), 1u);
+  EXPECT_NE(s.rejected[0].find("fused: computes in float32 only, got Double"), std::string::npos) << s.rejected[0];
+  // An explicit choice is honoured, or refused with the reason.
+  EXPECT_EQ(select_backend(f, f, f, AttentionOptions().backend(Backend::reference)).backend, Backend::reference);
+  EXPECT_EQ(select_backend(d, d, d, AttentionOptions().backend(Backend::reference)).backend, Backend::reference);
+  EXPECT_NE(testing::error_message([&] { select_backend(d, d, d, AttentionOptions().backend(Backend::fused)); })
+                .find("the fused backend cannot run this call: fused: computes in float32 only"),
+            std::string::npos);
+  // LayerNorm kinds and strided inputs still take the fused path (normalised / copied first).
+  const auto strided = torch::randn({1, 2, 4, 5}).transpose(2, 3);
+  EXPECT_EQ(select_backend(strided, strided, strided, AttentionOptions(Kind::qk_layernorm)).backend, Backend::fused);
+}
+
+TEST(Attention, EnvironmentOverrideIsParsedOnce) {
+  // The process-wide value is read at the first call (this test binary never sets it).
+  EXPECT_FALSE(backend_override().has_value());
+  EXPECT_EQ(parse_backend_override("reference"), Backend::reference);
+  EXPECT_EQ(parse_backend_override("fused"), Backend::fused);
+  EXPECT_FALSE(parse_backend_override("automatic").has_value());
+  EXPECT_FALSE(parse_backend_override("").has_value());
+  EXPECT_FALSE(parse_backend_override(nullptr).has_value());
+  EXPECT_NE(testing::error_message([] { parse_backend_override("turbo"); })
+                .find("QUEST_ATTENTION_BACKEND='turbo' is not one of"),
+            std::string::npos);
+  ::setenv("QUEST_ATTENTION_BACKEND", "reference", 1);  // too late: read once already
+  EXPECT_FALSE(backend_override().has_value());
   ::unsetenv("QUEST_ATTENTION_BACKEND");
-  EXPECT_EQ(resolve(Backend::automatic, torch::kFloat), Backend::fused);
-  EXPECT_EQ(resolve(Backend::automatic, torch::kDouble), Backend::composite);
-  EXPECT_THROW(resolve(Backend::fused, torch::kDouble), c10::Error);
 }
 
 TEST(Attention, HugeQueryNormAndZeroKeyStayFinite) {

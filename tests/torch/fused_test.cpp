@@ -2,8 +2,8 @@
 // dimension the issue names, both softmax paths (fixed shift and online), every kind.
 #include <gtest/gtest.h>
 
-#include "quest/attention.h"
-#include "quest/fused.h"
+#include "quest/torch/attention.h"
+#include "quest/core/fused.h"
 
 namespace quest {
 namespace {

@@ -4,7 +4,7 @@
 
 #include <torch/torch.h>
 
-#include "quest/attention.h"
+#include "quest/torch/attention.h"
 
 namespace quest::testing {
 
@@ -56,6 +56,47 @@ inline torch::Tensor oracle_attention(const OracleInputs& in, Kind kind, bool ca
     p = p * keep.to(p.scalar_type()) / (1 - dropout);
   }
   return torch::einsum("bhij,bhjd->bhid", {p, in.v});
+}
+
+// Per-head diagnostics from the definitions (HeadDiagnostics): raw norms over every query and every
+// non-padded key, max |s| over visible pairs, mean over rows that see a key of lse - sum p s.
+inline HeadDiagnostics oracle_diagnostics(const OracleInputs& in, Kind kind, bool causal) {
+  const int64_t b = in.q.size(0), h = in.q.size(1), nq = in.q.size(2), nk = in.k.size(2), d = in.q.size(3);
+  const auto qn = oracle_normalise(in.q, traits(kind).q_norm, in.qw, in.qb);
+  const auto kn = oracle_normalise(in.k, traits(kind).k_norm, in.kw, in.kb);
+  auto s = torch::einsum("bhid,bhjd->bhij", {qn, kn});
+  s = in.head_scale.defined() ? s * in.head_scale.view({1, h, 1, 1}) : s * default_scale(kind, d);
+  auto visible = torch::ones({b, h, nq, nk}, torch::kBool);
+  if (causal)
+    visible = visible.logical_and(torch::arange(nk).view({1, nk}).le(torch::arange(nq).view({nq, 1})));
+  auto key_valid = torch::ones({b, nk}, torch::kBool);
+  if (in.key_padding_mask.defined()) key_valid = in.key_padding_mask.logical_not();
+  visible = visible.logical_and(key_valid.view({b, 1, 1, nk}));
+  HeadDiagnostics out;
+  out.resize(h);
+  const auto q_norms = in.q.norm(2, -1), k_norms = in.k.norm(2, -1);  // (B, H, N)
+  for (int64_t head = 0; head < h; ++head) {
+    const auto qh = q_norms.select(1, head);
+    out.q_norm_mean[head] = qh.mean().item<double>();
+    out.q_norm_max[head] = qh.max().item<double>();
+    const auto kh = k_norms.select(1, head).masked_select(key_valid);
+    out.k_norm_mean[head] = kh.mean().item<double>();
+    out.k_norm_max[head] = kh.max().item<double>();
+    const auto sh = s.select(1, head), vh = visible.select(1, head);
+    out.logit_abs_max[head] = sh.abs().masked_select(vh).max().item<double>();
+    double entropy = 0;
+    int64_t rows = 0;
+    for (int64_t bb = 0; bb < b; ++bb)
+      for (int64_t i = 0; i < nq; ++i) {
+        const auto row = sh[bb][i].masked_select(vh[bb][i]);
+        if (row.numel() == 0) continue;
+        const auto lse = row.logsumexp(0);
+        entropy += (lse - ((row - lse).exp() * row).sum()).item<double>();
+        ++rows;
+      }
+    out.entropy_mean[head] = entropy / rows;
+  }
+  return out;
 }
 
 }  // namespace quest::testing

@@ -2,7 +2,7 @@
 #include <gtest/gtest.h>
 
 #include "error_message.h"
-#include "quest/attention.h"
+#include "quest/torch/attention.h"
 
 namespace quest {
 namespace {

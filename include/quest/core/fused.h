@@ -1,0 +1,42 @@
+// Fused fp32 attention in the FlashAttention-2 way: tiles of queries and keys, online softmax, only
+// the per-row logsumexp saved; the backward recomputes probabilities. Key (and query) L2
+// normalisation is fused into the tile packing: no normalised copy of K exists. SIMD through
+// Highway with runtime dispatch (AVX-512 / AVX2 / SSE4 ...), threads through OpenMP.
+// Extra memory is O(threads * N * D), never N x N.
+#pragma once
+
+#include <string>
+
+#include "quest/core/diagnostics.h"
+#include "quest/core/problem.h"
+
+namespace quest::fused {
+
+// Whether the fused kernel handles these args: fp32, unit stride along D for every tensor, and
+// Norm::none or Norm::l2 on each side (LayerNorm is applied by the caller before the kernel).
+bool supports(const AttentionArgs<float>& args);
+// Why supports() is false ("" when it is true), for the dispatcher's rejection reasons.
+std::string why_not(const AttentionArgs<float>& args);
+
+// The softmax statistics saved per query row, each B*H*Nq contiguous: logsumexp = shift +
+// log_sum. Kept apart because a float logsumexp of a logit near 1e4 has lost the last 1e-3 that
+// exp(s - lse) needs; s - shift is exact where s is near shift.
+struct RowStats {
+  float* shift;    // the softmax shift (row max or the fixed bound); -inf: the row sees no key
+  float* log_sum;  // log sum_j exp(s_ij - shift)
+};
+
+// Both entry points check their arguments (check_args, supports) and throw
+// std::invalid_argument naming the problem.
+// out: (B, H, Nq, Dv). diagnostics: optional, B*H partials. threads <= 0: OpenMP's default.
+void forward(const AttentionArgs<float>& args, View4<float> out, RowStats stats,
+             HeadDiagnosticsPartial* diagnostics, int threads);
+
+// out and stats from forward; D_i = rowsum(dO o O) is computed from them.
+void backward(const AttentionArgs<float>& args, View4<const float> out, View4<const float> dout,
+              RowStats stats, const AttentionGrads<float>& grads, int threads);
+
+// The SIMD target chosen at run time, e.g. "AVX3" or "AVX2".
+std::string simd_target();
+
+}  // namespace quest::fused

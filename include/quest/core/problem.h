@@ -1,0 +1,109 @@
+// One attention problem over raw strided buffers: the contract between the LibTorch layer and the
+// torch-free kernels (reference and fused). Layout is (B, H, N, D) with element strides, so views
+// such as a head split of a fused qkv projection need no copy.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "quest/core/kind.h"
+
+namespace quest {
+
+template <typename T>
+struct View4 {
+  T* data = nullptr;
+  int64_t stride[4] = {0, 0, 0, 0};  // elements, for (B, H, N, D)
+
+  T& at(int64_t b, int64_t h, int64_t n, int64_t d) const {
+    return data[b * stride[0] + h * stride[1] + n * stride[2] + d * stride[3]];
+  }
+};
+
+// A contiguous (B, H, n, d) buffer as a View4.
+template <typename T>
+View4<T> contiguous_view(T* data, int64_t heads, int64_t n, int64_t d) {
+  View4<T> v;
+  v.data = data;
+  v.stride[0] = heads * n * d;
+  v.stride[1] = n * d;
+  v.stride[2] = d;
+  v.stride[3] = 1;
+  return v;
+}
+
+struct AttentionDims {
+  int64_t batch = 0, heads = 0;
+  int64_t q_len = 0, k_len = 0;  // Nq, Nk
+  int64_t qk_dim = 0, v_dim = 0;  // Dk, Dv
+};
+
+template <typename T>
+struct AttentionArgs {
+  AttentionDims dims;
+  View4<const T> q, k, v;
+  Norm q_norm = Norm::none, k_norm = Norm::none;
+  double scale = 1.0;              // logit scale, used where head_scale is null
+  const T* head_scale = nullptr;   // (H): per-head logit scale, replaces `scale`
+  // (Dk) affine of the per-head LayerNorm (Norm::layer); null means weight 1 / bias 0.
+  const T *q_ln_weight = nullptr, *q_ln_bias = nullptr;
+  const T *k_ln_weight = nullptr, *k_ln_bias = nullptr;
+  double l2_eps = 1e-6;            // x / max(|x|, l2_eps)
+  double layernorm_eps = 1e-5;     // (x - mean) / sqrt(var + layernorm_eps)
+  // Query i sees key j only if j <= i (top-left aligned, as torch's is_causal).
+  bool causal = false;
+  // (B, Nk), true = padding: the key is ignored by every query of that batch entry.
+  const bool* key_padding_mask = nullptr;
+  int64_t key_padding_stride[2] = {0, 0};
+  double dropout = 0.0;            // on the attention weights, after softmax
+  uint64_t seed = 0;
+
+  double head_scale_at(int64_t h) const {
+    return head_scale ? static_cast<double>(head_scale[h]) : scale;
+  }
+  bool key_visible(int64_t b, int64_t i, int64_t j) const {
+    if (causal && j > i) return false;
+    if (key_padding_mask &&
+        key_padding_mask[b * key_padding_stride[0] + j * key_padding_stride[1]])
+      return false;
+    return true;
+  }
+};
+
+// Gradients written by a backward kernel (overwritten, not accumulated). Parameter gradients are
+// written only where both the parameter and its gradient pointer are non-null.
+template <typename T>
+struct AttentionGrads {
+  View4<T> dq, dk, dv;
+  T* dhead_scale = nullptr;  // (H)
+  T *dq_ln_weight = nullptr, *dq_ln_bias = nullptr;  // (Dk)
+  T *dk_ln_weight = nullptr, *dk_ln_bias = nullptr;  // (Dk)
+};
+
+// Cheap checks at the core entry points (reference and fused forward/backward): positive
+// dimensions, non-null buffers, epsilons > 0, dropout in [0, 1). Throws std::invalid_argument
+// naming the problem. The LibTorch layer validates before it gets here; this guards direct callers.
+template <typename T>
+void check_args(const AttentionArgs<T>& args, const char* entry);
+
+// Attention dropout decision for one (b, h, i, j): a counter-based hash of the seed, so every path
+// (reference, composite, fused forward and backward) regenerates the same mask without storing it.
+inline uint64_t mix64(uint64_t x) {  // splitmix64 finaliser
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+inline bool dropout_keep(uint64_t seed, double p, const AttentionDims& d, int64_t b, int64_t h,
+                         int64_t i, int64_t j) {
+  const uint64_t index =
+      static_cast<uint64_t>(((b * d.heads + h) * d.q_len + i) * d.k_len + j);
+  const double u = static_cast<double>(mix64(mix64(seed) ^ index) >> 11) * 0x1.0p-53;  // [0, 1)
+  return u >= p;
+}
+// Fills keep[(b, h, i, j)] (contiguous B*H*Nq*Nk) with dropout_keep.
+void dropout_keep_mask(uint64_t seed, double p, const AttentionDims& dims, bool* keep);
+
+}  // namespace quest

@@ -1,0 +1,74 @@
+// A run directory: the one place that names and reads the files of a training run.
+//   config.json    the resolved config the run trains with (a valid --config file)
+//   metrics.jsonl  one JSON object per line: {"type": "step", ...} and {"type": "epoch", ...}
+//   checkpoint.pt  model, optimiser, epoch, step (written atomically after each epoch)
+//   result.json    the test metrics of a finished `quest train`
+//   outcome.json   how the run ended (ok / diverged / failed, with a message), for whoever
+//                  started it, e.g. `quest compare --workers` reading its child processes
+//   train.log      stdout and stderr of a run trained in a child process
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace quest::runs {
+
+enum class RunStatus { ok, diverged, failed };
+std::string to_string(RunStatus status);
+
+struct RunOutcome {
+  RunStatus status = RunStatus::ok;
+  std::string message;  // the divergence or error, "" when ok
+};
+
+class RunDir {
+ public:
+  RunDir() = default;  // no directory: a run that writes nothing
+  explicit RunDir(std::filesystem::path root);
+
+  bool empty() const { return root_.empty(); }
+  const std::filesystem::path& root() const { return root_; }
+  std::filesystem::path config() const { return root_ / "config.json"; }
+  std::filesystem::path metrics() const { return root_ / "metrics.jsonl"; }
+  std::filesystem::path checkpoint() const { return root_ / "checkpoint.pt"; }
+  std::filesystem::path result() const { return root_ / "result.json"; }
+  std::filesystem::path outcome() const { return root_ / "outcome.json"; }
+  std::filesystem::path log() const { return root_ / "train.log"; }
+
+  void create() const;
+  void write_config(const nlohmann::json& config) const;
+  // Throws std::runtime_error naming the file when it is missing or not JSON.
+  nlohmann::json read_config() const;
+  void write_result(const nlohmann::json& result) const;
+
+  void append_metrics(const nlohmann::json& line) const;
+  // Every whole line of metrics.jsonl (a line cut short by a kill is skipped); only lines of
+  // `type` ("step" or "epoch") when given.
+  std::vector<nlohmann::json> read_metrics(const std::string& type = "") const;
+  std::optional<nlohmann::json> last_epoch_metrics() const;
+  // Keeps only lines of epochs < epochs (those a checkpoint holds), so a resumed or restarted run
+  // never logs a step twice. Atomic (temp file + rename).
+  void trim_metrics(int64_t epochs) const;
+
+  bool has_checkpoint() const;
+  // Epochs the checkpoint holds (read from the archive, no model built); nullopt without one.
+  std::optional<int64_t> checkpoint_epoch() const;
+
+  void write_outcome(const RunOutcome& outcome) const;
+  std::optional<RunOutcome> read_outcome() const;
+  // The last non-empty line of train.log ("" without one).
+  std::string log_tail() const;
+
+ private:
+  std::filesystem::path root_;
+};
+
+// Writes `text` to path through a temp file and a rename: readers see the old or the new file.
+void write_file_atomic(const std::filesystem::path& path, const std::string& text);
+
+}  // namespace quest::runs

@@ -1,0 +1,120 @@
+// The one training engine: AdamW with one weight-decay rule, a learning-rate schedule, gradient
+// clipping, a clean stop on non-finite state, JSON-lines metrics with per-layer attention
+// diagnostics, atomic checkpoints and exact resume at epoch boundaries. What is trained is a Task
+// (model, batches, loss, evaluation). Every random draw of a run comes from generators it owns and
+// derives from its seed (init, data order, dropout); the engine draws nothing from torch's global
+// generator, so runs can go side by side in threads or processes with the same results as one
+// after another. (LibTorch's module constructors still draw their default initialisation from the
+// global generator; Task::initialize replaces all of it.)
+#pragma once
+
+#include <torch/torch.h>
+
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "quest/core/diagnostics.h"
+#include "quest/lab/runs/run_dir.h"
+
+namespace quest::training {
+
+// Thrown when the loss, the gradient norm or a parameter stops being finite.
+struct DivergenceError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct EvalResult {
+  double loss = 0, accuracy = 0;
+};
+
+// One training step's forward pass.
+struct StepOutput {
+  torch::Tensor loss;   // scalar, differentiable
+  int64_t samples = 0;  // in this batch
+  int64_t correct = -1; // correct predictions, -1 where the task has no accuracy
+};
+
+class Task {
+ public:
+  virtual ~Task() = default;
+  virtual torch::nn::Module& model() = 0;
+  // Draws the model's initial weights from `generator` (a fresh run; a resumed one loads them).
+  virtual void initialize(at::Generator generator) = 0;
+  virtual int64_t steps_per_epoch() const = 0;
+  // Prepares an epoch (data order, augmentation) from the epoch's own data generator.
+  virtual void begin_epoch(int64_t epoch, at::Generator data_generator) = 0;
+  virtual StepOutput forward_step(int64_t index_in_epoch) = 0;
+  // After each optimiser step; `step` counts steps done (1 after the first).
+  virtual void after_step(int64_t step) {}
+  // Held-out metrics at the end of an epoch (nullopt: none).
+  virtual std::optional<EvalResult> validate() { return std::nullopt; }
+  virtual void record_diagnostics(bool on) {}
+  virtual std::vector<std::optional<HeadDiagnostics>> attention_diagnostics() const { return {}; }
+  // What one sample is called in throughput keys ("images" -> images_per_second).
+  virtual std::string sample_name() const { return "samples"; }
+  // Extra state saved in and restored from the checkpoint (e.g. data normalisation statistics).
+  virtual void save_extra(torch::serialize::OutputArchive&) const {}
+  virtual void load_extra(torch::serialize::InputArchive&) {}
+};
+
+enum class Schedule { warmup_cosine, constant };
+
+struct EngineConfig {
+  int64_t epochs = 1;
+  double lr = 1e-3, min_lr = 1e-5, weight_decay = 0.0;
+  Schedule schedule = Schedule::warmup_cosine;
+  double warmup_epochs = 0;     // warmup_cosine: linear warmup, then cosine down to min_lr
+  double clip_grad_norm = 0;    // <= 0: off
+  uint64_t seed = 0;
+  int64_t log_every = 50;       // steps between metric lines with diagnostics; 0: none
+  runs::RunDir run_dir;         // empty: nothing written
+};
+
+// Parameters that get weight decay: matrices and convolution kernels (dim >= 2) except
+// embeddings and learned tokens (names ending in pos_embed, cls_token, query_token). Biases,
+// normalisation parameters and learnable attention scales (all dim 1) get none.
+bool applies_weight_decay(const std::string& name, const torch::Tensor& parameter);
+
+// The run-owned generators, all derived from the seed, so a resumed run replays an epoch exactly.
+at::Generator init_generator(uint64_t seed);
+at::Generator data_generator(uint64_t seed, int64_t epoch);   // data order, augmentation
+at::Generator model_generator(uint64_t seed, int64_t epoch);  // dropout, drop-path, attention dropout
+
+class Engine {
+ public:
+  // Initialises the task's model from init_generator(seed) and builds the optimiser.
+  Engine(EngineConfig config, Task& task);
+
+  // Trains up to config.epochs, resuming from the run's checkpoint when `resume` and one exists.
+  // `on_step` (optional) sees every step's line (loss, lr, grad_norm; diagnostics on logged steps).
+  void fit(bool resume, const std::function<void(const nlohmann::json&)>& on_step = {});
+
+  void save_checkpoint(const std::string& path) const;
+  void load_checkpoint(const std::string& path);
+
+  double learning_rate(int64_t step) const;
+  int64_t epoch() const { return epoch_; }
+  int64_t step() const { return step_; }
+  // Seconds in training epochs (validation excluded), summed over resumed segments; NaN for a
+  // checkpoint written before quest recorded it.
+  double train_seconds() const { return train_seconds_; }
+  const EngineConfig& config() const { return config_; }
+
+ private:
+  void set_learning_rate(double lr);
+  nlohmann::json diagnostics_json() const;
+  [[noreturn]] void diverged(const std::string& what) const;
+
+  EngineConfig config_;
+  Task& task_;
+  std::unique_ptr<torch::optim::AdamW> optimizer_;
+  int64_t epoch_ = 0, step_ = 0;
+  double train_seconds_ = 0;
+};
+
+}  // namespace quest::training

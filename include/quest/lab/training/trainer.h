@@ -1,0 +1,109 @@
+// ViT image classification on the training engine: datasets, the run config, and Trainer.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <functional>
+#include <optional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+#include <string>
+
+#include "quest/lab/models/vit.h"
+#include "quest/lab/runs/run_dir.h"
+#include "quest/lab/training/engine.h"
+
+namespace quest::training {
+
+// Data normalisation of a run: (x/255 - mean) / std with the training images' statistics.
+struct Normalization {
+  double mean = 0, std = 1;
+};
+
+struct Dataset {
+  torch::Tensor images;  // (N, C, H, W) float, normalised
+  torch::Tensor labels;  // (N) int64
+  int64_t size() const { return labels.size(0); }
+};
+
+// uint8 (N, H, W) images -> float (N, 1, H, W), (x/255 - mean) / std.
+Dataset to_dataset(const torch::Tensor& images_u8, const torch::Tensor& labels, double mean,
+                   double std);
+// A seeded split: the last `fraction` of a seeded permutation becomes the validation set.
+std::pair<Dataset, Dataset> split_validation(const Dataset& all, double fraction, uint64_t seed);
+// Random crop after zero padding by `pad` pixels, and horizontal flip with probability 1/2.
+torch::Tensor augment(const torch::Tensor& images, int64_t pad, bool flip, torch::Generator& gen);
+
+// An MNIST-format directory (Fashion-MNIST by default) as train / validation / test sets,
+// normalised by the training images' mean and standard deviation (returned, for re-use on raw
+// [0, 1] images). train_subset > 0 keeps only the first that many training images.
+struct MnistSplits {
+  Dataset train, validation, test;
+  double mean = 0, std = 1;
+};
+MnistSplits load_mnist_splits(const std::string& dir, double val_fraction, uint64_t seed,
+                              int64_t train_subset = 0);
+// The statistics load_mnist_splits normalises with (all training images of `dir`).
+Normalization mnist_normalization(const std::string& dir);
+
+struct TrainConfig {
+  models::VitOptions model;
+  int64_t epochs = 10, batch_size = 128;
+  int64_t train_subset = 0;  // > 0: train on the first that many training images only
+  double lr = 1e-3, min_lr = 1e-5, weight_decay = 0.05, warmup_epochs = 1;
+  double clip_grad_norm = 1.0;  // <= 0: off
+  double label_smoothing = 0.1;
+  bool augment = true;
+  int64_t crop_padding = 2;
+  bool flip = true;
+  uint64_t seed = 0;
+  int64_t log_every = 50;  // steps between metric lines (and diagnostics)
+  std::string run_dir;     // files: quest/lab/runs/run_dir.h
+};
+nlohmann::json to_json(const TrainConfig& config);
+TrainConfig config_from_json(const nlohmann::json& j);
+
+class Trainer;
+// A trained run from its checkpoint: the run's config.json beside it, then the checkpoint's state.
+std::unique_ptr<Trainer> load_run(const std::string& checkpoint);
+
+// The ViT image-classification task on the training engine (engine.h): AdamW, warmup + cosine,
+// clipping, label smoothing, random crop / flip; metrics, checkpoints and resume in the run
+// directory (config.run_dir).
+class Trainer {
+ public:
+  explicit Trainer(TrainConfig config);
+  ~Trainer();
+
+  // Trains up to config.epochs, resuming from the run's checkpoint when `resume` and it exists.
+  // Writes config.json, then the checkpoint atomically after each epoch. `on_step` sees progress.
+  void fit(const Dataset& train, const Dataset& validation, bool resume,
+           const std::function<void(const nlohmann::json&)>& on_step = {});
+  EvalResult evaluate(const Dataset& data, int64_t batch_size = 512);
+
+  void save_checkpoint(const std::string& path);
+  void load_checkpoint(const std::string& path);
+  std::string checkpoint_path() const;
+  runs::RunDir run_dir() const { return runs::RunDir(config_.run_dir); }
+
+  models::Vit& model();
+  int64_t epoch() const;
+  int64_t step() const;
+  double train_seconds() const;
+  const TrainConfig& config() const { return config_; }
+  double learning_rate(int64_t step) const;
+
+  // The normalisation the run's data used; saved in the checkpoint. nullopt for a checkpoint
+  // written before quest saved it (robustness then recomputes it from the training images).
+  std::optional<Normalization> normalization() const;
+  void set_normalization(Normalization n);
+
+ private:
+  class VitTask;
+  TrainConfig config_;
+  std::unique_ptr<VitTask> task_;
+  std::unique_ptr<Engine> engine_;
+};
+
+}  // namespace quest::training

@@ -1,0 +1,89 @@
+// The LibTorch functional API: quest::attention(q, k, v, options) over (B, H, N, D) tensors.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "quest/core/diagnostics.h"
+#include "quest/core/kind.h"
+#include "quest/core/problem.h"
+
+namespace quest {
+
+// Which implementation computes attention:
+//   fused     — the tiled SIMD kernel (float32 only; src/core/fused.cpp)
+//   composite — matmul -> softmax -> matmul with torch ops
+//   reference — the plain-loop math reference (slow; the test oracle)
+// `automatic` takes the first eligible backend of {fused, composite} (fused needs float32);
+// QUEST_ATTENTION_BACKEND=reference|composite|fused overrides what `automatic` picks for a whole
+// process (read once, at the first attention call).
+enum class Backend { automatic, reference, composite, fused };
+std::string to_string(Backend backend);
+std::optional<Backend> parse_backend(std::string_view name);
+
+struct AttentionOptions {
+  AttentionOptions(Kind kind = Kind::quest) : kind_(kind) {}
+  TORCH_ARG(Kind, kind);
+  // Logit scale; default: default_scale(kind, Dk). Ignored where head_scale is given.
+  TORCH_ARG(std::optional<double>, scale) = std::nullopt;
+  // (H) learnable per-head logit scale (qknorm). Gradients flow to it.
+  TORCH_ARG(torch::Tensor, head_scale) = {};
+  // (Dk) affine of the per-head LayerNorm (qk_layernorm); undefined = weight 1 / bias 0.
+  TORCH_ARG(torch::Tensor, q_norm_weight) = {};
+  TORCH_ARG(torch::Tensor, q_norm_bias) = {};
+  TORCH_ARG(torch::Tensor, k_norm_weight) = {};
+  TORCH_ARG(torch::Tensor, k_norm_bias) = {};
+  TORCH_ARG(double, l2_eps) = 1e-6;         // x / max(|x|, l2_eps)
+  TORCH_ARG(double, layernorm_eps) = 1e-5;
+  // Query i sees key j only if j <= i (top-left aligned, as torch's is_causal).
+  TORCH_ARG(bool, causal) = false;
+  // (B, Nk) bool, true = padding, ignored by every query (torch::nn::MultiheadAttention's convention).
+  TORCH_ARG(torch::Tensor, key_padding_mask) = {};
+  // Dropout on the attention weights; applied only when training is true.
+  TORCH_ARG(double, dropout) = 0.0;
+  TORCH_ARG(bool, training) = false;
+  // Dropout seed; default: drawn from quest::current_generator() (quest/torch/random.h: the
+  // thread's GeneratorScope, else torch's global generator, so torch::manual_seed fixes it).
+  TORCH_ARG(std::optional<uint64_t>, seed) = std::nullopt;
+  TORCH_ARG(Backend, backend) = Backend::automatic;
+  // Reject NaN/Inf in q, k, v and the parameters with an error naming the tensor (one O(N*D) pass).
+  TORCH_ARG(bool, check_finite) = true;
+};
+
+struct AttentionOutput {
+  torch::Tensor output;   // (B, H, Nq, Dv)
+  torch::Tensor weights;  // (B, H, Nq, Nk), before dropout, detached; only if asked for
+  std::optional<HeadDiagnostics> diagnostics;  // only if asked for
+};
+
+// O = softmax(S) V with S from the kind's formula. Differentiable in q, k, v and the parameters.
+torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                        const AttentionOptions& options = {});
+
+// As attention(), optionally also returning the attention weights (materialised: for inspection
+// only) and per-head diagnostics (computed in the same pass, no extra N x N buffer).
+AttentionOutput attention_forward(const torch::Tensor& q, const torch::Tensor& k,
+                                  const torch::Tensor& v, const AttentionOptions& options,
+                                  bool need_weights, bool need_diagnostics);
+
+// Which backend a call runs on, and why the backends before it in the order were not taken, as
+// ATen's SDPA constraint checks do ("fused: computes in float32 only, got Double").
+struct BackendSelection {
+  Backend backend = Backend::automatic;
+  std::vector<std::string> rejected;
+};
+// Validates the call as attention() does, then selects. An explicitly requested (or overridden)
+// backend that is not eligible raises c10::Error carrying its reason.
+BackendSelection select_backend(const torch::Tensor& q, const torch::Tensor& k,
+                                const torch::Tensor& v, const AttentionOptions& options = {});
+
+// The value of QUEST_ATTENTION_BACKEND as read once per process (nullopt: unset, empty or
+// "automatic"), and the parser it uses (c10::Error for an unknown name).
+std::optional<Backend> backend_override();
+std::optional<Backend> parse_backend_override(const char* value);
+
+}  // namespace quest

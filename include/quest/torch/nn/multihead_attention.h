@@ -1,0 +1,67 @@
+// quest::nn::MultiheadAttention: qkv projection, head split, any attention kind, output projection.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <optional>
+
+#include "quest/torch/attention.h"
+#include "quest/torch/nn/kind_parameters.h"
+
+namespace quest::nn {
+
+struct MultiheadAttentionOptions {
+  MultiheadAttentionOptions(int64_t embed_dim, int64_t num_heads)
+      : embed_dim_(embed_dim), num_heads_(num_heads) {}
+  TORCH_ARG(int64_t, embed_dim);
+  TORCH_ARG(int64_t, num_heads);
+  TORCH_ARG(Kind, kind) = Kind::quest;
+  TORCH_ARG(bool, bias) = true;          // on the qkv and output projections
+  TORCH_ARG(double, dropout) = 0.0;      // on the attention weights, in training mode only
+  TORCH_ARG(bool, causal) = false;
+  TORCH_ARG(std::optional<double>, scale) = std::nullopt;  // default: default_scale(kind, head_dim)
+  // Initial value of qknorm's learnable per-head scale; default sqrt(head_dim).
+  TORCH_ARG(std::optional<double>, qknorm_init_scale) = std::nullopt;
+  TORCH_ARG(Backend, backend) = Backend::automatic;
+  // Off by default inside a model: a non-finite activation should surface as a non-finite loss,
+  // which the trainer reports with diagnostics, rather than as an exception mid-forward.
+  TORCH_ARG(bool, check_finite) = false;
+};
+
+class MultiheadAttentionImpl : public torch::nn::Cloneable<MultiheadAttentionImpl> {
+ public:
+  explicit MultiheadAttentionImpl(const MultiheadAttentionOptions& options);
+  MultiheadAttentionImpl(int64_t embed_dim, int64_t num_heads)
+      : MultiheadAttentionImpl(MultiheadAttentionOptions(embed_dim, num_heads)) {}
+
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+
+  // Self-attention. x: (B, N, E), batch first. key_padding_mask: (B, N) bool, true = padding.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& key_padding_mask = {});
+  // Cross-attention: queries from `query` (B, Nq, E), keys and values from `context` (B, Nk, E).
+  torch::Tensor forward_cross(const torch::Tensor& query, const torch::Tensor& context,
+                              const torch::Tensor& key_padding_mask = {});
+
+  // When on, each forward keeps per-head diagnostics of its attention (see HeadDiagnostics).
+  void set_record_diagnostics(bool on) { record_diagnostics_ = on; }
+  const std::optional<HeadDiagnostics>& last_diagnostics() const { return last_diagnostics_; }
+
+  int64_t head_dim() const { return options.embed_dim() / options.num_heads(); }
+  // The functional options this module passes to quest::attention (parameters included).
+  AttentionOptions attention_options(const torch::Tensor& key_padding_mask) const;
+
+  MultiheadAttentionOptions options;
+  torch::nn::Linear qkv{nullptr}, out_proj{nullptr};
+  KindParameters kind_parameters;  // qknorm's head scale, qk_layernorm's affine
+
+ private:
+  torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                       const torch::Tensor& key_padding_mask);
+  torch::Tensor split_heads(const torch::Tensor& x) const;  // (B, N, E) -> (B, H, N, Dh) view
+  bool record_diagnostics_ = false;
+  std::optional<HeadDiagnostics> last_diagnostics_;
+};
+TORCH_MODULE(MultiheadAttention);
+
+}  // namespace quest::nn

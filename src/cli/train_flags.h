@@ -1,0 +1,32 @@
+// The training flags `quest train` and `quest compare` share, and the config they resolve to: a
+// JSON config file (a run's config.json is one) with the flags given on the command line on top.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <memory>
+#include <string>
+
+#include "quest/lab/runs/compare.h"
+
+namespace quest::cli {
+
+struct TrainFlags {
+  std::string config_path;
+  runs::DataSource data;
+  std::string attention, backend, stem;
+  int64_t epochs = 0, batch_size = 0, dim = 0, depth = 0, heads = 0, patch_size = 0;
+  int64_t log_every = -1, train_subset = 0;
+  double lr = 0, min_lr = -1, weight_decay = -1, warmup_epochs = -1, mlp_ratio = 0, dropout = -1,
+         attention_dropout = -1, drop_path = -1, label_smoothing = -1, clip_grad_norm = -1;
+  uint64_t seed = 0;
+  bool no_augment = false, resume = false;
+  std::string run_dir = "runs/train";
+  CLI::App* cmd = nullptr;
+};
+
+void add_training_flags(CLI::App* cmd, const std::shared_ptr<TrainFlags>& flags);
+// Throws std::invalid_argument naming the flag or the config file.
+training::TrainConfig resolve_config(const TrainFlags& flags);
+
+}  // namespace quest::cli

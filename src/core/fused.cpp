@@ -1,0 +1,560 @@
+// Fused fp32 attention, FlashAttention-2 style, compiled once per SIMD target by Highway.
+//
+// Forward, per (b, h, block of kBlockQ queries), over tiles of kBlockK keys:
+//   S = (g q/|q|) (k/|k|)^T      keys normalised while packed into the tile (K^T, zero-padded)
+//   m' = max(m, rowmax S);  P = exp(S - m');  l = l*exp(m - m') + rowsum P;  O = O*exp(m - m') + P V
+// and, when every row of the block has a moderate logit bound |s_ij| <= |g| |q_i| max_j |k_j|
+// (always |g| |q_i| for unit keys), a fixed shift m = bound: no running max, no rescaling.
+// Backward, per (b, h): for each key tile, for each query block, recompute the forward's logits
+//   bit for bit (same packed operands, same GEMM order) and P = exp((S - shift) - log_sum),
+//   dP = dO V^T, dS = P o (dP - D_i) with D_i = rowsum(dO o O), dV += P^T dO, dK += dS^T Q,
+//   dQ += dS K; one thread owns a head, so dQ needs no synchronisation.
+#include "quest/core/fused.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "src/core/fused.cpp"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
+#include "hwy/contrib/math/math-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace quest::fused {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+using DF = hn::ScalableTag<float>;
+using VF = hn::Vec<DF>;
+
+constexpr int64_t kBlockQ = 256;
+constexpr int64_t kBlockK = 128;
+// exp(s - shift) >= exp(-2 * 40) stays a normal float, so a fixed shift loses no row.
+constexpr float kFixedShiftMax = 40.0f;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Rows per micro-tile: R x 2 vector accumulators plus 2 B vectors and a broadcast must fit the
+// register file (16 vectors on AVX2 and older, 32 on AVX-512).
+#if HWY_TARGET <= HWY_AVX3
+constexpr int kRows = 8;
+#else
+constexpr int kRows = 6;
+#endif
+
+int64_t RoundUp(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+int64_t LanesF() { return static_cast<int64_t>(hn::Lanes(DF())); }
+
+// C[r][0 : V lanes] (+)= sum_k A[r*ars + k*aks] * B[k*ldb + 0 : V lanes], r < R.
+template <int R, int V>
+HWY_INLINE void Micro(const float* HWY_RESTRICT A, int64_t ars, int64_t aks,
+                      const float* HWY_RESTRICT B, int64_t ldb, float* HWY_RESTRICT C,
+                      int64_t ldc, int64_t K, bool accumulate) {
+  const DF d;
+  const int64_t L = LanesF();
+  VF c[R][V];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v)
+      c[r][v] = accumulate ? hn::LoadU(d, C + r * ldc + v * L) : hn::Zero(d);
+  for (int64_t k = 0; k < K; ++k) {
+    VF b[V];
+    for (int v = 0; v < V; ++v) b[v] = hn::LoadU(d, B + k * ldb + v * L);
+    const float* a = A + k * aks;
+    for (int r = 0; r < R; ++r) {
+      const VF ar = hn::Set(d, a[r * ars]);
+      for (int v = 0; v < V; ++v) c[r][v] = hn::MulAdd(ar, b[v], c[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) hn::StoreU(c[r][v], d, C + r * ldc + v * L);
+}
+
+template <int V>
+HWY_INLINE void MicroRows(int64_t rows, const float* A, int64_t ars, int64_t aks, const float* B,
+                          int64_t ldb, float* C, int64_t ldc, int64_t K, bool accumulate) {
+  switch (rows) {
+    case 1: return Micro<1, V>(A, ars, aks, B, ldb, C, ldc, K, accumulate);
+    case 2: return Micro<2, V>(A, ars, aks, B, ldb, C, ldc, K, accumulate);
+    case 3: return Micro<3, V>(A, ars, aks, B, ldb, C, ldc, K, accumulate);
+    case 4: return Micro<4, V>(A, ars, aks, B, ldb, C, ldc, K, accumulate);
+    case 5: return Micro<5, V>(A, ars, aks, B, ldb, C, ldc, K, accumulate);
+    case 6: return Micro<6, V>(A, ars, aks, B, ldb, C, ldc, K, accumulate);
+    case 7: return Micro<7, V>(A, ars, aks, B, ldb, C, ldc, K, accumulate);
+    default: return Micro<kRows, V>(A, ars, aks, B, ldb, C, ldc, K, accumulate);
+  }
+}
+
+// C (M x N, ldc) (+)= A (M x K, element (r, k) at r*ars + k*aks) * B (K x N, ldb).
+// N must be a multiple of the vector length (callers zero-pad).
+void Gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, int64_t aks,
+          const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+  const int64_t L = LanesF();
+  for (int64_t c0 = 0; c0 < N;) {
+    const bool two = N - c0 >= 2 * L;
+    for (int64_t r0 = 0; r0 < M; r0 += kRows) {
+      const int64_t rows = std::min<int64_t>(kRows, M - r0);
+      if (two)
+        MicroRows<2>(rows, A + r0 * ars, ars, aks, B + c0, ldb, C + r0 * ldc + c0, ldc, K,
+                     accumulate);
+      else
+        MicroRows<1>(rows, A + r0 * ars, ars, aks, B + c0, ldb, C + r0 * ldc + c0, ldc, K,
+                     accumulate);
+    }
+    c0 += two ? 2 * L : L;
+  }
+}
+
+// Accumulates in double (the backward's D_i = rowsum(dO o O) is multiplied by |q|), vectorised:
+// at the ViT's N ~ 50 these per-row dots cost as much as the tiles' GEMMs when done in scalar.
+float Dot(const float* a, const float* b, int64_t n) {
+  const hn::ScalableTag<double> dd;
+  const hn::Rebind<float, decltype(dd)> dh;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(dd));
+  auto acc0 = hn::Zero(dd), acc1 = hn::Zero(dd);
+  int64_t i = 0;
+  for (; i + 2 * N <= n; i += 2 * N) {
+    acc0 = hn::MulAdd(hn::PromoteTo(dd, hn::LoadU(dh, a + i)), hn::PromoteTo(dd, hn::LoadU(dh, b + i)), acc0);
+    acc1 = hn::MulAdd(hn::PromoteTo(dd, hn::LoadU(dh, a + i + N)),
+                      hn::PromoteTo(dd, hn::LoadU(dh, b + i + N)), acc1);
+  }
+  double s = hn::GetLane(hn::SumOfLanes(dd, hn::Add(acc0, acc1)));
+  for (; i < n; ++i) s += static_cast<double>(a[i]) * b[i];
+  return static_cast<float>(s);
+}
+
+// 1 / max(|x|, eps) for Norm::l2, 1 for Norm::none; |x| through `norm`.
+float InverseNorm(const float* x, int64_t n, Norm norm, double eps, float* raw_norm) {
+  const float nrm = std::sqrt(Dot(x, x, n));
+  if (raw_norm) *raw_norm = nrm;
+  return norm == Norm::l2 ? static_cast<float>(1.0 / std::max<double>(nrm, eps)) : 1.0f;
+}
+
+bool Padded(const AttentionArgs<float>& a, int64_t b, int64_t j) {
+  return a.key_padding_mask &&
+         a.key_padding_mask[b * a.key_padding_stride[0] + j * a.key_padding_stride[1]];
+}
+
+// Number of leading keys of the tile [j0, j0 + jn) that query i may see under the causal mask.
+int64_t CausalLimit(const AttentionArgs<float>& a, int64_t i, int64_t j0, int64_t jn) {
+  if (!a.causal) return jn;
+  return std::clamp<int64_t>(i - j0 + 1, 0, jn);
+}
+
+// Hidden entries of one logit row of a tile become -inf.
+void MaskRow(const AttentionArgs<float>& a, int64_t b, int64_t i, int64_t j0, int64_t jn,
+             int64_t padded_width, float* s) {
+  const int64_t limit = CausalLimit(a, i, j0, jn);
+  for (int64_t c = limit; c < padded_width; ++c) s[c] = kNegInf;
+  if (a.key_padding_mask)
+    for (int64_t c = 0; c < limit; ++c)
+      if (Padded(a, b, j0 + c)) s[c] = kNegInf;
+}
+
+// Per-thread buffers, grown on demand.
+struct Scratch {
+  std::vector<float> qs, kt, kbar, vp, vt, s, p, dp, o, dq, dk, dv, dout, dsum;
+  std::vector<float> m, l, t, bound, qnorm, knorm;
+  static float* Get(std::vector<float>& v, int64_t n) {
+    if (static_cast<int64_t>(v.size()) < n) v.resize(n);
+    return v.data();
+  }
+};
+
+// Packs keys [j0, j0 + jn) of (b, h), normalised: kt as D x width (transposed), optionally kbar
+// as width x ldk rows; pad entries are zero. rk: the keys' 1/max(|k|, eps) if known (null:
+// computed here, raw |k| into knorm if given).
+void PackKeys(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t j0, int64_t jn,
+              int64_t width, const float* rk, float* kt, float* kbar, int64_t ldk,
+              float* knorm) {
+  const int64_t D = a.dims.qk_dim;
+  for (int64_t e = 0; e < D; ++e) std::fill(kt + e * width + jn, kt + (e + 1) * width, 0.0f);
+  if (kbar) std::fill(kbar + jn * ldk, kbar + width * ldk, 0.0f);
+  for (int64_t c = 0; c < jn; ++c) {
+    const float* k = &a.k.at(b, h, j0 + c, 0);
+    float raw = 0;
+    const float r = rk ? rk[c] : InverseNorm(k, D, a.k_norm, a.l2_eps, &raw);
+    if (knorm) knorm[c] = raw;
+    for (int64_t e = 0; e < D; ++e) kt[e * width + c] = k[e] * r;  // normalise in the load
+    if (kbar) {
+      for (int64_t e = 0; e < D; ++e) kbar[c * ldk + e] = k[e] * r;
+      std::fill(kbar + c * ldk + D, kbar + (c + 1) * ldk, 0.0f);
+    }
+  }
+}
+
+// Values [j0, j0 + jn) of (b, h) as width x ldv rows; pad entries are zero.
+void PackValues(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t j0, int64_t jn,
+                int64_t width, int64_t ldv, float* vp) {
+  const int64_t Dv = a.dims.v_dim;
+  for (int64_t c = 0; c < jn; ++c) {
+    std::copy_n(&a.v.at(b, h, j0 + c, 0), Dv, vp + c * ldv);
+    std::fill(vp + c * ldv + Dv, vp + (c + 1) * ldv, 0.0f);
+  }
+  std::fill(vp + jn * ldv, vp + width * ldv, 0.0f);
+}
+
+float DropoutFactor(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i, int64_t j) {
+  return dropout_keep(a.seed, a.dropout, a.dims, b, h, i, j)
+             ? static_cast<float>(1.0 / (1.0 - a.dropout))
+             : 0.0f;
+}
+
+void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i0, int64_t i1,
+                  float kmax, const float* rk, View4<float> out, RowStats stats,
+                  HeadDiagnosticsPartial* part, Scratch& w) {
+  const DF d;
+  const int64_t L = LanesF();
+  const AttentionDims& dm = a.dims;
+  const int64_t D = dm.qk_dim, Dv = dm.v_dim, Dvp = RoundUp(Dv, L), Br = i1 - i0;
+  const float g = static_cast<float>(a.head_scale_at(h));
+  float* qs = Scratch::Get(w.qs, Br * D);
+  float* bound = Scratch::Get(w.bound, Br);
+  float* m = Scratch::Get(w.m, Br);
+  float* l = Scratch::Get(w.l, Br);
+  float* t = Scratch::Get(w.t, Br);
+  float* o = Scratch::Get(w.o, Br * Dvp);
+  float* kt = Scratch::Get(w.kt, D * kBlockK);
+  float* vp = Scratch::Get(w.vp, kBlockK * Dvp);
+  float* s = Scratch::Get(w.s, Br * kBlockK);
+  bool fixed = true;
+  for (int64_t r = 0; r < Br; ++r) {  // qs = g q / |q|
+    const float* q = &a.q.at(b, h, i0 + r, 0);
+    float raw = 0;
+    const float rq = InverseNorm(q, D, a.q_norm, a.l2_eps, &raw);
+    for (int64_t e = 0; e < D; ++e) qs[r * D + e] = q[e] * rq * g;
+    bound[r] = std::abs(g) * raw * rq * kmax;
+    fixed = fixed && bound[r] <= kFixedShiftMax;
+    if (part) {
+      part->q_norm_sum += raw;
+      part->q_norm_max = std::max<double>(part->q_norm_max, raw);
+      ++part->q_count;
+    }
+  }
+  for (int64_t r = 0; r < Br; ++r) {
+    m[r] = fixed ? bound[r] : kNegInf;
+    l[r] = 0;
+    t[r] = 0;
+  }
+  std::fill(o, o + Br * Dvp, 0.0f);
+  float logit_max = 0;
+  const int64_t k_end = a.causal ? std::min(dm.k_len, i1) : dm.k_len;  // later tiles all hidden
+  for (int64_t j0 = 0; j0 < k_end; j0 += kBlockK) {
+    const int64_t jn = std::min(kBlockK, k_end - j0), width = RoundUp(jn, L);
+    PackKeys(a, b, h, j0, jn, width, rk + j0, kt, nullptr, 0, nullptr);
+    PackValues(a, b, h, j0, jn, width, Dvp, vp);
+    Gemm(Br, width, D, qs, D, 1, kt, width, s, width, false);  // S = Qs K^T
+    for (int64_t r = 0; r < Br; ++r) {
+      float* sr = s + r * width;
+      MaskRow(a, b, i0 + r, j0, jn, width, sr);
+      if (!fixed) {
+        VF vmax = hn::Set(d, kNegInf);
+        for (int64_t c = 0; c < width; c += L) vmax = hn::Max(vmax, hn::LoadU(d, sr + c));
+        const float m_new = std::max(m[r], hn::GetLane(hn::MaxOfLanes(d, vmax)));
+        if (m_new == kNegInf) {  // nothing visible yet: P = 0
+          std::fill(sr, sr + width, 0.0f);
+          continue;
+        }
+        if (m_new > m[r]) {  // O = O * exp(m_old - m_new)
+          const float alpha = m[r] == kNegInf ? 0.0f : std::exp(m[r] - m_new);
+          const VF va = hn::Set(d, alpha);
+          for (int64_t e = 0; e < Dvp; e += L)
+            hn::StoreU(hn::Mul(va, hn::LoadU(d, o + r * Dvp + e)), d, o + r * Dvp + e);
+          l[r] *= alpha;
+          t[r] *= alpha;
+          m[r] = m_new;
+        }
+      }
+      const VF vm = hn::Set(d, m[r]);
+      VF vsum = hn::Zero(d), vt = hn::Zero(d), vabs = hn::Zero(d);
+      for (int64_t c = 0; c < width; c += L) {
+        const VF x = hn::LoadU(d, sr + c);
+        const VF p = hn::Exp(d, hn::Sub(x, vm));  // exp(-inf) = 0
+        hn::StoreU(p, d, sr + c);
+        vsum = hn::Add(vsum, p);
+        if (part) {
+          const auto visible = hn::Gt(x, hn::Set(d, kNegInf));
+          vt = hn::Add(vt, hn::IfThenElseZero(visible, hn::Mul(p, x)));
+          vabs = hn::Max(vabs, hn::IfThenElseZero(visible, hn::Abs(x)));
+        }
+      }
+      l[r] += hn::GetLane(hn::SumOfLanes(d, vsum));
+      if (part) {
+        t[r] += hn::GetLane(hn::SumOfLanes(d, vt));
+        logit_max = std::max(logit_max, hn::GetLane(hn::MaxOfLanes(d, vabs)));
+      }
+      if (a.dropout > 0)  // P' = P * keep / (1 - p_drop) feeds O only; l keeps the full P
+        for (int64_t c = 0; c < jn; ++c) sr[c] *= DropoutFactor(a, b, h, i0 + r, j0 + c);
+    }
+    Gemm(Br, Dvp, width, s, width, 1, vp, Dvp, o, Dvp, true);  // O += P V
+  }
+  for (int64_t r = 0; r < Br; ++r) {
+    float* dst = &out.at(b, h, i0 + r, 0);
+    const int64_t row = (b * dm.heads + h) * dm.q_len + i0 + r;
+    if (l[r] == 0) {  // sees no key
+      std::fill(dst, dst + Dv, 0.0f);
+      stats.shift[row] = kNegInf;
+      stats.log_sum[row] = kNegInf;
+      continue;
+    }
+    const float inv = 1.0f / l[r];
+    for (int64_t e = 0; e < Dv; ++e) dst[e] = o[r * Dvp + e] * inv;
+    stats.shift[row] = m[r];
+    stats.log_sum[row] = std::log(l[r]);
+    if (part) {  // H = lse - sum p s
+      part->entropy_sum += static_cast<double>(m[r]) + std::log(l[r]) - t[r] * inv;
+      ++part->entropy_rows;
+    }
+  }
+  if (part) part->logit_abs_max = std::max<double>(part->logit_abs_max, logit_max);
+}
+
+void ForwardF32(const AttentionArgs<float>& a, View4<float> out, RowStats stats,
+                HeadDiagnosticsPartial* diagnostics, int threads) {
+  const AttentionDims& dm = a.dims;
+  const int64_t heads = dm.batch * dm.heads;
+  const int64_t q_blocks = (dm.q_len + kBlockQ - 1) / kBlockQ;
+  // Per key: 1/max(|k|, eps) (1 without normalisation), O(B*H*Nk). Per head: the largest key
+  // norm after normalisation (for the logit bound), and the key diagnostics.
+  std::vector<float> kmax(heads, 1.0f), rk(heads * dm.k_len);
+  std::vector<HeadDiagnosticsPartial> parts(diagnostics ? heads * q_blocks : 0);
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t bh = 0; bh < heads; ++bh) {
+    const int64_t b = bh / dm.heads, h = bh % dm.heads;
+    HeadDiagnosticsPartial* part = diagnostics ? &diagnostics[bh] : nullptr;
+    if (part) *part = HeadDiagnosticsPartial{};
+    float largest = 0;
+    for (int64_t j = 0; j < dm.k_len; ++j) {
+      float raw = 0;
+      const float r = InverseNorm(&a.k.at(b, h, j, 0), dm.qk_dim, a.k_norm, a.l2_eps, &raw);
+      rk[bh * dm.k_len + j] = r;
+      largest = std::max(largest, raw * r);
+      if (part && !Padded(a, b, j)) {
+        part->k_norm_sum += raw;
+        part->k_norm_max = std::max<double>(part->k_norm_max, raw);
+        ++part->k_count;
+      }
+    }
+    kmax[bh] = largest;
+  }
+#pragma omp parallel num_threads(threads)
+  {
+    Scratch w;
+#pragma omp for schedule(dynamic)
+    for (int64_t item = 0; item < heads * q_blocks; ++item) {
+      const int64_t bh = item / q_blocks, qb = item % q_blocks;
+      const int64_t i0 = qb * kBlockQ, i1 = std::min(dm.q_len, i0 + kBlockQ);
+      ForwardBlock(a, bh / dm.heads, bh % dm.heads, i0, i1, kmax[bh], &rk[bh * dm.k_len], out,
+                   stats,
+                   diagnostics ? &parts[item] : nullptr, w);
+    }
+  }
+  if (diagnostics)
+    for (int64_t item = 0; item < heads * q_blocks; ++item)
+      merge(diagnostics[item / q_blocks], parts[item]);
+}
+
+// dx from dy through x/max(|x|, eps) given y = x/max(|x|, eps) and raw |x|.
+void L2Backward(const float* y, const float* dy, float raw, double eps, int64_t n, float* dx) {
+  if (raw > eps) {  // dx = (dy - y (y.dy)) / |x|
+    const float ydy = Dot(y, dy, n);
+    for (int64_t e = 0; e < n; ++e) dx[e] = (dy[e] - y[e] * ydy) / raw;
+  } else {
+    for (int64_t e = 0; e < n; ++e) dx[e] = dy[e] / static_cast<float>(eps);
+  }
+}
+
+void BackwardHead(const AttentionArgs<float>& a, int64_t b, int64_t h, View4<const float> out,
+                  View4<const float> dout, RowStats stats, const AttentionGrads<float>& gr,
+                  double* dscale_out, Scratch& w) {
+  const DF d;
+  const int64_t L = LanesF();
+  const AttentionDims& dm = a.dims;
+  const int64_t D = dm.qk_dim, Dp = RoundUp(D, L), Dv = dm.v_dim, Dvp = RoundUp(Dv, L);
+  const int64_t Nq = dm.q_len, Nk = dm.k_len;
+  const float g = static_cast<float>(a.head_scale_at(h));
+  // The forward's query operand is g q/|q|; with g = 0 its logits are all 0, so the unscaled
+  // q/|q| serves (for the head-scale gradient) and the logits are multiplied by 0.
+  const float gq = g != 0 ? g : 1.0f, post = g != 0 ? 1.0f : 0.0f;
+  const int64_t row0 = (b * dm.heads + h) * Nq;
+  const float* shift = stats.shift + row0;
+  const float* log_sum = stats.log_sum + row0;
+  float* qn = Scratch::Get(w.qs, Nq * Dp);
+  float* qnorm = Scratch::Get(w.qnorm, Nq);
+  float* dop = Scratch::Get(w.dout, Nq * Dvp);
+  float* dsum = Scratch::Get(w.dsum, Nq);
+  float* dq = Scratch::Get(w.dq, Nq * Dp);
+  float* kt = Scratch::Get(w.kt, D * kBlockK);
+  float* kbar = Scratch::Get(w.kbar, kBlockK * Dp);
+  float* knorm = Scratch::Get(w.knorm, kBlockK);
+  float* vt = Scratch::Get(w.vt, Dv * kBlockK);
+  float* dk = Scratch::Get(w.dk, kBlockK * Dp);
+  float* dv = Scratch::Get(w.dv, kBlockK * Dvp);
+  float* s = Scratch::Get(w.s, kBlockQ * kBlockK);
+  float* p = Scratch::Get(w.p, kBlockQ * kBlockK);
+  float* pd = a.dropout > 0 ? Scratch::Get(w.o, kBlockQ * kBlockK) : p;
+  float* ds = Scratch::Get(w.dp, kBlockQ * kBlockK);
+  std::fill(qn, qn + Nq * Dp, 0.0f);
+  std::fill(dop, dop + Nq * Dvp, 0.0f);
+  std::fill(dq, dq + Nq * Dp, 0.0f);
+  for (int64_t i = 0; i < Nq; ++i) {
+    const float* q = &a.q.at(b, h, i, 0);
+    const float rq = InverseNorm(q, D, a.q_norm, a.l2_eps, &qnorm[i]);
+    for (int64_t e = 0; e < D; ++e) qn[i * Dp + e] = q[e] * rq * gq;  // as the forward's qs
+    std::copy_n(&dout.at(b, h, i, 0), Dv, dop + i * Dvp);
+    dsum[i] = Dot(&dout.at(b, h, i, 0), &out.at(b, h, i, 0), Dv);  // D_i = rowsum(dO o O)
+  }
+  double dscale = 0;
+  for (int64_t j0 = 0; j0 < Nk; j0 += kBlockK) {
+    const int64_t jn = std::min(kBlockK, Nk - j0), width = RoundUp(jn, L);
+    PackKeys(a, b, h, j0, jn, width, nullptr, kt, kbar, Dp, knorm);
+    std::fill(vt, vt + Dv * width, 0.0f);
+    for (int64_t c = 0; c < jn; ++c) {
+      const float* v = &a.v.at(b, h, j0 + c, 0);
+      for (int64_t e = 0; e < Dv; ++e) vt[e * width + c] = v[e];
+    }
+    std::fill(dk, dk + width * Dp, 0.0f);
+    std::fill(dv, dv + width * Dvp, 0.0f);
+    const int64_t i_start = a.causal ? (j0 / kBlockQ) * kBlockQ : 0;  // earlier rows see none
+    for (int64_t i0 = i_start; i0 < Nq; i0 += kBlockQ) {
+      const int64_t Br = std::min(kBlockQ, Nq - i0);
+      Gemm(Br, width, D, qn + i0 * Dp, Dp, 1, kt, width, s, width, false);       // S, as forward
+      Gemm(Br, width, Dv, dop + i0 * Dvp, Dvp, 1, vt, width, ds, width, false);  // dP = dO V^T
+      const VF vpost = hn::Set(d, post), vinv_gq = hn::Set(d, 1.0f / gq);
+      for (int64_t r = 0; r < Br; ++r) {
+        const int64_t i = i0 + r;
+        float* sr = s + r * width;
+        float* pr = p + r * width;
+        float* dsr = ds + r * width;
+        if (shift[i] == kNegInf) {  // row saw no key: no gradient
+          std::fill(pr, pr + width, 0.0f);
+          std::fill(dsr, dsr + width, 0.0f);
+          if (pd != p) std::fill(pd + r * width, pd + (r + 1) * width, 0.0f);
+          continue;
+        }
+        MaskRow(a, b, i, j0, jn, width, sr);  // masked logits -> -inf -> P = 0
+        const VF vm = hn::Set(d, shift[i]), vls = hn::Set(d, log_sum[i]);
+        for (int64_t c = 0; c < width; c += L)  // P = exp((s - shift) - log_sum)
+          hn::StoreU(hn::Exp(d, hn::Sub(hn::Sub(hn::Mul(vpost, hn::LoadU(d, sr + c)), vm), vls)),
+                     d, pr + c);
+        if (a.dropout > 0)
+          for (int64_t c = 0; c < width; ++c) {
+            const float f = c < jn ? DropoutFactor(a, b, h, i, j0 + c) : 0.0f;
+            pd[r * width + c] = pr[c] * f;  // P' feeds dV
+            dsr[c] *= f;                    // dP = dP' * keep / (1 - p_drop)
+          }
+        const VF vdi = hn::Set(d, dsum[i]);
+        VF vscale = hn::Zero(d);
+        for (int64_t c = 0; c < width; c += L) {  // dS = P o (dP - D_i)
+          const VF dsv = hn::Mul(hn::LoadU(d, pr + c), hn::Sub(hn::LoadU(d, dsr + c), vdi));
+          const VF sv = hn::LoadU(d, sr + c);  // g q.k (or q.k where g = 0)
+          vscale = hn::Add(vscale, hn::IfThenElseZero(hn::Gt(sv, hn::Set(d, kNegInf)),
+                                                      hn::Mul(hn::Mul(dsv, sv), vinv_gq)));
+          hn::StoreU(hn::Mul(dsv, vpost), d, dsr + c);
+        }
+        dscale += hn::GetLane(hn::SumOfLanes(d, vscale));
+      }
+      Gemm(width, Dvp, Br, pd, 1, width, dop + i0 * Dvp, Dvp, dv, Dvp, true);  // dV += P'^T dO
+      Gemm(width, Dp, Br, ds, 1, width, qn + i0 * Dp, Dp, dk, Dp, true);  // dK += dS^T (g Q)
+      Gemm(Br, Dp, width, ds, width, 1, kbar, Dp, dq + i0 * Dp, Dp, true);  // dQ += dS K (x g later)
+    }
+    for (int64_t c = 0; c < jn; ++c) {
+      std::copy_n(dv + c * Dvp, Dv, &gr.dv.at(b, h, j0 + c, 0));
+      float* dst = &gr.dk.at(b, h, j0 + c, 0);
+      if (a.k_norm == Norm::l2)
+        L2Backward(kbar + c * Dp, dk + c * Dp, knorm[c], a.l2_eps, D, dst);
+      else
+        std::copy_n(dk + c * Dp, D, dst);
+    }
+  }
+  for (int64_t i = 0; i < Nq; ++i) {
+    float* dst = &gr.dq.at(b, h, i, 0);
+    float* dqi = dq + i * Dp;
+    float* qi = qn + i * Dp;
+    for (int64_t e = 0; e < D; ++e) {
+      dqi[e] *= g;    // d(q/|q|) = g sum_j dS_ij k_j/|k_j|
+      qi[e] /= gq;    // back to q/|q|
+    }
+    if (a.q_norm == Norm::l2)
+      L2Backward(qi, dqi, qnorm[i], a.l2_eps, D, dst);
+    else
+      std::copy_n(dqi, D, dst);
+  }
+  *dscale_out = dscale;
+}
+
+void BackwardF32(const AttentionArgs<float>& a, View4<const float> out, View4<const float> dout,
+                 RowStats stats, const AttentionGrads<float>& gr, int threads) {
+  const AttentionDims& dm = a.dims;
+  const int64_t heads = dm.batch * dm.heads;
+  std::vector<double> dscale(heads, 0.0);
+#pragma omp parallel num_threads(threads)
+  {
+    Scratch w;
+#pragma omp for schedule(dynamic)
+    for (int64_t bh = 0; bh < heads; ++bh)
+      BackwardHead(a, bh / dm.heads, bh % dm.heads, out, dout, stats, gr, &dscale[bh], w);
+  }
+  if (gr.dhead_scale && a.head_scale) {
+    for (int64_t h = 0; h < dm.heads; ++h) {
+      double sum = 0;
+      for (int64_t b = 0; b < dm.batch; ++b) sum += dscale[b * dm.heads + h];
+      gr.dhead_scale[h] = static_cast<float>(sum);
+    }
+  }
+}
+
+const char* TargetName() { return hwy::TargetName(HWY_TARGET); }
+
+}  // namespace HWY_NAMESPACE
+}  // namespace quest::fused
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace quest::fused {
+
+HWY_EXPORT(ForwardF32);
+HWY_EXPORT(BackwardF32);
+HWY_EXPORT(TargetName);
+
+std::string why_not(const AttentionArgs<float>& a) {
+  if (a.q.stride[3] != 1 || a.k.stride[3] != 1 || a.v.stride[3] != 1)
+    return "q, k and v need unit stride along D";
+  if (a.q_norm == Norm::layer || a.k_norm == Norm::layer)
+    return "LayerNorm is not fused (the caller normalises before the kernel)";
+  return "";
+}
+
+bool supports(const AttentionArgs<float>& a) { return why_not(a).empty(); }
+
+static void check_supported(const AttentionArgs<float>& a, const char* entry) {
+  check_args(a, entry);
+  if (const std::string reason = why_not(a); !reason.empty())
+    throw std::invalid_argument(std::string("quest::") + entry + ": " + reason);
+}
+
+static int resolve_threads(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
+
+void forward(const AttentionArgs<float>& args, View4<float> out, RowStats stats,
+             HeadDiagnosticsPartial* diagnostics, int threads) {
+  check_supported(args, "fused::forward");
+  if (!out.data || !stats.shift || !stats.log_sum)
+    throw std::invalid_argument("quest::fused::forward: out and stats must not be null");
+  HWY_DYNAMIC_DISPATCH(ForwardF32)(args, out, stats, diagnostics, resolve_threads(threads));
+}
+
+void backward(const AttentionArgs<float>& args, View4<const float> out, View4<const float> dout,
+              RowStats stats, const AttentionGrads<float>& grads, int threads) {
+  check_supported(args, "fused::backward");
+  if (!out.data || !dout.data || !stats.shift || !stats.log_sum || !grads.dq.data ||
+      !grads.dk.data || !grads.dv.data)
+    throw std::invalid_argument("quest::fused::backward: out, dout, stats and dq/dk/dv must not be null");
+  HWY_DYNAMIC_DISPATCH(BackwardF32)(args, out, dout, stats, grads, resolve_threads(threads));
+}
+
+std::string simd_target() { return HWY_DYNAMIC_DISPATCH(TargetName)(); }
+
+}  // namespace quest::fused
+#endif  // HWY_ONCE

@@ -1,0 +1,169 @@
+// Executors of a comparison plan: in this process, or as child processes side by side.
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <stdexcept>
+#include <thread>
+
+#include "quest/lab/runs/compare.h"
+#include "quest/torch/runtime.h"
+
+extern char** environ;
+
+namespace quest::runs {
+
+namespace {
+
+class InProcess : public Executor {
+ public:
+  std::vector<RunOutcome> execute(const std::vector<RunSpec>& runs, const DataSource& data, bool resume,
+                                  const ExecutorEvents& events) override {
+    std::vector<RunOutcome> outcomes;
+    for (const RunSpec& run : runs) {
+      if (events.on_start) events.on_start(run);
+      TrainCallbacks callbacks;
+      callbacks.on_step = [&](const nlohmann::json& line) {
+        if (events.on_step) events.on_step(run, line);
+      };
+      RunOutcome outcome;
+      try {
+        outcome = train_run(run.config, data, resume, callbacks).outcome;
+      } catch (const c10::Error& e) {
+        outcome = {RunStatus::failed, e.what_without_backtrace()};
+      } catch (const std::exception& e) {
+        outcome = {RunStatus::failed, e.what()};
+      }
+      if (events.on_epoch)
+        if (const auto last = run.dir().last_epoch_metrics()) events.on_epoch(run, *last);
+      if (events.on_end) events.on_end(run, outcome);
+      outcomes.push_back(outcome);
+    }
+    return outcomes;
+  }
+  std::string describe() const override { return "one after another in this process"; }
+};
+
+struct ChildJob {
+  std::vector<std::string> args;           // argv[1..]
+  std::map<std::string, std::string> env;  // overrides on top of this process's environment
+  std::string log_path;                    // stdout and stderr, appended
+};
+
+pid_t spawn(const std::string& exe, const ChildJob& job) {
+  std::vector<std::string> env;
+  for (char** e = environ; *e; ++e) {
+    const std::string entry(*e);
+    if (!job.env.count(entry.substr(0, entry.find('=')))) env.push_back(entry);
+  }
+  for (const auto& [key, value] : job.env) env.push_back(key + "=" + value);
+  std::vector<std::string> args = {exe};
+  args.insert(args.end(), job.args.begin(), job.args.end());
+  auto pointers = [](std::vector<std::string>& strings) {
+    std::vector<char*> p;
+    for (auto& s : strings) p.push_back(s.data());
+    p.push_back(nullptr);
+    return p;
+  };
+  auto argv = pointers(args), envp = pointers(env);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, job.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND,
+                                   0644);
+  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+  pid_t pid = 0;
+  const int rc = posix_spawn(&pid, exe.c_str(), &actions, nullptr, argv.data(), envp.data());
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0)
+    throw std::runtime_error("cannot start '" + exe + "' (log " + job.log_path + "): " + std::strerror(rc));
+  return pid;
+}
+
+// Processes, not threads, for the ViT: OpenBLAS's thread pool is process-wide, and several threads
+// calling a multi-threaded OpenBLAS at once serialise on it. (Randomness is run-owned either way.)
+class ChildProcesses : public Executor {
+ public:
+  ChildProcesses(int workers, int threads, std::string exe)
+      : workers_(std::max(1, workers)), threads_(std::max(1, threads)), exe_(std::move(exe)) {}
+
+  std::string describe() const override {
+    return std::to_string(workers_) + " side by side with " + std::to_string(threads_) +
+           " thread(s) each; logs in <run-dir>/train.log";
+  }
+
+  std::vector<RunOutcome> execute(const std::vector<RunSpec>& runs, const DataSource& data, bool resume,
+                                  const ExecutorEvents& events) override {
+    std::vector<RunOutcome> outcomes(runs.size());
+    std::vector<int64_t> epoch_reported(runs.size(), -1);
+    std::map<pid_t, size_t> running;
+    size_t next = 0;
+    // Each running run's newest epoch line, once per epoch.
+    auto report_epochs = [&](size_t i) {
+      const auto last = runs[i].dir().last_epoch_metrics();
+      if (!last || last->value("epoch", int64_t{-1}) <= epoch_reported[i]) return;
+      epoch_reported[i] = (*last)["epoch"].get<int64_t>();
+      if (events.on_epoch) events.on_epoch(runs[i], *last);
+    };
+    while (next < runs.size() || !running.empty()) {
+      while (next < runs.size() && static_cast<int>(running.size()) < workers_) {
+        const RunSpec& run = runs[next];
+        const RunDir dir = run.dir();
+        dir.write_config(training::to_json(run.config));
+        std::filesystem::remove(dir.outcome());  // an earlier invocation's; this child writes its own
+        if (!resume) dir.trim_metrics(0);         // old epoch lines are not news
+        if (const auto last = dir.last_epoch_metrics()) epoch_reported[next] = last->value("epoch", int64_t{-1});
+        ChildJob job;
+        job.args = {"train", "--config", dir.config().string(), "--run-dir", dir.root().string(), "--data-dir",
+                    data.dir, "--val-fraction", nlohmann::json(data.val_fraction).dump()};
+        if (resume) job.args.push_back("--resume");
+        job.env = {{"OMP_NUM_THREADS", std::to_string(threads_)}, {"OPENBLAS_NUM_THREADS", std::to_string(threads_)}};
+        job.log_path = dir.log().string();
+        running[spawn(exe_, job)] = next;
+        if (events.on_start) events.on_start(run);
+        ++next;
+      }
+      int status = 0;
+      const pid_t pid = waitpid(-1, &status, WNOHANG);
+      if (pid > 0 && running.count(pid)) {
+        const size_t i = running[pid];
+        running.erase(pid);
+        const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        report_epochs(i);
+        const RunDir dir = runs[i].dir();
+        const std::optional<RunOutcome> written = dir.read_outcome();
+        if (written && written->status != RunStatus::failed && (code == 0 || written->status == RunStatus::diverged)) {
+          outcomes[i] = *written;
+        } else {
+          const std::string why = written && !written->message.empty() ? written->message : dir.log_tail();
+          outcomes[i] = {RunStatus::failed,
+                         "exit code " + std::to_string(code) + ", log " + dir.log().string() + "\n    " + why};
+        }
+        if (events.on_end) events.on_end(runs[i], outcomes[i]);
+        continue;
+      }
+      if (pid < 0 && errno != EINTR && errno != ECHILD) throw std::runtime_error(std::strerror(errno));
+      for (const auto& [child, i] : running) report_epochs(i);
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+    }
+    return outcomes;
+  }
+
+ private:
+  int workers_, threads_;
+  std::string exe_;
+};
+
+}  // namespace
+
+std::unique_ptr<Executor> in_process_executor() { return std::make_unique<InProcess>(); }
+
+std::unique_ptr<Executor> child_process_executor(int workers, int threads, std::string executable) {
+  return std::make_unique<ChildProcesses>(workers, threads, std::move(executable));
+}
+
+}  // namespace quest::runs

@@ -1,0 +1,133 @@
+#include "quest/lab/runs/run_dir.h"
+
+#include <torch/serialize.h>
+#include <torch/torch.h>
+
+#include <fstream>
+#include <stdexcept>
+
+namespace quest::runs {
+
+namespace fs = std::filesystem;
+
+std::string to_string(RunStatus status) {
+  switch (status) {
+    case RunStatus::ok: return "ok";
+    case RunStatus::diverged: return "diverged";
+    case RunStatus::failed: return "failed";
+  }
+  return "?";
+}
+
+void write_file_atomic(const fs::path& path, const std::string& text) {
+  const fs::path tmp = path.string() + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << text;
+    if (!out.flush()) throw std::runtime_error("cannot write '" + tmp.string() + "'");
+  }
+  fs::rename(tmp, path);
+}
+
+RunDir::RunDir(fs::path root) : root_(std::move(root)) {}
+
+void RunDir::create() const {
+  if (!empty()) fs::create_directories(root_);
+}
+
+void RunDir::write_config(const nlohmann::json& config) const {
+  create();
+  write_file_atomic(this->config(), config.dump(2) + "\n");
+}
+
+nlohmann::json RunDir::read_config() const {
+  std::ifstream in(config());
+  if (!in) throw std::runtime_error("no config.json in '" + root_.string() + "'");
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error("'" + config().string() + "': " + e.what());
+  }
+}
+
+void RunDir::write_result(const nlohmann::json& result) const {
+  create();
+  write_file_atomic(this->result(), result.dump(2) + "\n");
+}
+
+void RunDir::append_metrics(const nlohmann::json& line) const {
+  if (empty()) return;
+  std::ofstream(metrics(), std::ios::app) << line.dump() << "\n";
+}
+
+std::vector<nlohmann::json> RunDir::read_metrics(const std::string& type) const {
+  std::vector<nlohmann::json> lines;
+  std::ifstream in(metrics());
+  for (std::string text; std::getline(in, text);) {
+    if (text.empty()) continue;
+    try {
+      nlohmann::json j = nlohmann::json::parse(text);
+      if (type.empty() || j.value("type", "") == type) lines.push_back(std::move(j));
+    } catch (const nlohmann::json::exception&) {  // cut short by a kill, or being written
+    }
+  }
+  return lines;
+}
+
+std::optional<nlohmann::json> RunDir::last_epoch_metrics() const {
+  auto epochs = read_metrics("epoch");
+  if (epochs.empty()) return std::nullopt;
+  return epochs.back();
+}
+
+void RunDir::trim_metrics(int64_t epochs) const {
+  if (empty() || !fs::exists(metrics())) return;
+  std::string kept;
+  if (epochs > 0)
+    for (const auto& j : read_metrics())
+      if (j.value("epoch", epochs) < epochs) kept += j.dump() + "\n";
+  write_file_atomic(metrics(), kept);
+}
+
+bool RunDir::has_checkpoint() const { return !empty() && fs::exists(checkpoint()); }
+
+std::optional<int64_t> RunDir::checkpoint_epoch() const {
+  if (!has_checkpoint()) return std::nullopt;
+  torch::serialize::InputArchive archive;
+  archive.load_from(checkpoint().string());
+  torch::Tensor epoch;
+  archive.read("epoch", epoch);
+  return epoch.item<int64_t>();
+}
+
+void RunDir::write_outcome(const RunOutcome& o) const {
+  if (empty()) return;
+  create();
+  write_file_atomic(outcome(),
+                    nlohmann::json({{"status", to_string(o.status)}, {"message", o.message}}).dump(2) + "\n");
+}
+
+std::optional<RunOutcome> RunDir::read_outcome() const {
+  std::ifstream in(outcome());
+  if (!in) return std::nullopt;
+  try {
+    const auto j = nlohmann::json::parse(in);
+    const std::string status = j.at("status");
+    RunOutcome o;
+    o.status = status == "ok" ? RunStatus::ok : status == "diverged" ? RunStatus::diverged : RunStatus::failed;
+    o.message = j.value("message", "");
+    return o;
+  } catch (const nlohmann::json::exception&) {
+    return std::nullopt;
+  }
+}
+
+std::string RunDir::log_tail() const {
+  std::ifstream in(log());
+  std::string line, last;
+  while (std::getline(in, line))
+    if (!line.empty()) last = line;
+  return last;
+}
+
+}  // namespace quest::runs

@@ -1,0 +1,170 @@
+#include "quest/lab/training/engine.h"
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+
+#include "quest/torch/random.h"
+
+namespace quest::training {
+
+namespace fs = std::filesystem;
+
+bool applies_weight_decay(const std::string& name, const torch::Tensor& parameter) {
+  auto ends_with = [&](const std::string& s) {
+    return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
+  };
+  return parameter.dim() >= 2 && !ends_with("pos_embed") && !ends_with("cls_token") &&
+         !ends_with("query_token");
+}
+
+at::Generator init_generator(uint64_t seed) { return make_generator(seed); }
+at::Generator data_generator(uint64_t seed, int64_t epoch) { return make_generator(seed * 1000003 + epoch); }
+at::Generator model_generator(uint64_t seed, int64_t epoch) { return make_generator(seed * 7919 + epoch); }
+
+Engine::Engine(EngineConfig config, Task& task) : config_(std::move(config)), task_(task) {
+  TORCH_CHECK(config_.epochs >= 1 && config_.lr > 0 && std::isfinite(config_.lr),
+              "quest::training: need epochs >= 1 and a finite lr > 0");
+  TORCH_CHECK(config_.weight_decay >= 0, "quest::training: weight_decay must be >= 0");
+  task_.initialize(init_generator(config_.seed));
+  std::vector<torch::Tensor> decay, no_decay;
+  for (const auto& p : task_.model().named_parameters())
+    (applies_weight_decay(p.key(), p.value()) ? decay : no_decay).push_back(p.value());
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(
+                                 torch::optim::AdamWOptions(config_.lr).weight_decay(config_.weight_decay)));
+  groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(
+                                    torch::optim::AdamWOptions(config_.lr).weight_decay(0.0)));
+  optimizer_ = std::make_unique<torch::optim::AdamW>(std::move(groups));
+}
+
+double Engine::learning_rate(int64_t step) const {
+  if (config_.schedule == Schedule::constant) return config_.lr;
+  const int64_t steps_per_epoch = task_.steps_per_epoch();
+  const double warmup = config_.warmup_epochs * steps_per_epoch;
+  const double total = static_cast<double>(config_.epochs * steps_per_epoch);
+  if (step < warmup) return config_.lr * (step + 1) / warmup;  // linear warmup
+  const double progress = total > warmup ? (step - warmup) / (total - warmup) : 1.0;
+  return config_.min_lr + 0.5 * (config_.lr - config_.min_lr) * (1 + std::cos(M_PI * progress));
+}
+
+void Engine::set_learning_rate(double lr) {
+  for (auto& group : optimizer_->param_groups())
+    static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+}
+
+void Engine::save_checkpoint(const std::string& path) const {
+  torch::serialize::OutputArchive archive;
+  task_.model().save(archive);
+  torch::serialize::OutputArchive optim;
+  optimizer_->save(optim);
+  archive.write("optimizer", optim);
+  archive.write("epoch", torch::tensor(epoch_));
+  archive.write("step", torch::tensor(step_));
+  archive.write("train_seconds", torch::tensor(train_seconds_, torch::kDouble));
+  task_.save_extra(archive);
+  const std::string tmp = path + ".tmp";
+  archive.save_to(tmp);
+  fs::rename(tmp, path);  // atomic on POSIX: the old checkpoint stays until the new one is whole
+}
+
+void Engine::load_checkpoint(const std::string& path) {
+  torch::serialize::InputArchive archive;
+  archive.load_from(path);
+  task_.model().load(archive);
+  torch::serialize::InputArchive optim;
+  archive.read("optimizer", optim);
+  optimizer_->load(optim);
+  torch::Tensor epoch, step, seconds;  // read() needs a fresh tensor for each entry
+  archive.read("epoch", epoch);
+  archive.read("step", step);
+  epoch_ = epoch.item<int64_t>();
+  step_ = step.item<int64_t>();
+  train_seconds_ = archive.try_read("train_seconds", seconds) ? seconds.item<double>() : NAN;
+  task_.load_extra(archive);
+}
+
+nlohmann::json Engine::diagnostics_json() const {
+  nlohmann::json layers = nlohmann::json::array();
+  for (const auto& d : task_.attention_diagnostics())
+    if (d)
+      layers.push_back({{"q_norm_mean", d->q_norm_mean}, {"q_norm_max", d->q_norm_max},
+                        {"k_norm_mean", d->k_norm_mean}, {"k_norm_max", d->k_norm_max},
+                        {"logit_abs_max", d->logit_abs_max}, {"entropy", d->entropy_mean}});
+  return layers;
+}
+
+void Engine::diverged(const std::string& what) const {
+  throw DivergenceError(what + " at step " + std::to_string(step_) + " (epoch " +
+                        std::to_string(epoch_) + ")");
+}
+
+void Engine::fit(bool resume, const std::function<void(const nlohmann::json&)>& on_step) {
+  const runs::RunDir& dir = config_.run_dir;
+  dir.create();
+  if (resume && dir.has_checkpoint()) load_checkpoint(dir.checkpoint().string());
+  dir.trim_metrics(epoch_);
+  const int64_t steps_per_epoch = task_.steps_per_epoch();
+  while (epoch_ < config_.epochs) {
+    const auto epoch_start = std::chrono::steady_clock::now();
+    task_.model().train();
+    task_.begin_epoch(epoch_, data_generator(config_.seed, epoch_));
+    // Dropout and friends draw from the epoch's own generator: a resumed run repeats it exactly.
+    GeneratorScope randomness(model_generator(config_.seed, epoch_));
+    double loss_sum = 0;
+    int64_t samples = 0, correct = 0;
+    bool has_accuracy = true;
+    for (int64_t b = 0; b < steps_per_epoch; ++b, ++step_) {
+      const double lr = learning_rate(step_);
+      set_learning_rate(lr);
+      const bool record = config_.log_every > 0 && step_ % config_.log_every == 0;
+      task_.record_diagnostics(record);
+      optimizer_->zero_grad();
+      const StepOutput out = task_.forward_step(b);
+      const double loss_value = out.loss.item<double>();
+      if (!std::isfinite(loss_value)) diverged("non-finite loss " + std::to_string(loss_value));
+      out.loss.backward();
+      // With clipping off, an infinite bound still returns the total norm and scales nothing.
+      const double grad_norm = torch::nn::utils::clip_grad_norm_(
+          task_.model().parameters(), config_.clip_grad_norm > 0 ? config_.clip_grad_norm : INFINITY);
+      if (!std::isfinite(grad_norm)) diverged("non-finite gradient norm");
+      optimizer_->step();
+      task_.after_step(step_ + 1);
+      loss_sum += loss_value * out.samples;
+      samples += out.samples;
+      if (out.correct < 0) has_accuracy = false;
+      else correct += out.correct;
+      if (record || on_step) {
+        nlohmann::json line = {{"type", "step"}, {"epoch", epoch_}, {"step", step_},
+                               {"loss", loss_value}, {"lr", lr}, {"grad_norm", grad_norm}};
+        if (record) {
+          line["attention"] = diagnostics_json();
+          dir.append_metrics(line);
+        }
+        if (on_step) on_step(line);
+      }
+    }
+    task_.record_diagnostics(false);
+    // A finite loss and gradient can still leave non-finite weights (an overflowing update).
+    for (const auto& p : task_.model().parameters())
+      if (!torch::isfinite(p).all().item<bool>()) diverged("non-finite parameters after the epoch");
+    const double epoch_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_start).count();
+    train_seconds_ += epoch_seconds;
+    nlohmann::json line = {{"type", "epoch"}, {"epoch", epoch_}, {"step", step_},
+                           {"train_loss", samples ? loss_sum / samples : NAN},
+                           {"epoch_seconds", epoch_seconds},
+                           {task_.sample_name() + "_per_second", samples / epoch_seconds},
+                           {"train_seconds", train_seconds_}};
+    if (has_accuracy) line["train_accuracy"] = samples ? static_cast<double>(correct) / samples : NAN;
+    if (const auto val = task_.validate()) {
+      line["val_loss"] = val->loss;
+      line["val_accuracy"] = val->accuracy;
+    }
+    dir.append_metrics(line);
+    ++epoch_;  // the checkpoint records the next epoch to run
+    if (!dir.empty()) save_checkpoint(dir.checkpoint().string());
+  }
+}
+
+}  // namespace quest::training

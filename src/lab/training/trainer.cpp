@@ -1,0 +1,272 @@
+#include "quest/lab/training/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <tuple>
+
+#include "quest/lab/runs/run_dir.h"
+
+#include "quest/lab/data/idx.h"
+
+namespace quest::training {
+
+namespace fs = std::filesystem;
+
+Dataset to_dataset(const torch::Tensor& images_u8, const torch::Tensor& labels, double mean,
+                   double std) {
+  TORCH_CHECK(images_u8.dim() == 3 && images_u8.scalar_type() == torch::kUInt8,
+              "quest::training: expected uint8 images (N, H, W), got ", images_u8.sizes());
+  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == images_u8.size(0),
+              "quest::training: ", labels.numel(), " labels for ", images_u8.size(0), " images");
+  return {(images_u8.unsqueeze(1).to(torch::kFloat) / 255.0 - mean) / std, labels};
+}
+
+static Normalization pixel_statistics(const torch::Tensor& images_u8) {
+  const auto pixels = images_u8.to(torch::kFloat) / 255.0;
+  return {pixels.mean().item<double>(), pixels.std().item<double>()};
+}
+
+Normalization mnist_normalization(const std::string& dir) {
+  return pixel_statistics(data::read_mnist_split(dir, "train").images);
+}
+
+MnistSplits load_mnist_splits(const std::string& dir, double val_fraction, uint64_t seed,
+                              int64_t train_subset) {
+  const data::ImageSet train = data::read_mnist_split(dir, "train");
+  const data::ImageSet test = data::read_mnist_split(dir, "t10k");
+  const Normalization n = pixel_statistics(train.images);
+  MnistSplits out;
+  out.mean = n.mean;
+  out.std = n.std;
+  Dataset all = to_dataset(train.images, train.labels, out.mean, out.std);
+  if (train_subset > 0 && train_subset < all.size())
+    all = {all.images.narrow(0, 0, train_subset), all.labels.narrow(0, 0, train_subset)};
+  std::tie(out.train, out.validation) = split_validation(all, val_fraction, seed);
+  out.test = to_dataset(test.images, test.labels, out.mean, out.std);
+  return out;
+}
+
+std::unique_ptr<Trainer> load_run(const std::string& checkpoint) {
+  TORCH_CHECK(fs::exists(checkpoint), "quest::training: checkpoint '", checkpoint, "' does not exist");
+  const runs::RunDir dir(fs::path(checkpoint).parent_path());
+  nlohmann::json j;
+  try {
+    j = dir.read_config();
+  } catch (const std::runtime_error& e) {
+    TORCH_CHECK(false, "quest::training: checkpoint '", checkpoint, "': ", e.what());
+  }
+  auto trainer = std::make_unique<Trainer>(config_from_json(j));
+  trainer->load_checkpoint(checkpoint);
+  return trainer;
+}
+
+std::pair<Dataset, Dataset> split_validation(const Dataset& all, double fraction, uint64_t seed) {
+  TORCH_CHECK(fraction >= 0 && fraction < 1, "quest::training: validation fraction must be in [0, 1)");
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  const auto order = torch::randperm(all.size(), gen);
+  const int64_t n_val = static_cast<int64_t>(std::round(all.size() * fraction));
+  const auto train_idx = order.slice(0, 0, all.size() - n_val);
+  const auto val_idx = order.slice(0, all.size() - n_val);
+  return {{all.images.index_select(0, train_idx), all.labels.index_select(0, train_idx)},
+          {all.images.index_select(0, val_idx), all.labels.index_select(0, val_idx)}};
+}
+
+torch::Tensor augment(const torch::Tensor& images, int64_t pad, bool flip, torch::Generator& gen) {
+  const int64_t n = images.size(0), h = images.size(2), w = images.size(3);
+  torch::Tensor out = images;
+  if (pad > 0) {
+    const auto padded = torch::constant_pad_nd(images, {pad, pad, pad, pad}, 0.0);
+    const auto dy = torch::randint(0, 2 * pad + 1, {n}, gen, torch::kLong);
+    const auto dx = torch::randint(0, 2 * pad + 1, {n}, gen, torch::kLong);
+    out = torch::empty_like(images);
+    const auto* oy = dy.data_ptr<int64_t>();
+    const auto* ox = dx.data_ptr<int64_t>();
+    for (int64_t i = 0; i < n; ++i)
+      out[i] = padded[i].narrow(1, oy[i], h).narrow(2, ox[i], w);
+  }
+  if (flip) {
+    const auto mask = torch::rand({n}, gen) < 0.5;
+    out = torch::where(mask.view({n, 1, 1, 1}), out.flip({3}), out);
+  }
+  return out;
+}
+
+nlohmann::json to_json(const TrainConfig& c) {
+  const auto& m = c.model;
+  return {{"model",
+           {{"image_size", m.image_size()}, {"channels", m.channels()}, {"patch_size", m.patch_size()},
+            {"stem", m.stem()},
+            {"num_classes", m.num_classes()}, {"dim", m.dim()}, {"depth", m.depth()},
+            {"heads", m.heads()}, {"mlp_ratio", m.mlp_ratio()}, {"dropout", m.dropout()},
+            {"attention_dropout", m.attention_dropout()}, {"drop_path", m.drop_path()},
+            {"attention", to_string(m.attention())}, {"backend", to_string(m.backend())}}},
+          {"epochs", c.epochs}, {"batch_size", c.batch_size}, {"train_subset", c.train_subset}, {"lr", c.lr}, {"min_lr", c.min_lr},
+          {"weight_decay", c.weight_decay}, {"warmup_epochs", c.warmup_epochs},
+          {"clip_grad_norm", c.clip_grad_norm}, {"label_smoothing", c.label_smoothing},
+          {"augment", c.augment}, {"crop_padding", c.crop_padding}, {"flip", c.flip},
+          {"seed", c.seed}, {"log_every", c.log_every}, {"run_dir", c.run_dir}};
+}
+
+// Keys absent from the file keep their defaults, so a config file can hold only what it changes;
+// an unknown key is an error (a typo would otherwise be silently ignored).
+TrainConfig config_from_json(const nlohmann::json& j) {
+  TrainConfig c;
+  const nlohmann::json defaults = to_json(c);
+  TORCH_CHECK(j.is_object(), "quest::training: a config must be a JSON object");
+  for (const auto& [key, value] : j.items()) {
+    TORCH_CHECK(defaults.contains(key), "quest::training: unknown config key '", key, "'");
+    if (key == "model") {
+      TORCH_CHECK(value.is_object(), "quest::training: 'model' must be a JSON object");
+      for (const auto& [mkey, mvalue] : value.items())
+        TORCH_CHECK(defaults["model"].contains(mkey), "quest::training: unknown config key 'model.",
+                    mkey, "'");
+    }
+  }
+  nlohmann::json merged = defaults;
+  merged.merge_patch(j);
+  const auto& m = merged.at("model");
+  const auto kind = parse_kind(m.at("attention").get<std::string>());
+  TORCH_CHECK(kind, "quest::training: unknown attention kind '", m.at("attention").get<std::string>(), "'");
+  const auto backend = parse_backend(m.at("backend").get<std::string>());
+  TORCH_CHECK(backend, "quest::training: unknown backend '", m.at("backend").get<std::string>(), "'");
+  c.model.image_size(m.at("image_size")).channels(m.at("channels")).patch_size(m.at("patch_size"))
+      .stem(m.at("stem")).num_classes(m.at("num_classes")).dim(m.at("dim")).depth(m.at("depth"))
+      .heads(m.at("heads")).mlp_ratio(m.at("mlp_ratio")).dropout(m.at("dropout"))
+      .attention_dropout(m.at("attention_dropout")).drop_path(m.at("drop_path"))
+      .attention(*kind).backend(*backend);
+  c.epochs = merged.at("epochs");
+  c.batch_size = merged.at("batch_size");
+  c.train_subset = merged.at("train_subset");
+  c.lr = merged.at("lr");
+  c.min_lr = merged.at("min_lr");
+  c.weight_decay = merged.at("weight_decay");
+  c.warmup_epochs = merged.at("warmup_epochs");
+  c.clip_grad_norm = merged.at("clip_grad_norm");
+  c.label_smoothing = merged.at("label_smoothing");
+  c.augment = merged.at("augment");
+  c.crop_padding = merged.at("crop_padding");
+  c.flip = merged.at("flip");
+  c.seed = merged.at("seed");
+  c.log_every = merged.at("log_every");
+  c.run_dir = merged.at("run_dir");
+  return c;
+}
+
+// The ViT on (augmented) image batches: cross-entropy with label smoothing.
+class Trainer::VitTask : public Task {
+ public:
+  explicit VitTask(const TrainConfig& c) : config(c), vit(c.model) {}
+
+  torch::nn::Module& model() override { return *vit; }
+  void initialize(at::Generator generator) override { vit->initialize(generator); }
+  int64_t steps_per_epoch() const override {
+    TORCH_CHECK(train, "quest::training: no training data (fit sets it)");
+    return (train->size() + config.batch_size - 1) / config.batch_size;
+  }
+  void begin_epoch(int64_t, at::Generator data_generator) override {
+    gen = data_generator;
+    order = torch::randperm(train->size(), gen);
+  }
+  StepOutput forward_step(int64_t b) override {
+    const auto idx = order.slice(0, b * config.batch_size, std::min(train->size(), (b + 1) * config.batch_size));
+    auto images = train->images.index_select(0, idx);
+    const auto labels = train->labels.index_select(0, idx);
+    if (config.augment) images = augment(images, config.crop_padding, config.flip, gen);
+    const auto logits = vit->forward(images);
+    const auto ce = torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(config.label_smoothing);
+    return {torch::nn::functional::cross_entropy(logits, labels, ce), idx.size(0),
+            logits.argmax(1).eq(labels).sum().item<int64_t>()};
+  }
+  std::optional<EvalResult> validate() override {
+    return validation && validation->size() > 0 ? evaluate(*validation, 512) : EvalResult{};
+  }
+  void record_diagnostics(bool on) override { vit->set_record_diagnostics(on); }
+  std::vector<std::optional<HeadDiagnostics>> attention_diagnostics() const override {
+    return vit->attention_diagnostics();
+  }
+  std::string sample_name() const override { return "images"; }
+  void save_extra(torch::serialize::OutputArchive& archive) const override {
+    if (!normalization) return;
+    archive.write("data_mean", torch::tensor(normalization->mean, torch::kDouble));
+    archive.write("data_std", torch::tensor(normalization->std, torch::kDouble));
+  }
+  void load_extra(torch::serialize::InputArchive& archive) override {
+    torch::Tensor mean, std;
+    if (archive.try_read("data_mean", mean) && archive.try_read("data_std", std))
+      normalization = Normalization{mean.item<double>(), std.item<double>()};
+  }
+
+  EvalResult evaluate(const Dataset& data, int64_t batch_size) {
+    torch::NoGradGuard no_grad;
+    vit->eval();
+    double loss = 0;
+    int64_t correct = 0;
+    for (int64_t i = 0; i < data.size(); i += batch_size) {
+      const int64_t n = std::min(batch_size, data.size() - i);
+      const auto logits = vit->forward(data.images.narrow(0, i, n));
+      const auto labels = data.labels.narrow(0, i, n);
+      loss += torch::nn::functional::cross_entropy(
+                  logits, labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                  .item<double>();
+      correct += logits.argmax(1).eq(labels).sum().item<int64_t>();
+    }
+    return {loss / data.size(), static_cast<double>(correct) / data.size()};
+  }
+
+  TrainConfig config;
+  models::Vit vit;
+  const Dataset* train = nullptr;
+  const Dataset* validation = nullptr;
+  at::Generator gen;
+  torch::Tensor order;
+  std::optional<Normalization> normalization;
+};
+
+static EngineConfig engine_config(const TrainConfig& c) {
+  EngineConfig e;
+  e.epochs = c.epochs;
+  e.lr = c.lr;
+  e.min_lr = c.min_lr;
+  e.weight_decay = c.weight_decay;
+  e.schedule = Schedule::warmup_cosine;
+  e.warmup_epochs = c.warmup_epochs;
+  e.clip_grad_norm = c.clip_grad_norm;
+  e.seed = c.seed;
+  e.log_every = c.log_every;
+  e.run_dir = runs::RunDir(c.run_dir);
+  return e;
+}
+
+Trainer::Trainer(TrainConfig config) : config_(std::move(config)) {
+  TORCH_CHECK(config_.epochs >= 1 && config_.batch_size >= 1 && config_.lr > 0,
+              "quest::training: need epochs >= 1, batch_size >= 1 and lr > 0");
+  task_ = std::make_unique<VitTask>(config_);
+  engine_ = std::make_unique<Engine>(engine_config(config_), *task_);
+}
+
+Trainer::~Trainer() = default;
+
+void Trainer::fit(const Dataset& train, const Dataset& validation, bool resume,
+                  const std::function<void(const nlohmann::json&)>& on_step) {
+  TORCH_CHECK(train.size() > 0, "quest::training: the training set is empty");
+  if (!config_.run_dir.empty()) run_dir().write_config(to_json(config_));
+  task_->train = &train;
+  task_->validation = &validation;
+  engine_->fit(resume, on_step);
+}
+
+EvalResult Trainer::evaluate(const Dataset& data, int64_t batch_size) { return task_->evaluate(data, batch_size); }
+void Trainer::save_checkpoint(const std::string& path) { engine_->save_checkpoint(path); }
+void Trainer::load_checkpoint(const std::string& path) { engine_->load_checkpoint(path); }
+std::string Trainer::checkpoint_path() const { return run_dir().checkpoint().string(); }
+models::Vit& Trainer::model() { return task_->vit; }
+int64_t Trainer::epoch() const { return engine_->epoch(); }
+int64_t Trainer::step() const { return engine_->step(); }
+double Trainer::train_seconds() const { return engine_->train_seconds(); }
+double Trainer::learning_rate(int64_t step) const { return engine_->learning_rate(step); }
+std::optional<Normalization> Trainer::normalization() const { return task_->normalization; }
+void Trainer::set_normalization(Normalization n) { task_->normalization = n; }
+
+}  // namespace quest::training

@@ -1,0 +1,158 @@
+#include "call.h"
+
+#include <cmath>
+
+#include "quest/torch/random.h"
+
+namespace quest::detail {
+
+namespace {
+
+using torch::Tensor;
+
+void check_input(const Tensor& t, const char* name) {
+  TORCH_CHECK(t.defined(), "quest::attention: ", name, " is undefined");
+  TORCH_CHECK(t.device().is_cpu(), "quest::attention: ", name, " is on ", t.device(),
+              "; quest runs on CPU tensors only");
+  TORCH_CHECK(t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kDouble,
+              "quest::attention: ", name, " has dtype ", t.scalar_type(),
+              "; expected float32 or float64");
+  TORCH_CHECK(t.dim() == 4, "quest::attention: ", name, " must have rank 4 (B, H, N, D), got rank ",
+              t.dim(), " with shape ", t.sizes());
+  TORCH_CHECK(t.numel() > 0, "quest::attention: ", name, " is empty (shape ", t.sizes(),
+              "); every dimension must be at least 1");
+}
+
+void check_param(const Tensor& t, const char* name, int64_t size, const Tensor& like) {
+  if (!t.defined()) return;
+  TORCH_CHECK(t.device().is_cpu(), "quest::attention: ", name, " is on ", t.device(),
+              "; quest runs on CPU tensors only");
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), "quest::attention: ", name, " has dtype ",
+              t.scalar_type(), " but q has ", like.scalar_type());
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == size, "quest::attention: ", name,
+              " must have shape [", size, "], got ", t.sizes());
+}
+
+void check_finite(const Tensor& t, const char* name) {
+  if (!t.defined()) return;
+  TORCH_CHECK(torch::isfinite(t).all().item<bool>(), "quest::attention: ", name,
+              " contains NaN or Inf");
+}
+
+template <typename T>
+View4<T> view4(const Tensor& t) {
+  View4<T> v;
+  v.data = t.data_ptr<std::remove_const_t<T>>();
+  for (int d = 0; d < 4; ++d) v.stride[d] = t.stride(d);
+  return v;
+}
+
+template <typename T>
+const T* ptr_or_null(const Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+}  // namespace
+
+AttentionCall make_call(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& o) {
+  check_input(q, "q");
+  check_input(k, "k");
+  check_input(v, "v");
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+              "quest::attention: q, k, v must share a dtype, got ", q.scalar_type(), ", ",
+              k.scalar_type(), ", ", v.scalar_type());
+  TORCH_CHECK(k.size(0) == q.size(0) && v.size(0) == q.size(0),
+              "quest::attention: batch sizes differ: q ", q.sizes(), ", k ", k.sizes(), ", v ",
+              v.sizes());
+  TORCH_CHECK(k.size(1) == q.size(1) && v.size(1) == q.size(1),
+              "quest::attention: head counts differ: q ", q.sizes(), ", k ", k.sizes(), ", v ",
+              v.sizes());
+  TORCH_CHECK(k.size(3) == q.size(3), "quest::attention: q and k head dims differ: q ", q.sizes(),
+              ", k ", k.sizes());
+  TORCH_CHECK(v.size(2) == k.size(2), "quest::attention: k and v key counts differ: k ", k.sizes(),
+              ", v ", v.sizes());
+  AttentionCall c;
+  c.q = q;
+  c.k = k;
+  c.v = v;
+  c.dims = {q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), v.size(3)};
+  const KindTraits t = traits(o.kind());
+  c.q_norm = t.q_norm;
+  c.k_norm = t.k_norm;
+  c.scale = o.scale().value_or(default_scale(o.kind(), c.dims.qk_dim));
+  TORCH_CHECK(std::isfinite(c.scale), "quest::attention: scale must be finite, got ", c.scale);
+  c.l2_eps = o.l2_eps();
+  c.layernorm_eps = o.layernorm_eps();
+  TORCH_CHECK(c.l2_eps > 0 && std::isfinite(c.l2_eps), "quest::attention: l2_eps must be > 0, got ",
+              c.l2_eps);
+  TORCH_CHECK(c.layernorm_eps > 0 && std::isfinite(c.layernorm_eps),
+              "quest::attention: layernorm_eps must be > 0, got ", c.layernorm_eps);
+  c.causal = o.causal();
+  TORCH_CHECK(o.dropout() >= 0 && o.dropout() < 1, "quest::attention: dropout must be in [0, 1), got ",
+              o.dropout());
+  c.dropout = o.training() ? o.dropout() : 0.0;
+  if (c.dropout > 0) c.seed = o.seed() ? *o.seed() : draw_seed();
+  c.requested = o.backend();
+
+  const Tensor& m = o.key_padding_mask();
+  if (m.defined()) {
+    TORCH_CHECK(m.scalar_type() == torch::kBool, "quest::attention: key_padding_mask has dtype ",
+                m.scalar_type(), "; expected bool (true = padding)");
+    TORCH_CHECK(m.device().is_cpu(), "quest::attention: key_padding_mask is on ", m.device());
+    TORCH_CHECK(m.dim() == 2 && m.size(0) == c.dims.batch && m.size(1) == c.dims.k_len,
+                "quest::attention: key_padding_mask must have shape [B, Nk] = [", c.dims.batch,
+                ", ", c.dims.k_len, "], got ", m.sizes());
+    c.key_padding_mask = m.contiguous();
+  }
+  check_param(o.head_scale(), "head_scale", c.dims.heads, q);
+  for (auto [t, name] : {std::pair{&o.q_norm_weight(), "q_norm_weight"}, {&o.q_norm_bias(), "q_norm_bias"},
+                         {&o.k_norm_weight(), "k_norm_weight"}, {&o.k_norm_bias(), "k_norm_bias"}})
+    check_param(*t, name, c.dims.qk_dim, q);
+  // The kernels index parameters as plain arrays.
+  auto dense = [](const Tensor& t) { return t.defined() ? t.contiguous() : t; };
+  c.head_scale = dense(o.head_scale());
+  c.q_norm_weight = dense(o.q_norm_weight());
+  c.q_norm_bias = dense(o.q_norm_bias());
+  c.k_norm_weight = dense(o.k_norm_weight());
+  c.k_norm_bias = dense(o.k_norm_bias());
+  if (o.check_finite()) {
+    for (auto [t, name] : {std::pair{&c.q, "q"}, {&c.k, "k"}, {&c.v, "v"}, {&c.head_scale, "head_scale"},
+                           {&c.q_norm_weight, "q_norm_weight"}, {&c.q_norm_bias, "q_norm_bias"},
+                           {&c.k_norm_weight, "k_norm_weight"}, {&c.k_norm_bias, "k_norm_bias"}})
+      check_finite(*t, name);
+  }
+  return c;
+}
+
+template <typename T>
+AttentionArgs<T> AttentionCall::kernel_args() const {
+  AttentionArgs<T> a;
+  a.dims = dims;
+  a.q = view4<const T>(q);
+  a.k = view4<const T>(k);
+  a.v = view4<const T>(v);
+  a.q_norm = q_norm;
+  a.k_norm = k_norm;
+  a.scale = scale;
+  a.head_scale = ptr_or_null<T>(head_scale);
+  a.q_ln_weight = ptr_or_null<T>(q_norm_weight);
+  a.q_ln_bias = ptr_or_null<T>(q_norm_bias);
+  a.k_ln_weight = ptr_or_null<T>(k_norm_weight);
+  a.k_ln_bias = ptr_or_null<T>(k_norm_bias);
+  a.l2_eps = l2_eps;
+  a.layernorm_eps = layernorm_eps;
+  a.causal = causal;
+  if (key_padding_mask.defined()) {
+    a.key_padding_mask = key_padding_mask.data_ptr<bool>();
+    a.key_padding_stride[0] = key_padding_mask.stride(0);
+    a.key_padding_stride[1] = key_padding_mask.stride(1);
+  }
+  a.dropout = dropout;
+  a.seed = seed;
+  return a;
+}
+
+template AttentionArgs<float> AttentionCall::kernel_args<float>() const;
+template AttentionArgs<double> AttentionCall::kernel_args<double>() const;
+
+}  // namespace quest::detail

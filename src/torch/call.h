@@ -1,0 +1,46 @@
+// One attention call inside the LibTorch layer: the tensors and every resolved scalar, validated
+// once by make_call. Kernels get their torch-free AttentionArgs from it; backward gets it back
+// through a typed autograd context (save_call / load_call).
+#pragma once
+
+#include <torch/torch.h>
+
+#include <array>
+
+#include "quest/core/problem.h"
+#include "quest/torch/attention.h"
+
+namespace quest::detail {
+
+struct AttentionCall {
+  torch::Tensor q, k, v;
+  torch::Tensor head_scale;                  // (H) or undefined
+  torch::Tensor q_norm_weight, q_norm_bias;  // (Dk) or undefined
+  torch::Tensor k_norm_weight, k_norm_bias;
+  torch::Tensor key_padding_mask;            // (B, Nk) bool, contiguous, or undefined
+
+  AttentionDims dims;
+  Norm q_norm = Norm::none, k_norm = Norm::none;
+  double scale = 1.0, l2_eps = 1e-6, layernorm_eps = 1e-5;
+  bool causal = false;
+  double dropout = 0.0;  // 0 unless training
+  uint64_t seed = 0;
+  Backend requested = Backend::automatic;
+
+  // The tensor members in one fixed order: the only place that order is written down.
+  static constexpr std::array<torch::Tensor AttentionCall::*, 9> tensor_fields() {
+    return {&AttentionCall::q,           &AttentionCall::k,           &AttentionCall::v,
+            &AttentionCall::head_scale,  &AttentionCall::q_norm_weight, &AttentionCall::q_norm_bias,
+            &AttentionCall::k_norm_weight, &AttentionCall::k_norm_bias, &AttentionCall::key_padding_mask};
+  }
+
+  template <typename T>
+  AttentionArgs<T> kernel_args() const;
+};
+
+// Validates q, k, v and the options (shapes, dtypes, devices, finiteness when asked) and resolves
+// every default. Errors are c10::Error naming the offending tensor or option.
+AttentionCall make_call(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                        const AttentionOptions& options);
+
+}  // namespace quest::detail

@@ -1,0 +1,95 @@
+#include "quest/torch/nn/multihead_attention.h"
+
+#include <cmath>
+
+namespace quest::nn {
+
+MultiheadAttentionImpl::MultiheadAttentionImpl(const MultiheadAttentionOptions& options_)
+    : options(options_) {
+  reset();
+}
+
+void MultiheadAttentionImpl::reset() {
+  const int64_t e = options.embed_dim(), h = options.num_heads();
+  TORCH_CHECK(e > 0 && h > 0, "quest::nn::MultiheadAttention: embed_dim (", e,
+              ") and num_heads (", h, ") must be positive");
+  TORCH_CHECK(e % h == 0, "quest::nn::MultiheadAttention: embed_dim ", e,
+              " is not divisible by num_heads ", h);
+  TORCH_CHECK(options.dropout() >= 0 && options.dropout() < 1,
+              "quest::nn::MultiheadAttention: dropout must be in [0, 1), got ", options.dropout());
+  qkv = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(e, 3 * e)
+                                                     .bias(options.bias())));
+  out_proj = register_module("out_proj", torch::nn::Linear(torch::nn::LinearOptions(e, e)
+                                                               .bias(options.bias())));
+  kind_parameters = KindParameters{};
+  kind_parameters.register_on(*this, options.kind(), h, e / h, options.qknorm_init_scale());
+}
+
+void MultiheadAttentionImpl::pretty_print(std::ostream& stream) const {
+  stream << "quest::nn::MultiheadAttention(embed_dim=" << options.embed_dim()
+         << ", num_heads=" << options.num_heads() << ", kind=" << to_string(options.kind())
+         << ", dropout=" << options.dropout() << ", causal=" << options.causal() << ")";
+}
+
+AttentionOptions MultiheadAttentionImpl::attention_options(const torch::Tensor& mask) const {
+  return kind_parameters.options(options.kind())
+      .scale(options.scale())
+      .causal(options.causal())
+      .key_padding_mask(mask)
+      .dropout(options.dropout())
+      .training(is_training())
+      .backend(options.backend())
+      .check_finite(options.check_finite());
+}
+
+torch::Tensor MultiheadAttentionImpl::split_heads(const torch::Tensor& x) const {
+  return x.view({x.size(0), x.size(1), options.num_heads(), head_dim()}).transpose(1, 2);
+}
+
+torch::Tensor MultiheadAttentionImpl::attend(const torch::Tensor& q, const torch::Tensor& k,
+                                             const torch::Tensor& v, const torch::Tensor& mask) {
+  AttentionOutput r = attention_forward(q, k, v, attention_options(mask), false,
+                                        record_diagnostics_);
+  last_diagnostics_ = std::move(r.diagnostics);
+  // (B, H, N, Dh) -> (B, N, E)
+  const torch::Tensor o = r.output.transpose(1, 2).reshape({q.size(0), q.size(2), -1});
+  return out_proj->forward(o);
+}
+
+static void check_sequence(const torch::Tensor& x, const char* name, int64_t embed_dim) {
+  TORCH_CHECK(x.defined() && x.dim() == 3 && x.size(2) == embed_dim,
+              "quest::nn::MultiheadAttention: ", name, " must have shape (B, N, ", embed_dim,
+              "), got ", x.defined() ? x.sizes() : c10::IntArrayRef{});
+}
+
+torch::Tensor MultiheadAttentionImpl::forward(const torch::Tensor& x,
+                                              const torch::Tensor& key_padding_mask) {
+  check_sequence(x, "x", options.embed_dim());
+  const int64_t b = x.size(0), n = x.size(1), h = options.num_heads(), dh = head_dim();
+  // (B, N, 3E) -> (3, B, H, N, Dh), one copy: each head's rows then sit contiguously, which the
+  // fused kernel's tiles read fastest.
+  const torch::Tensor qkv_heads = qkv->forward(x).view({b, n, 3, h, dh}).permute({2, 0, 3, 1, 4}).contiguous();
+  return attend(qkv_heads[0], qkv_heads[1], qkv_heads[2], key_padding_mask);
+}
+
+torch::Tensor MultiheadAttentionImpl::forward_cross(const torch::Tensor& query,
+                                                    const torch::Tensor& context,
+                                                    const torch::Tensor& key_padding_mask) {
+  check_sequence(query, "query", options.embed_dim());
+  check_sequence(context, "context", options.embed_dim());
+  TORCH_CHECK(query.size(0) == context.size(0), "quest::nn::MultiheadAttention: query batch ",
+              query.size(0), " differs from context batch ", context.size(0));
+  const int64_t e = options.embed_dim();
+  const torch::Tensor w = qkv->weight, bias = qkv->bias;
+  auto project = [&](const torch::Tensor& x, int64_t from, int64_t to) {
+    return torch::nn::functional::linear(x, w.slice(0, from, to),
+                                         bias.defined() ? bias.slice(0, from, to) : bias);
+  };
+  const torch::Tensor q = split_heads(project(query, 0, e));
+  const torch::Tensor kv = project(context, e, 3 * e);
+  const torch::Tensor k = split_heads(kv.slice(2, 0, e));
+  const torch::Tensor v = split_heads(kv.slice(2, e, 2 * e));
+  return attend(q, k, v, key_padding_mask);
+}
+
+}  // namespace quest::nn

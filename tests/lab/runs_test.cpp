@@ -1,0 +1,197 @@
+// Run orchestration: the run directory, the comparison plan, the executors' outcomes, resume and
+// failure handling, the summary table.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "quest/lab/runs/compare.h"
+
+namespace quest::runs {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct TempDir {
+  TempDir() : path(fs::temp_directory_path() / ("quest_runs_test_" + std::to_string(::getpid()) + "_" +
+                                                std::to_string(counter++))) {
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+  fs::path path;
+  static inline int counter = 0;
+};
+
+training::TrainConfig tiny() {
+  training::TrainConfig c;
+  c.model.dim(16).depth(1).heads(2).patch_size(7);
+  c.epochs = 1;
+  c.train_subset = 200;
+  c.log_every = 2;
+  return c;
+}
+
+TEST(RunDir, OwnsTheFileNames) {
+  const RunDir dir("runs/x");
+  EXPECT_EQ(dir.config(), fs::path("runs/x/config.json"));
+  EXPECT_EQ(dir.metrics(), fs::path("runs/x/metrics.jsonl"));
+  EXPECT_EQ(dir.checkpoint(), fs::path("runs/x/checkpoint.pt"));
+  EXPECT_EQ(dir.result(), fs::path("runs/x/result.json"));
+  EXPECT_EQ(dir.outcome(), fs::path("runs/x/outcome.json"));
+  EXPECT_EQ(dir.log(), fs::path("runs/x/train.log"));
+  EXPECT_TRUE(RunDir().empty());
+}
+
+TEST(RunDir, MetricsSkipCutLinesAndTrimToTheCheckpoint) {
+  TempDir t;
+  const RunDir dir(t.path);
+  for (int epoch = 0; epoch < 3; ++epoch) {
+    dir.append_metrics({{"type", "step"}, {"epoch", epoch}, {"step", epoch * 10}});
+    dir.append_metrics({{"type", "epoch"}, {"epoch", epoch}, {"val_accuracy", 0.5 + epoch / 10.0}});
+  }
+  std::ofstream(dir.metrics(), std::ios::app) << "{\"type\": \"step\", \"epo";  // killed mid-write
+  EXPECT_EQ(dir.read_metrics().size(), 6u);
+  EXPECT_EQ(dir.read_metrics("epoch").size(), 3u);
+  EXPECT_DOUBLE_EQ((*dir.last_epoch_metrics())["val_accuracy"].get<double>(), 0.7);
+  dir.trim_metrics(2);  // the checkpoint holds epochs 0 and 1
+  EXPECT_EQ(dir.read_metrics().size(), 4u);
+  EXPECT_EQ((*dir.last_epoch_metrics())["epoch"], 1);
+  EXPECT_FALSE(fs::exists(dir.metrics().string() + ".tmp"));
+  dir.trim_metrics(0);
+  EXPECT_TRUE(dir.read_metrics().empty());
+  EXPECT_FALSE(dir.last_epoch_metrics().has_value());
+}
+
+TEST(RunDir, OutcomeLogAndConfig) {
+  TempDir t;
+  const RunDir dir(t.path / "run");
+  EXPECT_FALSE(dir.read_outcome().has_value());
+  dir.write_outcome({RunStatus::diverged, "non-finite loss at step 3"});
+  const auto o = dir.read_outcome();
+  ASSERT_TRUE(o.has_value());
+  EXPECT_EQ(o->status, RunStatus::diverged);
+  EXPECT_EQ(o->message, "non-finite loss at step 3");
+  std::ofstream(dir.log()) << "first\nlast line\n\n";
+  EXPECT_EQ(dir.log_tail(), "last line");
+  EXPECT_THROW(dir.read_config(), std::runtime_error);
+  dir.write_config({{"epochs", 2}});
+  EXPECT_EQ(dir.read_config()["epochs"], 2);
+  EXPECT_FALSE(dir.checkpoint_epoch().has_value());
+}
+
+TEST(Plan, KindsTimesSeedsInTableOrderAndDuplicatesAreErrors) {
+  const auto plan = plan_compare(tiny(), {"standard", "quest"}, {3, 1}, "out");
+  ASSERT_EQ(plan.size(), 4u);
+  EXPECT_EQ(plan[0].label(), "standard seed 3");
+  EXPECT_EQ(plan[3].label(), "quest seed 1");
+  EXPECT_EQ(plan[3].config.model.attention(), Kind::quest);
+  EXPECT_EQ(plan[3].config.seed, 1u);
+  EXPECT_EQ(plan[3].dir().root(), fs::path("out/quest/seed-1"));
+  auto message = [](const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_EQ(message([] { plan_compare(tiny(), {"quest", "standard", "quest"}, {0}, "o"); }),
+            "--kinds: 'quest' is listed twice");
+  EXPECT_EQ(message([] { plan_compare(tiny(), {"quest"}, {0, 1, 0}, "o"); }), "--seeds: 0 is listed twice");
+  EXPECT_EQ(message([] { plan_compare(tiny(), {"flash"}, {0}, "o"); }), "--kinds: unknown kind 'flash'");
+}
+
+// An executor that trains nothing: it reports what it was given and the outcomes it was told to.
+class ScriptedExecutor : public Executor {
+ public:
+  std::vector<RunOutcome> execute(const std::vector<RunSpec>& runs, const DataSource&, bool,
+                                  const ExecutorEvents&) override {
+    given = runs;
+    std::vector<RunOutcome> out;
+    for (const auto& r : runs) out.push_back(outcomes.count(r.label()) ? outcomes[r.label()] : RunOutcome{});
+    return out;
+  }
+  std::string describe() const override { return "scripted"; }
+  std::vector<RunSpec> given;
+  std::map<std::string, RunOutcome> outcomes;
+};
+
+TEST(Compare, FailuresAndRunsWithoutACheckpointAreReportedNotEvaluated) {
+  TempDir t;
+  const auto plan = plan_compare(tiny(), {"standard", "quest"}, {0}, t.path.string());
+  ScriptedExecutor executor;
+  executor.outcomes["standard seed 0"] = {RunStatus::failed, "exit code 1, log x/train.log\n    no data"};
+  executor.outcomes["quest seed 0"] = {RunStatus::diverged, "non-finite loss at step 2 (epoch 0)"};
+  std::vector<std::string> notes;
+  const CompareResult r = compare(plan, {}, false, executor, {}, [&](const std::string& n) { notes.push_back(n); });
+  EXPECT_EQ(executor.given.size(), 2u);
+  EXPECT_TRUE(r.runs.empty());
+  ASSERT_EQ(r.failed.size(), 2u);
+  EXPECT_EQ(r.failed[0], "standard seed 0: exit code 1, log x/train.log\n    no data");
+  EXPECT_NE(r.failed[1].find("quest seed 0: diverged before its first checkpoint"), std::string::npos);
+  EXPECT_NE(r.failed[1].find("non-finite loss at step 2"), std::string::npos);
+  ASSERT_FALSE(notes.empty());
+  EXPECT_EQ(notes[0], "2 runs to train, scripted");
+  EXPECT_EQ(summarize(r).rows(), 0u);
+}
+
+TEST(Compare, SummaryIsMeanAndSampleStdOverSeeds) {
+  CompareResult r;
+  r.kinds = {"quest", "standard"};
+  for (auto [kind, accuracy] : {std::pair{"quest", 0.80}, {"quest", 0.90}, {"standard", 0.70}}) {
+    RunResult run;
+    run.spec.kind = kind;
+    run.test_accuracy = accuracy;
+    run.train_seconds = 10;
+    r.runs.push_back(run);
+  }
+  const auto table = summarize(r);
+  const auto json = table.json();
+  ASSERT_EQ(json.size(), 2u);
+  EXPECT_NEAR(json[0]["test_accuracy"]["mean"].get<double>(), 0.85, 1e-12);
+  EXPECT_NEAR(json[0]["test_accuracy"]["std"].get<double>(), std::sqrt(0.005), 1e-12);
+  EXPECT_EQ(json[0]["seeds"], 2);
+  EXPECT_EQ(json[1]["test_accuracy"]["std"].get<double>(), 0.0);
+  EXPECT_NE(table.console().find("85.00 ± 7.07"), std::string::npos) << table.console();
+  EXPECT_NE(table.csv().find("kind,test_accuracy_mean,test_accuracy_std,seeds"), std::string::npos);
+}
+
+// The real thing, in this process: train, evaluate from the checkpoint, then a resume that finds
+// the run finished and only evaluates it, to the same numbers.
+TEST(Compare, InProcessTrainsThenResumeOnlyEvaluates) {
+  TempDir t;
+  const auto plan = plan_compare(tiny(), {"quest"}, {0}, t.path.string());
+  auto executor = in_process_executor();
+  const CompareResult first = compare(plan, {}, false, *executor);
+  ASSERT_EQ(first.runs.size(), 1u);
+  EXPECT_EQ(first.runs[0].outcome.status, RunStatus::ok);
+  EXPECT_EQ(plan[0].dir().checkpoint_epoch(), 1);
+  EXPECT_EQ(plan[0].dir().read_outcome()->status, RunStatus::ok);
+  EXPECT_TRUE(fs::exists(plan[0].dir().result()));
+  ScriptedExecutor scripted;
+  std::vector<std::string> notes;
+  const CompareResult again = compare(plan, {}, true, scripted, {}, [&](const std::string& n) { notes.push_back(n); });
+  EXPECT_TRUE(scripted.given.empty());
+  EXPECT_EQ(notes[0], "quest seed 0: finished, evaluating only");
+  ASSERT_EQ(again.runs.size(), 1u);
+  EXPECT_EQ(again.runs[0].test_accuracy, first.runs[0].test_accuracy);
+  EXPECT_EQ(again.runs[0].test_loss, first.runs[0].test_loss);
+}
+
+// Child processes: a run whose child fails is named with its exit code, log and the reason.
+TEST(Compare, ChildProcessFailureCarriesTheReason) {
+  TempDir t;
+  const auto plan = plan_compare(tiny(), {"standard"}, {0}, t.path.string());
+  auto executor = child_process_executor(2, 1, QUEST_EXECUTABLE);
+  DataSource data;
+  data.dir = (t.path / "no_such_data").string();
+  const CompareResult r = compare(plan, data, false, *executor);
+  ASSERT_EQ(r.failed.size(), 1u);
+  EXPECT_NE(r.failed[0].find("standard seed 0: exit code 1, log "), std::string::npos) << r.failed[0];
+  EXPECT_NE(r.failed[0].find("no_such_data/train-images-idx3-ubyte"), std::string::npos) << r.failed[0];
+  EXPECT_EQ(plan[0].dir().read_outcome()->status, RunStatus::failed);
+}
+
+}  // namespace
+}  // namespace quest::runs

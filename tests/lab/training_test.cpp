@@ -1,0 +1,228 @@
+// ViT and trainer on tiny synthetic data: shapes, learning, checkpoint round trip, exact resume
+// after a kill, divergence handling.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <tuple>
+
+#include "error_message.h"
+#include "quest/lab/training/trainer.h"
+
+namespace quest::training {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Two classes of 8x8 images: class 1 is brighter in the top-left quadrant.
+Dataset synthetic(int64_t n, uint64_t seed) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  auto images = torch::randn({n, 1, 8, 8}, gen) * 0.5;
+  const auto labels = torch::randint(0, 2, {n}, gen, torch::kLong);
+  images.narrow(2, 0, 4).narrow(3, 0, 4).add_(labels.to(torch::kFloat).view({n, 1, 1, 1}) * 1.5);
+  return {images, labels};
+}
+
+TrainConfig tiny_config(const std::string& run_dir, Kind kind = Kind::quest) {
+  TrainConfig c;
+  c.model.image_size(8).patch_size(4).num_classes(2).dim(16).depth(2).heads(2).attention(kind);
+  c.epochs = 3;
+  c.batch_size = 32;
+  c.lr = 3e-3;
+  c.warmup_epochs = 0.5;
+  c.log_every = 2;
+  c.crop_padding = 1;
+  c.run_dir = run_dir;
+  return c;
+}
+
+struct TempDir {
+  TempDir() : path(fs::temp_directory_path() / ("quest_train_test_" + std::to_string(::getpid()) +
+                                                "_" + std::to_string(counter++))) {
+    fs::remove_all(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+  std::string str() const { return path.string(); }
+  fs::path path;
+  static inline int counter = 0;
+};
+
+// metrics.jsonl as (type, epoch, step, loss) per line: what a resumed run must log exactly once.
+std::vector<std::tuple<std::string, int64_t, int64_t, double>> metric_lines(const fs::path& run_dir) {
+  std::vector<std::tuple<std::string, int64_t, int64_t, double>> lines;
+  std::ifstream in(run_dir / "metrics.jsonl");
+  for (std::string text; std::getline(in, text);) {
+    const auto j = nlohmann::json::parse(text);
+    lines.emplace_back(j["type"], j["epoch"], j["step"], j.contains("loss") ? j["loss"] : j["train_loss"]);
+  }
+  return lines;
+}
+
+bool same_weights(models::Vit& a, models::Vit& b) {
+  const auto pa = a->named_parameters(), pb = b->named_parameters();
+  for (const auto& p : pa)
+    if (!torch::equal(p.value(), pb[p.key()])) return false;
+  return true;
+}
+
+TEST(Vit, ShapesForEveryKindAndBadInput) {
+  for (Kind kind : all_kinds()) {
+    models::Vit vit(models::VitOptions().image_size(8).patch_size(4).dim(16).depth(1).heads(2).attention(kind));
+    EXPECT_EQ(vit->forward(torch::randn({3, 1, 8, 8})).sizes(), (std::vector<int64_t>{3, 10}));
+  }
+  models::Vit vit(models::VitOptions().image_size(8).patch_size(4).dim(16).depth(1).heads(2));
+  EXPECT_NE(testing::error_message([&] { vit->forward(torch::randn({3, 1, 9, 9})); })
+                .find("expected images of shape"),
+            std::string::npos);
+  EXPECT_THROW(models::Vit(models::VitOptions().image_size(10).patch_size(4)), c10::Error);
+}
+
+TEST(Trainer, WeightDecayGoesToMatricesOnly) {
+  // Every ViT parameter, every kind and stem: decay exactly for linear and convolution weights.
+  for (Kind kind : all_kinds())
+    for (const char* stem : {"patch", "conv_bn"}) {
+      models::Vit vit(models::VitOptions().image_size(8).patch_size(4).dim(16).depth(2).heads(2).attention(kind).stem(stem));
+      int decayed = 0;
+      for (const auto& p : vit->named_parameters()) {
+        const std::string& name = p.key();
+        const bool layer_weight = name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0 &&
+                                  name.find("norm") == std::string::npos;
+        EXPECT_EQ(applies_weight_decay(name, p.value()), layer_weight) << name;
+        decayed += layer_weight;
+      }
+      EXPECT_GE(decayed, 2 * 4 + 2) << to_string(kind);  // qkv, out_proj, fc1, fc2 per block; stem; head
+    }
+  for (const char* name : {"pos_embed", "cls_token", "query_token"})
+    EXPECT_FALSE(applies_weight_decay(name, torch::zeros({1, 4, 4}))) << name;
+  EXPECT_TRUE(applies_weight_decay("encoder.0.weight", torch::zeros({4, 4})));
+  EXPECT_FALSE(applies_weight_decay("blocks.0.attn.head_scale", torch::zeros({4})));
+}
+
+TEST(Trainer, LearnsAndWritesMetrics) {
+  TempDir dir;
+  Trainer trainer(tiny_config(dir.str()));
+  const Dataset train = synthetic(256, 1), val = synthetic(128, 2);
+  const double before = trainer.evaluate(val).loss;
+  trainer.fit(train, val, false);
+  const EvalResult after = trainer.evaluate(val);
+  EXPECT_LT(after.loss, 0.8 * before);
+  EXPECT_GT(after.accuracy, 0.8);
+  EXPECT_TRUE(fs::exists(dir.path / "metrics.jsonl"));
+  EXPECT_TRUE(fs::exists(dir.path / "config.json"));
+  EXPECT_TRUE(fs::exists(dir.path / "checkpoint.pt"));
+  EXPECT_FALSE(fs::exists(dir.path / "checkpoint.pt.tmp"));
+}
+
+TEST(Trainer, CheckpointRoundTrip) {
+  TempDir dir;
+  auto config = tiny_config(dir.str());
+  config.epochs = 1;
+  Trainer a(config);
+  a.fit(synthetic(64, 1), synthetic(32, 2), false);
+  config.seed = 99;  // a different initialisation, replaced by the checkpoint
+  Trainer b(config);
+  b.load_checkpoint(a.checkpoint_path());
+  EXPECT_TRUE(same_weights(a.model(), b.model()));
+  EXPECT_EQ(b.epoch(), 1);
+  EXPECT_EQ(b.step(), a.step());
+  EXPECT_GT(a.train_seconds(), 0.0);
+  EXPECT_EQ(b.train_seconds(), a.train_seconds());
+}
+
+TEST(Trainer, KilledRunResumesToTheSameWeights) {
+  const Dataset train = synthetic(96, 1), val = synthetic(32, 2);
+  TempDir full_dir, killed_dir;
+  auto config = tiny_config(full_dir.str());
+  config.model.dropout(0.1).drop_path(0.1).attention_dropout(0.1);  // randomness must replay too
+  Trainer full(config);
+  full.fit(train, val, false);
+
+  config.run_dir = killed_dir.str();
+  {
+    Trainer killed(config);
+    // "Kill" the run in the middle of its second epoch.
+    EXPECT_THROW(killed.fit(train, val, false,
+                            [](const nlohmann::json& line) {
+                              if (line["epoch"] == 1 && line["step"] == 4) throw std::runtime_error("killed");
+                            }),
+                 std::runtime_error);
+  }
+  Trainer resumed(config);
+  resumed.fit(train, val, true);
+  EXPECT_EQ(resumed.step(), full.step());
+  EXPECT_TRUE(same_weights(full.model(), resumed.model()));
+  // The killed epoch's step lines are logged once, not once per attempt.
+  const auto lines = metric_lines(full_dir.path);
+  ASSERT_EQ(lines.size(), 5u + 3u);  // steps 0, 2, 4, 6, 8 of 9; an epoch line per epoch
+  EXPECT_EQ(metric_lines(killed_dir.path), lines);
+  // A fresh start in a used run directory starts the log afresh.
+  config.epochs = 1;
+  Trainer restarted(config);
+  restarted.fit(train, val, false);
+  EXPECT_EQ(metric_lines(killed_dir.path).size(), 3u);
+}
+
+TEST(Trainer, DivergenceStopsCleanlyAndKeepsTheLastCheckpoint) {
+  TempDir dir;
+  auto config = tiny_config(dir.str());
+  config.epochs = 1;
+  Trainer good(config);
+  good.fit(synthetic(64, 1), synthetic(32, 2), false);
+  config.epochs = 3;
+  config.lr = 1e30;  // injected: the weights blow up within a few steps
+  config.clip_grad_norm = 0;
+  Trainer bad(config);
+  std::string message;
+  try {
+    bad.fit(synthetic(64, 1), synthetic(32, 2), true);
+  } catch (const DivergenceError& e) {
+    message = e.what();
+  }
+  EXPECT_NE(message.find("non-finite"), std::string::npos) << message;
+  EXPECT_NE(message.find("at step"), std::string::npos) << message;
+  Trainer check(config);
+  check.load_checkpoint(good.checkpoint_path());  // still the good, whole checkpoint
+  EXPECT_TRUE(same_weights(good.model(), check.model()));
+}
+
+TEST(Trainer, ConfigJsonRoundTrip) {
+  auto c = tiny_config("runs/x", Kind::qknorm);
+  c.model.stem("conv");
+  const auto back = config_from_json(to_json(c));
+  EXPECT_EQ(to_json(back), to_json(c));
+}
+
+TEST(Trainer, PartialConfigKeepsDefaultsAndUnknownKeysAreErrors) {
+  const auto c = config_from_json(nlohmann::json::parse(R"({"epochs": 7, "model": {"dim": 32}})"));
+  EXPECT_EQ(c.epochs, 7);
+  EXPECT_EQ(c.model.dim(), 32);
+  EXPECT_EQ(c.model.depth(), TrainConfig{}.model.depth());
+  EXPECT_EQ(c.lr, TrainConfig{}.lr);
+  EXPECT_NE(testing::error_message([] { config_from_json(nlohmann::json::parse(R"({"epoch": 7})")); })
+                .find("unknown config key 'epoch'"),
+            std::string::npos);
+  EXPECT_NE(testing::error_message([] { config_from_json(nlohmann::json::parse(R"({"model": {"dims": 7}})")); })
+                .find("unknown config key 'model.dims'"),
+            std::string::npos);
+}
+
+TEST(Vit, ConvStemKeepsTheTokenGrid) {
+  models::VitOptions o;
+  o.image_size(16).patch_size(4).dim(16).depth(1).heads(2).stem("conv");
+  models::Vit vit(o);
+  EXPECT_EQ(vit->forward(torch::randn({3, 1, 16, 16})).sizes(), (std::vector<int64_t>{3, 10}));
+  EXPECT_EQ(vit->pos_embed.size(1), 4 * 4 + 1);
+  models::Vit bn(o.stem("conv_bn"));
+  EXPECT_EQ(bn->forward(torch::randn({3, 1, 16, 16})).sizes(), (std::vector<int64_t>{3, 10}));
+  EXPECT_TRUE(bn->named_buffers().contains("patch_embed.norm1.running_mean"));
+  EXPECT_FALSE(applies_weight_decay("patch_embed.norm1.weight", bn->named_parameters()["patch_embed.norm1.weight"]));
+  EXPECT_NE(testing::error_message([] { models::Vit(models::VitOptions().patch_size(7).stem("conv")); })
+                .find("power-of-two patch_size"),
+            std::string::npos);
+  EXPECT_NE(testing::error_message([] { models::Vit(models::VitOptions().stem("convolution")); })
+                .find("unknown stem 'convolution'"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace quest::training
