@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds and runs every test: the main build's CTest suite, the torch-free core under
-# AddressSanitizer + UBSan, and a downstream project that consumes the installed package.
+# AddressSanitizer + UBSan, and one downstream project per installed target (find_package).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
@@ -13,9 +13,20 @@ cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQUEST_WITH_TORC
 cmake --build build-sanitize -j"$jobs"
 (cd build-sanitize && ctest -j"$jobs" --output-on-failure)
 
-echo "== find_package(quest) from a downstream project"
-rm -rf build/install build/consumer
+echo "== find_package(quest) from downstream projects, one per target"
+rm -rf build/install build/consumers
 cmake --install build --prefix build/install > /dev/null
-cmake -S examples/consumer -B build/consumer -DCMAKE_PREFIX_PATH="$PWD/build/install" > /dev/null
-cmake --build build/consumer -j"$jobs"
-build/consumer/consumer
+prefix=(-DCMAKE_PREFIX_PATH="$PWD/build/install")
+# quest::core: no LibTorch.
+cmake -S examples/consumer-core -B build/consumers/core "${prefix[@]}" -DCMAKE_DISABLE_FIND_PACKAGE_Torch=TRUE > /dev/null
+cmake --build build/consumers/core -j"$jobs"
+build/consumers/core/consumer_core
+# quest::torch: LibTorch is its only third-party dependency; the lab's are disabled here.
+cmake -S examples/consumer -B build/consumers/torch "${prefix[@]}" -DCMAKE_DISABLE_FIND_PACKAGE_nlohmann_json=TRUE \
+  -DCMAKE_DISABLE_FIND_PACKAGE_ZLIB=TRUE -DCMAKE_DISABLE_FIND_PACKAGE_JPEG=TRUE > /dev/null
+cmake --build build/consumers/torch -j"$jobs"
+build/consumers/torch/consumer
+# quest::lab: the training engine.
+cmake -S examples/consumer-lab -B build/consumers/lab "${prefix[@]}" > /dev/null
+cmake --build build/consumers/lab -j"$jobs"
+build/consumers/lab/consumer_lab

@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "commands.h"
+#include "timing.h"
 #include "quest/core/fused.h"
 #include "quest/quest.h"
 
@@ -27,22 +28,6 @@ struct BenchConfig {
   double composite_memory_limit_gb = 8.0;
   std::string json_path;
 };
-
-template <typename F>
-double median_seconds(int repeats, F&& f) {
-  // Warm-up for at least 0.2 s: thread pools, first-touch pages and clocks settle.
-  const auto warm = std::chrono::steady_clock::now();
-  do f();
-  while (std::chrono::steady_clock::now() - warm < std::chrono::milliseconds(200));
-  std::vector<double> t;
-  for (int r = 0; r < repeats; ++r) {
-    const auto t0 = std::chrono::steady_clock::now();
-    f();
-    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
 
 double sgemm_gflops(int repeats) {
   torch::NoGradGuard no_grad;
@@ -65,11 +50,6 @@ std::vector<int64_t> parse_shape(const std::string& s) {
   if (v.size() != 4 || *std::min_element(v.begin(), v.end()) < 1)
     throw std::invalid_argument("--shapes: '" + s + "' is not B,H,N,D with positive sizes");
   return v;
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
 }
 
 void run_bench(const BenchConfig& c) {

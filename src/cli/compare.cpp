@@ -4,6 +4,7 @@
 #include <fstream>
 
 #include "commands.h"
+#include "progress.h"
 #include "quest/lab/report/plots.h"
 #include "quest/torch/runtime.h"
 #include "train_flags.h"
@@ -30,21 +31,16 @@ static int run_compare(const TrainFlags& flags, const CompareFlags& compare) {
   const auto executor = workers > 1 ? runs::child_process_executor(workers, std::max(1, threads / workers))
                                     : runs::in_process_executor();
   runs::ExecutorEvents events;
-  int64_t last_step = -1;
+  std::unique_ptr<StepProgress> progress;  // in this process: the run's steps as `quest train` shows them
   events.on_start = [&](const runs::RunSpec& run) {
-    if (workers == 1) std::printf("%s\n", run.label().c_str());
-    last_step = -1;
+    if (workers > 1) return;
+    std::printf("%s\n", run.label().c_str());
+    progress = std::make_unique<StepProgress>(run.config.batch_size, run.config.log_every);
   };
   if (workers == 1)
-    events.on_step = [&](const runs::RunSpec& run, const nlohmann::json& line) {
-      const int64_t step = line["step"].get<int64_t>();
-      if (run.config.log_every > 0 && step % run.config.log_every != 0) return;
-      last_step = step;
-      std::printf("  epoch %lld  step %lld  loss %.4f  lr %.2e\n", (long long)line["epoch"].get<int64_t>(),
-                  (long long)step, line["loss"].get<double>(), line["lr"].get<double>());
-      std::fflush(stdout);
-    };
+    events.on_step = [&](const runs::RunSpec&, const nlohmann::json& line) { progress->update(line); };
   events.on_epoch = [&](const runs::RunSpec& run, const nlohmann::json& line) {
+    if (progress) progress->finish();
     std::printf("%-12s seed %llu: epoch %lld/%lld  train loss %.4f  val accuracy %.4f  %.0f img/s\n", run.kind.c_str(),
                 (unsigned long long)run.seed, (long long)line["epoch"].get<int64_t>() + 1,
                 (long long)run.config.epochs, line.value("train_loss", 0.0), line.value("val_accuracy", 0.0),

@@ -7,6 +7,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "timing.h"
 #include "quest/quest.h"
 
 namespace quest::cli {
@@ -25,17 +26,8 @@ double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
 // Median milliseconds of forward+backward over `repeats` runs.
 double time_forward_backward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                              const AttentionOptions& options, int repeats) {
-  std::vector<double> ms;
-  for (int r = 0; r < repeats; ++r) {
-    auto qq = q.detach().requires_grad_(), kk = k.detach().requires_grad_(),
-         vv = v.detach().requires_grad_();
-    const auto t0 = std::chrono::steady_clock::now();
-    attention(qq, kk, vv, options).sum().backward();
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
-                     .count());
-  }
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
+  auto qq = q.detach().requires_grad_(), kk = k.detach().requires_grad_(), vv = v.detach().requires_grad_();
+  return 1e3 * median_seconds(repeats, [&] { attention(qq, kk, vv, options).sum().backward(); }, 0.0);
 }
 
 void run_demo(const DemoConfig& c) {

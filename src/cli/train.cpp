@@ -8,33 +8,6 @@
 
 namespace quest::cli {
 
-// Training progress: steps, loss, learning rate, images/s and ETA, every log_every steps (or
-// rewritten in place on a terminal).
-class StepProgress {
- public:
-  StepProgress(int64_t total_steps, int64_t batch, int64_t every)
-      : total_(total_steps), batch_(batch), every_(std::max<int64_t>(every, 1)) {}
-  void update(const nlohmann::json& line) {
-    const int64_t step = line["step"].get<int64_t>() + 1;
-    if (first_ < 0) first_ = step - 1;
-    if (!stdout_is_tty() && step % every_ != 0 && step != total_) return;
-    const double ips = (step - first_) * batch_ / std::max(clock_.seconds(), 1e-9);
-    char text[200];
-    std::snprintf(text, sizeof text, "epoch %lld  step %lld/%lld  loss %.4f  lr %.2e  %.0f img/s  ETA %.0fs",
-                  (long long)line["epoch"].get<int64_t>(), (long long)step, (long long)total_,
-                  line["loss"].get<double>(), line["lr"].get<double>(), ips,
-                  (total_ - step) * batch_ / std::max(ips, 1e-9));
-    progress_line(text);
-  }
-  void finish() {
-    if (stdout_is_tty() && first_ >= 0) std::printf("\n");
-  }
-
- private:
-  int64_t total_, batch_, every_, first_ = -1;
-  Stopwatch clock_;
-};
-
 static int run_train(const TrainFlags& flags) {
   warn_if_reference_blas();
   configure_threads();
@@ -45,8 +18,7 @@ static int run_train(const TrainFlags& flags) {
     std::printf("train %lld / validation %lld / test %lld images; attention %s; run dir %s\n",
                 (long long)data.train.size(), (long long)data.validation.size(), (long long)data.test.size(),
                 to_string(config.model.attention()).c_str(), config.run_dir.c_str());
-    const int64_t steps = config.epochs * ((data.train.size() + config.batch_size - 1) / config.batch_size);
-    progress = std::make_unique<StepProgress>(steps, config.batch_size, config.log_every);
+    progress = std::make_unique<StepProgress>(config.batch_size, config.log_every);
   };
   callbacks.on_step = [&](const nlohmann::json& line) { progress->update(line); };
   const runs::TrainReport report = runs::train_run(config, flags.data, flags.resume, callbacks);

@@ -45,6 +45,8 @@ std::optional<Backend> backend_override() {
 namespace {
 
 using detail::AttentionCall;
+using detail::ptr_or_null;
+using detail::view4;
 using torch::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
@@ -63,19 +65,6 @@ struct KernelOps {
 };
 
 Tensor zeros_if_defined(const Tensor& t) { return t.defined() ? torch::zeros_like(t) : Tensor(); }
-
-template <typename T>
-T* ptr_or_null(Tensor& t) {
-  return t.defined() ? t.data_ptr<T>() : nullptr;
-}
-
-template <typename T>
-View4<T> view4(const Tensor& t) {
-  View4<T> v;
-  v.data = t.data_ptr<std::remove_const_t<T>>();
-  for (int d = 0; d < 4; ++d) v.stride[d] = t.stride(d);
-  return v;
-}
 
 // The reference keeps its logsumexp in double whatever the input dtype.
 std::pair<Tensor, Tensor> reference_forward(const AttentionCall& c, HeadDiagnosticsPartial* diag) {
@@ -126,8 +115,11 @@ std::pair<Tensor, Tensor> fused_forward(const AttentionCall& c, HeadDiagnosticsP
 
 KernelGrads fused_backward(const AttentionCall& c, const Tensor& out, const Tensor& stats,
                            const Tensor& dout) {
-  KernelGrads g{torch::empty(c.q.sizes(), c.q.options()), torch::empty(c.k.sizes(), c.k.options()),
-                torch::empty(c.v.sizes(), c.v.options()), zeros_if_defined(c.head_scale)};
+  KernelGrads g;  // LayerNorm never reaches the fused kernel: its affine gradients come from torch
+  g.dq = torch::empty(c.q.sizes(), c.q.options());
+  g.dk = torch::empty(c.k.sizes(), c.k.options());
+  g.dv = torch::empty(c.v.sizes(), c.v.options());
+  g.dhead_scale = zeros_if_defined(c.head_scale);
   AttentionGrads<float> k;
   k.dq = view4<float>(g.dq);
   k.dk = view4<float>(g.dk);
@@ -316,7 +308,12 @@ AttentionCall fused_layout(const AttentionCall& c) {
 std::string fused_why_not(const AttentionCall& c) {
   if (c.q.scalar_type() != torch::kFloat)
     return std::string("computes in float32 only, got ") + c10::toString(c.q.scalar_type());
-  return fused::why_not(fused_layout(c).kernel_args<float>());
+  // The arguments the kernel will see after fused_layout, without making its copies here.
+  AttentionArgs<float> a = c.kernel_args<float>();
+  a.q.stride[3] = a.k.stride[3] = a.v.stride[3] = 1;
+  if (a.q_norm == Norm::layer) a.q_norm = Norm::none;
+  if (a.k_norm == Norm::layer) a.k_norm = Norm::none;
+  return fused::why_not(a);
 }
 
 std::string always_eligible(const AttentionCall&) { return ""; }

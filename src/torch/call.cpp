@@ -39,19 +39,6 @@ void check_finite(const Tensor& t, const char* name) {
               " contains NaN or Inf");
 }
 
-template <typename T>
-View4<T> view4(const Tensor& t) {
-  View4<T> v;
-  v.data = t.data_ptr<std::remove_const_t<T>>();
-  for (int d = 0; d < 4; ++d) v.stride[d] = t.stride(d);
-  return v;
-}
-
-template <typename T>
-const T* ptr_or_null(const Tensor& t) {
-  return t.defined() ? t.data_ptr<T>() : nullptr;
-}
-
 }  // namespace
 
 AttentionCall make_call(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& o) {
@@ -134,11 +121,11 @@ AttentionArgs<T> AttentionCall::kernel_args() const {
   a.q_norm = q_norm;
   a.k_norm = k_norm;
   a.scale = scale;
-  a.head_scale = ptr_or_null<T>(head_scale);
-  a.q_ln_weight = ptr_or_null<T>(q_norm_weight);
-  a.q_ln_bias = ptr_or_null<T>(q_norm_bias);
-  a.k_ln_weight = ptr_or_null<T>(k_norm_weight);
-  a.k_ln_bias = ptr_or_null<T>(k_norm_bias);
+  a.head_scale = ptr_or_null<const T>(head_scale);
+  a.q_ln_weight = ptr_or_null<const T>(q_norm_weight);
+  a.q_ln_bias = ptr_or_null<const T>(q_norm_bias);
+  a.k_ln_weight = ptr_or_null<const T>(k_norm_weight);
+  a.k_ln_bias = ptr_or_null<const T>(k_norm_bias);
   a.l2_eps = l2_eps;
   a.layernorm_eps = layernorm_eps;
   a.causal = causal;

@@ -38,6 +38,21 @@ struct AttentionCall {
   AttentionArgs<T> kernel_args() const;
 };
 
+// A tensor as the kernels' strided view (element strides of the 4 dimensions).
+template <typename T>
+View4<T> view4(const torch::Tensor& t) {
+  View4<T> v;
+  v.data = t.data_ptr<std::remove_const_t<T>>();
+  for (int d = 0; d < 4; ++d) v.stride[d] = t.stride(d);
+  return v;
+}
+
+// The data of an optional tensor, or null where it is undefined.
+template <typename T>
+T* ptr_or_null(const torch::Tensor& t) {
+  return t.defined() ? t.data_ptr<std::remove_const_t<T>>() : nullptr;
+}
+
 // Validates q, k, v and the options (shapes, dtypes, devices, finiteness when asked) and resolves
 // every default. Errors are c10::Error naming the offending tensor or option.
 AttentionCall make_call(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,

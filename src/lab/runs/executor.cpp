@@ -93,7 +93,7 @@ class ChildProcesses : public Executor {
 
   std::string describe() const override {
     return std::to_string(workers_) + " side by side with " + std::to_string(threads_) +
-           " thread(s) each; logs in <run-dir>/train.log";
+           " thread(s) each; logs in " + RunDir("<run-dir>").log().string();
   }
 
   std::vector<RunOutcome> execute(const std::vector<RunSpec>& runs, const DataSource& data, bool resume,

@@ -136,6 +136,7 @@ void Engine::fit(bool resume, const std::function<void(const nlohmann::json&)>& 
       else correct += out.correct;
       if (record || on_step) {
         nlohmann::json line = {{"type", "step"}, {"epoch", epoch_}, {"step", step_},
+                               {"total_steps", config_.epochs * steps_per_epoch},
                                {"loss", loss_value}, {"lr", lr}, {"grad_norm", grad_norm}};
         if (record) {
           line["attention"] = diagnostics_json();
