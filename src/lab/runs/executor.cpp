@@ -27,8 +27,18 @@ class InProcess : public Executor {
     std::vector<RunOutcome> outcomes;
     for (const RunSpec& run : runs) {
       if (events.on_start) events.on_start(run);
+      // An epoch's line is in metrics.jsonl once the next epoch's first step runs (and at the end).
+      int64_t epoch = -1;
+      auto report_epoch = [&] {
+        const auto last = run.dir().last_epoch_metrics();
+        if (events.on_epoch && last && last->value("epoch", int64_t{-1}) == epoch) events.on_epoch(run, *last);
+      };
       TrainCallbacks callbacks;
       callbacks.on_step = [&](const nlohmann::json& line) {
+        if (line["epoch"].get<int64_t>() != epoch) {
+          report_epoch();
+          epoch = line["epoch"].get<int64_t>();
+        }
         if (events.on_step) events.on_step(run, line);
       };
       RunOutcome outcome;
@@ -39,8 +49,7 @@ class InProcess : public Executor {
       } catch (const std::exception& e) {
         outcome = {RunStatus::failed, e.what()};
       }
-      if (events.on_epoch)
-        if (const auto last = run.dir().last_epoch_metrics()) events.on_epoch(run, *last);
+      report_epoch();
       if (events.on_end) events.on_end(run, outcome);
       outcomes.push_back(outcome);
     }
