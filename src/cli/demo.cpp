@@ -7,7 +7,7 @@
 #include <iostream>
 
 #include "commands.h"
-#include "timing.h"
+#include "quest/lab/bench/timing.h"
 #include "quest/quest.h"
 
 namespace quest::cli {
@@ -27,7 +27,7 @@ double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
 double time_forward_backward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                              const AttentionOptions& options, int repeats) {
   auto qq = q.detach().requires_grad_(), kk = k.detach().requires_grad_(), vv = v.detach().requires_grad_();
-  return 1e3 * median_seconds(repeats, [&] { attention(qq, kk, vv, options).sum().backward(); }, 0.0);
+  return 1e3 * bench::median_seconds(repeats, [&] { attention(qq, kk, vv, options).sum().backward(); }, 0.0);
 }
 
 void run_demo(const DemoConfig& c) {

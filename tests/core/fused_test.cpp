@@ -2,6 +2,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
+#include <stdexcept>
+#include <string>
 #include <random>
 #include <vector>
 
@@ -113,6 +116,66 @@ TEST(FusedCore, MatchesReference) {
     check({wide, kind, false, true, true, 0.1});
     check({tiny, kind, false, false, false, 0.0});
   }
+}
+
+// The installed entry points check their arguments: a caller without the LibTorch layer's
+// validation gets an exception naming the problem, not a crash.
+TEST(CoreEntryPoints, RejectBadArgumentsWithAReason) {
+  const AttentionDims d{1, 1, 4, 4, 8, 8};
+  std::vector<float> q(32, 0.5f), out(32), shift(4), log_sum(4), dq(32), dk(32), dv(32);
+  std::vector<double> lse(4);
+  AttentionArgs<float> a;
+  a.dims = d;
+  a.q = a.k = a.v = contiguous_view<const float>(q.data(), 1, 4, 8);
+  const auto o = contiguous_view(out.data(), 1, 4, 8);
+  auto message = [](const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string("no exception");
+  };
+  auto fused_forward = [&](const AttentionArgs<float>& args) {
+    return message([&] { fused::forward(args, o, {shift.data(), log_sum.data()}, nullptr, 1); });
+  };
+  EXPECT_EQ(fused_forward(a), "no exception");
+  auto bad = a;
+  bad.dims.k_len = 0;
+  EXPECT_NE(fused_forward(bad).find("quest::fused::forward: every dimension must be >= 1"), std::string::npos);
+  bad = a;
+  bad.k.data = nullptr;
+  EXPECT_NE(fused_forward(bad).find("q, k and v must not be null"), std::string::npos);
+  bad = a;
+  bad.dropout = 1.0;
+  EXPECT_NE(fused_forward(bad).find("dropout must be in [0, 1)"), std::string::npos);
+  bad = a;
+  bad.l2_eps = 0;
+  EXPECT_NE(fused_forward(bad).find("l2_eps and layernorm_eps must be > 0"), std::string::npos);
+  bad = a;
+  bad.v.stride[3] = 2;
+  EXPECT_NE(fused_forward(bad).find("unit stride along D"), std::string::npos);
+  EXPECT_FALSE(fused::supports(bad));
+  bad = a;
+  bad.q_norm = Norm::layer;
+  EXPECT_NE(fused_forward(bad).find("LayerNorm is not fused"), std::string::npos);
+  EXPECT_NE(message([&] { fused::forward(a, o, {nullptr, log_sum.data()}, nullptr, 1); }).find("stats must not be null"),
+            std::string::npos);
+  AttentionGrads<float> g{contiguous_view(dq.data(), 1, 4, 8), contiguous_view(dk.data(), 1, 4, 8), {}};
+  EXPECT_NE(message([&] {
+              const auto co = contiguous_view<const float>(out.data(), 1, 4, 8);
+              fused::backward(a, co, co, {shift.data(), log_sum.data()}, g, 1);
+            }).find("quest::fused::backward: out, dout, stats and dq/dk/dv must not be null"),
+            std::string::npos);
+  bad = a;
+  bad.scale = NAN;
+  EXPECT_NE(message([&] { reference::forward(bad, o, lse.data()); }).find("quest::reference::forward: scale must be finite"),
+            std::string::npos);
+  EXPECT_NE(message([&] { reference::forward(a, o, nullptr); }).find("out and lse must not be null"), std::string::npos);
+  EXPECT_NE(message([&] {
+              reference::backward(a, View4<const float>{}, lse.data(), AttentionGrads<float>{});
+            }).find("quest::reference::backward"),
+            std::string::npos);
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
 // Common corruptions for small grayscale images (B, 1, H, W) in [0, 1], five severities each,
 // after Hendrycks & Dietterich's ImageNet-C / CIFAR-10-C definitions (CIFAR-10-C's 32x32
 // parameters, the closest published size to 28x28). Each formula and its parameters are in the
-// README's robustness section and in `corruption_table()`.
+// docs/robustness.md and in `corruption_table()`.
 #pragma once
 
 #include <torch/torch.h>

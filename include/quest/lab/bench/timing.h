@@ -1,11 +1,12 @@
-// Timing for the commands that measure (bench, demo): medians, after an optional warm-up.
+// Timing for what measures (the attention benchmark, quest demo): medians, after an optional
+// warm-up.
 #pragma once
 
 #include <algorithm>
 #include <chrono>
 #include <vector>
 
-namespace quest::cli {
+namespace quest::bench {
 
 inline double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -30,4 +31,4 @@ double median_seconds(int repeats, F&& f, double warmup_seconds = 0.2) {
   return median(t);
 }
 
-}  // namespace quest::cli
+}  // namespace quest::bench
