@@ -43,7 +43,8 @@ static int run_train(const TrainFlags& flags) {
 static int run_eval(const std::string& checkpoint, const std::string& data_dir) {
   configure_threads();
   const auto trainer = training::load_run(checkpoint);
-  const auto test = trainer->evaluate(training::load_mnist_splits(data_dir, 0.0, trainer->config().seed).test);
+  const auto test =
+      trainer->evaluate(training::load_mnist_test(data_dir, trainer->normalization_or_recomputed(data_dir)));
   std::printf("%s: epoch %lld, test accuracy %.4f, test loss %.4f\n", checkpoint.c_str(),
               (long long)trainer->epoch(), test.accuracy, test.loss);
   return 0;

@@ -169,6 +169,12 @@ TEST(Compare, InProcessTrainsThenResumeOnlyEvaluates) {
   EXPECT_EQ(plan[0].dir().checkpoint_epoch(), 1);
   EXPECT_EQ(plan[0].dir().read_outcome()->status, RunStatus::ok);
   EXPECT_TRUE(fs::exists(plan[0].dir().result()));
+  // The data normalisation is saved with the run: evaluation needs no pass over the training images.
+  const auto saved = training::load_run(plan[0].dir().checkpoint().string())->normalization();
+  ASSERT_TRUE(saved.has_value());
+  const auto recomputed = training::mnist_normalization(DataSource{}.dir);
+  EXPECT_DOUBLE_EQ(saved->mean, recomputed.mean);
+  EXPECT_DOUBLE_EQ(saved->std, recomputed.std);
   ScriptedExecutor scripted;
   std::vector<std::string> notes;
   const CompareResult again = compare(plan, {}, true, scripted, {}, [&](const std::string& n) { notes.push_back(n); });

@@ -138,9 +138,10 @@ CompareResult compare(const std::vector<RunSpec>& plan, const DataSource& data, 
   for (size_t i = 0; i < plan.size(); ++i)
     if (trained_index[i] >= 0) outcomes[i] = trained[trained_index[i]];
 
-  // Every evaluation on the same test images: the test split is normalised by the statistics of
-  // all training images, whatever the run's seed or subset.
+  // Every evaluation on the same test images, normalised as the run was trained (the statistics
+  // of all training images, whatever its seed or subset, saved with the run).
   std::optional<training::Dataset> test;
+  std::optional<training::Normalization> test_normalization;
   for (size_t i = 0; i < plan.size(); ++i) {
     const RunSpec& run = plan[i];
     const RunOutcome& outcome = outcomes[i];
@@ -153,8 +154,12 @@ CompareResult compare(const std::vector<RunSpec>& plan, const DataSource& data, 
                               (outcome.message.empty() ? "" : "\n    " + outcome.message));
       continue;
     }
-    if (!test) test = training::load_mnist_splits(data.dir, 0.0, 0).test;
     auto trainer = training::load_run(run.dir().checkpoint().string());
+    const training::Normalization n = trainer->normalization_or_recomputed(data.dir);
+    if (!test || test_normalization->mean != n.mean || test_normalization->std != n.std) {
+      test = training::load_mnist_test(data.dir, n);
+      test_normalization = n;
+    }
     RunResult r;
     r.spec = run;
     r.outcome = outcome;

@@ -32,6 +32,11 @@ Normalization mnist_normalization(const std::string& dir) {
   return pixel_statistics(data::read_mnist_split(dir, "train").images);
 }
 
+Dataset load_mnist_test(const std::string& dir, Normalization n) {
+  const data::ImageSet test = data::read_mnist_split(dir, "t10k");
+  return to_dataset(test.images, test.labels, n.mean, n.std);
+}
+
 MnistSplits load_mnist_splits(const std::string& dir, double val_fraction, uint64_t seed,
                               int64_t train_subset) {
   const data::ImageSet train = data::read_mnist_split(dir, "train");
@@ -268,5 +273,8 @@ double Trainer::train_seconds() const { return engine_->train_seconds(); }
 double Trainer::learning_rate(int64_t step) const { return engine_->learning_rate(step); }
 std::optional<Normalization> Trainer::normalization() const { return task_->normalization; }
 void Trainer::set_normalization(Normalization n) { task_->normalization = n; }
+Normalization Trainer::normalization_or_recomputed(const std::string& data_dir) const {
+  return task_->normalization ? *task_->normalization : mnist_normalization(data_dir);
+}
 
 }  // namespace quest::training

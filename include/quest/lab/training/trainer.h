@@ -46,6 +46,8 @@ MnistSplits load_mnist_splits(const std::string& dir, double val_fraction, uint6
                               int64_t train_subset = 0);
 // The statistics load_mnist_splits normalises with (all training images of `dir`).
 Normalization mnist_normalization(const std::string& dir);
+// The test split of `dir` normalised with `n` (a run's saved normalisation): reads t10k only.
+Dataset load_mnist_test(const std::string& dir, Normalization n);
 
 struct TrainConfig {
   models::VitOptions model;
@@ -98,6 +100,8 @@ class Trainer {
   // written before quest saved it (robustness then recomputes it from the training images).
   std::optional<Normalization> normalization() const;
   void set_normalization(Normalization n);
+  // normalization(), or for an old checkpoint the statistics of `data_dir`'s training images.
+  Normalization normalization_or_recomputed(const std::string& data_dir) const;
 
  private:
   class VitTask;
