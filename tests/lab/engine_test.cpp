@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
+#include <functional>
 #include <thread>
 
 #include "quest/lab/training/engine.h"
@@ -17,12 +19,12 @@ namespace fs = std::filesystem;
 
 class ToyTask : public Task {
  public:
-  explicit ToyTask(double dropout = 0.2, int64_t steps = 8) : steps_(steps), dropout_(dropout) {
+  explicit ToyTask(double dropout = 0.2, int64_t steps = 8, int64_t hidden = 16) : steps_(steps), dropout_(dropout) {
     auto gen = quest::make_generator(123);
     x_ = torch::randn({64, 6}, gen);
     y_ = (x_.narrow(1, 0, 1).squeeze(1) > 0).to(torch::kLong);
-    net_ = torch::nn::Sequential(torch::nn::Linear(6, 16), torch::nn::ReLU(), nn::Dropout(dropout_),
-                                 torch::nn::Linear(16, 2));
+    net_ = torch::nn::Sequential(torch::nn::Linear(6, hidden), torch::nn::ReLU(), nn::Dropout(dropout_),
+                                 torch::nn::Linear(hidden, 2));
   }
   torch::nn::Module& model() override { return *net_; }
   void initialize(at::Generator generator) override { nn::reset_parameters(*net_, generator); }
@@ -167,6 +169,66 @@ TEST(Engine, WritesMetricsAndResumesExactly) {
   EXPECT_EQ(lines.size(), runs::RunDir(root / "full").read_metrics().size());
   EXPECT_EQ(runs::RunDir(root / "killed").read_metrics("epoch").size(), 3u);
   EXPECT_EQ(runs::RunDir(root / "killed").read_metrics("epoch")[2]["samples_per_second"].is_number(), true);
+  fs::remove_all(root);
+}
+
+// What a bad checkpoint does: it is named, and nothing is half-loaded or lost.
+TEST(Engine, BadCheckpointsAreNamedAndLeaveEverythingAsItWas) {
+  const fs::path root = fs::temp_directory_path() / ("quest_engine_ckpt_" + std::to_string(::getpid()));
+  fs::remove_all(root);
+  fs::create_directories(root);
+  ToyTask trained;
+  Engine engine(config(4), trained);
+  engine.fit(false);
+  const std::string good = (root / "good.pt").string();
+  engine.save_checkpoint(good);
+
+  auto message = [](const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const std::runtime_error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  ToyTask fresh;
+  Engine target(config(5), fresh);
+  const torch::Tensor before = fresh.flat();
+  // Truncated (a copy cut in half) and garbage: rejected, weights untouched, the step unchanged.
+  const std::string cut = (root / "cut.pt").string();
+  fs::copy_file(good, cut);
+  fs::resize_file(cut, fs::file_size(good) / 2);
+  const std::string cut_error = message([&] { target.load_checkpoint(cut); });
+  EXPECT_NE(cut_error.find("checkpoint '" + cut + "' cannot be loaded: corrupt or truncated"), std::string::npos)
+      << cut_error;
+  std::ofstream(root / "garbage.pt") << "not a checkpoint";
+  EXPECT_NE(message([&] { target.load_checkpoint((root / "garbage.pt").string()); }).find("garbage.pt"),
+            std::string::npos);
+  // From another model: the part that fits is not kept either.
+  ToyTask wider(0.2, 8, 32);
+  Engine other(config(6), wider);
+  const std::string foreign = (root / "foreign.pt").string();
+  other.save_checkpoint(foreign);
+  const std::string foreign_error = message([&] { target.load_checkpoint(foreign); });
+  EXPECT_NE(foreign_error.find("'0.weight' has shape [32, 6] there, [16, 6] in this model"), std::string::npos)
+      << foreign_error;
+  EXPECT_TRUE(torch::equal(fresh.flat(), before));
+  EXPECT_EQ(target.step(), 0);
+  // The good one still loads.
+  target.load_checkpoint(good);
+  EXPECT_TRUE(torch::equal(fresh.flat(), trained.flat()));
+  EXPECT_EQ(target.step(), engine.step());
+
+  // A write that fails (here: the temp path is taken by a directory) names the file and keeps
+  // the previous checkpoint whole.
+  const auto good_size = fs::file_size(good);
+  fs::create_directories(good + ".tmp");
+  const std::string write_error = message([&] { target.save_checkpoint(good); });
+  EXPECT_NE(write_error.find("cannot write checkpoint '" + good + ".tmp'"), std::string::npos) << write_error;
+  EXPECT_NE(write_error.find("previous checkpoint '" + good + "' is unchanged"), std::string::npos);
+  EXPECT_EQ(fs::file_size(good), good_size);
+  fs::remove_all(good + ".tmp");
+  target.load_checkpoint(good);
   fs::remove_all(root);
 }
 

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <functional>
 
 #include "quest/torch/random.h"
 
@@ -27,6 +28,10 @@ Engine::Engine(EngineConfig config, Task& task) : config_(std::move(config)), ta
               "quest::training: need epochs >= 1 and a finite lr > 0");
   TORCH_CHECK(config_.weight_decay >= 0, "quest::training: weight_decay must be >= 0");
   task_.initialize(init_generator(config_.seed));
+  optimizer_ = make_optimizer();
+}
+
+std::unique_ptr<torch::optim::AdamW> Engine::make_optimizer() const {
   std::vector<torch::Tensor> decay, no_decay;
   for (const auto& p : task_.model().named_parameters())
     (applies_weight_decay(p.key(), p.value()) ? decay : no_decay).push_back(p.value());
@@ -35,7 +40,7 @@ Engine::Engine(EngineConfig config, Task& task) : config_(std::move(config)), ta
                                  torch::optim::AdamWOptions(config_.lr).weight_decay(config_.weight_decay)));
   groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(
                                     torch::optim::AdamWOptions(config_.lr).weight_decay(0.0)));
-  optimizer_ = std::make_unique<torch::optim::AdamW>(std::move(groups));
+  return std::make_unique<torch::optim::AdamW>(std::move(groups));
 }
 
 double Engine::learning_rate(int64_t step) const {
@@ -64,24 +69,67 @@ void Engine::save_checkpoint(const std::string& path) const {
   archive.write("train_seconds", torch::tensor(train_seconds_, torch::kDouble));
   task_.save_extra(archive);
   const std::string tmp = path + ".tmp";
-  archive.save_to(tmp);
+  try {
+    archive.save_to(tmp);
+  } catch (const c10::Error& e) {  // a full disk, a read-only directory: the old checkpoint stays
+    std::error_code ignored;
+    fs::remove(tmp, ignored);
+    throw std::runtime_error("quest::training: cannot write checkpoint '" + tmp + "' (" +
+                             e.what_without_backtrace() + "); the previous checkpoint '" + path +
+                             "' is unchanged");
+  }
   fs::rename(tmp, path);  // atomic on POSIX: the old checkpoint stays until the new one is whole
 }
 
 void Engine::load_checkpoint(const std::string& path) {
-  torch::serialize::InputArchive archive;
-  archive.load_from(path);
-  task_.model().load(archive);
-  torch::serialize::InputArchive optim;
-  archive.read("optimizer", optim);
-  optimizer_->load(optim);
+  auto fail = [&](const std::string& why) {
+    throw std::runtime_error("quest::training: checkpoint '" + path + "' cannot be loaded: " + why);
+  };
+  torch::serialize::InputArchive archive, optim;
   torch::Tensor epoch, step, seconds;  // read() needs a fresh tensor for each entry
-  archive.read("epoch", epoch);
-  archive.read("step", step);
+  try {
+    archive.load_from(path);
+    if (!archive.try_read("epoch", epoch) || !archive.try_read("step", step) ||
+        !archive.try_read("optimizer", optim))
+      fail("it has no epoch, step or optimizer state (not a quest checkpoint?)");
+  } catch (const c10::Error& e) {
+    fail(std::string("corrupt or truncated (") + e.what_without_backtrace() + ")");
+  }
+  // Nothing is half-loaded: every tensor is read and checked before the first is copied, and the
+  // optimiser state goes into a fresh optimiser that replaces the live one only at the end.
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> model_tensors;  // (model's, checkpoint's)
+  std::function<void(torch::serialize::InputArchive&, torch::nn::Module&, const std::string&)> read =
+      [&](torch::serialize::InputArchive& in, torch::nn::Module& module, const std::string& prefix) {
+        auto take = [&](const std::string& name, const torch::Tensor& mine, bool is_buffer) {
+          torch::Tensor theirs;
+          if (!in.try_read(name, theirs, is_buffer)) fail("it has no '" + prefix + name + "'");
+          if (theirs.sizes() != mine.sizes())
+            fail("'" + prefix + name + "' has shape " + c10::str(theirs.sizes()) + " there, " +
+                 c10::str(mine.sizes()) + " in this model");
+          model_tensors.emplace_back(mine, theirs);
+        };
+        for (const auto& p : module.named_parameters(/*recurse=*/false)) take(p.key(), p.value(), false);
+        for (const auto& b : module.named_buffers(/*recurse=*/false)) take(b.key(), b.value(), true);
+        for (const auto& child : module.named_children()) {
+          torch::serialize::InputArchive sub;
+          if (!in.try_read(child.key(), sub)) fail("it has no '" + prefix + child.key() + "'");
+          read(sub, *child.value(), prefix + child.key() + ".");
+        }
+      };
+  auto optimizer = make_optimizer();
+  try {
+    read(archive, task_.model(), "");
+    optimizer->load(optim);
+    task_.load_extra(archive);
+  } catch (const c10::Error& e) {
+    fail(std::string("it does not fit this model (") + e.what_without_backtrace() + ")");
+  }
+  torch::NoGradGuard no_grad;
+  for (auto& [mine, theirs] : model_tensors) mine.copy_(theirs);
+  optimizer_ = std::move(optimizer);
   epoch_ = epoch.item<int64_t>();
   step_ = step.item<int64_t>();
   train_seconds_ = archive.try_read("train_seconds", seconds) ? seconds.item<double>() : NAN;
-  task_.load_extra(archive);
 }
 
 nlohmann::json Engine::diagnostics_json() const {

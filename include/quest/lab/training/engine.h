@@ -94,7 +94,11 @@ class Engine {
   // `on_step` (optional) sees every step's line (loss, lr, grad_norm; diagnostics on logged steps).
   void fit(bool resume, const std::function<void(const nlohmann::json&)>& on_step = {});
 
+  // Atomic: a temp file, then a rename. A failed write (full disk) throws std::runtime_error and
+  // leaves the previous checkpoint as it was.
   void save_checkpoint(const std::string& path) const;
+  // A corrupt, truncated or foreign checkpoint throws std::runtime_error naming the file, and
+  // leaves the model and optimiser as they were.
   void load_checkpoint(const std::string& path);
 
   double learning_rate(int64_t step) const;
@@ -106,6 +110,7 @@ class Engine {
   const EngineConfig& config() const { return config_; }
 
  private:
+  std::unique_ptr<torch::optim::AdamW> make_optimizer() const;
   void set_learning_rate(double lr);
   nlohmann::json diagnostics_json() const;
   [[noreturn]] void diverged(const std::string& what) const;
