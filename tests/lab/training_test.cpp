@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <thread>
 #include <tuple>
 
 #include "error_message.h"
@@ -160,6 +161,28 @@ TEST(Trainer, KilledRunResumesToTheSameWeights) {
   Trainer restarted(config);
   restarted.fit(train, val, false);
   EXPECT_EQ(metric_lines(killed_dir.path).size(), 3u);
+}
+
+// The ViT with every random layer on: two runs in two threads of one process end with the weights
+// each ends with alone (run-owned generators; nothing shared but the thread pools).
+TEST(Trainer, RunsInThreadsEqualRunsOneAfterAnother) {
+  const Dataset train = synthetic(96, 1), val = synthetic(32, 2);
+  auto config = [](uint64_t seed) {
+    auto c = tiny_config("", seed % 2 ? Kind::standard : Kind::quest);
+    c.epochs = 2;
+    c.seed = seed;
+    c.model.dropout(0.1).drop_path(0.1).attention_dropout(0.1);
+    return c;
+  };
+  Trainer alone0(config(0)), alone1(config(1));
+  alone0.fit(train, val, false);
+  alone1.fit(train, val, false);
+  Trainer side0(config(0)), side1(config(1));
+  std::thread t0([&] { side0.fit(train, val, false); }), t1([&] { side1.fit(train, val, false); });
+  t0.join();
+  t1.join();
+  EXPECT_TRUE(same_weights(side0.model(), alone0.model()));
+  EXPECT_TRUE(same_weights(side1.model(), alone1.model()));
 }
 
 TEST(Trainer, DivergenceStopsCleanlyAndKeepsTheLastCheckpoint) {
