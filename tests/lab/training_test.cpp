@@ -227,6 +227,16 @@ TEST(Trainer, PartialConfigKeepsDefaultsAndUnknownKeysAreErrors) {
   EXPECT_NE(testing::error_message([] { config_from_json(nlohmann::json::parse(R"({"model": {"dims": 7}})")); })
                 .find("unknown config key 'model.dims'"),
             std::string::npos);
+  // A value of the wrong type names the key and the type expected.
+  for (auto [text, expected] : {std::pair{R"({"lr": "fast"})", "config key 'lr' must be a number, got \"fast\""},
+                                {R"({"epochs": 2.5})", "config key 'epochs' must be an integer, got 2.5"},
+                                {R"({"seed": -1})", "config key 'seed' must be a non-negative integer, got -1"},
+                                {R"({"augment": 1})", "config key 'augment' must be true or false, got 1"},
+                                {R"({"model": {"stem": 3}})", "config key 'model.stem' must be a string, got 3"}})
+    EXPECT_NE(testing::error_message([&] { config_from_json(nlohmann::json::parse(text)); }).find(expected),
+              std::string::npos)
+        << text;
+  EXPECT_EQ(config_from_json(nlohmann::json::parse(R"({"lr": 1})")).lr, 1.0);  // an integer is a number
 }
 
 TEST(Vit, ConvStemKeepsTheTokenGrid) {
