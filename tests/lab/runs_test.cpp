@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <sys/wait.h>
+
+#include <cstdlib>
 #include <fstream>
 
 #include "quest/lab/runs/compare.h"
@@ -197,6 +200,43 @@ TEST(Compare, ChildProcessFailureCarriesTheReason) {
   EXPECT_NE(r.failed[0].find("standard seed 0: exit code 1, log "), std::string::npos) << r.failed[0];
   EXPECT_NE(r.failed[0].find("no_such_data/train-images-idx3-ubyte"), std::string::npos) << r.failed[0];
   EXPECT_EQ(plan[0].dir().read_outcome()->status, RunStatus::failed);
+}
+
+// A run killed while it writes a checkpoint — after the temp file is whole but before the rename,
+// or with the temp file half written — resumes from the previous checkpoint and ends exactly where
+// an uninterrupted run ends (process-level: `quest train` is killed by the test hook).
+TEST(Faults, KilledWhileWritingACheckpointResumesBitExactly) {
+  TempDir t;
+  const std::string train = std::string(QUEST_EXECUTABLE) +
+                            " train --train-subset 300 --dim 16 --depth 1 --heads 2 --patch-size 7 "
+                            "--log-every 2 --epochs 3 --dropout 0.1 --run-dir ";
+  auto run = [&](const std::string& env, const fs::path& dir, const std::string& extra = "") {
+    const std::string cmd = env + " " + train + dir.string() + extra + " > " + (dir.string() + ".log") + " 2>&1";
+    const int status = std::system(cmd.c_str());
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  };
+  auto lines = [](const fs::path& dir) {  // metrics without the wall-clock fields
+    auto all = RunDir(dir).read_metrics();
+    for (auto& j : all)
+      for (const char* k : {"epoch_seconds", "images_per_second", "train_seconds"}) j.erase(k);
+    return all;
+  };
+  ASSERT_EQ(run("", t.path / "whole"), 0);
+  const auto whole = nlohmann::json::parse(std::ifstream(RunDir(t.path / "whole").result()));
+  for (const char* mode : {"after-write", "mid-write"}) {
+    const fs::path dir = t.path / mode;
+    ASSERT_EQ(run(std::string("QUEST_TEST_CRASH_CHECKPOINT=") + mode + ":2", dir), 137) << mode;
+    const RunDir killed(dir);
+    EXPECT_EQ(killed.checkpoint_epoch(), 1) << mode;  // the previous checkpoint, whole
+    EXPECT_TRUE(fs::exists(killed.checkpoint().string() + ".tmp")) << mode;
+    EXPECT_FALSE(fs::exists(killed.result())) << mode;
+    ASSERT_EQ(run("", dir, " --resume"), 0) << mode;
+    const auto resumed = nlohmann::json::parse(std::ifstream(killed.result()));
+    EXPECT_EQ(resumed["test_accuracy"], whole["test_accuracy"]) << mode;
+    EXPECT_EQ(resumed["test_loss"], whole["test_loss"]) << mode;
+    EXPECT_EQ(lines(dir), lines(t.path / "whole")) << mode;
+    EXPECT_EQ(killed.checkpoint_epoch(), 3) << mode;
+  }
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
 #include "quest/lab/training/engine.h"
 
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cmath>
 #include <filesystem>
 #include <functional>
@@ -22,6 +24,25 @@ bool applies_weight_decay(const std::string& name, const torch::Tensor& paramete
 at::Generator init_generator(uint64_t seed) { return make_generator(seed); }
 at::Generator data_generator(uint64_t seed, int64_t epoch) { return make_generator(seed * 1000003 + epoch); }
 at::Generator model_generator(uint64_t seed, int64_t epoch) { return make_generator(seed * 7919 + epoch); }
+
+namespace {
+
+// Fault injection for the tests: QUEST_TEST_CRASH_CHECKPOINT=<when>:<epoch> kills the process
+// while it writes the checkpoint that records <epoch> epochs, either after the temp file is
+// whole but before the rename ("after-write") or with the temp file cut in half ("mid-write"),
+// as a kill -9 or a power cut at those moments would.
+void crash_for_test(const std::string& tmp, int64_t epoch) {
+  static const char* spec = std::getenv("QUEST_TEST_CRASH_CHECKPOINT");
+  if (!spec) return;
+  const std::string s(spec);
+  const auto colon = s.find(':');
+  if (colon == std::string::npos || std::stoll(s.substr(colon + 1)) != epoch) return;
+  if (s.substr(0, colon) == "mid-write") fs::resize_file(tmp, fs::file_size(tmp) / 2);
+  std::fprintf(stderr, "QUEST_TEST_CRASH_CHECKPOINT: killing the process while writing '%s'\n", tmp.c_str());
+  std::_Exit(137);  // no unwinding, no flushing: as abrupt as a kill
+}
+
+}  // namespace
 
 Engine::Engine(EngineConfig config, Task& task) : config_(std::move(config)), task_(task) {
   TORCH_CHECK(config_.epochs >= 1 && config_.lr > 0 && std::isfinite(config_.lr),
@@ -78,6 +99,7 @@ void Engine::save_checkpoint(const std::string& path) const {
                              e.what_without_backtrace() + "); the previous checkpoint '" + path +
                              "' is unchanged");
   }
+  crash_for_test(tmp, epoch_);
   fs::rename(tmp, path);  // atomic on POSIX: the old checkpoint stays until the new one is whole
 }
 
