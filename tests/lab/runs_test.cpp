@@ -83,6 +83,32 @@ TEST(RunDir, OutcomeLogAndConfig) {
   EXPECT_FALSE(dir.checkpoint_epoch().has_value());
 }
 
+TEST(RunDir, CheckpointsAreCheckedBeforeLibTorchParsesThem) {
+  TempDir t;
+  const RunDir dir(t.path);
+  torch::serialize::OutputArchive out;
+  out.write("epoch", torch::tensor(int64_t{4}));
+  save_archive(dir.checkpoint(), out);
+  EXPECT_EQ(dir.checkpoint_epoch(), 4);
+  // One flipped byte in the archive: the CRC catches it.
+  std::string bytes;
+  {
+    std::ifstream in(dir.checkpoint(), std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  bytes[bytes.size() / 2] ^= 0x20;
+  std::ofstream(dir.checkpoint(), std::ios::binary | std::ios::trunc) << bytes;
+  try {
+    dir.checkpoint_epoch();
+    FAIL() << "a corrupt checkpoint was read";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("is corrupt: its CRC-32 does not match"), std::string::npos) << e.what();
+  }
+  // A checkpoint written before the checked format (a bare LibTorch archive) still loads.
+  out.save_to(dir.checkpoint().string());
+  EXPECT_EQ(dir.checkpoint_epoch(), 4);
+}
+
 TEST(Plan, KindsTimesSeedsInTableOrderAndDuplicatesAreErrors) {
   const auto plan = plan_compare(tiny(), {"standard", "quest"}, {3, 1}, "out");
   ASSERT_EQ(plan.size(), 4u);

@@ -3,7 +3,11 @@
 #include <torch/serialize.h>
 #include <torch/torch.h>
 
+#include <zlib.h>
+
+#include <algorithm>
 #include <fstream>
+#include <sstream>
 #include <stdexcept>
 
 namespace quest::runs {
@@ -27,6 +31,63 @@ void write_file_atomic(const fs::path& path, const std::string& text) {
     if (!out.flush()) throw std::runtime_error("cannot write '" + tmp.string() + "'");
   }
   fs::rename(tmp, path);
+}
+
+namespace {
+constexpr char kCheckpointMagic[8] = {'Q', 'U', 'E', 'S', 'T', 'C', 'K', '1'};
+constexpr size_t kHeader = 8 + 8 + 4;
+
+void put_le(std::string& out, uint64_t v, int bytes) {
+  for (int i = 0; i < bytes; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+uint64_t get_le(const std::string& in, size_t at, int bytes) {
+  uint64_t v = 0;
+  for (int i = 0; i < bytes; ++i) v |= uint64_t(static_cast<unsigned char>(in[at + i])) << (8 * i);
+  return v;
+}
+uint32_t crc_of(const char* data, size_t n) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  for (size_t done = 0; done < n;) {  // crc32 takes at most a uInt at a time
+    const uInt chunk = static_cast<uInt>(std::min<size_t>(n - done, 1u << 30));
+    crc = crc32(crc, reinterpret_cast<const Bytef*>(data + done), chunk);
+    done += chunk;
+  }
+  return static_cast<uint32_t>(crc);
+}
+}  // namespace
+
+void save_archive(const fs::path& path, torch::serialize::OutputArchive& archive) {
+  std::ostringstream body;
+  archive.save_to(body);
+  const std::string bytes = body.str();
+  std::string header(kCheckpointMagic, sizeof kCheckpointMagic);
+  put_le(header, bytes.size(), 8);
+  put_le(header, crc_of(bytes.data(), bytes.size()), 4);
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(header.data(), header.size());
+  out.write(bytes.data(), bytes.size());
+  if (!out.flush()) throw std::runtime_error("cannot write '" + path.string() + "'");
+}
+
+void load_archive(const fs::path& path, torch::serialize::InputArchive& archive) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read '" + path.string() + "'");
+  const std::string file((std::istreambuf_iterator<char>(in)), {});
+  if (file.compare(0, 4, "PK\x03\x04") == 0) {  // written before the checked format
+    archive.load_from(path.string());
+    return;
+  }
+  if (file.size() < kHeader || file.compare(0, sizeof kCheckpointMagic, kCheckpointMagic, sizeof kCheckpointMagic) != 0)
+    throw std::runtime_error("'" + path.string() + "' is not a quest checkpoint (no QUESTCK1 header)");
+  const uint64_t size = get_le(file, 8, 8);
+  if (size != file.size() - kHeader)
+    throw std::runtime_error("'" + path.string() + "' is truncated or extended: the header says " +
+                             std::to_string(size) + " bytes of archive, the file has " +
+                             std::to_string(file.size() - kHeader));
+  if (crc_of(file.data() + kHeader, size) != get_le(file, 16, 4))
+    throw std::runtime_error("'" + path.string() + "' is corrupt: its CRC-32 does not match");
+  std::istringstream body(file.substr(kHeader));
+  archive.load_from(body);
 }
 
 RunDir::RunDir(fs::path root) : root_(std::move(root)) {}
@@ -94,7 +155,7 @@ bool RunDir::has_checkpoint() const { return !empty() && fs::exists(checkpoint()
 std::optional<int64_t> RunDir::checkpoint_epoch() const {
   if (!has_checkpoint()) return std::nullopt;
   torch::serialize::InputArchive archive;
-  archive.load_from(checkpoint().string());
+  load_archive(checkpoint(), archive);
   torch::Tensor epoch;
   archive.read("epoch", epoch);
   return epoch.item<int64_t>();

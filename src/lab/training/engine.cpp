@@ -91,32 +91,38 @@ void Engine::save_checkpoint(const std::string& path) const {
   task_.save_extra(archive);
   const std::string tmp = path + ".tmp";
   try {
-    archive.save_to(tmp);
-  } catch (const c10::Error& e) {  // a full disk, a read-only directory: the old checkpoint stays
+    runs::save_archive(tmp, archive);
+  } catch (const std::exception& e) {  // a full disk, a read-only directory: the old checkpoint stays
     std::error_code ignored;
     fs::remove(tmp, ignored);
+    const c10::Error* c10 = dynamic_cast<const c10::Error*>(&e);
     throw std::runtime_error("quest::training: cannot write checkpoint '" + tmp + "' (" +
-                             e.what_without_backtrace() + "); the previous checkpoint '" + path +
-                             "' is unchanged");
+                             (c10 ? c10->what_without_backtrace() : e.what()) + "); the previous checkpoint '" +
+                             path + "' is unchanged");
   }
   crash_for_test(tmp, epoch_);
   fs::rename(tmp, path);  // atomic on POSIX: the old checkpoint stays until the new one is whole
 }
 
 void Engine::load_checkpoint(const std::string& path) {
+  struct CheckpointError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+  };
   auto fail = [&](const std::string& why) {
-    throw std::runtime_error("quest::training: checkpoint '" + path + "' cannot be loaded: " + why);
+    throw CheckpointError("quest::training: checkpoint '" + path + "' cannot be loaded: " + why);
   };
   torch::serialize::InputArchive archive, optim;
   torch::Tensor epoch, step, seconds;  // read() needs a fresh tensor for each entry
-  try {
-    archive.load_from(path);
-    if (!archive.try_read("epoch", epoch) || !archive.try_read("step", step) ||
-        !archive.try_read("optimizer", optim))
-      fail("it has no epoch, step or optimizer state (not a quest checkpoint?)");
-  } catch (const c10::Error& e) {
-    fail(std::string("corrupt or truncated (") + e.what_without_backtrace() + ")");
+  bool complete = false;
+  try {  // LibTorch's archive reader throws c10::Error, torch::jit errors and std::runtime_error
+    runs::load_archive(path, archive);
+    complete = archive.try_read("epoch", epoch) && archive.try_read("step", step) &&
+               archive.try_read("optimizer", optim);
+  } catch (const std::exception& e) {
+    const c10::Error* c10 = dynamic_cast<const c10::Error*>(&e);
+    fail(std::string("corrupt or truncated (") + (c10 ? c10->what_without_backtrace() : e.what()) + ")");
   }
+  if (!complete) fail("it has no epoch, step or optimizer state (not a quest checkpoint?)");
   // Nothing is half-loaded: every tensor is read and checked before the first is copied, and the
   // optimiser state goes into a fresh optimiser that replaces the live one only at the end.
   std::vector<std::pair<torch::Tensor, torch::Tensor>> model_tensors;  // (model's, checkpoint's)
@@ -139,13 +145,19 @@ void Engine::load_checkpoint(const std::string& path) {
         }
       };
   auto optimizer = make_optimizer();
+  std::string misfit;
   try {
     read(archive, task_.model(), "");
     optimizer->load(optim);
     task_.load_extra(archive);
   } catch (const c10::Error& e) {
-    fail(std::string("it does not fit this model (") + e.what_without_backtrace() + ")");
+    misfit = e.what_without_backtrace();
+  } catch (const CheckpointError&) {  // ours, from read(): already names the file
+    throw;
+  } catch (const std::exception& e) {
+    misfit = e.what();
   }
+  if (!misfit.empty()) fail("it does not fit this model (" + misfit + ")");
   torch::NoGradGuard no_grad;
   for (auto& [mine, theirs] : model_tensors) mine.copy_(theirs);
   optimizer_ = std::move(optimizer);

@@ -9,6 +9,8 @@
 #pragma once
 
 #include <nlohmann/json.hpp>
+#include <torch/serialize/input-archive.h>
+#include <torch/serialize/output-archive.h>
 
 #include <cstdint>
 #include <filesystem>
@@ -70,5 +72,14 @@ class RunDir {
 
 // Writes `text` to path through a temp file and a rename: readers see the old or the new file.
 void write_file_atomic(const std::filesystem::path& path, const std::string& text);
+
+// The checkpoint file format: "QUESTCK1", the archive's byte count and CRC-32 (8 + 4 bytes,
+// little-endian), then LibTorch's archive. The check runs before LibTorch parses anything: a
+// corrupt or truncated file is rejected (LibTorch 1.13's archive reader can crash on damaged
+// input). Files written before this format (a bare LibTorch archive) are loaded unchecked.
+// save_archive writes `path` as is (callers rename a temp file into place); both throw
+// std::runtime_error naming the file.
+void save_archive(const std::filesystem::path& path, torch::serialize::OutputArchive& archive);
+void load_archive(const std::filesystem::path& path, torch::serialize::InputArchive& archive);
 
 }  // namespace quest::runs
