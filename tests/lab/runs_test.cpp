@@ -263,6 +263,14 @@ TEST(Faults, KilledWhileWritingACheckpointResumesBitExactly) {
     EXPECT_EQ(lines(dir), lines(t.path / "whole")) << mode;
     EXPECT_EQ(killed.checkpoint_epoch(), 3) << mode;
   }
+  // A malformed hook is an error that names it, not a silent no-op.
+  const fs::path bad = t.path / "bad-hook";
+  EXPECT_EQ(run("QUEST_TEST_CRASH_CHECKPOINT=after:2", bad), 1);
+  std::ifstream log(bad.string() + ".log");
+  const std::string text((std::istreambuf_iterator<char>(log)), {});
+  EXPECT_NE(text.find("QUEST_TEST_CRASH_CHECKPOINT='after:2' is not after-write:<epoch> or mid-write:<epoch>"),
+            std::string::npos)
+      << text;
 }
 
 }  // namespace

@@ -34,10 +34,14 @@ namespace {
 void crash_for_test(const std::string& tmp, int64_t epoch) {
   static const char* spec = std::getenv("QUEST_TEST_CRASH_CHECKPOINT");
   if (!spec) return;
-  const std::string s(spec);
-  const auto colon = s.find(':');
-  if (colon == std::string::npos || std::stoll(s.substr(colon + 1)) != epoch) return;
-  if (s.substr(0, colon) == "mid-write") fs::resize_file(tmp, fs::file_size(tmp) / 2);
+  const std::string s(spec), when = s.substr(0, s.find(':'));
+  char* end = nullptr;
+  const long long at = s.find(':') == std::string::npos ? -1 : std::strtoll(s.c_str() + s.find(':') + 1, &end, 10);
+  if ((when != "after-write" && when != "mid-write") || at < 0 || *end != '\0')
+    throw std::invalid_argument("QUEST_TEST_CRASH_CHECKPOINT='" + s +
+                                "' is not after-write:<epoch> or mid-write:<epoch>");
+  if (at != epoch) return;
+  if (when == "mid-write") fs::resize_file(tmp, fs::file_size(tmp) / 2);
   std::fprintf(stderr, "QUEST_TEST_CRASH_CHECKPOINT: killing the process while writing '%s'\n", tmp.c_str());
   std::_Exit(137);  // no unwinding, no flushing: as abrupt as a kill
 }
