@@ -9,6 +9,8 @@
 //   bit for bit (same packed operands, same GEMM order) and P = exp((S - shift) - log_sum),
 //   dP = dO V^T, dS = P o (dP - D_i) with D_i = rowsum(dO o O), dV += P^T dO, dK += dS^T Q,
 //   dQ += dS K; one thread owns a head, so dQ needs no synchronisation.
+// Non-finite inputs follow the contract in problem.h: a row with a NaN or +inf logit (or only
+// -inf ones) is NaN, and the masked products the tiles skip are added back as 0 * operand sums.
 #include "quest/core/fused.h"
 
 #include <omp.h>
@@ -36,6 +38,7 @@ constexpr int64_t kBlockK = 128;
 // exp(s - shift) >= exp(-2 * 40) stays a normal float, so a fixed shift loses no row.
 constexpr float kFixedShiftMax = 40.0f;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
 // Rows per micro-tile: R x 2 vector accumulators plus 2 B vectors and a broadcast must fit the
 // register file (16 vectors on AVX2 and older, 32 on AVX-512).
@@ -132,11 +135,6 @@ float InverseNorm(const float* x, int64_t n, Norm norm, double eps, float* raw_n
   return norm == Norm::l2 ? static_cast<float>(1.0 / std::max<double>(nrm, eps)) : 1.0f;
 }
 
-bool Padded(const AttentionArgs<float>& a, int64_t b, int64_t j) {
-  return a.key_padding_mask &&
-         a.key_padding_mask[b * a.key_padding_stride[0] + j * a.key_padding_stride[1]];
-}
-
 // Number of leading keys of the tile [j0, j0 + jn) that query i may see under the causal mask.
 int64_t CausalLimit(const AttentionArgs<float>& a, int64_t i, int64_t j0, int64_t jn) {
   if (!a.causal) return jn;
@@ -150,13 +148,14 @@ void MaskRow(const AttentionArgs<float>& a, int64_t b, int64_t i, int64_t j0, in
   for (int64_t c = limit; c < padded_width; ++c) s[c] = kNegInf;
   if (a.key_padding_mask)
     for (int64_t c = 0; c < limit; ++c)
-      if (Padded(a, b, j0 + c)) s[c] = kNegInf;
+      if (a.key_padded(b, j0 + c)) s[c] = kNegInf;
 }
 
 // Per-thread buffers, grown on demand.
 struct Scratch {
   std::vector<float> qs, kt, kbar, vp, vt, s, p, dp, o, dq, dk, dv, dout, dsum;
-  std::vector<float> m, l, t, bound, qnorm, knorm;
+  std::vector<float> m, l, t, bound, qnorm, knorm, vpoison, qpoison, kpoison, oclean;
+  std::vector<char> bad;
   static float* Get(std::vector<float>& v, int64_t n) {
     if (static_cast<int64_t>(v.size()) < n) v.resize(n);
     return v.data();
@@ -202,8 +201,45 @@ float DropoutFactor(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t
              : 0.0f;
 }
 
+// What the forward needs to know about all keys and values of one (b, h), found in one pass.
+struct HeadKeys {
+  float kmax = 1;                   // largest normalised key norm; +inf if any key is non-finite
+  const float* rk = nullptr;        // per key: 1/max(|k|, eps) (1 without normalisation)
+  const float* vpoison = nullptr;   // Dv: sum_j 0 * v_j, NaN where a value is; null if all finite
+  int64_t first_key = 0;            // first unpadded key (sees_no_key)
+};
+
+// Fills rk (Nk) and vpoison (Dv) for (b, h); key diagnostics into part if given.
+HeadKeys ScanHead(const AttentionArgs<float>& a, int64_t b, int64_t h, float* rk, float* vpoison,
+                  HeadDiagnosticsPartial* part) {
+  const AttentionDims& dm = a.dims;
+  HeadKeys hk;
+  float largest = 0;
+  bool finite = true;
+  std::fill(vpoison, vpoison + dm.v_dim, 0.0f);
+  for (int64_t j = 0; j < dm.k_len; ++j) {
+    float raw = 0;
+    rk[j] = InverseNorm(&a.k.at(b, h, j, 0), dm.qk_dim, a.k_norm, a.l2_eps, &raw);
+    const float knorm = raw * rk[j];
+    finite = finite && std::isfinite(knorm);
+    largest = std::max(largest, knorm);
+    accumulate_nonfinite(&a.v.at(b, h, j, 0), dm.v_dim, 1, vpoison);
+    if (part && !a.key_padded(b, j)) {
+      part->k_norm_sum += raw;
+      part->k_norm_max = std::max<double>(part->k_norm_max, raw);
+      ++part->k_count;
+    }
+  }
+  hk.kmax = finite ? largest : std::numeric_limits<float>::infinity();  // no fixed shift then
+  hk.rk = rk;
+  hk.vpoison = any_nonfinite(vpoison, dm.v_dim) ? vpoison : nullptr;
+  hk.first_key = a.first_unpadded_key(b);
+  return hk;
+}
+
+// Queries [i0, i1) of (b, h). stats point at the head's first row.
 void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i0, int64_t i1,
-                  float kmax, const float* rk, View4<float> out, RowStats stats,
+                  const HeadKeys& hk, View4<float> out, RowStats stats,
                   HeadDiagnosticsPartial* part, Scratch& w) {
   const DF d;
   const int64_t L = LanesF();
@@ -219,14 +255,16 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
   float* kt = Scratch::Get(w.kt, D * kBlockK);
   float* vp = Scratch::Get(w.vp, kBlockK * Dvp);
   float* s = Scratch::Get(w.s, Br * kBlockK);
+  if (static_cast<int64_t>(w.bad.size()) < Br) w.bad.resize(Br);
+  char* bad = w.bad.data();  // the row met a NaN or +inf logit: its output is NaN
   bool fixed = true;
   for (int64_t r = 0; r < Br; ++r) {  // qs = g q / |q|
     const float* q = &a.q.at(b, h, i0 + r, 0);
     float raw = 0;
     const float rq = InverseNorm(q, D, a.q_norm, a.l2_eps, &raw);
     for (int64_t e = 0; e < D; ++e) qs[r * D + e] = q[e] * rq * g;
-    bound[r] = std::abs(g) * raw * rq * kmax;
-    fixed = fixed && bound[r] <= kFixedShiftMax;
+    bound[r] = std::abs(g) * raw * rq * hk.kmax;
+    fixed = fixed && bound[r] <= kFixedShiftMax;  // false for a NaN bound: non-finite inputs
     if (part) {
       part->q_norm_sum += raw;
       part->q_norm_max = std::max<double>(part->q_norm_max, raw);
@@ -237,23 +275,31 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
     m[r] = fixed ? bound[r] : kNegInf;
     l[r] = 0;
     t[r] = 0;
+    bad[r] = 0;
   }
   std::fill(o, o + Br * Dvp, 0.0f);
   float logit_max = 0;
+  const VF vinf = hn::Set(d, std::numeric_limits<float>::infinity());
   const int64_t k_end = a.causal ? std::min(dm.k_len, i1) : dm.k_len;  // later tiles all hidden
   for (int64_t j0 = 0; j0 < k_end; j0 += kBlockK) {
     const int64_t jn = std::min(kBlockK, k_end - j0), width = RoundUp(jn, L);
-    PackKeys(a, b, h, j0, jn, width, rk + j0, kt, nullptr, 0, nullptr);
+    PackKeys(a, b, h, j0, jn, width, hk.rk + j0, kt, nullptr, 0, nullptr);
     PackValues(a, b, h, j0, jn, width, Dvp, vp);
     Gemm(Br, width, D, qs, D, 1, kt, width, s, width, false);  // S = Qs K^T
     for (int64_t r = 0; r < Br; ++r) {
       float* sr = s + r * width;
       MaskRow(a, b, i0 + r, j0, jn, width, sr);
-      if (!fixed) {
+      if (!fixed) {  // (a fixed shift implies finite inputs, so finite logits)
         VF vmax = hn::Set(d, kNegInf);
-        for (int64_t c = 0; c < width; c += L) vmax = hn::Max(vmax, hn::LoadU(d, sr + c));
+        auto ok = hn::Lt(vmax, vinf);
+        for (int64_t c = 0; c < width; c += L) {
+          const VF x = hn::LoadU(d, sr + c);
+          vmax = hn::Max(vmax, x);
+          ok = hn::And(ok, hn::Lt(x, vinf));  // false for NaN and +inf
+        }
+        bad[r] = bad[r] || !hn::AllTrue(d, ok);
         const float m_new = std::max(m[r], hn::GetLane(hn::MaxOfLanes(d, vmax)));
-        if (m_new == kNegInf) {  // nothing visible yet: P = 0
+        if (bad[r] || m_new == kNegInf) {  // NaN row, or nothing visible yet: P = 0 here
           std::fill(sr, sr + width, 0.0f);
           continue;
         }
@@ -291,18 +337,28 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
     Gemm(Br, Dvp, width, s, width, 1, vp, Dvp, o, Dvp, true);  // O += P V
   }
   for (int64_t r = 0; r < Br; ++r) {
-    float* dst = &out.at(b, h, i0 + r, 0);
-    const int64_t row = (b * dm.heads + h) * dm.q_len + i0 + r;
-    if (l[r] == 0) {  // sees no key
+    const int64_t i = i0 + r;
+    float* dst = &out.at(b, h, i, 0);
+    if (a.sees_no_key(hk.first_key, i)) {
       std::fill(dst, dst + Dv, 0.0f);
-      stats.shift[row] = kNegInf;
-      stats.log_sum[row] = kNegInf;
+      stats.shift[i] = stats.log_sum[i] = kNegInf;
+      continue;
+    }
+    if (bad[r] || l[r] == 0) {  // a NaN or +inf logit, or only -inf ones: torch's softmax is NaN
+      std::fill(dst, dst + Dv, kNaN);
+      stats.shift[i] = stats.log_sum[i] = kNaN;
+      if (part) {
+        part->entropy_sum = kNaN;
+        ++part->entropy_rows;
+      }
       continue;
     }
     const float inv = 1.0f / l[r];
     for (int64_t e = 0; e < Dv; ++e) dst[e] = o[r * Dvp + e] * inv;
-    stats.shift[row] = m[r];
-    stats.log_sum[row] = std::log(l[r]);
+    if (hk.vpoison)  // the values this row's tiles skipped still reach it as 0 * v
+      for (int64_t e = 0; e < Dv; ++e) dst[e] += hk.vpoison[e];
+    stats.shift[i] = m[r];
+    stats.log_sum[i] = std::log(l[r]);
     if (part) {  // H = lse - sum p s
       part->entropy_sum += static_cast<double>(m[r]) + std::log(l[r]) - t[r] * inv;
       ++part->entropy_rows;
@@ -311,33 +367,25 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
   if (part) part->logit_abs_max = std::max<double>(part->logit_abs_max, logit_max);
 }
 
+RowStats HeadRows(RowStats stats, const AttentionDims& dm, int64_t bh) {
+  return {stats.shift + bh * dm.q_len, stats.log_sum + bh * dm.q_len};
+}
+
 void ForwardF32(const AttentionArgs<float>& a, View4<float> out, RowStats stats,
                 HeadDiagnosticsPartial* diagnostics, int threads) {
   const AttentionDims& dm = a.dims;
   const int64_t heads = dm.batch * dm.heads;
   const int64_t q_blocks = (dm.q_len + kBlockQ - 1) / kBlockQ;
-  // Per key: 1/max(|k|, eps) (1 without normalisation), O(B*H*Nk). Per head: the largest key
-  // norm after normalisation (for the logit bound), and the key diagnostics.
-  std::vector<float> kmax(heads, 1.0f), rk(heads * dm.k_len);
+  // O(B*H*(Nk + Dv)) per-head key and value facts first, then the query blocks in parallel.
+  std::vector<float> rk(heads * dm.k_len), vpoison(heads * dm.v_dim);
+  std::vector<HeadKeys> keys(heads);
   std::vector<HeadDiagnosticsPartial> parts(diagnostics ? heads * q_blocks : 0);
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t bh = 0; bh < heads; ++bh) {
-    const int64_t b = bh / dm.heads, h = bh % dm.heads;
     HeadDiagnosticsPartial* part = diagnostics ? &diagnostics[bh] : nullptr;
     if (part) *part = HeadDiagnosticsPartial{};
-    float largest = 0;
-    for (int64_t j = 0; j < dm.k_len; ++j) {
-      float raw = 0;
-      const float r = InverseNorm(&a.k.at(b, h, j, 0), dm.qk_dim, a.k_norm, a.l2_eps, &raw);
-      rk[bh * dm.k_len + j] = r;
-      largest = std::max(largest, raw * r);
-      if (part && !Padded(a, b, j)) {
-        part->k_norm_sum += raw;
-        part->k_norm_max = std::max<double>(part->k_norm_max, raw);
-        ++part->k_count;
-      }
-    }
-    kmax[bh] = largest;
+    keys[bh] = ScanHead(a, bh / dm.heads, bh % dm.heads, &rk[bh * dm.k_len],
+                        &vpoison[bh * dm.v_dim], part);
   }
 #pragma omp parallel num_threads(threads)
   {
@@ -346,9 +394,8 @@ void ForwardF32(const AttentionArgs<float>& a, View4<float> out, RowStats stats,
     for (int64_t item = 0; item < heads * q_blocks; ++item) {
       const int64_t bh = item / q_blocks, qb = item % q_blocks;
       const int64_t i0 = qb * kBlockQ, i1 = std::min(dm.q_len, i0 + kBlockQ);
-      ForwardBlock(a, bh / dm.heads, bh % dm.heads, i0, i1, kmax[bh], &rk[bh * dm.k_len], out,
-                   stats,
-                   diagnostics ? &parts[item] : nullptr, w);
+      ForwardBlock(a, bh / dm.heads, bh % dm.heads, i0, i1, keys[bh], out,
+                   HeadRows(stats, dm, bh), diagnostics ? &parts[item] : nullptr, w);
     }
   }
   if (diagnostics)
@@ -358,7 +405,7 @@ void ForwardF32(const AttentionArgs<float>& a, View4<float> out, RowStats stats,
 
 // dx from dy through x/max(|x|, eps) given y = x/max(|x|, eps) and raw |x|.
 void L2Backward(const float* y, const float* dy, float raw, double eps, int64_t n, float* dx) {
-  if (raw > eps) {  // dx = (dy - y (y.dy)) / |x|
+  if (!(raw <= eps)) {  // dx = (dy - y (y.dy)) / |x|; a NaN norm takes this branch too
     const float ydy = Dot(y, dy, n);
     for (int64_t e = 0; e < n; ++e) dx[e] = (dy[e] - y[e] * ydy) / raw;
   } else {
@@ -396,20 +443,37 @@ void BackwardHead(const AttentionArgs<float>& a, int64_t b, int64_t h, View4<con
   float* p = Scratch::Get(w.p, kBlockQ * kBlockK);
   float* pd = a.dropout > 0 ? Scratch::Get(w.o, kBlockQ * kBlockK) : p;
   float* ds = Scratch::Get(w.dp, kBlockQ * kBlockK);
+  // Sums of 0 * operand (problem.h): the masked products of the composite's matmuls.
+  float* qpoison = Scratch::Get(w.qpoison, D);  // over g q_i/|q_i|, reaches dK
+  float* kpoison = Scratch::Get(w.kpoison, D);  // over k_j/|k_j|, reaches dQ
+  float* vpoison = Scratch::Get(w.vpoison, Dv);
   std::fill(qn, qn + Nq * Dp, 0.0f);
   std::fill(dop, dop + Nq * Dvp, 0.0f);
   std::fill(dq, dq + Nq * Dp, 0.0f);
+  std::fill(qpoison, qpoison + D, 0.0f);
+  std::fill(kpoison, kpoison + D, 0.0f);
+  std::fill(vpoison, vpoison + Dv, 0.0f);
+  for (int64_t j = 0; j < Nk; ++j) accumulate_nonfinite(&a.v.at(b, h, j, 0), Dv, 1, vpoison);
+  // D_i = rowsum(dO o O) = sum_j P_ij dP_ij. A non-finite value that row i does not see made its
+  // output non-finite (as 0 * v) but not the composite's D_i, so then D_i comes from the tiles.
+  const bool d_from_tiles = any_nonfinite(vpoison, Dv);
   for (int64_t i = 0; i < Nq; ++i) {
     const float* q = &a.q.at(b, h, i, 0);
     const float rq = InverseNorm(q, D, a.q_norm, a.l2_eps, &qnorm[i]);
     for (int64_t e = 0; e < D; ++e) qn[i * Dp + e] = q[e] * rq * gq;  // as the forward's qs
+    accumulate_nonfinite(qn + i * Dp, D, 1, qpoison);
     std::copy_n(&dout.at(b, h, i, 0), Dv, dop + i * Dvp);
-    dsum[i] = Dot(&dout.at(b, h, i, 0), &out.at(b, h, i, 0), Dv);  // D_i = rowsum(dO o O)
+    dsum[i] = d_from_tiles ? 0.0f : Dot(&dout.at(b, h, i, 0), &out.at(b, h, i, 0), Dv);
   }
+  const VF vneg_inf = hn::Set(d, kNegInf);
   double dscale = 0;
+  // Pass 0 (only when d_from_tiles) accumulates D_i; pass 1 computes the gradients.
+  for (int pass = d_from_tiles ? 0 : 1; pass < 2; ++pass)
   for (int64_t j0 = 0; j0 < Nk; j0 += kBlockK) {
     const int64_t jn = std::min(kBlockK, Nk - j0), width = RoundUp(jn, L);
     PackKeys(a, b, h, j0, jn, width, nullptr, kt, kbar, Dp, knorm);
+    if (pass == 1)
+      for (int64_t c = 0; c < jn; ++c) accumulate_nonfinite(kbar + c * Dp, D, 1, kpoison);
     std::fill(vt, vt + Dv * width, 0.0f);
     for (int64_t c = 0; c < jn; ++c) {
       const float* v = &a.v.at(b, h, j0 + c, 0);
@@ -428,13 +492,23 @@ void BackwardHead(const AttentionArgs<float>& a, int64_t b, int64_t h, View4<con
         float* sr = s + r * width;
         float* pr = p + r * width;
         float* dsr = ds + r * width;
-        if (shift[i] == kNegInf) {  // row saw no key: no gradient
-          std::fill(pr, pr + width, 0.0f);
+        float* pdr = pd + r * width;
+        MaskRow(a, b, i, j0, jn, width, sr);  // masked logits -> -inf -> P = 0
+        if (shift[i] == kNegInf || (pass == 0 && std::isnan(shift[i]))) {
+          std::fill(pr, pr + width, 0.0f);  // row saw no key: no gradient
           std::fill(dsr, dsr + width, 0.0f);
-          if (pd != p) std::fill(pd + r * width, pd + (r + 1) * width, 0.0f);
+          std::fill(pdr, pdr + width, 0.0f);
           continue;
         }
-        MaskRow(a, b, i, j0, jn, width, sr);  // masked logits -> -inf -> P = 0
+        if (std::isnan(shift[i])) {  // the forward row was NaN: so are P and dS where it sees
+          for (int64_t c = 0; c < width; ++c) pr[c] = kNaN;
+          MaskRow(a, b, i, j0, jn, width, pr);
+          for (int64_t c = 0; c < width; ++c) pr[c] = pr[c] == kNegInf ? 0.0f : kNaN;
+          std::copy_n(pr, width, dsr);
+          std::copy_n(pr, width, pdr);
+          dscale += kNaN;
+          continue;
+        }
         const VF vm = hn::Set(d, shift[i]), vls = hn::Set(d, log_sum[i]);
         for (int64_t c = 0; c < width; c += L)  // P = exp((s - shift) - log_sum)
           hn::StoreU(hn::Exp(d, hn::Sub(hn::Sub(hn::Mul(vpost, hn::LoadU(d, sr + c)), vm), vls)),
@@ -442,26 +516,40 @@ void BackwardHead(const AttentionArgs<float>& a, int64_t b, int64_t h, View4<con
         if (a.dropout > 0)
           for (int64_t c = 0; c < width; ++c) {
             const float f = c < jn ? DropoutFactor(a, b, h, i, j0 + c) : 0.0f;
-            pd[r * width + c] = pr[c] * f;  // P' feeds dV
-            dsr[c] *= f;                    // dP = dP' * keep / (1 - p_drop)
+            pdr[c] = pr[c] * f;  // P' feeds dV
+            dsr[c] *= f;         // dP = dP' * keep / (1 - p_drop)
           }
+        if (pass == 0) {  // D_i += sum over visible j of P_ij dP_ij
+          VF vd = hn::Zero(d);
+          for (int64_t c = 0; c < width; c += L)
+            vd = hn::Add(vd, hn::IfThenElseZero(hn::Gt(hn::LoadU(d, sr + c), vneg_inf),
+                                                hn::Mul(hn::LoadU(d, pr + c), hn::LoadU(d, dsr + c))));
+          dsum[i] += hn::GetLane(hn::SumOfLanes(d, vd));
+          continue;
+        }
         const VF vdi = hn::Set(d, dsum[i]);
         VF vscale = hn::Zero(d);
-        for (int64_t c = 0; c < width; c += L) {  // dS = P o (dP - D_i)
-          const VF dsv = hn::Mul(hn::LoadU(d, pr + c), hn::Sub(hn::LoadU(d, dsr + c), vdi));
+        for (int64_t c = 0; c < width; c += L) {  // dS = P o (dP - D_i), 0 where masked
           const VF sv = hn::LoadU(d, sr + c);  // g q.k (or q.k where g = 0)
-          vscale = hn::Add(vscale, hn::IfThenElseZero(hn::Gt(sv, hn::Set(d, kNegInf)),
-                                                      hn::Mul(hn::Mul(dsv, sv), vinv_gq)));
+          const auto visible = hn::Gt(sv, vneg_inf);
+          const VF dsv = hn::IfThenElseZero(
+              visible, hn::Mul(hn::LoadU(d, pr + c), hn::Sub(hn::LoadU(d, dsr + c), vdi)));
+          vscale = hn::Add(vscale, hn::IfThenElseZero(visible, hn::Mul(hn::Mul(dsv, sv), vinv_gq)));
           hn::StoreU(hn::Mul(dsv, vpost), d, dsr + c);
         }
         dscale += hn::GetLane(hn::SumOfLanes(d, vscale));
       }
+      if (pass == 0) continue;
       Gemm(width, Dvp, Br, pd, 1, width, dop + i0 * Dvp, Dvp, dv, Dvp, true);  // dV += P'^T dO
       Gemm(width, Dp, Br, ds, 1, width, qn + i0 * Dp, Dp, dk, Dp, true);  // dK += dS^T (g Q)
       Gemm(Br, Dp, width, ds, width, 1, kbar, Dp, dq + i0 * Dp, Dp, true);  // dQ += dS K (x g later)
     }
+    if (pass == 0) continue;
+    const bool q_poisoned = any_nonfinite(qpoison, D);
     for (int64_t c = 0; c < jn; ++c) {
       std::copy_n(dv + c * Dvp, Dv, &gr.dv.at(b, h, j0 + c, 0));
+      if (q_poisoned)  // every query multiplies k_j in the composite, masked ones by 0
+        for (int64_t e = 0; e < D; ++e) dk[c * Dp + e] += qpoison[e];
       float* dst = &gr.dk.at(b, h, j0 + c, 0);
       if (a.k_norm == Norm::l2)
         L2Backward(kbar + c * Dp, dk + c * Dp, knorm[c], a.l2_eps, D, dst);
@@ -469,11 +557,13 @@ void BackwardHead(const AttentionArgs<float>& a, int64_t b, int64_t h, View4<con
         std::copy_n(dk + c * Dp, D, dst);
     }
   }
+  const bool k_poisoned = any_nonfinite(kpoison, D);
   for (int64_t i = 0; i < Nq; ++i) {
     float* dst = &gr.dq.at(b, h, i, 0);
     float* dqi = dq + i * Dp;
     float* qi = qn + i * Dp;
     for (int64_t e = 0; e < D; ++e) {
+      if (k_poisoned) dqi[e] += kpoison[e];  // every key multiplies q_i, masked ones by 0
       dqi[e] *= g;    // d(q/|q|) = g sum_j dS_ij k_j/|k_j|
       qi[e] /= gq;    // back to q/|q|
     }
@@ -482,6 +572,8 @@ void BackwardHead(const AttentionArgs<float>& a, int64_t b, int64_t h, View4<con
     else
       std::copy_n(dqi, D, dst);
   }
+  for (int64_t e = 0; e < D; ++e)  // the head-scale gradient sums dS o (q.k) over every pair
+    dscale += static_cast<double>(qpoison[e]) + kpoison[e];
   *dscale_out = dscale;
 }
 

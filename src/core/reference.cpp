@@ -86,7 +86,7 @@ void normalise_backward(const Rows& r, Norm norm, const T* weight, const std::ve
       std::copy(dyi, dyi + d, dxi);
     } else if (norm == Norm::l2) {
       const double nrm = r.stat[i];
-      if (nrm > a.l2_eps) {
+      if (!(nrm <= a.l2_eps)) {  // a NaN norm takes this branch and stays NaN
         // dx = (dy - y (y.dy)) / |x|: tangent to the sphere, shrinking as 1/|x|
         const double* yi = r.row(i);
         double ydy = 0;
@@ -135,10 +135,17 @@ void forward(const AttentionArgs<T>& a, View4<T> out, double* lse, HeadDiagnosti
   check_args(a, "reference::forward");
   if (!out.data || !lse) throw std::invalid_argument("quest::reference::forward: out and lse must not be null");
   const AttentionDims& d = a.dims;
-  std::vector<double> s(d.k_len), o(d.v_dim);
+  std::vector<double> s(d.k_len), o(d.v_dim), v_nonfinite(d.v_dim);
   std::vector<char> visible(d.k_len);
   for (int64_t b = 0; b < d.batch; ++b)
     for (int64_t h = 0; h < d.heads; ++h) {
+      const int64_t first = a.first_unpadded_key(b);
+      // Every key's value enters P V, masked ones times 0: column c of every row that sees a key
+      // is non-finite if any v[j, c] is.
+      std::fill(v_nonfinite.begin(), v_nonfinite.end(), 0.0);
+      for (int64_t j = 0; j < d.k_len; ++j)
+        accumulate_nonfinite(&a.v.at(b, h, j, 0), d.v_dim, a.v.stride[3], v_nonfinite.data());
+      const bool v_poisoned = any_nonfinite(v_nonfinite.data(), d.v_dim);
       const Rows qn = normalise_queries(a, b, h);
       const Rows kn = normalise_keys(a, b, h);
       const double g = a.head_scale_at(h);
@@ -153,17 +160,29 @@ void forward(const AttentionArgs<T>& a, View4<T> out, double* lse, HeadDiagnosti
         add_norm_diagnostics(block, part);
       }
       for (int64_t i = 0; i < d.q_len; ++i) {
+        double* lse_i = &lse[(b * d.heads + h) * d.q_len + i];
+        if (a.sees_no_key(first, i)) {  // zero row
+          *lse_i = -std::numeric_limits<double>::infinity();
+          for (int64_t c = 0; c < d.v_dim; ++c) out.at(b, h, i, c) = T(0);
+          continue;
+        }
         double m = -std::numeric_limits<double>::infinity();
+        bool nonfinite = false;  // a NaN or +inf logit makes torch's softmax row NaN
         for (int64_t j = 0; j < d.k_len; ++j) {
           visible[j] = a.key_visible(b, i, j);
           if (!visible[j]) continue;
           s[j] = g * dot(qn.row(i), kn.row(j), d.qk_dim);  // s_ij = g q.k
+          if (!(s[j] < std::numeric_limits<double>::infinity())) nonfinite = true;
           m = std::max(m, s[j]);
         }
-        double* lse_i = &lse[(b * d.heads + h) * d.q_len + i];
-        if (m == -std::numeric_limits<double>::infinity()) {  // sees no key: zero row
-          *lse_i = -std::numeric_limits<double>::infinity();
-          for (int64_t c = 0; c < d.v_dim; ++c) out.at(b, h, i, c) = T(0);
+        if (nonfinite || m == -std::numeric_limits<double>::infinity()) {  // so is all -inf
+          *lse_i = std::numeric_limits<double>::quiet_NaN();
+          for (int64_t c = 0; c < d.v_dim; ++c)
+            out.at(b, h, i, c) = std::numeric_limits<T>::quiet_NaN();
+          if (part) {
+            part->entropy_sum = std::numeric_limits<double>::quiet_NaN();
+            ++part->entropy_rows;
+          }
           continue;
         }
         double l = 0;
@@ -182,6 +201,8 @@ void forward(const AttentionArgs<T>& a, View4<T> out, double* lse, HeadDiagnosti
           if (pd == 0) continue;
           for (int64_t c = 0; c < d.v_dim; ++c) o[c] += pd * static_cast<double>(a.v.at(b, h, j, c));
         }
+        if (v_poisoned)
+          for (int64_t c = 0; c < d.v_dim; ++c) o[c] += v_nonfinite[c];
         for (int64_t c = 0; c < d.v_dim; ++c) out.at(b, h, i, c) = static_cast<T>(o[c]);
         if (part) {
           part->logit_abs_max = std::max(part->logit_abs_max, logit_max);
@@ -203,7 +224,7 @@ void backward(const AttentionArgs<T>& a, View4<const T> dout, const double* lse,
   const bool want_ln_k = a.k_norm == Norm::layer;
   std::vector<double> dqw(d.qk_dim, 0.0), dqb(d.qk_dim, 0.0), dkw(d.qk_dim, 0.0),
       dkb(d.qk_dim, 0.0), dscale(d.heads, 0.0);
-  std::vector<double> p(d.k_len), dp(d.k_len), dqn, dkn, dv, dq, dk;
+  std::vector<double> p(d.k_len), dp(d.k_len), dqn, dkn, dv, dq, dk, q_nonfinite, k_nonfinite;
   std::vector<char> visible(d.k_len);
   for (int64_t b = 0; b < d.batch; ++b)
     for (int64_t h = 0; h < d.heads; ++h) {
@@ -215,7 +236,8 @@ void backward(const AttentionArgs<T>& a, View4<const T> dout, const double* lse,
       dv.assign(d.k_len * d.v_dim, 0.0);
       for (int64_t i = 0; i < d.q_len; ++i) {
         const double row_lse = lse[(b * d.heads + h) * d.q_len + i];
-        if (!std::isfinite(row_lse)) continue;  // row saw no key: zero gradient
+        // A row that saw no key has zero gradient; a NaN row (lse NaN) gets P = NaN below.
+        if (row_lse == -std::numeric_limits<double>::infinity()) continue;
         double di = 0;
         for (int64_t j = 0; j < d.k_len; ++j) {
           visible[j] = a.key_visible(b, i, j);
@@ -243,6 +265,23 @@ void backward(const AttentionArgs<T>& a, View4<const T> dout, const double* lse,
           }
           dscale[h] += ds * dot(qi, kj, d.qk_dim);
         }
+      }
+      // The masked products the loops above skip, as the composite's matmuls make them: 0 times
+      // a non-finite g q_i or g k_j still reaches dK, dQ and the head-scale gradient.
+      q_nonfinite.assign(d.qk_dim, 0.0);
+      k_nonfinite.assign(d.qk_dim, 0.0);
+      for (int64_t i = 0; i < d.q_len; ++i) accumulate_nonfinite(qn.row(i), d.qk_dim, 1, q_nonfinite.data());
+      for (int64_t j = 0; j < d.k_len; ++j) accumulate_nonfinite(kn.row(j), d.qk_dim, 1, k_nonfinite.data());
+      for (int64_t c = 0; c < d.qk_dim; ++c) {
+        q_nonfinite[c] *= g;
+        k_nonfinite[c] *= g;
+      }
+      if (any_nonfinite(q_nonfinite.data(), d.qk_dim) || any_nonfinite(k_nonfinite.data(), d.qk_dim)) {
+        for (int64_t i = 0; i < d.q_len; ++i)
+          for (int64_t c = 0; c < d.qk_dim; ++c) dqn[i * d.qk_dim + c] += k_nonfinite[c];
+        for (int64_t j = 0; j < d.k_len; ++j)
+          for (int64_t c = 0; c < d.qk_dim; ++c) dkn[j * d.qk_dim + c] += q_nonfinite[c];
+        for (int64_t c = 0; c < d.qk_dim; ++c) dscale[h] += q_nonfinite[c] + k_nonfinite[c];
       }
       normalise_backward(qn, a.q_norm, a.q_ln_weight, dqn, dq, want_ln_q ? dqw.data() : nullptr,
                          want_ln_q ? dqb.data() : nullptr, a);

@@ -253,11 +253,11 @@ std::pair<Tensor, Tensor> composite(const AttentionCall& c) {
   Tensor s = torch::matmul(qn, kn.transpose(-2, -1));
   s = c.head_scale.defined() ? s * c.head_scale.view({1, -1, 1, 1}) : s * c.scale;
   const Tensor hidden = hidden_keys(c);
-  Tensor probs;
+  Tensor probs, empty_row;
   if (hidden.defined()) {
-    // Rows that see no key get finite logits before softmax and zero weights after it, so
-    // neither the output nor any gradient holds NaN.
-    const Tensor empty_row = hidden.all(-1, /*keepdim=*/true);
+    // Rows that see no key get finite logits before softmax, zero weights after it and a zero
+    // output (even where a value is non-finite), so they carry no NaN forward or back.
+    empty_row = hidden.all(-1, /*keepdim=*/true);
     Tensor sm = s.masked_fill(hidden, -INFINITY).masked_fill(empty_row, 0);
     probs = torch::softmax(sm, -1).masked_fill(hidden, 0);
   } else {
@@ -269,7 +269,9 @@ std::pair<Tensor, Tensor> composite(const AttentionCall& c) {
     dropout_keep_mask(c.seed, c.dropout, c.dims, keep.data_ptr<bool>());
     dropped = probs * keep.to(probs.scalar_type()) * (1.0 / (1.0 - c.dropout));
   }
-  return {probs, torch::matmul(dropped, c.v)};
+  Tensor out = torch::matmul(dropped, c.v);
+  if (empty_row.defined()) out = out.masked_fill(empty_row, 0);
+  return {probs, out};
 }
 
 // Diagnostics of a call as the reference computes them (one implementation for every path that

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <functional>
 #include <stdexcept>
 #include <string>
@@ -10,6 +11,7 @@
 
 #include "quest/core/fused.h"
 #include "quest/core/reference.h"
+#include "../simd_targets.h"
 
 namespace quest {
 namespace {
@@ -107,15 +109,23 @@ void check(const Case& c) {
   if (c.head_scale) expect_close(gf.ds, gref.ds, "dhead_scale");
 }
 
-TEST(FusedCore, MatchesReference) {
+TEST(FusedCore, MatchesReferenceOnEverySimdTarget) {
   const AttentionDims small{2, 3, 70, 40, 16, 8}, wide{1, 2, 300, 260, 64, 64}, tiny{1, 1, 1, 1, 1, 1};
-  for (Kind kind : {Kind::standard, Kind::quest, Kind::qnorm, Kind::qknorm}) {
-    check({small, kind, false, false, false, 0.0});
-    check({small, kind, true, true, true, 0.2});
-    check({wide, kind, true, false, false, 0.0});
-    check({wide, kind, false, true, true, 0.1});
-    check({tiny, kind, false, false, false, 0.0});
-  }
+  int targets = 0;
+  testing::for_each_simd_target([&](const std::string& target) {
+    SCOPED_TRACE(target);
+    EXPECT_EQ(fused::simd_target(), target);
+    ++targets;
+    for (Kind kind : {Kind::standard, Kind::quest, Kind::qnorm, Kind::qknorm}) {
+      check({small, kind, false, false, false, 0.0});
+      check({small, kind, true, true, true, 0.2});
+      check({wide, kind, true, false, false, 0.0});
+      check({wide, kind, false, true, true, 0.1});
+      check({tiny, kind, false, false, false, 0.0});
+    }
+  });
+  EXPECT_GE(targets, 1);
+  std::printf("fused kernel checked on %d SIMD targets\n", targets);
 }
 
 // The installed entry points check their arguments: a caller without the LibTorch layer's

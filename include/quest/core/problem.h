@@ -63,14 +63,46 @@ struct AttentionArgs {
   double head_scale_at(int64_t h) const {
     return head_scale ? static_cast<double>(head_scale[h]) : scale;
   }
+  bool key_padded(int64_t b, int64_t j) const {
+    return key_padding_mask &&
+           key_padding_mask[b * key_padding_stride[0] + j * key_padding_stride[1]];
+  }
   bool key_visible(int64_t b, int64_t i, int64_t j) const {
-    if (causal && j > i) return false;
-    if (key_padding_mask &&
-        key_padding_mask[b * key_padding_stride[0] + j * key_padding_stride[1]])
-      return false;
-    return true;
+    return !(causal && j > i) && !key_padded(b, j);
+  }
+  // The first key of batch entry b that padding does not hide (Nk if every key is padded).
+  int64_t first_unpadded_key(int64_t b) const {
+    int64_t j = 0;
+    while (j < dims.k_len && key_padded(b, j)) ++j;
+    return j;
+  }
+  // Whether query i sees no key by the masks alone (first = first_unpadded_key(b)): such a row's
+  // output and gradients are zero whatever the inputs hold. A row that sees keys but whose
+  // logits are all -inf is not empty: its softmax is NaN, as in torch.
+  bool sees_no_key(int64_t first, int64_t i) const {
+    return first == dims.k_len || (causal && first > i);
   }
 };
+
+// Non-finite values (the contract of every path with check_finite off): a NaN or ±Inf input
+// reaches exactly the outputs and gradients that the composite matmul -> masked softmax -> matmul
+// makes non-finite. In particular a matmul multiplies masked entries by exactly 0 and 0 * NaN =
+// 0 * Inf = NaN, so a non-finite value of a masked key still reaches every row that multiplies
+// it; rows that see no key (sees_no_key) give zeros. The kernels skip masked products, so they
+// add those sums back with accumulate_nonfinite.
+
+// acc[c] += 0 * x[c * stride]: NaN exactly where x holds NaN or ±Inf, else unchanged.
+template <typename T, typename A>
+void accumulate_nonfinite(const T* x, int64_t n, int64_t stride, A* acc) {
+  for (int64_t c = 0; c < n; ++c) acc[c] += A(0) * static_cast<A>(x[c * stride]);
+}
+// Whether any of acc[0, n) is non-finite: a sum of accumulate_nonfinite became NaN.
+template <typename A>
+bool any_nonfinite(const A* acc, int64_t n) {
+  for (int64_t c = 0; c < n; ++c)
+    if (acc[c] != acc[c]) return true;
+  return false;
+}
 
 // Gradients written by a backward kernel (overwritten, not accumulated). Parameter gradients are
 // written only where both the parameter and its gradient pointer are non-null.
