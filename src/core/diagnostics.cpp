@@ -15,12 +15,12 @@ void HeadDiagnostics::resize(int64_t heads) {
 
 void merge(HeadDiagnosticsPartial& s, const HeadDiagnosticsPartial& p) {
   s.q_norm_sum += p.q_norm_sum;
-  s.q_norm_max = std::max(s.q_norm_max, p.q_norm_max);
+  s.q_norm_max = nan_max(s.q_norm_max, p.q_norm_max);
   s.q_count += p.q_count;
   s.k_norm_sum += p.k_norm_sum;
-  s.k_norm_max = std::max(s.k_norm_max, p.k_norm_max);
+  s.k_norm_max = nan_max(s.k_norm_max, p.k_norm_max);
   s.k_count += p.k_count;
-  s.logit_abs_max = std::max(s.logit_abs_max, p.logit_abs_max);
+  s.logit_abs_max = nan_max(s.logit_abs_max, p.logit_abs_max);
   s.entropy_sum += p.entropy_sum;
   s.entropy_rows += p.entropy_rows;
 }
@@ -63,16 +63,14 @@ void add_norm_diagnostics(const AttentionArgs<T>& a, HeadDiagnosticsPartial* par
       for (int64_t i = 0; i < d.q_len; ++i) {
         const double n = row_norm(a.q, b, h, i, d.qk_dim);
         part.q_norm_sum += n;
-        part.q_norm_max = std::max(part.q_norm_max, n);
+        part.q_norm_max = nan_max(part.q_norm_max, n);
         ++part.q_count;
       }
       for (int64_t j = 0; j < d.k_len; ++j) {
-        if (a.key_padding_mask &&
-            a.key_padding_mask[b * a.key_padding_stride[0] + j * a.key_padding_stride[1]])
-          continue;
+        if (a.key_padded(b, j)) continue;
         const double n = row_norm(a.k, b, h, j, d.qk_dim);
         part.k_norm_sum += n;
-        part.k_norm_max = std::max(part.k_norm_max, n);
+        part.k_norm_max = nan_max(part.k_norm_max, n);
         ++part.k_count;
       }
     }

@@ -226,7 +226,7 @@ HeadKeys ScanHead(const AttentionArgs<float>& a, int64_t b, int64_t h, float* rk
     accumulate_nonfinite(&a.v.at(b, h, j, 0), dm.v_dim, 1, vpoison);
     if (part && !a.key_padded(b, j)) {
       part->k_norm_sum += raw;
-      part->k_norm_max = std::max<double>(part->k_norm_max, raw);
+      part->k_norm_max = nan_max(part->k_norm_max, raw);
       ++part->k_count;
     }
   }
@@ -267,7 +267,7 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
     fixed = fixed && bound[r] <= kFixedShiftMax;  // false for a NaN bound: non-finite inputs
     if (part) {
       part->q_norm_sum += raw;
-      part->q_norm_max = std::max<double>(part->q_norm_max, raw);
+      part->q_norm_max = nan_max(part->q_norm_max, raw);
       ++part->q_count;
     }
   }
@@ -348,7 +348,7 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
       std::fill(dst, dst + Dv, kNaN);
       stats.shift[i] = stats.log_sum[i] = kNaN;
       if (part) {
-        part->entropy_sum = kNaN;
+        part->entropy_sum = part->logit_abs_max = kNaN;
         ++part->entropy_rows;
       }
       continue;
@@ -364,7 +364,7 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
       ++part->entropy_rows;
     }
   }
-  if (part) part->logit_abs_max = std::max<double>(part->logit_abs_max, logit_max);
+  if (part) part->logit_abs_max = nan_max(part->logit_abs_max, logit_max);
 }
 
 RowStats HeadRows(RowStats stats, const AttentionDims& dm, int64_t bh) {

@@ -180,7 +180,7 @@ void forward(const AttentionArgs<T>& a, View4<T> out, double* lse, HeadDiagnosti
           for (int64_t c = 0; c < d.v_dim; ++c)
             out.at(b, h, i, c) = std::numeric_limits<T>::quiet_NaN();
           if (part) {
-            part->entropy_sum = std::numeric_limits<double>::quiet_NaN();
+            part->entropy_sum = part->logit_abs_max = std::numeric_limits<double>::quiet_NaN();
             ++part->entropy_rows;
           }
           continue;
@@ -205,7 +205,7 @@ void forward(const AttentionArgs<T>& a, View4<T> out, double* lse, HeadDiagnosti
           for (int64_t c = 0; c < d.v_dim; ++c) o[c] += v_nonfinite[c];
         for (int64_t c = 0; c < d.v_dim; ++c) out.at(b, h, i, c) = static_cast<T>(o[c]);
         if (part) {
-          part->logit_abs_max = std::max(part->logit_abs_max, logit_max);
+          part->logit_abs_max = nan_max(part->logit_abs_max, logit_max);
           part->entropy_sum += row_lse - p_dot_s;  // H_i = lse_i - sum_j p_ij s_ij
           ++part->entropy_rows;
         }

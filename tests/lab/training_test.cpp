@@ -208,6 +208,43 @@ TEST(Trainer, DivergenceStopsCleanlyAndKeepsTheLastCheckpoint) {
   EXPECT_TRUE(same_weights(good.model(), check.model()));
 }
 
+// A NaN activation inside attention on the default (fused) path: one query feature of layer 1,
+// head 0 becomes NaN mid-run. The fused kernel propagates it, so the very next step stops with
+// the layer and head named, the diagnostics of that step in the metrics, and the last epoch's
+// checkpoint intact. (Were NaN queries hidden, training would go on until an epoch-end check.)
+TEST(Trainer, NaNActivationOnTheFusedPathStopsAtTheNextStepWithDiagnostics) {
+  TempDir dir;
+  auto config = tiny_config(dir.str());
+  config.model.backend(Backend::fused);
+  config.epochs = 1;
+  Trainer good(config);
+  good.fit(synthetic(64, 1), synthetic(32, 2), false);
+  config.epochs = 2;
+  Trainer bad(config);
+  const int64_t inject_after = 3;  // steps 0, 1 in epoch 0 (64 / 32), so this is in epoch 1
+  std::string message;
+  try {
+    bad.fit(synthetic(64, 1), synthetic(32, 2), false, [&](const nlohmann::json& line) {
+      if (line["step"] != inject_after - 1) return;
+      torch::NoGradGuard no_grad;  // q of head 0 reads row 0 of layer 1's qkv projection
+      bad.model()->blocks[1]->as<models::BlockImpl>()->attn->qkv->weight[0][0] = NAN;
+    });
+  } catch (const DivergenceError& e) {
+    message = e.what();
+  }
+  EXPECT_NE(message.find("non-finite loss"), std::string::npos) << message;
+  EXPECT_NE(message.find("at step " + std::to_string(inject_after) + " (epoch 1)"), std::string::npos) << message;
+  EXPECT_NE(message.find("first non-finite attention: layer 1 head 0"), std::string::npos) << message;
+  const auto lines = runs::RunDir(dir.str()).read_metrics("diverged");
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_EQ(lines[0]["step"], inject_after);
+  EXPECT_TRUE(lines[0]["attention"][1]["logit_abs_max"][0].is_null());  // NaN in JSON
+  EXPECT_TRUE(lines[0]["attention"][0]["logit_abs_max"][0].is_number());
+  Trainer check(config);
+  check.load_checkpoint(bad.checkpoint_path());  // epoch 0's whole checkpoint, as the 1-epoch run
+  EXPECT_TRUE(same_weights(good.model(), check.model()));
+}
+
 TEST(Trainer, ConfigJsonRoundTrip) {
   auto c = tiny_config("runs/x", Kind::qknorm);
   c.model.stem("conv");

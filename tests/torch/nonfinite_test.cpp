@@ -5,6 +5,7 @@
 // masked position), the head scale and the LayerNorm affine.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -163,6 +164,23 @@ INSTANTIATE_TEST_SUITE_P(Kinds, NonFinite,
                          ::testing::Values(Kind::standard, Kind::quest, Kind::qnorm, Kind::qknorm,
                                            Kind::qk_layernorm),
                          [](const auto& info) { return std::string(to_string(info.param)); });
+
+// A head that met a non-finite value shows NaN in its diagnostics on every path (the trainer
+// reports them when it stops); the other heads stay finite.
+TEST(NonFiniteDiagnostics, TheAffectedHeadShowsNaN) {
+  for (Backend backend : {Backend::fused, Backend::reference, Backend::composite}) {
+    Leaves l = make_leaves(Kind::quest);
+    l.q[1][1][2][0] = NAN;
+    const auto r = attention_forward(l.q, l.k, l.v,
+                                     AttentionOptions(Kind::quest).check_finite(false).backend(backend),
+                                     false, true);
+    const HeadDiagnostics& d = *r.diagnostics;
+    for (const auto* field : {&d.q_norm_max, &d.logit_abs_max, &d.entropy_mean}) {
+      EXPECT_TRUE(std::isnan((*field)[1])) << to_string(backend);
+      EXPECT_TRUE(std::isfinite((*field)[0])) << to_string(backend);
+    }
+  }
+}
 
 // The reproduction: one NaN input row of the module (fused by default, check_finite off)
 // must reach the output as it does on the composite path.

@@ -2,6 +2,7 @@
 // reports, how partial sums combine, and how they print. Torch-free.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -33,7 +34,11 @@ struct HeadDiagnosticsPartial {
   int64_t entropy_rows = 0;
 };
 
-// into += from (sums and counts add, maxima take the larger).
+// The larger of a and b, NaN if either is: a non-finite head must show in its diagnostics
+// (std::max keeps whichever argument comes first when one is NaN).
+inline double nan_max(double a, double b) { return a != a || b != b ? a + b : std::max(a, b); }
+
+// into += from (sums and counts add, maxima take the larger, NaN wins).
 void merge(HeadDiagnosticsPartial& into, const HeadDiagnosticsPartial& from);
 
 // partials: B*H entries, index b*H + h.

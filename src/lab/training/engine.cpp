@@ -185,6 +185,32 @@ void Engine::diverged(const std::string& what) const {
                         std::to_string(epoch_) + ")");
 }
 
+void Engine::diverged_in_step(const std::string& what, int64_t batch) {
+  nlohmann::json line = {{"type", "diverged"}, {"epoch", epoch_}, {"step", step_}, {"reason", what}};
+  std::string where;
+  try {
+    torch::NoGradGuard no_grad;
+    task_.record_diagnostics(true);
+    task_.forward_step(batch);
+    line["attention"] = diagnostics_json();
+    const auto layers = task_.attention_diagnostics();
+    for (size_t l = 0; l < layers.size() && where.empty(); ++l) {
+      if (!layers[l]) continue;
+      const HeadDiagnostics& d = *layers[l];
+      for (size_t h = 0; h < d.logit_abs_max.size() && where.empty(); ++h)
+        if (!std::isfinite(d.q_norm_max[h]) || !std::isfinite(d.k_norm_max[h]) ||
+            !std::isfinite(d.logit_abs_max[h]) || !std::isfinite(d.entropy_mean[h]))
+          where = "; first non-finite attention: layer " + std::to_string(l) + " head " +
+                  std::to_string(h);
+    }
+  } catch (const std::exception& e) {  // the report must not hide the divergence itself
+    line["diagnostics_error"] = e.what();
+  }
+  task_.record_diagnostics(false);
+  config_.run_dir.append_metrics(line);
+  diverged(what + where);
+}
+
 void Engine::fit(bool resume, const std::function<void(const nlohmann::json&)>& on_step) {
   const runs::RunDir& dir = config_.run_dir;
   dir.create();
@@ -208,12 +234,12 @@ void Engine::fit(bool resume, const std::function<void(const nlohmann::json&)>& 
       optimizer_->zero_grad();
       const StepOutput out = task_.forward_step(b);
       const double loss_value = out.loss.item<double>();
-      if (!std::isfinite(loss_value)) diverged("non-finite loss " + std::to_string(loss_value));
+      if (!std::isfinite(loss_value)) diverged_in_step("non-finite loss " + std::to_string(loss_value), b);
       out.loss.backward();
       // With clipping off, an infinite bound still returns the total norm and scales nothing.
       const double grad_norm = torch::nn::utils::clip_grad_norm_(
           task_.model().parameters(), config_.clip_grad_norm > 0 ? config_.clip_grad_norm : INFINITY);
-      if (!std::isfinite(grad_norm)) diverged("non-finite gradient norm");
+      if (!std::isfinite(grad_norm)) diverged_in_step("non-finite gradient norm", b);
       optimizer_->step();
       task_.after_step(step_ + 1);
       loss_sum += loss_value * out.samples;

@@ -114,6 +114,9 @@ class Engine {
   void set_learning_rate(double lr);
   nlohmann::json diagnostics_json() const;
   [[noreturn]] void diverged(const std::string& what) const;
+  // Re-runs batch `batch`'s forward with attention diagnostics on, appends them to the metrics as
+  // a {"type": "diverged"} line, names the first layer and head that went non-finite, and throws.
+  [[noreturn]] void diverged_in_step(const std::string& what, int64_t batch);
 
   EngineConfig config_;
   Task& task_;
