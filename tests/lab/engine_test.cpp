@@ -229,6 +229,14 @@ TEST(Engine, BadCheckpointsAreNamedAndLeaveEverythingAsItWas) {
   EXPECT_EQ(fs::file_size(good), good_size);
   fs::remove_all(good + ".tmp");
   target.load_checkpoint(good);
+  // A full disk: the temp file is /dev/full, where every write fails with ENOSPC.
+  fs::create_symlink("/dev/full", good + ".tmp");
+  const std::string full_error = message([&] { target.save_checkpoint(good); });
+  EXPECT_NE(full_error.find("No space left on device"), std::string::npos) << full_error;
+  EXPECT_NE(full_error.find("previous checkpoint '" + good + "' is unchanged"), std::string::npos);
+  EXPECT_FALSE(fs::exists(fs::symlink_status(good + ".tmp")));  // the temp file is cleaned up
+  EXPECT_EQ(fs::file_size(good), good_size);
+  target.load_checkpoint(good);
   fs::remove_all(root);
 }
 

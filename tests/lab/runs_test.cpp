@@ -3,7 +3,16 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
 #include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <random>
+#include <thread>
 
 #include <cstdlib>
 #include <fstream>
@@ -271,6 +280,76 @@ TEST(Faults, KilledWhileWritingACheckpointResumesBitExactly) {
   EXPECT_NE(text.find("QUEST_TEST_CRASH_CHECKPOINT='after:2' is not after-write:<epoch> or mid-write:<epoch>"),
             std::string::npos)
       << text;
+}
+
+// kill -9 at seeded random moments — loading data, training, writing metrics or a checkpoint —
+// then resume, until the run completes: every kill leaves a whole checkpoint (or none yet), and the
+// run ends exactly where an uninterrupted one does.
+TEST(Faults, KilledAtRandomMomentsResumesBitExactly) {
+  TempDir t;
+  auto spawn = [&](const fs::path& dir) {
+    std::vector<std::string> args = {QUEST_EXECUTABLE, "train", "--train-subset", "1500", "--dim", "16",
+                                     "--depth", "1", "--heads", "2", "--patch-size", "7",
+                                     "--log-every", "2", "--epochs", "4", "--dropout", "0.1",
+                                     "--run-dir", dir.string(), "--resume"};
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t io;
+    posix_spawn_file_actions_init(&io);
+    const std::string log = dir.string() + ".log";
+    posix_spawn_file_actions_addopen(&io, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    posix_spawn_file_actions_adddup2(&io, 1, 2);
+    pid_t pid = -1;
+    const int err = posix_spawn(&pid, argv[0], &io, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&io);
+    EXPECT_EQ(err, 0);
+    return pid;
+  };
+  auto wait_exit = [](pid_t pid) {  // exit code, or -signal
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+  };
+  auto lines = [](const fs::path& dir) {  // metrics without the wall-clock fields
+    auto all = RunDir(dir).read_metrics();
+    for (auto& j : all)
+      for (const char* k : {"epoch_seconds", "images_per_second", "train_seconds"}) j.erase(k);
+    return all;
+  };
+  const auto start = std::chrono::steady_clock::now();
+  ASSERT_EQ(wait_exit(spawn(t.path / "whole")), 0);
+  const double whole_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+
+  const fs::path dir = t.path / "killed";
+  std::mt19937 rng(2026);
+  std::uniform_real_distribution<double> moment(0.0, 0.95 * whole_ms);
+  int kills = 0, code = -1;
+  std::vector<int64_t> epochs_seen;
+  for (int attempt = 0; attempt < 10 && code != 0; ++attempt) {
+    const pid_t pid = spawn(dir);
+    // A resumed run has fewer epochs left (loading and the final evaluation, ~1/3, stay).
+    const double left = std::max(0.35, 1.0 - (epochs_seen.empty() ? 0.0 : epochs_seen.back() / 4.0));
+    std::this_thread::sleep_for(std::chrono::microseconds(static_cast<int64_t>(1000 * left * moment(rng))));
+    ::kill(pid, SIGKILL);  // no effect if it already finished
+    code = wait_exit(pid);
+    if (code == -SIGKILL) ++kills;
+    else EXPECT_EQ(code, 0) << "attempt " << attempt;
+    const RunDir killed(dir);  // whatever checkpoint is there loads whole
+    if (killed.has_checkpoint()) EXPECT_NO_THROW(epochs_seen.push_back(*killed.checkpoint_epoch()));
+  }
+  if (code != 0) ASSERT_EQ(wait_exit(spawn(dir)), 0);  // the last resume runs to the end
+  EXPECT_GE(kills, 1);
+  const auto whole = nlohmann::json::parse(std::ifstream(RunDir(t.path / "whole").result()));
+  const auto resumed = nlohmann::json::parse(std::ifstream(RunDir(dir).result()));
+  EXPECT_EQ(resumed["test_accuracy"], whole["test_accuracy"]);
+  EXPECT_EQ(resumed["test_loss"], whole["test_loss"]);
+  EXPECT_EQ(lines(dir), lines(t.path / "whole"));
+  EXPECT_TRUE(std::is_sorted(epochs_seen.begin(), epochs_seen.end()));  // never went back
+  std::printf("%d kills, checkpoints seen at epochs:", kills);
+  for (int64_t e : epochs_seen) std::printf(" %lld", static_cast<long long>(e));
+  std::printf("\n");
 }
 
 }  // namespace

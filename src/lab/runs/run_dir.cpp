@@ -5,7 +5,12 @@
 
 #include <zlib.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -23,13 +28,34 @@ std::string to_string(RunStatus status) {
   return "?";
 }
 
+namespace {
+// Writes the bytes and fsyncs the file, so that once this returns neither a killed process nor a
+// power loss can leave it partial. Errors (a full disk: ENOSPC) name the file and the reason.
+void write_durably(const fs::path& path, const std::string& bytes) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  auto fail = [&](const char* step) {
+    const int err = errno;
+    if (fd >= 0) ::close(fd);
+    throw std::runtime_error("cannot write '" + path.string() + "': " + step + std::strerror(err));
+  };
+  if (fd < 0) fail("");
+  for (size_t done = 0; done < bytes.size();) {
+    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail("");
+    done += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0 && errno != EINVAL) fail("fsync: ");  // EINVAL: not a syncable file
+  if (::close(fd) != 0) {
+    const int err = errno;
+    throw std::runtime_error("cannot write '" + path.string() + "': close: " + std::strerror(err));
+  }
+}
+}  // namespace
+
 void write_file_atomic(const fs::path& path, const std::string& text) {
   const fs::path tmp = path.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << text;
-    if (!out.flush()) throw std::runtime_error("cannot write '" + tmp.string() + "'");
-  }
+  write_durably(tmp, text);
   fs::rename(tmp, path);
 }
 
@@ -63,10 +89,7 @@ void save_archive(const fs::path& path, torch::serialize::OutputArchive& archive
   std::string header(kCheckpointMagic, sizeof kCheckpointMagic);
   put_le(header, bytes.size(), 8);
   put_le(header, crc_of(bytes.data(), bytes.size()), 4);
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(header.data(), header.size());
-  out.write(bytes.data(), bytes.size());
-  if (!out.flush()) throw std::runtime_error("cannot write '" + path.string() + "'");
+  write_durably(path, header + bytes);
 }
 
 void load_archive(const fs::path& path, torch::serialize::InputArchive& archive) {
@@ -118,7 +141,9 @@ void RunDir::write_result(const nlohmann::json& result) const {
 
 void RunDir::append_metrics(const nlohmann::json& line) const {
   if (empty()) return;
-  std::ofstream(metrics(), std::ios::app) << line.dump() << "\n";
+  std::ofstream out(metrics(), std::ios::app);
+  out << line.dump() << "\n";
+  if (!out.flush()) throw std::runtime_error("cannot append to '" + metrics().string() + "'");
 }
 
 std::vector<nlohmann::json> RunDir::read_metrics(const std::string& type) const {
