@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds and runs every test: the main build's CTest suite, the torch-free core under
-# AddressSanitizer + UBSan, and one downstream project per installed target (find_package).
+# Builds and runs every test: the main build's CTest suite, the torch-free core and the loader
+# fuzzing under AddressSanitizer + UBSan, and one downstream project per installed target (find_package).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
@@ -12,6 +12,13 @@ echo "== core under AddressSanitizer + UndefinedBehaviorSanitizer"
 cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQUEST_WITH_TORCH=OFF -DQUEST_SANITIZE=ON > /dev/null
 cmake --build build-sanitize -j"$jobs"
 (cd build-sanitize && ctest -j"$jobs" --output-on-failure)
+
+echo "== loader fuzzing (IDX, config, checkpoint) under AddressSanitizer + UBSan, with LibTorch"
+# -O1 -g1 (line tables): sanitizer reports with lines at a fraction of a full debug build's time.
+cmake -S . -B build-sanitize-lab -DCMAKE_BUILD_TYPE=None "-DCMAKE_CXX_FLAGS=-O1 -g1" -DQUEST_WITH_TORCH=ON \
+  -DQUEST_SANITIZE=ON > /dev/null
+cmake --build build-sanitize-lab -j"$jobs" --target quest_fuzz_tests
+build-sanitize-lab/tests/quest_fuzz_tests
 
 echo "== find_package(quest) from downstream projects, one per target"
 rm -rf build/install build/consumers
