@@ -8,7 +8,8 @@
 // Backward, per (b, h): for each key tile, for each query block, recompute the forward's logits
 //   bit for bit (same packed operands, same GEMM order) and P = exp((S - shift) - log_sum),
 //   dP = dO V^T, dS = P o (dP - D_i) with D_i = rowsum(dO o O), dV += P^T dO, dK += dS^T Q,
-//   dQ += dS K; one thread owns a head, so dQ needs no synchronisation.
+//   dQ += dS K. A work item owns a head's key tiles (all, or every chunks-th when there are fewer
+//   heads than threads), so dK, dV need no synchronisation and dQ shares are summed at the end.
 // Non-finite inputs follow the contract in problem.h: a row with a NaN or +inf logit (or only
 // -inf ones) is NaN, and the masked products the tiles skip are added back as 0 * operand sums.
 #include "quest/core/fused.h"
@@ -153,8 +154,8 @@ void MaskRow(const AttentionArgs<float>& a, int64_t b, int64_t i, int64_t j0, in
 
 // Per-thread buffers, grown on demand.
 struct Scratch {
-  std::vector<float> qs, kt, kbar, vp, vt, s, p, dp, o, dq, dk, dv, dout, dsum;
-  std::vector<float> m, l, t, bound, qnorm, knorm, vpoison, qpoison, kpoison, oclean;
+  std::vector<float> qs, kt, kbar, vp, vt, s, p, dp, o, dk, dv, dout, dsum;
+  std::vector<float> m, l, t, bound, qnorm, knorm, vpoison, qpoison;
   std::vector<char> bad;
   static float* Get(std::vector<float>& v, int64_t n) {
     if (static_cast<int64_t>(v.size()) < n) v.resize(n);
@@ -413,9 +414,13 @@ void L2Backward(const float* y, const float* dy, float raw, double eps, int64_t 
   }
 }
 
-void BackwardHead(const AttentionArgs<float>& a, int64_t b, int64_t h, View4<const float> out,
-                  View4<const float> dout, RowStats stats, const AttentionGrads<float>& gr,
-                  double* dscale_out, Scratch& w) {
+// The key tiles t of (b, h) with t % chunks == chunk: writes their dK and dV, and accumulates
+// their share of dQ (before the factor g and the query normalisation; Nq x Dp, zeroed here), of
+// the key poison (D) and of the head-scale gradient. FinishQueries completes dQ.
+void BackwardTiles(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t chunk,
+                   int64_t chunks, View4<const float> out, View4<const float> dout, RowStats stats,
+                   const AttentionGrads<float>& gr, float* dq, float* kpoison, double* dscale_out,
+                   Scratch& w) {
   const DF d;
   const int64_t L = LanesF();
   const AttentionDims& dm = a.dims;
@@ -432,7 +437,6 @@ void BackwardHead(const AttentionArgs<float>& a, int64_t b, int64_t h, View4<con
   float* qnorm = Scratch::Get(w.qnorm, Nq);
   float* dop = Scratch::Get(w.dout, Nq * Dvp);
   float* dsum = Scratch::Get(w.dsum, Nq);
-  float* dq = Scratch::Get(w.dq, Nq * Dp);
   float* kt = Scratch::Get(w.kt, D * kBlockK);
   float* kbar = Scratch::Get(w.kbar, kBlockK * Dp);
   float* knorm = Scratch::Get(w.knorm, kBlockK);
@@ -445,7 +449,6 @@ void BackwardHead(const AttentionArgs<float>& a, int64_t b, int64_t h, View4<con
   float* ds = Scratch::Get(w.dp, kBlockQ * kBlockK);
   // Sums of 0 * operand (problem.h): the masked products of the composite's matmuls.
   float* qpoison = Scratch::Get(w.qpoison, D);  // over g q_i/|q_i|, reaches dK
-  float* kpoison = Scratch::Get(w.kpoison, D);  // over k_j/|k_j|, reaches dQ
   float* vpoison = Scratch::Get(w.vpoison, Dv);
   std::fill(qn, qn + Nq * Dp, 0.0f);
   std::fill(dop, dop + Nq * Dvp, 0.0f);
@@ -470,6 +473,7 @@ void BackwardHead(const AttentionArgs<float>& a, int64_t b, int64_t h, View4<con
   // Pass 0 (only when d_from_tiles) accumulates D_i; pass 1 computes the gradients.
   for (int pass = d_from_tiles ? 0 : 1; pass < 2; ++pass)
   for (int64_t j0 = 0; j0 < Nk; j0 += kBlockK) {
+    if (pass == 1 && (j0 / kBlockK) % chunks != chunk) continue;  // another chunk's tile
     const int64_t jn = std::min(kBlockK, Nk - j0), width = RoundUp(jn, L);
     PackKeys(a, b, h, j0, jn, width, nullptr, kt, kbar, Dp, knorm);
     if (pass == 1)
@@ -557,42 +561,96 @@ void BackwardHead(const AttentionArgs<float>& a, int64_t b, int64_t h, View4<con
         std::copy_n(dk + c * Dp, D, dst);
     }
   }
+  *dscale_out = dscale;
+}
+
+// dQ of (b, h) from the summed tile shares dq (Nq x Dp, overwritten) and key poison; adds the
+// poison terms of the head-scale gradient to *dscale.
+void FinishQueries(const AttentionArgs<float>& a, int64_t b, int64_t h, float* dq,
+                   const float* kpoison, const AttentionGrads<float>& gr, double* dscale,
+                   Scratch& w) {
+  const int64_t L = LanesF();
+  const int64_t D = a.dims.qk_dim, Dp = RoundUp(D, L), Nq = a.dims.q_len;
+  const float g = static_cast<float>(a.head_scale_at(h));
+  const float gq = g != 0 ? g : 1.0f;
+  float* qi = Scratch::Get(w.qs, D);
+  float* qpoison = Scratch::Get(w.qpoison, D);
+  std::fill(qpoison, qpoison + D, 0.0f);
   const bool k_poisoned = any_nonfinite(kpoison, D);
   for (int64_t i = 0; i < Nq; ++i) {
+    float raw = 0;
+    const float* q = &a.q.at(b, h, i, 0);
+    const float rq = InverseNorm(q, D, a.q_norm, a.l2_eps, &raw);
+    for (int64_t e = 0; e < D; ++e) qi[e] = q[e] * rq * gq;  // as BackwardTiles' operand
+    accumulate_nonfinite(qi, D, 1, qpoison);
     float* dst = &gr.dq.at(b, h, i, 0);
     float* dqi = dq + i * Dp;
-    float* qi = qn + i * Dp;
     for (int64_t e = 0; e < D; ++e) {
       if (k_poisoned) dqi[e] += kpoison[e];  // every key multiplies q_i, masked ones by 0
       dqi[e] *= g;    // d(q/|q|) = g sum_j dS_ij k_j/|k_j|
       qi[e] /= gq;    // back to q/|q|
     }
     if (a.q_norm == Norm::l2)
-      L2Backward(qi, dqi, qnorm[i], a.l2_eps, D, dst);
+      L2Backward(qi, dqi, raw, a.l2_eps, D, dst);
     else
       std::copy_n(dqi, D, dst);
   }
   for (int64_t e = 0; e < D; ++e)  // the head-scale gradient sums dS o (q.k) over every pair
-    dscale += static_cast<double>(qpoison[e]) + kpoison[e];
-  *dscale_out = dscale;
+    *dscale += static_cast<double>(qpoison[e]) + kpoison[e];
 }
 
 void BackwardF32(const AttentionArgs<float>& a, View4<const float> out, View4<const float> dout,
                  RowStats stats, const AttentionGrads<float>& gr, int threads) {
   const AttentionDims& dm = a.dims;
   const int64_t heads = dm.batch * dm.heads;
-  std::vector<double> dscale(heads, 0.0);
+  const int64_t Dp = RoundUp(dm.qk_dim, LanesF());
+  // Fewer heads than threads: each head's key tiles are dealt round-robin to `chunks` work items
+  // (round-robin balances the causal mask), each with its own dQ share, summed afterwards.
+  const int64_t tiles = (dm.k_len + kBlockK - 1) / kBlockK;
+  const int64_t chunks = std::max<int64_t>(1, std::min(tiles, threads / std::max<int64_t>(heads, 1)));
+  std::vector<double> dscale(heads * chunks, 0.0);
+  if (chunks == 1) {
 #pragma omp parallel num_threads(threads)
-  {
-    Scratch w;
+    {
+      Scratch w;
+      std::vector<float> dq(dm.q_len * Dp), kpoison(dm.qk_dim);
 #pragma omp for schedule(dynamic)
-    for (int64_t bh = 0; bh < heads; ++bh)
-      BackwardHead(a, bh / dm.heads, bh % dm.heads, out, dout, stats, gr, &dscale[bh], w);
+      for (int64_t bh = 0; bh < heads; ++bh) {
+        const int64_t b = bh / dm.heads, h = bh % dm.heads;
+        BackwardTiles(a, b, h, 0, 1, out, dout, stats, gr, dq.data(), kpoison.data(), &dscale[bh], w);
+        FinishQueries(a, b, h, dq.data(), kpoison.data(), gr, &dscale[bh], w);
+      }
+    }
+  } else {
+    std::vector<float> dq(heads * chunks * dm.q_len * Dp), kpoison(heads * chunks * dm.qk_dim);
+    auto dq_of = [&](int64_t item) { return &dq[item * dm.q_len * Dp]; };
+    auto kpoison_of = [&](int64_t item) { return &kpoison[item * dm.qk_dim]; };
+#pragma omp parallel num_threads(threads)
+    {
+      Scratch w;
+#pragma omp for schedule(dynamic)
+      for (int64_t item = 0; item < heads * chunks; ++item) {
+        const int64_t bh = item / chunks;
+        BackwardTiles(a, bh / dm.heads, bh % dm.heads, item % chunks, chunks, out, dout, stats, gr,
+                      dq_of(item), kpoison_of(item), &dscale[item], w);
+      }
+#pragma omp for schedule(static)
+      for (int64_t bh = 0; bh < heads; ++bh) {
+        const int64_t first = bh * chunks;
+        for (int64_t c = 1; c < chunks; ++c) {  // sum the shares into the first chunk's
+          for (int64_t x = 0; x < dm.q_len * Dp; ++x) dq_of(first)[x] += dq_of(first + c)[x];
+          for (int64_t e = 0; e < dm.qk_dim; ++e) kpoison_of(first)[e] += kpoison_of(first + c)[e];
+          dscale[first] += dscale[first + c];
+        }
+        FinishQueries(a, bh / dm.heads, bh % dm.heads, dq_of(first), kpoison_of(first), gr,
+                      &dscale[first], w);
+      }
+    }
   }
   if (gr.dhead_scale && a.head_scale) {
     for (int64_t h = 0; h < dm.heads; ++h) {
       double sum = 0;
-      for (int64_t b = 0; b < dm.batch; ++b) sum += dscale[b * dm.heads + h];
+      for (int64_t b = 0; b < dm.batch; ++b) sum += dscale[(b * dm.heads + h) * chunks];
       gr.dhead_scale[h] = static_cast<float>(sum);
     }
   }

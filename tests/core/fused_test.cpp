@@ -26,6 +26,7 @@ struct Case {
   Kind kind;
   bool causal, pad, head_scale;
   double dropout;
+  int threads = 2;
 };
 
 // Runs forward and backward on both kernels; returns max relative differences.
@@ -67,7 +68,7 @@ void check(const Case& c) {
   std::vector<float> out_f(nout), out_r(nout), shift(rows), log_sum(rows);
   std::vector<double> lse(rows);
   fused::forward(a, contiguous(out_f.data(), d, d.q_len, d.v_dim), {shift.data(), log_sum.data()},
-                 nullptr, 2);
+                 nullptr, c.threads);
   reference::forward(a, contiguous(out_r.data(), d, d.q_len, d.v_dim), lse.data());
 
   struct Grads {
@@ -89,28 +90,30 @@ void check(const Case& c) {
   };
   const View4<const float> dout_view = contiguous<const float>(dout.data(), d, d.q_len, d.v_dim);
   fused::backward(a, contiguous<const float>(out_f.data(), d, d.q_len, d.v_dim), dout_view,
-                  {shift.data(), log_sum.data()}, grads(gf), 2);
+                  {shift.data(), log_sum.data()}, grads(gf), c.threads);
   reference::backward(a, dout_view, lse.data(), grads(gref));
 
   auto expect_close = [&](const std::vector<float>& x, const std::vector<float>& y,
-                          const char* name) {
+                          const char* name, double rel = 1e-5) {
     double err = 0, scale_y = 0;
     for (size_t i = 0; i < x.size(); ++i) {
       ASSERT_TRUE(std::isfinite(x[i])) << name;
       err = std::max(err, std::abs(double(x[i]) - y[i]));
       scale_y = std::max(scale_y, std::abs(double(y[i])));
     }
-    EXPECT_LE(err, 1e-5 * scale_y + 1e-6) << to_string(c.kind) << " " << name;
+    EXPECT_LE(err, rel * scale_y + 1e-6) << to_string(c.kind) << " " << name;
   };
   expect_close(out_f, out_r, "out");
   expect_close(gf.dq, gref.dq, "dq");
   expect_close(gf.dk, gref.dk, "dk");
   expect_close(gf.dv, gref.dv, "dv");
-  if (c.head_scale) expect_close(gf.ds, gref.ds, "dhead_scale");
+  // A sum over every (b, i, j) of fp32 products: 1e5 pairs of logits ~30 need a looser bound.
+  if (c.head_scale) expect_close(gf.ds, gref.ds, "dhead_scale", 5e-5);
 }
 
 TEST(FusedCore, MatchesReferenceOnEverySimdTarget) {
-  const AttentionDims small{2, 3, 70, 40, 16, 8}, wide{1, 2, 300, 260, 64, 64}, tiny{1, 1, 1, 1, 1, 1};
+  const AttentionDims small{2, 3, 70, 40, 16, 8}, wide{1, 2, 300, 260, 64, 64}, tiny{1, 1, 1, 1, 1, 1},
+      single{1, 1, 300, 420, 32, 16};
   std::string targets;
   testing::for_each_simd_target([&](const std::string& target) {
     SCOPED_TRACE(target);
@@ -122,6 +125,9 @@ TEST(FusedCore, MatchesReferenceOnEverySimdTarget) {
       check({wide, kind, true, false, false, 0.0});
       check({wide, kind, false, true, true, 0.1});
       check({tiny, kind, false, false, false, 0.0});
+      // One head, several threads: the backward splits the key tiles into chunks.
+      check({single, kind, true, true, true, 0.1, 2});
+      check({single, kind, false, false, false, 0.0, 3});
     }
   });
   EXPECT_FALSE(targets.empty());

@@ -165,6 +165,41 @@ INSTANTIATE_TEST_SUITE_P(Kinds, NonFinite,
                                            Kind::qk_layernorm),
                          [](const auto& info) { return std::string(to_string(info.param)); });
 
+// One long head with more threads than heads: the fused backward deals the key tiles to several
+// work items and sums their dQ shares; the contract holds there too.
+TEST(NonFiniteChunked, SplitKeyTilesKeepTheContract) {
+  const int saved = at::get_num_threads();
+  at::set_num_threads(4);
+  Tensor pad = torch::zeros({1, 300}, torch::kBool);
+  pad[0][5] = pad[0][200] = true;
+  const std::vector<Poke> where = {{"q", {0, 0, 3, 1}}, {"k", {0, 0, 200, 2}}, {"k", {0, 0, 130, 0}},
+                                   {"v", {0, 0, 250, 1}}, {"v", {0, 0, 140, 3}}};
+  for (Kind kind : {Kind::quest, Kind::standard})
+    for (bool causal : {false, true})
+      for (const Poke& poke : where)
+        for (float value : {NAN, INFINITY}) {
+          std::vector<Tensor> outs, grads;
+          for (Backend backend : {Backend::composite, Backend::fused}) {
+            torch::manual_seed(5);
+            Tensor q = torch::randn({1, 1, 150, 16}), k = torch::randn({1, 1, 300, 16}),
+                   v = torch::randn({1, 1, 300, 8});
+            Tensor& t = poke.tensor == "q" ? q : poke.tensor == "k" ? k : v;
+            t[poke.index[0]][poke.index[1]][poke.index[2]][poke.index[3]] = value;
+            for (Tensor* x : {&q, &k, &v}) x->requires_grad_(true);
+            const Tensor out = attention(q, k, v, AttentionOptions(kind).check_finite(false).backend(backend)
+                                                      .causal(causal).key_padding_mask(pad));
+            out.backward(torch::ones_like(out));
+            outs.push_back(out);
+            grads.insert(grads.end(), {q.grad(), k.grad(), v.grad()});
+          }
+          const std::string what = std::string(to_string(kind)) + (causal ? " causal " : " ") +
+                                   poke.tensor + "=" + std::to_string(value);
+          expect_same(outs[1], outs[0], what + " output");
+          for (int g = 0; g < 3; ++g) expect_same(grads[3 + g], grads[g], what + " grad " + std::to_string(g));
+        }
+  at::set_num_threads(saved);
+}
+
 // A head that met a non-finite value shows NaN in its diagnostics on every path (the trainer
 // reports them when it stops); the other heads stay finite.
 TEST(NonFiniteDiagnostics, TheAffectedHeadShowsNaN) {
