@@ -11,7 +11,7 @@ namespace quest::cli {
 
 static void run_bench(const bench::AttentionBenchOptions& o, const std::string& json_path) {
   bench::validate(o);
-  warn_if_reference_blas();
+  warn_if_slow_blas();
   configure_threads();
   const bench::AttentionBenchResult r = bench::run_attention_bench(o);
   std::printf("quest bench: fp32, %d threads, SIMD %s, BLAS %s\n\n", r.threads, r.simd.c_str(), r.blas.c_str());

@@ -21,7 +21,7 @@ struct CompareFlags {
 };
 
 static int run_compare(const TrainFlags& flags, const CompareFlags& compare) {
-  warn_if_reference_blas();
+  warn_if_slow_blas();
   const int threads = configure_threads();
   const auto plan = runs::plan_compare(resolve_config(flags), compare.kinds, compare.seeds, compare.out_dir);
   fs::create_directories(compare.out_dir);

@@ -31,7 +31,7 @@ double time_forward_backward(const torch::Tensor& q, const torch::Tensor& k, con
 }
 
 void run_demo(const DemoConfig& c) {
-  warn_if_reference_blas();
+  warn_if_slow_blas();
   const int threads = configure_threads();
   torch::manual_seed(c.seed);
   const auto q = torch::randn({c.batch, c.heads, c.tokens, c.head_dim});
@@ -81,7 +81,7 @@ void add_demo(CLI::App& app) {
 void add_info(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("info", "Show the BLAS and thread count torch will use");
   cmd->callback([] {
-    warn_if_reference_blas();
+    warn_if_slow_blas();
     const BlasInfo blas = detect_blas();
     const int threads = configure_threads();
     const auto one = torch::zeros({1, 1, 1, 1});

@@ -9,7 +9,7 @@
 namespace quest::cli {
 
 static int run_train(const TrainFlags& flags) {
-  warn_if_reference_blas();
+  warn_if_slow_blas();
   configure_threads();
   const training::TrainConfig config = resolve_config(flags);
   std::unique_ptr<StepProgress> progress;

@@ -9,13 +9,22 @@ struct BlasInfo {
   std::string name;       // "OpenBLAS ...", "reference", "unknown"
   std::string library;    // the shared object providing sgemm_
   bool reference = false; // netlib reference BLAS: ~30x slower matmul
+  std::string core;       // OpenBLAS: the kernel set it chose (e.g. "SkylakeX", "Prescott")
+  // OpenBLAS picked kernels older than the CPU's (it did not recognise the CPU) and
+  // OPENBLAS_CORETYPE is unset: the kernel set to ask for, else "".
+  std::string better_core;
 };
 
 BlasInfo detect_blas();
 
-// Prints a loud warning to stderr (once per process) if torch's matmul runs on the reference BLAS.
-// Returns true if it warned.
-bool warn_if_reference_blas();
+// The OpenBLAS kernel set worth asking for instead of `core` on a CPU with these features, or ""
+// when `core` already uses them. (OpenBLAS 0.3.21 does not recognise some AVX-512 Xeons and falls
+// back to Prescott's SSE3 kernels: sgemm 42 instead of 207 GFLOP/s on this project's machines.)
+std::string better_openblas_core(const std::string& core, bool avx512, bool avx2);
+
+// Prints a loud warning to stderr (once per process) if torch's matmul runs on the reference BLAS
+// or on OpenBLAS kernels older than the CPU (saying what to set). Returns true if it warned.
+bool warn_if_slow_blas();
 
 // OpenBLAS's own thread count (its pthread pool is separate from torch's intra-op threads).
 // Several threads calling a multi-threaded OpenBLAS at once serialise on its pool: runs trained
