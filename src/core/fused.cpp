@@ -609,31 +609,27 @@ void BackwardF32(const AttentionArgs<float>& a, View4<const float> out, View4<co
   const int64_t tiles = (dm.k_len + kBlockK - 1) / kBlockK;
   const int64_t chunks = std::max<int64_t>(1, std::min(tiles, threads / std::max<int64_t>(heads, 1)));
   std::vector<double> dscale(heads * chunks, 0.0);
-  if (chunks == 1) {
+  // Split heads keep every chunk's dQ share until all are done; otherwise a thread's own buffer
+  // serves head after head (extra memory stays O(threads * N * D)).
+  const bool split = chunks > 1;
+  std::vector<float> shares(split ? heads * chunks * dm.q_len * Dp : 0),
+      share_kpoison(split ? heads * chunks * dm.qk_dim : 0);
 #pragma omp parallel num_threads(threads)
-    {
-      Scratch w;
-      std::vector<float> dq(dm.q_len * Dp), kpoison(dm.qk_dim);
+  {
+    Scratch w;
+    std::vector<float> own(split ? 0 : dm.q_len * Dp), own_kpoison(split ? 0 : dm.qk_dim);
+    auto dq_of = [&](int64_t item) { return split ? &shares[item * dm.q_len * Dp] : own.data(); };
+    auto kpoison_of = [&](int64_t item) {
+      return split ? &share_kpoison[item * dm.qk_dim] : own_kpoison.data();
+    };
 #pragma omp for schedule(dynamic)
-      for (int64_t bh = 0; bh < heads; ++bh) {
-        const int64_t b = bh / dm.heads, h = bh % dm.heads;
-        BackwardTiles(a, b, h, 0, 1, out, dout, stats, gr, dq.data(), kpoison.data(), &dscale[bh], w);
-        FinishQueries(a, b, h, dq.data(), kpoison.data(), gr, &dscale[bh], w);
-      }
+    for (int64_t item = 0; item < heads * chunks; ++item) {
+      const int64_t bh = item / chunks, b = bh / dm.heads, h = bh % dm.heads;
+      BackwardTiles(a, b, h, item % chunks, chunks, out, dout, stats, gr, dq_of(item),
+                    kpoison_of(item), &dscale[item], w);
+      if (!split) FinishQueries(a, b, h, dq_of(item), kpoison_of(item), gr, &dscale[item], w);
     }
-  } else {
-    std::vector<float> dq(heads * chunks * dm.q_len * Dp), kpoison(heads * chunks * dm.qk_dim);
-    auto dq_of = [&](int64_t item) { return &dq[item * dm.q_len * Dp]; };
-    auto kpoison_of = [&](int64_t item) { return &kpoison[item * dm.qk_dim]; };
-#pragma omp parallel num_threads(threads)
-    {
-      Scratch w;
-#pragma omp for schedule(dynamic)
-      for (int64_t item = 0; item < heads * chunks; ++item) {
-        const int64_t bh = item / chunks;
-        BackwardTiles(a, bh / dm.heads, bh % dm.heads, item % chunks, chunks, out, dout, stats, gr,
-                      dq_of(item), kpoison_of(item), &dscale[item], w);
-      }
+    if (split) {
 #pragma omp for schedule(static)
       for (int64_t bh = 0; bh < heads; ++bh) {
         const int64_t first = bh * chunks;

@@ -7,6 +7,7 @@
 #include <functional>
 #include <thread>
 
+#include "error_message.h"
 #include "quest/lab/training/engine.h"
 #include "quest/torch/nn/dropout.h"
 #include "quest/torch/nn/init.h"
@@ -183,14 +184,7 @@ TEST(Engine, BadCheckpointsAreNamedAndLeaveEverythingAsItWas) {
   const std::string good = (root / "good.pt").string();
   engine.save_checkpoint(good);
 
-  auto message = [](const std::function<void()>& f) {
-    try {
-      f();
-    } catch (const std::runtime_error& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
+  const auto message = testing::error_message;
   ToyTask fresh;
   Engine target(config(5), fresh);
   const torch::Tensor before = fresh.flat();

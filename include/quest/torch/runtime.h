@@ -19,7 +19,8 @@ BlasInfo detect_blas();
 
 // The OpenBLAS kernel set worth asking for instead of `core` on a CPU with these features, or ""
 // when `core` already uses them. (OpenBLAS 0.3.21 does not recognise some AVX-512 Xeons and falls
-// back to Prescott's SSE3 kernels: sgemm 42 instead of 207 GFLOP/s on this project's machines.)
+// back to Prescott's SSE3 kernels: sgemm 42 instead of 207 GFLOP/s on the
+// machine of results/blas-coretype.)
 std::string better_openblas_core(const std::string& core, bool avx512, bool avx2);
 
 // Prints a loud warning to stderr (once per process) if torch's matmul runs on the reference BLAS

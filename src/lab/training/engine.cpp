@@ -207,7 +207,10 @@ void Engine::diverged_in_step(const std::string& what, int64_t batch) {
     line["diagnostics_error"] = e.what();
   }
   task_.record_diagnostics(false);
-  config_.run_dir.append_metrics(line);
+  try {
+    config_.run_dir.append_metrics(line);
+  } catch (const std::exception&) {  // a full disk must not turn the divergence into another error
+  }
   diverged(what + where);
 }
 
