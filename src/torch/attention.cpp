@@ -22,6 +22,7 @@ std::string to_string(Backend backend) {
 }
 
 std::optional<Backend> parse_backend(std::string_view name) {
+  if (name == "auto") return Backend::automatic;
   for (Backend b : {Backend::automatic, Backend::reference, Backend::composite, Backend::fused})
     if (name == to_string(b)) return b;
   return std::nullopt;
@@ -205,6 +206,11 @@ class KernelFunction : public torch::autograd::Function<KernelFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    // The kernels' backward is not itself recorded by autograd: with create_graph (grad mode on
+    // here) a second derivative would silently miss this term, so refuse instead.
+    TORCH_CHECK(!torch::GradMode::is_enabled(),
+                "quest::attention: the fused and reference backends are once-differentiable; for "
+                "double backward (create_graph=True, gradgradcheck) use the composite backend");
     const SavedState s = load_state(ctx);
     const Tensor dout = grad_outputs[0].defined() ? grad_outputs[0] : torch::zeros_like(s.out);
     const KernelGrads g = s.ops->backward(s.call, s.out, s.stats, dout);

@@ -23,6 +23,7 @@ namespace quest {
 // process (read once, at the first attention call).
 enum class Backend { automatic, reference, composite, fused };
 std::string to_string(Backend backend);
+// The names to_string prints, and "auto" for automatic (Python's spelling).
 std::optional<Backend> parse_backend(std::string_view name);
 
 struct AttentionOptions {

@@ -1,0 +1,334 @@
+"""quest.MultiheadAttention: a drop-in for torch.nn.MultiheadAttention with any attention kind."""
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
+
+from .functional import KINDS, BACKENDS, attention_forward
+
+
+def _blocked(mask: Tensor, name: str) -> Tensor:
+    """A torch-style mask as bool, True = blocked: bool as is, float with 0 (keep) / -inf (block)."""
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.dtype == torch.uint8:
+        return mask.to(torch.bool)
+    if mask.is_floating_point():
+        blocked = mask == float("-inf")
+        if bool(((mask != 0) & ~blocked).any()):
+            raise ValueError(f"quest.MultiheadAttention: {name} is an additive float mask with "
+                             "values other than 0 and -inf; quest supports masks that block or "
+                             "keep (bool, or float 0/-inf), not arbitrary logit biases")
+        return blocked
+    raise ValueError(f"quest.MultiheadAttention: {name} must be bool or float, got {mask.dtype}")
+
+
+def _is_causal(attn_mask: Optional[Tensor], tgt_len: int, src_len: int) -> bool:
+    """Whether attn_mask is the causal mask (nn.Transformer.generate_square_subsequent_mask);
+    the fused kernels take causality as a flag, not as an N x N mask."""
+    if attn_mask is None:
+        return False
+    if attn_mask.dim() != 2 or attn_mask.size(0) != tgt_len or attn_mask.size(1) != src_len:
+        raise ValueError("quest.MultiheadAttention: attn_mask must have shape (L, S) = "
+                         f"({tgt_len}, {src_len}), got {list(attn_mask.shape)} (per-head 3-D "
+                         "masks are not supported)")
+    blocked = _blocked(attn_mask, "attn_mask")
+    if not bool(blocked.any()):
+        return False
+    causal = torch.ones(tgt_len, src_len, dtype=torch.bool, device=blocked.device).triu(1)
+    if tgt_len == src_len and torch.equal(blocked, causal):
+        return True
+    raise ValueError("quest.MultiheadAttention: attn_mask must be the causal mask (True / -inf "
+                     "above the diagonal, square) or block nothing; use key_padding_mask for "
+                     "padding")
+
+
+class MultiheadAttention(nn.Module):
+    """torch.nn.MultiheadAttention with the attention of any quest kind.
+
+    The constructor's arguments, the parameter names (in_proj_weight, in_proj_bias, or
+    q/k/v_proj_weight when kdim/vdim differ; out_proj; bias_k, bias_v) and forward()'s signature
+    and return value are torch's, so a state_dict moves between the two unchanged. Keyword-only
+    extras: kind ("quest" by default), causal (always causal, without an attn_mask),
+    scale (logit scale; default per kind), qknorm_init_scale (qknorm's per-head scale, default
+    sqrt(head_dim)), backend, check_finite (off: NaN/Inf propagate as in torch). The kinds'
+    parameters are extra entries: head_scale (qknorm), q_norm_weight/bias and k_norm_weight/bias
+    (qk_layernorm).
+
+    Differences from torch's module: attn_mask may only be the causal mask or one that blocks
+    nothing (float masks: 0/-inf only); the returned weights are before dropout; a query that
+    sees no key outputs zeros (torch: NaN).
+
+    Set `record_diagnostics = True` (or use quest.record_diagnostics) to keep each forward's
+    per-head diagnostics as `last_diagnostics`, a (6, H) float64 tensor.
+    """
+
+    __constants__ = ["batch_first", "kind"]
+    bias_k: Optional[Tensor]
+    bias_v: Optional[Tensor]
+    in_proj_weight: Optional[Tensor]
+    in_proj_bias: Optional[Tensor]
+    q_proj_weight: Optional[Tensor]
+    k_proj_weight: Optional[Tensor]
+    v_proj_weight: Optional[Tensor]
+    head_scale: Optional[Tensor]
+    q_norm_weight: Optional[Tensor]
+    q_norm_bias: Optional[Tensor]
+    k_norm_weight: Optional[Tensor]
+    k_norm_bias: Optional[Tensor]
+    scale: Optional[float]
+    last_diagnostics: Optional[Tensor]
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
+                 add_bias_kv: bool = False, add_zero_attn: bool = False,
+                 kdim: Optional[int] = None, vdim: Optional[int] = None,
+                 batch_first: bool = False, device=None, dtype=None, *, kind: str = "quest",
+                 causal: bool = False, scale: Optional[float] = None,
+                 qknorm_init_scale: Optional[float] = None, backend: str = "auto",
+                 check_finite: bool = False) -> None:
+        super().__init__()
+        if embed_dim <= 0 or num_heads <= 0:
+            raise ValueError(f"quest.MultiheadAttention: embed_dim ({embed_dim}) and num_heads "
+                             f"({num_heads}) must be positive")
+        if embed_dim % num_heads != 0:
+            raise ValueError(f"quest.MultiheadAttention: embed_dim {embed_dim} is not divisible "
+                             f"by num_heads {num_heads}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"quest.MultiheadAttention: dropout must be in [0, 1), got {dropout}")
+        if kind not in KINDS:
+            raise ValueError(f"quest.MultiheadAttention: unknown kind '{kind}'; expected one of "
+                             f"{', '.join(KINDS)}")
+        if backend not in BACKENDS:
+            raise ValueError(f"quest.MultiheadAttention: unknown backend '{backend}'; expected "
+                             f"one of {', '.join(BACKENDS)}")
+        factory = {"device": device, "dtype": dtype}
+        self.embed_dim = embed_dim
+        self.kdim = kdim if kdim is not None else embed_dim
+        self.vdim = vdim if vdim is not None else embed_dim
+        self._packed = self.kdim == embed_dim and self.vdim == embed_dim
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.batch_first = batch_first
+        self.head_dim = embed_dim // num_heads
+        self.kind = kind
+        self.causal = causal
+        self.scale = scale
+        self.backend = backend
+        self.check_finite = check_finite
+        self.add_zero_attn = add_zero_attn
+        self.record_diagnostics = False
+        self.last_diagnostics = None
+
+        if self._packed:
+            self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim, **factory))
+            self.register_parameter("q_proj_weight", None)
+            self.register_parameter("k_proj_weight", None)
+            self.register_parameter("v_proj_weight", None)
+        else:
+            self.q_proj_weight = nn.Parameter(torch.empty(embed_dim, embed_dim, **factory))
+            self.k_proj_weight = nn.Parameter(torch.empty(embed_dim, self.kdim, **factory))
+            self.v_proj_weight = nn.Parameter(torch.empty(embed_dim, self.vdim, **factory))
+            self.register_parameter("in_proj_weight", None)
+        if bias:
+            self.in_proj_bias = nn.Parameter(torch.empty(3 * embed_dim, **factory))
+        else:
+            self.register_parameter("in_proj_bias", None)
+        self.out_proj = NonDynamicallyQuantizableLinear(embed_dim, embed_dim, bias=bias, **factory)
+        if add_bias_kv:
+            self.bias_k = nn.Parameter(torch.empty(1, 1, embed_dim, **factory))
+            self.bias_v = nn.Parameter(torch.empty(1, 1, embed_dim, **factory))
+        else:
+            self.bias_k = self.bias_v = None
+
+        # The kinds' parameters, as quest::nn::KindParameters registers them in C++.
+        for name in ("head_scale", "q_norm_weight", "q_norm_bias", "k_norm_weight", "k_norm_bias"):
+            self.register_parameter(name, None)
+        self._qknorm_init_scale = (qknorm_init_scale if qknorm_init_scale is not None
+                                   else math.sqrt(self.head_dim))
+        if kind == "qknorm":
+            self.head_scale = nn.Parameter(torch.empty(num_heads, **factory))
+        if kind == "qk_layernorm":
+            for name in ("q_norm_weight", "q_norm_bias", "k_norm_weight", "k_norm_bias"):
+                setattr(self, name, nn.Parameter(torch.empty(self.head_dim, **factory)))
+        self._reset_parameters()
+
+    # torch 1.13's TransformerEncoder(Layer) fast path calls native *standard* attention on
+    # in_proj_weight directly whenever self_attn._qkv_same_embed_dim is True (there is no switch
+    # to turn it off in 1.13), which would bypass this module's kind; False keeps every forward
+    # here. The projection layout itself is `_packed`.
+    @property
+    def _qkv_same_embed_dim(self) -> bool:
+        return False
+
+    def _reset_parameters(self) -> None:
+        # torch.nn.MultiheadAttention's initialisation, plus the kinds' parameters.
+        if self._packed:
+            nn.init.xavier_uniform_(self.in_proj_weight)
+        else:
+            nn.init.xavier_uniform_(self.q_proj_weight)
+            nn.init.xavier_uniform_(self.k_proj_weight)
+            nn.init.xavier_uniform_(self.v_proj_weight)
+        if self.in_proj_bias is not None:
+            nn.init.constant_(self.in_proj_bias, 0.0)
+            nn.init.constant_(self.out_proj.bias, 0.0)
+        if self.bias_k is not None:
+            nn.init.xavier_normal_(self.bias_k)
+            nn.init.xavier_normal_(self.bias_v)
+        if self.head_scale is not None:
+            nn.init.constant_(self.head_scale, self._qknorm_init_scale)
+        if self.q_norm_weight is not None:
+            nn.init.ones_(self.q_norm_weight)
+            nn.init.zeros_(self.q_norm_bias)
+            nn.init.ones_(self.k_norm_weight)
+            nn.init.zeros_(self.k_norm_bias)
+
+    @classmethod
+    def from_torch(cls, module: nn.MultiheadAttention, kind: str = "quest",
+                   **options) -> "MultiheadAttention":
+        """A quest module with `module`'s configuration, weights (shared, not copied), device,
+        dtype and training mode; `options` are the keyword-only extras (causal, scale, ...)."""
+        if not isinstance(module, nn.MultiheadAttention):
+            raise TypeError("quest.MultiheadAttention.from_torch: expected a "
+                            f"torch.nn.MultiheadAttention, got {type(module).__name__}")
+        weight = module.out_proj.weight
+        quest_module = cls(module.embed_dim, module.num_heads, dropout=module.dropout,
+                           bias=module.in_proj_bias is not None,
+                           add_bias_kv=module.bias_k is not None,
+                           add_zero_attn=module.add_zero_attn, kdim=module.kdim, vdim=module.vdim,
+                           batch_first=module.batch_first, device=weight.device,
+                           dtype=weight.dtype, kind=kind, **options)
+        for name, parameter in module.named_parameters(recurse=False):
+            setattr(quest_module, name, parameter)
+        quest_module.out_proj = module.out_proj
+        quest_module.train(module.training)
+        return quest_module
+
+    def extra_repr(self) -> str:
+        return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, kind={self.kind}, "
+                f"dropout={self.dropout}, batch_first={self.batch_first}, causal={self.causal}")
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        # (B, N, E) -> (B, H, N, Dh)
+        return x.view(x.size(0), x.size(1), self.num_heads, self.head_dim).transpose(1, 2)
+
+    def _project(self, query: Tensor, key: Tensor, value: Tensor
+                 ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Batch-first (B, L, E), (B, S, kdim), (B, S, vdim) -> q, k, v as (B, H, N, Dh)."""
+        e = self.embed_dim
+        b_q: Optional[Tensor] = None
+        b_k: Optional[Tensor] = None
+        b_v: Optional[Tensor] = None
+        in_bias = self.in_proj_bias
+        if in_bias is not None:
+            b_q, b_k, b_v = in_bias.chunk(3)
+        w = self.in_proj_weight
+        bias_k, bias_v = self.bias_k, self.bias_v
+        if w is not None:
+            if query is key and key is value and bias_k is None:
+                # Self-attention: one projection, then one copy into (3, B, H, N, Dh) so each
+                # head's rows sit contiguously (what the fused kernel reads fastest).
+                b, n = query.size(0), query.size(1)
+                qkv = F.linear(query, w, in_bias)
+                qkv = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+                qkv = qkv.contiguous()
+                return qkv[0], qkv[1], qkv[2]
+            w_q, w_k, w_v = w[:e], w[e:2 * e], w[2 * e:]
+        else:
+            w_q, w_k, w_v = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
+            assert w_q is not None and w_k is not None and w_v is not None
+        q = F.linear(query, w_q, b_q)
+        k = F.linear(key, w_k, b_k)
+        v = F.linear(value, w_v, b_v)
+        if bias_k is not None and bias_v is not None:
+            k = torch.cat([k, bias_k.expand(k.size(0), 1, e)], 1)
+            v = torch.cat([v, bias_v.expand(v.size(0), 1, e)], 1)
+        return self._split_heads(q), self._split_heads(k), self._split_heads(v)
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor,
+                key_padding_mask: Optional[Tensor] = None, need_weights: bool = True,
+                attn_mask: Optional[Tensor] = None, average_attn_weights: bool = True
+                ) -> Tuple[Tensor, Optional[Tensor]]:
+        """As torch.nn.MultiheadAttention.forward: query (L, N, E), key (S, N, kdim), value
+        (S, N, vdim) — (N, L, E) ... with batch_first, or unbatched (L, E) ...; key_padding_mask
+        (N, S), True = ignore; attn_mask (L, S), causal only. Returns (output, weights or None)."""
+        batched = query.dim() == 3
+        if query.dim() not in (2, 3) or key.dim() != query.dim() or value.dim() != query.dim():
+            raise ValueError("quest.MultiheadAttention: query, key and value must all be 3-D "
+                             "(batched) or all 2-D (unbatched), got "
+                             f"{list(query.shape)}, {list(key.shape)}, {list(value.shape)}")
+        if not batched:
+            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        elif not self.batch_first:
+            # Keep identity (self-attention) through the transpose.
+            same_kv = key is value
+            same_qk = query is key
+            query = query.transpose(0, 1)
+            key = query if same_qk else key.transpose(0, 1)
+            value = key if same_kv else value.transpose(0, 1)
+        if query.size(2) != self.embed_dim or key.size(2) != self.kdim or \
+                value.size(2) != self.vdim:
+            raise ValueError(f"quest.MultiheadAttention: expected feature sizes (embed_dim "
+                             f"{self.embed_dim}, kdim {self.kdim}, vdim {self.vdim}), got "
+                             f"{query.size(2)}, {key.size(2)}, {value.size(2)}")
+        if key.size(0) != query.size(0) or value.size(0) != query.size(0) or \
+                key.size(1) != value.size(1):
+            raise ValueError("quest.MultiheadAttention: key and value must have the query's "
+                             "batch size and one sequence length, got (batch-first) "
+                             f"{list(query.shape)}, {list(key.shape)}, {list(value.shape)}")
+        batch, tgt_len, src_len = query.size(0), query.size(1), key.size(1)
+        causal = self.causal or _is_causal(attn_mask, tgt_len, src_len)
+
+        q, k, v = self._project(query, key, value)
+        extra_keys = 0
+        if self.bias_k is not None:
+            extra_keys += 1
+        if self.add_zero_attn:
+            zeros = torch.zeros(batch, self.num_heads, 1, self.head_dim, dtype=k.dtype,
+                                device=k.device)
+            k = torch.cat([k, zeros], 2)
+            v = torch.cat([v, zeros], 2)
+            extra_keys += 1
+        if causal and extra_keys > 0:
+            raise ValueError("quest.MultiheadAttention: causal attention with add_bias_kv or "
+                             "add_zero_attn is not supported (the extra keys would be visible "
+                             "to every query, which a causal flag cannot express)")
+
+        mask: Optional[Tensor] = None
+        if key_padding_mask is not None:
+            if key_padding_mask.dim() != 2 or key_padding_mask.size(0) != batch or \
+                    key_padding_mask.size(1) != src_len:
+                raise ValueError("quest.MultiheadAttention: key_padding_mask must have shape "
+                                 f"(N, S) = ({batch}, {src_len}), got "
+                                 f"{list(key_padding_mask.shape)}")
+            mask = _blocked(key_padding_mask, "key_padding_mask")
+            if extra_keys > 0:
+                mask = torch.cat([mask, mask.new_zeros(batch, extra_keys)], 1)
+
+        out, weights, diagnostics = attention_forward(
+            q, k, v, self.kind, causal=causal, key_padding_mask=mask, dropout_p=self.dropout,
+            training=self.training, scale=self.scale, head_scale=self.head_scale,
+            q_norm_weight=self.q_norm_weight, q_norm_bias=self.q_norm_bias,
+            k_norm_weight=self.k_norm_weight, k_norm_bias=self.k_norm_bias,
+            backend=self.backend, check_finite=self.check_finite, need_weights=need_weights,
+            need_diagnostics=self.record_diagnostics)
+        if self.record_diagnostics:
+            self.last_diagnostics = diagnostics
+
+        # (B, H, L, Dh) -> (B, L, E) -> out_proj
+        out = out.transpose(1, 2).reshape(batch, tgt_len, self.embed_dim)
+        out = F.linear(out, self.out_proj.weight, self.out_proj.bias)
+        if not batched:
+            out = out.squeeze(0)
+        elif not self.batch_first:
+            out = out.transpose(0, 1)
+        if weights is not None:
+            if average_attn_weights:
+                weights = weights.mean(1)
+            if not batched:
+                weights = weights.squeeze(0)
+        return out, weights

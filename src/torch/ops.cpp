@@ -1,0 +1,133 @@
+// quest's operators in the dispatcher (TORCH_LIBRARY): torch.ops.quest.* from Python and
+// TorchScript, over the same quest::attention as the C++ API. Built as its own shared library
+// (libquest_ops.so, loaded by torch.ops.load_library) because static registrations inside an
+// archive would be dropped by the linker.
+//
+// The kernels are registered as CompositeImplicitAutograd: quest::attention is already
+// differentiable (the fused and reference backends through quest's C++ autograd Function, the
+// composite through torch's), so autograd, TorchScript and inference mode all reach the same code.
+#include <torch/library.h>
+#include <torch/torch.h>
+
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "quest/torch/attention.h"
+
+namespace quest {
+namespace {
+
+using torch::Tensor;
+
+Tensor or_undefined(const c10::optional<Tensor>& t) { return t.has_value() ? *t : Tensor(); }
+
+// Every argument the schemas below share, in schema order, as one AttentionOptions.
+AttentionOptions options_of(c10::string_view kind, bool causal,
+                            const c10::optional<Tensor>& key_padding_mask, double dropout_p,
+                            bool training, c10::optional<double> scale,
+                            const c10::optional<Tensor>& head_scale,
+                            const c10::optional<Tensor>& q_norm_weight,
+                            const c10::optional<Tensor>& q_norm_bias,
+                            const c10::optional<Tensor>& k_norm_weight,
+                            const c10::optional<Tensor>& k_norm_bias, c10::optional<int64_t> seed,
+                            c10::string_view backend, bool check_finite, double l2_eps,
+                            double layernorm_eps) {
+  const std::string_view kind_name(kind.data(), kind.size());
+  const std::optional<Kind> k = parse_kind(kind_name);
+  TORCH_CHECK_VALUE(k.has_value(), "quest.attention: unknown kind '", kind_name,
+                    "'; expected one of standard, quest, qnorm, qknorm, qk_layernorm");
+  const std::string_view backend_name(backend.data(), backend.size());
+  const std::optional<Backend> b = parse_backend(backend_name);
+  TORCH_CHECK_VALUE(b.has_value(), "quest.attention: unknown backend '", backend_name,
+                    "'; expected one of auto, fused, composite, reference");
+  TORCH_CHECK_VALUE(!seed.has_value() || *seed >= 0, "quest.attention: seed must be >= 0, got ",
+                    *seed);
+  AttentionOptions o(*k);
+  o.causal(causal)
+      .key_padding_mask(or_undefined(key_padding_mask))
+      .dropout(dropout_p)
+      .training(training)
+      .head_scale(or_undefined(head_scale))
+      .q_norm_weight(or_undefined(q_norm_weight))
+      .q_norm_bias(or_undefined(q_norm_bias))
+      .k_norm_weight(or_undefined(k_norm_weight))
+      .k_norm_bias(or_undefined(k_norm_bias))
+      .backend(*b)
+      .check_finite(check_finite)
+      .l2_eps(l2_eps)
+      .layernorm_eps(layernorm_eps);
+  if (scale.has_value()) o.scale(*scale);
+  if (seed.has_value()) o.seed(static_cast<uint64_t>(*seed));
+  return o;
+}
+
+// The argument list after (q, k, v) that every op takes; keyword-only after `kind`.
+#define QUEST_OPTION_SCHEMA                                                                      \
+  "str kind=\"quest\", *, bool causal=False, Tensor? key_padding_mask=None, "                    \
+  "float dropout_p=0.0, bool training=False, float? scale=None, Tensor? head_scale=None, "       \
+  "Tensor? q_norm_weight=None, Tensor? q_norm_bias=None, Tensor? k_norm_weight=None, "           \
+  "Tensor? k_norm_bias=None, int? seed=None, str backend=\"auto\", bool check_finite=True, "     \
+  "float l2_eps=1e-06, float layernorm_eps=1e-05"
+
+#define QUEST_OPTION_PARAMS                                                                      \
+  c10::string_view kind, bool causal, const c10::optional<Tensor>&key_padding_mask,             \
+      double dropout_p, bool training, c10::optional<double> scale,                              \
+      const c10::optional<Tensor>&head_scale, const c10::optional<Tensor>&q_norm_weight,         \
+      const c10::optional<Tensor>&q_norm_bias, const c10::optional<Tensor>&k_norm_weight,        \
+      const c10::optional<Tensor>&k_norm_bias, c10::optional<int64_t> seed,                      \
+      c10::string_view backend, bool check_finite, double l2_eps, double layernorm_eps
+
+#define QUEST_OPTION_ARGS                                                                        \
+  options_of(kind, causal, key_padding_mask, dropout_p, training, scale, head_scale,            \
+             q_norm_weight, q_norm_bias, k_norm_weight, k_norm_bias, seed, backend,              \
+             check_finite, l2_eps, layernorm_eps)
+
+Tensor attention_op(const Tensor& q, const Tensor& k, const Tensor& v, QUEST_OPTION_PARAMS) {
+  return attention(q, k, v, QUEST_OPTION_ARGS);
+}
+
+// The rows of the diagnostics tensor, in order (python/quest/diagnostics.py names them).
+Tensor diagnostics_tensor(const HeadDiagnostics& d) {
+  const std::vector<double>* rows[] = {&d.q_norm_mean, &d.q_norm_max,     &d.k_norm_mean,
+                                       &d.k_norm_max,  &d.logit_abs_max, &d.entropy_mean};
+  const int64_t heads = static_cast<int64_t>(d.q_norm_mean.size());
+  Tensor t = torch::empty({6, heads}, torch::kDouble);
+  auto a = t.accessor<double, 2>();
+  for (int64_t r = 0; r < 6; ++r)
+    for (int64_t h = 0; h < heads; ++h) a[r][h] = (*rows[r])[h];
+  return t;
+}
+
+// (output, weights or an empty tensor, diagnostics (6, H) float64 or an empty tensor).
+std::tuple<Tensor, Tensor, Tensor> attention_forward_op(const Tensor& q, const Tensor& k,
+                                                        const Tensor& v, QUEST_OPTION_PARAMS,
+                                                        bool need_weights, bool need_diagnostics) {
+  AttentionOutput r = attention_forward(q, k, v, QUEST_OPTION_ARGS, need_weights, need_diagnostics);
+  const Tensor none = torch::empty({0});
+  return {r.output, need_weights ? r.weights : none,
+          r.diagnostics ? diagnostics_tensor(*r.diagnostics) : none};
+}
+
+// (the backend that would run, why each one before it was not taken).
+std::tuple<std::string, std::vector<std::string>> select_backend_op(const Tensor& q,
+                                                                    const Tensor& k,
+                                                                    const Tensor& v,
+                                                                    QUEST_OPTION_PARAMS) {
+  const BackendSelection s = select_backend(q, k, v, QUEST_OPTION_ARGS);
+  return {to_string(s.backend), s.rejected};
+}
+
+}  // namespace
+}  // namespace quest
+
+TORCH_LIBRARY(quest, m) {
+  m.def("attention(Tensor q, Tensor k, Tensor v, " QUEST_OPTION_SCHEMA ") -> Tensor",
+        &quest::attention_op);
+  m.def("attention_forward(Tensor q, Tensor k, Tensor v, " QUEST_OPTION_SCHEMA
+        ", bool need_weights=False, bool need_diagnostics=False) -> (Tensor, Tensor, Tensor)",
+        &quest::attention_forward_op);
+  m.def("select_backend(Tensor q, Tensor k, Tensor v, " QUEST_OPTION_SCHEMA
+        ") -> (str, str[])",
+        &quest::select_backend_op);
+}

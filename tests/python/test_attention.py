@@ -1,0 +1,204 @@
+"""quest.attention: outputs and gradients of every kind, option and backend against the float64
+plain-torch oracle; gradcheck; dropout; backend selection."""
+import math
+
+import pytest
+import torch
+
+import oracle
+import quest
+
+KINDS = list(quest.KINDS)
+BACKENDS = ["fused", "composite", "reference"]
+
+
+def make_inputs(kind, batch=2, heads=3, q_len=7, k_len=9, dk=8, dv=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    t = {name: torch.randn(batch, heads, n, d, generator=g, dtype=torch.float64)
+         for name, n, d in (("q", q_len, dk), ("k", k_len, dk), ("v", k_len, dv))}
+    params = {}
+    if kind == "qknorm":
+        params["head_scale"] = 1.0 + torch.rand(heads, generator=g, dtype=torch.float64) * 3
+    if kind == "qk_layernorm":
+        for name in ("q_norm_weight", "k_norm_weight"):
+            params[name] = 1.0 + 0.3 * torch.randn(dk, generator=g, dtype=torch.float64)
+        for name in ("q_norm_bias", "k_norm_bias"):
+            params[name] = 0.2 * torch.randn(dk, generator=g, dtype=torch.float64)
+    return t, params
+
+
+def leaves(tensors, dtype):
+    return {n: x.detach().to(dtype).requires_grad_() for n, x in tensors.items()}
+
+
+# (name, options): every option of the C++ API the oracle can express.
+CASES = [
+    ("plain", {}),
+    ("causal", {"causal": True}),
+    ("padding", {"key_padding_mask": "pad"}),
+    ("causal+padding", {"causal": True, "key_padding_mask": "pad"}),
+    ("scale", {"scale": 0.37}),
+]
+SHAPES = [
+    ("Nq<Nk", dict(q_len=7, k_len=9)),
+    ("Nq>Nk,Dv!=Dk", dict(q_len=11, k_len=5, dk=8, dv=5)),
+]
+
+
+def padding_mask(batch, k_len):
+    mask = torch.zeros(batch, k_len, dtype=torch.bool)
+    mask[0, -2:] = True          # a few padded keys
+    mask[-1, 1] = True
+    return mask
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape_name,shape", SHAPES)
+@pytest.mark.parametrize("case_name,case", CASES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_outputs_and_gradients_match_oracle(kind, case_name, case, shape_name, shape, backend):
+    if case_name == "scale" and kind == "qknorm":
+        pytest.skip("qknorm's scale is its head_scale")
+    tensors, params = make_inputs(kind, **shape)
+    options = dict(case)
+    if options.get("key_padding_mask") == "pad":
+        options["key_padding_mask"] = padding_mask(2, shape["k_len"])
+    dtype = torch.float32 if backend == "fused" else torch.float64
+    # float64 oracle on the same (rounded) values the backend sees
+    ref_in = leaves({n: x.to(dtype) for n, x in {**tensors, **params}.items()}, torch.float64)
+    got_in = leaves({**tensors, **params}, dtype)
+
+    ref_out, _ = oracle.attention(ref_in["q"], ref_in["k"], ref_in["v"], kind,
+                                  **options, **{n: ref_in[n] for n in params})
+    got_out = quest.attention(got_in["q"], got_in["k"], got_in["v"], kind, backend=backend,
+                              **options, **{n: got_in[n] for n in params})
+    assert got_out.dtype == dtype and got_out.shape == ref_out.shape
+    dout = torch.randn(ref_out.shape, generator=torch.Generator().manual_seed(1),
+                       dtype=torch.float64)
+    (ref_out * dout).sum().backward()
+    (got_out * dout.to(dtype)).sum().backward()
+
+    tol = dict(rtol=2e-4, atol=2e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got_out.double(), ref_out.detach(), **tol)
+    for name in got_in:
+        torch.testing.assert_close(got_in[name].grad.double(), ref_in[name].grad, **tol,
+                                   msg=lambda m: f"d{name}: {m}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("backend", ["composite", "reference"])
+def test_gradcheck_float64(kind, backend):
+    tensors, params = make_inputs(kind, batch=1, heads=2, q_len=4, k_len=5, dk=3, dv=2)
+    names = list(tensors) + list(params)
+    inputs = tuple(leaves({**tensors, **params}, torch.float64)[n] for n in names)
+    mask = torch.tensor([[False, False, False, True, False]])
+
+    def f(*xs):
+        a = dict(zip(names, xs))
+        return quest.attention(a["q"], a["k"], a["v"], kind, causal=True, key_padding_mask=mask,
+                               backend=backend, **{n: a[n] for n in params})
+
+    assert torch.autograd.gradcheck(f, inputs)
+    if backend == "composite":
+        assert torch.autograd.gradgradcheck(f, inputs)
+
+
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+def test_kernel_backends_refuse_double_backward(backend):
+    dtype = torch.float32 if backend == "fused" else torch.float64
+    q, k, v = (torch.randn(1, 1, 4, 4, dtype=dtype, requires_grad=True) for _ in range(3))
+    out = quest.attention(q, k, v, backend=backend)
+    (gq,) = torch.autograd.grad(out.sum(), q, create_graph=False)  # single backward is fine
+    out = quest.attention(q, k, v, backend=backend)
+    with pytest.raises(RuntimeError, match="once-differentiable.*composite"):
+        torch.autograd.grad(out.sum(), q, create_graph=True)
+
+
+def test_dropout_keeps_or_drops_each_weight_and_is_seeded():
+    # With V = identity the output row is the (dropped, rescaled) probability row itself.
+    torch.manual_seed(0)
+    n, p = 16, 0.25
+    q = torch.randn(2, 2, n, 8)
+    k = torch.randn(2, 2, n, 8)
+    v = torch.eye(n).expand(2, 2, n, n).contiguous()
+    _, probs = oracle.attention(q.double(), k.double(), v.double(), "quest")
+    outs = {b: quest.attention(q, k, v, "quest", dropout_p=p, training=True, seed=7, backend=b)
+            for b in BACKENDS}
+    kept = outs["fused"] != 0
+    torch.testing.assert_close(outs["fused"][kept].double(), (probs / (1 - p))[kept],
+                               rtol=1e-5, atol=1e-7)
+    assert abs((~kept).double().mean().item() - p) < 0.05
+    for b in ("composite", "reference"):  # every backend draws the same mask for a seed
+        torch.testing.assert_close(outs[b], outs["fused"], rtol=1e-5, atol=1e-7)
+    again = quest.attention(q, k, v, "quest", dropout_p=p, training=True, seed=7)
+    other = quest.attention(q, k, v, "quest", dropout_p=p, training=True, seed=8)
+    assert torch.equal(again, outs["fused"]) and not torch.equal(other, outs["fused"])
+    # without a seed, torch's generator decides: torch.manual_seed makes it repeatable
+    torch.manual_seed(3)
+    a = quest.attention(q, k, v, "quest", dropout_p=p, training=True)
+    torch.manual_seed(3)
+    b = quest.attention(q, k, v, "quest", dropout_p=p, training=True)
+    assert torch.equal(a, b)
+    # not training: no dropout
+    torch.testing.assert_close(quest.attention(q, k, v, "quest", dropout_p=p),
+                               probs.float(), rtol=1e-5, atol=1e-6)
+
+
+def test_weights_and_diagnostics_match_oracle():
+    tensors, _ = make_inputs("quest", q_len=6, k_len=6)
+    q, k, v = (tensors[n].float() for n in "qkv")
+    mask = padding_mask(2, 6)
+    out, weights, diag = quest.attention_forward(q, k, v, "quest", causal=True,
+                                                 key_padding_mask=mask, need_weights=True,
+                                                 need_diagnostics=True)
+    ref_out, probs = oracle.attention(q.double(), k.double(), v.double(), "quest", causal=True,
+                                      key_padding_mask=mask)
+    torch.testing.assert_close(weights.double(), probs, rtol=1e-5, atol=1e-6)
+    d = quest.HeadDiagnostics.from_tensor(diag)
+    qn = q.double().norm(dim=-1)                       # (B, H, N)
+    kn = k.double().norm(dim=-1).masked_fill(mask.view(2, 1, 6), float("nan"))
+    torch.testing.assert_close(d.q_norm_max, qn.amax((0, 2)), rtol=1e-5, atol=0)
+    torch.testing.assert_close(d.q_norm_mean, qn.mean((0, 2)), rtol=1e-5, atol=0)
+    torch.testing.assert_close(d.k_norm_max, kn.nan_to_num(-1).amax((0, 2)), rtol=1e-5, atol=0)
+    torch.testing.assert_close(d.k_norm_mean, kn.nanmean((0, 2)), rtol=1e-5, atol=0)
+    s = oracle.logits(q.double(), k.double(), "quest")
+    ok = oracle.visible(6, 6, 2, True, mask).expand_as(s)
+    torch.testing.assert_close(d.logit_abs_max, s.abs().where(ok, torch.zeros_like(s)).amax((0, 2, 3)),
+                               rtol=1e-5, atol=0)
+    entropy = -(probs * probs.clamp_min(1e-300).log()).sum(-1)   # (B, H, N); every row sees a key
+    torch.testing.assert_close(d.entropy_mean, entropy.mean((0, 2)), rtol=1e-4, atol=1e-6)
+    assert weights.shape == (2, 3, 6, 6) and diag.dtype == torch.float64
+    assert "logit_abs_max" in str(d)
+    # not asked for: None
+    _, w, dg = quest.attention_forward(q, k, v)
+    assert w is None and dg is None
+
+
+def test_backend_selection_says_why():
+    q = torch.randn(1, 2, 4, 8, dtype=torch.float64)
+    backend, why = quest.select_backend(q, q, q)
+    assert backend == "composite" and any("float32" in r for r in why)
+    assert quest.select_backend(q.float(), q.float(), q.float())[0] == "fused"
+    with pytest.raises(RuntimeError, match="float32"):
+        quest.attention(q, q, q, backend="fused")
+
+
+def test_rows_that_see_no_key_are_zero_with_finite_gradients():
+    q = torch.randn(1, 1, 3, 4, requires_grad=True)
+    k = torch.randn(1, 1, 3, 4, requires_grad=True)
+    v = torch.randn(1, 1, 3, 4, requires_grad=True)
+    mask = torch.tensor([[True, True, True]])
+    for backend in BACKENDS:
+        out = quest.attention(q, k, v, key_padding_mask=mask, backend=backend)
+        assert torch.equal(out, torch.zeros_like(out))
+        out.sum().backward()
+        assert all(torch.isfinite(x.grad).all() for x in (q, k, v))
+
+
+def test_scale_default_per_kind():
+    tensors, _ = make_inputs("standard")
+    q, k, v = (tensors[n].float() for n in "qkv")
+    for kind in ("standard", "quest"):
+        explicit = 1 / math.sqrt(8) if kind == "standard" else 1.0
+        torch.testing.assert_close(quest.attention(q, k, v, kind),
+                                   quest.attention(q, k, v, kind, scale=explicit))

@@ -1,0 +1,234 @@
+"""quest.MultiheadAttention as a drop-in for torch.nn.MultiheadAttention; quest.convert;
+TorchScript, pickling and torch.save; diagnostics recording."""
+import io
+import math
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+import oracle
+import quest
+
+E, H = 16, 4
+
+
+def pair(**config):
+    """A torch module and a kind="standard" quest module with its state_dict."""
+    torch.manual_seed(0)
+    ref = nn.MultiheadAttention(E, H, **config)
+    with torch.no_grad():  # non-zero biases, so every parameter matters
+        for p in ref.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    mine = quest.MultiheadAttention(E, H, **config, kind="standard")
+    mine.load_state_dict(ref.state_dict())
+    return ref.eval(), mine.eval()
+
+
+def sequences(batch_first, l=6, s=6, n=3, kdim=E, vdim=E, self_attention=True):
+    g = torch.Generator().manual_seed(1)
+    shape = (lambda t, d: (n, t, d)) if batch_first else (lambda t, d: (t, n, d))
+    q = torch.randn(*shape(l, E), generator=g)
+    if self_attention:
+        return q, q, q
+    return q, torch.randn(*shape(s, kdim), generator=g), torch.randn(*shape(s, vdim), generator=g)
+
+
+CONFIGS = [
+    ("default", {}, {}),
+    ("batch_first", {"batch_first": True}, {}),
+    ("no_bias", {"bias": False}, {}),
+    ("kdim_vdim", {"kdim": 5, "vdim": 7}, {"self_attention": False, "s": 9, "kdim": 5, "vdim": 7}),
+    ("cross", {}, {"self_attention": False, "s": 4}),
+    ("bias_kv", {"add_bias_kv": True}, {}),
+    ("zero_attn", {"add_zero_attn": True}, {}),
+]
+
+
+@pytest.mark.parametrize("name,config,data", CONFIGS)
+@pytest.mark.parametrize("masks", ["none", "padding", "causal", "padding+causal"])
+@pytest.mark.parametrize("need_weights,average", [(False, True), (True, True), (True, False)])
+def test_standard_kind_matches_torch_module(name, config, data, masks, need_weights, average):
+    ref, mine = pair(**config)
+    assert set(mine.state_dict()) == set(ref.state_dict())
+    q, k, v = sequences(config.get("batch_first", False), **data)
+    l, s = q.shape[1 if config.get("batch_first") else 0], k.shape[1 if config.get("batch_first") else 0]
+    kw = {"need_weights": need_weights, "average_attn_weights": average}
+    if "padding" in masks:
+        kpm = torch.zeros(3, s, dtype=torch.bool)
+        kpm[0, -2:] = True
+        kw["key_padding_mask"] = kpm
+    if "causal" in masks:
+        if l != s or config.get("add_bias_kv") or config.get("add_zero_attn"):
+            pytest.skip("causal needs a square mask and no extra keys")
+        kw["attn_mask"] = nn.Transformer.generate_square_subsequent_mask(l)
+    ref_out, ref_w = ref(q, k, v, **kw)
+    out, w = mine(q, k, v, **kw)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    if need_weights:
+        torch.testing.assert_close(w, ref_w, rtol=1e-5, atol=1e-6)
+    else:
+        assert w is None and ref_w is None
+
+
+def test_unbatched_and_state_dict_back_to_torch():
+    ref, mine = pair()
+    x = torch.randn(5, E)
+    torch.testing.assert_close(mine(x, x, x)[0], ref(x, x, x)[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mine(x, x, x)[1], ref(x, x, x)[1], rtol=1e-5, atol=1e-6)
+    back = nn.MultiheadAttention(E, H)
+    back.load_state_dict(mine.state_dict())          # quest -> torch, unchanged keys
+    torch.testing.assert_close(back.eval()(x, x, x)[0], ref(x, x, x)[0])
+
+
+@pytest.mark.parametrize("kind", quest.KINDS)
+def test_kinds_compute_their_formula_and_train(kind):
+    torch.manual_seed(0)
+    m = quest.MultiheadAttention(E, H, kind=kind, batch_first=True)
+    extra = {"qknorm": {"head_scale"},
+             "qk_layernorm": {"q_norm_weight", "q_norm_bias", "k_norm_weight", "k_norm_bias"}}
+    assert set(m.state_dict()) - set(nn.MultiheadAttention(E, H).state_dict()) == \
+        extra.get(kind, set())
+    if kind == "qknorm":
+        assert torch.allclose(m.head_scale, torch.full((H,), math.sqrt(E // H)))
+    x = torch.randn(2, 5, E, requires_grad=True)
+    out, _ = m(x, x, x, need_weights=False)
+    # the same computation by hand, on the oracle
+    qkv = nn.functional.linear(x, m.in_proj_weight, m.in_proj_bias).double()
+    q, k, v = (t.view(2, 5, H, E // H).transpose(1, 2) for t in qkv.chunk(3, -1))
+    params = {n: getattr(m, n).double() for n in ("head_scale", "q_norm_weight", "q_norm_bias",
+                                                  "k_norm_weight", "k_norm_bias")
+              if getattr(m, n) is not None}
+    o, _ = oracle.attention(q, k, v, kind, **params)
+    o = nn.functional.linear(o.transpose(1, 2).reshape(2, 5, E).float(), m.out_proj.weight,
+                             m.out_proj.bias)
+    torch.testing.assert_close(out, o, rtol=1e-4, atol=1e-5)
+    out.square().sum().backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_convert_transformer_encoder():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(E, H, dim_feedforward=32, batch_first=True)
+    model = nn.TransformerEncoder(layer, num_layers=2).eval()
+    x = torch.randn(3, 6, E)
+    kpm = torch.zeros(3, 6, dtype=torch.bool)
+    kpm[1, -2:] = True
+    causal = nn.Transformer.generate_square_subsequent_mask(6)
+    with torch.no_grad():   # torch's own layer takes its native fast path here
+        ref = model(x, src_key_padding_mask=kpm)
+        ref_causal = model(x, mask=causal)
+        std = quest.convert(model, kind="standard")
+        assert sum(isinstance(m, quest.MultiheadAttention) for m in std.modules()) == 2
+        assert not any(isinstance(m, nn.MultiheadAttention) for m in std.modules())
+        out = std(x, src_key_padding_mask=kpm)
+        # padded positions: torch's fast path returns 0 there; compare the real tokens
+        torch.testing.assert_close(out[~kpm], ref[~kpm], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(std(x, mask=causal), ref_causal, rtol=1e-4, atol=1e-5)
+    # torch 1.13's encoder fast path (eval, no grad) must not bypass quest's attention
+    quest_model = quest.convert(nn.TransformerEncoder(layer, num_layers=2), kind="quest").eval()
+    with torch.no_grad():
+        fast = quest_model(x, src_key_padding_mask=kpm)
+    slow = quest_model(x, src_key_padding_mask=kpm)  # grad enabled: torch's slow path
+    torch.testing.assert_close(fast, slow)
+    assert not torch.allclose(fast[~kpm], ref[~kpm], rtol=1e-2, atol=1e-2)
+    with pytest.warns(UserWarning):  # quest modules are left as they are
+        again = quest.convert(std, kind="quest")
+    assert all(m.kind == "standard" for m in again.modules()
+               if isinstance(m, quest.MultiheadAttention))
+
+
+def test_convert_torchvision_vit():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    vit = torchvision.models.vit_b_16().eval()
+    vit.heads = nn.Identity()  # torchvision zero-initialises the head: compare the features
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        ref = vit(x)
+        std = quest.convert(vit, kind="standard")
+        assert sum(isinstance(m, quest.MultiheadAttention) for m in std.modules()) == 12
+        torch.testing.assert_close(std(x), ref, rtol=1e-3, atol=1e-4)
+    torch.manual_seed(0)
+    vit = torchvision.models.vit_b_16().eval()
+    vit.heads = nn.Identity()
+    vit = quest.convert(vit, kind="quest")
+    with torch.no_grad():
+        assert not torch.allclose(vit(x), ref, rtol=1e-2, atol=1e-2)
+
+
+def test_convert_without_attention_warns():
+    with pytest.warns(UserWarning, match="no torch.nn.MultiheadAttention"):
+        quest.convert(nn.Linear(2, 2))
+    m = quest.convert(nn.MultiheadAttention(E, H), kind="qknorm")
+    assert isinstance(m, quest.MultiheadAttention) and m.kind == "qknorm"
+
+
+@pytest.mark.parametrize("kind", ["quest", "qk_layernorm"])
+def test_torchscript_round_trip(kind, tmp_path):
+    torch.manual_seed(0)
+    m = quest.MultiheadAttention(E, H, kind=kind, batch_first=True).eval()
+    scripted = torch.jit.script(m)
+    path = tmp_path / "mha.pt"
+    scripted.save(str(path))
+    loaded = torch.jit.load(str(path))
+    x = torch.randn(2, 5, E)
+    kpm = torch.tensor([[False] * 5, [False, False, False, True, True]])
+    expected = m(x, x, x, key_padding_mask=kpm)[0]
+    torch.testing.assert_close(loaded(x, x, x, key_padding_mask=kpm)[0], expected)
+    # scripted code that calls the functional API and the operator directly
+    q = torch.randn(1, 2, 4, 8)
+    for fn in (causal_quest, causal_standard_op):
+        scripted_fn = torch.jit.script(fn)
+        assert "quest::attention" in str(scripted_fn.inlined_graph)
+        torch.testing.assert_close(scripted_fn(q), fn(q))
+    torch.testing.assert_close(causal_quest(q), quest.attention(q, q, q, "quest", causal=True))
+
+
+def causal_quest(q: torch.Tensor) -> torch.Tensor:
+    return quest.attention(q, q, q, "quest", True)
+
+
+def causal_standard_op(q: torch.Tensor) -> torch.Tensor:
+    return torch.ops.quest.attention(q, q, q, "standard", causal=True)
+
+
+def test_pickle_and_torch_save(tmp_path):
+    torch.manual_seed(0)
+    model = nn.TransformerEncoder(nn.TransformerEncoderLayer(E, H, 32, batch_first=True), 1)
+    model = quest.convert(model, kind="qknorm").eval()
+    x = torch.randn(2, 5, E)
+    expected = model(x)
+    copy = pickle.loads(pickle.dumps(model))
+    torch.testing.assert_close(copy(x), expected)
+    path = tmp_path / "model.pt"
+    torch.save(model, path)
+    torch.testing.assert_close(torch.load(path)(x), expected)
+    state = tmp_path / "state.pt"
+    torch.save(model.state_dict(), state)
+    fresh = quest.convert(nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(E, H, 32, batch_first=True), 1), kind="qknorm").eval()
+    fresh.load_state_dict(torch.load(state))
+    torch.testing.assert_close(fresh(x), expected)
+
+
+def test_record_diagnostics():
+    torch.manual_seed(0)
+    model = quest.convert(nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(E, H, 32, batch_first=True), 2), kind="quest").eval()
+    x = torch.randn(2, 5, E)
+    with quest.record_diagnostics(model) as rec:
+        model(x)
+    names = [n for n, _ in rec.items()]
+    assert names == ["layers.0.self_attn", "layers.1.self_attn"]
+    d = rec["layers.0.self_attn"]
+    assert d.logit_abs_max.shape == (H,)
+    # QUEST: |logit| <= ||q||
+    assert bool((d.logit_abs_max <= d.q_norm_max * (1 + 1e-5)).all())
+    assert bool((d.entropy_mean > 0).all() and (d.entropy_mean <= math.log(5) + 1e-6).all())
+    assert not any(m.record_diagnostics for m in model.modules()
+                   if isinstance(m, quest.MultiheadAttention))
+    with pytest.raises(ValueError, match="no quest.MultiheadAttention"):
+        quest.record_diagnostics(nn.Linear(2, 2))
