@@ -60,7 +60,9 @@ class MultiheadAttention(nn.Module):
 
     Differences from torch's module: attn_mask may only be the causal mask or one that blocks
     nothing (float masks: 0/-inf only); the returned weights are before dropout; a query that
-    sees no key outputs zeros (torch: NaN).
+    sees no key outputs zeros (torch: NaN); a hidden key's weight is exactly 0, also in a row
+    that a NaN made NaN (torch's additive mask: NaN), so such a row's NaN reaches the visible
+    keys' gradients only.
 
     Set `record_diagnostics = True` (or use quest.record_diagnostics) to keep each forward's
     per-head diagnostics as `last_diagnostics`, a (6, H) float64 tensor.

@@ -53,10 +53,12 @@ def visible(q_len: int, k_len: int, batch: int, causal: bool,
 
 
 def attention(q, k, v, kind="quest", causal=False, key_padding_mask=None, **params):
-    """(output, probabilities); a row that sees no key outputs zeros (quest's convention)."""
+    """(output, probabilities). quest's conventions: a hidden key's weight is exactly 0 (also in a
+    row made NaN by a NaN logit, where an additive -inf mask would give NaN), and a row that sees
+    no key outputs zeros."""
     s = logits(q, k, kind, **params)
     ok = visible(q.shape[2], k.shape[2], q.shape[0], causal, key_padding_mask)
     s = s.masked_fill(~ok, float("-inf"))
-    p = torch.softmax(s, -1)
+    p = torch.softmax(s, -1).masked_fill(~ok, 0)
     p = torch.where(ok.any(-1, keepdim=True), p, torch.zeros_like(p))
     return p @ v, p
