@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Builds and runs every test: the main build's CTest suite, the torch-free core and the loader
-# fuzzing under AddressSanitizer + UBSan, and one downstream project per installed target (find_package).
+# Builds and runs every test: the main build's CTest suite, the Python package's pytest suite, the
+# torch-free core and the loader fuzzing under AddressSanitizer + UBSan, and one downstream project
+# per installed target (find_package).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
 
 scripts/setup.sh
 (cd build && ctest -j"$jobs" --output-on-failure --timeout 600)
+
+echo "== Python package: pytest with the interpreter the package was built for"
+python=$(sed -n 's/^QUEST_PYTHON:FILEPATH=//p' build/CMakeCache.txt)
+PYTHONPATH="$PWD/build/python" "${python:-/usr/bin/python3}" -m pytest tests/python -q -p no:cacheprovider
 
 echo "== core under AddressSanitizer + UndefinedBehaviorSanitizer"
 cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQUEST_WITH_TORCH=OFF -DQUEST_SANITIZE=ON > /dev/null

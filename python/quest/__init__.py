@@ -8,11 +8,11 @@
 The operators are torch.ops.quest.attention / attention_forward / select_backend (TorchScript can
 call them); they run quest's C++ kernels (fused SIMD for float32) in the process's LibTorch.
 """
-from .functional import BACKENDS, KINDS, attention, attention_forward, select_backend
+from .functional import BACKENDS, KINDS, attention, attention_forward, runtime, select_backend
 from .nn import MultiheadAttention
 from .convert import convert
 from .diagnostics import HeadDiagnostics, record_diagnostics
 
 __all__ = ["attention", "attention_forward", "select_backend", "MultiheadAttention", "convert",
-           "HeadDiagnostics", "record_diagnostics", "KINDS", "BACKENDS"]
+           "HeadDiagnostics", "record_diagnostics", "runtime", "KINDS", "BACKENDS"]
 __version__ = "0.1.0"

@@ -4,7 +4,7 @@ Every function is TorchScript-compatible, so a scripted module may call it (whic
 options are not keyword-only: TorchScript in torch 1.13 cannot compile keyword-only arguments with
 defaults; the operators themselves take them keyword-only).
 """
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -83,3 +83,10 @@ def select_backend(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", causal:
         training=training, scale=scale, head_scale=head_scale, q_norm_weight=q_norm_weight,
         q_norm_bias=q_norm_bias, k_norm_weight=k_norm_weight, k_norm_bias=k_norm_bias, seed=seed,
         backend=backend, check_finite=check_finite, l2_eps=l2_eps, layernorm_eps=layernorm_eps)
+
+
+def runtime() -> Dict[str, str]:
+    """The fused kernel's SIMD target ("AVX3", "AVX2", ...) and the BLAS behind torch's matmul:
+    blas (name), blas_library, blas_core (OpenBLAS's kernel set) and blas_better_core (non-empty
+    when OpenBLAS picked kernels older than the CPU and OPENBLAS_CORETYPE=<it> would be faster)."""
+    return torch.ops.quest.runtime()

@@ -13,7 +13,9 @@
 #include <tuple>
 #include <vector>
 
+#include "quest/core/fused.h"
 #include "quest/torch/attention.h"
+#include "quest/torch/runtime.h"
 
 namespace quest {
 namespace {
@@ -118,6 +120,18 @@ std::tuple<std::string, std::vector<std::string>> select_backend_op(const Tensor
   return {to_string(s.backend), s.rejected};
 }
 
+// What a benchmark must report: the fused kernel's SIMD target and the BLAS behind torch's matmul.
+c10::Dict<std::string, std::string> runtime_op() {
+  const BlasInfo blas = detect_blas();
+  c10::Dict<std::string, std::string> r;
+  r.insert("simd_target", fused::simd_target());
+  r.insert("blas", blas.name);
+  r.insert("blas_library", blas.library);
+  r.insert("blas_core", blas.core);
+  r.insert("blas_better_core", blas.better_core);
+  return r;
+}
+
 }  // namespace
 }  // namespace quest
 
@@ -130,4 +144,5 @@ TORCH_LIBRARY(quest, m) {
   m.def("select_backend(Tensor q, Tensor k, Tensor v, " QUEST_OPTION_SCHEMA
         ") -> (str, str[])",
         &quest::select_backend_op);
+  m.def("runtime() -> Dict(str, str)", &quest::runtime_op);
 }

@@ -1,0 +1,109 @@
+"""Train a small torchvision Vision Transformer on Fashion-MNIST with QUEST attention.
+
+    PYTHONPATH=build/python /usr/bin/python3 examples/python/train_vit.py --kind quest
+
+A PyTorch model is built as usual (torchvision's VisionTransformer), then quest.convert swaps every
+torch.nn.MultiheadAttention for quest's; the rest of the training loop is plain PyTorch. The data
+are the IDX files of Debian's dataset-fashion-mnist package, read here with numpy.
+"""
+import argparse
+import gzip
+import os
+import time
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+
+import quest
+
+DATA_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+def read_idx(path: str) -> np.ndarray:
+    """An IDX file (gzip) as an array, its header checked against its size."""
+    if not os.path.exists(path):
+        raise SystemExit(f"{path} is missing: install Debian's dataset-fashion-mnist package")
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise SystemExit(f"{path}: not an IDX file of unsigned bytes")
+    rank = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(rank))
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * rank)
+    if body.size != int(np.prod(shape)):
+        raise SystemExit(f"{path}: header says {shape}, file holds {body.size} values")
+    return body.reshape(shape)
+
+
+def load(split: str, limit: int):
+    images = read_idx(os.path.join(DATA_DIR, f"{split}-images-idx3-ubyte.gz"))[:limit]
+    labels = read_idx(os.path.join(DATA_DIR, f"{split}-labels-idx1-ubyte.gz"))[:limit]
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+    return (x - 0.2860) / 0.3530, torch.from_numpy(labels.astype(np.int64))
+
+
+def build_model(kind: str) -> nn.Module:
+    model = torchvision.models.VisionTransformer(
+        image_size=28, patch_size=7, num_layers=4, num_heads=4, hidden_dim=64, mlp_dim=128,
+        num_classes=10)
+    model.conv_proj = nn.Conv2d(1, 64, kernel_size=7, stride=7)  # grayscale patches
+    return quest.convert(model, kind=kind)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:
+    model.eval()
+    correct = sum((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum().item()
+                  for i in range(0, len(x), batch))
+    return correct / len(x)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--kind", default="quest", choices=quest.KINDS)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--train-size", type=int, default=20000)
+    p.add_argument("--test-size", type=int, default=10000)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+
+    torch.manual_seed(args.seed)
+    train_x, train_y = load("train", args.train_size)
+    test_x, test_y = load("t10k", args.test_size)
+    model = build_model(args.kind)
+    print(f"kind={args.kind}: {sum(isinstance(m, quest.MultiheadAttention) for m in model.modules())}"
+          f" attention modules converted, {sum(p.numel() for p in model.parameters())} parameters")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
+    steps = args.epochs * ((len(train_x) + args.batch_size - 1) // args.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=steps)
+
+    for epoch in range(args.epochs):
+        model.train()
+        start, total = time.time(), 0.0
+        order = torch.randperm(len(train_x))
+        for i in range(0, len(train_x), args.batch_size):
+            idx = order[i:i + args.batch_size]
+            loss = nn.functional.cross_entropy(model(train_x[idx]), train_y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += loss.item() * len(idx)
+        seconds = time.time() - start
+        print(f"epoch {epoch + 1}/{args.epochs}: train loss {total / len(train_x):.4f}, "
+              f"{len(train_x) / seconds:.0f} img/s")
+
+    print(f"test accuracy: {accuracy(model, test_x, test_y):.4f}")
+    with quest.record_diagnostics(model) as recording:
+        accuracy(model, test_x[:500], test_y[:500])
+    print("per-head attention diagnostics on 500 test images (quest.record_diagnostics):")
+    for name, d in recording.items():
+        print(f"{name}:\n{d}")
+
+
+if __name__ == "__main__":
+    main()
