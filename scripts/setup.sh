@@ -5,10 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # python3-*: the Python package (python3-torch is the same source package as libtorch-dev, so
-# Debian's /usr/bin/python3 loads the LibTorch quest links), its tests and example.
+# Debian's /usr/bin/python3 loads the LibTorch quest links), its tests and example. linux-doc-6.1:
+# the kernel documentation's reStructuredText, the language-modelling corpus (lab/data/text.h).
 packages=(libtorch-dev libopenblas0-pthread dataset-fashion-mnist libgtest-dev libbenchmark-dev
           libcli11-dev nlohmann-json3-dev libhwy-dev gnuplot-nox zlib1g-dev libjpeg-dev cmake g++
-          python3-torch python3-numpy python3-pytest python3-torchvision)
+          python3-torch python3-numpy python3-pytest python3-torchvision linux-doc-6.1)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -16,8 +16,8 @@ BACKENDS = ("auto", "fused", "composite", "reference")
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", causal: bool = False,
-              key_padding_mask: Optional[Tensor] = None, dropout_p: float = 0.0,
-              training: bool = False, scale: Optional[float] = None,
+              causal_alignment: str = "top_left", key_padding_mask: Optional[Tensor] = None,
+              dropout_p: float = 0.0, training: bool = False, scale: Optional[float] = None,
               head_scale: Optional[Tensor] = None, q_norm_weight: Optional[Tensor] = None,
               q_norm_bias: Optional[Tensor] = None, k_norm_weight: Optional[Tensor] = None,
               k_norm_bias: Optional[Tensor] = None, seed: Optional[int] = None,
@@ -28,9 +28,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", causal: bool
     kind: "standard" (q·k/sqrt(D)), "quest" (keys L2-normalised, scale 1), "qnorm" (queries
     L2-normalised), "qknorm" (both, times a per-head `head_scale` (H,)), "qk_layernorm" (per-head
     LayerNorm of q and k with optional affine `q_norm_weight` ... `k_norm_bias` of shape (D,)).
-    causal: query i sees key j only if j <= i (top-left aligned). key_padding_mask: (B, Nk) bool,
-    True = padding. dropout_p applies to the attention weights only when `training`; `seed` fixes
-    its mask (default: drawn from torch's generator, so torch.manual_seed fixes it).
+    causal: query i sees key j only if j <= i (causal_alignment "top_left", as torch's is_causal)
+    or j <= i + Nk - Nq ("bottom_right": the last query sees the last key, for decoding new
+    queries against a cache of earlier keys). key_padding_mask: (B, Nk) bool, True = padding.
+    dropout_p applies to the attention weights only when `training`; `seed` fixes its mask
+    (default: drawn from torch's generator, so torch.manual_seed fixes it).
     scale: logit scale (default per kind). backend: "auto" (fused for float32, else composite),
     "fused", "composite" or "reference". check_finite: reject NaN/Inf inputs with an error naming
     the tensor; off, NaN/Inf propagate exactly as in the matmul -> softmax -> matmul composite.
@@ -38,39 +40,39 @@ def attention(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", causal: bool
     backends are once-differentiable (double backward: backend="composite").
     """
     return torch.ops.quest.attention(
-        q, k, v, kind, causal=causal, key_padding_mask=key_padding_mask, dropout_p=dropout_p,
-        training=training, scale=scale, head_scale=head_scale, q_norm_weight=q_norm_weight,
-        q_norm_bias=q_norm_bias, k_norm_weight=k_norm_weight, k_norm_bias=k_norm_bias, seed=seed,
-        backend=backend, check_finite=check_finite, l2_eps=l2_eps, layernorm_eps=layernorm_eps)
+        q, k, v, kind, causal=causal, causal_alignment=causal_alignment,
+        key_padding_mask=key_padding_mask, dropout_p=dropout_p, training=training, scale=scale,
+        head_scale=head_scale, q_norm_weight=q_norm_weight, q_norm_bias=q_norm_bias,
+        k_norm_weight=k_norm_weight, k_norm_bias=k_norm_bias, seed=seed, backend=backend,
+        check_finite=check_finite, l2_eps=l2_eps, layernorm_eps=layernorm_eps)
 
 
-def attention_forward(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest",
-                      causal: bool = False, key_padding_mask: Optional[Tensor] = None,
-                      dropout_p: float = 0.0, training: bool = False,
-                      scale: Optional[float] = None, head_scale: Optional[Tensor] = None,
-                      q_norm_weight: Optional[Tensor] = None,
-                      q_norm_bias: Optional[Tensor] = None,
-                      k_norm_weight: Optional[Tensor] = None,
+def attention_forward(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", causal: bool = False,
+                      causal_alignment: str = "top_left", key_padding_mask: Optional[Tensor] = None,
+                      dropout_p: float = 0.0, training: bool = False, scale: Optional[float] = None,
+                      head_scale: Optional[Tensor] = None, q_norm_weight: Optional[Tensor] = None,
+                      q_norm_bias: Optional[Tensor] = None, k_norm_weight: Optional[Tensor] = None,
                       k_norm_bias: Optional[Tensor] = None, seed: Optional[int] = None,
                       backend: str = "auto", check_finite: bool = True, l2_eps: float = 1e-6,
-                      layernorm_eps: float = 1e-5, need_weights: bool = False,
-                      need_diagnostics: bool = False
+                      layernorm_eps: float = 1e-5,
+                      need_weights: bool = False, need_diagnostics: bool = False
                       ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
     """As attention(), also returning (B, H, Nq, Nk) weights (before dropout, detached;
     materialised, for inspection) and a (6, H) float64 diagnostics tensor (rows as
     quest.HeadDiagnostics.FIELDS), each None unless asked for."""
     out, weights, diagnostics = torch.ops.quest.attention_forward(
-        q, k, v, kind, causal=causal, key_padding_mask=key_padding_mask, dropout_p=dropout_p,
-        training=training, scale=scale, head_scale=head_scale, q_norm_weight=q_norm_weight,
-        q_norm_bias=q_norm_bias, k_norm_weight=k_norm_weight, k_norm_bias=k_norm_bias, seed=seed,
-        backend=backend, check_finite=check_finite, l2_eps=l2_eps, layernorm_eps=layernorm_eps,
+        q, k, v, kind, causal=causal, causal_alignment=causal_alignment,
+        key_padding_mask=key_padding_mask, dropout_p=dropout_p, training=training, scale=scale,
+        head_scale=head_scale, q_norm_weight=q_norm_weight, q_norm_bias=q_norm_bias,
+        k_norm_weight=k_norm_weight, k_norm_bias=k_norm_bias, seed=seed, backend=backend,
+        check_finite=check_finite, l2_eps=l2_eps, layernorm_eps=layernorm_eps,
         need_weights=need_weights, need_diagnostics=need_diagnostics)
     return (out, weights if need_weights else None, diagnostics if need_diagnostics else None)
 
 
 def select_backend(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", causal: bool = False,
-                   key_padding_mask: Optional[Tensor] = None, dropout_p: float = 0.0,
-                   training: bool = False, scale: Optional[float] = None,
+                   causal_alignment: str = "top_left", key_padding_mask: Optional[Tensor] = None,
+                   dropout_p: float = 0.0, training: bool = False, scale: Optional[float] = None,
                    head_scale: Optional[Tensor] = None, q_norm_weight: Optional[Tensor] = None,
                    q_norm_bias: Optional[Tensor] = None, k_norm_weight: Optional[Tensor] = None,
                    k_norm_bias: Optional[Tensor] = None, seed: Optional[int] = None,
@@ -79,10 +81,11 @@ def select_backend(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", causal:
     """The backend attention() would run for these arguments, and why each backend before it in
     the order was not taken, e.g. ("composite", ["fused: computes in float32 only, got Double"])."""
     return torch.ops.quest.select_backend(
-        q, k, v, kind, causal=causal, key_padding_mask=key_padding_mask, dropout_p=dropout_p,
-        training=training, scale=scale, head_scale=head_scale, q_norm_weight=q_norm_weight,
-        q_norm_bias=q_norm_bias, k_norm_weight=k_norm_weight, k_norm_bias=k_norm_bias, seed=seed,
-        backend=backend, check_finite=check_finite, l2_eps=l2_eps, layernorm_eps=layernorm_eps)
+        q, k, v, kind, causal=causal, causal_alignment=causal_alignment,
+        key_padding_mask=key_padding_mask, dropout_p=dropout_p, training=training, scale=scale,
+        head_scale=head_scale, q_norm_weight=q_norm_weight, q_norm_bias=q_norm_bias,
+        k_norm_weight=k_norm_weight, k_norm_bias=k_norm_bias, seed=seed, backend=backend,
+        check_finite=check_finite, l2_eps=l2_eps, layernorm_eps=layernorm_eps)
 
 
 def runtime() -> Dict[str, str]:

@@ -139,7 +139,7 @@ float InverseNorm(const float* x, int64_t n, Norm norm, double eps, float* raw_n
 // Number of leading keys of the tile [j0, j0 + jn) that query i may see under the causal mask.
 int64_t CausalLimit(const AttentionArgs<float>& a, int64_t i, int64_t j0, int64_t jn) {
   if (!a.causal) return jn;
-  return std::clamp<int64_t>(i - j0 + 1, 0, jn);
+  return std::clamp<int64_t>(i + a.causal_shift() - j0 + 1, 0, jn);
 }
 
 // Hidden entries of one logit row of a tile become -inf.
@@ -281,7 +281,8 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
   std::fill(o, o + Br * Dvp, 0.0f);
   float logit_max = 0;
   const VF vinf = hn::Set(d, std::numeric_limits<float>::infinity());
-  const int64_t k_end = a.causal ? std::min(dm.k_len, i1) : dm.k_len;  // later tiles all hidden
+  // Later tiles are hidden from every row of the block.
+  const int64_t k_end = a.causal ? std::clamp<int64_t>(i1 + a.causal_shift(), 0, dm.k_len) : dm.k_len;
   for (int64_t j0 = 0; j0 < k_end; j0 += kBlockK) {
     const int64_t jn = std::min(kBlockK, k_end - j0), width = RoundUp(jn, L);
     PackKeys(a, b, h, j0, jn, width, hk.rk + j0, kt, nullptr, 0, nullptr);
@@ -485,7 +486,9 @@ void BackwardTiles(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t 
     }
     std::fill(dk, dk + width * Dp, 0.0f);
     std::fill(dv, dv + width * Dvp, 0.0f);
-    const int64_t i_start = a.causal ? (j0 / kBlockQ) * kBlockQ : 0;  // earlier rows see none
+    // Rows before the first that can see key j0 (i + shift >= j0) see none of this tile.
+    const int64_t i_start =
+        a.causal ? std::max<int64_t>(0, j0 - a.causal_shift()) / kBlockQ * kBlockQ : 0;
     for (int64_t i0 = i_start; i0 < Nq; i0 += kBlockQ) {
       const int64_t Br = std::min(kBlockQ, Nq - i0);
       Gemm(Br, width, D, qn + i0 * Dp, Dp, 1, kt, width, s, width, false);       // S, as forward

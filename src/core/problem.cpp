@@ -4,6 +4,16 @@
 
 namespace quest {
 
+std::string to_string(CausalAlignment alignment) {
+  return alignment == CausalAlignment::bottom_right ? "bottom_right" : "top_left";
+}
+
+std::optional<CausalAlignment> parse_causal_alignment(std::string_view name) {
+  for (CausalAlignment a : {CausalAlignment::top_left, CausalAlignment::bottom_right})
+    if (name == to_string(a)) return a;
+  return std::nullopt;
+}
+
 template <typename T>
 void check_args(const AttentionArgs<T>& a, const char* entry) {
   auto fail = [&](const std::string& what) {

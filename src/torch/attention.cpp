@@ -242,9 +242,12 @@ Tensor normalise(const Tensor& x, Norm norm, const Tensor& weight, const Tensor&
 // Keys hidden from each query: (B or 1, 1, Nq, Nk) bool, or undefined if every key is visible.
 Tensor hidden_keys(const AttentionCall& c) {
   Tensor hidden;
-  if (c.causal)  // key j > query i is hidden
-    hidden = torch::ones({c.dims.q_len, c.dims.k_len}, torch::kBool).triu(1).view(
+  if (c.causal) {  // key j > query i + shift is hidden
+    const int64_t shift =
+        c.causal_alignment == CausalAlignment::bottom_right ? c.dims.k_len - c.dims.q_len : 0;
+    hidden = torch::ones({c.dims.q_len, c.dims.k_len}, torch::kBool).triu(1 + shift).view(
         {1, 1, c.dims.q_len, c.dims.k_len});
+  }
   if (c.key_padding_mask.defined()) {
     Tensor pad = c.key_padding_mask.view({c.dims.batch, 1, 1, c.dims.k_len});
     hidden = hidden.defined() ? hidden.logical_or(pad) : pad;

@@ -75,6 +75,7 @@ AttentionCall make_call(const Tensor& q, const Tensor& k, const Tensor& v, const
   TORCH_CHECK(c.layernorm_eps > 0 && std::isfinite(c.layernorm_eps),
               "quest::attention: layernorm_eps must be > 0, got ", c.layernorm_eps);
   c.causal = o.causal();
+  c.causal_alignment = o.causal_alignment();
   TORCH_CHECK(o.dropout() >= 0 && o.dropout() < 1, "quest::attention: dropout must be in [0, 1), got ",
               o.dropout());
   c.dropout = o.training() ? o.dropout() : 0.0;
@@ -129,6 +130,7 @@ AttentionArgs<T> AttentionCall::kernel_args() const {
   a.l2_eps = l2_eps;
   a.layernorm_eps = layernorm_eps;
   a.causal = causal;
+  a.causal_alignment = causal_alignment;
   if (key_padding_mask.defined()) {
     a.key_padding_mask = key_padding_mask.data_ptr<bool>();
     a.key_padding_stride[0] = key_padding_mask.stride(0);

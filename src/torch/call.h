@@ -23,6 +23,7 @@ struct AttentionCall {
   Norm q_norm = Norm::none, k_norm = Norm::none;
   double scale = 1.0, l2_eps = 1e-6, layernorm_eps = 1e-5;
   bool causal = false;
+  CausalAlignment causal_alignment = CausalAlignment::top_left;
   double dropout = 0.0;  // 0 unless training
   uint64_t seed = 0;
   Backend requested = Backend::automatic;

@@ -25,7 +25,7 @@ using torch::Tensor;
 Tensor or_undefined(const c10::optional<Tensor>& t) { return t.has_value() ? *t : Tensor(); }
 
 // Every argument the schemas below share, in schema order, as one AttentionOptions.
-AttentionOptions options_of(c10::string_view kind, bool causal,
+AttentionOptions options_of(c10::string_view kind, bool causal, c10::string_view causal_alignment,
                             const c10::optional<Tensor>& key_padding_mask, double dropout_p,
                             bool training, c10::optional<double> scale,
                             const c10::optional<Tensor>& head_scale,
@@ -43,10 +43,15 @@ AttentionOptions options_of(c10::string_view kind, bool causal,
   const std::optional<Backend> b = parse_backend(backend_name);
   TORCH_CHECK_VALUE(b.has_value(), "quest.attention: unknown backend '", backend_name,
                     "'; expected one of auto, fused, composite, reference");
+  const std::string_view alignment_name(causal_alignment.data(), causal_alignment.size());
+  const std::optional<CausalAlignment> alignment = parse_causal_alignment(alignment_name);
+  TORCH_CHECK_VALUE(alignment.has_value(), "quest.attention: unknown causal_alignment '",
+                    alignment_name, "'; expected top_left or bottom_right");
   TORCH_CHECK_VALUE(!seed.has_value() || *seed >= 0, "quest.attention: seed must be >= 0, got ",
                     *seed);
   AttentionOptions o(*k);
   o.causal(causal)
+      .causal_alignment(*alignment)
       .key_padding_mask(or_undefined(key_padding_mask))
       .dropout(dropout_p)
       .training(training)
@@ -66,14 +71,16 @@ AttentionOptions options_of(c10::string_view kind, bool causal,
 
 // The argument list after (q, k, v) that every op takes; keyword-only after `kind`.
 #define QUEST_OPTION_SCHEMA                                                                      \
-  "str kind=\"quest\", *, bool causal=False, Tensor? key_padding_mask=None, "                    \
+  "str kind=\"quest\", *, bool causal=False, str causal_alignment=\"top_left\", "               \
+  "Tensor? key_padding_mask=None, "                                                             \
   "float dropout_p=0.0, bool training=False, float? scale=None, Tensor? head_scale=None, "       \
   "Tensor? q_norm_weight=None, Tensor? q_norm_bias=None, Tensor? k_norm_weight=None, "           \
   "Tensor? k_norm_bias=None, int? seed=None, str backend=\"auto\", bool check_finite=True, "     \
   "float l2_eps=1e-06, float layernorm_eps=1e-05"
 
 #define QUEST_OPTION_PARAMS                                                                      \
-  c10::string_view kind, bool causal, const c10::optional<Tensor>&key_padding_mask,             \
+  c10::string_view kind, bool causal, c10::string_view causal_alignment,                        \
+      const c10::optional<Tensor>&key_padding_mask,                                              \
       double dropout_p, bool training, c10::optional<double> scale,                              \
       const c10::optional<Tensor>&head_scale, const c10::optional<Tensor>&q_norm_weight,         \
       const c10::optional<Tensor>&q_norm_bias, const c10::optional<Tensor>&k_norm_weight,        \
@@ -81,7 +88,7 @@ AttentionOptions options_of(c10::string_view kind, bool causal,
       c10::string_view backend, bool check_finite, double l2_eps, double layernorm_eps
 
 #define QUEST_OPTION_ARGS                                                                        \
-  options_of(kind, causal, key_padding_mask, dropout_p, training, scale, head_scale,            \
+  options_of(kind, causal, causal_alignment, key_padding_mask, dropout_p, training, scale, head_scale,            \
              q_norm_weight, q_norm_bias, k_norm_weight, k_norm_bias, seed, backend,              \
              check_finite, l2_eps, layernorm_eps)
 

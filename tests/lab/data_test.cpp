@@ -1,4 +1,5 @@
-// IDX reading: the real Fashion-MNIST package files, and synthetic good, truncated and corrupt files.
+// IDX and text-corpus reading: the real package files (Fashion-MNIST, linux-doc-6.1), and synthetic
+// good, truncated, corrupt, empty and binary files.
 #include <gtest/gtest.h>
 #include <zlib.h>
 
@@ -7,6 +8,7 @@
 
 #include "error_message.h"
 #include "quest/lab/data/idx.h"
+#include "quest/lab/data/text.h"
 
 namespace quest::data {
 namespace {
@@ -120,6 +122,82 @@ TEST(Idx, CountMismatchBetweenImagesAndLabels) {
   dir.gz("m-labels-idx1-ubyte.gz", label_file({1, 2}));
   EXPECT_NE(message_of([&] { read_mnist_split(dir.path.string(), "m"); }).find("has 3 images but"),
             std::string::npos);
+}
+
+std::vector<unsigned char> bytes(const std::string& s) { return {s.begin(), s.end()}; }
+
+TEST(Text, CleansRestructuredText) {
+  const std::string rst =
+      ".. SPDX-License-Identifier: GPL-2.0\r\n\r\n=====\r\nTitle\r\n=====\r\n\r\n\r\n\r\n"
+      "Some prose, with ``markup``.\n.. note::\n\n   Indented text stays.\n----\n";
+  EXPECT_EQ(clean_rst(rst), "Title\n\nSome prose, with ``markup``.\n\n   Indented text stays.\n");
+  EXPECT_EQ(clean_rst("====\n\n..\n"), "");
+  EXPECT_EQ(clean_rst("a = b\n---x\n"), "a = b\n---x\n");  // not adornments
+}
+
+TEST(Text, ReadsDocumentsSkipsEmptyAndBinaryAndSplitsByDocument) {
+  TempDir dir;
+  fs::create_directories(dir.path / "sub");
+  dir.raw("b.rst", bytes("Second document.\n"));
+  dir.gz("sub/a.rst.gz", bytes("Title\n=====\n\nFirst document.\n"));
+  dir.raw("empty.rst", bytes("======\n.. comment\n"));
+  dir.raw("binary.rst", {'a', 'b', 0, 'c'});
+  dir.raw("ignored.txt", bytes("not matched\n"));
+  const TextCorpus c = read_text_corpus({dir.path.string()});
+  ASSERT_EQ(c.documents.size(), 2u);
+  EXPECT_EQ(c.documents[0].name, "b.rst");  // name order
+  EXPECT_EQ(c.documents[1].name, "sub/a.rst.gz");
+  EXPECT_EQ(c.documents[1].text, "Title\n\nFirst document.\n");
+  EXPECT_EQ(c.files_read, 4);
+  EXPECT_EQ(c.skipped_empty, 1);
+  EXPECT_EQ(c.skipped_binary, 1);
+  EXPECT_EQ(c.bytes(), 17 + 23);
+  const ByteSplits s = byte_splits(c);
+  EXPECT_EQ(s.train.numel() + s.valid.numel() + s.test.numel(), c.bytes() + 2);  // + 2 ends
+  // max_bytes stops after the document that reaches it
+  EXPECT_EQ(read_text_corpus({dir.path.string(), {".rst", ".rst.gz"}, 1}).documents.size(), 1u);
+}
+
+TEST(Text, SplitIsStableAndNinetyFiveFive) {
+  EXPECT_EQ(split_of("admin-guide/README.rst.gz"), split_of("admin-guide/README.rst.gz"));
+  int counts[3] = {0, 0, 0};
+  for (int i = 0; i < 20000; ++i) ++counts[static_cast<int>(split_of("doc" + std::to_string(i)))];
+  EXPECT_NEAR(counts[0] / 20000.0, 0.90, 0.01);
+  EXPECT_NEAR(counts[1] / 20000.0, 0.05, 0.01);
+  EXPECT_NEAR(counts[2] / 20000.0, 0.05, 0.01);
+}
+
+TEST(Text, ErrorsNameTheFileOrThePackage) {
+  TempDir dir;
+  std::vector<unsigned char> gz;
+  {
+    const std::string p = dir.gz("whole.rst.gz", bytes(std::string(5000, 'x') + "\n"));
+    std::ifstream in(p, std::ios::binary);
+    gz.assign(std::istreambuf_iterator<char>(in), {});
+    fs::remove(p);
+  }
+  gz.resize(gz.size() / 2);
+  dir.raw("cut.rst.gz", gz);
+  EXPECT_NE(message_of([&] { read_text_corpus({dir.path.string()}); }).find("cut.rst.gz"),
+            std::string::npos);
+  const std::string missing = message_of([&] { read_text_corpus({"/nonexistent/quest"}); });
+  EXPECT_NE(missing.find("/nonexistent/quest"), std::string::npos) << missing;
+  const std::string none = message_of([&] { read_text_corpus({dir.path.string(), {".md"}}); });
+  EXPECT_NE(none.find("no text documents"), std::string::npos) << none;
+  if (!fs::exists(kLinuxDocDir)) {
+    const std::string m = message_of([&] { read_text_corpus(); });
+    EXPECT_NE(m.find("linux-doc-6.1"), std::string::npos) << m;
+  }
+}
+
+TEST(Text, ReadsTheLinuxDocPackage) {
+  if (!fs::exists(kLinuxDocDir)) GTEST_SKIP() << "linux-doc-6.1 is not installed";
+  const TextCorpus c = read_text_corpus();
+  EXPECT_GT(c.documents.size(), 3000u);
+  EXPECT_GT(c.bytes(), 5'000'000);  // the floor for prose after cleaning
+  const ByteSplits s = byte_splits(c);
+  EXPECT_GT(s.valid.numel(), c.bytes() / 40);
+  EXPECT_GT(s.test.numel(), c.bytes() / 40);
 }
 
 }  // namespace

@@ -42,22 +42,24 @@ def logits(q: Tensor, k: Tensor, kind: str, scale: Optional[float] = None,
 
 
 def visible(q_len: int, k_len: int, batch: int, causal: bool,
-            key_padding_mask: Optional[Tensor]) -> Tensor:
-    """(B, 1, Nq, Nk) bool: which key each query sees."""
+            key_padding_mask: Optional[Tensor], causal_alignment: str = "top_left") -> Tensor:
+    """(B, 1, Nq, Nk) bool: which key each query sees (bottom_right: j <= i + Nk - Nq)."""
     ok = torch.ones(batch, 1, q_len, k_len, dtype=torch.bool)
     if causal:
-        ok &= torch.ones(q_len, k_len, dtype=torch.bool).tril()
+        shift = k_len - q_len if causal_alignment == "bottom_right" else 0
+        ok &= torch.ones(q_len, k_len, dtype=torch.bool).tril(shift)
     if key_padding_mask is not None:
         ok &= ~key_padding_mask.view(batch, 1, 1, k_len)
     return ok
 
 
-def attention(q, k, v, kind="quest", causal=False, key_padding_mask=None, **params):
+def attention(q, k, v, kind="quest", causal=False, key_padding_mask=None,
+              causal_alignment="top_left", **params):
     """(output, probabilities). quest's conventions: a hidden key's weight is exactly 0 (also in a
     row made NaN by a NaN logit, where an additive -inf mask would give NaN), and a row that sees
     no key outputs zeros."""
     s = logits(q, k, kind, **params)
-    ok = visible(q.shape[2], k.shape[2], q.shape[0], causal, key_padding_mask)
+    ok = visible(q.shape[2], k.shape[2], q.shape[0], causal, key_padding_mask, causal_alignment)
     s = s.masked_fill(~ok, float("-inf"))
     p = torch.softmax(s, -1).masked_fill(~ok, 0)
     p = torch.where(ok.any(-1, keepdim=True), p, torch.zeros_like(p))

@@ -37,6 +37,9 @@ CASES = [
     ("causal", {"causal": True}),
     ("padding", {"key_padding_mask": "pad"}),
     ("causal+padding", {"causal": True, "key_padding_mask": "pad"}),
+    ("bottom_right", {"causal": True, "causal_alignment": "bottom_right"}),
+    ("bottom_right+padding", {"causal": True, "causal_alignment": "bottom_right",
+                              "key_padding_mask": "pad"}),
     ("scale", {"scale": 0.37}),
 ]
 SHAPES = [

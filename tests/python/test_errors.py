@@ -24,6 +24,8 @@ BAD_CALLS = [
     ("backend", lambda q, k, v: quest.attention(q, k, v, backend="gpu"), ValueError,
      "unknown backend 'gpu'"),
     ("seed", lambda q, k, v: quest.attention(q, k, v, seed=-1), ValueError, "seed"),
+    ("alignment", lambda q, k, v: quest.attention(q, k, v, causal=True, causal_alignment="left"),
+     ValueError, "unknown causal_alignment 'left'"),
     ("dropout", lambda q, k, v: quest.attention(q, k, v, dropout_p=1.5, training=True),
      RuntimeError, "dropout"),
     ("mask dtype", lambda q, k, v: quest.attention(q, k, v, key_padding_mask=torch.zeros(2, 5)),

@@ -57,6 +57,54 @@ TEST(Fused, MatchesReferenceAcrossTilesAndHeadDims) {
       }
 }
 
+TEST(Fused, BottomRightCausalMatchesReferenceAndComposite) {
+  // Nq < Nk (decoding against a cache) and Nq > Nk (the first Nq - Nk rows see no key), across
+  // tile boundaries, with padding; fused and composite against the reference.
+  torch::manual_seed(3);
+  const std::vector<FusedCase> cases = {{1, 70, 16}, {5, 130, 32}, {63, 200, 16}, {130, 65, 32},
+                                        {200, 63, 8}, {65, 65, 16}};
+  for (const FusedCase& c : cases)
+    for (Kind kind : all_kinds()) {
+      const auto q = torch::randn({2, 2, c.nq, c.d}), k = torch::randn({2, 2, c.nk, c.d}),
+                 v = torch::randn({2, 2, c.nk, c.d});
+      const auto mask = torch::rand({2, c.nk}) < 0.2;
+      const auto o = AttentionOptions().causal(true).causal_alignment(CausalAlignment::bottom_right)
+                         .key_padding_mask(mask);
+      const std::string what = to_string(kind) + " Nq=" + std::to_string(c.nq) +
+                               " Nk=" + std::to_string(c.nk) + " bottom_right";
+      compare(kind, q, k, v, o, what);
+      const Tensor w = torch::randn({2, 2, c.nq, c.d});
+      const auto composite = run(Backend::composite, kind, q, k, v, o, w);
+      const auto ref = run(Backend::reference, kind, q, k, v, o, w);
+      for (int i = 0; i < 4; ++i) expect_close(composite[i], ref[i], what + " composite " + kNames[i]);
+    }
+}
+
+TEST(Fused, BottomRightQueriesAreTheLastRowsOfFullCausalAttention) {
+  // What a KV cache relies on: the last Nq queries of a sequence of Nk tokens, attending with
+  // bottom-right alignment to all Nk keys, get exactly those rows of full causal attention.
+  torch::manual_seed(4);
+  for (Kind kind : all_kinds())
+    for (int64_t nq : {1, 7, 70}) {
+      const int64_t n = 150;
+      const auto q = torch::randn({1, 3, n, 32}), k = torch::randn({1, 3, n, 32}),
+                 v = torch::randn({1, 3, n, 32});
+      for (Backend backend : {Backend::fused, Backend::composite, Backend::reference}) {
+        const auto full = attention(q, k, v, AttentionOptions(kind).causal(true).backend(backend));
+        const auto last = attention(q.slice(2, n - nq), k, v,
+                                    AttentionOptions(kind).causal(true).backend(backend)
+                                        .causal_alignment(CausalAlignment::bottom_right));
+        expect_close(last, full.slice(2, n - nq),
+                     to_string(kind) + " " + to_string(backend) + " Nq=" + std::to_string(nq));
+      }
+      // Equal lengths: the alignments coincide.
+      EXPECT_TRUE(torch::equal(
+          attention(q, k, v, AttentionOptions(kind).causal(true)),
+          attention(q, k, v, AttentionOptions(kind).causal(true)
+                                 .causal_alignment(CausalAlignment::bottom_right))));
+    }
+}
+
 TEST(Fused, HugeQueryRowsTakeTheOnlinePath) {
   // Row 5 has |q| = 1e4: its block's logit bound is far past the fixed-shift limit, so the block
   // runs the online softmax; other blocks keep the fixed shift. O and dV must be as close to the

@@ -4,8 +4,10 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "quest/core/kind.h"
@@ -40,6 +42,14 @@ struct AttentionDims {
   int64_t qk_dim = 0, v_dim = 0;  // Dk, Dv
 };
 
+// Where the causal diagonal sits when Nq != Nk. top_left: query i sees keys j <= i (torch's
+// is_causal). bottom_right: the last query sees the last key, j <= i + Nk - Nq (FlashAttention
+// >= 2.1): what decoding new tokens against a cache of earlier keys needs. Equal for Nq = Nk.
+enum class CausalAlignment { top_left, bottom_right };
+std::string to_string(CausalAlignment alignment);
+// "top_left" / "bottom_right" (as to_string prints them).
+std::optional<CausalAlignment> parse_causal_alignment(std::string_view name);
+
 template <typename T>
 struct AttentionArgs {
   AttentionDims dims;
@@ -52,8 +62,9 @@ struct AttentionArgs {
   const T *k_ln_weight = nullptr, *k_ln_bias = nullptr;
   double l2_eps = 1e-6;            // x / max(|x|, l2_eps)
   double layernorm_eps = 1e-5;     // (x - mean) / sqrt(var + layernorm_eps)
-  // Query i sees key j only if j <= i (top-left aligned, as torch's is_causal).
+  // Query i sees key j only if j <= i + causal_shift().
   bool causal = false;
+  CausalAlignment causal_alignment = CausalAlignment::top_left;
   // (B, Nk), true = padding: the key is ignored by every query of that batch entry.
   const bool* key_padding_mask = nullptr;
   int64_t key_padding_stride[2] = {0, 0};
@@ -67,8 +78,12 @@ struct AttentionArgs {
     return key_padding_mask &&
            key_padding_mask[b * key_padding_stride[0] + j * key_padding_stride[1]];
   }
+  // 0 (top-left) or Nk - Nq (bottom-right; negative when Nq > Nk: the first rows see no key).
+  int64_t causal_shift() const {
+    return causal_alignment == CausalAlignment::bottom_right ? dims.k_len - dims.q_len : 0;
+  }
   bool key_visible(int64_t b, int64_t i, int64_t j) const {
-    return !(causal && j > i) && !key_padded(b, j);
+    return !(causal && j > i + causal_shift()) && !key_padded(b, j);
   }
   // The first key of batch entry b that padding does not hide (Nk if every key is padded).
   int64_t first_unpadded_key(int64_t b) const {
@@ -80,7 +95,7 @@ struct AttentionArgs {
   // output and gradients are zero whatever the inputs hold. A row that sees keys but whose
   // logits are all -inf is not empty: its softmax is NaN, as in torch.
   bool sees_no_key(int64_t first, int64_t i) const {
-    return first == dims.k_len || (causal && first > i);
+    return first == dims.k_len || (causal && first > i + causal_shift());
   }
 };
 

@@ -40,8 +40,11 @@ struct AttentionOptions {
   TORCH_ARG(torch::Tensor, k_norm_bias) = {};
   TORCH_ARG(double, l2_eps) = 1e-6;         // x / max(|x|, l2_eps)
   TORCH_ARG(double, layernorm_eps) = 1e-5;
-  // Query i sees key j only if j <= i (top-left aligned, as torch's is_causal).
+  // Query i sees key j only if j <= i (top-left aligned, as torch's is_causal), or with
+  // causal_alignment bottom_right only if j <= i + Nk - Nq (the last query sees the last key:
+  // decoding against a KV cache). See CausalAlignment (quest/core/problem.h).
   TORCH_ARG(bool, causal) = false;
+  TORCH_ARG(CausalAlignment, causal_alignment) = CausalAlignment::top_left;
   // (B, Nk) bool, true = padding, ignored by every query (torch::nn::MultiheadAttention's convention).
   TORCH_ARG(torch::Tensor, key_padding_mask) = {};
   // Dropout on the attention weights; applied only when training is true.
