@@ -239,6 +239,17 @@ Tensor normalise(const Tensor& x, Norm norm, const Tensor& weight, const Tensor&
   return x;
 }
 
+}  // namespace
+
+Tensor normalize_keys(const Tensor& k, const AttentionOptions& o) {
+  // Validated and resolved as a call would be (k stands in for q and v); no dropout seed drawn.
+  const AttentionCall c = detail::make_call(
+      k, k, k, AttentionOptions(o).check_finite(false).keys_normalized(false).training(false));
+  return normalise(k, c.k_norm, c.k_norm_weight, c.k_norm_bias, c);
+}
+
+namespace {
+
 // Keys hidden from each query: (B or 1, 1, Nq, Nk) bool, or undefined if every key is visible.
 Tensor hidden_keys(const AttentionCall& c) {
   Tensor hidden;

@@ -65,7 +65,7 @@ AttentionCall make_call(const Tensor& q, const Tensor& k, const Tensor& v, const
   c.dims = {q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), v.size(3)};
   const KindTraits t = traits(o.kind());
   c.q_norm = t.q_norm;
-  c.k_norm = t.k_norm;
+  c.k_norm = o.keys_normalized() ? Norm::none : t.k_norm;
   c.scale = o.scale().value_or(default_scale(o.kind(), c.dims.qk_dim));
   TORCH_CHECK(std::isfinite(c.scale), "quest::attention: scale must be finite, got ", c.scale);
   c.l2_eps = o.l2_eps();
@@ -101,8 +101,9 @@ AttentionCall make_call(const Tensor& q, const Tensor& k, const Tensor& v, const
   c.head_scale = dense(o.head_scale());
   c.q_norm_weight = dense(o.q_norm_weight());
   c.q_norm_bias = dense(o.q_norm_bias());
-  c.k_norm_weight = dense(o.k_norm_weight());
-  c.k_norm_bias = dense(o.k_norm_bias());
+  // Keys already normalised (normalize_keys) take no key normalisation, so no key affine.
+  c.k_norm_weight = o.keys_normalized() ? Tensor() : dense(o.k_norm_weight());
+  c.k_norm_bias = o.keys_normalized() ? Tensor() : dense(o.k_norm_bias());
   if (o.check_finite()) {
     for (auto [t, name] : {std::pair{&c.q, "q"}, {&c.k, "k"}, {&c.v, "v"}, {&c.head_scale, "head_scale"},
                            {&c.q_norm_weight, "q_norm_weight"}, {&c.q_norm_bias, "q_norm_bias"},

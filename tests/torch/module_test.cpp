@@ -118,5 +118,67 @@ TEST(MultiheadAttention, TrainsInsideAPreNormBlock) {
   }
 }
 
+const std::vector<Kind> kAllKinds = {Kind::standard, Kind::quest, Kind::qnorm, Kind::qknorm,
+                                     Kind::qk_layernorm};
+
+TEST(Rotary, KeepsNormsCommutesWithKeyNormalisationAndIsRelative) {
+  torch::manual_seed(0);
+  const Tensor k = torch::randn({2, 3, 9, 8}), q = torch::randn({2, 3, 9, 8});
+  const Tensor rk = nn::apply_rotary(k, 5);
+  EXPECT_TRUE(torch::allclose(rk.norm(2, -1), k.norm(2, -1), 1e-5, 1e-6));
+  for (Kind kind : {Kind::quest, Kind::qknorm}) {
+    const AttentionOptions o(kind);
+    EXPECT_TRUE(torch::allclose(normalize_keys(rk, o), nn::apply_rotary(normalize_keys(k, o), 5),
+                                1e-5, 1e-6)) << to_string(kind);
+  }
+  // q_m . k_n depends on m - n only: shifting both positions by 7 keeps every logit.
+  const Tensor s0 = torch::matmul(nn::apply_rotary(q, 0), nn::apply_rotary(k, 0).transpose(-1, -2));
+  const Tensor s7 = torch::matmul(nn::apply_rotary(q, 7), nn::apply_rotary(k, 7).transpose(-1, -2));
+  EXPECT_TRUE(torch::allclose(s0, s7, 1e-4, 1e-5));
+  EXPECT_FALSE(torch::allclose(s0, torch::matmul(q, k.transpose(-1, -2)), 1e-2, 1e-2));
+  EXPECT_THROW(nn::apply_rotary(torch::randn({1, 1, 2, 3})), c10::Error);  // odd D
+}
+
+TEST(Attention, NormalisedKeysGiveTheSameAttention) {
+  torch::manual_seed(1);
+  const Tensor q = torch::randn({2, 2, 6, 8}), k = torch::randn({2, 2, 9, 8}), v = torch::randn({2, 2, 9, 4});
+  for (Kind kind : kAllKinds) {
+    AttentionOptions o(kind);
+    if (kind == Kind::qknorm) o.head_scale(torch::tensor({2.0f, 3.0f}));
+    if (kind == Kind::qk_layernorm) o.k_norm_weight(torch::rand({8}) + 0.5).k_norm_bias(torch::randn({8}));
+    const Tensor expected = attention(q, k, v, o);
+    const Tensor got = attention(q, normalize_keys(k, o), v, AttentionOptions(o).keys_normalized(true));
+    EXPECT_TRUE(torch::allclose(got, expected, 1e-5, 1e-6)) << to_string(kind);
+  }
+}
+
+TEST(MultiheadAttention, CachedDecodingMatchesFullRecomputation) {
+  for (Kind kind : kAllKinds)
+    for (bool rotary : {false, true}) {
+      torch::manual_seed(2);
+      nn::MultiheadAttention mha(
+          nn::MultiheadAttentionOptions(32, 4).kind(kind).causal(true).rotary(rotary));
+      mha->eval();
+      const Tensor x = torch::randn({2, 12, 32});
+      const Tensor full = mha(x);
+      nn::KVCache cache;
+      std::vector<Tensor> parts;
+      int64_t at = 0;
+      for (int64_t step : {5, 1, 1, 3, 2}) {  // a prompt, then single tokens, then a chunk
+        parts.push_back(mha->forward_cached(x.slice(1, at, at + step), cache));
+        at += step;
+      }
+      ASSERT_EQ(at, 12);
+      EXPECT_EQ(cache.length(), 12);
+      const std::string what = to_string(kind) + (rotary ? " rotary" : "");
+      EXPECT_TRUE(torch::allclose(torch::cat(parts, 1), full, 1e-4, 1e-5)) << what;
+      if (kind == Kind::quest)  // stored normalised: unit rows
+        EXPECT_TRUE(torch::allclose(cache.keys.norm(2, -1), torch::ones({2, 4, 12}), 1e-5, 1e-5)) << what;
+    }
+  nn::MultiheadAttention not_causal(nn::MultiheadAttentionOptions(8, 2));
+  nn::KVCache cache;
+  EXPECT_THROW(not_causal->forward_cached(torch::randn({1, 2, 8}), cache), c10::Error);
+}
+
 }  // namespace
 }  // namespace quest

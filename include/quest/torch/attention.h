@@ -56,6 +56,10 @@ struct AttentionOptions {
   TORCH_ARG(Backend, backend) = Backend::automatic;
   // Reject NaN/Inf in q, k, v and the parameters with an error naming the tensor (one O(N*D) pass).
   TORCH_ARG(bool, check_finite) = true;
+  // k holds keys already normalised as the kind does it (normalize_keys): the kernels skip the
+  // key normalisation (a KV cache stores keys so; a cached QUEST step then costs what a standard
+  // one does). Gradients flow to those normalised keys; diagnostics report their norms.
+  TORCH_ARG(bool, keys_normalized) = false;
 };
 
 struct AttentionOutput {
@@ -67,6 +71,10 @@ struct AttentionOutput {
 // O = softmax(S) V with S from the kind's formula. Differentiable in q, k, v and the parameters.
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                         const AttentionOptions& options = {});
+
+// The keys as the kernels see them for options' kind: L2-normalised (quest, qknorm: k / max(|k|,
+// l2_eps)), LayerNorm-ed with the k affine (qk_layernorm), else k itself. Differentiable.
+torch::Tensor normalize_keys(const torch::Tensor& k, const AttentionOptions& options);
 
 // As attention(), optionally also returning the attention weights (materialised: for inspection
 // only) and per-head diagnostics (computed in the same pass, no extra N x N buffer).

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "quest/torch/nn/rotary.h"
+
 namespace quest::nn {
 
 MultiheadAttentionImpl::MultiheadAttentionImpl(const MultiheadAttentionOptions& options_)
@@ -15,6 +17,8 @@ void MultiheadAttentionImpl::reset() {
               ") and num_heads (", h, ") must be positive");
   TORCH_CHECK(e % h == 0, "quest::nn::MultiheadAttention: embed_dim ", e,
               " is not divisible by num_heads ", h);
+  TORCH_CHECK(!options.rotary() || (e / h) % 2 == 0,
+              "quest::nn::MultiheadAttention: rotary needs an even head_dim, got ", e / h);
   TORCH_CHECK(options.dropout() >= 0 && options.dropout() < 1,
               "quest::nn::MultiheadAttention: dropout must be in [0, 1), got ", options.dropout());
   qkv = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(e, 3 * e)
@@ -28,7 +32,8 @@ void MultiheadAttentionImpl::reset() {
 void MultiheadAttentionImpl::pretty_print(std::ostream& stream) const {
   stream << "quest::nn::MultiheadAttention(embed_dim=" << options.embed_dim()
          << ", num_heads=" << options.num_heads() << ", kind=" << to_string(options.kind())
-         << ", dropout=" << options.dropout() << ", causal=" << options.causal() << ")";
+         << ", dropout=" << options.dropout() << ", causal=" << options.causal()
+         << (options.rotary() ? ", rotary" : "") << ")";
 }
 
 AttentionOptions MultiheadAttentionImpl::attention_options(const torch::Tensor& mask) const {
@@ -69,7 +74,36 @@ torch::Tensor MultiheadAttentionImpl::forward(const torch::Tensor& x,
   // (B, N, 3E) -> (3, B, H, N, Dh), one copy: each head's rows then sit contiguously, which the
   // fused kernel's tiles read fastest.
   const torch::Tensor qkv_heads = qkv->forward(x).view({b, n, 3, h, dh}).permute({2, 0, 3, 1, 4}).contiguous();
+  if (options.rotary())
+    return attend(apply_rotary(qkv_heads[0], 0, options.rotary_base()),
+                  apply_rotary(qkv_heads[1], 0, options.rotary_base()), qkv_heads[2],
+                  key_padding_mask);
   return attend(qkv_heads[0], qkv_heads[1], qkv_heads[2], key_padding_mask);
+}
+
+torch::Tensor MultiheadAttentionImpl::forward_cached(const torch::Tensor& x, KVCache& cache) {
+  check_sequence(x, "x", options.embed_dim());
+  TORCH_CHECK(options.causal(), "quest::nn::MultiheadAttention::forward_cached needs a causal module");
+  const int64_t b = x.size(0), n = x.size(1), h = options.num_heads(), dh = head_dim();
+  TORCH_CHECK(!cache.keys.defined() || (cache.keys.size(0) == b && cache.keys.size(1) == h),
+              "quest::nn::MultiheadAttention::forward_cached: the cache holds batch ",
+              cache.keys.size(0), ", heads ", cache.keys.size(1), "; x has batch ", b);
+  const torch::Tensor qkv_heads = qkv->forward(x).view({b, n, 3, h, dh}).permute({2, 0, 3, 1, 4});
+  torch::Tensor q = qkv_heads[0], k = qkv_heads[1];
+  if (options.rotary()) {
+    q = apply_rotary(q, cache.length(), options.rotary_base());
+    k = apply_rotary(k, cache.length(), options.rotary_base());
+  }
+  const AttentionOptions o = attention_options({})
+                                 .causal_alignment(CausalAlignment::bottom_right)
+                                 .keys_normalized(true);
+  k = normalize_keys(k, o);
+  cache.keys = cache.keys.defined() ? torch::cat({cache.keys, k}, 2) : k.contiguous();
+  cache.values = cache.values.defined() ? torch::cat({cache.values, qkv_heads[2]}, 2)
+                                        : qkv_heads[2].contiguous();
+  AttentionOutput r = attention_forward(q, cache.keys, cache.values, o, false, record_diagnostics_);
+  last_diagnostics_ = std::move(r.diagnostics);
+  return out_proj->forward(r.output.transpose(1, 2).reshape({b, n, -1}));
 }
 
 torch::Tensor MultiheadAttentionImpl::forward_cross(const torch::Tensor& query,
@@ -77,6 +111,8 @@ torch::Tensor MultiheadAttentionImpl::forward_cross(const torch::Tensor& query,
                                                     const torch::Tensor& key_padding_mask) {
   check_sequence(query, "query", options.embed_dim());
   check_sequence(context, "context", options.embed_dim());
+  TORCH_CHECK(!options.rotary(), "quest::nn::MultiheadAttention: rotary positions are for "
+              "self-attention; forward_cross has no shared positions");
   TORCH_CHECK(query.size(0) == context.size(0), "quest::nn::MultiheadAttention: query batch ",
               query.size(0), " differs from context batch ", context.size(0));
   const int64_t e = options.embed_dim();

@@ -19,6 +19,10 @@ struct MultiheadAttentionOptions {
   TORCH_ARG(bool, bias) = true;          // on the qkv and output projections
   TORCH_ARG(double, dropout) = 0.0;      // on the attention weights, in training mode only
   TORCH_ARG(bool, causal) = false;
+  // Rotary position embedding on q and k (nn/rotary.h; head_dim must be even). Self-attention
+  // only: token n of forward()'s input sits at position n.
+  TORCH_ARG(bool, rotary) = false;
+  TORCH_ARG(double, rotary_base) = 10000.0;
   TORCH_ARG(std::optional<double>, scale) = std::nullopt;  // default: default_scale(kind, head_dim)
   // Initial value of qknorm's learnable per-head scale; default sqrt(head_dim).
   TORCH_ARG(std::optional<double>, qknorm_init_scale) = std::nullopt;
@@ -26,6 +30,14 @@ struct MultiheadAttentionOptions {
   // Off by default inside a model: a non-finite activation should surface as a non-finite loss,
   // which the trainer reports with diagnostics, rather than as an exception mid-forward.
   TORCH_ARG(bool, check_finite) = false;
+};
+
+// Keys and values of the tokens seen so far, for incremental decoding with forward_cached. Keys
+// are stored as the kernel uses them — rotated (rotary) and normalised where the kind normalises
+// keys — so a cached step does no per-key work; (B, H, length, head_dim) each, undefined when empty.
+struct KVCache {
+  torch::Tensor keys, values;
+  int64_t length() const { return keys.defined() ? keys.size(2) : 0; }
 };
 
 class MultiheadAttentionImpl : public torch::nn::Cloneable<MultiheadAttentionImpl> {
@@ -39,6 +51,10 @@ class MultiheadAttentionImpl : public torch::nn::Cloneable<MultiheadAttentionImp
 
   // Self-attention. x: (B, N, E), batch first. key_padding_mask: (B, N) bool, true = padding.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& key_padding_mask = {});
+  // Causal self-attention of new tokens x (B, T, E) to the cached ones and themselves (bottom-right
+  // aligned): appends their keys and values to `cache`. Needs options.causal. The same outputs as
+  // forward() on the whole sequence, up to fp32 rounding, for every kind.
+  torch::Tensor forward_cached(const torch::Tensor& x, KVCache& cache);
   // Cross-attention: queries from `query` (B, Nq, E), keys and values from `context` (B, Nk, E).
   torch::Tensor forward_cross(const torch::Tensor& query, const torch::Tensor& context,
                               const torch::Tensor& key_padding_mask = {});
