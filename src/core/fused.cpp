@@ -205,14 +205,19 @@ float DropoutFactor(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t
 // What the forward needs to know about all keys and values of one (b, h), found in one pass.
 struct HeadKeys {
   float kmax = 1;                   // largest normalised key norm; +inf if any key is non-finite
+  // Per key j: kmax over keys [0, j]. A causal row bounds its logits by the keys it can see only,
+  // so a later token does not change an earlier row's shift (nor, through rounding, its output).
+  // (It still can where it pushes a later row of the same query block past kFixedShiftMax: the
+  // block then takes the online softmax, equal up to rounding.)
+  const float* kmax_upto = nullptr;
   const float* rk = nullptr;        // per key: 1/max(|k|, eps) (1 without normalisation)
   const float* vpoison = nullptr;   // Dv: sum_j 0 * v_j, NaN where a value is; null if all finite
   int64_t first_key = 0;            // first unpadded key (sees_no_key)
 };
 
-// Fills rk (Nk) and vpoison (Dv) for (b, h); key diagnostics into part if given.
-HeadKeys ScanHead(const AttentionArgs<float>& a, int64_t b, int64_t h, float* rk, float* vpoison,
-                  HeadDiagnosticsPartial* part) {
+// Fills rk and kmax_upto (Nk) and vpoison (Dv) for (b, h); key diagnostics into part if given.
+HeadKeys ScanHead(const AttentionArgs<float>& a, int64_t b, int64_t h, float* rk, float* kmax_upto,
+                  float* vpoison, HeadDiagnosticsPartial* part) {
   const AttentionDims& dm = a.dims;
   HeadKeys hk;
   float largest = 0;
@@ -224,6 +229,7 @@ HeadKeys ScanHead(const AttentionArgs<float>& a, int64_t b, int64_t h, float* rk
     const float knorm = raw * rk[j];
     finite = finite && std::isfinite(knorm);
     largest = std::max(largest, knorm);
+    kmax_upto[j] = finite ? largest : std::numeric_limits<float>::infinity();
     accumulate_nonfinite(&a.v.at(b, h, j, 0), dm.v_dim, 1, vpoison);
     if (part && !a.key_padded(b, j)) {
       part->k_norm_sum += raw;
@@ -233,6 +239,7 @@ HeadKeys ScanHead(const AttentionArgs<float>& a, int64_t b, int64_t h, float* rk
   }
   hk.kmax = finite ? largest : std::numeric_limits<float>::infinity();  // no fixed shift then
   hk.rk = rk;
+  hk.kmax_upto = kmax_upto;
   hk.vpoison = any_nonfinite(vpoison, dm.v_dim) ? vpoison : nullptr;
   hk.first_key = a.first_unpadded_key(b);
   return hk;
@@ -259,12 +266,16 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
   if (static_cast<int64_t>(w.bad.size()) < Br) w.bad.resize(Br);
   char* bad = w.bad.data();  // the row met a NaN or +inf logit: its output is NaN
   bool fixed = true;
+  // Later tiles are hidden from every row of the block.
+  const int64_t k_end = a.causal ? std::clamp<int64_t>(i1 + a.causal_shift(), 0, dm.k_len) : dm.k_len;
   for (int64_t r = 0; r < Br; ++r) {  // qs = g q / |q|
     const float* q = &a.q.at(b, h, i0 + r, 0);
     float raw = 0;
     const float rq = InverseNorm(q, D, a.q_norm, a.l2_eps, &raw);
     for (int64_t e = 0; e < D; ++e) qs[r * D + e] = q[e] * rq * g;
-    bound[r] = std::abs(g) * raw * rq * hk.kmax;
+    const int64_t last_key = std::min(i0 + r + a.causal_shift(), dm.k_len - 1);
+    const float kmax = !a.causal ? hk.kmax : last_key >= 0 ? hk.kmax_upto[last_key] : 0.0f;
+    bound[r] = std::abs(g) * raw * rq * kmax;
     fixed = fixed && bound[r] <= kFixedShiftMax;  // false for a NaN bound: non-finite inputs
     if (part) {
       part->q_norm_sum += raw;
@@ -281,8 +292,6 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
   std::fill(o, o + Br * Dvp, 0.0f);
   float logit_max = 0;
   const VF vinf = hn::Set(d, std::numeric_limits<float>::infinity());
-  // Later tiles are hidden from every row of the block.
-  const int64_t k_end = a.causal ? std::clamp<int64_t>(i1 + a.causal_shift(), 0, dm.k_len) : dm.k_len;
   for (int64_t j0 = 0; j0 < k_end; j0 += kBlockK) {
     const int64_t jn = std::min(kBlockK, k_end - j0), width = RoundUp(jn, L);
     PackKeys(a, b, h, j0, jn, width, hk.rk + j0, kt, nullptr, 0, nullptr);
@@ -379,7 +388,7 @@ void ForwardF32(const AttentionArgs<float>& a, View4<float> out, RowStats stats,
   const int64_t heads = dm.batch * dm.heads;
   const int64_t q_blocks = (dm.q_len + kBlockQ - 1) / kBlockQ;
   // O(B*H*(Nk + Dv)) per-head key and value facts first, then the query blocks in parallel.
-  std::vector<float> rk(heads * dm.k_len), vpoison(heads * dm.v_dim);
+  std::vector<float> rk(heads * dm.k_len), kmax_upto(heads * dm.k_len), vpoison(heads * dm.v_dim);
   std::vector<HeadKeys> keys(heads);
   std::vector<HeadDiagnosticsPartial> parts(diagnostics ? heads * q_blocks : 0);
 #pragma omp parallel for schedule(static) num_threads(threads)
@@ -387,7 +396,7 @@ void ForwardF32(const AttentionArgs<float>& a, View4<float> out, RowStats stats,
     HeadDiagnosticsPartial* part = diagnostics ? &diagnostics[bh] : nullptr;
     if (part) *part = HeadDiagnosticsPartial{};
     keys[bh] = ScanHead(a, bh / dm.heads, bh % dm.heads, &rk[bh * dm.k_len],
-                        &vpoison[bh * dm.v_dim], part);
+                        &kmax_upto[bh * dm.k_len], &vpoison[bh * dm.v_dim], part);
   }
 #pragma omp parallel num_threads(threads)
   {
