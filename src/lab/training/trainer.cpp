@@ -114,44 +114,9 @@ nlohmann::json to_json(const TrainConfig& c) {
           {"seed", c.seed}, {"log_every", c.log_every}, {"run_dir", c.run_dir}};
 }
 
-// The type a config value must have: that of its default (an integer where the default is one).
-static void check_type(const std::string& key, const nlohmann::json& value, const nlohmann::json& like) {
-  const char* expected = like.is_boolean()           ? "true or false"
-                         : like.is_number_unsigned() ? "a non-negative integer"
-                         : like.is_number_integer()  ? "an integer"
-                         : like.is_number()         ? "a number"
-                         : like.is_string()         ? "a string"
-                                                    : nullptr;
-  const bool ok = like.is_boolean()          ? value.is_boolean()
-                  : like.is_number_integer() ? value.is_number_integer() && (!like.is_number_unsigned() || value >= 0)
-                  : like.is_number()         ? value.is_number()
-                  : like.is_string()         ? value.is_string()
-                                             : true;
-  TORCH_CHECK(ok, "quest::training: config key '", key, "' must be ", expected, ", got ", value.dump());
-}
-
-// Keys absent from the file keep their defaults, so a config file can hold only what it changes;
-// an unknown key is an error (a typo would otherwise be silently ignored), and so is a value of the
-// wrong type (named with the key and the type expected).
 TrainConfig config_from_json(const nlohmann::json& j) {
   TrainConfig c;
-  const nlohmann::json defaults = to_json(c);
-  TORCH_CHECK(j.is_object(), "quest::training: a config must be a JSON object");
-  for (const auto& [key, value] : j.items()) {
-    TORCH_CHECK(defaults.contains(key), "quest::training: unknown config key '", key, "'");
-    if (key == "model") {
-      TORCH_CHECK(value.is_object(), "quest::training: 'model' must be a JSON object");
-      for (const auto& [mkey, mvalue] : value.items()) {
-        TORCH_CHECK(defaults["model"].contains(mkey), "quest::training: unknown config key 'model.",
-                    mkey, "'");
-        check_type("model." + mkey, mvalue, defaults["model"][mkey]);
-      }
-    } else {
-      check_type(key, value, defaults[key]);
-    }
-  }
-  nlohmann::json merged = defaults;
-  merged.merge_patch(j);
+  const nlohmann::json merged = merged_config(to_json(c), j);
   const auto& m = merged.at("model");
   const auto kind = parse_kind(m.at("attention").get<std::string>());
   TORCH_CHECK(kind, "quest::training: unknown attention kind '", m.at("attention").get<std::string>(), "'");

@@ -80,6 +80,12 @@ struct EngineConfig {
 // normalisation parameters and learnable attention scales (all dim 1) get none.
 bool applies_weight_decay(const std::string& name, const torch::Tensor& parameter);
 
+// A task's config file over its defaults: keys absent from `j` keep their defaults, so a file can
+// hold only what it changes; an unknown key (one level of nested objects, e.g. "model") is an
+// error naming it — a typo would otherwise be silently ignored — and so is a value whose type
+// differs from the default's.
+nlohmann::json merged_config(const nlohmann::json& defaults, const nlohmann::json& j);
+
 // The run-owned generators, all derived from the seed, so a resumed run replays an epoch exactly.
 at::Generator init_generator(uint64_t seed);
 at::Generator data_generator(uint64_t seed, int64_t epoch);   // data order, augmentation
