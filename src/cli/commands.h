@@ -12,6 +12,7 @@ void add_bench(CLI::App& app);
 // train, eval and compare set exit_code (3: a run diverged).
 void add_train(CLI::App& app, int& exit_code);
 void add_compare(CLI::App& app, int& exit_code);
+void add_lm(CLI::App& app, int& exit_code);
 void add_plot(CLI::App& app);
 void add_robustness(CLI::App& app);
 void add_experiment(CLI::App& app);

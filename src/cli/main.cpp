@@ -37,6 +37,7 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   quest::cli::add_train(app, exit_code);
   quest::cli::add_compare(app, exit_code);
+  quest::cli::add_lm(app, exit_code);
   quest::cli::add_plot(app);
   quest::cli::add_robustness(app);
   quest::cli::add_experiment(app);

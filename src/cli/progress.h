@@ -39,7 +39,9 @@ class Stopwatch {
 // rewritten in place on a terminal).
 class StepProgress {
  public:
-  StepProgress(int64_t batch, int64_t every) : batch_(batch), every_(std::max<int64_t>(every, 1)) {}
+  // batch: samples per step; unit: what a sample is called in the rate ("img" -> img/s).
+  StepProgress(int64_t batch, int64_t every, std::string unit = "img")
+      : batch_(batch), every_(std::max<int64_t>(every, 1)), unit_(std::move(unit)) {}
   void update(const nlohmann::json& line) {
     const int64_t step = line["step"].get<int64_t>() + 1;
     total_ = line["total_steps"].get<int64_t>();
@@ -47,9 +49,9 @@ class StepProgress {
     if (!stdout_is_tty() && step % every_ != 0 && step != total_) return;
     const double ips = (step - first_) * batch_ / std::max(clock_.seconds(), 1e-9);
     char text[200];
-    std::snprintf(text, sizeof text, "epoch %lld  step %lld/%lld  loss %.4f  lr %.2e  %.0f img/s  ETA %.0fs",
+    std::snprintf(text, sizeof text, "epoch %lld  step %lld/%lld  loss %.4f  lr %.2e  %.0f %s/s  ETA %.0fs",
                   (long long)line["epoch"].get<int64_t>(), (long long)step, (long long)total_,
-                  line["loss"].get<double>(), line["lr"].get<double>(), ips,
+                  line["loss"].get<double>(), line["lr"].get<double>(), ips, unit_.c_str(),
                   (total_ - step) * batch_ / std::max(ips, 1e-9));
     progress_line(text);
   }
@@ -59,6 +61,7 @@ class StepProgress {
 
  private:
   int64_t total_ = 0, batch_, every_, first_ = -1;
+  std::string unit_;
   Stopwatch clock_;
 };
 
