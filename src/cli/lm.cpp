@@ -1,4 +1,6 @@
 // quest lm train | eval | generate: flags -> training::LmTrainer / models::generate -> print.
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 
@@ -74,8 +76,14 @@ int run_lm_generate(const std::string& checkpoint, const std::string& prompt,
   if (prompt.empty()) throw std::invalid_argument("--prompt must not be empty");
   torch::Tensor p = torch::empty({1, static_cast<int64_t>(prompt.size())}, torch::kLong);
   for (size_t i = 0; i < prompt.size(); ++i) p[0][i] = static_cast<int64_t>(static_cast<unsigned char>(prompt[i]));
+  const auto start = std::chrono::steady_clock::now();
   const torch::Tensor out =
       models::generate(trainer->model(), p, o, at::detail::createCPUGenerator(seed));
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::fprintf(stderr, "%lld bytes in %.2f s: %.1f tokens/s (KV cache %s, context %lld)\n",
+               (long long)out.size(1), seconds, out.size(1) / std::max(seconds, 1e-9),
+               o.use_cache ? "on" : "off", (long long)trainer->config().model.context());
   std::string text = prompt;
   for (int64_t i = 0; i < out.size(1); ++i) {
     const int64_t b = out[0][i].item<int64_t>();
@@ -124,6 +132,8 @@ void add_lm(CLI::App& app, int& exit_code) {
   generate->add_option("--temperature", sampling->temperature, "0: greedy")->capture_default_str();
   generate->add_option("--top-k", sampling->top_k, "Sample among the k most likely (0: all)")->capture_default_str();
   generate->add_option("--seed", *seed, "Sampling seed")->capture_default_str();
+  generate->add_flag("--no-cache{false}", sampling->use_cache,
+                     "Recompute the window for every token (the baseline the cache is timed against)");
   generate->callback([gen_checkpoint, prompt, sampling, seed, &exit_code] {
     exit_code = run_lm_generate(*gen_checkpoint, *prompt, *sampling, *seed);
   });

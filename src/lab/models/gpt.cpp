@@ -126,7 +126,10 @@ torch::Tensor generate(Gpt& model, const torch::Tensor& prompt, const SamplingOp
     out.push_back(next);
     seen = torch::cat({seen, next}, 1);
     if (t + 1 == o.tokens) break;
-    if (cache.length() + 1 > context) {  // full: re-encode the last context/2 tokens
+    if (!o.use_cache) {
+      const int64_t window = std::min(seen.size(1), context);
+      logits = model->forward(seen.narrow(1, seen.size(1) - window, window)).select(1, -1);
+    } else if (cache.length() + 1 > context) {  // full: re-encode the last context/2 tokens
       cache = GptCache{};
       const int64_t keep = std::max<int64_t>(1, context / 2);
       logits = model->forward_cached(seen.narrow(1, seen.size(1) - keep, keep), cache).select(1, -1);

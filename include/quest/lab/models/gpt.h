@@ -82,11 +82,13 @@ struct SamplingOptions {
   int64_t tokens = 200;       // how many to generate
   double temperature = 1.0;   // 0: greedy
   int64_t top_k = 0;          // sample among the k most likely (0: all)
+  bool use_cache = true;      // false: recompute the whole window for every token (a baseline)
 };
 
 // Continues `prompt` (B, T0) by options.tokens tokens, decoding with the KV cache (the prompt in
 // one pass, then a token at a time; when the context is full, the cache is rebuilt from the last
-// context/2 tokens). Returns (B, options.tokens); every draw comes from `generator`.
+// context/2 tokens). Returns (B, options.tokens); every draw comes from `generator`. Without the
+// cache each token costs a forward over the last `context` tokens; the draws are the same.
 torch::Tensor generate(Gpt& model, const torch::Tensor& prompt, const SamplingOptions& options,
                        at::Generator generator);
 
