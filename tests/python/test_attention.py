@@ -186,6 +186,12 @@ def test_backend_selection_says_why():
         quest.attention(q, q, q, backend="fused")
 
 
+def test_runtime_names_the_kernel_target_and_the_blas():
+    info = quest.runtime()
+    assert set(info) == {"simd_target", "blas", "blas_library", "blas_core", "blas_better_core"}
+    assert info["simd_target"] and info["blas"]
+
+
 def test_rows_that_see_no_key_are_zero_with_finite_gradients():
     q = torch.randn(1, 1, 3, 4, requires_grad=True)
     k = torch.randn(1, 1, 3, 4, requires_grad=True)

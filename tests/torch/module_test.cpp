@@ -175,6 +175,10 @@ TEST(MultiheadAttention, CachedDecodingMatchesFullRecomputation) {
       if (kind == Kind::quest)  // stored normalised: unit rows
         EXPECT_TRUE(torch::allclose(cache.keys.norm(2, -1), torch::ones({2, 4, 12}), 1e-5, 1e-5)) << what;
     }
+  // head_dim 3 cannot be rotated pairwise; rotary positions need a shared sequence.
+  EXPECT_THROW(nn::MultiheadAttention(nn::MultiheadAttentionOptions(6, 2).rotary(true)), c10::Error);
+  nn::MultiheadAttention rotary(nn::MultiheadAttentionOptions(8, 2).rotary(true));
+  EXPECT_THROW(rotary->forward_cross(torch::randn({1, 2, 8}), torch::randn({1, 3, 8})), c10::Error);
   nn::MultiheadAttention not_causal(nn::MultiheadAttentionOptions(8, 2));
   nn::KVCache cache;
   EXPECT_THROW(not_causal->forward_cached(torch::randn({1, 2, 8}), cache), c10::Error);

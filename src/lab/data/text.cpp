@@ -1,6 +1,7 @@
 #include "quest/lab/data/text.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cstring>
 #include <filesystem>
 

@@ -319,4 +319,14 @@ nlohmann::json merged_config(const nlohmann::json& defaults, const nlohmann::jso
   return merged;
 }
 
+nlohmann::json run_config_of(const std::string& checkpoint) {
+  TORCH_CHECK(std::filesystem::exists(checkpoint), "quest::training: checkpoint '", checkpoint,
+              "' does not exist");
+  try {
+    return runs::RunDir(std::filesystem::path(checkpoint).parent_path()).read_config();
+  } catch (const std::runtime_error& e) {
+    TORCH_CHECK(false, "quest::training: checkpoint '", checkpoint, "': ", e.what());
+  }
+}
+
 }  // namespace quest::training

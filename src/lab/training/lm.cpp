@@ -1,10 +1,8 @@
 #include "quest/lab/training/lm.h"
 
 #include <cmath>
-#include <filesystem>
 
 namespace quest::training {
-namespace fs = std::filesystem;
 
 nlohmann::json to_json(const LmConfig& c) {
   const auto& m = c.model;
@@ -109,13 +107,7 @@ class LmTrainer::LmTask : public Task {
     LmEval e;
     double nats = 0;
     int64_t correct = 0;
-    // Windows k = 0, 1, ... start at k * context and hold context + 1 bytes (k * context + span
-    // <= n), in batches; then the tail [done, n) as one shorter window.
-    const int64_t full = n >= span ? (n - span) / (span - 1) + 1 : 0;
-    for (int64_t w = 0; w < full; w += 64) {
-      const int64_t count = std::min<int64_t>(64, full - w);
-      const auto from = (torch::arange(w, w + count, torch::kLong) * (span - 1));
-      const auto [inputs, targets] = windows(stream, from);
+    auto score = [&](const torch::Tensor& inputs, const torch::Tensor& targets) {
       const auto logits = gpt->forward(inputs);
       nats += torch::nn::functional::cross_entropy(
                   logits.flatten(0, 1), targets.flatten(),
@@ -123,18 +115,20 @@ class LmTrainer::LmTask : public Task {
                   .item<double>();
       correct += logits.argmax(-1).eq(targets).sum().item<int64_t>();
       e.bytes += targets.numel();
+    };
+    // Windows k = 0, 1, ... start at k * context and hold context + 1 bytes (k * context + span
+    // <= n), in batches; then the tail [done, n) as one shorter window.
+    const int64_t full = n >= span ? (n - span) / (span - 1) + 1 : 0;
+    for (int64_t w = 0; w < full; w += 64) {
+      const int64_t count = std::min<int64_t>(64, full - w);
+      const auto from = (torch::arange(w, w + count, torch::kLong) * (span - 1));
+      const auto [inputs, targets] = windows(stream, from);
+      score(inputs, targets);
     }
     const int64_t done = e.bytes;  // bytes [0, done] are used (+1 for the first input byte)
     if (n - 1 - done >= 1) {
       const auto tail = stream.narrow(0, done, n - done).to(torch::kLong).unsqueeze(0);
-      const auto logits = gpt->forward(tail.narrow(1, 0, tail.size(1) - 1));
-      const auto targets = tail.narrow(1, 1, tail.size(1) - 1);
-      nats += torch::nn::functional::cross_entropy(
-                  logits.flatten(0, 1), targets.flatten(),
-                  torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
-                  .item<double>();
-      correct += logits.argmax(-1).eq(targets).sum().item<int64_t>();
-      e.bytes += targets.numel();
+      score(tail.narrow(1, 0, tail.size(1) - 1), tail.narrow(1, 1, tail.size(1) - 1));
     }
     gpt->train(was_training);
     TORCH_CHECK(e.bytes > 0, "quest::training: nothing to evaluate (", n, " bytes)");
@@ -191,15 +185,7 @@ int64_t LmTrainer::step() const { return engine_->step(); }
 double LmTrainer::train_seconds() const { return engine_->train_seconds(); }
 
 std::unique_ptr<LmTrainer> load_lm_run(const std::string& checkpoint) {
-  TORCH_CHECK(fs::exists(checkpoint), "quest::training: checkpoint '", checkpoint, "' does not exist");
-  const runs::RunDir dir(fs::path(checkpoint).parent_path());
-  nlohmann::json j;
-  try {
-    j = dir.read_config();
-  } catch (const std::runtime_error& e) {
-    TORCH_CHECK(false, "quest::training: checkpoint '", checkpoint, "': ", e.what());
-  }
-  auto trainer = std::make_unique<LmTrainer>(lm_config_from_json(j));
+  auto trainer = std::make_unique<LmTrainer>(lm_config_from_json(run_config_of(checkpoint)));
   trainer->load_checkpoint(checkpoint);
   return trainer;
 }

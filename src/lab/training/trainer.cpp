@@ -2,7 +2,6 @@
 
 #include <chrono>
 #include <cmath>
-#include <filesystem>
 #include <fstream>
 #include <tuple>
 
@@ -12,7 +11,6 @@
 
 namespace quest::training {
 
-namespace fs = std::filesystem;
 
 Dataset to_dataset(const torch::Tensor& images_u8, const torch::Tensor& labels, double mean,
                    double std) {
@@ -54,15 +52,7 @@ MnistSplits load_mnist_splits(const std::string& dir, double val_fraction, uint6
 }
 
 std::unique_ptr<Trainer> load_run(const std::string& checkpoint) {
-  TORCH_CHECK(fs::exists(checkpoint), "quest::training: checkpoint '", checkpoint, "' does not exist");
-  const runs::RunDir dir(fs::path(checkpoint).parent_path());
-  nlohmann::json j;
-  try {
-    j = dir.read_config();
-  } catch (const std::runtime_error& e) {
-    TORCH_CHECK(false, "quest::training: checkpoint '", checkpoint, "': ", e.what());
-  }
-  auto trainer = std::make_unique<Trainer>(config_from_json(j));
+  auto trainer = std::make_unique<Trainer>(config_from_json(run_config_of(checkpoint)));
   trainer->load_checkpoint(checkpoint);
   return trainer;
 }

@@ -86,6 +86,10 @@ bool applies_weight_decay(const std::string& name, const torch::Tensor& paramete
 // differs from the default's.
 nlohmann::json merged_config(const nlohmann::json& defaults, const nlohmann::json& j);
 
+// The config.json of the run a checkpoint belongs to (its directory's), for re-creating the task
+// before loading the checkpoint. A missing checkpoint or config raises an error naming it.
+nlohmann::json run_config_of(const std::string& checkpoint);
+
 // The run-owned generators, all derived from the seed, so a resumed run replays an epoch exactly.
 at::Generator init_generator(uint64_t seed);
 at::Generator data_generator(uint64_t seed, int64_t epoch);   // data order, augmentation
