@@ -13,29 +13,20 @@ namespace quest::cli {
 
 namespace fs = std::filesystem;
 
-struct CompareFlags {
-  std::vector<std::string> kinds = {"standard", "quest", "qknorm"};
-  std::vector<uint64_t> seeds = {0, 1, 2};
-  std::string out_dir = "runs/compare";
-  int workers = 1;
-};
-
 static int run_compare(const TrainFlags& flags, const CompareFlags& compare) {
   warn_if_slow_blas();
   const int threads = configure_threads();
-  const auto plan = runs::plan_compare(resolve_config(flags), compare.kinds, compare.seeds, compare.out_dir);
+  const auto plan = runs::plan_compare(resolve_config(flags), compare.kinds, compare.seeds, compare.out_dir, flags.data);
   fs::create_directories(compare.out_dir);
   const int workers = std::min<int>(compare.workers, static_cast<int>(plan.size()));
-  // Side by side, each child gets its share of the threads: on this 2-core machine two 1-thread
-  // runs train ~1.5x as many images/s as one 2-thread run.
-  const auto executor = workers > 1 ? runs::child_process_executor(workers, std::max(1, threads / workers))
-                                    : runs::in_process_executor();
+  const auto executor = compare_executor(workers, threads);
   runs::ExecutorEvents events;
   std::unique_ptr<StepProgress> progress;  // in this process: the run's steps as `quest train` shows them
   events.on_start = [&](const runs::RunSpec& run) {
     if (workers > 1) return;
     std::printf("%s\n", run.label().c_str());
-    progress = std::make_unique<StepProgress>(run.config.batch_size, run.config.log_every);
+    progress = std::make_unique<StepProgress>(run.config.at("batch_size").get<int64_t>(),
+                                              run.config.at("log_every").get<int64_t>());
   };
   if (workers == 1)
     events.on_step = [&](const runs::RunSpec&, const nlohmann::json& line) { progress->update(line); };
@@ -43,7 +34,7 @@ static int run_compare(const TrainFlags& flags, const CompareFlags& compare) {
     if (progress) progress->finish();
     std::printf("%-12s seed %llu: epoch %lld/%lld  train loss %.4f  val accuracy %.4f  %.0f img/s\n", run.kind.c_str(),
                 (unsigned long long)run.seed, (long long)line["epoch"].get<int64_t>() + 1,
-                (long long)run.config.epochs, line.value("train_loss", 0.0), line.value("val_accuracy", 0.0),
+                (long long)run.epochs, line.value("train_loss", 0.0), line.value("val_accuracy", 0.0),
                 line.value("images_per_second", 0.0));
     std::fflush(stdout);
   };
@@ -82,16 +73,7 @@ void add_compare(CLI::App& app, int& exit_code) {
   CLI::App* cmd = app.add_subcommand(
       "compare", "Train every requested attention kind on the same seeds and data; table of test accuracy");
   add_training_flags(cmd, f);
-  cmd->add_option("--kinds", compare->kinds, "Attention kinds (space- or comma-separated)")
-      ->delimiter(',')
-      ->capture_default_str();
-  cmd->add_option("--seeds", compare->seeds, "Seeds (each kind runs on each)")->delimiter(',')->capture_default_str();
-  cmd->add_option("--out-dir", compare->out_dir, "Runs go to <out-dir>/<kind>/seed-<s>")->capture_default_str();
-  cmd->add_option("--workers", compare->workers,
-                  "Runs trained side by side, each a 'quest train' process with its share of the threads "
-                  "(log in <run-dir>/train.log); 1 = one after another with every thread")
-      ->check(CLI::Range(1, 64))
-      ->capture_default_str();
+  add_compare_flags(cmd, compare);
   cmd->callback([f, compare, &exit_code] { exit_code = run_compare(*f, *compare); });
 }
 

@@ -1,15 +1,23 @@
-// quest lm train | eval | generate: flags -> training::LmTrainer / models::generate -> print.
+// quest lm train | compare | eval | generate: flags -> runs::train_lm_run / runs::compare_lm /
+// training::LmTrainer / models::generate -> print.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 
 #include "commands.h"
 #include "progress.h"
+#include "quest/lab/report/plots.h"
+#include "quest/lab/runs/lm_compare.h"
 #include "quest/lab/training/lm.h"
 #include "quest/torch/runtime.h"
+#include "train_flags.h"
 
 namespace quest::cli {
+
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -25,39 +33,113 @@ void print_eval(const char* what, const training::LmEval& e) {
               e.bits_per_byte, e.nats_per_byte, e.accuracy, (long long)e.bytes);
 }
 
-int run_lm_train(const LmTrainFlags& f) {
-  warn_if_slow_blas();
-  configure_threads();
+// The config file with the flags given on top.
+training::LmConfig resolve_lm_config(const std::string& path, const std::string& attention, int64_t epochs) {
   nlohmann::json j = nlohmann::json::object();
-  if (!f.config.empty()) {
-    std::ifstream in(f.config);
-    if (!in) throw std::runtime_error("cannot open config '" + f.config + "'");
+  if (!path.empty()) {
+    std::ifstream in(path);
+    if (!in) throw std::runtime_error("cannot open config '" + path + "'");
     j = nlohmann::json::parse(in);
   }
   training::LmConfig c = training::lm_config_from_json(j);
-  c.run_dir = f.run_dir;
-  if (!f.attention.empty()) {
-    const auto kind = parse_kind(f.attention);
-    if (!kind) throw std::invalid_argument("--attention: unknown kind '" + f.attention + "'");
+  if (!attention.empty()) {
+    const auto kind = parse_kind(attention);
+    if (!kind) throw std::invalid_argument("--attention: unknown kind '" + attention + "'");
     c.model.attention(*kind);
   }
-  if (f.epochs > 0) c.epochs = f.epochs;
+  if (epochs > 0) c.epochs = epochs;
+  return c;
+}
+
+int run_lm_train(const LmTrainFlags& f) {
+  warn_if_slow_blas();
+  configure_threads();
+  training::LmConfig c = resolve_lm_config(f.config, f.attention, f.epochs);
+  c.run_dir = f.run_dir;
   if (f.seed >= 0) c.seed = static_cast<uint64_t>(f.seed);
-  const data::ByteSplits data = training::load_lm_data(c);
-  std::printf("corpus %s: train %lld / valid %lld / test %lld bytes; attention %s, %s positions; "
-              "run dir %s\n",
-              c.corpus.c_str(), (long long)data.train.numel(), (long long)data.valid.numel(),
-              (long long)data.test.numel(), to_string(c.model.attention()).c_str(),
-              c.model.positions().c_str(), c.run_dir.c_str());
-  training::LmTrainer trainer(c);
   StepProgress progress(c.batch_size * c.model.context(), c.log_every, "tok");
-  trainer.fit(data, f.resume, [&](const nlohmann::json& line) { progress.update(line); });
+  runs::LmTrainCallbacks callbacks;
+  callbacks.on_data = [&](const data::ByteSplits& data) {
+    std::printf("corpus %s: train %lld / valid %lld / test %lld bytes; attention %s, %s positions; "
+                "run dir %s\n",
+                c.corpus.c_str(), (long long)data.train.numel(), (long long)data.valid.numel(),
+                (long long)data.test.numel(), to_string(c.model.attention()).c_str(),
+                c.model.positions().c_str(), c.run_dir.c_str());
+  };
+  callbacks.on_step = [&](const nlohmann::json& line) { progress.update(line); };
+  const runs::LmTrainReport report = runs::train_lm_run(c, f.resume, callbacks);
   progress.finish();
-  print_eval("valid (first eval_bytes)", trainer.evaluate(data.valid, c.eval_bytes));
-  print_eval("test", trainer.evaluate(data.test));
-  std::printf("training: %.1f s, %.0f tokens/s\n", trainer.train_seconds(),
-              trainer.step() * c.batch_size * c.model.context() / trainer.train_seconds());
+  if (report.outcome.status == runs::RunStatus::diverged) {
+    std::fprintf(stderr, "error: training diverged: %s\n", report.outcome.message.c_str());
+    for (size_t layer = 0; layer < report.diagnostics.size(); ++layer)
+      if (const auto& d = report.diagnostics[layer])
+        std::fprintf(stderr, "layer %zu attention:\n%s", layer, format_diagnostics(*d).c_str());
+    std::fprintf(stderr, "%s\n", report.checkpoint_kept
+                                     ? ("the last good checkpoint is kept: " +
+                                        runs::RunDir(c.run_dir).checkpoint().string()).c_str()
+                                     : "no checkpoint yet: it diverged within its first epoch");
+    return 3;
+  }
+  print_eval("valid (first eval_bytes)", report.valid);
+  print_eval("test", report.test);
+  std::printf("training: %.1f s, %.0f tokens/s\n", report.train_seconds, report.tokens_per_second);
   return 0;
+}
+
+int run_lm_compare(const std::string& config_path, int64_t epochs, bool resume, const CompareFlags& compare) {
+  warn_if_slow_blas();
+  const int threads = configure_threads();
+  const auto plan = runs::plan_lm_compare(resolve_lm_config(config_path, "", epochs), compare.kinds,
+                                          compare.seeds, compare.out_dir);
+  fs::create_directories(compare.out_dir);
+  const int workers = std::min<int>(compare.workers, static_cast<int>(plan.size()));
+  const auto executor = compare_executor(workers, threads);
+  runs::ExecutorEvents events;
+  std::unique_ptr<StepProgress> progress;  // in this process: the run's steps as `quest lm train` shows them
+  events.on_start = [&](const runs::RunSpec& run) {
+    if (workers > 1) return;
+    std::printf("%s\n", run.label().c_str());
+    progress = std::make_unique<StepProgress>(
+        run.config.at("batch_size").get<int64_t>() * run.config.at("model").at("context").get<int64_t>(),
+        run.config.at("log_every").get<int64_t>(), "tok");
+  };
+  if (workers == 1)
+    events.on_step = [&](const runs::RunSpec&, const nlohmann::json& line) { progress->update(line); };
+  events.on_epoch = [&](const runs::RunSpec& run, const nlohmann::json& line) {
+    if (progress) progress->finish();
+    std::printf("%-12s seed %llu: epoch %lld/%lld  train loss %.4f  valid %.4f bits per byte\n", run.kind.c_str(),
+                (unsigned long long)run.seed, (long long)line["epoch"].get<int64_t>() + 1, (long long)run.epochs,
+                line.value("train_loss", 0.0), line.value("val_loss", 0.0) / std::log(2.0));
+    std::fflush(stdout);
+  };
+  events.on_end = [](const runs::RunSpec& run, const runs::RunOutcome& outcome) {
+    if (outcome.status != runs::RunStatus::ok)
+      std::printf("%s: %s: %s\n", run.label().c_str(), to_string(outcome.status).c_str(), outcome.message.c_str());
+    std::fflush(stdout);
+  };
+  const runs::LmCompareResult result =
+      runs::compare_lm(plan, resume, *executor, events, [](const std::string& line) {
+        std::printf("%s\n", line.c_str());
+        std::fflush(stdout);
+      });
+  const report::Table table = runs::summarize(result);
+  std::printf("\n%s", table.console().c_str());
+  std::ofstream(fs::path(compare.out_dir) / "summary.csv") << table.csv();
+  nlohmann::json run_lines = nlohmann::json::array();
+  for (const auto& r : result.runs) run_lines.push_back(r.to_json());
+  std::ofstream(fs::path(compare.out_dir) / "compare.json")
+      << nlohmann::json({{"summary", table.json()}, {"runs", run_lines}, {"workers", workers}}).dump(2) << "\n";
+  std::printf("(test bits per byte over the whole test split; diagnostics: final model on the first test "
+              "windows, last seed; results in %s)\n",
+              compare.out_dir.c_str());
+  if (!result.failed.empty()) {
+    std::string lines;
+    for (const auto& f : result.failed) lines += "\n  " + f;
+    throw std::runtime_error("quest lm compare: runs failed:" + lines);
+  }
+  const auto plots = report::write_training_plots(compare.out_dir);
+  std::printf("plots of %zu run(s) in %s\n", plots.runs, plots.dir.c_str());
+  return 0;  // a diverged run is a result (its status is in compare.json), not an error
 }
 
 int run_lm_eval(const std::string& checkpoint, const std::string& split, int64_t bytes) {
@@ -109,6 +191,23 @@ void add_lm(CLI::App& app, int& exit_code) {
   train->add_option("--seed", f->seed, "Override the config's seed");
   train->add_flag("--resume", f->resume, "Continue from the run directory's checkpoint");
   train->callback([f, &exit_code] { exit_code = run_lm_train(*f); });
+
+  auto compare = std::make_shared<CompareFlags>();
+  compare->kinds = {"standard", "quest", "qnorm", "qknorm", "qk_layernorm"};
+  compare->out_dir = "runs/lm-compare";
+  auto compare_config = std::make_shared<std::string>();
+  auto compare_epochs = std::make_shared<int64_t>(0);
+  auto compare_resume = std::make_shared<bool>(false);
+  CLI::App* cmp = lm->add_subcommand(
+      "compare", "Train every requested attention kind on the same seeds; table of test bits per byte");
+  cmp->add_option("--config", *compare_config, "JSON config (keys of LmConfig; configs/lm.json)");
+  cmp->add_option("--epochs", *compare_epochs, "Override the config's epochs");
+  cmp->add_flag("--resume", *compare_resume,
+                "Continue each run from its checkpoint; finished runs are only evaluated");
+  add_compare_flags(cmp, compare);
+  cmp->callback([compare, compare_config, compare_epochs, compare_resume, &exit_code] {
+    exit_code = run_lm_compare(*compare_config, *compare_epochs, *compare_resume, *compare);
+  });
 
   auto checkpoint = std::make_shared<std::string>();
   auto split = std::make_shared<std::string>("test");

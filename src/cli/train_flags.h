@@ -1,4 +1,5 @@
-// The training flags `quest train` and `quest compare` share, and the config they resolve to: a
+// The training flags `quest train` and `quest compare` share (and the comparison flags of both
+// compare commands), and the config they resolve to: a
 // JSON config file (a run's config.json is one) with the flags given on the command line on top.
 #pragma once
 
@@ -26,6 +27,18 @@ struct TrainFlags {
 };
 
 void add_training_flags(CLI::App* cmd, const std::shared_ptr<TrainFlags>& flags);
+
+// What `quest compare` and `quest lm compare` add: the kinds x seeds grid, where, how many at once.
+struct CompareFlags {
+  std::vector<std::string> kinds = {"standard", "quest", "qknorm"};
+  std::vector<uint64_t> seeds = {0, 1, 2};
+  std::string out_dir = "runs/compare";
+  int workers = 1;
+};
+void add_compare_flags(CLI::App* cmd, const std::shared_ptr<CompareFlags>& compare);
+// The executor for `workers` runs side by side (at most one per run), each child with its share of
+// `threads`; one worker trains in this process.
+std::unique_ptr<runs::Executor> compare_executor(int workers, int threads);
 // Throws std::invalid_argument naming the flag or the config file.
 training::TrainConfig resolve_config(const TrainFlags& flags);
 

@@ -123,8 +123,12 @@ TEST(Plan, KindsTimesSeedsInTableOrderAndDuplicatesAreErrors) {
   ASSERT_EQ(plan.size(), 4u);
   EXPECT_EQ(plan[0].label(), "standard seed 3");
   EXPECT_EQ(plan[3].label(), "quest seed 1");
-  EXPECT_EQ(plan[3].config.model.attention(), Kind::quest);
-  EXPECT_EQ(plan[3].config.seed, 1u);
+  EXPECT_EQ(plan[3].config["model"]["attention"], "quest");
+  EXPECT_EQ(plan[3].config["seed"], 1u);
+  EXPECT_EQ(plan[3].config["run_dir"], "out/quest/seed-1");
+  EXPECT_EQ(plan[3].epochs, tiny().epochs);
+  // A child process trains it as `quest train` on the plan's data, from the config written beside it.
+  EXPECT_EQ(plan[3].command[0], "train");
   EXPECT_EQ(plan[3].dir().root(), fs::path("out/quest/seed-1"));
   auto message = [](const std::function<void()>& f) {
     try {
@@ -143,8 +147,7 @@ TEST(Plan, KindsTimesSeedsInTableOrderAndDuplicatesAreErrors) {
 // An executor that trains nothing: it reports what it was given and the outcomes it was told to.
 class ScriptedExecutor : public Executor {
  public:
-  std::vector<RunOutcome> execute(const std::vector<RunSpec>& runs, const DataSource&, bool,
-                                  const ExecutorEvents&) override {
+  std::vector<RunOutcome> execute(const std::vector<RunSpec>& runs, bool, const ExecutorEvents&) override {
     given = runs;
     std::vector<RunOutcome> out;
     for (const auto& r : runs) out.push_back(outcomes.count(r.label()) ? outcomes[r.label()] : RunOutcome{});
@@ -226,10 +229,10 @@ TEST(Compare, InProcessTrainsThenResumeOnlyEvaluates) {
 // Child processes: a run whose child fails is named with its exit code, log and the reason.
 TEST(Compare, ChildProcessFailureCarriesTheReason) {
   TempDir t;
-  const auto plan = plan_compare(tiny(), {"standard"}, {0}, t.path.string());
-  auto executor = child_process_executor(2, 1, QUEST_EXECUTABLE);
   DataSource data;
   data.dir = (t.path / "no_such_data").string();
+  const auto plan = plan_compare(tiny(), {"standard"}, {0}, t.path.string(), data);
+  auto executor = child_process_executor(2, 1, QUEST_EXECUTABLE);
   const CompareResult r = compare(plan, data, false, *executor);
   ASSERT_EQ(r.failed.size(), 1u);
   EXPECT_NE(r.failed[0].find("standard seed 0: exit code 1, log "), std::string::npos) << r.failed[0];

@@ -11,8 +11,8 @@ namespace quest::runs {
 
 namespace fs = std::filesystem;
 
-std::vector<RunSpec> plan_compare(const training::TrainConfig& base, const std::vector<std::string>& kinds,
-                                  const std::vector<uint64_t>& seeds, const std::string& out_dir) {
+std::vector<RunSpec> plan_runs(const std::vector<std::string>& kinds, const std::vector<uint64_t>& seeds,
+                               const std::string& out_dir, const std::function<void(RunSpec&)>& fill) {
   for (size_t i = 0; i < kinds.size(); ++i) {
     if (!parse_kind(kinds[i])) throw std::invalid_argument("--kinds: unknown kind '" + kinds[i] + "'");
     for (size_t j = 0; j < i; ++j)
@@ -25,13 +25,33 @@ std::vector<RunSpec> plan_compare(const training::TrainConfig& base, const std::
   std::vector<RunSpec> plan;
   for (const std::string& kind : kinds)
     for (uint64_t seed : seeds) {
-      RunSpec run{kind, seed, base};
-      run.config.model.attention(*parse_kind(kind));
-      run.config.seed = seed;
-      run.config.run_dir = (fs::path(out_dir) / kind / ("seed-" + std::to_string(seed))).string();
-      plan.push_back(run);
+      RunSpec run;
+      run.kind = kind;
+      run.seed = seed;
+      run.run_dir = (fs::path(out_dir) / kind / ("seed-" + std::to_string(seed))).string();
+      fill(run);
+      plan.push_back(std::move(run));
     }
   return plan;
+}
+
+std::vector<RunSpec> plan_compare(const training::TrainConfig& base, const std::vector<std::string>& kinds,
+                                  const std::vector<uint64_t>& seeds, const std::string& out_dir,
+                                  const DataSource& data) {
+  return plan_runs(kinds, seeds, out_dir, [&](RunSpec& run) {
+    training::TrainConfig config = base;
+    config.model.attention(*parse_kind(run.kind));
+    config.seed = run.seed;
+    config.run_dir = run.run_dir;
+    run.epochs = config.epochs;
+    run.config = training::to_json(config);
+    run.command = {"train", "--data-dir", data.dir, "--val-fraction", nlohmann::json(data.val_fraction).dump()};
+    run.train = [config, data](bool resume, const std::function<void(const nlohmann::json&)>& on_step) {
+      TrainCallbacks callbacks;
+      callbacks.on_step = on_step;
+      return train_run(config, data, resume, callbacks).outcome;
+    };
+  });
 }
 
 TrainReport train_run(const training::TrainConfig& config, const DataSource& data, bool resume,
@@ -82,21 +102,14 @@ nlohmann::json RunResult::to_json() const {
           {"diagnostics",
            {{"k_norm_max", diagnostics.k_norm_max}, {"q_norm_max", diagnostics.q_norm_max},
             {"logit_abs_max", diagnostics.logit_abs_max}, {"entropy_mean", diagnostics.entropy_mean}}},
-          {"run_dir", spec.config.run_dir}};
+          {"run_dir", spec.run_dir}};
 }
 
-namespace {
-
-FinalDiagnostics final_diagnostics(training::Trainer& trainer, const training::Dataset& test) {
-  torch::NoGradGuard no_grad;
-  trainer.model()->eval();
-  trainer.model()->set_record_diagnostics(true);
-  trainer.model()->forward(test.images.narrow(0, 0, std::min<int64_t>(256, test.size())));
-  trainer.model()->set_record_diagnostics(false);
+FinalDiagnostics final_diagnostics_of(const std::vector<std::optional<HeadDiagnostics>>& layers) {
   FinalDiagnostics f;
   double entropy = 0;
   int64_t n = 0;
-  for (const auto& d : trainer.model()->attention_diagnostics()) {
+  for (const auto& d : layers) {
     if (!d) continue;
     for (size_t h = 0; h < d->entropy_mean.size(); ++h, ++n) {
       f.k_norm_max = std::max(f.k_norm_max, d->k_norm_max[h]);
@@ -109,24 +122,39 @@ FinalDiagnostics final_diagnostics(training::Trainer& trainer, const training::D
   return f;
 }
 
+namespace {
+
+FinalDiagnostics final_diagnostics(training::Trainer& trainer, const training::Dataset& test) {
+  torch::NoGradGuard no_grad;
+  trainer.model()->eval();
+  trainer.model()->set_record_diagnostics(true);
+  trainer.model()->forward(test.images.narrow(0, 0, std::min<int64_t>(256, test.size())));
+  trainer.model()->set_record_diagnostics(false);
+  return final_diagnostics_of(trainer.model()->attention_diagnostics());
+}
+
 }  // namespace
 
-CompareResult compare(const std::vector<RunSpec>& plan, const DataSource& data, bool resume, Executor& executor,
-                      const ExecutorEvents& events, const std::function<void(const std::string&)>& on_note) {
+std::vector<std::string> kinds_of(const std::vector<RunSpec>& plan) {
+  std::vector<std::string> kinds;
+  for (const RunSpec& run : plan)
+    if (std::find(kinds.begin(), kinds.end(), run.kind) == kinds.end()) kinds.push_back(run.kind);
+  return kinds;
+}
+
+std::vector<RunOutcome> train_plan(const std::vector<RunSpec>& plan, bool resume, Executor& executor,
+                                   const ExecutorEvents& events,
+                                   const std::function<void(const std::string&)>& on_note) {
   auto note = [&](const std::string& line) {
     if (on_note) on_note(line);
   };
-  CompareResult result;
-  for (const RunSpec& run : plan)
-    if (std::find(result.kinds.begin(), result.kinds.end(), run.kind) == result.kinds.end())
-      result.kinds.push_back(run.kind);
   // A resumed run whose checkpoint holds every epoch needs no training: evaluating it is all that is left.
   std::vector<RunSpec> to_train;
   std::vector<RunOutcome> outcomes(plan.size());
   std::vector<int> trained_index(plan.size(), -1);
   for (size_t i = 0; i < plan.size(); ++i) {
     const auto done = resume ? plan[i].dir().checkpoint_epoch() : std::nullopt;
-    if (done && *done >= plan[i].config.epochs) {
+    if (done && *done >= plan[i].epochs) {
       note(plan[i].label() + ": finished, evaluating only");
       continue;
     }
@@ -134,9 +162,28 @@ CompareResult compare(const std::vector<RunSpec>& plan, const DataSource& data, 
     to_train.push_back(plan[i]);
   }
   note(std::to_string(to_train.size()) + " runs to train, " + executor.describe());
-  const std::vector<RunOutcome> trained = executor.execute(to_train, data, resume, events);
+  const std::vector<RunOutcome> trained = executor.execute(to_train, resume, events);
   for (size_t i = 0; i < plan.size(); ++i)
     if (trained_index[i] >= 0) outcomes[i] = trained[trained_index[i]];
+  return outcomes;
+}
+
+std::optional<std::string> not_evaluable(const RunSpec& run, const RunOutcome& outcome) {
+  if (outcome.status == RunStatus::failed) return run.label() + ": " + outcome.message;
+  if (!run.dir().has_checkpoint())
+    return run.label() + ": diverged before its first checkpoint, log " + run.dir().log().string() +
+           (outcome.message.empty() ? "" : "\n    " + outcome.message);
+  return std::nullopt;
+}
+
+CompareResult compare(const std::vector<RunSpec>& plan, const DataSource& data, bool resume, Executor& executor,
+                      const ExecutorEvents& events, const std::function<void(const std::string&)>& on_note) {
+  auto note = [&](const std::string& line) {
+    if (on_note) on_note(line);
+  };
+  CompareResult result;
+  result.kinds = kinds_of(plan);
+  const std::vector<RunOutcome> outcomes = train_plan(plan, resume, executor, events, on_note);
 
   // Every evaluation on the same test images, normalised as the run was trained (the statistics
   // of all training images, whatever its seed or subset, saved with the run).
@@ -145,13 +192,8 @@ CompareResult compare(const std::vector<RunSpec>& plan, const DataSource& data, 
   for (size_t i = 0; i < plan.size(); ++i) {
     const RunSpec& run = plan[i];
     const RunOutcome& outcome = outcomes[i];
-    if (outcome.status == RunStatus::failed) {
-      result.failed.push_back(run.label() + ": " + outcome.message);
-      continue;
-    }
-    if (!run.dir().has_checkpoint()) {
-      result.failed.push_back(run.label() + ": diverged before its first checkpoint, log " + run.dir().log().string() +
-                              (outcome.message.empty() ? "" : "\n    " + outcome.message));
+    if (const auto why = not_evaluable(run, outcome)) {
+      result.failed.push_back(*why);
       continue;
     }
     auto trainer = training::load_run(run.dir().checkpoint().string());

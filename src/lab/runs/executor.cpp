@@ -22,7 +22,7 @@ namespace {
 
 class InProcess : public Executor {
  public:
-  std::vector<RunOutcome> execute(const std::vector<RunSpec>& runs, const DataSource& data, bool resume,
+  std::vector<RunOutcome> execute(const std::vector<RunSpec>& runs, bool resume,
                                   const ExecutorEvents& events) override {
     std::vector<RunOutcome> outcomes;
     for (const RunSpec& run : runs) {
@@ -33,8 +33,7 @@ class InProcess : public Executor {
         const auto last = run.dir().last_epoch_metrics();
         if (events.on_epoch && last && last->value("epoch", int64_t{-1}) == epoch) events.on_epoch(run, *last);
       };
-      TrainCallbacks callbacks;
-      callbacks.on_step = [&](const nlohmann::json& line) {
+      auto on_step = [&](const nlohmann::json& line) {
         if (line["epoch"].get<int64_t>() != epoch) {
           report_epoch();
           epoch = line["epoch"].get<int64_t>();
@@ -43,7 +42,7 @@ class InProcess : public Executor {
       };
       RunOutcome outcome;
       try {
-        outcome = train_run(run.config, data, resume, callbacks).outcome;
+        outcome = run.train(resume, on_step);
       } catch (const c10::Error& e) {
         outcome = {RunStatus::failed, e.what_without_backtrace()};
       } catch (const std::exception& e) {
@@ -93,7 +92,7 @@ pid_t spawn(const std::string& exe, const ChildJob& job) {
   return pid;
 }
 
-// Processes, not threads, for the ViT: OpenBLAS's thread pool is process-wide, and several threads
+// Processes, not threads: OpenBLAS's thread pool is process-wide, and several threads
 // calling a multi-threaded OpenBLAS at once serialise on it. (Randomness is run-owned either way.)
 class ChildProcesses : public Executor {
  public:
@@ -105,7 +104,7 @@ class ChildProcesses : public Executor {
            " thread(s) each; logs in " + RunDir("<run-dir>").log().string();
   }
 
-  std::vector<RunOutcome> execute(const std::vector<RunSpec>& runs, const DataSource& data, bool resume,
+  std::vector<RunOutcome> execute(const std::vector<RunSpec>& runs, bool resume,
                                   const ExecutorEvents& events) override {
     std::vector<RunOutcome> outcomes(runs.size());
     std::vector<int64_t> epoch_reported(runs.size(), -1);
@@ -122,13 +121,15 @@ class ChildProcesses : public Executor {
       while (next < runs.size() && static_cast<int>(running.size()) < workers_) {
         const RunSpec& run = runs[next];
         const RunDir dir = run.dir();
-        dir.write_config(training::to_json(run.config));
+        dir.write_config(run.config);
         std::filesystem::remove(dir.outcome());  // an earlier invocation's; this child writes its own
         if (!resume) dir.trim_metrics(0);         // old epoch lines are not news
         if (const auto last = dir.last_epoch_metrics()) epoch_reported[next] = last->value("epoch", int64_t{-1});
         ChildJob job;
-        job.args = {"train", "--config", dir.config().string(), "--run-dir", dir.root().string(), "--data-dir",
-                    data.dir, "--val-fraction", nlohmann::json(data.val_fraction).dump()};
+        job.args = run.command;
+        for (const std::string& a : {std::string("--config"), dir.config().string(), std::string("--run-dir"),
+                                     dir.root().string()})
+          job.args.push_back(a);
         if (resume) job.args.push_back("--resume");
         job.env = {{"OMP_NUM_THREADS", std::to_string(threads_)}, {"OPENBLAS_NUM_THREADS", std::to_string(threads_)}};
         job.log_path = dir.log().string();

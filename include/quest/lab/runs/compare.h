@@ -22,19 +22,32 @@ struct DataSource {
   double val_fraction = 0.1;                 // held-out share of the training split
 };
 
+// One run of a comparison, whatever it trains (the ViT, the language model): what the executors
+// and the plan's bookkeeping need.
 struct RunSpec {
   std::string kind;
   uint64_t seed = 0;
-  training::TrainConfig config;  // attention, seed and run_dir set for this run
-  RunDir dir() const { return RunDir(config.run_dir); }
+  std::string run_dir;
+  int64_t epochs = 0;     // a checkpoint holding this many epochs is a finished run
+  nlohmann::json config;  // the run's resolved config, written to config.json (a valid --config)
+  // `quest` arguments that train it in a child process ("train", "--data-dir", ...); the executor
+  // appends --config <run>/config.json --run-dir <run> [--resume].
+  std::vector<std::string> command;
+  // Trains it in this process (resuming when asked); every step's metrics line to on_step.
+  std::function<RunOutcome(bool resume, const std::function<void(const nlohmann::json&)>& on_step)> train;
+  RunDir dir() const { return RunDir(run_dir); }
   std::string label() const { return kind + " seed " + std::to_string(seed); }
 };
 
-// The (kind, seed) runs of a comparison in table order, each in <out_dir>/<kind>/seed-<s>.
-// Throws std::invalid_argument for an unknown kind or a kind or seed listed twice (it would count
-// the same run twice in a mean).
+// kinds x seeds in table order, each in <out_dir>/<kind>/seed-<s>, completed by `fill` (config,
+// command, train, epochs). Throws std::invalid_argument for an unknown kind or a kind or seed listed
+// twice (it would count the same run twice in a mean).
+std::vector<RunSpec> plan_runs(const std::vector<std::string>& kinds, const std::vector<uint64_t>& seeds,
+                               const std::string& out_dir, const std::function<void(RunSpec&)>& fill);
+// The ViT's plan: `base` with each run's attention, seed and run_dir, trained on `data`.
 std::vector<RunSpec> plan_compare(const training::TrainConfig& base, const std::vector<std::string>& kinds,
-                                  const std::vector<uint64_t>& seeds, const std::string& out_dir);
+                                  const std::vector<uint64_t>& seeds, const std::string& out_dir,
+                                  const DataSource& data = {});
 
 // One run trained in this process, start to end: data, Trainer, resume, divergence. Writes the
 // run's config.json, metrics, checkpoints, outcome.json, and result.json (test metrics) when ok.
@@ -65,14 +78,14 @@ class Executor {
  public:
   virtual ~Executor() = default;
   // Trains every run (resuming from checkpoints when `resume`); one outcome per run, in order.
-  virtual std::vector<RunOutcome> execute(const std::vector<RunSpec>& runs, const DataSource& data, bool resume,
+  virtual std::vector<RunOutcome> execute(const std::vector<RunSpec>& runs, bool resume,
                                           const ExecutorEvents& events) = 0;
   virtual std::string describe() const = 0;
 };
 
 // One run after another in this process, with every thread.
 std::unique_ptr<Executor> in_process_executor();
-// `workers` runs side by side, each `<executable> train --config <run>/config.json ...` in a
+// `workers` runs side by side, each `<executable> <run.command> --config <run>/config.json ...` in a
 // child process with `threads` threads (stdout and stderr to <run>/train.log); the outcome comes
 // from the run's outcome.json, or from the exit code and the log's last line when it has none.
 std::unique_ptr<Executor> child_process_executor(int workers, int threads,
@@ -82,6 +95,8 @@ std::unique_ptr<Executor> child_process_executor(int workers, int threads,
 struct FinalDiagnostics {
   double k_norm_max = 0, q_norm_max = 0, logit_abs_max = 0, entropy_mean = 0;
 };
+// Maxima over layers and heads of a model's recorded diagnostics, entropy averaged over them.
+FinalDiagnostics final_diagnostics_of(const std::vector<std::optional<HeadDiagnostics>>& layers);
 
 struct RunResult {
   RunSpec spec;
@@ -98,9 +113,19 @@ struct CompareResult {
   std::vector<std::string> kinds;   // table order
 };
 
-// Trains the plan with `executor` (runs whose checkpoint already holds every epoch are only
-// evaluated when `resume`), then evaluates every run that has a checkpoint on the test split.
-// `on_note` gets one line per event worth printing (a finished run, a failure, an evaluation).
+// The training half of every comparison: trains the plan with `executor`, except, when `resume`,
+// runs whose checkpoint already holds every epoch (noted "finished, evaluating only"). One outcome
+// per run of the plan. `on_note` gets one line per event worth printing.
+std::vector<RunOutcome> train_plan(const std::vector<RunSpec>& plan, bool resume, Executor& executor,
+                                   const ExecutorEvents& events = {},
+                                   const std::function<void(const std::string&)>& on_note = {});
+// Why a trained run cannot be evaluated (it failed, or diverged before its first checkpoint);
+// nullopt when it can.
+std::optional<std::string> not_evaluable(const RunSpec& run, const RunOutcome& outcome);
+// The kinds of a plan in table order.
+std::vector<std::string> kinds_of(const std::vector<RunSpec>& plan);
+
+// The ViT comparison: train_plan, then every run that has a checkpoint evaluated on the test split.
 CompareResult compare(const std::vector<RunSpec>& plan, const DataSource& data, bool resume, Executor& executor,
                       const ExecutorEvents& events = {},
                       const std::function<void(const std::string&)>& on_note = {});
