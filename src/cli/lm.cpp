@@ -26,6 +26,7 @@ struct LmTrainFlags {
   bool resume = false;
   int64_t epochs = 0;
   int64_t seed = -1;
+  double lr = 0;
 };
 
 void print_eval(const char* what, const training::LmEval& e) {
@@ -34,7 +35,8 @@ void print_eval(const char* what, const training::LmEval& e) {
 }
 
 // The config file with the flags given on top.
-training::LmConfig resolve_lm_config(const std::string& path, const std::string& attention, int64_t epochs) {
+training::LmConfig resolve_lm_config(const std::string& path, const std::string& attention, int64_t epochs,
+                                     double lr) {
   nlohmann::json j = nlohmann::json::object();
   if (!path.empty()) {
     std::ifstream in(path);
@@ -48,13 +50,14 @@ training::LmConfig resolve_lm_config(const std::string& path, const std::string&
     c.model.attention(*kind);
   }
   if (epochs > 0) c.epochs = epochs;
+  if (lr > 0) c.lr = lr;
   return c;
 }
 
 int run_lm_train(const LmTrainFlags& f) {
   warn_if_slow_blas();
   configure_threads();
-  training::LmConfig c = resolve_lm_config(f.config, f.attention, f.epochs);
+  training::LmConfig c = resolve_lm_config(f.config, f.attention, f.epochs, f.lr);
   c.run_dir = f.run_dir;
   if (f.seed >= 0) c.seed = static_cast<uint64_t>(f.seed);
   StepProgress progress(c.batch_size * c.model.context(), c.log_every, "tok");
@@ -86,10 +89,11 @@ int run_lm_train(const LmTrainFlags& f) {
   return 0;
 }
 
-int run_lm_compare(const std::string& config_path, int64_t epochs, bool resume, const CompareFlags& compare) {
+int run_lm_compare(const std::string& config_path, int64_t epochs, double lr, bool resume,
+                   const CompareFlags& compare) {
   warn_if_slow_blas();
   const int threads = configure_threads();
-  const auto plan = runs::plan_lm_compare(resolve_lm_config(config_path, "", epochs), compare.kinds,
+  const auto plan = runs::plan_lm_compare(resolve_lm_config(config_path, "", epochs, lr), compare.kinds,
                                           compare.seeds, compare.out_dir);
   fs::create_directories(compare.out_dir);
   const int workers = std::min<int>(compare.workers, static_cast<int>(plan.size()));
@@ -189,6 +193,7 @@ void add_lm(CLI::App& app, int& exit_code) {
   train->add_option("--attention", f->attention, "standard, quest, qnorm, qknorm or qk_layernorm");
   train->add_option("--epochs", f->epochs, "Override the config's epochs");
   train->add_option("--seed", f->seed, "Override the config's seed");
+  train->add_option("--lr", f->lr, "Override the config's peak learning rate")->check(CLI::PositiveNumber);
   train->add_flag("--resume", f->resume, "Continue from the run directory's checkpoint");
   train->callback([f, &exit_code] { exit_code = run_lm_train(*f); });
 
@@ -198,15 +203,17 @@ void add_lm(CLI::App& app, int& exit_code) {
   auto compare_config = std::make_shared<std::string>();
   auto compare_epochs = std::make_shared<int64_t>(0);
   auto compare_resume = std::make_shared<bool>(false);
+  auto compare_lr = std::make_shared<double>(0);
   CLI::App* cmp = lm->add_subcommand(
       "compare", "Train every requested attention kind on the same seeds; table of test bits per byte");
   cmp->add_option("--config", *compare_config, "JSON config (keys of LmConfig; configs/lm.json)");
   cmp->add_option("--epochs", *compare_epochs, "Override the config's epochs");
+  cmp->add_option("--lr", *compare_lr, "Override the config's peak learning rate")->check(CLI::PositiveNumber);
   cmp->add_flag("--resume", *compare_resume,
                 "Continue each run from its checkpoint; finished runs are only evaluated");
   add_compare_flags(cmp, compare);
-  cmp->callback([compare, compare_config, compare_epochs, compare_resume, &exit_code] {
-    exit_code = run_lm_compare(*compare_config, *compare_epochs, *compare_resume, *compare);
+  cmp->callback([compare, compare_config, compare_epochs, compare_lr, compare_resume, &exit_code] {
+    exit_code = run_lm_compare(*compare_config, *compare_epochs, *compare_lr, *compare_resume, *compare);
   });
 
   auto checkpoint = std::make_shared<std::string>();

@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "error_message.h"
+#include "quest/lab/runs/lm_compare.h"
 #include "quest/lab/training/lm.h"
 
 namespace quest::training {
@@ -30,9 +31,9 @@ LmConfig tiny(const std::string& corpus, const std::string& run_dir) {
 }
 
 struct Corpus {
-  Corpus() : dir(fs::temp_directory_path() / ("quest_lm_test_" + std::to_string(::getpid()))) {
+  explicit Corpus(int documents = 40) : dir(fs::temp_directory_path() / ("quest_lm_test_" + std::to_string(::getpid()))) {
     fs::create_directories(dir);
-    for (int d = 0; d < 40; ++d) {  // a regular language: learnable in a few steps
+    for (int d = 0; d < documents; ++d) {  // a regular language: learnable in a few steps
       std::ofstream f(dir / ("doc" + std::to_string(d) + ".rst"));
       for (int line = 0; line < 20; ++line) f << "the cat sat on the mat " << (line % 3) << ".\n";
     }
@@ -78,6 +79,56 @@ TEST(Lm, LearnsAndResumesExactly) {
   resumed.fit(data, true);
   EXPECT_EQ(resumed.step(), trainer.step());
   EXPECT_EQ(resumed.evaluate(data.valid).nats_per_byte, after.nats_per_byte);
+}
+
+// quest lm compare's library half: a plan trained in this process, scored on the test split, and
+// a resume that trains nothing and takes each run's own result.json — which must equal a fresh
+// evaluation of the checkpoint (checked by invalidating one result file).
+TEST(LmCompare, TrainsScoresAndResumeOnlyEvaluates) {
+  Corpus corpus(200);  // enough documents for a test split (5 % by name hash)
+  LmConfig base = tiny(corpus.dir.string(), "");
+  base.epochs = 1;
+  const std::string out = (corpus.dir / "cmp").string();
+  const auto plan = runs::plan_lm_compare(base, {"standard", "quest"}, {0, 1}, out);
+  ASSERT_EQ(plan.size(), 4u);
+  EXPECT_EQ(plan[3].label(), "quest seed 1");
+  EXPECT_EQ(plan[3].config["model"]["attention"], "quest");
+  EXPECT_EQ(plan[3].config["seed"], 1u);
+  EXPECT_EQ(plan[3].command, (std::vector<std::string>{"lm", "train"}));
+  auto executor = runs::in_process_executor();
+  const runs::LmCompareResult first = runs::compare_lm(plan, false, *executor);
+  ASSERT_TRUE(first.failed.empty()) << first.failed[0];
+  ASSERT_EQ(first.runs.size(), 4u);
+  for (const auto& r : first.runs) {
+    EXPECT_EQ(r.outcome.status, runs::RunStatus::ok);
+    EXPECT_TRUE(std::isfinite(r.test_bits_per_byte));
+    EXPECT_LT(r.test_bits_per_byte, 8.0);  // better than uniform over 256 bytes
+    EXPECT_GT(r.tokens_per_second, 0);
+    EXPECT_GT(r.diagnostics.q_norm_max, 0);
+  }
+  // quest's keys are unit vectors in the attention; its logits are bounded by ‖q‖.
+  EXPECT_LE(first.runs[2].diagnostics.logit_abs_max, first.runs[2].diagnostics.q_norm_max * (1 + 1e-5));
+  const auto table = runs::summarize(first).json();
+  ASSERT_EQ(table.size(), 2u);
+  EXPECT_NEAR(table[1]["test_bits_per_byte"]["mean"].get<double>(),
+              (first.runs[2].test_bits_per_byte + first.runs[3].test_bits_per_byte) / 2, 1e-12);
+  EXPECT_EQ(table[1]["seeds"], 2);
+
+  // Run 0's result no longer matches its checkpoint's step: it is evaluated afresh.
+  nlohmann::json stale = nlohmann::json::parse(std::ifstream(plan[0].dir().result()));
+  stale["step"] = -1;
+  stale["test_bits_per_byte"] = 99.0;
+  std::ofstream(plan[0].dir().result()) << stale.dump();
+  std::vector<std::string> notes;
+  const runs::LmCompareResult again =
+      runs::compare_lm(plan, true, *executor, {}, [&](const std::string& n) { notes.push_back(n); });
+  EXPECT_EQ(notes[0], "standard seed 0: finished, evaluating only");
+  EXPECT_EQ(notes[4], "0 runs to train, one after another in this process");
+  ASSERT_EQ(again.runs.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_NEAR(again.runs[i].test_bits_per_byte, first.runs[i].test_bits_per_byte, 1e-9) << i;
+    EXPECT_EQ(again.runs[i].train_seconds, first.runs[i].train_seconds) << i;
+  }
 }
 
 }  // namespace
