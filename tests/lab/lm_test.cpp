@@ -81,6 +81,37 @@ TEST(Lm, LearnsAndResumesExactly) {
   EXPECT_EQ(resumed.evaluate(data.valid).nats_per_byte, after.nats_per_byte);
 }
 
+// The logit monitor in the engine, on a real run: with a threshold the run passes, one warning line
+// naming layer and head, the run goes on; after a resume no second warning; policy stop ends the
+// run as diverged.
+TEST(Lm, LogitMonitorWarnsOnceAndCanStopTheRun) {
+  Corpus corpus;
+  LmConfig config = tiny(corpus.dir.string(), (corpus.dir / "warn").string());
+  config.logit_monitor.threshold = 0.01;  // every head passes it at the first logged step
+  const data::ByteSplits data = load_lm_data(config);
+  EXPECT_THROW(LmTrainer(config).fit(data, false,
+                                     [](const nlohmann::json& line) {
+                                       if (line["step"] == 20) throw std::runtime_error("stop");
+                                     }),
+               std::runtime_error);
+  LmTrainer resumed(config);
+  resumed.fit(data, true);
+  EXPECT_EQ(resumed.step(), 30);
+  const auto warnings = runs::RunDir(config.run_dir).read_metrics("warning");
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_EQ(warnings[0]["warning"], "logit_growth");
+  EXPECT_EQ(warnings[0]["step"], 0);
+  EXPECT_EQ(warnings[0]["epoch"], 0);
+  EXPECT_GE(warnings[0]["layer"].get<int64_t>(), 0);
+  EXPECT_NE(warnings[0]["message"].get<std::string>().find("attention logits growing: layer "), std::string::npos);
+
+  config.run_dir = (corpus.dir / "stop").string();
+  config.logit_monitor.policy = MonitorPolicy::stop;
+  const std::string m = testing::error_message([&] { LmTrainer(config).fit(data, false); });
+  EXPECT_NE(m.find("stopped by the logit monitor: layer "), std::string::npos) << m;
+  EXPECT_NE(m.find("at step 0 (epoch 0)"), std::string::npos) << m;
+}
+
 // quest lm compare's library half: a plan trained in this process, scored on the test split, and
 // a resume that trains nothing and takes each run's own result.json — which must equal a fresh
 // evaluation of the checkpoint (checked by invalidating one result file).

@@ -219,6 +219,9 @@ void Engine::fit(bool resume, const std::function<void(const nlohmann::json&)>& 
   dir.create();
   if (resume && dir.has_checkpoint()) load_checkpoint(dir.checkpoint().string());
   dir.trim_metrics(epoch_);
+  LogitMonitor monitor(config_.logit_monitor);
+  for (const auto& line : dir.read_metrics("warning"))  // alerted before the resume: once is enough
+    if (line.value("warning", "") == "logit_growth") monitor.mark_alerted();
   const int64_t steps_per_epoch = task_.steps_per_epoch();
   while (epoch_ < config_.epochs) {
     const auto epoch_start = std::chrono::steady_clock::now();
@@ -259,6 +262,20 @@ void Engine::fit(bool resume, const std::function<void(const nlohmann::json&)>& 
         }
         if (on_step) on_step(line);
       }
+      if (record)
+        if (const auto alert = monitor.observe(step_, task_.attention_diagnostics())) {
+          nlohmann::json warning = alert->to_json();
+          warning["epoch"] = epoch_;
+          warning["policy"] = to_string(config_.logit_monitor.policy);
+          dir.append_metrics(warning);
+          const std::string what = alert->message() + " (logit_monitor threshold " +
+                                   std::to_string(static_cast<int64_t>(config_.logit_monitor.threshold)) + ")";
+          if (config_.on_warning) config_.on_warning(what);
+          else std::fprintf(stderr, "warning: %s\n", what.c_str());
+          if (config_.logit_monitor.policy == MonitorPolicy::stop)
+            diverged("stopped by the logit monitor: layer " + std::to_string(alert->layer) + " head " +
+                     std::to_string(alert->head) + " max |logit| " + std::to_string(alert->logit));
+        }
     }
     task_.record_diagnostics(false);
     // A finite loss and gradient can still leave non-finite weights (an overflowing update).

@@ -17,7 +17,7 @@ nlohmann::json to_json(const LmConfig& c) {
           {"weight_decay", c.weight_decay}, {"warmup_epochs", c.warmup_epochs},
           {"clip_grad_norm", c.clip_grad_norm}, {"corpus", c.corpus},
           {"corpus_bytes", c.corpus_bytes}, {"eval_bytes", c.eval_bytes}, {"seed", c.seed},
-          {"log_every", c.log_every}, {"run_dir", c.run_dir}};
+          {"log_every", c.log_every}, {"logit_monitor", to_json(c.logit_monitor)}, {"run_dir", c.run_dir}};
 }
 
 LmConfig lm_config_from_json(const nlohmann::json& j) {
@@ -45,6 +45,7 @@ LmConfig lm_config_from_json(const nlohmann::json& j) {
   c.eval_bytes = merged.at("eval_bytes");
   c.seed = merged.at("seed");
   c.log_every = merged.at("log_every");
+  c.logit_monitor = logit_monitor_from_json(merged.at("logit_monitor"));
   c.run_dir = merged.at("run_dir");
   return c;
 }
@@ -160,6 +161,7 @@ LmTrainer::LmTrainer(LmConfig config) : config_(std::move(config)) {
   e.clip_grad_norm = config_.clip_grad_norm;
   e.seed = config_.seed;
   e.log_every = config_.log_every;
+  e.logit_monitor = config_.logit_monitor;
   e.run_dir = runs::RunDir(config_.run_dir);
   engine_ = std::make_unique<Engine>(e, *task_);
 }

@@ -101,7 +101,7 @@ nlohmann::json to_json(const TrainConfig& c) {
           {"weight_decay", c.weight_decay}, {"warmup_epochs", c.warmup_epochs},
           {"clip_grad_norm", c.clip_grad_norm}, {"label_smoothing", c.label_smoothing},
           {"augment", c.augment}, {"crop_padding", c.crop_padding}, {"flip", c.flip},
-          {"seed", c.seed}, {"log_every", c.log_every}, {"run_dir", c.run_dir}};
+          {"seed", c.seed}, {"log_every", c.log_every}, {"logit_monitor", to_json(c.logit_monitor)}, {"run_dir", c.run_dir}};
 }
 
 TrainConfig config_from_json(const nlohmann::json& j) {
@@ -131,6 +131,7 @@ TrainConfig config_from_json(const nlohmann::json& j) {
   c.flip = merged.at("flip");
   c.seed = merged.at("seed");
   c.log_every = merged.at("log_every");
+  c.logit_monitor = logit_monitor_from_json(merged.at("logit_monitor"));
   c.run_dir = merged.at("run_dir");
   return c;
 }
@@ -216,6 +217,7 @@ static EngineConfig engine_config(const TrainConfig& c) {
   e.clip_grad_norm = c.clip_grad_norm;
   e.seed = c.seed;
   e.log_every = c.log_every;
+  e.logit_monitor = c.logit_monitor;
   e.run_dir = runs::RunDir(c.run_dir);
   return e;
 }

@@ -20,6 +20,7 @@
 
 #include "quest/core/diagnostics.h"
 #include "quest/lab/runs/run_dir.h"
+#include "quest/lab/training/monitor.h"
 
 namespace quest::training {
 
@@ -73,6 +74,10 @@ struct EngineConfig {
   uint64_t seed = 0;
   int64_t log_every = 50;       // steps between metric lines with diagnostics; 0: none
   runs::RunDir run_dir;         // empty: nothing written
+  // Watches the diagnostics of logged steps; its alert goes to the metrics as a "warning" line and
+  // to on_warning (default: stderr), and with policy stop ends the run as diverged.
+  LogitMonitorOptions logit_monitor;
+  std::function<void(const std::string&)> on_warning;
 };
 
 // Parameters that get weight decay: matrices and convolution kernels (dim >= 2) except

@@ -25,6 +25,7 @@ struct LmConfig {
   int64_t eval_bytes = 1 << 18;      // validation after each epoch: that many bytes of the split
   uint64_t seed = 0;
   int64_t log_every = 50;
+  LogitMonitorOptions logit_monitor;
   std::string run_dir;
 };
 nlohmann::json to_json(const LmConfig& config);

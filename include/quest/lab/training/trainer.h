@@ -61,6 +61,7 @@ struct TrainConfig {
   bool flip = true;
   uint64_t seed = 0;
   int64_t log_every = 50;  // steps between metric lines (and diagnostics)
+  LogitMonitorOptions logit_monitor;
   std::string run_dir;     // files: quest/lab/runs/run_dir.h
 };
 nlohmann::json to_json(const TrainConfig& config);
