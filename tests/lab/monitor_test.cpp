@@ -51,7 +51,7 @@ TEST(LogitMonitor, PredictsTheCrossingFromExponentialGrowth) {
   // Layer 0 head 1 grows x1.5 every 10 steps from 60: 60, 90, 135 -> next ~202.5 at step 30.
   const double values[] = {60, 90, 135};
   for (int i = 0; i < 3; ++i) EXPECT_FALSE(m.observe(10 * i, layers_with(3, 0, 1, values[i]))) << i;  // window not full
-  // Fourth point 150 (slower): fitted rate ln(150/60)/30 per step; 200 is ln(200/150)/rate ~ 9.4 steps away.
+  // Fourth point 150 (slower; >= threshold / 2): fitted rate ln(150/60)/30 per step; 200 is ln(200/150)/rate ~ 9.4 steps away.
   const auto alert = m.observe(30, layers_with(3, 0, 1, 150));
   ASSERT_TRUE(alert);
   EXPECT_EQ(alert->layer, 0);
@@ -66,9 +66,9 @@ TEST(LogitMonitor, QuietForFlatSlowOrSmallLogitsAndWhenOff) {
   o.threshold = 200;
   o.horizon = 100;
   o.window = 3;
-  {  // fast relative growth (1 -> 32), but below threshold / 4: early training, not a warning
+  {  // fast relative growth (3 -> 96), but below threshold / 2: early training, not a warning
     LogitMonitor m(o);
-    for (int i = 0; i < 6; ++i) EXPECT_FALSE(m.observe(10 * i, layers_with(1, 0, 0, std::pow(2, i))));
+    for (int i = 0; i < 6; ++i) EXPECT_FALSE(m.observe(10 * i, layers_with(1, 0, 0, 3 * std::pow(2, i))));
   }
   {  // high and flat
     LogitMonitor m(o);

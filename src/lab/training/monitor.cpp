@@ -2,7 +2,7 @@
 
 #include <cmath>
 #include <cstdio>
-#include <stdexcept>
+#include <c10/util/Exception.h>
 
 namespace quest::training {
 
@@ -25,10 +25,10 @@ LogitMonitorOptions logit_monitor_from_json(const nlohmann::json& j) {
   o.window = j.value("window", o.window);
   const std::string policy = j.value("policy", to_string(o.policy));
   const auto p = parse_monitor_policy(policy);
-  if (!p) throw std::invalid_argument("logit_monitor.policy: 'warn' or 'stop', got '" + policy + "'");
+  TORCH_CHECK(p, "quest::training: logit_monitor.policy: 'warn' or 'stop', got '", policy, "'");
   o.policy = *p;
-  if (o.horizon < 0) throw std::invalid_argument("logit_monitor.horizon must be >= 0");
-  if (o.window < 2) throw std::invalid_argument("logit_monitor.window must be >= 2 (a growth rate needs two points)");
+  TORCH_CHECK(o.horizon >= 0, "quest::training: logit_monitor.horizon must be >= 0");
+  TORCH_CHECK(o.window >= 2, "quest::training: logit_monitor.window must be >= 2 (a growth rate needs two points)");
   return o;
 }
 
@@ -72,7 +72,7 @@ std::optional<LogitAlert> LogitMonitor::observe(int64_t step,
         continue;
       }
       // Exponential growth fitted through the window's first and last points.
-      if (options_.horizon <= 0 || logit < options_.threshold / 4 ||
+      if (options_.horizon <= 0 || logit < options_.threshold / 2 ||
           static_cast<int64_t>(history.size()) < options_.window)
         continue;
       const auto [s0, v0] = history.front();
