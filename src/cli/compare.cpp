@@ -5,7 +5,6 @@
 
 #include "commands.h"
 #include "progress.h"
-#include "quest/lab/report/plots.h"
 #include "quest/torch/runtime.h"
 #include "train_flags.h"
 
@@ -48,22 +47,10 @@ static int run_compare(const TrainFlags& flags, const CompareFlags& compare) {
                                                      std::printf("%s\n", line.c_str());
                                                      std::fflush(stdout);
                                                    });
-  const report::Table table = runs::summarize(result);
-  std::printf("\n%s", table.console().c_str());
-  std::ofstream(fs::path(compare.out_dir) / "summary.csv") << table.csv();
   nlohmann::json run_lines = nlohmann::json::array();
   for (const auto& r : result.runs) run_lines.push_back(r.to_json());
-  std::ofstream(fs::path(compare.out_dir) / "compare.json")
-      << nlohmann::json({{"summary", table.json()}, {"runs", run_lines}, {"workers", workers}}).dump(2) << "\n";
-  std::printf("(test_accuracy in %%; diagnostics: final model on 256 test images, last seed; results in %s)\n",
-              compare.out_dir.c_str());
-  if (!result.failed.empty()) {
-    std::string lines;
-    for (const auto& f : result.failed) lines += "\n  " + f;
-    throw std::runtime_error("quest compare: runs failed:" + lines);
-  }
-  const auto plots = report::write_training_plots(compare.out_dir);
-  std::printf("plots of %zu run(s) in %s\n", plots.runs, plots.dir.c_str());
+  finish_compare("quest compare", compare.out_dir, runs::summarize(result), run_lines, workers, result.failed,
+                 "test_accuracy in %; diagnostics: final model on 256 test images, last seed");
   return 0;  // a diverged run is a result (its status is in the table's compare.json), not an error
 }
 

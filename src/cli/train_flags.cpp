@@ -1,6 +1,10 @@
 #include "train_flags.h"
 
+#include <cstdio>
+#include <filesystem>
 #include <fstream>
+
+#include "quest/lab/report/plots.h"
 
 namespace quest::cli {
 
@@ -112,6 +116,24 @@ std::unique_ptr<runs::Executor> compare_executor(int workers, int threads) {
   // runs train ~1.5x as many images/s as one 2-thread run.
   return workers > 1 ? runs::child_process_executor(workers, std::max(1, threads / workers))
                      : runs::in_process_executor();
+}
+
+void finish_compare(const std::string& command, const std::string& out_dir, const report::Table& table,
+                    const nlohmann::json& runs, int workers, const std::vector<std::string>& failed,
+                    const std::string& legend) {
+  namespace fs = std::filesystem;
+  std::printf("\n%s", table.console().c_str());
+  std::ofstream(fs::path(out_dir) / "summary.csv") << table.csv();
+  std::ofstream(fs::path(out_dir) / "compare.json")
+      << nlohmann::json({{"summary", table.json()}, {"runs", runs}, {"workers", workers}}).dump(2) << "\n";
+  std::printf("(%s; results in %s)\n", legend.c_str(), out_dir.c_str());
+  if (!failed.empty()) {
+    std::string lines;
+    for (const auto& f : failed) lines += "\n  " + f;
+    throw std::runtime_error(command + ": runs failed:" + lines);
+  }
+  const auto plots = report::write_training_plots(out_dir);
+  std::printf("plots of %zu run(s) in %s\n", plots.runs, plots.dir.c_str());
 }
 
 }  // namespace quest::cli

@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include "quest/lab/report/table.h"
 #include "quest/lab/runs/compare.h"
 
 namespace quest::cli {
@@ -39,6 +40,11 @@ void add_compare_flags(CLI::App* cmd, const std::shared_ptr<CompareFlags>& compa
 // The executor for `workers` runs side by side (at most one per run), each child with its share of
 // `threads`; one worker trains in this process.
 std::unique_ptr<runs::Executor> compare_executor(int workers, int threads);
+// The end of both compare commands: prints the table and `legend`, writes summary.csv and
+// compare.json to out_dir, throws naming the failed runs (`command`: runs failed: ...), then plots.
+void finish_compare(const std::string& command, const std::string& out_dir, const report::Table& table,
+                    const nlohmann::json& runs, int workers, const std::vector<std::string>& failed,
+                    const std::string& legend);
 // Throws std::invalid_argument naming the flag or the config file.
 training::TrainConfig resolve_config(const TrainFlags& flags);
 
