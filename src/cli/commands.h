@@ -16,5 +16,7 @@ void add_lm(CLI::App& app, int& exit_code);
 void add_plot(CLI::App& app);
 void add_robustness(CLI::App& app);
 void add_experiment(CLI::App& app);
+// quest experiment lr-sweep (a subcommand of `experiment`).
+void add_lr_sweep(CLI::App* experiment);
 
 }  // namespace quest::cli

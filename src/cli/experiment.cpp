@@ -1,4 +1,4 @@
-// quest experiment spurious: flags -> experiments::run_spurious_grid -> table, files, figures.
+// quest experiment spurious (and registers lr-sweep): flags -> experiments::run_spurious_grid -> table, files, figures.
 #include <chrono>
 #include <cstdio>
 
@@ -59,6 +59,7 @@ void run_spurious(SpuriousFlags f, const std::string& command) {
 void add_experiment(CLI::App& app) {
   CLI::App* exp = app.add_subcommand("experiment", "Experiments that test the paper's claims");
   exp->require_subcommand(1);
+  add_lr_sweep(exp);
   auto f = std::make_shared<SpuriousFlags>();
   CLI::App* cmd = exp->add_subcommand(
       "spurious",

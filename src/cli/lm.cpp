@@ -22,7 +22,7 @@ namespace {
 
 struct LmTrainFlags {
   std::string config, run_dir = "runs/lm", attention;
-  bool resume = false;
+  bool resume = false, no_test = false;
   int64_t epochs = 0;
   int64_t seed = -1;
   double lr = 0;
@@ -69,6 +69,7 @@ int run_lm_train(const LmTrainFlags& f) {
                 c.model.positions().c_str(), c.run_dir.c_str());
   };
   callbacks.on_step = [&](const nlohmann::json& line) { progress.update(line); };
+  callbacks.evaluate_test = !f.no_test;
   const runs::LmTrainReport report = runs::train_lm_run(c, f.resume, callbacks);
   progress.finish();
   if (report.outcome.status == runs::RunStatus::diverged) {
@@ -82,8 +83,10 @@ int run_lm_train(const LmTrainFlags& f) {
                                      : "no checkpoint yet: it diverged within its first epoch");
     return 3;
   }
-  print_eval("valid (first eval_bytes)", report.valid);
-  print_eval("test", report.test);
+  if (!f.no_test) {
+    print_eval("valid (first eval_bytes)", report.valid);
+    print_eval("test", report.test);
+  }
   std::printf("training: %.1f s, %.0f tokens/s\n", report.train_seconds, report.tokens_per_second);
   return 0;
 }
@@ -182,6 +185,7 @@ void add_lm(CLI::App& app, int& exit_code) {
   train->add_option("--seed", f->seed, "Override the config's seed");
   train->add_option("--lr", f->lr, "Override the config's peak learning rate")->check(CLI::PositiveNumber);
   train->add_flag("--resume", f->resume, "Continue from the run directory's checkpoint");
+  train->add_flag("--no-test", f->no_test, "Skip the valid/test evaluation and result.json (sweeps score validation)");
   train->callback([f, &exit_code] { exit_code = run_lm_train(*f); });
 
   auto compare = std::make_shared<CompareFlags>();

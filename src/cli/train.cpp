@@ -8,7 +8,7 @@
 
 namespace quest::cli {
 
-static int run_train(const TrainFlags& flags) {
+static int run_train(const TrainFlags& flags, bool no_test) {
   warn_if_slow_blas();
   configure_threads();
   const training::TrainConfig config = resolve_config(flags);
@@ -21,6 +21,7 @@ static int run_train(const TrainFlags& flags) {
     progress = std::make_unique<StepProgress>(config.batch_size, config.log_every);
   };
   callbacks.on_step = [&](const nlohmann::json& line) { progress->update(line); };
+  callbacks.evaluate_test = !no_test;
   const runs::TrainReport report = runs::train_run(config, flags.data, flags.resume, callbacks);
   if (progress) progress->finish();
   if (report.outcome.status == runs::RunStatus::diverged) {
@@ -35,8 +36,10 @@ static int run_train(const TrainFlags& flags) {
       std::fprintf(stderr, "no checkpoint yet: it diverged within its first epoch\n");
     return 3;
   }
-  std::printf("test accuracy %.4f, test loss %.4f, wall %.1f s\n", report.test.accuracy, report.test.loss,
-              report.wall_seconds);
+  if (no_test) std::printf("trained (no test evaluation), wall %.1f s\n", report.wall_seconds);
+  else
+    std::printf("test accuracy %.4f, test loss %.4f, wall %.1f s\n", report.test.accuracy, report.test.loss,
+                report.wall_seconds);
   return 0;
 }
 
@@ -56,7 +59,9 @@ void add_train(CLI::App& app, int& exit_code) {
   add_training_flags(cmd, f);
   cmd->add_option("--attention", f->attention, "standard, quest, qnorm, qknorm or qk_layernorm");
   cmd->add_option("--run-dir", f->run_dir, "Where metrics, checkpoints and config go")->capture_default_str();
-  cmd->callback([f, &exit_code] { exit_code = run_train(*f); });
+  auto no_test = std::make_shared<bool>(false);
+  cmd->add_flag("--no-test", *no_test, "Skip the test-split evaluation and result.json (sweeps score validation)");
+  cmd->callback([f, no_test, &exit_code] { exit_code = run_train(*f, *no_test); });
 
   auto checkpoint = std::make_shared<std::string>();
   auto data_dir = std::make_shared<std::string>(data::kFashionMnistDir);

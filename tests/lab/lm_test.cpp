@@ -112,6 +112,59 @@ TEST(Lm, LogitMonitorWarnsOnceAndCanStopTheRun) {
   EXPECT_NE(m.find("at step 0 (epoch 0)"), std::string::npos) << m;
 }
 
+// The monitor on a run made unstable by its learning rate alone (Wortsman et al.'s attention-logit
+// growth), on the real corpus (linux-doc's text, as `quest lm train`): at lr 0.1 standard
+// attention's logits grow past the threshold within 60 steps and the monitor names a layer and
+// head, or stops the run; QUEST at the same rate stays below half of it (|logit| <= |q|).
+// Measured on this config: standard passes 200 by step 20 and reaches ~600, quest stays < 60.
+TEST(Lm, LogitMonitorFiresOnAHighLearningRateRunAndNotOnQuest) {
+  const fs::path root = fs::temp_directory_path() / ("quest_lm_monitor_test_" + std::to_string(::getpid()));
+  fs::remove_all(root);
+  LmConfig config;  // the default corpus
+  config.model.context(32).dim(32).depth(1).heads(2).positions("rotary");
+  config.epochs = 1;
+  config.steps_per_epoch = 60;
+  config.batch_size = 8;
+  config.corpus_bytes = 200000;
+  config.eval_bytes = 4096;
+  config.warmup_epochs = 0.2;
+  config.log_every = 5;
+  config.lr = 0.1;
+  const data::ByteSplits data = load_lm_data(config);
+  auto max_logit = [](const runs::RunDir& dir) {
+    double m = 0;
+    for (const auto& line : dir.read_metrics("step"))
+      for (const auto& layer : line["attention"])
+        for (const auto& x : layer["logit_abs_max"]) m = std::max(m, x.get<double>());
+    return m;
+  };
+  config.model.attention(Kind::standard);
+  config.run_dir = (root / "standard").string();
+  LmTrainer standard(config);
+  standard.fit(data, false);
+  const runs::RunDir standard_dir(config.run_dir);
+  const auto warnings = standard_dir.read_metrics("warning");
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_LT(warnings[0]["step"].get<int64_t>(), 60);
+  EXPECT_GE(warnings[0]["logit_abs_max"].get<double>(), config.logit_monitor.threshold / 2);
+  EXPECT_GT(max_logit(standard_dir), config.logit_monitor.threshold);
+
+  config.logit_monitor.policy = MonitorPolicy::stop;
+  config.run_dir = (root / "standard-stop").string();
+  const std::string m = testing::error_message([&] { LmTrainer(config).fit(data, false); });
+  EXPECT_NE(m.find("stopped by the logit monitor: layer 0 head "), std::string::npos) << m;
+  EXPECT_NE(m.find("at step " + std::to_string(warnings[0]["step"].get<int64_t>()) + " "), std::string::npos) << m;
+
+  config.model.attention(Kind::quest);
+  config.run_dir = (root / "quest").string();
+  LmTrainer quest(config);
+  quest.fit(data, false);  // with policy stop: a warning would throw
+  const runs::RunDir quest_dir(config.run_dir);
+  EXPECT_TRUE(quest_dir.read_metrics("warning").empty());
+  EXPECT_LT(max_logit(quest_dir), config.logit_monitor.threshold / 2);
+  fs::remove_all(root);
+}
+
 // quest lm compare's library half: a plan trained in this process, scored on the test split, and
 // a resume that trains nothing and takes each run's own result.json — which must equal a fresh
 // evaluation of the checkpoint (checked by invalidating one result file).

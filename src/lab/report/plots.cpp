@@ -1,6 +1,7 @@
 #include "quest/lab/report/plots.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <functional>
@@ -36,6 +37,7 @@ namespace {
 struct PlottedRun {
   std::string label;  // path of the run relative to the root, e.g. "quest/seed-0"
   fs::path epochs_dat;
+  fs::path steps_dat;  // logged steps: loss, log-partition of the output logits
   std::vector<fs::path> layer_dat;  // one per layer
 };
 
@@ -52,6 +54,9 @@ PlottedRun convert(const runs::RunDir& run, const fs::path& root, const fs::path
   p.epochs_dat = data_dir / ("run" + std::to_string(index) + "_epochs.dat");
   std::ofstream epochs(p.epochs_dat);
   epochs << "# epoch train_loss val_loss train_accuracy val_accuracy\n";
+  p.steps_dat = data_dir / ("run" + std::to_string(index) + "_steps.dat");
+  std::ofstream steps(p.steps_dat);
+  steps << "# step loss log_z\n";
   std::vector<std::ofstream> layers;
   for (const auto& j : run.read_metrics()) {
     if (j.value("type", "") == "epoch") {
@@ -59,6 +64,9 @@ PlottedRun convert(const runs::RunDir& run, const fs::path& root, const fs::path
              << j.value("val_loss", 0.0) << " " << j.value("train_accuracy", 0.0) << " "
              << j.value("val_accuracy", 0.0) << "\n";
     } else if (j.value("type", "") == "step" && j.contains("attention")) {
+      auto number = [](const nlohmann::json& v) { return v.is_number() ? v.get<double>() : NAN; };
+      steps << j["step"].get<int64_t>() << " " << number(j.value("loss", nlohmann::json())) << " "
+            << number(j.value("log_z", nlohmann::json())) << "\n";
       const auto& att = j["attention"];
       for (size_t l = 0; l < att.size(); ++l) {
         if (layers.size() <= l) {
@@ -120,6 +128,11 @@ TrainingPlots write_training_plots(const fs::path& root) {
   gp << "set output " << gnuplot_quote((out / "loss.png").string()) << "\nset multiplot layout 1,2\n"
      << "set xlabel 'epoch'\nset title 'train loss'\n" << curves(epochs, 2) << "\n"
      << "set title 'validation loss'\n" << curves(epochs, 3) << "\nunset multiplot\n";
+  auto steps = [](const PlottedRun& r) { return r.steps_dat.string(); };
+  gp << "set output " << gnuplot_quote((out / "steps.png").string()) << "\nset multiplot layout 1,2\n"
+     << "set xlabel 'step'\nset title 'train loss (logged steps)'\n" << curves(steps, 2) << "\n"
+     << "set title 'log Z of the output logits (mean log-partition)'\n" << curves(steps, 3)
+     << "\nunset multiplot\nset xlabel 'epoch'\n";
   gp << "set output " << gnuplot_quote((out / "accuracy.png").string()) << "\nset multiplot layout 1,2\n"
      << "set title 'train accuracy'\n" << curves(epochs, 4) << "\n"
      << "set title 'validation accuracy'\n" << curves(epochs, 5) << "\nunset multiplot\n";

@@ -74,7 +74,7 @@ TrainReport train_run(const training::TrainConfig& config, const DataSource& dat
     report.epoch = trainer.epoch();
     report.checkpoint_kept = dir.has_checkpoint();
     report.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (report.outcome.status == RunStatus::ok) {
+    if (report.outcome.status == RunStatus::ok && callbacks.evaluate_test) {
       report.test = trainer.evaluate(splits.test);
       if (!dir.empty())
         dir.write_result({{"test_accuracy", report.test.accuracy}, {"test_loss", report.test.loss},

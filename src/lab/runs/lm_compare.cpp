@@ -38,7 +38,7 @@ LmTrainReport train_lm_run(const training::LmConfig& config, bool resume, const 
     report.checkpoint_kept = dir.has_checkpoint();
     report.train_seconds = trainer.train_seconds();
     report.tokens_per_second = tokens_per_second(trainer);
-    if (report.outcome.status == RunStatus::ok) {
+    if (report.outcome.status == RunStatus::ok && callbacks.evaluate_test) {
       report.valid = trainer.evaluate(data.valid, config.eval_bytes);
       report.test = trainer.evaluate(data.test);
       if (!dir.empty())

@@ -256,6 +256,7 @@ void Engine::fit(bool resume, const std::function<void(const nlohmann::json&)>& 
         nlohmann::json line = {{"type", "step"}, {"epoch", epoch_}, {"step", step_},
                                {"total_steps", config_.epochs * steps_per_epoch},
                                {"loss", loss_value}, {"lr", lr}, {"grad_norm", grad_norm}};
+        if (std::isfinite(out.log_z)) line["log_z"] = out.log_z;
         if (record) {
           line["attention"] = diagnostics_json();
           dir.append_metrics(line);

@@ -77,7 +77,8 @@ class LmTrainer::LmTask : public Task {
     const auto [inputs, targets] = windows(*train, starts[b]);
     const auto logits = gpt->forward(inputs);
     const auto loss = torch::nn::functional::cross_entropy(logits.flatten(0, 1), targets.flatten());
-    return {loss, inputs.numel(), logits.argmax(-1).eq(targets).sum().item<int64_t>()};
+    return {loss, inputs.numel(), logits.argmax(-1).eq(targets).sum().item<int64_t>(),
+            logits.detach().logsumexp(-1).mean().item<double>()};
   }
   std::optional<EvalResult> validate() override {
     if (!valid || valid->numel() < 2) return EvalResult{};

@@ -159,7 +159,7 @@ class Trainer::VitTask : public Task {
     const auto logits = vit->forward(images);
     const auto ce = torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(config.label_smoothing);
     return {torch::nn::functional::cross_entropy(logits, labels, ce), idx.size(0),
-            logits.argmax(1).eq(labels).sum().item<int64_t>()};
+            logits.argmax(1).eq(labels).sum().item<int64_t>(), logits.detach().logsumexp(1).mean().item<double>()};
   }
   std::optional<EvalResult> validate() override {
     return validation && validation->size() > 0 ? evaluate(*validation, 512) : EvalResult{};

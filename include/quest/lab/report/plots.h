@@ -22,7 +22,8 @@ struct TrainingPlots {
 };
 
 // Every run directory below `root` (each with a metrics.jsonl: one run, or a compare directory
-// with <kind>/seed-<s>) drawn into <root>/plots: loss.png and accuracy.png per epoch, and per
+// with <kind>/seed-<s>) drawn into <root>/plots: loss.png and accuracy.png per epoch, steps.png
+// (training loss and the output logits' log-partition over logged steps), and per
 // layer q_norm_max, k_norm_max, logit_abs_max and entropy over steps; one colour per kind, one
 // dash pattern per seed. Throws std::invalid_argument when `root` holds no run.
 TrainingPlots write_training_plots(const std::filesystem::path& root);

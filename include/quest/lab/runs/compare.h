@@ -62,6 +62,7 @@ struct TrainReport {
 struct TrainCallbacks {
   std::function<void(const training::MnistSplits&)> on_data;  // before training
   std::function<void(const nlohmann::json&)> on_step;         // every step's line
+  bool evaluate_test = true;  // false: no test evaluation, no result.json (a sweep scores validation)
 };
 TrainReport train_run(const training::TrainConfig& config, const DataSource& data, bool resume,
                       const TrainCallbacks& callbacks = {});

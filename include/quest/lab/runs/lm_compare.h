@@ -24,6 +24,7 @@ struct LmTrainReport {
 struct LmTrainCallbacks {
   std::function<void(const data::ByteSplits&)> on_data;  // before training
   std::function<void(const nlohmann::json&)> on_step;    // every step's line
+  bool evaluate_test = true;  // false: no valid/test evaluation, no result.json (a sweep scores validation)
 };
 // One LM run in this process, start to end: corpus, LmTrainer, resume, divergence. Writes the run's
 // config.json, metrics, checkpoints, outcome.json, and result.json (test bits per byte) when ok.

@@ -10,6 +10,7 @@
 
 #include <torch/torch.h>
 
+#include <cmath>
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -38,6 +39,9 @@ struct StepOutput {
   torch::Tensor loss;   // scalar, differentiable
   int64_t samples = 0;  // in this batch
   int64_t correct = -1; // correct predictions, -1 where the task has no accuracy
+  // Mean log-partition log Σ exp(logit) of the output logits, where the task has a classifier:
+  // their drift is Wortsman et al.'s second instability (z-loss is its fix). NaN: not reported.
+  double log_z = NAN;
 };
 
 class Task {

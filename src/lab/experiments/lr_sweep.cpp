@@ -1,0 +1,425 @@
+#include "quest/lab/experiments/lr_sweep.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <random>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+
+#include "quest/core/kind.h"
+#include "quest/lab/report/plots.h"
+#include "quest/lab/runs/lm_compare.h"
+#include "quest/lab/training/lm.h"
+#include "quest/lab/training/trainer.h"
+
+namespace quest::experiments {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+[[noreturn]] void bad(const std::string& what) { throw std::invalid_argument("lr-sweep: " + what); }
+
+// A number from metrics JSON; NaN for null (nlohmann writes NaN and Inf as null).
+double number(const nlohmann::json& v) { return v.is_number() ? v.get<double>() : NAN; }
+
+void fold_max(double& into, double x) {
+  if (std::isfinite(x)) into = std::isnan(into) ? x : std::max(into, x);
+}
+void fold_min(double& into, double x) {
+  if (std::isfinite(x)) into = std::isnan(into) ? x : std::min(into, x);
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return NAN;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// The task config of one size and learning rate: the sweep's config with the size's model keys
+// and the rate laid over it.
+nlohmann::json run_config(const LrSweep& sweep, const SweepSize& size, double lr) {
+  nlohmann::json c = sweep.config;
+  if (!c.contains("model")) c["model"] = nlohmann::json::object();
+  for (const auto& [key, value] : size.model.items()) c["model"][key] = value;
+  c["lr"] = lr;
+  return c;
+}
+
+}  // namespace
+
+LrSweep sweep_from_json(const nlohmann::json& j) {
+  if (!j.is_object()) bad("a sweep file must be a JSON object");
+  static const std::set<std::string> keys = {"task", "config", "sizes", "kinds", "lrs", "seeds", "data_dir", "val_fraction"};
+  for (const auto& [key, value] : j.items())
+    if (!keys.count(key)) bad("unknown key '" + key + "'");
+  LrSweep s;
+  try {
+    s.task = j.value("task", s.task);
+    if (s.task != "vit" && s.task != "lm") bad("task must be \"vit\" or \"lm\", got \"" + s.task + "\"");
+    if (j.contains("config")) {
+      if (!j["config"].is_object()) bad("'config' must be a JSON object");
+      s.config = j["config"];
+    }
+    if (j.contains("sizes")) {
+      s.sizes.clear();
+      for (const auto& size : j.at("sizes")) {
+        SweepSize z{size.at("name").get<std::string>(), size.value("model", nlohmann::json::object())};
+        if (z.name.empty() || z.name.find('/') != std::string::npos) bad("a size name must be a plain non-empty name");
+        if (!z.model.is_object()) bad("size '" + z.name + "': 'model' must be a JSON object");
+        for (const auto& other : s.sizes)
+          if (other.name == z.name) bad("size '" + z.name + "' is listed twice");
+        s.sizes.push_back(std::move(z));
+      }
+      if (s.sizes.empty()) bad("'sizes' is empty");
+    }
+    if (j.contains("kinds")) s.kinds = j["kinds"].get<std::vector<std::string>>();
+    if (j.contains("lrs")) s.lrs = j["lrs"].get<std::vector<double>>();
+    if (j.contains("seeds")) s.seeds = j["seeds"].get<std::vector<uint64_t>>();
+    s.data.dir = j.value("data_dir", s.data.dir);
+    s.data.val_fraction = j.value("val_fraction", s.data.val_fraction);
+  } catch (const nlohmann::json::exception& e) {
+    bad(std::string("malformed sweep file: ") + e.what());
+  }
+  if (s.lrs.empty()) bad("no learning rate ('lrs')");
+  for (size_t i = 0; i < s.lrs.size(); ++i) {
+    if (!(s.lrs[i] > 0) || !std::isfinite(s.lrs[i])) bad("learning rate " + std::to_string(s.lrs[i]) + " is not positive");
+    for (size_t k = 0; k < i; ++k)
+      if (s.lrs[k] == s.lrs[i]) bad("learning rate " + lr_dir_name(s.lrs[i]) + " is listed twice");
+  }
+  if (s.seeds.empty()) bad("no seed");
+  if (s.kinds.empty()) bad("no kind");
+  return s;
+}
+
+nlohmann::json to_json(const LrSweep& s) {
+  nlohmann::json sizes = nlohmann::json::array();
+  for (const auto& z : s.sizes) sizes.push_back({{"name", z.name}, {"model", z.model}});
+  nlohmann::json j = {{"task", s.task}, {"config", s.config}, {"sizes", sizes}, {"kinds", s.kinds},
+                      {"lrs", s.lrs},   {"seeds", s.seeds}};
+  if (s.task == "vit") {
+    j["data_dir"] = s.data.dir;
+    j["val_fraction"] = s.data.val_fraction;
+  }
+  return j;
+}
+
+std::string lr_dir_name(double lr) {
+  std::ostringstream o;
+  o << "lr-" << lr;  // shortest round-trip-ish form: 0.003, 1e-05
+  return o.str();
+}
+
+std::vector<SweepPoint> plan_sweep(const LrSweep& sweep, const std::string& out_dir) {
+  std::vector<SweepPoint> points;
+  for (const SweepSize& size : sweep.sizes)
+    for (double lr : sweep.lrs) {
+      const nlohmann::json c = run_config(sweep, size, lr);
+      const std::string dir = (fs::path(out_dir) / size.name / lr_dir_name(lr)).string();
+      std::vector<runs::RunSpec> plan;
+      // The task checks its config (unknown keys, types) and names what is wrong.
+      if (sweep.task == "vit") {
+        const training::TrainConfig config = training::config_from_json(c);
+        plan = runs::plan_compare(config, sweep.kinds, sweep.seeds, dir, sweep.data);
+        for (auto& run : plan)
+          run.train = [config = training::config_from_json(run.config), data = sweep.data](
+                          bool resume, const std::function<void(const nlohmann::json&)>& on_step) {
+            runs::TrainCallbacks callbacks;
+            callbacks.on_step = on_step;
+            callbacks.evaluate_test = false;
+            return runs::train_run(config, data, resume, callbacks).outcome;
+          };
+      } else {
+        const training::LmConfig config = training::lm_config_from_json(c);
+        plan = runs::plan_lm_compare(config, sweep.kinds, sweep.seeds, dir);
+        for (auto& run : plan)
+          run.train = [config = training::lm_config_from_json(run.config)](
+                          bool resume, const std::function<void(const nlohmann::json&)>& on_step) {
+            runs::LmTrainCallbacks callbacks;
+            callbacks.on_step = on_step;
+            callbacks.evaluate_test = false;
+            return runs::train_lm_run(config, resume, callbacks).outcome;
+          };
+      }
+      for (auto& run : plan) {
+        run.command.push_back("--no-test");
+        points.push_back({size.name, lr, std::move(run)});
+      }
+    }
+  return points;
+}
+
+nlohmann::json SweepRunResult::to_json() const {
+  auto opt = [](const std::optional<int64_t>& v) { return v ? nlohmann::json(*v) : nlohmann::json(); };
+  return {{"size", size},
+          {"kind", kind},
+          {"lr", lr},
+          {"seed", seed},
+          {"status", runs::to_string(outcome.status)},
+          {"message", outcome.message},
+          {"diverged_step", opt(diverged_step)},
+          {"warned_step", opt(warned_step)},
+          {"init_loss", init_loss},
+          {"final_val_loss", final_loss},
+          {"logit_abs_max", logit_abs_max},
+          {"q_norm_max", q_norm_max},
+          {"k_norm_max", k_norm_max},
+          {"entropy_min", entropy_min},
+          {"log_z_abs_max", log_z_abs_max}};
+}
+
+SweepRunResult read_sweep_run(const SweepPoint& point, const runs::RunOutcome& outcome) {
+  SweepRunResult r;
+  r.size = point.size;
+  r.kind = point.run.kind;
+  r.lr = point.lr;
+  r.seed = point.run.seed;
+  r.outcome = outcome;
+  const runs::RunDir dir = point.run.dir();
+  int64_t last_step = -1;
+  for (const auto& line : dir.read_metrics()) {
+    const std::string type = line.value("type", "");
+    if (type == "step") {
+      const int64_t step = line.value("step", int64_t{-1});
+      last_step = std::max(last_step, step);
+      if (step == 0) r.init_loss = number(line.value("loss", nlohmann::json()));
+      if (line.contains("log_z")) fold_max(r.log_z_abs_max, std::fabs(number(line["log_z"])));
+      for (const auto& layer : line.value("attention", nlohmann::json::array())) {
+        for (const auto& x : layer.value("logit_abs_max", nlohmann::json::array())) fold_max(r.logit_abs_max, number(x));
+        for (const auto& x : layer.value("q_norm_max", nlohmann::json::array())) fold_max(r.q_norm_max, number(x));
+        for (const auto& x : layer.value("k_norm_max", nlohmann::json::array())) fold_max(r.k_norm_max, number(x));
+        for (const auto& x : layer.value("entropy", nlohmann::json::array())) fold_min(r.entropy_min, number(x));
+      }
+    } else if (type == "warning" && !r.warned_step) {
+      r.warned_step = line.value("step", int64_t{-1});
+    } else if (type == "diverged") {
+      r.diverged_step = line.value("step", int64_t{-1});
+    } else if (type == "epoch" && outcome.status == runs::RunStatus::ok) {
+      r.final_loss = number(line.value("val_loss", nlohmann::json()));
+    }
+  }
+  if (outcome.status == runs::RunStatus::diverged) {
+    if (!r.diverged_step) r.diverged_step = last_step;  // stopped at an epoch end or by the monitor
+  } else {
+    r.diverged_step.reset();
+  }
+  if (outcome.status != runs::RunStatus::ok) r.final_loss = NAN;
+  return r;
+}
+
+std::vector<SweepRunResult> run_sweep(const std::vector<SweepPoint>& points, bool resume, runs::Executor& executor,
+                                      const runs::ExecutorEvents& events,
+                                      const std::function<void(const std::string&)>& on_note) {
+  std::vector<runs::RunSpec> to_train;
+  std::vector<int> index(points.size(), -1);
+  std::vector<runs::RunOutcome> outcomes(points.size());
+  for (size_t i = 0; i < points.size(); ++i) {
+    const auto before = resume ? points[i].run.dir().read_outcome() : std::nullopt;
+    if (before && before->status == runs::RunStatus::diverged) {
+      outcomes[i] = *before;
+      if (on_note) on_note(points[i].size + " " + lr_dir_name(points[i].lr) + " " + points[i].run.label() + ": diverged before, not retrained");
+      continue;
+    }
+    index[i] = static_cast<int>(to_train.size());
+    to_train.push_back(points[i].run);
+  }
+  const auto trained = runs::train_plan(to_train, resume, executor, events, on_note);
+  std::vector<SweepRunResult> results;
+  for (size_t i = 0; i < points.size(); ++i) {
+    if (index[i] >= 0) {
+      outcomes[i] = trained[index[i]];
+      // A finished run train_plan skipped: its own record says how it ended.
+      const auto& run = points[i].run;
+      const auto recorded = run.dir().read_outcome();
+      if (resume && recorded && run.dir().checkpoint_epoch().value_or(-1) >= run.epochs) outcomes[i] = *recorded;
+    }
+    results.push_back(read_sweep_run(points[i], outcomes[i]));
+  }
+  return results;
+}
+
+Sensitivity lr_sensitivity(const std::vector<double>& lrs, const std::vector<std::vector<double>>& capped, int resamples) {
+  if (lrs.size() != capped.size() || lrs.empty())
+    throw std::invalid_argument("lr_sensitivity: one vector of losses per learning rate, at least one rate");
+  Sensitivity s;
+  auto sensitivity_of = [](const std::vector<double>& means) {
+    double sum = 0, best = INFINITY;
+    for (double m : means) sum += m, best = std::min(best, m);
+    return sum / means.size() - best;
+  };
+  std::vector<double> means;
+  for (size_t i = 0; i < lrs.size(); ++i) {
+    if (capped[i].empty()) throw std::invalid_argument("lr_sensitivity: no loss at learning rate " + std::to_string(lrs[i]));
+    means.push_back(report::mean_of(capped[i]));
+    if (!(means.back() >= s.best_loss)) s.best_loss = means.back(), s.best_lr = lrs[i];
+  }
+  s.value = sensitivity_of(means);
+  // Bootstrap: at every rate, draw its seeds with replacement; the interval of S over the draws.
+  std::mt19937_64 rng(0x5eed);
+  std::vector<double> draws;
+  for (int b = 0; b < resamples; ++b) {
+    std::vector<double> m;
+    for (const auto& seeds : capped) {
+      std::uniform_int_distribution<size_t> pick(0, seeds.size() - 1);
+      double sum = 0;
+      for (size_t k = 0; k < seeds.size(); ++k) sum += seeds[pick(rng)];
+      m.push_back(sum / seeds.size());
+    }
+    draws.push_back(sensitivity_of(m));
+  }
+  if (!draws.empty()) {
+    std::sort(draws.begin(), draws.end());
+    s.low = draws[static_cast<size_t>(0.025 * (draws.size() - 1))];
+    s.high = draws[static_cast<size_t>(std::ceil(0.975 * (draws.size() - 1)))];
+  }
+  return s;
+}
+
+std::vector<Sensitivity> sensitivities(const LrSweep& sweep, const std::vector<SweepRunResult>& runs) {
+  std::vector<double> lrs = sweep.lrs;
+  std::sort(lrs.begin(), lrs.end());
+  std::vector<Sensitivity> rows;
+  for (const auto& size : sweep.sizes)
+    for (const auto& kind : sweep.kinds) {
+      std::vector<const SweepRunResult*> mine;
+      std::vector<double> inits;
+      for (const auto& r : runs)
+        if (r.size == size.name && r.kind == kind && r.outcome.status != runs::RunStatus::failed) {
+          mine.push_back(&r);
+          if (std::isfinite(r.init_loss)) inits.push_back(r.init_loss);
+        }
+      if (mine.empty()) continue;
+      const double l0 = median(inits);
+      std::vector<double> rates;
+      std::vector<std::vector<double>> capped;
+      int diverged = 0;
+      for (double lr : lrs) {
+        std::vector<double> seeds;
+        for (const auto* r : mine)
+          if (r->lr == lr) {
+            const bool ok = r->outcome.status == runs::RunStatus::ok && std::isfinite(r->final_loss);
+            seeds.push_back(ok ? std::min(r->final_loss, l0) : l0);
+            diverged += r->outcome.status == runs::RunStatus::diverged;
+          }
+        if (!seeds.empty()) rates.push_back(lr), capped.push_back(std::move(seeds));
+      }
+      Sensitivity s = lr_sensitivity(rates, capped);
+      s.size = size.name;
+      s.kind = kind;
+      s.init_loss = l0;
+      s.diverged = diverged;
+      s.runs = static_cast<int>(mine.size());
+      rows.push_back(s);
+    }
+  return rows;
+}
+
+report::Table sensitivity_table(const std::vector<Sensitivity>& rows) {
+  report::Table t({{"size", 0}, {"kind", 0}, {"lr_sensitivity", 4}, {"ci_low", 4}, {"ci_high", 4},
+                   {"best_val_loss", 4}, {"best_lr", 5}, {"init_loss", 3}, {"diverged", 0}, {"runs", 0}});
+  for (const auto& s : rows)
+    t.add_row({s.size, s.kind, s.value, s.low, s.high, s.best_loss, s.best_lr, s.init_loss, s.diverged, s.runs});
+  return t;
+}
+
+report::Table runs_table(const std::vector<SweepRunResult>& runs) {
+  report::Table t({{"size", 0}, {"kind", 0}, {"lr", 5}, {"seed", 0}, {"status", 0}, {"diverged_step", 0},
+                   {"warned_step", 0}, {"init_loss", 3}, {"final_val_loss", 4}, {"logit_abs_max", 1},
+                   {"q_norm_max", 1}, {"k_norm_max", 1}, {"entropy_min", 3}, {"log_z_abs_max", 2}});
+  for (const auto& r : runs) {
+    const nlohmann::json j = r.to_json();
+    t.add_row({r.size, r.kind, r.lr, r.seed, j["status"], j["diverged_step"], j["warned_step"], r.init_loss,
+               r.final_loss, r.logit_abs_max, r.q_norm_max, r.k_norm_max, r.entropy_min, r.log_z_abs_max});
+  }
+  return t;
+}
+
+void write_sweep_plots(const LrSweep& sweep, const std::vector<SweepRunResult>& runs, const std::string& out_dir) {
+  const fs::path out = fs::path(out_dir) / "plots", data = out / "data";
+  fs::create_directories(data);
+  std::vector<double> lrs = sweep.lrs;
+  std::sort(lrs.begin(), lrs.end());
+  const auto rows = sensitivities(sweep, runs);
+  std::ostringstream gp;
+  gp << report::kGnuplotHeader << "set logscale x\nset xlabel 'peak learning rate'\n";
+  for (const auto& size : sweep.sizes) {
+    // Per kind: lr, seed-mean capped loss, min, max, seed-mean max |logit|, diverged runs.
+    std::vector<std::pair<std::string, fs::path>> files;
+    for (const auto& kind : sweep.kinds) {
+      double l0 = NAN;
+      for (const auto& s : rows)
+        if (s.size == size.name && s.kind == kind) l0 = s.init_loss;
+      const fs::path file = data / (size.name + "_" + kind + ".dat");
+      std::ofstream f(file);
+      f << "# lr capped_val_loss_mean min max logit_abs_max_mean diverged\n";
+      bool any = false;
+      for (double lr : lrs) {
+        std::vector<double> loss, logit;
+        int diverged = 0;
+        for (const auto& r : runs)
+          if (r.size == size.name && r.kind == kind && r.lr == lr && r.outcome.status != runs::RunStatus::failed) {
+            const bool ok = r.outcome.status == runs::RunStatus::ok && std::isfinite(r.final_loss);
+            loss.push_back(ok ? std::min(r.final_loss, l0) : l0);
+            if (std::isfinite(r.logit_abs_max)) logit.push_back(r.logit_abs_max);
+            diverged += r.outcome.status == runs::RunStatus::diverged;
+          }
+        if (loss.empty()) continue;
+        any = true;
+        f << lr << " " << report::mean_of(loss) << " " << *std::min_element(loss.begin(), loss.end()) << " "
+          << *std::max_element(loss.begin(), loss.end()) << " " << (logit.empty() ? NAN : report::mean_of(logit))
+          << " " << diverged << "\n";
+      }
+      if (any) files.emplace_back(kind, file);
+    }
+    if (files.empty()) continue;
+    auto curves = [&](const std::string& using_cols, const std::string& style, bool titled) {
+      std::string s;
+      for (size_t i = 0; i < files.size(); ++i)
+        s += (s.empty() ? "" : ", ") + report::gnuplot_quote(files[i].second.string()) + " using " + using_cols +
+             " with " + style + " lc " + std::to_string(i + 1) +
+             (titled ? " title " + report::gnuplot_quote(files[i].first) : " notitle");
+      return s;
+    };
+    gp << "set output " << report::gnuplot_quote((out / ("loss-vs-lr-" + size.name + ".png")).string()) << "\n"
+       << "set title " << report::gnuplot_quote("final validation loss vs learning rate, size " + size.name +
+                                                " (seed mean, bars: min-max; diverged runs count as the initial loss)")
+       << "\nset ylabel 'validation loss (capped at init)'\nunset logscale y\n"
+       << "plot " << curves("1:2:3:4", "yerrorlines", true) << ", "
+       << curves("1:($6>0?$2:1/0)", "points pt 6 ps 2", false) << "\n";
+    gp << "set output " << report::gnuplot_quote((out / ("logit-vs-lr-" + size.name + ".png")).string()) << "\n"
+       << "set title " << report::gnuplot_quote("max attention |logit| over training vs learning rate, size " +
+                                                size.name + " (seed mean; circled: a run diverged)")
+       << "\nset ylabel 'max |logit|'\nset logscale y\n"
+       << "plot " << curves("1:5", "linespoints", true) << ", " << curves("1:($6>0?$5:1/0)", "points pt 6 ps 2", false)
+       << "\nunset logscale y\n";
+  }
+  report::run_gnuplot(out / "sweep.gp", gp.str());
+}
+
+std::optional<double> contrast_lr(const std::vector<SweepRunResult>& runs, const std::string& size) {
+  std::map<double, std::pair<bool, bool>> diverged;  // lr -> (a standard run diverged, a quest run did)
+  std::map<double, std::pair<double, double>> logit;  // lr -> (standard max, quest max)
+  for (const auto& r : runs) {
+    if (r.size != size || (r.kind != "standard" && r.kind != "quest")) continue;
+    auto& d = diverged[r.lr];
+    auto& l = logit.try_emplace(r.lr, NAN, NAN).first->second;
+    const bool div = r.outcome.status == runs::RunStatus::diverged;
+    if (r.kind == "standard") d.first |= div, fold_max(l.first, r.logit_abs_max);
+    else d.second |= div, fold_max(l.second, r.logit_abs_max);
+  }
+  for (const auto& [lr, d] : diverged)
+    if (d.first && !d.second) return lr;
+  std::optional<double> best;
+  double best_ratio = 0;
+  for (const auto& [lr, l] : logit)
+    if (std::isfinite(l.first) && std::isfinite(l.second) && l.second > 0 && l.first / l.second > best_ratio)
+      best_ratio = l.first / l.second, best = lr;
+  return best;
+}
+
+}  // namespace quest::experiments
