@@ -91,6 +91,11 @@ TrainReport train_run(const training::TrainConfig& config, const DataSource& dat
   return report;
 }
 
+nlohmann::json to_json(const FinalDiagnostics& d) {
+  return {{"k_norm_max", d.k_norm_max}, {"q_norm_max", d.q_norm_max}, {"logit_abs_max", d.logit_abs_max},
+          {"entropy_mean", d.entropy_mean}};
+}
+
 nlohmann::json RunResult::to_json() const {
   return {{"kind", spec.kind},
           {"seed", spec.seed},
@@ -99,9 +104,7 @@ nlohmann::json RunResult::to_json() const {
           {"train_seconds", train_seconds},
           {"status", runs::to_string(outcome.status)},
           {"message", outcome.message},
-          {"diagnostics",
-           {{"k_norm_max", diagnostics.k_norm_max}, {"q_norm_max", diagnostics.q_norm_max},
-            {"logit_abs_max", diagnostics.logit_abs_max}, {"entropy_mean", diagnostics.entropy_mean}}},
+          {"diagnostics", runs::to_json(diagnostics)},
           {"run_dir", spec.run_dir}};
 }
 

@@ -88,9 +88,7 @@ nlohmann::json LmRunResult::to_json() const {
           {"tokens_per_second", tokens_per_second},
           {"status", runs::to_string(outcome.status)},
           {"message", outcome.message},
-          {"diagnostics",
-           {{"k_norm_max", diagnostics.k_norm_max}, {"q_norm_max", diagnostics.q_norm_max},
-            {"logit_abs_max", diagnostics.logit_abs_max}, {"entropy_mean", diagnostics.entropy_mean}}},
+          {"diagnostics", runs::to_json(diagnostics)},
           {"run_dir", spec.run_dir}};
 }
 

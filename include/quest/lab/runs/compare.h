@@ -98,6 +98,7 @@ struct FinalDiagnostics {
 };
 // Maxima over layers and heads of a model's recorded diagnostics, entropy averaged over them.
 FinalDiagnostics final_diagnostics_of(const std::vector<std::optional<HeadDiagnostics>>& layers);
+nlohmann::json to_json(const FinalDiagnostics& d);
 
 struct RunResult {
   RunSpec spec;
