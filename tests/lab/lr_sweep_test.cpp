@@ -77,6 +77,11 @@ TEST(LrSweep, PlanLaysSizeAndRateOverTheConfig) {
   EXPECT_EQ(lm_points[0].run.command, (std::vector<std::string>{"lm", "train", "--no-test"}));
   EXPECT_EQ(lm_points[0].run.config["model"]["context"], 16);
 
+  nlohmann::json silent = vit_sweep();
+  silent["config"]["log_every"] = 0;
+  const std::string e = testing::error_message([&] { plan_sweep(sweep_from_json(silent), "/tmp/out"); });
+  EXPECT_NE(e.find("log_every must be > 0"), std::string::npos) << e;
+
   nlohmann::json typo = vit_sweep();
   typo["sizes"][0]["model"]["dimm"] = 8;  // the task's own config check names it
   const std::string m = testing::error_message([&] { plan_sweep(sweep_from_json(typo), "/tmp/out"); });

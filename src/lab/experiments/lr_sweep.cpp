@@ -51,6 +51,11 @@ nlohmann::json run_config(const LrSweep& sweep, const SweepSize& size, double lr
   return c;
 }
 
+// The sweep reads L0 (step 0's loss) and the attention diagnostics from the logged steps.
+void check_logged(int64_t log_every) {
+  if (log_every <= 0) bad("the task config's log_every must be > 0 (L0 and the diagnostics come from logged steps)");
+}
+
 }  // namespace
 
 LrSweep sweep_from_json(const nlohmann::json& j) {
@@ -125,6 +130,7 @@ std::vector<SweepPoint> plan_sweep(const LrSweep& sweep, const std::string& out_
       // The task checks its config (unknown keys, types) and names what is wrong.
       if (sweep.task == "vit") {
         const training::TrainConfig config = training::config_from_json(c);
+        check_logged(config.log_every);
         plan = runs::plan_compare(config, sweep.kinds, sweep.seeds, dir, sweep.data);
         for (auto& run : plan)
           run.train = [config = training::config_from_json(run.config), data = sweep.data](
@@ -136,6 +142,7 @@ std::vector<SweepPoint> plan_sweep(const LrSweep& sweep, const std::string& out_
           };
       } else {
         const training::LmConfig config = training::lm_config_from_json(c);
+        check_logged(config.log_every);
         plan = runs::plan_lm_compare(config, sweep.kinds, sweep.seeds, dir);
         for (auto& run : plan)
           run.train = [config = training::lm_config_from_json(run.config)](
