@@ -29,4 +29,5 @@ for r in s["sensitivity"]:
     cells = [f"{seed_mean(size, kind, lr, 'logit_abs_max'):.0f}" for lr in top] + \
             [f"{seed_mean(size, kind, lr, 'entropy_min'):.2f}" for lr in top]
     print(f"| {size} | {kind} | {r['lr_sensitivity']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] | "
-          f"{r['best_val_loss']:.3f} ({r['best_lr']:g}) | {r['diverged']}/{r['runs']} | " + " | ".join(cells) + " |")
+          f"{r['best_val_loss']:.3f} ({r['best_lr']:g}) | {r['diverged']}/{r['runs']} | " +
+          " | ".join(c.replace("-0.00", "0.00") for c in cells) + " |")
