@@ -2,9 +2,11 @@
 # One ViT training epoch (configs/full.json's model, 2 threads, 8 000 images) under each allocator,
 # interleaved over rounds: images/s (the epoch line of metrics.jsonl), minor page faults and
 # user/system seconds (/usr/bin/time). The composite attention backend too, since it allocates
-# the most. Usage: results/allocator/measure.sh <quest binary> <rounds> > allocator.csv
+# the most. Usage: results/allocator/measure.sh <quest binary> <rounds> [allocators...] > allocator.csv
+# (allocators: glibc glibc-tuned jemalloc tcmalloc; default all)
 set -eu
-quest=${1:-build/quest}; rounds=${2:-3}
+quest=${1:-build/quest}; rounds=${2:-3}; shift 2 || true
+allocators=${*:-glibc glibc-tuned jemalloc tcmalloc}
 export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-SkylakeX}
 lib=/usr/lib/x86_64-linux-gnu
 declare -A env=(
@@ -16,7 +18,7 @@ declare -A env=(
 tmp=$(mktemp -d)
 echo "round,allocator,backend,images_per_second,minor_faults,user_s,system_s"
 for r in $(seq "$rounds"); do
-  for a in glibc glibc-tuned jemalloc tcmalloc; do
+  for a in $allocators; do
     for backend in fused composite; do
       rm -rf "$tmp/run"
       env ${env[$a]} /usr/bin/time -f "%R %U %S" -o "$tmp/time" "$quest" train --config configs/full.json \

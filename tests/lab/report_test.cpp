@@ -42,9 +42,11 @@ TEST(Plots, TrainingCurvesOfEveryRunBelowARoot) {
     const runs::RunDir dir(root / run);
     dir.create();
     for (int e = 0; e < 2; ++e) {
-      dir.append_metrics({{"type", "step"}, {"epoch", e}, {"step", e * 4},
-                          {"attention", {{{"q_norm_max", {1.0, 2.0}}, {"k_norm_max", {1.0, 3.0}},
-                                          {"logit_abs_max", {2.0, 4.0}}, {"entropy", {1.0, 1.5}}}}}});
+      nlohmann::json step = {{"type", "step"}, {"epoch", e}, {"step", e * 4},
+                             {"attention", {{{"q_norm_max", {1.0, 2.0}}, {"k_norm_max", {1.0, 3.0}},
+                                             {"logit_abs_max", {2.0, 4.0}}, {"entropy", {1.0, 1.5}}}}}};
+      if (std::string(run) == "quest/seed-0") step["loss"] = 2.0 - e, step["log_z"] = 2.3 + e;  // older runs lack them
+      dir.append_metrics(step);
       dir.append_metrics({{"type", "epoch"}, {"epoch", e}, {"train_loss", 1.0 / (e + 1)}, {"val_loss", 1.2},
                           {"train_accuracy", 0.5}, {"val_accuracy", 0.6}});
     }
@@ -52,8 +54,13 @@ TEST(Plots, TrainingCurvesOfEveryRunBelowARoot) {
   const TrainingPlots plots = write_training_plots(root);
   EXPECT_EQ(plots.runs, 2u);
   EXPECT_EQ(plots.layers, 1u);
-  for (const char* png : {"loss.png", "accuracy.png", "k_norm_max.png", "entropy.png"})
+  for (const char* png : {"loss.png", "accuracy.png", "k_norm_max.png", "entropy.png", "steps.png"})
     EXPECT_GT(fs::file_size(root / "plots" / png), 1000u) << png;
+  // Only runs without step losses (metrics written before quest logged them): no steps.png, no error.
+  fs::remove_all(root / "quest");
+  fs::remove_all(root / "plots");
+  EXPECT_EQ(write_training_plots(root).runs, 1u);
+  EXPECT_FALSE(fs::exists(root / "plots" / "steps.png"));
   EXPECT_THROW(write_training_plots(root / "plots" / "data"), std::invalid_argument);  // no run there
   EXPECT_THROW(write_training_plots(root / "missing"), std::invalid_argument);
   fs::remove_all(root);

@@ -38,6 +38,7 @@ struct PlottedRun {
   std::string label;  // path of the run relative to the root, e.g. "quest/seed-0"
   fs::path epochs_dat;
   fs::path steps_dat;  // logged steps: loss, log-partition of the output logits
+  bool has_step_loss = false, has_log_z = false;  // metrics older than log_z have none
   std::vector<fs::path> layer_dat;  // one per layer
 };
 
@@ -65,8 +66,10 @@ PlottedRun convert(const runs::RunDir& run, const fs::path& root, const fs::path
              << j.value("val_accuracy", 0.0) << "\n";
     } else if (j.value("type", "") == "step" && j.contains("attention")) {
       auto number = [](const nlohmann::json& v) { return v.is_number() ? v.get<double>() : NAN; };
-      steps << j["step"].get<int64_t>() << " " << number(j.value("loss", nlohmann::json())) << " "
-            << number(j.value("log_z", nlohmann::json())) << "\n";
+      const double loss = number(j.value("loss", nlohmann::json())), log_z = number(j.value("log_z", nlohmann::json()));
+      p.has_step_loss |= std::isfinite(loss);
+      p.has_log_z |= std::isfinite(log_z);
+      steps << j["step"].get<int64_t>() << " " << loss << " " << log_z << "\n";
       const auto& att = j["attention"];
       for (size_t l = 0; l < att.size(); ++l) {
         if (layers.size() <= l) {
@@ -128,11 +131,18 @@ TrainingPlots write_training_plots(const fs::path& root) {
   gp << "set output " << gnuplot_quote((out / "loss.png").string()) << "\nset multiplot layout 1,2\n"
      << "set xlabel 'epoch'\nset title 'train loss'\n" << curves(epochs, 2) << "\n"
      << "set title 'validation loss'\n" << curves(epochs, 3) << "\nunset multiplot\n";
-  auto steps = [](const PlottedRun& r) { return r.steps_dat.string(); };
-  gp << "set output " << gnuplot_quote((out / "steps.png").string()) << "\nset multiplot layout 1,2\n"
-     << "set xlabel 'step'\nset title 'train loss (logged steps)'\n" << curves(steps, 2) << "\n"
-     << "set title 'log Z of the output logits (mean log-partition)'\n" << curves(steps, 3)
-     << "\nunset multiplot\nset xlabel 'epoch'\n";
+  // gnuplot refuses a plot without a single valid point: only runs (and panels) with data.
+  auto step_loss = [](const PlottedRun& r) { return r.has_step_loss ? r.steps_dat.string() : std::string(); };
+  auto log_z = [](const PlottedRun& r) { return r.has_log_z ? r.steps_dat.string() : std::string(); };
+  const bool any_loss = std::any_of(plotted.begin(), plotted.end(), [](const auto& r) { return r.has_step_loss; });
+  const bool any_log_z = std::any_of(plotted.begin(), plotted.end(), [](const auto& r) { return r.has_log_z; });
+  if (any_loss) {
+    gp << "set output " << gnuplot_quote((out / "steps.png").string()) << "\nset multiplot layout 1,"
+       << (any_log_z ? 2 : 1) << "\nset xlabel 'step'\nset title 'train loss (logged steps)'\n"
+       << curves(step_loss, 2) << "\n";
+    if (any_log_z) gp << "set title 'log Z of the output logits (mean log-partition)'\n" << curves(log_z, 3) << "\n";
+    gp << "unset multiplot\nset xlabel 'epoch'\n";
+  }
   gp << "set output " << gnuplot_quote((out / "accuracy.png").string()) << "\nset multiplot layout 1,2\n"
      << "set title 'train accuracy'\n" << curves(epochs, 4) << "\n"
      << "set title 'validation accuracy'\n" << curves(epochs, 5) << "\nunset multiplot\n";
