@@ -43,6 +43,8 @@ TEST(LrSweep, FileIsCheckedAndNamesTheProblem) {
   EXPECT_NE(error(j).find("is not positive"), std::string::npos);
   j["lrs"] = {0.1, 0.1};
   EXPECT_NE(error(j).find("listed twice"), std::string::npos);
+  j["lrs"] = {0.1, 0.1000000001};  // distinct values, one run directory name
+  EXPECT_NE(error(j).find("learning rate 0.1 is listed twice"), std::string::npos) << error(j);
   j = vit_sweep();
   j["sizes"][1]["name"] = "s";
   EXPECT_NE(error(j).find("size 's' is listed twice"), std::string::npos);
@@ -85,6 +87,7 @@ TEST(LrSweep, PlanLaysSizeAndRateOverTheConfig) {
   nlohmann::json typo = vit_sweep();
   typo["sizes"][0]["model"]["dimm"] = 8;  // the task's own config check names it
   const std::string m = testing::error_message([&] { plan_sweep(sweep_from_json(typo), "/tmp/out"); });
+  EXPECT_NE(m.find("size 's': "), std::string::npos) << m;
   EXPECT_NE(m.find("model.dimm"), std::string::npos) << m;
 }
 

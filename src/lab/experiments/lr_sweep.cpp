@@ -94,8 +94,9 @@ LrSweep sweep_from_json(const nlohmann::json& j) {
   if (s.lrs.empty()) bad("no learning rate ('lrs')");
   for (size_t i = 0; i < s.lrs.size(); ++i) {
     if (!(s.lrs[i] > 0) || !std::isfinite(s.lrs[i])) bad("learning rate " + std::to_string(s.lrs[i]) + " is not positive");
-    for (size_t k = 0; k < i; ++k)
-      if (s.lrs[k] == s.lrs[i]) bad("learning rate " + lr_dir_name(s.lrs[i]) + " is listed twice");
+    for (size_t k = 0; k < i; ++k)  // by directory name: two rates must not share a run directory
+      if (lr_dir_name(s.lrs[k]) == lr_dir_name(s.lrs[i]))
+        bad("learning rate " + lr_dir_name(s.lrs[i]).substr(3) + " is listed twice");
   }
   if (s.seeds.empty()) bad("no seed");
   if (s.kinds.empty()) bad("no kind");
@@ -120,43 +121,50 @@ std::string lr_dir_name(double lr) {
   return o.str();
 }
 
+// One size and rate of the sweep: the task's compare plan, trained without the test evaluation.
+// The task checks its config (unknown keys, types) and names what is wrong.
+static std::vector<runs::RunSpec> plan_point(const LrSweep& sweep, const nlohmann::json& c, const std::string& dir) {
+  std::vector<runs::RunSpec> plan;
+  if (sweep.task == "vit") {
+    const training::TrainConfig config = training::config_from_json(c);
+    check_logged(config.log_every);
+    plan = runs::plan_compare(config, sweep.kinds, sweep.seeds, dir, sweep.data);
+    for (auto& run : plan)
+      run.train = [config = training::config_from_json(run.config), data = sweep.data](
+                      bool resume, const std::function<void(const nlohmann::json&)>& on_step) {
+        runs::TrainCallbacks callbacks;
+        callbacks.on_step = on_step;
+        callbacks.evaluate_test = false;
+        return runs::train_run(config, data, resume, callbacks).outcome;
+      };
+  } else {
+    const training::LmConfig config = training::lm_config_from_json(c);
+    check_logged(config.log_every);
+    plan = runs::plan_lm_compare(config, sweep.kinds, sweep.seeds, dir);
+    for (auto& run : plan)
+      run.train = [config = training::lm_config_from_json(run.config)](
+                      bool resume, const std::function<void(const nlohmann::json&)>& on_step) {
+        runs::LmTrainCallbacks callbacks;
+        callbacks.on_step = on_step;
+        callbacks.evaluate_test = false;
+        return runs::train_lm_run(config, resume, callbacks).outcome;
+      };
+  }
+  for (auto& run : plan) run.command.push_back("--no-test");
+  return plan;
+}
+
 std::vector<SweepPoint> plan_sweep(const LrSweep& sweep, const std::string& out_dir) {
   std::vector<SweepPoint> points;
   for (const SweepSize& size : sweep.sizes)
     for (double lr : sweep.lrs) {
-      const nlohmann::json c = run_config(sweep, size, lr);
-      const std::string dir = (fs::path(out_dir) / size.name / lr_dir_name(lr)).string();
       std::vector<runs::RunSpec> plan;
-      // The task checks its config (unknown keys, types) and names what is wrong.
-      if (sweep.task == "vit") {
-        const training::TrainConfig config = training::config_from_json(c);
-        check_logged(config.log_every);
-        plan = runs::plan_compare(config, sweep.kinds, sweep.seeds, dir, sweep.data);
-        for (auto& run : plan)
-          run.train = [config = training::config_from_json(run.config), data = sweep.data](
-                          bool resume, const std::function<void(const nlohmann::json&)>& on_step) {
-            runs::TrainCallbacks callbacks;
-            callbacks.on_step = on_step;
-            callbacks.evaluate_test = false;
-            return runs::train_run(config, data, resume, callbacks).outcome;
-          };
-      } else {
-        const training::LmConfig config = training::lm_config_from_json(c);
-        check_logged(config.log_every);
-        plan = runs::plan_lm_compare(config, sweep.kinds, sweep.seeds, dir);
-        for (auto& run : plan)
-          run.train = [config = training::lm_config_from_json(run.config)](
-                          bool resume, const std::function<void(const nlohmann::json&)>& on_step) {
-            runs::LmTrainCallbacks callbacks;
-            callbacks.on_step = on_step;
-            callbacks.evaluate_test = false;
-            return runs::train_lm_run(config, resume, callbacks).outcome;
-          };
+      try {
+        plan = plan_point(sweep, run_config(sweep, size, lr), (fs::path(out_dir) / size.name / lr_dir_name(lr)).string());
+      } catch (const c10::Error& e) {  // the task's config error, with the size it came from
+        bad("size '" + size.name + "': " + e.what_without_backtrace());
       }
-      for (auto& run : plan) {
-        run.command.push_back("--no-test");
-        points.push_back({size.name, lr, std::move(run)});
-      }
+      for (auto& run : plan) points.push_back({size.name, lr, std::move(run)});
     }
   return points;
 }
