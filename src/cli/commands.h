@@ -4,6 +4,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include <string>
+
 namespace quest::cli {
 
 void add_demo(CLI::App& app);
@@ -16,6 +18,8 @@ void add_lm(CLI::App& app, int& exit_code);
 void add_plot(CLI::App& app);
 void add_robustness(CLI::App& app);
 void add_experiment(CLI::App& app);
+// `name` and the options given to `cmd`, as written to an experiment's results (its command).
+std::string command_line(const std::string& name, const CLI::App* cmd);
 // quest experiment lr-sweep (a subcommand of `experiment`).
 void add_lr_sweep(CLI::App* experiment);
 

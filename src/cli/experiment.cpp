@@ -56,6 +56,16 @@ void run_spurious(SpuriousFlags f, const std::string& command) {
 
 }  // namespace
 
+std::string command_line(const std::string& name, const CLI::App* cmd) {
+  std::string line = name;
+  for (const auto* opt : cmd->get_options())
+    if (opt->count() && opt->get_name() != "--help") {
+      line += " " + opt->get_name();
+      for (const auto& v : opt->results()) line += " " + v;
+    }
+  return line;
+}
+
 void add_experiment(CLI::App& app) {
   CLI::App* exp = app.add_subcommand("experiment", "Experiments that test the paper's claims");
   exp->require_subcommand(1);
@@ -103,13 +113,7 @@ void add_experiment(CLI::App& app) {
       ->check(CLI::Range(1, 256))->capture_default_str();
   cmd->add_option("--out-dir", f->out_dir)->capture_default_str();
   cmd->callback([f, cmd] {
-    std::string line = "quest experiment spurious";
-    for (const auto* opt : cmd->get_options())
-      if (opt->count() && opt->get_name() != "--help") {
-        line += " " + opt->get_name();
-        for (const auto& v : opt->results()) line += " " + v;
-      }
-    run_spurious(*f, line);
+    run_spurious(*f, command_line("quest experiment spurious", cmd));
   });
 }
 

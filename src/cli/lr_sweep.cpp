@@ -141,13 +141,7 @@ void add_lr_sweep(CLI::App* experiment) {
       ->capture_default_str();
   cmd->add_flag("--resume", f->resume, "Continue unfinished runs; finished and diverged runs are only read");
   cmd->callback([f, cmd] {
-    std::string line = "quest experiment lr-sweep";
-    for (const auto* opt : cmd->get_options())
-      if (opt->count() && opt->get_name() != "--help") {
-        line += " " + opt->get_name();
-        for (const auto& v : opt->results()) line += " " + v;
-      }
-    run_lr_sweep(*f, line);
+    run_lr_sweep(*f, command_line("quest experiment lr-sweep", cmd));
   });
 }
 
