@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # the kernel documentation's reStructuredText, the language-modelling corpus (lab/data/text.h).
 packages=(libtorch-dev libopenblas0-pthread dataset-fashion-mnist libgtest-dev libbenchmark-dev
           libcli11-dev nlohmann-json3-dev libhwy-dev gnuplot-nox zlib1g-dev libjpeg-dev cmake g++
-          python3-torch python3-numpy python3-pytest python3-torchvision linux-doc-6.1)
+          python3-torch python3-numpy python3-pytest python3-torchvision linux-doc-6.1 libgloo-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -12,6 +12,7 @@
 #include "quest/lab/runs/lm_compare.h"
 #include "quest/lab/training/lm.h"
 #include "quest/torch/runtime.h"
+#include "parallel.h"
 #include "train_flags.h"
 
 namespace quest::cli {
@@ -53,24 +54,34 @@ training::LmConfig resolve_lm_config(const std::string& path, const std::string&
   return c;
 }
 
-int run_lm_train(const LmTrainFlags& f) {
-  warn_if_slow_blas();
-  configure_threads();
+int run_lm_train(const LmTrainFlags& f, const ParallelFlags& parallel_flags) {
   training::LmConfig c = resolve_lm_config(f.config, f.attention, f.epochs, f.lr);
   c.run_dir = f.run_dir;
   if (f.seed >= 0) c.seed = static_cast<uint64_t>(f.seed);
-  StepProgress progress(c.batch_size * c.model.context(), c.log_every, "tok");
+  const ParallelRole role = start_parallel(parallel_flags);
+  if (role.launched) return *role.launched;
+  const bool reports = role.parallel.writes();  // rank 0 (or alone) prints; the other ranks train
+  if (reports) warn_if_slow_blas();
+  configure_threads();
+  StepProgress progress(c.batch_size * c.model.context(), reports ? c.log_every : 0, "tok");
   runs::LmTrainCallbacks callbacks;
   callbacks.on_data = [&](const data::ByteSplits& data) {
+    if (!reports) return;
+    if (role.parallel.active())
+      std::printf("data-parallel: %d ranks, global batch %lld windows\n", role.parallel.group->world_size(),
+                  (long long)c.batch_size);
     std::printf("corpus %s: train %lld / valid %lld / test %lld bytes; attention %s, %s positions; "
                 "run dir %s\n",
                 c.corpus.c_str(), (long long)data.train.numel(), (long long)data.valid.numel(),
                 (long long)data.test.numel(), to_string(c.model.attention()).c_str(),
                 c.model.positions().c_str(), c.run_dir.c_str());
   };
-  callbacks.on_step = [&](const nlohmann::json& line) { progress.update(line); };
+  callbacks.on_step = [&](const nlohmann::json& line) {
+    if (reports) progress.update(line);
+  };
   callbacks.evaluate_test = !f.no_test;
-  const runs::LmTrainReport report = runs::train_lm_run(c, f.resume, callbacks);
+  const runs::LmTrainReport report = runs::train_lm_run(c, f.resume, callbacks, role.parallel);
+  if (!reports) return report.outcome.status == runs::RunStatus::diverged ? 3 : 0;
   progress.finish();
   if (report.outcome.status == runs::RunStatus::diverged) {
     std::fprintf(stderr, "error: training diverged: %s\n", report.outcome.message.c_str());
@@ -186,7 +197,9 @@ void add_lm(CLI::App& app, int& exit_code) {
   train->add_option("--lr", f->lr, "Override the config's peak learning rate")->check(CLI::PositiveNumber);
   train->add_flag("--resume", f->resume, "Continue from the run directory's checkpoint");
   train->add_flag("--no-test", f->no_test, "Skip the valid/test evaluation and result.json (sweeps score validation)");
-  train->callback([f, &exit_code] { exit_code = run_lm_train(*f); });
+  auto parallel = std::make_shared<ParallelFlags>();
+  add_parallel_flags(train, parallel);
+  train->callback([f, parallel, &exit_code] { exit_code = run_lm_train(*f, *parallel); });
 
   auto compare = std::make_shared<CompareFlags>();
   compare->kinds = {"standard", "quest", "qnorm", "qknorm", "qk_layernorm"};

@@ -7,6 +7,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "parallel.h"
 #include "quest/torch/runtime.h"
 
 // libgomp and OpenBLAS's thread pool read their idle policies once, when they load (before
@@ -29,6 +30,7 @@ static void use_sleeping_thread_pools(char** argv) {
 
 int main(int argc, char** argv) {
   use_sleeping_thread_pools(argv);
+  quest::cli::program_args().assign(argv, argv + argc);
   CLI::App app{"quest: QUEST attention (query-modulated spherical attention) and its baselines"};
   app.require_subcommand(1);
   quest::cli::add_demo(app);

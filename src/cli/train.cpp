@@ -4,26 +4,37 @@
 #include "commands.h"
 #include "progress.h"
 #include "quest/torch/runtime.h"
+#include "parallel.h"
 #include "train_flags.h"
 
 namespace quest::cli {
 
-static int run_train(const TrainFlags& flags, bool no_test) {
-  warn_if_slow_blas();
-  configure_threads();
+static int run_train(const TrainFlags& flags, bool no_test, const ParallelFlags& parallel_flags) {
   const training::TrainConfig config = resolve_config(flags);
+  const ParallelRole role = start_parallel(parallel_flags);
+  if (role.launched) return *role.launched;
+  const bool reports = role.parallel.writes();  // rank 0 (or alone) prints; the other ranks train
+  if (reports) warn_if_slow_blas();
+  configure_threads();
   std::unique_ptr<StepProgress> progress;
   runs::TrainCallbacks callbacks;
   callbacks.on_data = [&](const training::MnistSplits& data) {
+    if (!reports) return;
+    if (role.parallel.active())
+      std::printf("data-parallel: %d ranks, global batch %lld (%lld per rank)\n", role.parallel.group->world_size(),
+                  (long long)config.batch_size, (long long)(config.batch_size / role.parallel.group->world_size()));
     std::printf("train %lld / validation %lld / test %lld images; attention %s; run dir %s\n",
                 (long long)data.train.size(), (long long)data.validation.size(), (long long)data.test.size(),
                 to_string(config.model.attention()).c_str(), config.run_dir.c_str());
     progress = std::make_unique<StepProgress>(config.batch_size, config.log_every);
   };
-  callbacks.on_step = [&](const nlohmann::json& line) { progress->update(line); };
+  callbacks.on_step = [&](const nlohmann::json& line) {
+    if (progress) progress->update(line);
+  };
   callbacks.evaluate_test = !no_test;
-  const runs::TrainReport report = runs::train_run(config, flags.data, flags.resume, callbacks);
+  const runs::TrainReport report = runs::train_run(config, flags.data, flags.resume, callbacks, role.parallel);
   if (progress) progress->finish();
+  if (!reports) return report.outcome.status == runs::RunStatus::diverged ? 3 : 0;
   if (report.outcome.status == runs::RunStatus::diverged) {
     std::fprintf(stderr, "error: training diverged: %s\n", report.outcome.message.c_str());
     for (size_t layer = 0; layer < report.diagnostics.size(); ++layer)
@@ -61,7 +72,9 @@ void add_train(CLI::App& app, int& exit_code) {
   cmd->add_option("--run-dir", f->run_dir, "Where metrics, checkpoints and config go")->capture_default_str();
   auto no_test = std::make_shared<bool>(false);
   cmd->add_flag("--no-test", *no_test, "Skip the test-split evaluation and result.json (sweeps score validation)");
-  cmd->callback([f, no_test, &exit_code] { exit_code = run_train(*f, *no_test); });
+  auto parallel = std::make_shared<ParallelFlags>();
+  add_parallel_flags(cmd, parallel);
+  cmd->callback([f, no_test, parallel, &exit_code] { exit_code = run_train(*f, *no_test, *parallel); });
 
   auto checkpoint = std::make_shared<std::string>();
   auto data_dir = std::make_shared<std::string>(data::kFashionMnistDir);

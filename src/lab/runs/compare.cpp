@@ -55,15 +55,15 @@ std::vector<RunSpec> plan_compare(const training::TrainConfig& base, const std::
 }
 
 TrainReport train_run(const training::TrainConfig& config, const DataSource& data, bool resume,
-                      const TrainCallbacks& callbacks) {
-  const RunDir dir(config.run_dir);
+                      const TrainCallbacks& callbacks, const training::DataParallel& parallel) {
+  const RunDir dir(parallel.writes() ? config.run_dir : "");
   TrainReport report;
   const auto t0 = std::chrono::steady_clock::now();
   try {
     const training::MnistSplits splits =
         training::load_mnist_splits(data.dir, data.val_fraction, config.seed, config.train_subset);
     if (callbacks.on_data) callbacks.on_data(splits);
-    training::Trainer trainer(config);
+    training::Trainer trainer(config, parallel);
     trainer.set_normalization({splits.mean, splits.std});
     try {
       trainer.fit(splits.train, splits.validation, resume, callbacks.on_step);
@@ -72,7 +72,7 @@ TrainReport train_run(const training::TrainConfig& config, const DataSource& dat
       report.diagnostics = trainer.model()->attention_diagnostics();
     }
     report.epoch = trainer.epoch();
-    report.checkpoint_kept = dir.has_checkpoint();
+    report.checkpoint_kept = RunDir(config.run_dir).has_checkpoint();
     report.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (report.outcome.status == RunStatus::ok && callbacks.evaluate_test) {
       report.test = trainer.evaluate(splits.test);

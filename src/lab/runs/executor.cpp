@@ -1,6 +1,4 @@
 // Executors of a comparison plan: in this process, or as child processes side by side.
-#include <fcntl.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -12,9 +10,8 @@
 #include <thread>
 
 #include "quest/lab/runs/compare.h"
+#include "quest/lab/runs/spawn.h"
 #include "quest/torch/runtime.h"
-
-extern char** environ;
 
 namespace quest::runs {
 
@@ -56,41 +53,6 @@ class InProcess : public Executor {
   }
   std::string describe() const override { return "one after another in this process"; }
 };
-
-struct ChildJob {
-  std::vector<std::string> args;           // argv[1..]
-  std::map<std::string, std::string> env;  // overrides on top of this process's environment
-  std::string log_path;                    // stdout and stderr, appended
-};
-
-pid_t spawn(const std::string& exe, const ChildJob& job) {
-  std::vector<std::string> env;
-  for (char** e = environ; *e; ++e) {
-    const std::string entry(*e);
-    if (!job.env.count(entry.substr(0, entry.find('=')))) env.push_back(entry);
-  }
-  for (const auto& [key, value] : job.env) env.push_back(key + "=" + value);
-  std::vector<std::string> args = {exe};
-  args.insert(args.end(), job.args.begin(), job.args.end());
-  auto pointers = [](std::vector<std::string>& strings) {
-    std::vector<char*> p;
-    for (auto& s : strings) p.push_back(s.data());
-    p.push_back(nullptr);
-    return p;
-  };
-  auto argv = pointers(args), envp = pointers(env);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, job.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND,
-                                   0644);
-  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
-  pid_t pid = 0;
-  const int rc = posix_spawn(&pid, exe.c_str(), &actions, nullptr, argv.data(), envp.data());
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0)
-    throw std::runtime_error("cannot start '" + exe + "' (log " + job.log_path + "): " + std::strerror(rc));
-  return pid;
-}
 
 // Processes, not threads: OpenBLAS's thread pool is process-wide, and several threads
 // calling a multi-threaded OpenBLAS at once serialise on it. (Randomness is run-owned either way.)

@@ -21,21 +21,22 @@ double tokens_per_second(training::LmTrainer& trainer) {
 
 }  // namespace
 
-LmTrainReport train_lm_run(const training::LmConfig& config, bool resume, const LmTrainCallbacks& callbacks) {
-  const RunDir dir(config.run_dir);
+LmTrainReport train_lm_run(const training::LmConfig& config, bool resume, const LmTrainCallbacks& callbacks,
+                           const training::DataParallel& parallel) {
+  const RunDir dir(parallel.writes() ? config.run_dir : "");
   LmTrainReport report;
   try {
     if (!dir.empty()) fs::remove(dir.result());  // a result is for the checkpoint this call ends with
     const data::ByteSplits data = training::load_lm_data(config);
     if (callbacks.on_data) callbacks.on_data(data);
-    training::LmTrainer trainer(config);
+    training::LmTrainer trainer(config, parallel);
     try {
       trainer.fit(data, resume, callbacks.on_step);
     } catch (const training::DivergenceError& e) {
       report.outcome = {RunStatus::diverged, e.what()};
       report.diagnostics = trainer.model()->attention_diagnostics();
     }
-    report.checkpoint_kept = dir.has_checkpoint();
+    report.checkpoint_kept = RunDir(config.run_dir).has_checkpoint();
     report.train_seconds = trainer.train_seconds();
     report.tokens_per_second = tokens_per_second(trainer);
     if (report.outcome.status == RunStatus::ok && callbacks.evaluate_test) {

@@ -92,12 +92,20 @@ void save_archive(const fs::path& path, torch::serialize::OutputArchive& archive
   write_durably(path, header + bytes);
 }
 
-void load_archive(const fs::path& path, torch::serialize::InputArchive& archive) {
+std::string read_archive_file(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error("cannot read '" + path.string() + "'");
-  const std::string file((std::istreambuf_iterator<char>(in)), {});
+  return std::string((std::istreambuf_iterator<char>(in)), {});
+}
+
+void load_archive(const fs::path& path, torch::serialize::InputArchive& archive) {
+  load_archive_bytes(read_archive_file(path), path, archive);
+}
+
+void load_archive_bytes(const std::string& file, const fs::path& path, torch::serialize::InputArchive& archive) {
   if (file.compare(0, 4, "PK\x03\x04") == 0) {  // written before the checked format
-    archive.load_from(path.string());
+    std::istringstream zip(file);
+    archive.load_from(zip);
     return;
   }
   if (file.size() < kHeader || file.compare(0, sizeof kCheckpointMagic, kCheckpointMagic, sizeof kCheckpointMagic) != 0)

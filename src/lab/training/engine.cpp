@@ -6,6 +6,8 @@
 #include <cmath>
 #include <filesystem>
 #include <functional>
+#include <csignal>
+#include <thread>
 
 #include "quest/torch/random.h"
 
@@ -19,6 +21,17 @@ bool applies_weight_decay(const std::string& name, const torch::Tensor& paramete
   };
   return parameter.dim() >= 2 && !ends_with("pos_embed") && !ends_with("cls_token") &&
          !ends_with("query_token");
+}
+
+std::pair<int64_t, int64_t> shard_range(int64_t n, int rank, int world) {
+  TORCH_CHECK(world >= 1 && rank >= 0 && rank < world, "quest::training: shard ", rank, " of ", world);
+  return {n * rank / world, n * (rank + 1) / world};
+}
+
+EvalResult combine_shards(const EvalResult& mine, distributed::ProcessGroup& group, const std::string& what) {
+  const double n = static_cast<double>(mine.samples);
+  const auto s = group.sum({n > 0 ? mine.loss * n : 0.0, n > 0 ? mine.accuracy * n : 0.0, n}, what);
+  return {s[2] > 0 ? s[0] / s[2] : NAN, s[2] > 0 ? s[1] / s[2] : NAN, static_cast<int64_t>(s[2])};
 }
 
 at::Generator init_generator(uint64_t seed) { return make_generator(seed); }
@@ -46,12 +59,35 @@ void crash_for_test(const std::string& tmp, int64_t epoch) {
   std::_Exit(137);  // no unwinding, no flushing: as abrupt as a kill
 }
 
+// Fault injection for the data-parallel tests: QUEST_TEST_RANK_FAULT=<kill|hang|throw>:<rank>:<step>
+// makes that rank die by SIGKILL, stop answering, or fail with an error when it reaches that step.
+void rank_fault_for_test(int rank, int64_t step) {
+  static const char* spec = std::getenv("QUEST_TEST_RANK_FAULT");
+  if (!spec) return;
+  const std::string s(spec);
+  const size_t a = s.find(':'), b = s.find(':', a == std::string::npos ? a : a + 1);
+  const std::string what = s.substr(0, a);
+  if (a == std::string::npos || b == std::string::npos || (what != "kill" && what != "hang" && what != "throw"))
+    throw std::invalid_argument("QUEST_TEST_RANK_FAULT='" + s + "' is not <kill|hang|throw>:<rank>:<step>");
+  if (std::stoi(s.substr(a + 1, b - a - 1)) != rank || std::stoll(s.substr(b + 1)) != step) return;
+  std::fprintf(stderr, "QUEST_TEST_RANK_FAULT: rank %d %s at step %lld\n", rank, what.c_str(), (long long)step);
+  if (what == "kill") raise(SIGKILL);
+  if (what == "hang") for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+  throw std::runtime_error("QUEST_TEST_RANK_FAULT: injected failure");
+}
+
 }  // namespace
 
 Engine::Engine(EngineConfig config, Task& task) : config_(std::move(config)), task_(task) {
   TORCH_CHECK(config_.epochs >= 1 && config_.lr > 0 && std::isfinite(config_.lr),
               "quest::training: need epochs >= 1 and a finite lr > 0");
   TORCH_CHECK(config_.weight_decay >= 0, "quest::training: weight_decay must be >= 0");
+  if (data_parallel()) {
+    const auto& g = *config_.parallel.group;
+    TORCH_CHECK(task_.set_shard(g.rank(), g.world_size()),
+                "quest::training: this task cannot train data-parallel (it does not shard its batches)");
+    if (g.rank() != 0) config_.run_dir = runs::RunDir();  // rank 0 alone writes the run directory
+  }
   task_.initialize(init_generator(config_.seed));
   optimizer_ = make_optimizer();
 }
@@ -109,6 +145,16 @@ void Engine::save_checkpoint(const std::string& path) const {
 }
 
 void Engine::load_checkpoint(const std::string& path) {
+  std::string bytes;
+  try {
+    bytes = runs::read_archive_file(path);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("quest::training: checkpoint '" + path + "' cannot be loaded: " + e.what());
+  }
+  load_checkpoint_bytes(bytes, path);
+}
+
+void Engine::load_checkpoint_bytes(const std::string& bytes, const std::string& path) {
   struct CheckpointError : std::runtime_error {
     using std::runtime_error::runtime_error;
   };
@@ -119,7 +165,7 @@ void Engine::load_checkpoint(const std::string& path) {
   torch::Tensor epoch, step, seconds;  // read() needs a fresh tensor for each entry
   bool complete = false;
   try {  // LibTorch's archive reader throws c10::Error, torch::jit errors and std::runtime_error
-    runs::load_archive(path, archive);
+    runs::load_archive_bytes(bytes, path, archive);
     complete = archive.try_read("epoch", epoch) && archive.try_read("step", step) &&
                archive.try_read("optimizer", optim);
   } catch (const std::exception& e) {
@@ -170,14 +216,63 @@ void Engine::load_checkpoint(const std::string& path) {
   train_seconds_ = archive.try_read("train_seconds", seconds) ? seconds.item<double>() : NAN;
 }
 
-nlohmann::json Engine::diagnostics_json() const {
-  nlohmann::json layers = nlohmann::json::array();
-  for (const auto& d : task_.attention_diagnostics())
+std::vector<std::optional<HeadDiagnostics>> Engine::diagnostics() const {
+  auto layers = task_.attention_diagnostics();
+  if (!data_parallel()) return layers;
+  // Every rank has the same layers and heads: pack maxima and means, one all-reduce each.
+  std::vector<double> maxima, sums;
+  for (const auto& d : layers)
     if (d)
-      layers.push_back({{"q_norm_mean", d->q_norm_mean}, {"q_norm_max", d->q_norm_max},
-                        {"k_norm_mean", d->k_norm_mean}, {"k_norm_max", d->k_norm_max},
-                        {"logit_abs_max", d->logit_abs_max}, {"entropy", d->entropy_mean}});
+      for (size_t h = 0; h < d->q_norm_max.size(); ++h) {
+        maxima.insert(maxima.end(), {d->q_norm_max[h], d->k_norm_max[h], d->logit_abs_max[h]});
+        sums.insert(sums.end(), {d->q_norm_mean[h], d->k_norm_mean[h], d->entropy_mean[h]});
+      }
+  maxima = config_.parallel.group->max(maxima, "the attention diagnostics' all-reduce");
+  sums = config_.parallel.group->sum(sums, "the attention diagnostics' all-reduce");
+  const double world = config_.parallel.group->world_size();
+  size_t i = 0;
+  for (auto& d : layers)
+    if (d)
+      for (size_t h = 0; h < d->q_norm_max.size(); ++h, i += 3) {
+        d->q_norm_max[h] = maxima[i], d->k_norm_max[h] = maxima[i + 1], d->logit_abs_max[h] = maxima[i + 2];
+        d->q_norm_mean[h] = sums[i] / world, d->k_norm_mean[h] = sums[i + 1] / world,
+        d->entropy_mean[h] = sums[i + 2] / world;
+      }
   return layers;
+}
+
+nlohmann::json Engine::diagnostics_json(const std::vector<std::optional<HeadDiagnostics>>& layers) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& d : layers)
+    if (d)
+      out.push_back({{"q_norm_mean", d->q_norm_mean}, {"q_norm_max", d->q_norm_max},
+                     {"k_norm_mean", d->k_norm_mean}, {"k_norm_max", d->k_norm_max},
+                     {"logit_abs_max", d->logit_abs_max}, {"entropy", d->entropy_mean}});
+  return out;
+}
+
+double Engine::all_reduce_step(StepOutput& out, double loss_value) {
+  auto& group = *config_.parallel.group;
+  const double n = static_cast<double>(out.samples);
+  // The shard's summed loss: gradients summed over the ranks, then / N, are the global mean's.
+  if (out.samples > 0) (out.loss * n).backward();
+  std::vector<torch::Tensor> grads;
+  for (auto& p : task_.model().parameters()) {
+    if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);  // every rank sends every tensor
+    grads.push_back(p.grad());
+  }
+  group.allreduce_sum(grads, "the gradient all-reduce");
+  const auto s = group.sum({out.samples > 0 ? loss_value * n : 0.0, n, out.correct < 0 ? 0.0 : double(out.correct),
+                            out.correct < 0 ? 1.0 : 0.0, std::isfinite(out.log_z) ? out.log_z * n : 0.0,
+                            std::isfinite(out.log_z) || out.samples == 0 ? 0.0 : 1.0},
+                           "the step's loss all-reduce");
+  TORCH_CHECK(s[1] > 0, "quest::training: a global batch without samples");
+  torch::NoGradGuard no_grad;
+  for (auto& g : grads) g.div_(s[1]);
+  out.samples = static_cast<int64_t>(s[1]);
+  out.correct = s[3] > 0 ? -1 : static_cast<int64_t>(s[2]);
+  out.log_z = s[5] > 0 ? NAN : s[4] / s[1];
+  return s[0] / s[1];
 }
 
 void Engine::diverged(const std::string& what) const {
@@ -192,8 +287,8 @@ void Engine::diverged_in_step(const std::string& what, int64_t batch) {
     torch::NoGradGuard no_grad;
     task_.record_diagnostics(true);
     task_.forward_step(batch);
-    line["attention"] = diagnostics_json();
-    const auto layers = task_.attention_diagnostics();
+    const auto layers = task_.attention_diagnostics();  // this rank's: no collective on the way out
+    line["attention"] = diagnostics_json(layers);
     for (size_t l = 0; l < layers.size() && where.empty(); ++l) {
       if (!layers[l]) continue;
       const HeadDiagnostics& d = *layers[l];
@@ -216,8 +311,33 @@ void Engine::diverged_in_step(const std::string& what, int64_t batch) {
 
 void Engine::fit(bool resume, const std::function<void(const nlohmann::json&)>& on_step) {
   const runs::RunDir& dir = config_.run_dir;
-  dir.create();
-  if (resume && dir.has_checkpoint()) load_checkpoint(dir.checkpoint().string());
+  const bool parallel = data_parallel();
+  distributed::ProcessGroup* group = parallel ? config_.parallel.group.get() : nullptr;
+  try {
+    dir.create();
+    if (group) {  // rank 0 decides and shares its checkpoint: ranks need no shared file system
+      std::string bytes = "0";
+      if (group->rank() == 0 && resume && dir.has_checkpoint())
+        bytes = "1" + runs::read_archive_file(dir.checkpoint());
+      bytes = group->broadcast(bytes, "sharing rank 0's checkpoint");
+      if (bytes[0] == '1') load_checkpoint_bytes(bytes.substr(1), "rank 0's " + dir.checkpoint().string());
+      group->set_step(step_);
+      group->check_identical(task_.model().named_parameters().pairs());
+    } else if (resume && dir.has_checkpoint()) {
+      load_checkpoint(dir.checkpoint().string());
+    }
+    fit_epochs(on_step);
+  } catch (const distributed::DistributedError&) {
+    throw;  // a peer's failure: already names the rank and the step
+  } catch (const std::exception& e) {
+    if (group) group->report_failure(e.what());  // the others' error messages will quote it
+    throw;
+  }
+}
+
+void Engine::fit_epochs(const std::function<void(const nlohmann::json&)>& on_step) {
+  const runs::RunDir& dir = config_.run_dir;
+  distributed::ProcessGroup* group = data_parallel() ? config_.parallel.group.get() : nullptr;
   dir.trim_metrics(epoch_);
   LogitMonitor monitor(config_.logit_monitor);
   for (const auto& line : dir.read_metrics("warning"))  // alerted before the resume: once is enough
@@ -225,10 +345,13 @@ void Engine::fit(bool resume, const std::function<void(const nlohmann::json&)>& 
   const int64_t steps_per_epoch = task_.steps_per_epoch();
   while (epoch_ < config_.epochs) {
     const auto epoch_start = std::chrono::steady_clock::now();
+    const distributed::CommStats comm_before = group ? group->stats() : distributed::CommStats{};
     task_.model().train();
     task_.begin_epoch(epoch_, data_generator(config_.seed, epoch_));
     // Dropout and friends draw from the epoch's own generator: a resumed run repeats it exactly.
-    GeneratorScope randomness(model_generator(config_.seed, epoch_));
+    // Data-parallel ranks draw their own (rank 0's is the one-process stream): shards get
+    // independent masks.
+    GeneratorScope randomness(model_generator(config_.seed + (group ? 1000003ULL * group->rank() : 0), epoch_));
     double loss_sum = 0;
     int64_t samples = 0, correct = 0;
     bool has_accuracy = true;
@@ -238,33 +361,45 @@ void Engine::fit(bool resume, const std::function<void(const nlohmann::json&)>& 
       const bool record = config_.log_every > 0 && step_ % config_.log_every == 0;
       task_.record_diagnostics(record);
       optimizer_->zero_grad();
-      const StepOutput out = task_.forward_step(b);
-      const double loss_value = out.loss.item<double>();
-      if (!std::isfinite(loss_value)) diverged_in_step("non-finite loss " + std::to_string(loss_value), b);
-      out.loss.backward();
+      if (group) {
+        group->set_step(step_);
+        rank_fault_for_test(group->rank(), step_);
+      }
+      StepOutput out = task_.forward_step(b);
+      double loss_value = out.samples > 0 || !group ? out.loss.item<double>() : 0.0;
+      if (group) {
+        loss_value = all_reduce_step(out, loss_value);  // every rank sees the same global loss
+        if (!std::isfinite(loss_value)) diverged_in_step("non-finite loss " + std::to_string(loss_value), b);
+      } else {
+        if (!std::isfinite(loss_value)) diverged_in_step("non-finite loss " + std::to_string(loss_value), b);
+        out.loss.backward();
+      }
       // With clipping off, an infinite bound still returns the total norm and scales nothing.
       const double grad_norm = torch::nn::utils::clip_grad_norm_(
           task_.model().parameters(), config_.clip_grad_norm > 0 ? config_.clip_grad_norm : INFINITY);
       if (!std::isfinite(grad_norm)) diverged_in_step("non-finite gradient norm", b);
       optimizer_->step();
       task_.after_step(step_ + 1);
+      if (group && config_.parallel.check_sync_every > 0 && (step_ + 1) % config_.parallel.check_sync_every == 0)
+        group->check_identical(task_.model().named_parameters().pairs());
       loss_sum += loss_value * out.samples;
       samples += out.samples;
       if (out.correct < 0) has_accuracy = false;
       else correct += out.correct;
+      const auto layers = record ? diagnostics() : std::vector<std::optional<HeadDiagnostics>>{};
       if (record || on_step) {
         nlohmann::json line = {{"type", "step"}, {"epoch", epoch_}, {"step", step_},
                                {"total_steps", config_.epochs * steps_per_epoch},
                                {"loss", loss_value}, {"lr", lr}, {"grad_norm", grad_norm}};
         if (std::isfinite(out.log_z)) line["log_z"] = out.log_z;
         if (record) {
-          line["attention"] = diagnostics_json();
+          line["attention"] = diagnostics_json(layers);
           dir.append_metrics(line);
         }
         if (on_step) on_step(line);
       }
       if (record)
-        if (const auto alert = monitor.observe(step_, task_.attention_diagnostics())) {
+        if (const auto alert = monitor.observe(step_, layers)) {
           nlohmann::json warning = alert->to_json();
           warning["epoch"] = epoch_;
           warning["policy"] = to_string(config_.logit_monitor.policy);
@@ -272,7 +407,7 @@ void Engine::fit(bool resume, const std::function<void(const nlohmann::json&)>& 
           const std::string what = alert->message() + " (logit_monitor threshold " +
                                    std::to_string(static_cast<int64_t>(config_.logit_monitor.threshold)) + ")";
           if (config_.on_warning) config_.on_warning(what);
-          else std::fprintf(stderr, "warning: %s\n", what.c_str());
+          else if (!group || group->rank() == 0) std::fprintf(stderr, "warning: %s\n", what.c_str());
           if (config_.logit_monitor.policy == MonitorPolicy::stop)
             diverged("stopped by the logit monitor: layer " + std::to_string(alert->layer) + " head " +
                      std::to_string(alert->head) + " max |logit| " + std::to_string(alert->logit));
@@ -282,6 +417,7 @@ void Engine::fit(bool resume, const std::function<void(const nlohmann::json&)>& 
     // A finite loss and gradient can still leave non-finite weights (an overflowing update).
     for (const auto& p : task_.model().parameters())
       if (!torch::isfinite(p).all().item<bool>()) diverged("non-finite parameters after the epoch");
+    if (group) group->check_identical(task_.model().named_parameters().pairs());
     const double epoch_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_start).count();
     train_seconds_ += epoch_seconds;
@@ -291,7 +427,14 @@ void Engine::fit(bool resume, const std::function<void(const nlohmann::json&)>& 
                            {task_.sample_name() + "_per_second", samples / epoch_seconds},
                            {"train_seconds", train_seconds_}};
     if (has_accuracy) line["train_accuracy"] = samples ? static_cast<double>(correct) / samples : NAN;
-    if (const auto val = task_.validate()) {
+    if (group) {  // what a reader needs to extrapolate to more ranks
+      const distributed::CommStats& c = group->stats();
+      line["world_size"] = group->world_size();
+      line["allreduce_bytes_per_step"] = steps_per_epoch ? (c.bytes - comm_before.bytes) / steps_per_epoch : 0;
+      line["allreduce_seconds"] = c.seconds - comm_before.seconds;
+    }
+    if (auto val = task_.validate()) {
+      if (group) *val = combine_shards(*val, *group, "the validation all-reduce");
       line["val_loss"] = val->loss;
       line["val_accuracy"] = val->accuracy;
     }

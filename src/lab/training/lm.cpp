@@ -73,8 +73,14 @@ class LmTrainer::LmTask : public Task {
     starts = torch::randint(0, train->numel() - span + 1,
                             {config.steps_per_epoch, config.batch_size}, data_generator);
   }
+  bool set_shard(int r, int w) override {
+    rank = r, world = w;
+    return true;
+  }
   StepOutput forward_step(int64_t b) override {
-    const auto [inputs, targets] = windows(*train, starts[b]);
+    const auto [lo, hi] = shard_range(config.batch_size, rank, world);
+    if (hi == lo) return {torch::Tensor(), 0, 0};
+    const auto [inputs, targets] = windows(*train, starts[b].slice(0, lo, hi));
     const auto logits = gpt->forward(inputs);
     const auto loss = torch::nn::functional::cross_entropy(logits.flatten(0, 1), targets.flatten());
     return {loss, inputs.numel(), logits.argmax(-1).eq(targets).sum().item<int64_t>(),
@@ -83,7 +89,7 @@ class LmTrainer::LmTask : public Task {
   std::optional<EvalResult> validate() override {
     if (!valid || valid->numel() < 2) return EvalResult{};
     const LmEval e = evaluate(*valid, config.eval_bytes);
-    return EvalResult{e.nats_per_byte, e.accuracy};
+    return EvalResult{e.nats_per_byte, e.accuracy, e.bytes};
   }
   void record_diagnostics(bool on) override { gpt->set_record_diagnostics(on); }
   std::vector<std::optional<HeadDiagnostics>> attention_diagnostics() const override {
@@ -120,20 +126,24 @@ class LmTrainer::LmTask : public Task {
     };
     // Windows k = 0, 1, ... start at k * context and hold context + 1 bytes (k * context + span
     // <= n), in batches; then the tail [done, n) as one shorter window.
+    // A data-parallel rank scores its shard of the windows (the tail goes with the last shard).
     const int64_t full = n >= span ? (n - span) / (span - 1) + 1 : 0;
-    for (int64_t w = 0; w < full; w += 64) {
-      const int64_t count = std::min<int64_t>(64, full - w);
+    const auto [first, last] = shard_range(full, rank, world);
+    for (int64_t w = first; w < last; w += 64) {
+      const int64_t count = std::min<int64_t>(64, last - w);
       const auto from = (torch::arange(w, w + count, torch::kLong) * (span - 1));
       const auto [inputs, targets] = windows(stream, from);
       score(inputs, targets);
     }
-    const int64_t done = e.bytes;  // bytes [0, done] are used (+1 for the first input byte)
-    if (n - 1 - done >= 1) {
+    const int64_t done = full * (span - 1);  // bytes [0, done] are used (+1 for the first input byte)
+    if (n - 1 - done >= 1 && rank == world - 1) {
       const auto tail = stream.narrow(0, done, n - done).to(torch::kLong).unsqueeze(0);
       score(tail.narrow(1, 0, tail.size(1) - 1), tail.narrow(1, 1, tail.size(1) - 1));
     }
     gpt->train(was_training);
-    TORCH_CHECK(e.bytes > 0, "quest::training: nothing to evaluate (", n, " bytes)");
+    TORCH_CHECK(e.bytes > 0 || world > 1, "quest::training: nothing to evaluate (", n, " bytes)");
+    e.nats = nats;
+    e.correct = correct;
     e.nats_per_byte = nats / e.bytes;
     e.bits_per_byte = e.nats_per_byte / std::log(2.0);
     e.accuracy = static_cast<double>(correct) / e.bytes;
@@ -145,12 +155,18 @@ class LmTrainer::LmTask : public Task {
   const torch::Tensor* train = nullptr;
   const torch::Tensor* valid = nullptr;
   torch::Tensor starts;
+  int rank = 0, world = 1;
 };
 
-LmTrainer::LmTrainer(LmConfig config) : config_(std::move(config)) {
+LmTrainer::LmTrainer(LmConfig config, DataParallel parallel)
+    : config_(std::move(config)), parallel_(std::move(parallel)) {
   TORCH_CHECK(config_.epochs >= 1 && config_.steps_per_epoch >= 1 && config_.batch_size >= 1 &&
                   config_.lr > 0,
               "quest::training: need epochs, steps_per_epoch, batch_size >= 1 and lr > 0");
+  if (parallel_.active())
+    TORCH_CHECK(config_.batch_size >= parallel_.group->world_size(), "quest::training: batch_size ",
+                config_.batch_size, " is the global batch: it must be at least the ", parallel_.group->world_size(),
+                " ranks");
   task_ = std::make_unique<LmTask>(config_);
   EngineConfig e;
   e.epochs = config_.epochs;
@@ -164,6 +180,7 @@ LmTrainer::LmTrainer(LmConfig config) : config_(std::move(config)) {
   e.log_every = config_.log_every;
   e.logit_monitor = config_.logit_monitor;
   e.run_dir = runs::RunDir(config_.run_dir);
+  e.parallel = parallel_;
   engine_ = std::make_unique<Engine>(e, *task_);
 }
 
@@ -171,14 +188,22 @@ LmTrainer::~LmTrainer() = default;
 
 void LmTrainer::fit(const data::ByteSplits& data, bool resume,
                     const std::function<void(const nlohmann::json&)>& on_step) {
-  if (!config_.run_dir.empty()) runs::RunDir(config_.run_dir).write_config(to_json(config_));
+  if (!config_.run_dir.empty() && parallel_.writes()) runs::RunDir(config_.run_dir).write_config(to_json(config_));
   task_->train = &data.train;
   task_->valid = &data.valid;
   engine_->fit(resume, on_step);
 }
 
 LmEval LmTrainer::evaluate(const torch::Tensor& stream, int64_t max_bytes) {
-  return task_->evaluate(stream, max_bytes);
+  LmEval e = task_->evaluate(stream, max_bytes);
+  if (!parallel_.active()) return e;
+  const auto s = parallel_.group->sum({e.nats, double(e.correct), double(e.bytes)}, "the evaluation all-reduce");
+  e.nats = s[0], e.correct = static_cast<int64_t>(s[1]), e.bytes = static_cast<int64_t>(s[2]);
+  TORCH_CHECK(e.bytes > 0, "quest::training: nothing to evaluate");
+  e.nats_per_byte = e.nats / e.bytes;
+  e.bits_per_byte = e.nats_per_byte / std::log(2.0);
+  e.accuracy = static_cast<double>(e.correct) / e.bytes;
+  return e;
 }
 void LmTrainer::save_checkpoint(const std::string& path) { engine_->save_checkpoint(path); }
 void LmTrainer::load_checkpoint(const std::string& path) { engine_->load_checkpoint(path); }

@@ -68,24 +68,40 @@ std::pair<Dataset, Dataset> split_validation(const Dataset& all, double fraction
           {all.images.index_select(0, val_idx), all.labels.index_select(0, val_idx)}};
 }
 
-torch::Tensor augment(const torch::Tensor& images, int64_t pad, bool flip, torch::Generator& gen) {
+AugmentDraw AugmentDraw::slice(int64_t begin, int64_t end) const {
+  auto cut = [&](const torch::Tensor& t) { return t.defined() ? t.slice(0, begin, end) : t; };
+  return {cut(dy), cut(dx), cut(flip)};
+}
+
+AugmentDraw draw_augmentation(int64_t n, int64_t pad, bool flip, torch::Generator& gen) {
+  AugmentDraw d;
+  if (pad > 0) {
+    d.dy = torch::randint(0, 2 * pad + 1, {n}, gen, torch::kLong);
+    d.dx = torch::randint(0, 2 * pad + 1, {n}, gen, torch::kLong);
+  }
+  if (flip) d.flip = torch::rand({n}, gen) < 0.5;
+  return d;
+}
+
+torch::Tensor apply_augmentation(const torch::Tensor& images, const AugmentDraw& d, int64_t pad) {
   const int64_t n = images.size(0), h = images.size(2), w = images.size(3);
   torch::Tensor out = images;
   if (pad > 0) {
+    TORCH_CHECK(d.dy.defined() && d.dy.size(0) == n, "quest::training: crop offsets for ", n, " images needed");
     const auto padded = torch::constant_pad_nd(images, {pad, pad, pad, pad}, 0.0);
-    const auto dy = torch::randint(0, 2 * pad + 1, {n}, gen, torch::kLong);
-    const auto dx = torch::randint(0, 2 * pad + 1, {n}, gen, torch::kLong);
     out = torch::empty_like(images);
+    const auto dy = d.dy.contiguous(), dx = d.dx.contiguous();
     const auto* oy = dy.data_ptr<int64_t>();
     const auto* ox = dx.data_ptr<int64_t>();
     for (int64_t i = 0; i < n; ++i)
       out[i] = padded[i].narrow(1, oy[i], h).narrow(2, ox[i], w);
   }
-  if (flip) {
-    const auto mask = torch::rand({n}, gen) < 0.5;
-    out = torch::where(mask.view({n, 1, 1, 1}), out.flip({3}), out);
-  }
+  if (d.flip.defined()) out = torch::where(d.flip.view({n, 1, 1, 1}), out.flip({3}), out);
   return out;
+}
+
+torch::Tensor augment(const torch::Tensor& images, int64_t pad, bool flip, torch::Generator& gen) {
+  return apply_augmentation(images, draw_augmentation(images.size(0), pad, flip, gen), pad);
 }
 
 nlohmann::json to_json(const TrainConfig& c) {
@@ -151,18 +167,28 @@ class Trainer::VitTask : public Task {
     gen = data_generator;
     order = torch::randperm(train->size(), gen);
   }
+  bool set_shard(int r, int w) override {
+    rank = r, world = w;
+    return true;
+  }
   StepOutput forward_step(int64_t b) override {
-    const auto idx = order.slice(0, b * config.batch_size, std::min(train->size(), (b + 1) * config.batch_size));
+    const auto global = order.slice(0, b * config.batch_size, std::min(train->size(), (b + 1) * config.batch_size));
+    const auto [lo, hi] = shard_range(global.size(0), rank, world);
+    // The whole batch's draws: the generator advances as in one process, whatever the shard.
+    const AugmentDraw draw = config.augment ? draw_augmentation(global.size(0), config.crop_padding, config.flip, gen)
+                                            : AugmentDraw{};
+    if (hi == lo) return {torch::Tensor(), 0, 0};
+    const auto idx = global.slice(0, lo, hi);
     auto images = train->images.index_select(0, idx);
     const auto labels = train->labels.index_select(0, idx);
-    if (config.augment) images = augment(images, config.crop_padding, config.flip, gen);
+    if (config.augment) images = apply_augmentation(images, draw.slice(lo, hi), config.crop_padding);
     const auto logits = vit->forward(images);
     const auto ce = torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(config.label_smoothing);
     return {torch::nn::functional::cross_entropy(logits, labels, ce), idx.size(0),
             logits.argmax(1).eq(labels).sum().item<int64_t>(), logits.detach().logsumexp(1).mean().item<double>()};
   }
   std::optional<EvalResult> validate() override {
-    return validation && validation->size() > 0 ? evaluate(*validation, 512) : EvalResult{};
+    return validation && validation->size() > 0 ? evaluate_shard(*validation, 512) : EvalResult{};
   }
   void record_diagnostics(bool on) override { vit->set_record_diagnostics(on); }
   std::vector<std::optional<HeadDiagnostics>> attention_diagnostics() const override {
@@ -180,13 +206,16 @@ class Trainer::VitTask : public Task {
       normalization = Normalization{mean.item<double>(), std.item<double>()};
   }
 
-  EvalResult evaluate(const Dataset& data, int64_t batch_size) {
+  // This rank's shard of `data` (all of it in one process).
+  EvalResult evaluate_shard(const Dataset& data, int64_t batch_size) {
     torch::NoGradGuard no_grad;
     vit->eval();
     double loss = 0;
     int64_t correct = 0;
-    for (int64_t i = 0; i < data.size(); i += batch_size) {
-      const int64_t n = std::min(batch_size, data.size() - i);
+    const auto [lo, hi] = shard_range(data.size(), rank, world);
+    if (hi == lo) return {NAN, NAN, 0};
+    for (int64_t i = lo; i < hi; i += batch_size) {
+      const int64_t n = std::min(batch_size, hi - i);
       const auto logits = vit->forward(data.images.narrow(0, i, n));
       const auto labels = data.labels.narrow(0, i, n);
       loss += torch::nn::functional::cross_entropy(
@@ -194,7 +223,7 @@ class Trainer::VitTask : public Task {
                   .item<double>();
       correct += logits.argmax(1).eq(labels).sum().item<int64_t>();
     }
-    return {loss / data.size(), static_cast<double>(correct) / data.size()};
+    return {loss / (hi - lo), static_cast<double>(correct) / (hi - lo), hi - lo};
   }
 
   TrainConfig config;
@@ -203,10 +232,11 @@ class Trainer::VitTask : public Task {
   const Dataset* validation = nullptr;
   at::Generator gen;
   torch::Tensor order;
+  int rank = 0, world = 1;
   std::optional<Normalization> normalization;
 };
 
-static EngineConfig engine_config(const TrainConfig& c) {
+static EngineConfig engine_config(const TrainConfig& c, const DataParallel& parallel) {
   EngineConfig e;
   e.epochs = c.epochs;
   e.lr = c.lr;
@@ -219,14 +249,20 @@ static EngineConfig engine_config(const TrainConfig& c) {
   e.log_every = c.log_every;
   e.logit_monitor = c.logit_monitor;
   e.run_dir = runs::RunDir(c.run_dir);
+  e.parallel = parallel;
   return e;
 }
 
-Trainer::Trainer(TrainConfig config) : config_(std::move(config)) {
+Trainer::Trainer(TrainConfig config, DataParallel parallel)
+    : config_(std::move(config)), parallel_(std::move(parallel)) {
   TORCH_CHECK(config_.epochs >= 1 && config_.batch_size >= 1 && config_.lr > 0,
               "quest::training: need epochs >= 1, batch_size >= 1 and lr > 0");
+  if (parallel_.active())
+    TORCH_CHECK(config_.batch_size >= parallel_.group->world_size(), "quest::training: batch_size ",
+                config_.batch_size, " is the global batch: it must be at least the ", parallel_.group->world_size(),
+                " ranks");
   task_ = std::make_unique<VitTask>(config_);
-  engine_ = std::make_unique<Engine>(engine_config(config_), *task_);
+  engine_ = std::make_unique<Engine>(engine_config(config_, parallel_), *task_);
 }
 
 Trainer::~Trainer() = default;
@@ -234,13 +270,16 @@ Trainer::~Trainer() = default;
 void Trainer::fit(const Dataset& train, const Dataset& validation, bool resume,
                   const std::function<void(const nlohmann::json&)>& on_step) {
   TORCH_CHECK(train.size() > 0, "quest::training: the training set is empty");
-  if (!config_.run_dir.empty()) run_dir().write_config(to_json(config_));
+  if (!config_.run_dir.empty() && parallel_.writes()) run_dir().write_config(to_json(config_));
   task_->train = &train;
   task_->validation = &validation;
   engine_->fit(resume, on_step);
 }
 
-EvalResult Trainer::evaluate(const Dataset& data, int64_t batch_size) { return task_->evaluate(data, batch_size); }
+EvalResult Trainer::evaluate(const Dataset& data, int64_t batch_size) {
+  const EvalResult mine = task_->evaluate_shard(data, batch_size);
+  return parallel_.active() ? combine_shards(mine, *parallel_.group, "the evaluation all-reduce") : mine;
+}
 void Trainer::save_checkpoint(const std::string& path) { engine_->save_checkpoint(path); }
 void Trainer::load_checkpoint(const std::string& path) { engine_->load_checkpoint(path); }
 std::string Trainer::checkpoint_path() const { return run_dir().checkpoint().string(); }

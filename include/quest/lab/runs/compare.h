@@ -64,8 +64,10 @@ struct TrainCallbacks {
   std::function<void(const nlohmann::json&)> on_step;         // every step's line
   bool evaluate_test = true;  // false: no test evaluation, no result.json (a sweep scores validation)
 };
+// `parallel`: this process is one rank of a data-parallel run; every rank calls train_run, rank 0
+// alone writes the run directory.
 TrainReport train_run(const training::TrainConfig& config, const DataSource& data, bool resume,
-                      const TrainCallbacks& callbacks = {});
+                      const TrainCallbacks& callbacks = {}, const training::DataParallel& parallel = {});
 
 // What an executor reports while it trains.
 struct ExecutorEvents {

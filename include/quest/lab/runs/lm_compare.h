@@ -28,7 +28,9 @@ struct LmTrainCallbacks {
 };
 // One LM run in this process, start to end: corpus, LmTrainer, resume, divergence. Writes the run's
 // config.json, metrics, checkpoints, outcome.json, and result.json (test bits per byte) when ok.
-LmTrainReport train_lm_run(const training::LmConfig& config, bool resume, const LmTrainCallbacks& callbacks = {});
+// `parallel`: one rank of a data-parallel run (as train_run).
+LmTrainReport train_lm_run(const training::LmConfig& config, bool resume, const LmTrainCallbacks& callbacks = {},
+                           const training::DataParallel& parallel = {});
 
 // `base` with each run's attention, seed and run_dir; a child process trains it as `quest lm train`.
 std::vector<RunSpec> plan_lm_compare(const training::LmConfig& base, const std::vector<std::string>& kinds,

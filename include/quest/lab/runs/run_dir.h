@@ -81,5 +81,10 @@ void write_file_atomic(const std::filesystem::path& path, const std::string& tex
 // std::runtime_error naming the file.
 void save_archive(const std::filesystem::path& path, torch::serialize::OutputArchive& archive);
 void load_archive(const std::filesystem::path& path, torch::serialize::InputArchive& archive);
+// The same check and load on a file's bytes already read (read_archive_file), e.g. a checkpoint
+// rank 0 of a data-parallel run shared; `path` names it in errors.
+std::string read_archive_file(const std::filesystem::path& path);
+void load_archive_bytes(const std::string& file, const std::filesystem::path& path,
+                        torch::serialize::InputArchive& archive);
 
 }  // namespace quest::runs

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "quest/core/diagnostics.h"
+#include "quest/lab/distributed/process_group.h"
 #include "quest/lab/runs/run_dir.h"
 #include "quest/lab/training/monitor.h"
 
@@ -32,13 +33,22 @@ struct DivergenceError : std::runtime_error {
 
 struct EvalResult {
   double loss = 0, accuracy = 0;
+  int64_t samples = 0;  // what loss and accuracy average over (0: not reported)
 };
+
+// Shard `rank` of `world` of n items: [n·rank/world, n·(rank+1)/world), contiguous, disjoint, and
+// together every item once. Data parallelism splits each global batch (and evaluation set) so.
+std::pair<int64_t, int64_t> shard_range(int64_t n, int rank, int world);
+// The ranks' shard results as one: loss and accuracy weighted by samples (all-reduced).
+EvalResult combine_shards(const EvalResult& mine, distributed::ProcessGroup& group, const std::string& what);
 
 // One training step's forward pass.
 struct StepOutput {
   torch::Tensor loss;   // scalar, differentiable
   int64_t samples = 0;  // in this batch
   int64_t correct = -1; // correct predictions, -1 where the task has no accuracy
+  // An empty shard (a data-parallel rank with no sample of a short last batch): loss undefined,
+  // samples 0; the rank then contributes nothing but its place in the all-reduce.
   // Mean log-partition log Σ exp(logit) of the output logits, where the task has a classifier:
   // their drift is Wortsman et al.'s second instability (z-loss is its fix). NaN: not reported.
   double log_z = NAN;
@@ -62,12 +72,29 @@ class Task {
   virtual std::vector<std::optional<HeadDiagnostics>> attention_diagnostics() const { return {}; }
   // What one sample is called in throughput keys ("images" -> images_per_second).
   virtual std::string sample_name() const { return "samples"; }
+  // Data parallelism: from now on forward_step(b) trains only shard `rank` of `world` of global
+  // batch b (shard_range), drawing every random number of the whole batch so that the ranks'
+  // shards together are exactly the one-process batch; validate() scores only its shard of the
+  // evaluation set and reports EvalResult::samples. false: this task cannot (the default).
+  virtual bool set_shard(int rank, int world) { return world == 1; }
   // Extra state saved in and restored from the checkpoint (e.g. data normalisation statistics).
   virtual void save_extra(torch::serialize::OutputArchive&) const {}
   virtual void load_extra(torch::serialize::InputArchive&) {}
 };
 
 enum class Schedule { warmup_cosine, constant };
+
+// Data-parallel training (no group, or a world of 1: one process). Every rank trains its shard of
+// each global batch; gradients are summed over the ranks (bucketed all-reduce) and divided by the
+// global batch, so each optimiser step applies the one-process gradient; losses, accuracy,
+// validation and attention diagnostics are all-reduced; rank 0 alone writes the run directory.
+// The parameters' checksums are compared at the start and after every epoch.
+struct DataParallel {
+  std::shared_ptr<distributed::ProcessGroup> group;
+  int64_t check_sync_every = 0;  // > 0 (debugging): also every that many steps
+  bool active() const { return group && group->world_size() > 1; }
+  bool writes() const { return !group || group->rank() == 0; }  // the run directory, reports
+};
 
 struct EngineConfig {
   int64_t epochs = 1;
@@ -82,6 +109,7 @@ struct EngineConfig {
   // to on_warning (default: stderr), and with policy stop ends the run as diverged.
   LogitMonitorOptions logit_monitor;
   std::function<void(const std::string&)> on_warning;
+  DataParallel parallel;
 };
 
 // Parameters that get weight decay: matrices and convolution kernels (dim >= 2) except
@@ -119,6 +147,8 @@ class Engine {
   // A corrupt, truncated or foreign checkpoint throws std::runtime_error naming the file, and
   // leaves the model and optimiser as they were.
   void load_checkpoint(const std::string& path);
+  // The same from a checkpoint file's bytes (`name` names it in errors).
+  void load_checkpoint_bytes(const std::string& bytes, const std::string& name);
 
   double learning_rate(int64_t step) const;
   int64_t epoch() const { return epoch_; }
@@ -130,8 +160,15 @@ class Engine {
 
  private:
   std::unique_ptr<torch::optim::AdamW> make_optimizer() const;
+  void fit_epochs(const std::function<void(const nlohmann::json&)>& on_step);
   void set_learning_rate(double lr);
-  nlohmann::json diagnostics_json() const;
+  // The task's attention diagnostics; data-parallel: over every rank's shard (max of maxima, mean of means).
+  std::vector<std::optional<HeadDiagnostics>> diagnostics() const;
+  static nlohmann::json diagnostics_json(const std::vector<std::optional<HeadDiagnostics>>& layers);
+  bool data_parallel() const { return config_.parallel.active(); }
+  // Data-parallel: the one-process gradient from the shards' (scaled by `samples`), and the global
+  // step's loss, samples, correct and log Z in `out` (returns the global loss).
+  double all_reduce_step(StepOutput& out, double loss_value);
   [[noreturn]] void diverged(const std::string& what) const;
   // Re-runs batch `batch`'s forward with attention diagnostics on, appends them to the metrics as
   // a {"type": "diverged"} line, names the first layer and head that went non-finite, and throws.

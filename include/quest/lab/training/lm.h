@@ -34,6 +34,8 @@ LmConfig lm_config_from_json(const nlohmann::json& j);
 struct LmEval {
   double nats_per_byte = 0, bits_per_byte = 0, accuracy = 0;  // accuracy: next byte
   int64_t bytes = 0;                                          // predicted
+  double nats = 0;                                            // summed (what the ranks add up)
+  int64_t correct = 0;
 };
 
 // The corpus of a config as byte splits (read_text_corpus + byte_splits).
@@ -45,7 +47,9 @@ std::unique_ptr<LmTrainer> load_lm_run(const std::string& checkpoint);
 
 class LmTrainer {
  public:
-  explicit LmTrainer(LmConfig config);
+  // `parallel`: train data-parallel as one rank of its process group (engine.h); evaluate() then
+  // scores this rank's shard of the windows and all-reduces (every rank must call it).
+  explicit LmTrainer(LmConfig config, DataParallel parallel = {});
   ~LmTrainer();
 
   // Trains on random windows of data.train (each epoch steps_per_epoch batches drawn from the
@@ -67,6 +71,7 @@ class LmTrainer {
  private:
   class LmTask;
   LmConfig config_;
+  DataParallel parallel_;
   std::unique_ptr<LmTask> task_;
   std::unique_ptr<Engine> engine_;
 };

@@ -34,6 +34,14 @@ Dataset to_dataset(const torch::Tensor& images_u8, const torch::Tensor& labels, 
 std::pair<Dataset, Dataset> split_validation(const Dataset& all, double fraction, uint64_t seed);
 // Random crop after zero padding by `pad` pixels, and horizontal flip with probability 1/2.
 torch::Tensor augment(const torch::Tensor& images, int64_t pad, bool flip, torch::Generator& gen);
+// The same in two halves, so that a data-parallel rank draws for the whole global batch (the
+// generator advancing as in one process) and applies its shard's part: crop offsets and flips.
+struct AugmentDraw {
+  torch::Tensor dy, dx, flip;  // (n) each; undefined where off
+  AugmentDraw slice(int64_t begin, int64_t end) const;
+};
+AugmentDraw draw_augmentation(int64_t n, int64_t pad, bool flip, torch::Generator& gen);
+torch::Tensor apply_augmentation(const torch::Tensor& images, const AugmentDraw& draw, int64_t pad);
 
 // An MNIST-format directory (Fashion-MNIST by default) as train / validation / test sets,
 // normalised by the training images' mean and standard deviation (returned, for re-use on raw
@@ -76,13 +84,15 @@ std::unique_ptr<Trainer> load_run(const std::string& checkpoint);
 // directory (config.run_dir).
 class Trainer {
  public:
-  explicit Trainer(TrainConfig config);
+  // `parallel`: train data-parallel as one rank of its process group (engine.h).
+  explicit Trainer(TrainConfig config, DataParallel parallel = {});
   ~Trainer();
 
   // Trains up to config.epochs, resuming from the run's checkpoint when `resume` and it exists.
   // Writes config.json, then the checkpoint atomically after each epoch. `on_step` sees progress.
   void fit(const Dataset& train, const Dataset& validation, bool resume,
            const std::function<void(const nlohmann::json&)>& on_step = {});
+  // Data-parallel: every rank must call it; each scores its shard, the result is all-reduced.
   EvalResult evaluate(const Dataset& data, int64_t batch_size = 512);
 
   void save_checkpoint(const std::string& path);
@@ -107,6 +117,7 @@ class Trainer {
  private:
   class VitTask;
   TrainConfig config_;
+  DataParallel parallel_;
   std::unique_ptr<VitTask> task_;
   std::unique_ptr<Engine> engine_;
 };

@@ -1,0 +1,96 @@
+// Data-parallel training's communication: a c10d process group (LibTorch's TCPStore rendezvous and
+// Gloo collectives over TCP, the engine behind PyTorch's DistributedDataParallel on CPU) with what
+// the training engine needs from it: bucketed gradient all-reduce, small sums and maxima, the
+// checkpoint shared from rank 0, a parameter checksum, and failures that name the rank and step.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace quest::distributed {
+
+// Where a rank finds the others: torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+// MASTER_PORT). Rank 0 hosts the TCPStore on master_addr:master_port.
+struct Rendezvous {
+  int rank = 0, world_size = 1, local_rank = 0;
+  std::string master_addr = "127.0.0.1";
+  int master_port = 29500;
+  // Bounds every wait: joining the rendezvous, and each collective (a dead or hung peer is reported
+  // within it rather than waited for forever).
+  std::chrono::milliseconds timeout{std::chrono::seconds(300)};
+};
+
+// The rendezvous the environment describes, or nullopt when WORLD_SIZE is unset (one process).
+// QUEST_DIST_TIMEOUT (seconds) overrides the timeout. Malformed values raise std::invalid_argument
+// naming the variable.
+std::optional<Rendezvous> rendezvous_from_env();
+
+// A collective failed: a peer died, hung past the timeout, or reported an error. The message names
+// this rank, the step, the collective, and what the roll call learnt about the others.
+struct DistributedError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Bytes and seconds spent in gradient all-reduce (seconds include waiting for the slowest rank).
+struct CommStats {
+  int64_t calls = 0, bytes = 0;
+  double seconds = 0;
+};
+
+class ProcessGroup {
+ public:
+  // Joins the rendezvous (rank 0 listens, the others connect) and checks that every rank agrees on
+  // the world size. A port in use, an unreachable master, a rank that never arrives within the
+  // timeout or a world-size mismatch raise DistributedError saying which.
+  explicit ProcessGroup(const Rendezvous& rendezvous);
+  ~ProcessGroup();
+  ProcessGroup(const ProcessGroup&) = delete;
+  ProcessGroup& operator=(const ProcessGroup&) = delete;
+
+  int rank() const { return rendezvous_.rank; }
+  int world_size() const { return rendezvous_.world_size; }
+  const Rendezvous& rendezvous() const { return rendezvous_; }
+
+  // Named in failure messages: the step being trained (-1: not training).
+  void set_step(int64_t step) { step_ = step; }
+
+  // Sums float tensors over the ranks, in place: packed into flat buckets of at most bucket_bytes,
+  // every bucket in flight at once, then unpacked. Counted in stats().
+  void allreduce_sum(const std::vector<torch::Tensor>& tensors, const std::string& what,
+                     int64_t bucket_bytes = 25 << 20);
+  // Element-wise sum / maximum of small vectors (metrics, diagnostics), in double.
+  std::vector<double> sum(std::vector<double> values, const std::string& what);
+  std::vector<double> max(std::vector<double> values, const std::string& what);
+  // Rank 0's `bytes` on every rank (a Gloo broadcast: the checkpoint a resumed run starts from).
+  std::string broadcast(const std::string& bytes, const std::string& what);
+  void barrier(const std::string& what);
+
+  // Throws DistributedError naming the first tensor whose sum or sum of squares differs between
+  // ranks: the ranks' parameters must stay bitwise identical.
+  void check_identical(const std::vector<std::pair<std::string, torch::Tensor>>& tensors);
+
+  // Leaves this rank's error in the store, where the others' failure messages find it.
+  void report_failure(const std::string& what) noexcept;
+
+  const CommStats& stats() const { return stats_; }
+
+ private:
+  [[noreturn]] void fail(const std::string& what, const std::string& cause);
+  std::string roll_call();
+  std::vector<double> reduce(std::vector<double> values, bool maximum, const std::string& what);
+
+  struct Impl;  // the c10d objects: their headers (and Gloo's) stay out of this one
+  Rendezvous rendezvous_;
+  std::unique_ptr<Impl> impl_;
+  int64_t step_ = -1;
+  CommStats stats_;
+};
+
+}  // namespace quest::distributed

@@ -1,0 +1,275 @@
+#include "quest/lab/distributed/process_group.h"
+
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+
+namespace quest::distributed {
+
+namespace {
+
+std::string message_of(const std::exception& e) {
+  const c10::Error* c10 = dynamic_cast<const c10::Error*>(&e);
+  return c10 ? c10->what_without_backtrace() : e.what();
+}
+
+int64_t env_int(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return fallback;
+  char* end = nullptr;
+  errno = 0;
+  const long long x = std::strtoll(v, &end, 10);
+  if (errno || *end || x < lo || x > hi)
+    throw std::invalid_argument(std::string("environment variable ") + name + "='" + v +
+                                "' is not an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  return x;
+}
+
+std::string key_failed(int rank) { return "quest/failed/" + std::to_string(rank); }
+std::string key_alive(int rank) { return "quest/roll-call/" + std::to_string(rank); }
+
+}  // namespace
+
+std::optional<Rendezvous> rendezvous_from_env() {
+  if (!std::getenv("WORLD_SIZE") || !*std::getenv("WORLD_SIZE")) return std::nullopt;
+  Rendezvous r;
+  r.world_size = static_cast<int>(env_int("WORLD_SIZE", 1, 1, 1 << 20));
+  r.rank = static_cast<int>(env_int("RANK", -1, 0, r.world_size - 1));
+  if (r.rank < 0) throw std::invalid_argument("environment variable WORLD_SIZE is set but RANK is not");
+  r.local_rank = static_cast<int>(env_int("LOCAL_RANK", r.rank, 0, 1 << 20));
+  if (const char* a = std::getenv("MASTER_ADDR"); a && *a) r.master_addr = a;
+  r.master_port = static_cast<int>(env_int("MASTER_PORT", r.master_port, 1, 65535));
+  r.timeout = std::chrono::seconds(env_int("QUEST_DIST_TIMEOUT", r.timeout.count() / 1000, 1, 86400));
+  return r;
+}
+
+struct ProcessGroup::Impl {
+  c10::intrusive_ptr<c10d::TCPStore> store;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo;
+};
+
+ProcessGroup::ProcessGroup(const Rendezvous& r) : rendezvous_(r), impl_(std::make_unique<Impl>()) {
+  if (r.world_size < 1 || r.rank < 0 || r.rank >= r.world_size)
+    throw DistributedError("data-parallel: rank " + std::to_string(r.rank) + " is outside a world of " +
+                           std::to_string(r.world_size));
+  const std::string where = r.master_addr + ":" + std::to_string(r.master_port);
+  const std::string me = "data-parallel rank " + std::to_string(r.rank) + " of " + std::to_string(r.world_size);
+  c10d::TCPStoreOptions options;
+  options.port = static_cast<std::uint16_t>(r.master_port);
+  options.isServer = r.rank == 0;
+  options.numWorkers = r.world_size;
+  options.waitWorkers = true;  // rank 0 returns once every rank has connected
+  options.timeout = r.timeout;
+  try {
+    impl_->store = c10::make_intrusive<c10d::TCPStore>(r.master_addr, options);
+  } catch (const std::exception& e) {
+    const std::string why = message_of(e);
+    if (r.rank == 0)
+      throw DistributedError(me + ": cannot host the rendezvous on " + where +
+                             (why.find("in use") != std::string::npos
+                                  ? " (the port is in use: another run? pick another --master-port)"
+                                  : " (waited " + std::to_string(r.timeout.count() / 1000) + " s for " +
+                                        std::to_string(r.world_size - 1) + " other rank(s) to connect)") +
+                             ": " + why);
+    throw DistributedError(me + ": cannot reach the rendezvous on " + where + " within " +
+                           std::to_string(r.timeout.count() / 1000) + " s (is rank 0 running there?): " + why);
+  }
+  // Every rank must share rank 0's idea of the world; a mismatch would otherwise hang in Gloo.
+  try {
+    const std::string theirs = std::to_string(r.world_size);
+    const std::string key = "quest/world_size/" + std::to_string(r.rank);
+    impl_->store->set(key, std::vector<uint8_t>(theirs.begin(), theirs.end()));
+    if (r.rank != 0) {
+      impl_->store->wait({"quest/world_size/0"});
+      const auto v = impl_->store->get("quest/world_size/0");
+      const std::string zeros(v.begin(), v.end());
+      if (zeros != theirs) {
+        const std::string what = "WORLD_SIZE is " + theirs + " here but " + zeros + " on rank 0";
+        report_failure(what);
+        throw DistributedError(me + ": " + what);
+      }
+    }
+  } catch (const DistributedError&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw DistributedError(me + ": the rendezvous on " + where + " failed: " + message_of(e));
+  }
+  try {
+    auto gloo_options = c10d::ProcessGroupGloo::Options::create(r.timeout);
+    // The address the others connect to: loopback for a one-machine run, else this host's name.
+    gloo_options->devices.push_back(r.master_addr == "127.0.0.1" || r.master_addr == "localhost"
+                                        ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
+                                        : c10d::ProcessGroupGloo::createDefaultDevice());
+    gloo_options->threads = 1;
+    impl_->gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, r.rank, r.world_size, gloo_options);
+  } catch (const std::exception& e) {
+    fail("joining the Gloo process group", message_of(e));
+  }
+}
+
+ProcessGroup::~ProcessGroup() = default;
+
+std::string ProcessGroup::roll_call() {
+  // Who is still there: every surviving rank answers within a couple of seconds of its own failure.
+  const int world = world_size();
+  std::string lost, failed;
+  try {
+    impl_->store->setTimeout(std::chrono::seconds(3));
+    impl_->store->set(key_alive(rank()), std::vector<uint8_t>{1});
+    std::vector<bool> present(world, false);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    for (;;) {
+      bool all = true;
+      for (int k = 0; k < world; ++k)
+        if (!present[k]) all &= (present[k] = impl_->store->check({key_alive(k)}) || impl_->store->check({key_failed(k)}));
+      if (all || std::chrono::steady_clock::now() > deadline) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    for (int k = 0; k < world; ++k) {
+      if (k == rank()) continue;
+      if (impl_->store->check({key_failed(k)})) {
+        const auto v = impl_->store->get(key_failed(k));
+        failed += "; rank " + std::to_string(k) + " reported: " + std::string(v.begin(), v.end());
+      } else if (!present[k]) {
+        lost += (lost.empty() ? "" : ", ") + std::to_string(k);
+      }
+    }
+  } catch (const std::exception&) {
+    return rank() == 0 ? "" : "; the rendezvous store on rank 0 is gone: rank 0 has died or exited";
+  }
+  if (!lost.empty()) failed += "; rank(s) " + lost + " did not answer the roll call: died or hung";
+  return failed;
+}
+
+void ProcessGroup::fail(const std::string& what, const std::string& cause) {
+  const std::string step = step_ >= 0 ? " at step " + std::to_string(step_) : "";
+  const std::string others = world_size() > 1 ? roll_call() : "";
+  throw DistributedError("data-parallel rank " + std::to_string(rank()) + step + ": " + what + " failed (" +
+                         cause + ")" + others);
+}
+
+void ProcessGroup::report_failure(const std::string& what) noexcept {
+  try {
+    impl_->store->setTimeout(std::chrono::seconds(3));
+    const std::string text = (step_ >= 0 ? "at step " + std::to_string(step_) + ": " : "") + what;
+    impl_->store->set(key_failed(rank()), std::vector<uint8_t>(text.begin(), text.end()));
+  } catch (...) {  // the store may be gone with rank 0: nothing more to tell
+  }
+}
+
+void ProcessGroup::allreduce_sum(const std::vector<torch::Tensor>& tensors, const std::string& what,
+                                 int64_t bucket_bytes) {
+  if (world_size() == 1 || tensors.empty()) return;
+  const auto start = std::chrono::steady_clock::now();
+  torch::NoGradGuard no_grad;
+  // Buckets of consecutive tensors; each is one flat buffer (one message per bucket, not per tensor).
+  std::vector<std::pair<size_t, size_t>> ranges;  // [first, last) tensor indices
+  int64_t bytes = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    TORCH_CHECK(tensors[i].scalar_type() == torch::kFloat && tensors[i].is_contiguous(),
+                "quest::distributed: all-reduce takes contiguous float32 tensors");
+    const int64_t b = tensors[i].numel() * 4;
+    if (ranges.empty() || bytes + b > bucket_bytes) {
+      ranges.emplace_back(i, i);
+      bytes = 0;
+    }
+    ranges.back().second = i + 1;
+    bytes += b;
+  }
+  std::vector<torch::Tensor> flats;
+  std::vector<c10::intrusive_ptr<c10d::Work>> work;
+  try {
+    for (const auto& [first, last] : ranges) {
+      std::vector<torch::Tensor> views;
+      for (size_t i = first; i < last; ++i) views.push_back(tensors[i].view(-1));
+      std::vector<torch::Tensor> flat{torch::cat(views)};
+      stats_.bytes += flat[0].numel() * 4;
+      work.push_back(impl_->gloo->allreduce(flat));
+      flats.push_back(flat[0]);
+    }
+    for (auto& w : work) w->wait();
+  } catch (const std::exception& e) {
+    fail(what, message_of(e));
+  }
+  for (size_t r = 0; r < ranges.size(); ++r) {
+    int64_t offset = 0;
+    for (size_t i = ranges[r].first; i < ranges[r].second; ++i) {
+      const int64_t n = tensors[i].numel();
+      tensors[i].view(-1).copy_(flats[r].narrow(0, offset, n));
+      offset += n;
+    }
+  }
+  stats_.calls += 1;
+  stats_.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+std::vector<double> ProcessGroup::reduce(std::vector<double> values, bool maximum, const std::string& what) {
+  if (world_size() == 1 || values.empty()) return values;
+  std::vector<torch::Tensor> t{torch::from_blob(values.data(), {static_cast<int64_t>(values.size())}, torch::kDouble)};
+  c10d::AllreduceOptions options;
+  options.reduceOp = maximum ? c10d::ReduceOp::MAX : c10d::ReduceOp::SUM;
+  try {
+    impl_->gloo->allreduce(t, options)->wait();
+  } catch (const std::exception& e) {
+    fail(what, message_of(e));
+  }
+  return values;  // from_blob wrote through to values
+}
+
+std::vector<double> ProcessGroup::sum(std::vector<double> values, const std::string& what) {
+  return reduce(std::move(values), false, what);
+}
+std::vector<double> ProcessGroup::max(std::vector<double> values, const std::string& what) {
+  return reduce(std::move(values), true, what);
+}
+
+std::string ProcessGroup::broadcast(const std::string& bytes, const std::string& what) {
+  if (world_size() == 1) return bytes;
+  try {
+    std::vector<torch::Tensor> size{torch::tensor({static_cast<int64_t>(bytes.size())}, torch::kLong)};
+    impl_->gloo->broadcast(size)->wait();
+    const int64_t n = size[0].item<int64_t>();
+    std::vector<torch::Tensor> body{torch::empty({n}, torch::kUInt8)};
+    if (rank() == 0) std::memcpy(body[0].data_ptr(), bytes.data(), n);
+    if (n > 0) impl_->gloo->broadcast(body)->wait();
+    return std::string(static_cast<const char*>(body[0].data_ptr()), n);
+  } catch (const std::exception& e) {
+    fail(what, message_of(e));
+  }
+}
+
+void ProcessGroup::barrier(const std::string& what) {
+  if (world_size() == 1) return;
+  try {
+    impl_->gloo->barrier()->wait();
+  } catch (const std::exception& e) {
+    fail(what, message_of(e));
+  }
+}
+
+void ProcessGroup::check_identical(const std::vector<std::pair<std::string, torch::Tensor>>& tensors) {
+  if (world_size() == 1) return;
+  // max over ranks of (s, -s) gives (max s, -min s): equal on every rank iff max == min.
+  std::vector<double> v;
+  for (const auto& [name, t] : tensors) {
+    const auto d = t.detach().to(torch::kDouble);
+    v.push_back(d.sum().item<double>());
+    v.push_back(d.square().sum().item<double>());
+  }
+  const size_t n = v.size();
+  for (size_t i = 0; i < n; ++i) v.push_back(-v[i]);
+  const std::vector<double> m = max(v, "the parameter checksum");
+  for (size_t i = 0; i < n; ++i)
+    if (m[i] != -m[n + i] && !(std::isnan(m[i]) && std::isnan(m[n + i])))
+      throw DistributedError("data-parallel rank " + std::to_string(rank()) + " at step " + std::to_string(step_) +
+                             ": the ranks' parameters differ: '" + tensors[i / 2].first + "' has " +
+                             (i % 2 ? "sum of squares" : "sum") + " between " + std::to_string(-m[n + i]) + " and " +
+                             std::to_string(m[i]));
+}
+
+}  // namespace quest::distributed
