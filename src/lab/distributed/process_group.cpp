@@ -50,8 +50,15 @@ std::optional<Rendezvous> rendezvous_from_env() {
 
 struct ProcessGroup::Impl {
   c10::intrusive_ptr<c10d::TCPStore> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo;  // released once this rank reported a failure
 };
+
+c10d::ProcessGroupGloo* gloo_of(ProcessGroup::Impl& impl, int rank) {
+  if (!impl.gloo)
+    throw DistributedError("data-parallel rank " + std::to_string(rank) + ": the process group is closed (this "
+                           "rank reported a failure)");
+  return impl.gloo.get();
+}
 
 ProcessGroup::ProcessGroup(const Rendezvous& r) : rendezvous_(r), impl_(std::make_unique<Impl>()) {
   if (r.world_size < 1 || r.rank < 0 || r.rank >= r.world_size)
@@ -158,6 +165,15 @@ void ProcessGroup::report_failure(const std::string& what) noexcept {
     impl_->store->setTimeout(std::chrono::seconds(3));
     const std::string text = (step_ >= 0 ? "at step " + std::to_string(step_) + ": " : "") + what;
     impl_->store->set(key_failed(rank()), std::vector<uint8_t>(text.begin(), text.end()));
+    impl_->gloo.reset();  // closes this rank's connections: the others' collectives fail at once
+    if (rank() != 0) return;
+    // Rank 0 hosts the store: it stays (a few seconds at most) until the others, who notice the
+    // failure through their collectives, have answered the roll call and can read why.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    for (int k = 1; k < world_size() && std::chrono::steady_clock::now() < deadline;)
+      if (impl_->store->check({key_alive(k)}) || impl_->store->check({key_failed(k)})) ++k;
+      else std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
   } catch (...) {  // the store may be gone with rank 0: nothing more to tell
   }
 }
@@ -189,7 +205,7 @@ void ProcessGroup::allreduce_sum(const std::vector<torch::Tensor>& tensors, cons
       for (size_t i = first; i < last; ++i) views.push_back(tensors[i].view(-1));
       std::vector<torch::Tensor> flat{torch::cat(views)};
       stats_.bytes += flat[0].numel() * 4;
-      work.push_back(impl_->gloo->allreduce(flat));
+      work.push_back(gloo_of(*impl_, rank())->allreduce(flat));
       flats.push_back(flat[0]);
     }
     for (auto& w : work) w->wait();
@@ -214,7 +230,7 @@ std::vector<double> ProcessGroup::reduce(std::vector<double> values, bool maximu
   c10d::AllreduceOptions options;
   options.reduceOp = maximum ? c10d::ReduceOp::MAX : c10d::ReduceOp::SUM;
   try {
-    impl_->gloo->allreduce(t, options)->wait();
+    gloo_of(*impl_, rank())->allreduce(t, options)->wait();
   } catch (const std::exception& e) {
     fail(what, message_of(e));
   }
@@ -232,11 +248,11 @@ std::string ProcessGroup::broadcast(const std::string& bytes, const std::string&
   if (world_size() == 1) return bytes;
   try {
     std::vector<torch::Tensor> size{torch::tensor({static_cast<int64_t>(bytes.size())}, torch::kLong)};
-    impl_->gloo->broadcast(size)->wait();
+    gloo_of(*impl_, rank())->broadcast(size)->wait();
     const int64_t n = size[0].item<int64_t>();
     std::vector<torch::Tensor> body{torch::empty({n}, torch::kUInt8)};
     if (rank() == 0) std::memcpy(body[0].data_ptr(), bytes.data(), n);
-    if (n > 0) impl_->gloo->broadcast(body)->wait();
+    if (n > 0) gloo_of(*impl_, rank())->broadcast(body)->wait();
     return std::string(static_cast<const char*>(body[0].data_ptr()), n);
   } catch (const std::exception& e) {
     fail(what, message_of(e));
@@ -246,7 +262,7 @@ std::string ProcessGroup::broadcast(const std::string& bytes, const std::string&
 void ProcessGroup::barrier(const std::string& what) {
   if (world_size() == 1) return;
   try {
-    impl_->gloo->barrier()->wait();
+    gloo_of(*impl_, rank())->barrier()->wait();
   } catch (const std::exception& e) {
     fail(what, message_of(e));
   }

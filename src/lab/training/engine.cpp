@@ -190,7 +190,11 @@ void Engine::load_checkpoint_bytes(const std::string& bytes, const std::string& 
         for (const auto& b : module.named_buffers(/*recurse=*/false)) take(b.key(), b.value(), true);
         for (const auto& child : module.named_children()) {
           torch::serialize::InputArchive sub;
-          if (!in.try_read(child.key(), sub)) fail("it has no '" + prefix + child.key() + "'");
+          if (!in.try_read(child.key(), sub)) {
+            // LibTorch's archive drops a child without state (a ReLU in a Sequential stem).
+            if (child.value()->parameters().empty() && child.value()->buffers().empty()) continue;
+            fail("it has no '" + prefix + child.key() + "'");
+          }
           read(sub, *child.value(), prefix + child.key() + ".");
         }
       };
@@ -329,6 +333,8 @@ void Engine::fit(bool resume, const std::function<void(const nlohmann::json&)>& 
     fit_epochs(on_step);
   } catch (const distributed::DistributedError&) {
     throw;  // a peer's failure: already names the rank and the step
+  } catch (const DivergenceError&) {
+    throw;  // every rank sees the same global loss, gradient and parameters: all stop together
   } catch (const std::exception& e) {
     if (group) group->report_failure(e.what());  // the others' error messages will quote it
     throw;

@@ -76,17 +76,20 @@ class ProcessGroup {
   // ranks: the ranks' parameters must stay bitwise identical.
   void check_identical(const std::vector<std::pair<std::string, torch::Tensor>>& tensors);
 
-  // Leaves this rank's error in the store, where the others' failure messages find it.
+  // Leaves this rank's error in the store, where the others' failure messages find it, and closes
+  // this rank's connections so that they notice now rather than at their timeout.
   void report_failure(const std::string& what) noexcept;
 
   const CommStats& stats() const { return stats_; }
+
+ public:
+  struct Impl;  // the c10d objects: their headers (and Gloo's) stay out of this one
 
  private:
   [[noreturn]] void fail(const std::string& what, const std::string& cause);
   std::string roll_call();
   std::vector<double> reduce(std::vector<double> values, bool maximum, const std::string& what);
 
-  struct Impl;  // the c10d objects: their headers (and Gloo's) stay out of this one
   Rendezvous rendezvous_;
   std::unique_ptr<Impl> impl_;
   int64_t step_ = -1;
