@@ -1,0 +1,302 @@
+// Data-parallel training on c10d / Gloo, on localhost: sharding, equivalence with one process,
+// failures (a killed rank, a bad rendezvous) and resume. The ranks are this test binary itself,
+// re-executed by distributed::launch with a filter that selects DataParallelRank.Train.
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "quest/lab/distributed/launch.h"
+#include "quest/lab/distributed/process_group.h"
+#include "quest/lab/runs/compare.h"
+#include "quest/lab/training/trainer.h"
+
+namespace quest {
+namespace {
+
+namespace fs = std::filesystem;
+using training::Dataset;
+using training::TrainConfig;
+using training::Trainer;
+
+Dataset synthetic(int64_t n, uint64_t seed) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  auto images = torch::randn({n, 1, 8, 8}, gen) * 0.5;
+  const auto labels = torch::randint(0, 2, {n}, gen, torch::kLong);
+  images.narrow(2, 0, 4).narrow(3, 0, 4).add_(labels.to(torch::kFloat).view({n, 1, 1, 1}) * 1.5);
+  return {images, labels};
+}
+
+// 330 training images in global batches of 32: 10 full steps and one of 10 per epoch, 3 epochs
+// (33 steps); augmentation on, so the ranks must split the whole batch's random draws.
+TrainConfig config(const std::string& run_dir) {
+  TrainConfig c;
+  c.model.image_size(8).patch_size(4).num_classes(2).dim(16).depth(2).heads(2).attention(Kind::quest);
+  c.epochs = 3;
+  c.batch_size = 32;
+  c.lr = 3e-3;
+  c.warmup_epochs = 0.5;
+  c.log_every = 1;
+  c.crop_padding = 1;
+  c.run_dir = run_dir;
+  return c;
+}
+
+struct TempDir {
+  TempDir() : path(fs::temp_directory_path() / ("quest_dp_test_" + std::to_string(::getpid()) + "_" +
+                                                std::to_string(counter++))) {
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+  fs::path path;
+  static inline int counter = 0;
+};
+
+std::vector<double> step_losses(const fs::path& run_dir) {
+  std::vector<double> losses;
+  std::ifstream in(run_dir / "metrics.jsonl");
+  for (std::string text; std::getline(in, text);) {
+    const auto j = nlohmann::json::parse(text);
+    if (j["type"] == "step") losses.push_back(j["loss"]);
+  }
+  return losses;
+}
+
+// One rank: trains config(QUEST_TEST_DP_RUN_DIR) with QUEST_TEST_DP_EPOCHS epochs, resuming.
+TEST(DataParallelRank, Train) {
+  const char* dir = std::getenv("QUEST_TEST_DP_RUN_DIR");
+  if (!dir) GTEST_SKIP() << "a rank of the DataParallel tests (they start it)";
+  torch::set_num_threads(1);
+  TrainConfig c = config(dir);
+  c.epochs = std::atoi(std::getenv("QUEST_TEST_DP_EPOCHS"));
+  training::DataParallel parallel;
+  parallel.group = std::make_shared<distributed::ProcessGroup>(*distributed::rendezvous_from_env());
+  parallel.check_sync_every = 1;
+  Trainer trainer(c, parallel);
+  try {
+    trainer.fit(synthetic(330, 1), synthetic(50, 2), /*resume=*/true);
+  } catch (const std::exception& e) {  // what train_run would record, for the parent to read
+    if (parallel.group->rank() == 0) runs::RunDir(dir).write_outcome({runs::RunStatus::failed, e.what()});
+    throw;
+  }
+}
+
+struct Launched {
+  int exit_code;
+  double seconds;
+};
+
+Launched launch_ranks(const fs::path& run_dir, int ranks, int epochs, const std::string& fault = "",
+                      int timeout_seconds = 30) {
+  setenv("QUEST_TEST_DP_RUN_DIR", run_dir.c_str(), 1);
+  setenv("QUEST_TEST_DP_EPOCHS", std::to_string(epochs).c_str(), 1);
+  if (fault.empty()) unsetenv("QUEST_TEST_RANK_FAULT");
+  else setenv("QUEST_TEST_RANK_FAULT", fault.c_str(), 1);
+  distributed::LaunchOptions o;
+  o.nproc_per_node = ranks;
+  o.timeout_seconds = timeout_seconds;
+  const auto t0 = std::chrono::steady_clock::now();
+  const int code = distributed::launch("/proc/self/exe", {"--gtest_filter=DataParallelRank.Train"}, o,
+                                       [](const std::string& line) { std::fprintf(stderr, "launcher: %s\n", line.c_str()); });
+  unsetenv("QUEST_TEST_RANK_FAULT");
+  unsetenv("QUEST_TEST_DP_RUN_DIR");
+  return {code, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()};
+}
+
+// max |a - b| / (max |b| + 1e-12) over every parameter.
+double weight_difference(Trainer& a, Trainer& b) {
+  double worst = 0;
+  for (const auto& p : a.model()->named_parameters()) {
+    const auto& q = b.model()->named_parameters()[p.key()];
+    worst = std::max(worst, ((p.value() - q).abs().max() / (q.abs().max() + 1e-12)).item<double>());
+  }
+  return worst;
+}
+
+TEST(DataParallel, ShardsCoverEverySampleExactlyOnce) {
+  for (int64_t n : {0, 1, 2, 5, 31, 32, 33, 128, 1001})
+    for (int world : {1, 2, 3, 4, 7}) {
+      int64_t next = 0;
+      for (int rank = 0; rank < world; ++rank) {
+        const auto [lo, hi] = training::shard_range(n, rank, world);
+        EXPECT_EQ(lo, next) << n << " " << world;  // contiguous, in rank order
+        EXPECT_LE(hi - lo, n / world + 1);         // balanced
+        EXPECT_GE(hi - lo, n / world);
+        next = hi;
+      }
+      EXPECT_EQ(next, n);
+    }
+  EXPECT_THROW(training::shard_range(10, 2, 2), c10::Error);
+}
+
+TEST(DataParallel, AugmentationDrawnForTheWholeBatchThenShardedEqualsOneDraw) {
+  const Dataset d = synthetic(10, 3);
+  auto g1 = at::make_generator<at::CPUGeneratorImpl>(5);
+  auto g2 = at::make_generator<at::CPUGeneratorImpl>(5);
+  const auto whole = training::augment(d.images, 1, true, g1);
+  const auto draw = training::draw_augmentation(10, 1, true, g2);
+  const auto parts = torch::cat({training::apply_augmentation(d.images.slice(0, 0, 4), draw.slice(0, 4), 1),
+                                 training::apply_augmentation(d.images.slice(0, 4, 10), draw.slice(4, 10), 1)});
+  EXPECT_TRUE(torch::equal(whole, parts));
+}
+
+// 2 ranks x 16 samples = 1 process x 32 samples: the same loss at every one of 33 steps and the
+// same final weights, to float32 rounding. Not bitwise: each rank sums its shard's per-sample
+// gradients and the all-reduce adds the two sums, where one process reduces all 32 in another
+// order (and the loss is scaled by n and back); the difference measured is ~1e-7 relative.
+TEST(DataParallel, TwoRanksReproduceOneProcessWithTheSameGlobalBatch) {
+  TempDir one, two;
+  Trainer alone(config((one.path / "run").string()));
+  alone.fit(synthetic(330, 1), synthetic(50, 2), false);
+  const Launched l = launch_ranks(two.path / "run", 2, 3);
+  ASSERT_EQ(l.exit_code, 0);
+  EXPECT_LT(l.seconds, 60);
+  const auto a = step_losses(one.path / "run"), b = step_losses(two.path / "run");
+  ASSERT_EQ(a.size(), 33u);
+  ASSERT_EQ(b.size(), a.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(b[i], a[i], 1e-5 * std::abs(a[i])) << "step " << i;
+  const auto parallel = training::load_run((two.path / "run" / "checkpoint.pt").string());
+  EXPECT_EQ(parallel->step(), 33);
+  EXPECT_LT(weight_difference(*parallel, alone), 1e-4);
+  // Rank 0 alone wrote the run: one metrics line per step, and the epoch lines say how it ran.
+  int epochs = 0;
+  std::ifstream in(two.path / "run" / "metrics.jsonl");
+  for (std::string text; std::getline(in, text);) {
+    const auto j = nlohmann::json::parse(text);
+    if (j["type"] != "epoch") continue;
+    ++epochs;
+    EXPECT_EQ(j["world_size"], 2);
+    EXPECT_GT(j["allreduce_bytes_per_step"].get<int64_t>(), 0);
+  }
+  EXPECT_EQ(epochs, 3);
+}
+
+// A rank killed mid-run: the other stops within the timeout with an error naming the lost rank
+// and the step; the checkpoint of the last epoch stays whole; a resume (with 2 ranks) finishes
+// the run with the weights the uninterrupted one-process run reaches.
+TEST(DataParallel, AKilledRankIsNamedWithinTheTimeoutAndTheRunResumes) {
+  TempDir dir;
+  const fs::path run = dir.path / "run";
+  const Launched killed = launch_ranks(run, 2, 3, "kill:1:15", /*timeout_seconds=*/10);
+  EXPECT_EQ(killed.exit_code, 128 + 9);  // the launcher reports the first failure: rank 1's SIGKILL
+  EXPECT_LT(killed.seconds, 45);
+  const auto outcome = runs::RunDir(run).read_outcome();
+  ASSERT_TRUE(outcome);
+  EXPECT_EQ(outcome->status, runs::RunStatus::failed);
+  EXPECT_NE(outcome->message.find("rank 0 at step 15"), std::string::npos) << outcome->message;
+  EXPECT_NE(outcome->message.find("rank(s) 1 did not answer"), std::string::npos) << outcome->message;
+  EXPECT_EQ(runs::RunDir(run).checkpoint_epoch(), std::optional<int64_t>(1));  // the last finished epoch's, intact
+
+  const Launched resumed = launch_ranks(run, 2, 3);
+  ASSERT_EQ(resumed.exit_code, 0);
+  TempDir one;
+  Trainer alone(config((one.path / "run").string()));
+  alone.fit(synthetic(330, 1), synthetic(50, 2), false);
+  const auto parallel = training::load_run((run / "checkpoint.pt").string());
+  EXPECT_EQ(parallel->step(), 33);
+  EXPECT_LT(weight_difference(*parallel, alone), 1e-4);
+}
+
+// 2 ranks stopped in the second epoch, then the same run resumed by 1 process and by 3 ranks: the
+// checkpoint is rank-independent (rank 0 shares it), and every continuation matches the
+// one-process run.
+TEST(DataParallel, ResumesWithADifferentNumberOfRanks) {
+  TempDir one;
+  Trainer alone(config((one.path / "run").string()));
+  alone.fit(synthetic(330, 1), synthetic(50, 2), false);
+  for (int ranks : {1, 3}) {
+    TempDir dir;
+    const fs::path run = dir.path / "run";
+    ASSERT_NE(launch_ranks(run, 2, 3, "throw:1:15", 10).exit_code, 0);
+    ASSERT_EQ(runs::RunDir(run).checkpoint_epoch(), std::optional<int64_t>(1));
+    if (ranks == 1) {
+      Trainer t(config(run.string()));
+      t.fit(synthetic(330, 1), synthetic(50, 2), /*resume=*/true);
+    } else {
+      ASSERT_EQ(launch_ranks(run, ranks, 3).exit_code, 0);
+    }
+    const auto resumed = training::load_run((run / "checkpoint.pt").string());
+    EXPECT_EQ(resumed->step(), 33);
+    EXPECT_LT(weight_difference(*resumed, alone), 1e-4) << ranks << " rank(s)";
+    EXPECT_EQ(step_losses(run).size(), 33u);
+  }
+}
+
+TEST(DataParallel, BadRendezvousIsAClearError) {
+  // The port in use: rank 0 cannot host the store.
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(listen(fd, 1), 0);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  distributed::Rendezvous r;
+  r.world_size = 2;
+  r.master_port = ntohs(addr.sin_port);
+  r.timeout = std::chrono::seconds(3);
+  try {
+    distributed::ProcessGroup g(r);
+    ADD_FAILURE() << "no error";
+  } catch (const distributed::DistributedError& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot host the rendezvous"), std::string::npos) << e.what();
+  }
+  close(fd);
+
+  // Nobody hosts it: rank 1 gives up after the timeout.
+  r.rank = 1;
+  r.master_port = distributed::free_port();
+  r.timeout = std::chrono::seconds(2);
+  try {
+    distributed::ProcessGroup g(r);
+    ADD_FAILURE() << "no error";
+  } catch (const distributed::DistributedError& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot reach the rendezvous"), std::string::npos) << e.what();
+  }
+
+  // Ranks that disagree on the world size: the odd one says so, rank 0 names it.
+  distributed::Rendezvous r0, r1;
+  r0.world_size = 2, r1.world_size = 3, r1.rank = 1;
+  r0.master_port = r1.master_port = distributed::free_port();
+  r0.timeout = r1.timeout = std::chrono::seconds(4);
+  std::string error0, error1;
+  std::thread t0([&] {
+    try {
+      distributed::ProcessGroup g(r0);
+    } catch (const std::exception& e) {
+      error0 = e.what();
+    }
+  });
+  try {
+    distributed::ProcessGroup g(r1);
+  } catch (const std::exception& e) {
+    error1 = e.what();
+  }
+  t0.join();
+  EXPECT_NE(error1.find("WORLD_SIZE is 3 here but 2 on rank 0"), std::string::npos) << error1;
+  EXPECT_NE(error0.find("rank 1 reported"), std::string::npos) << error0;
+
+  // torchrun's variables, checked.
+  setenv("WORLD_SIZE", "2", 1);
+  setenv("RANK", "2", 1);
+  EXPECT_THROW(distributed::rendezvous_from_env(), std::invalid_argument);
+  setenv("RANK", "1", 1);
+  setenv("MASTER_PORT", "http", 1);
+  EXPECT_THROW(distributed::rendezvous_from_env(), std::invalid_argument);
+  unsetenv("MASTER_PORT");
+  EXPECT_EQ(distributed::rendezvous_from_env()->rank, 1);
+  unsetenv("WORLD_SIZE");
+  unsetenv("RANK");
+  EXPECT_FALSE(distributed::rendezvous_from_env());
+}
+
+}  // namespace
+}  // namespace quest
