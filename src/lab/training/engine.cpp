@@ -346,8 +346,11 @@ void Engine::fit_epochs(const std::function<void(const nlohmann::json&)>& on_ste
   distributed::ProcessGroup* group = data_parallel() ? config_.parallel.group.get() : nullptr;
   dir.trim_metrics(epoch_);
   LogitMonitor monitor(config_.logit_monitor);
-  for (const auto& line : dir.read_metrics("warning"))  // alerted before the resume: once is enough
-    if (line.value("warning", "") == "logit_growth") monitor.mark_alerted();
+  bool alerted = false;  // before the resume: once is enough
+  for (const auto& line : dir.read_metrics("warning")) alerted |= line.value("warning", "") == "logit_growth";
+  // Rank 0 holds the metrics: every rank's monitor must decide alike (policy stop ends them all).
+  if (group) alerted = group->max({alerted ? 1.0 : 0.0}, "sharing the logit monitor's state")[0] > 0;
+  if (alerted) monitor.mark_alerted();
   const int64_t steps_per_epoch = task_.steps_per_epoch();
   while (epoch_ < config_.epochs) {
     const auto epoch_start = std::chrono::steady_clock::now();
