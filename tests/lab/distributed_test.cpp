@@ -12,6 +12,7 @@
 #include <fstream>
 #include <thread>
 
+#include "fixtures.h"
 #include "quest/lab/distributed/launch.h"
 #include "quest/lab/distributed/process_group.h"
 #include "quest/lab/runs/compare.h"
@@ -26,13 +27,7 @@ using training::Dataset;
 using training::TrainConfig;
 using training::Trainer;
 
-Dataset synthetic(int64_t n, uint64_t seed) {
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
-  auto images = torch::randn({n, 1, 8, 8}, gen) * 0.5;
-  const auto labels = torch::randint(0, 2, {n}, gen, torch::kLong);
-  images.narrow(2, 0, 4).narrow(3, 0, 4).add_(labels.to(torch::kFloat).view({n, 1, 1, 1}) * 1.5);
-  return {images, labels};
-}
+Dataset synthetic(int64_t n, uint64_t seed) { return testing::synthetic_images(n, seed); }
 
 // 330 training images in global batches of 32: 10 full steps and one of 10 per epoch, 3 epochs
 // (33 steps); augmentation on, so the ranks must split the whole batch's random draws.
@@ -72,15 +67,8 @@ data::ByteSplits lm_data() {
   return {stream(20000), stream(2100), stream(2100)};
 }
 
-struct TempDir {
-  TempDir() : path(fs::temp_directory_path() / ("quest_dp_test_" + std::to_string(::getpid()) + "_" +
-                                                std::to_string(counter++))) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  fs::path path;
-  static inline int counter = 0;
+struct TempDir : testing::TempDir {
+  TempDir() : testing::TempDir("quest_dp_test") {}
 };
 
 std::vector<double> step_losses(const fs::path& run_dir) {

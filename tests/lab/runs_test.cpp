@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <fstream>
 
+#include "fixtures.h"
 #include "quest/lab/runs/compare.h"
 
 namespace quest::runs {
@@ -24,15 +25,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct TempDir {
-  TempDir() : path(fs::temp_directory_path() / ("quest_runs_test_" + std::to_string(::getpid()) + "_" +
-                                                std::to_string(counter++))) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  fs::path path;
-  static inline int counter = 0;
+struct TempDir : testing::TempDir {
+  TempDir() : testing::TempDir("quest_runs_test") {}
 };
 
 training::TrainConfig tiny() {

@@ -8,6 +8,7 @@
 #include <tuple>
 
 #include "error_message.h"
+#include "fixtures.h"
 #include "quest/lab/training/trainer.h"
 
 namespace quest::training {
@@ -15,14 +16,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// Two classes of 8x8 images: class 1 is brighter in the top-left quadrant.
-Dataset synthetic(int64_t n, uint64_t seed) {
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
-  auto images = torch::randn({n, 1, 8, 8}, gen) * 0.5;
-  const auto labels = torch::randint(0, 2, {n}, gen, torch::kLong);
-  images.narrow(2, 0, 4).narrow(3, 0, 4).add_(labels.to(torch::kFloat).view({n, 1, 1, 1}) * 1.5);
-  return {images, labels};
-}
+Dataset synthetic(int64_t n, uint64_t seed) { return testing::synthetic_images(n, seed); }
 
 TrainConfig tiny_config(const std::string& run_dir, Kind kind = Kind::quest) {
   TrainConfig c;
@@ -37,15 +31,8 @@ TrainConfig tiny_config(const std::string& run_dir, Kind kind = Kind::quest) {
   return c;
 }
 
-struct TempDir {
-  TempDir() : path(fs::temp_directory_path() / ("quest_train_test_" + std::to_string(::getpid()) +
-                                                "_" + std::to_string(counter++))) {
-    fs::remove_all(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string str() const { return path.string(); }
-  fs::path path;
-  static inline int counter = 0;
+struct TempDir : testing::TempDir {
+  TempDir() : testing::TempDir("quest_train_test") {}
 };
 
 // metrics.jsonl as (type, epoch, step, loss) per line: what a resumed run must log exactly once.
