@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 #include <iostream>
+#include <string>
 
 #include "commands.h"
 #include "parallel.h"
@@ -28,6 +29,13 @@ static void use_sleeping_thread_pools(char** argv) {
   if (changed) execv("/proc/self/exe", argv);  // on failure: carry on with the defaults
 }
 
+// A data-parallel rank's errors say whose they are (the collectives' own errors already do).
+static std::string rank_prefix(const std::string& message) {
+  const char* rank = std::getenv("RANK");
+  if (!rank || !std::getenv("WORLD_SIZE") || message.find("data-parallel rank") != std::string::npos) return "";
+  return std::string("rank ") + rank + ": ";
+}
+
 int main(int argc, char** argv) {
   use_sleeping_thread_pools(argv);
   quest::cli::program_args().assign(argv, argv + argc);
@@ -48,10 +56,10 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {  // unknown options, malformed values: CLI11's own message
     return app.exit(e);
   } catch (const c10::Error& e) {
-    std::cerr << "error: " << e.what_without_backtrace() << "\n";
+    std::cerr << "error: " << rank_prefix(e.what_without_backtrace()) << e.what_without_backtrace() << "\n";
     return 1;
   } catch (const std::exception& e) {
-    std::cerr << "error: " << e.what() << "\n";
+    std::cerr << "error: " << rank_prefix(e.what()) << e.what() << "\n";
     return 1;
   }
   return exit_code;
