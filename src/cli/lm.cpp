@@ -63,7 +63,7 @@ int run_lm_train(const LmTrainFlags& f, const ParallelFlags& parallel_flags) {
   const bool reports = role.parallel.writes();  // rank 0 (or alone) prints; the other ranks train
   if (reports) warn_if_slow_blas();
   configure_threads();
-  StepProgress progress(c.batch_size * c.model.context(), reports ? c.log_every : 0, "tok");
+  StepProgress progress(c.batch_size * c.model.context(), c.log_every, "tok");
   runs::LmTrainCallbacks callbacks;
   callbacks.on_data = [&](const data::ByteSplits& data) {
     if (!reports) return;

@@ -9,7 +9,6 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <thread>
 
 #include "fixtures.h"
@@ -71,15 +70,14 @@ struct TempDir : testing::TempDir {
   TempDir() : testing::TempDir("quest_dp_test") {}
 };
 
-std::vector<double> step_losses(const fs::path& run_dir) {
-  std::vector<double> losses;
-  std::ifstream in(run_dir / "metrics.jsonl");
-  for (std::string text; std::getline(in, text);) {
-    const auto j = nlohmann::json::parse(text);
-    if (j["type"] == "step") losses.push_back(j["loss"]);
-  }
-  return losses;
+// Every `key` of the run's metrics lines of `type` ("step": losses, "epoch": validation losses).
+std::vector<double> metric_values(const fs::path& run_dir, const std::string& type, const std::string& key) {
+  std::vector<double> values;
+  for (const auto& line : runs::RunDir(run_dir).read_metrics(type)) values.push_back(line.at(key));
+  return values;
 }
+std::vector<double> step_losses(const fs::path& run_dir) { return metric_values(run_dir, "step", "loss"); }
+std::vector<double> val_losses(const fs::path& run_dir) { return metric_values(run_dir, "epoch", "val_loss"); }
 
 // One rank: trains config(QUEST_TEST_DP_RUN_DIR) with QUEST_TEST_DP_EPOCHS epochs, resuming (the
 // language model's lm_config where QUEST_TEST_DP_TASK=lm).
@@ -142,17 +140,6 @@ double weight_difference(torch::nn::Module& a, torch::nn::Module& b) {
 }
 double weight_difference(Trainer& a, Trainer& b) { return weight_difference(*a.model(), *b.model()); }
 
-// The epoch lines' validation losses of a run.
-std::vector<double> val_losses(const fs::path& run_dir) {
-  std::vector<double> losses;
-  std::ifstream in(run_dir / "metrics.jsonl");
-  for (std::string text; std::getline(in, text);) {
-    const auto j = nlohmann::json::parse(text);
-    if (j["type"] == "epoch") losses.push_back(j["val_loss"]);
-  }
-  return losses;
-}
-
 TEST(DataParallel, ShardsCoverEverySampleExactlyOnce) {
   for (int64_t n : {0, 1, 2, 5, 31, 32, 33, 128, 1001})
     for (int world : {1, 2, 3, 4, 7}) {
@@ -205,16 +192,12 @@ TEST(DataParallel, TwoRanksReproduceOneProcessWithTheSameGlobalBatch) {
   EXPECT_LT(weights, 1e-4);
   std::printf("2 ranks vs 1 process: loss %.1e, weights %.1e (max relative difference)\n", worst, weights);
   // Rank 0 alone wrote the run: one metrics line per step, and the epoch lines say how it ran.
-  int epochs = 0;
-  std::ifstream in(two.path / "run" / "metrics.jsonl");
-  for (std::string text; std::getline(in, text);) {
-    const auto j = nlohmann::json::parse(text);
-    if (j["type"] != "epoch") continue;
-    ++epochs;
+  const auto epochs = runs::RunDir(two.path / "run").read_metrics("epoch");
+  EXPECT_EQ(epochs.size(), 3u);
+  for (const auto& j : epochs) {
     EXPECT_EQ(j["world_size"], 2);
     EXPECT_GT(j["allreduce_bytes_per_step"].get<int64_t>(), 0);
   }
-  EXPECT_EQ(epochs, 3);
 }
 
 // The language model likewise (windows sharded, validation windows sharded, its tail on the last

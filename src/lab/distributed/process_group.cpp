@@ -89,11 +89,10 @@ ProcessGroup::ProcessGroup(const Rendezvous& r) : rendezvous_(r), impl_(std::mak
   // Every rank must share rank 0's idea of the world; a mismatch would otherwise hang in Gloo.
   try {
     const std::string theirs = std::to_string(r.world_size);
-    const std::string key = "quest/world_size/" + std::to_string(r.rank);
-    impl_->store->set(key, std::vector<uint8_t>(theirs.begin(), theirs.end()));
-    if (r.rank != 0) {
-      impl_->store->wait({"quest/world_size/0"});
-      const auto v = impl_->store->get("quest/world_size/0");
+    if (r.rank == 0) {
+      impl_->store->set("quest/world_size", std::vector<uint8_t>(theirs.begin(), theirs.end()));
+    } else {
+      const auto v = impl_->store->get("quest/world_size");  // waits for rank 0 (up to the timeout)
       const std::string zeros(v.begin(), v.end());
       if (zeros != theirs) {
         const std::string what = "WORLD_SIZE is " + theirs + " here but " + zeros + " on rank 0";
@@ -220,7 +219,6 @@ void ProcessGroup::allreduce_sum(const std::vector<torch::Tensor>& tensors, cons
       offset += n;
     }
   }
-  stats_.calls += 1;
   stats_.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
@@ -254,15 +252,6 @@ std::string ProcessGroup::broadcast(const std::string& bytes, const std::string&
     if (rank() == 0) std::memcpy(body[0].data_ptr(), bytes.data(), n);
     if (n > 0) gloo_of(*impl_, rank())->broadcast(body)->wait();
     return std::string(static_cast<const char*>(body[0].data_ptr()), n);
-  } catch (const std::exception& e) {
-    fail(what, message_of(e));
-  }
-}
-
-void ProcessGroup::barrier(const std::string& what) {
-  if (world_size() == 1) return;
-  try {
-    gloo_of(*impl_, rank())->barrier()->wait();
   } catch (const std::exception& e) {
     fail(what, message_of(e));
   }

@@ -28,6 +28,11 @@ std::pair<int64_t, int64_t> shard_range(int64_t n, int rank, int world) {
   return {n * rank / world, n * (rank + 1) / world};
 }
 
+void DataParallel::check_batch(int64_t batch_size) const {
+  TORCH_CHECK(!active() || batch_size >= group->world_size(), "quest::training: batch_size ", batch_size,
+              " is the global batch: it must be at least the ", group->world_size(), " ranks");
+}
+
 EvalResult combine_shards(const EvalResult& mine, distributed::ProcessGroup& group, const std::string& what) {
   const double n = static_cast<double>(mine.samples);
   const auto s = group.sum({n > 0 ? mine.loss * n : 0.0, n > 0 ? mine.accuracy * n : 0.0, n}, what);
@@ -82,11 +87,10 @@ Engine::Engine(EngineConfig config, Task& task) : config_(std::move(config)), ta
   TORCH_CHECK(config_.epochs >= 1 && config_.lr > 0 && std::isfinite(config_.lr),
               "quest::training: need epochs >= 1 and a finite lr > 0");
   TORCH_CHECK(config_.weight_decay >= 0, "quest::training: weight_decay must be >= 0");
-  if (data_parallel()) {
-    const auto& g = *config_.parallel.group;
-    TORCH_CHECK(task_.set_shard(g.rank(), g.world_size()),
+  if (const auto* g = group()) {
+    TORCH_CHECK(task_.set_shard(g->rank(), g->world_size()),
                 "quest::training: this task cannot train data-parallel (it does not shard its batches)");
-    if (g.rank() != 0) config_.run_dir = runs::RunDir();  // rank 0 alone writes the run directory
+    if (g->rank() != 0) config_.run_dir = runs::RunDir();  // rank 0 alone writes the run directory
   }
   task_.initialize(init_generator(config_.seed));
   optimizer_ = make_optimizer();
@@ -222,7 +226,8 @@ void Engine::load_checkpoint_bytes(const std::string& bytes, const std::string& 
 
 std::vector<std::optional<HeadDiagnostics>> Engine::diagnostics() const {
   auto layers = task_.attention_diagnostics();
-  if (!data_parallel()) return layers;
+  distributed::ProcessGroup* g = group();
+  if (!g) return layers;
   // Every rank has the same layers and heads: pack maxima and means, one all-reduce each.
   std::vector<double> maxima, sums;
   for (const auto& d : layers)
@@ -231,9 +236,9 @@ std::vector<std::optional<HeadDiagnostics>> Engine::diagnostics() const {
         maxima.insert(maxima.end(), {d->q_norm_max[h], d->k_norm_max[h], d->logit_abs_max[h]});
         sums.insert(sums.end(), {d->q_norm_mean[h], d->k_norm_mean[h], d->entropy_mean[h]});
       }
-  maxima = config_.parallel.group->max(maxima, "the attention diagnostics' all-reduce");
-  sums = config_.parallel.group->sum(sums, "the attention diagnostics' all-reduce");
-  const double world = config_.parallel.group->world_size();
+  maxima = g->max(maxima, "the attention diagnostics' all-reduce");
+  sums = g->sum(sums, "the attention diagnostics' all-reduce");
+  const double world = g->world_size();
   size_t i = 0;
   for (auto& d : layers)
     if (d)
@@ -256,7 +261,7 @@ nlohmann::json Engine::diagnostics_json(const std::vector<std::optional<HeadDiag
 }
 
 double Engine::all_reduce_step(StepOutput& out, double loss_value) {
-  auto& group = *config_.parallel.group;
+  distributed::ProcessGroup& group = *this->group();
   const double n = static_cast<double>(out.samples);
   // The shard's summed loss: gradients summed over the ranks, then / N, are the global mean's.
   if (out.samples > 0) (out.loss * n).backward();
@@ -315,8 +320,7 @@ void Engine::diverged_in_step(const std::string& what, int64_t batch) {
 
 void Engine::fit(bool resume, const std::function<void(const nlohmann::json&)>& on_step) {
   const runs::RunDir& dir = config_.run_dir;
-  const bool parallel = data_parallel();
-  distributed::ProcessGroup* group = parallel ? config_.parallel.group.get() : nullptr;
+  distributed::ProcessGroup* group = this->group();
   try {
     dir.create();
     if (group) {  // rank 0 decides and shares its checkpoint: ranks need no shared file system
@@ -343,7 +347,7 @@ void Engine::fit(bool resume, const std::function<void(const nlohmann::json&)>& 
 
 void Engine::fit_epochs(const std::function<void(const nlohmann::json&)>& on_step) {
   const runs::RunDir& dir = config_.run_dir;
-  distributed::ProcessGroup* group = data_parallel() ? config_.parallel.group.get() : nullptr;
+  distributed::ProcessGroup* group = this->group();
   dir.trim_metrics(epoch_);
   LogitMonitor monitor(config_.logit_monitor);
   bool alerted = false;  // before the resume: once is enough
@@ -376,13 +380,9 @@ void Engine::fit_epochs(const std::function<void(const nlohmann::json&)>& on_ste
       }
       StepOutput out = task_.forward_step(b);
       double loss_value = out.samples > 0 || !group ? out.loss.item<double>() : 0.0;
-      if (group) {
-        loss_value = all_reduce_step(out, loss_value);  // every rank sees the same global loss
-        if (!std::isfinite(loss_value)) diverged_in_step("non-finite loss " + std::to_string(loss_value), b);
-      } else {
-        if (!std::isfinite(loss_value)) diverged_in_step("non-finite loss " + std::to_string(loss_value), b);
-        out.loss.backward();
-      }
+      if (group) loss_value = all_reduce_step(out, loss_value);  // every rank sees the same global loss
+      if (!std::isfinite(loss_value)) diverged_in_step("non-finite loss " + std::to_string(loss_value), b);
+      if (!group) out.loss.backward();
       // With clipping off, an infinite bound still returns the total norm and scales nothing.
       const double grad_norm = torch::nn::utils::clip_grad_norm_(
           task_.model().parameters(), config_.clip_grad_norm > 0 ? config_.clip_grad_norm : INFINITY);

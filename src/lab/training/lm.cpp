@@ -57,6 +57,14 @@ data::ByteSplits load_lm_data(const LmConfig& c) {
   return data::byte_splits(data::read_text_corpus(o));
 }
 
+// The per-byte figures of an evaluation from its sums (nats, correct, bytes).
+static LmEval with_rates(LmEval e) {
+  e.nats_per_byte = e.nats / e.bytes;
+  e.bits_per_byte = e.nats_per_byte / std::log(2.0);
+  e.accuracy = static_cast<double>(e.correct) / e.bytes;
+  return e;
+}
+
 // Next-byte prediction on random windows of the training stream.
 class LmTrainer::LmTask : public Task {
  public:
@@ -78,8 +86,7 @@ class LmTrainer::LmTask : public Task {
     return true;
   }
   StepOutput forward_step(int64_t b) override {
-    const auto [lo, hi] = shard_range(config.batch_size, rank, world);
-    if (hi == lo) return {torch::Tensor(), 0, 0};
+    const auto [lo, hi] = shard_range(config.batch_size, rank, world);  // never empty: check_batch
     const auto [inputs, targets] = windows(*train, starts[b].slice(0, lo, hi));
     const auto logits = gpt->forward(inputs);
     const auto loss = torch::nn::functional::cross_entropy(logits.flatten(0, 1), targets.flatten());
@@ -113,15 +120,13 @@ class LmTrainer::LmTask : public Task {
     const int64_t n = max_bytes > 0 ? std::min(max_bytes, stream.numel()) : stream.numel();
     const int64_t span = config.model.context() + 1;
     LmEval e;
-    double nats = 0;
-    int64_t correct = 0;
     auto score = [&](const torch::Tensor& inputs, const torch::Tensor& targets) {
       const auto logits = gpt->forward(inputs);
-      nats += torch::nn::functional::cross_entropy(
+      e.nats += torch::nn::functional::cross_entropy(
                   logits.flatten(0, 1), targets.flatten(),
                   torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
                   .item<double>();
-      correct += logits.argmax(-1).eq(targets).sum().item<int64_t>();
+      e.correct += logits.argmax(-1).eq(targets).sum().item<int64_t>();
       e.bytes += targets.numel();
     };
     // Windows k = 0, 1, ... start at k * context and hold context + 1 bytes (k * context + span
@@ -142,12 +147,7 @@ class LmTrainer::LmTask : public Task {
     }
     gpt->train(was_training);
     TORCH_CHECK(e.bytes > 0 || world > 1, "quest::training: nothing to evaluate (", n, " bytes)");
-    e.nats = nats;
-    e.correct = correct;
-    e.nats_per_byte = nats / e.bytes;
-    e.bits_per_byte = e.nats_per_byte / std::log(2.0);
-    e.accuracy = static_cast<double>(correct) / e.bytes;
-    return e;
+    return with_rates(e);
   }
 
   LmConfig config;
@@ -163,10 +163,7 @@ LmTrainer::LmTrainer(LmConfig config, DataParallel parallel)
   TORCH_CHECK(config_.epochs >= 1 && config_.steps_per_epoch >= 1 && config_.batch_size >= 1 &&
                   config_.lr > 0,
               "quest::training: need epochs, steps_per_epoch, batch_size >= 1 and lr > 0");
-  if (parallel_.active())
-    TORCH_CHECK(config_.batch_size >= parallel_.group->world_size(), "quest::training: batch_size ",
-                config_.batch_size, " is the global batch: it must be at least the ", parallel_.group->world_size(),
-                " ranks");
+  parallel_.check_batch(config_.batch_size);
   task_ = std::make_unique<LmTask>(config_);
   EngineConfig e;
   e.epochs = config_.epochs;
@@ -200,10 +197,7 @@ LmEval LmTrainer::evaluate(const torch::Tensor& stream, int64_t max_bytes) {
   const auto s = parallel_.group->sum({e.nats, double(e.correct), double(e.bytes)}, "the evaluation all-reduce");
   e.nats = s[0], e.correct = static_cast<int64_t>(s[1]), e.bytes = static_cast<int64_t>(s[2]);
   TORCH_CHECK(e.bytes > 0, "quest::training: nothing to evaluate");
-  e.nats_per_byte = e.nats / e.bytes;
-  e.bits_per_byte = e.nats_per_byte / std::log(2.0);
-  e.accuracy = static_cast<double>(e.correct) / e.bytes;
-  return e;
+  return with_rates(e);
 }
 void LmTrainer::save_checkpoint(const std::string& path) { engine_->save_checkpoint(path); }
 void LmTrainer::load_checkpoint(const std::string& path) { engine_->load_checkpoint(path); }

@@ -257,10 +257,7 @@ Trainer::Trainer(TrainConfig config, DataParallel parallel)
     : config_(std::move(config)), parallel_(std::move(parallel)) {
   TORCH_CHECK(config_.epochs >= 1 && config_.batch_size >= 1 && config_.lr > 0,
               "quest::training: need epochs >= 1, batch_size >= 1 and lr > 0");
-  if (parallel_.active())
-    TORCH_CHECK(config_.batch_size >= parallel_.group->world_size(), "quest::training: batch_size ",
-                config_.batch_size, " is the global batch: it must be at least the ", parallel_.group->world_size(),
-                " ranks");
+  parallel_.check_batch(config_.batch_size);
   task_ = std::make_unique<VitTask>(config_);
   engine_ = std::make_unique<Engine>(engine_config(config_, parallel_), *task_);
 }

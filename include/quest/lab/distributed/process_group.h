@@ -40,7 +40,7 @@ struct DistributedError : std::runtime_error {
 
 // Bytes and seconds spent in gradient all-reduce (seconds include waiting for the slowest rank).
 struct CommStats {
-  int64_t calls = 0, bytes = 0;
+  int64_t bytes = 0;
   double seconds = 0;
 };
 
@@ -70,7 +70,6 @@ class ProcessGroup {
   std::vector<double> max(std::vector<double> values, const std::string& what);
   // Rank 0's `bytes` on every rank (a Gloo broadcast: the checkpoint a resumed run starts from).
   std::string broadcast(const std::string& bytes, const std::string& what);
-  void barrier(const std::string& what);
 
   // Throws DistributedError naming the first tensor whose sum or sum of squares differs between
   // ranks: the ranks' parameters must stay bitwise identical.

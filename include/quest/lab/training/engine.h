@@ -44,11 +44,11 @@ EvalResult combine_shards(const EvalResult& mine, distributed::ProcessGroup& gro
 
 // One training step's forward pass.
 struct StepOutput {
-  torch::Tensor loss;   // scalar, differentiable
+  // Scalar, differentiable. Undefined for an empty shard (a data-parallel rank with no sample of a
+  // short last batch; samples 0): the rank then contributes only its place in the all-reduce.
+  torch::Tensor loss;
   int64_t samples = 0;  // in this batch
   int64_t correct = -1; // correct predictions, -1 where the task has no accuracy
-  // An empty shard (a data-parallel rank with no sample of a short last batch): loss undefined,
-  // samples 0; the rank then contributes nothing but its place in the all-reduce.
   // Mean log-partition log Σ exp(logit) of the output logits, where the task has a classifier:
   // their drift is Wortsman et al.'s second instability (z-loss is its fix). NaN: not reported.
   double log_z = NAN;
@@ -94,6 +94,8 @@ struct DataParallel {
   int64_t check_sync_every = 0;  // > 0 (debugging): also every that many steps
   bool active() const { return group && group->world_size() > 1; }
   bool writes() const { return !group || group->rank() == 0; }  // the run directory, reports
+  // A global batch smaller than the world would leave ranks idle every step: an error.
+  void check_batch(int64_t batch_size) const;
 };
 
 struct EngineConfig {
@@ -165,7 +167,10 @@ class Engine {
   // The task's attention diagnostics; data-parallel: over every rank's shard (max of maxima, mean of means).
   std::vector<std::optional<HeadDiagnostics>> diagnostics() const;
   static nlohmann::json diagnostics_json(const std::vector<std::optional<HeadDiagnostics>>& layers);
-  bool data_parallel() const { return config_.parallel.active(); }
+  // The process group of a data-parallel run; null in one process.
+  distributed::ProcessGroup* group() const {
+    return config_.parallel.active() ? config_.parallel.group.get() : nullptr;
+  }
   // Data-parallel: the one-process gradient from the shards' (scaled by `samples`), and the global
   // step's loss, samples, correct and log Z in `out` (returns the global loss).
   double all_reduce_step(StepOutput& out, double loss_value);
