@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 # python3-*: the Python package (python3-torch is the same source package as libtorch-dev, so
 # Debian's /usr/bin/python3 loads the LibTorch quest links), its tests and example. linux-doc-6.1:
 # the kernel documentation's reStructuredText, the language-modelling corpus (lab/data/text.h).
-packages=(libtorch-dev libopenblas0-pthread dataset-fashion-mnist libgtest-dev libbenchmark-dev
+# libopenblas0-openmp: OpenBLAS on libgomp's threads, which `quest` loads (src/cli/main.cpp); the
+# pthread build stays the system's default.
+packages=(libtorch-dev libopenblas0-pthread libopenblas0-openmp dataset-fashion-mnist libgtest-dev libbenchmark-dev
           libcli11-dev nlohmann-json3-dev libhwy-dev gnuplot-nox zlib1g-dev libjpeg-dev cmake g++
           python3-torch python3-numpy python3-pytest python3-torchvision linux-doc-6.1 libgloo-dev)
 missing=()

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 
 #include "commands.h"
@@ -85,8 +86,12 @@ void add_info(CLI::App& app) {
     const BlasInfo blas = detect_blas();
     const int threads = configure_threads();
     const auto one = torch::zeros({1, 1, 1, 1});
-    std::printf("BLAS: %s (%s)\nthreads: %d\nattention backend (automatic): float32 %s, float64 %s%s\n",
-                blas.name.c_str(), blas.library.c_str(), threads,
+    const char* wait = std::getenv("OMP_WAIT_POLICY");
+    const std::string pools =
+        blas.openmp ? std::string("one (OpenBLAS on libgomp's threads), wait policy ") + (wait ? wait : "libgomp's default")
+                    : std::string("libgomp's and OpenBLAS's own, wait policy ") + (wait ? wait : "libgomp's default");
+    std::printf("BLAS: %s (%s)\nthreads: %d\nthread pools: %s\nattention backend (automatic): float32 %s, float64 %s%s\n",
+                blas.name.c_str(), blas.library.c_str(), threads, pools.c_str(),
                 to_string(select_backend(one, one, one).backend).c_str(),
                 to_string(select_backend(one.to(torch::kDouble), one.to(torch::kDouble), one.to(torch::kDouble)).backend).c_str(),
                 backend_override() ? " (QUEST_ATTENTION_BACKEND)" : "");

@@ -4,26 +4,51 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <iostream>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "commands.h"
 #include "parallel.h"
 #include "quest/torch/runtime.h"
 
-// libgomp and OpenBLAS's thread pool read their idle policies once, when they load (before
-// main), and their defaults spin (libgomp) and sched_yield (OpenBLAS) for a long time after each
-// parallel region. On a 2-core machine the two pools then steal each other's cores: training a
-// ViT ran at 101 img/s by default and 169 img/s with these two settings (measured, see README).
-// So unless the user chose, set them and re-execute this binary once.
-static void use_sleeping_thread_pools(char** argv) {
+// Threads. libgomp's pool runs torch's parallel ops and quest's kernels; OpenBLAS built for
+// pthreads (Debian's default) keeps a second pool for the matrix products. Two pools on few cores
+// steal each other's time. Where Debian's OpenMP build of OpenBLAS is installed beside it
+// (libopenblas0-openmp, which scripts/setup.sh installs), quest loads that instead: one pool, left
+// with libgomp's default spin-then-sleep (ViT training on configs/full.json ~1.2x faster than two
+// pools, results/threading). Otherwise both pools are told to sleep when idle: libgomp's and
+// OpenBLAS's defaults spin and sched_yield for a long time after each parallel region (a ViT ran
+// at 101 img/s by default and 169 img/s with the two settings, results/bench). Both libraries read
+// these variables when they load, before main: so unless the user chose (LD_LIBRARY_PATH, the
+// policies, or QUEST_THREAD_POOLS_SET), set them and re-execute this binary once.
+static std::string openmp_openblas_dir() {
+  namespace fs = std::filesystem;
+  const quest::BlasInfo blas = quest::detect_blas();
+  if (!blas.openblas || blas.openmp || blas.library.empty()) return "";
+  fs::path dir = fs::path(blas.library).parent_path();
+  if (dir.filename() == "openblas-pthread") dir = dir.parent_path();
+  const fs::path candidate = dir / "openblas-openmp";
+  std::error_code ec;
+  return fs::exists(candidate / "libopenblas.so.0", ec) && fs::exists(candidate / "libblas.so.3", ec)
+             ? candidate.string()
+             : "";
+}
+
+static void configure_thread_pools(char** argv) {
   if (std::getenv("QUEST_THREAD_POOLS_SET")) return;
   setenv("QUEST_THREAD_POOLS_SET", "1", 1);
+  const char* library_path = std::getenv("LD_LIBRARY_PATH");
+  const std::string one_pool = library_path && *library_path ? "" : openmp_openblas_dir();
+  std::vector<std::pair<const char*, std::string>> wanted;
+  if (!one_pool.empty()) wanted = {{"LD_LIBRARY_PATH", one_pool}};
+  else wanted = {{"OMP_WAIT_POLICY", "passive"}, {"OPENBLAS_THREAD_TIMEOUT", "4"}};
   bool changed = false;
-  for (const auto& [name, value] : {std::pair{"OMP_WAIT_POLICY", "passive"},
-                                    std::pair{"OPENBLAS_THREAD_TIMEOUT", "4"}}) {
-    if (std::getenv(name)) continue;
-    setenv(name, value, 1);
+  for (const auto& [name, value] : wanted) {
+    if (const char* set = std::getenv(name); set && *set) continue;
+    setenv(name, value.c_str(), 1);
     changed = true;
   }
   if (changed) execv("/proc/self/exe", argv);  // on failure: carry on with the defaults
@@ -37,7 +62,7 @@ static std::string rank_prefix(const std::string& message) {
 }
 
 int main(int argc, char** argv) {
-  use_sleeping_thread_pools(argv);
+  configure_thread_pools(argv);
   quest::cli::program_args().assign(argv, argv + argc);
   CLI::App app{"quest: QUEST attention (query-modulated spherical attention) and its baselines"};
   app.require_subcommand(1);

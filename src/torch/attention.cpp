@@ -105,30 +105,45 @@ fused::RowStats row_stats(const Tensor& stats) {  // stats: (2, B, H, Nq) = shif
   return {stats[0].data_ptr<float>(), stats[1].data_ptr<float>()};
 }
 
-std::pair<Tensor, Tensor> fused_forward(const AttentionCall& c, HeadDiagnosticsPartial* diag) {
+// The fused kernel writes into views: (B, H, Nq, Dv) for the output and q, k, v's shapes for the
+// gradients, any strides with unit stride along D (the packed path writes (B, N, ...) layouts).
+Tensor fused_forward_into(const AttentionCall& c, const Tensor& out, HeadDiagnosticsPartial* diag) {
   const AttentionDims& d = c.dims;
-  Tensor out = torch::empty({d.batch, d.heads, d.q_len, d.v_dim}, c.q.options());
   Tensor stats = torch::empty({2, d.batch, d.heads, d.q_len}, c.q.options());
   fused::forward(c.kernel_args<float>(), view4<float>(out), row_stats(stats), diag,
                  at::get_num_threads());
-  return {out, stats};
+  return stats;
+}
+
+std::pair<Tensor, Tensor> fused_forward(const AttentionCall& c, HeadDiagnosticsPartial* diag) {
+  const AttentionDims& d = c.dims;
+  Tensor out = torch::empty({d.batch, d.heads, d.q_len, d.v_dim}, c.q.options());
+  return {out, fused_forward_into(c, out, diag)};
+}
+
+// Returns the head_scale gradient (undefined without one); LayerNorm never reaches the fused
+// kernel: its affine gradients come from torch.
+Tensor fused_backward_into(const AttentionCall& c, const Tensor& out, const Tensor& stats,
+                           const Tensor& dout, const Tensor& dq, const Tensor& dk, const Tensor& dv) {
+  Tensor dhead_scale = zeros_if_defined(c.head_scale);
+  AttentionGrads<float> k;
+  k.dq = view4<float>(dq);
+  k.dk = view4<float>(dk);
+  k.dv = view4<float>(dv);
+  k.dhead_scale = ptr_or_null<float>(dhead_scale);
+  const Tensor dout_rows = dout.stride(3) == 1 ? dout : dout.contiguous();
+  fused::backward(c.kernel_args<float>(), view4<const float>(out), view4<const float>(dout_rows),
+                  row_stats(stats), k, at::get_num_threads());
+  return dhead_scale;
 }
 
 KernelGrads fused_backward(const AttentionCall& c, const Tensor& out, const Tensor& stats,
                            const Tensor& dout) {
-  KernelGrads g;  // LayerNorm never reaches the fused kernel: its affine gradients come from torch
+  KernelGrads g;
   g.dq = torch::empty(c.q.sizes(), c.q.options());
   g.dk = torch::empty(c.k.sizes(), c.k.options());
   g.dv = torch::empty(c.v.sizes(), c.v.options());
-  g.dhead_scale = zeros_if_defined(c.head_scale);
-  AttentionGrads<float> k;
-  k.dq = view4<float>(g.dq);
-  k.dk = view4<float>(g.dk);
-  k.dv = view4<float>(g.dv);
-  k.dhead_scale = ptr_or_null<float>(g.dhead_scale);
-  const Tensor dout_rows = dout.stride(3) == 1 ? dout : dout.contiguous();
-  fused::backward(c.kernel_args<float>(), view4<const float>(out), view4<const float>(dout_rows),
-                  row_stats(stats), k, at::get_num_threads());
+  g.dhead_scale = fused_backward_into(c, out, stats, dout, g.dq, g.dk, g.dv);
   return g;
 }
 
@@ -226,6 +241,64 @@ Tensor apply_kernel(const AttentionCall& c, const KernelOps* ops, HeadDiagnostic
                                placeholder(c.k_norm_weight, c.q), placeholder(c.k_norm_bias, c.q),
                                placeholder(c.key_padding_mask, no_mask), c, ops, diagnostics)[0];
 }
+
+// --- packed self-attention: q, k, v read in place from one projection ----------------------------
+
+// The q (0), k (1) or v (2) heads of a packed (B, N, 3, H, D) tensor as a (B, H, N, D) view.
+Tensor packed_heads(const Tensor& qkv5, int64_t which) {
+  return qkv5.select(2, which).permute({0, 2, 1, 3});
+}
+
+// The fused kernel on a (B, N, 3, H, D) projection, output (B, N, H, D): the heads are strided
+// views, so neither the head split nor the merge of the output copies, and backward writes dq, dk,
+// dv into one gradient of the projection's shape (no zero-filled buffer per head split, no stack).
+class PackedFusedFunction : public torch::autograd::Function<PackedFusedFunction> {
+ public:
+  static AttentionCall with_tensors(AttentionCall call, const Tensor& qkv5, const Tensor& head_scale,
+                                    const Tensor& key_padding_mask) {
+    call.q = packed_heads(qkv5, 0);
+    call.k = packed_heads(qkv5, 1);
+    call.v = packed_heads(qkv5, 2);
+    call.head_scale = undefined_if_placeholder(head_scale);
+    call.key_padding_mask = undefined_if_placeholder(key_padding_mask);
+    return call;
+  }
+
+  static variable_list forward(AutogradContext* ctx, Tensor qkv5, Tensor head_scale,
+                               Tensor key_padding_mask, const AttentionCall& scalars,
+                               HeadDiagnostics* diagnostics) {
+    const AttentionCall call = with_tensors(scalars, qkv5, head_scale, key_padding_mask);
+    const AttentionDims& d = call.dims;
+    Tensor out = torch::empty({d.batch, d.q_len, d.heads, d.v_dim}, qkv5.options());
+    std::vector<HeadDiagnosticsPartial> partials(diagnostics ? d.batch * d.heads : 0);
+    const Tensor stats =
+        fused_forward_into(call, out.transpose(1, 2), diagnostics ? partials.data() : nullptr);
+    if (diagnostics) *diagnostics = reduce(partials, d.heads);
+    ctx->save_for_backward({qkv5, head_scale, key_padding_mask, out, stats});
+    auto held = c10::make_intrusive<SavedScalars>();
+    held->call = scalars;
+    for (auto field : AttentionCall::tensor_fields()) held->call.*field = Tensor();
+    held->ops = &kFusedOps;
+    ctx->saved_data["call"] = c10::IValue::make_capsule(std::move(held));
+    return {out};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    TORCH_CHECK(!torch::GradMode::is_enabled(),
+                "quest::attention: the fused backend is once-differentiable; for double backward "
+                "(create_graph=True, gradgradcheck) use the composite backend");
+    const auto held = c10::static_intrusive_pointer_cast<SavedScalars>(ctx->saved_data["call"].toCapsule());
+    const variable_list saved = ctx->get_saved_variables();
+    const Tensor &qkv5 = saved[0], &out = saved[3], &stats = saved[4];
+    const AttentionCall call = with_tensors(held->call, qkv5, saved[1], saved[2]);
+    const Tensor dout = grad_outputs[0].defined() ? grad_outputs[0] : torch::zeros_like(out);
+    Tensor dqkv = torch::empty(qkv5.sizes(), qkv5.options());
+    const Tensor dhead_scale =
+        fused_backward_into(call, out.transpose(1, 2), stats, dout.transpose(1, 2),
+                            packed_heads(dqkv, 0), packed_heads(dqkv, 1), packed_heads(dqkv, 2));
+    return {dqkv, dhead_scale, Tensor(), Tensor(), Tensor()};
+  }
+};
 
 // --- composite: matmul -> softmax -> matmul with torch ops ------------------------------------
 
@@ -433,6 +506,43 @@ AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor
                                   bool need_diagnostics) {
   const AttentionCall call = detail::make_call(q, k, v, options);
   return select(call).entry->run(call, need_weights, need_diagnostics);
+}
+
+AttentionOutput attention_packed_forward(const Tensor& qkv, int64_t heads,
+                                         const AttentionOptions& options, bool need_weights,
+                                         bool need_diagnostics) {
+  TORCH_CHECK(qkv.defined() && qkv.dim() == 3, "quest::attention_packed: qkv must have shape (B, N, "
+              "3 x heads x head_dim), got ", qkv.defined() ? qkv.sizes() : c10::IntArrayRef{});
+  TORCH_CHECK(heads > 0 && qkv.size(2) > 0 && qkv.size(2) % (3 * heads) == 0,
+              "quest::attention_packed: the last dimension of qkv (", qkv.size(2),
+              ") is not 3 x heads (", heads, ") x head_dim");
+  const int64_t b = qkv.size(0), n = qkv.size(1), dh = qkv.size(2) / (3 * heads);
+  const Tensor qkv5 = qkv.reshape({b, n, 3, heads, dh});
+  // unbind: one backward node (a stack) where indexing would make one zero-filled buffer per part.
+  const std::vector<Tensor> parts = qkv5.permute({2, 0, 3, 1, 4}).unbind(0);
+  const AttentionCall call = detail::make_call(parts[0], parts[1], parts[2], options);
+  const Selected selected = select(call);
+  const bool in_place = selected.entry->id == Backend::fused && call.q_norm != Norm::layer &&
+                        call.k_norm != Norm::layer && qkv5.stride(4) == 1;
+  if (!in_place) {
+    AttentionOutput r = selected.entry->run(call, need_weights, need_diagnostics);
+    r.output = r.output.transpose(1, 2).reshape({b, n, -1});
+    return r;
+  }
+  AttentionOutput r;
+  HeadDiagnostics diagnostics;
+  const Tensor no_mask = torch::empty({0}, torch::kBool);
+  r.output = PackedFusedFunction::apply(qkv5, placeholder(call.head_scale, qkv5),
+                                        placeholder(call.key_padding_mask, no_mask), call,
+                                        need_diagnostics ? &diagnostics : nullptr)[0]
+                 .view({b, n, -1});
+  if (need_diagnostics) r.diagnostics = diagnostics;
+  if (need_weights) r.weights = weights_of(call);
+  return r;
+}
+
+Tensor attention_packed(const Tensor& qkv, int64_t heads, const AttentionOptions& options) {
+  return attention_packed_forward(qkv, heads, options, false, false).output;
 }
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v,

@@ -20,7 +20,10 @@ BlasInfo detect_blas() {
   }
   using ConfigFn = char* (*)();
   if (auto config = reinterpret_cast<ConfigFn>(dlsym(RTLD_DEFAULT, "openblas_get_config"))) {
-    info.name = std::string("OpenBLAS ") + config();
+    info.name = config();  // "OpenBLAS 0.3.21 ... USE_OPENMP ..."
+    if (info.name.rfind("OpenBLAS", 0) != 0) info.name = "OpenBLAS " + info.name;
+    info.openblas = true;
+    info.openmp = info.name.find("USE_OPENMP") != std::string::npos;
   } else if (dlsym(RTLD_DEFAULT, "bli_info_get_version_str")) {
     info.name = "BLIS";
   } else if (dlsym(RTLD_DEFAULT, "mkl_get_version")) {

@@ -171,6 +171,75 @@ TEST(Fused, ThreadCountDoesNotChangeResults) {
   EXPECT_TRUE(torch::equal(one, two));
 }
 
+// attention_packed on a (B, N, 3E) projection = attention on its split heads, merged: output,
+// the projection's gradient and the head scale's, on every backend (the fused one reads the heads
+// in place), with masks, causality, dropout and diagnostics.
+TEST(Fused, PackedProjectionEqualsSplitHeads) {
+  torch::manual_seed(4);
+  const int64_t b = 3, n = 37, h = 4, d = 16;
+  for (Kind kind : all_kinds())
+    for (Backend backend : {Backend::fused, Backend::composite, Backend::reference, Backend::automatic})
+      for (int variant = 0; variant < 3; ++variant) {
+        const std::string what = to_string(kind) + " " + to_string(backend) + " variant " + std::to_string(variant);
+        const Tensor qkv0 = torch::randn({b, n, 3 * h * d});
+        const Tensor head_scale0 = torch::rand({h}) + 0.5;
+        Tensor mask = torch::rand({b, n}) < 0.2;
+        mask.index_put_({1, 0}, false);
+        AttentionOptions o = AttentionOptions(kind).backend(backend).causal(variant == 1)
+                                 .key_padding_mask(variant == 2 ? mask : Tensor())
+                                 .dropout(variant == 2 ? 0.3 : 0.0).training(true).seed(77);
+        if (kind == Kind::qk_layernorm)
+          o.q_norm_weight(torch::rand({d}) + 0.5).q_norm_bias(torch::randn({d}) * 0.1)
+              .k_norm_weight(torch::rand({d}) + 0.5).k_norm_bias(torch::randn({d}) * 0.1);
+        const Tensor w = torch::randn({b, n, h * d});
+        auto go = [&](bool packed) {
+          const Tensor qkv = qkv0.clone().requires_grad_();
+          const Tensor hs = head_scale0.clone().requires_grad_();
+          const AttentionOptions oo = AttentionOptions(o).head_scale(kind == Kind::qknorm ? hs : Tensor());
+          AttentionOutput r;
+          if (packed) {
+            r = attention_packed_forward(qkv, h, oo, false, true);
+          } else {
+            const auto parts = qkv.view({b, n, 3, h, d}).permute({2, 0, 3, 1, 4});
+            r = attention_forward(parts[0].contiguous(), parts[1].contiguous(), parts[2].contiguous(), oo,
+                                  false, true);
+            r.output = r.output.transpose(1, 2).reshape({b, n, h * d});
+          }
+          (r.output * w).sum().backward();
+          return std::tuple{r.output.detach(), qkv.grad(), hs.grad(), *r.diagnostics};
+        };
+        const auto [out_p, dqkv_p, dhs_p, diag_p] = go(true);
+        const auto [out_s, dqkv_s, dhs_s, diag_s] = go(false);
+        ASSERT_EQ(out_p.sizes(), (std::vector<int64_t>{b, n, h * d})) << what;
+        expect_close(out_p, out_s, what + " out");
+        expect_close(dqkv_p, dqkv_s, what + " dqkv");
+        EXPECT_GT(dqkv_p.abs().sum().item<double>(), 0) << what;
+        if (kind == Kind::qknorm) expect_close(dhs_p, dhs_s, what + " dhead_scale");
+        for (int64_t i = 0; i < h; ++i) {
+          EXPECT_NEAR(diag_p.entropy_mean[i], diag_s.entropy_mean[i], 1e-4) << what;
+          EXPECT_NEAR(diag_p.k_norm_max[i], diag_s.k_norm_max[i], 1e-4) << what;
+          EXPECT_NEAR(diag_p.logit_abs_max[i], diag_s.logit_abs_max[i], 1e-4) << what;
+        }
+      }
+}
+
+TEST(Fused, PackedProjectionRejectsBadShapes) {
+  const auto expect_error = [](const Tensor& qkv, int64_t heads, const std::string& needle) {
+    try {
+      attention_packed(qkv, heads);
+      ADD_FAILURE() << "no error for " << needle;
+    } catch (const c10::Error& e) {
+      EXPECT_NE(std::string(e.what_without_backtrace()).find(needle), std::string::npos)
+          << e.what_without_backtrace();
+    }
+  };
+  expect_error(torch::randn({2, 5, 4, 12}), 2, "qkv must have shape (B, N, 3 x heads x head_dim)");
+  expect_error(torch::randn({2, 5, 20}), 2, "is not 3 x heads (2) x head_dim");
+  expect_error(torch::randn({2, 5, 12}), 0, "is not 3 x heads (0) x head_dim");
+  expect_error(torch::randn({2, 0, 12}), 2, "is empty");
+  expect_error(torch::zeros({2, 5, 12}, torch::kInt), 2, "dtype");
+}
+
 TEST(Fused, ReportsItsSimdTarget) { EXPECT_FALSE(fused::simd_target().empty()); }
 
 }  // namespace

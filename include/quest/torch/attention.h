@@ -82,6 +82,17 @@ AttentionOutput attention_forward(const torch::Tensor& q, const torch::Tensor& k
                                   const torch::Tensor& v, const AttentionOptions& options,
                                   bool need_weights, bool need_diagnostics);
 
+// Self-attention from a packed projection, as FlashAttention's qkvpacked functions: qkv is
+// (B, N, 3 x H x D) with its last dimension laid out (3, H, D) -- q, k, v; heads; head dim -- as a
+// Linear(E, 3E) produces it; the output is (B, N, H x D), ready for the output projection. Same
+// options, backends and results as attention() on the split heads; on the fused backend the
+// heads are read in place and the gradient is written into one buffer of qkv's shape, so the head
+// split and merge cost no copies.
+torch::Tensor attention_packed(const torch::Tensor& qkv, int64_t heads,
+                               const AttentionOptions& options = {});
+AttentionOutput attention_packed_forward(const torch::Tensor& qkv, int64_t heads,
+                                         const AttentionOptions& options, bool need_weights,
+                                         bool need_diagnostics);
 // Which backend a call runs on, and why the backends before it in the order were not taken, as
 // ATen's SDPA constraint checks do ("fused: computes in float32 only, got Double").
 struct BackendSelection {

@@ -9,6 +9,8 @@ struct BlasInfo {
   std::string name;       // "OpenBLAS ...", "reference", "unknown"
   std::string library;    // the shared object providing sgemm_
   bool reference = false; // netlib reference BLAS: ~30x slower matmul
+  bool openblas = false;
+  bool openmp = false;     // OpenBLAS built with USE_OPENMP: its threads are libgomp's
   std::string core;       // OpenBLAS: the kernel set it chose (e.g. "SkylakeX", "Prescott")
   // OpenBLAS picked kernels older than the CPU's (it did not recognise the CPU) and
   // OPENBLAS_CORETYPE is unset: the kernel set to ask for, else "".

@@ -1,6 +1,7 @@
 #include "quest/lab/models/gpt.h"
 
 #include "quest/torch/nn/init.h"
+#include "quest/torch/nn/linear.h"
 
 namespace quest::models {
 
@@ -20,12 +21,12 @@ GptBlockImpl::GptBlockImpl(const GptOptions& o) {
 
 torch::Tensor GptBlockImpl::forward(torch::Tensor x) {
   x = x + dropout(attn(norm1(x)));
-  return x + dropout(fc2(torch::gelu(fc1(norm2(x)))));
+  return x + dropout(nn::linear(fc2, torch::gelu(nn::linear(fc1, norm2(x)))));
 }
 
 torch::Tensor GptBlockImpl::forward_cached(torch::Tensor x, nn::KVCache& cache) {
   x = x + dropout(attn->forward_cached(norm1(x), cache));
-  return x + dropout(fc2(torch::gelu(fc1(norm2(x)))));
+  return x + dropout(nn::linear(fc2, torch::gelu(nn::linear(fc1, norm2(x)))));
 }
 
 GptImpl::GptImpl(const GptOptions& o) : options(o) {

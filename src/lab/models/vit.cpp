@@ -1,6 +1,7 @@
 #include "quest/lab/models/vit.h"
 
 #include "quest/torch/nn/init.h"
+#include "quest/torch/nn/linear.h"
 
 namespace quest::models {
 
@@ -19,7 +20,7 @@ BlockImpl::BlockImpl(const VitOptions& o, double drop_path) : drop_path_(drop_pa
 
 torch::Tensor BlockImpl::forward(torch::Tensor x) {
   x = x + nn::drop_path(dropout(attn(norm1(x))), drop_path_, is_training());
-  return x + nn::drop_path(dropout(fc2(torch::gelu(fc1(norm2(x))))), drop_path_, is_training());
+  return x + nn::drop_path(dropout(nn::linear(fc2, torch::gelu(nn::linear(fc1, norm2(x))))), drop_path_, is_training());
 }
 
 VitImpl::VitImpl(const VitOptions& o) : options(o) {

@@ -9,6 +9,7 @@
 #include <csignal>
 #include <thread>
 
+#include "quest/lab/training/optimizer.h"
 #include "quest/torch/random.h"
 
 namespace quest::training {
@@ -105,7 +106,7 @@ std::unique_ptr<torch::optim::AdamW> Engine::make_optimizer() const {
                                  torch::optim::AdamWOptions(config_.lr).weight_decay(config_.weight_decay)));
   groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(
                                     torch::optim::AdamWOptions(config_.lr).weight_decay(0.0)));
-  return std::make_unique<torch::optim::AdamW>(std::move(groups));
+  return std::make_unique<FusedAdamW>(std::move(groups));
 }
 
 double Engine::learning_rate(int64_t step) const {
@@ -384,8 +385,8 @@ void Engine::fit_epochs(const std::function<void(const nlohmann::json&)>& on_ste
       if (!std::isfinite(loss_value)) diverged_in_step("non-finite loss " + std::to_string(loss_value), b);
       if (!group) out.loss.backward();
       // With clipping off, an infinite bound still returns the total norm and scales nothing.
-      const double grad_norm = torch::nn::utils::clip_grad_norm_(
-          task_.model().parameters(), config_.clip_grad_norm > 0 ? config_.clip_grad_norm : INFINITY);
+      const double grad_norm = clip_grad_norm(task_.model().parameters(),
+                                              config_.clip_grad_norm > 0 ? config_.clip_grad_norm : INFINITY);
       if (!std::isfinite(grad_norm)) diverged_in_step("non-finite gradient norm", b);
       optimizer_->step();
       task_.after_step(step_ + 1);

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "quest/torch/nn/linear.h"
 #include "quest/torch/nn/rotary.h"
 
 namespace quest::nn {
@@ -58,7 +59,7 @@ torch::Tensor MultiheadAttentionImpl::attend(const torch::Tensor& q, const torch
   last_diagnostics_ = std::move(r.diagnostics);
   // (B, H, N, Dh) -> (B, N, E)
   const torch::Tensor o = r.output.transpose(1, 2).reshape({q.size(0), q.size(2), -1});
-  return out_proj->forward(o);
+  return linear(out_proj, o);
 }
 
 static void check_sequence(const torch::Tensor& x, const char* name, int64_t embed_dim) {
@@ -71,14 +72,16 @@ torch::Tensor MultiheadAttentionImpl::forward(const torch::Tensor& x,
                                               const torch::Tensor& key_padding_mask) {
   check_sequence(x, "x", options.embed_dim());
   const int64_t b = x.size(0), n = x.size(1), h = options.num_heads(), dh = head_dim();
-  // (B, N, 3E) -> (3, B, H, N, Dh), one copy: each head's rows then sit contiguously, which the
-  // fused kernel's tiles read fastest.
-  const torch::Tensor qkv_heads = qkv->forward(x).view({b, n, 3, h, dh}).permute({2, 0, 3, 1, 4}).contiguous();
-  if (options.rotary())
-    return attend(apply_rotary(qkv_heads[0], 0, options.rotary_base()),
-                  apply_rotary(qkv_heads[1], 0, options.rotary_base()), qkv_heads[2],
-                  key_padding_mask);
-  return attend(qkv_heads[0], qkv_heads[1], qkv_heads[2], key_padding_mask);
+  if (!options.rotary()) {  // the heads straight from the projection, no split or merge copies
+    AttentionOutput r = attention_packed_forward(linear(qkv, x), h, attention_options(key_padding_mask),
+                                                 false, record_diagnostics_);
+    last_diagnostics_ = std::move(r.diagnostics);
+    return linear(out_proj, r.output);
+  }
+  // (B, N, 3E) -> 3 x (B, H, N, Dh) views; rotary writes new q and k.
+  const std::vector<torch::Tensor> parts = linear(qkv, x).view({b, n, 3, h, dh}).permute({2, 0, 3, 1, 4}).unbind(0);
+  return attend(apply_rotary(parts[0], 0, options.rotary_base()),
+                apply_rotary(parts[1], 0, options.rotary_base()), parts[2], key_padding_mask);
 }
 
 torch::Tensor MultiheadAttentionImpl::forward_cached(const torch::Tensor& x, KVCache& cache) {
@@ -88,7 +91,7 @@ torch::Tensor MultiheadAttentionImpl::forward_cached(const torch::Tensor& x, KVC
   TORCH_CHECK(!cache.keys.defined() || (cache.keys.size(0) == b && cache.keys.size(1) == h),
               "quest::nn::MultiheadAttention::forward_cached: the cache holds batch ",
               cache.keys.size(0), ", heads ", cache.keys.size(1), "; x has batch ", b);
-  const torch::Tensor qkv_heads = qkv->forward(x).view({b, n, 3, h, dh}).permute({2, 0, 3, 1, 4});
+  const torch::Tensor qkv_heads = linear(qkv, x).view({b, n, 3, h, dh}).permute({2, 0, 3, 1, 4});
   torch::Tensor q = qkv_heads[0], k = qkv_heads[1];
   if (options.rotary()) {
     q = apply_rotary(q, cache.length(), options.rotary_base());
@@ -103,7 +106,7 @@ torch::Tensor MultiheadAttentionImpl::forward_cached(const torch::Tensor& x, KVC
                                         : qkv_heads[2].contiguous();
   AttentionOutput r = attention_forward(q, cache.keys, cache.values, o, false, record_diagnostics_);
   last_diagnostics_ = std::move(r.diagnostics);
-  return out_proj->forward(r.output.transpose(1, 2).reshape({b, n, -1}));
+  return linear(out_proj, r.output.transpose(1, 2).reshape({b, n, -1}));
 }
 
 torch::Tensor MultiheadAttentionImpl::forward_cross(const torch::Tensor& query,

@@ -1,0 +1,106 @@
+#include "quest/lab/training/optimizer.h"
+
+#include <ATen/Parallel.h>
+
+#include <cmath>
+
+namespace quest::training {
+
+namespace {
+
+bool dense_float(const torch::Tensor& t) {
+  return t.defined() && t.device().is_cpu() && t.layout() == torch::kStrided &&
+         t.scalar_type() == torch::kFloat && t.is_contiguous();
+}
+
+constexpr int64_t kGrain = 1 << 15;  // elements per parallel chunk: small tensors stay serial
+
+}  // namespace
+
+bool FusedAdamW::fusable() const {
+  for (const auto& group : param_groups_) {
+    if (static_cast<const torch::optim::AdamWOptions&>(group.options()).amsgrad()) return false;
+    for (const auto& p : group.params())
+      if (p.grad().defined() && !(dense_float(p) && dense_float(p.grad()))) return false;
+  }
+  return true;
+}
+
+torch::Tensor FusedAdamW::step(LossClosure closure) {
+  if (!fusable()) return torch::optim::AdamW::step(closure);
+  torch::NoGradGuard no_grad;
+  torch::Tensor loss;
+  if (closure) {
+    at::AutoGradMode enable_grad(true);
+    loss = closure();
+  }
+  for (auto& group : param_groups_) {
+    const auto& o = static_cast<const torch::optim::AdamWOptions&>(group.options());
+    const double beta1 = std::get<0>(o.betas()), beta2 = std::get<1>(o.betas());
+    for (auto& p : group.params()) {
+      if (!p.grad().defined()) continue;
+      auto& slot = state_[c10::guts::to_string(p.unsafeGetTensorImpl())];
+      if (!slot) {  // as AdamW: zero moments at the first step
+        auto fresh = std::make_unique<torch::optim::AdamWParamState>();
+        fresh->step(0);
+        fresh->exp_avg(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+        fresh->exp_avg_sq(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+        slot = std::move(fresh);
+      }
+      auto& s = static_cast<torch::optim::AdamWParamState&>(*slot);
+      s.step(s.step() + 1);
+      const double bias1 = 1 - std::pow(beta1, s.step()), bias2 = 1 - std::pow(beta2, s.step());
+      // The factors in float as torch's kernels cast their scalars; the order of AdamW's ops:
+      // p *= 1 - lr wd; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+      // p += -(lr / bias1) m / (sqrt(v) / sqrt(bias2) + eps).
+      const bool decay = o.weight_decay() != 0;
+      const float keep = static_cast<float>(1 - o.lr() * o.weight_decay());
+      const float b1 = static_cast<float>(beta1), c1 = static_cast<float>(1 - beta1);
+      const float b2 = static_cast<float>(beta2), c2 = static_cast<float>(1 - beta2);
+      const float root_bias2 = static_cast<float>(std::sqrt(bias2));
+      const float eps = static_cast<float>(o.eps());
+      const float step_size = static_cast<float>(-o.lr() / bias1);
+      float* w = p.data_ptr<float>();
+      const float* g = p.grad().data_ptr<float>();
+      float* m = s.exp_avg().data_ptr<float>();
+      float* v = s.exp_avg_sq().data_ptr<float>();
+      at::parallel_for(0, p.numel(), kGrain, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const float x = decay ? w[i] * keep : w[i];
+          m[i] = m[i] * b1 + c1 * g[i];
+          v[i] = v[i] * b2 + c2 * g[i] * g[i];
+          w[i] = x + step_size * m[i] / (std::sqrt(v[i]) / root_bias2 + eps);
+        }
+      });
+    }
+  }
+  return loss;
+}
+
+double clip_grad_norm(const std::vector<torch::Tensor>& parameters, double max_norm) {
+  double sum = 0;
+  std::vector<torch::Tensor> grads;
+  for (const auto& p : parameters) {
+    if (!p.grad().defined()) continue;
+    grads.push_back(p.grad());
+    const torch::Tensor& g = grads.back();
+    if (!dense_float(g)) {
+      sum += g.detach().to(torch::kDouble).pow(2).sum().item<double>();
+      continue;
+    }
+    const float* x = g.data_ptr<float>();
+    sum += at::parallel_reduce(0, g.numel(), kGrain, 0.0, [&](int64_t begin, int64_t end, double acc) {
+      for (int64_t i = begin; i < end; ++i) acc += static_cast<double>(x[i]) * x[i];
+      return acc;
+    }, std::plus<double>());
+  }
+  const double norm = std::sqrt(sum);
+  const double coef = max_norm / (norm + 1e-6);
+  if (std::isfinite(norm) && coef < 1) {
+    torch::NoGradGuard no_grad;
+    for (auto& g : grads) g.mul_(coef);
+  }
+  return norm;
+}
+
+}  // namespace quest::training
