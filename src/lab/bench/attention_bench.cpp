@@ -76,7 +76,9 @@ AttentionBenchResult run_attention_bench(const AttentionBenchOptions& o) {
   AttentionBenchResult r;
   r.threads = at::get_num_threads();
   r.simd = fused::simd_target();
-  r.blas = detect_blas().name;
+  const BlasInfo blas = detect_blas();
+  // The sgemm divisor depends on the kernel set OpenBLAS runs (OPENBLAS_CORETYPE can pin it).
+  r.blas = blas.name + (blas.core.empty() ? "" : ", sgemm kernels " + blas.core);
   r.sgemm_samples.push_back(sgemm_gflops(o.repeats));
   for (const std::string& shape : o.shapes) {
     const auto s = parse_shape(shape);
