@@ -230,13 +230,13 @@ class MultiheadAttention(nn.Module):
         bias_k, bias_v = self.bias_k, self.bias_v
         if w is not None:
             if query is key and key is value and bias_k is None:
-                # Self-attention: one projection, then one copy into (3, B, H, N, Dh) so each
-                # head's rows sit contiguously (what the fused kernel reads fastest).
+                # Self-attention: one projection; q, k, v are strided views of it (the fused
+                # kernel reads rows with unit stride along Dh). unbind's backward is one stack,
+                # where indexing would build a zero-filled projection-sized buffer per part.
                 b, n = query.size(0), query.size(1)
                 qkv = F.linear(query, w, in_bias)
-                qkv = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-                qkv = qkv.contiguous()
-                return qkv[0], qkv[1], qkv[2]
+                q, k, v = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+                return q, k, v
             w_q, w_k, w_v = w[:e], w[e:2 * e], w[2 * e:]
         else:
             w_q, w_k, w_v = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
