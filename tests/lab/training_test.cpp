@@ -18,6 +18,30 @@ namespace fs = std::filesystem;
 
 Dataset synthetic(int64_t n, uint64_t seed) { return testing::synthetic_images(n, seed); }
 
+// The one-pass augmentation against its definition in torch ops: zero-pad, crop at the drawn
+// offsets, mirror where drawn; several channels, float and double, a non-contiguous input.
+TEST(Augmentation, IsPadCropFlip) {
+  for (auto dtype : {torch::kFloat, torch::kDouble})
+    for (int64_t pad : {0, 2, 5}) {
+      torch::manual_seed(pad);
+      const auto images = torch::randn({9, 3, 7, 6}, dtype).transpose(2, 3).contiguous().transpose(2, 3);
+      auto gen = at::make_generator<at::CPUGeneratorImpl>(pad + 1);
+      const AugmentDraw d = draw_augmentation(9, pad, true, gen);
+      std::vector<torch::Tensor> expected;
+      for (int64_t i = 0; i < 9; ++i) {
+        torch::Tensor x = images[i];
+        if (pad > 0)
+          x = torch::constant_pad_nd(x, {pad, pad, pad, pad}, 0.0)
+                  .narrow(1, d.dy[i].item<int64_t>(), 7).narrow(2, d.dx[i].item<int64_t>(), 6);
+        if (d.flip[i].item<bool>()) x = x.flip({2});
+        expected.push_back(x);
+      }
+      const auto got = apply_augmentation(images, d, pad);
+      EXPECT_TRUE(torch::equal(got, torch::stack(expected))) << "pad " << pad << " " << dtype;
+      EXPECT_GT(d.flip.sum().item<int64_t>(), 0);
+    }
+}
+
 TrainConfig tiny_config(const std::string& run_dir, Kind kind = Kind::quest) {
   TrainConfig c;
   c.model.image_size(8).patch_size(4).num_classes(2).dim(16).depth(2).heads(2).attention(kind);
