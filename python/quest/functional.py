@@ -70,6 +70,28 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", caus
     return (out, weights if need_weights else None, diagnostics if need_diagnostics else None)
 
 
+def attention_packed(qkv: Tensor, num_heads: int, kind: str = "quest", causal: bool = False,
+                     causal_alignment: str = "top_left", key_padding_mask: Optional[Tensor] = None,
+                     dropout_p: float = 0.0, training: bool = False, scale: Optional[float] = None,
+                     head_scale: Optional[Tensor] = None, q_norm_weight: Optional[Tensor] = None,
+                     q_norm_bias: Optional[Tensor] = None, k_norm_weight: Optional[Tensor] = None,
+                     k_norm_bias: Optional[Tensor] = None, seed: Optional[int] = None,
+                     backend: str = "auto", check_finite: bool = True, l2_eps: float = 1e-6,
+                     layernorm_eps: float = 1e-5) -> Tensor:
+    """Self-attention from a packed projection, as FlashAttention's qkvpacked functions: qkv is
+    (B, N, 3 * num_heads * D) with its last dimension laid out (3, num_heads, D) -- what
+    F.linear(x, in_proj_weight, in_proj_bias) gives -- and the result is (B, N, num_heads * D),
+    ready for the output projection. Options and results as attention() on the split heads; on
+    the fused backend the heads are read in place and the gradient is written into one buffer of
+    qkv's shape (no split, merge or stacking copies)."""
+    return torch.ops.quest.attention_packed(
+        qkv, num_heads, kind, causal=causal, causal_alignment=causal_alignment,
+        key_padding_mask=key_padding_mask, dropout_p=dropout_p, training=training, scale=scale,
+        head_scale=head_scale, q_norm_weight=q_norm_weight, q_norm_bias=q_norm_bias,
+        k_norm_weight=k_norm_weight, k_norm_bias=k_norm_bias, seed=seed, backend=backend,
+        check_finite=check_finite, l2_eps=l2_eps, layernorm_eps=layernorm_eps)
+
+
 def select_backend(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", causal: bool = False,
                    causal_alignment: str = "top_left", key_padding_mask: Optional[Tensor] = None,
                    dropout_p: float = 0.0, training: bool = False, scale: Optional[float] = None,

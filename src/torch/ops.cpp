@@ -96,6 +96,10 @@ Tensor attention_op(const Tensor& q, const Tensor& k, const Tensor& v, QUEST_OPT
   return attention(q, k, v, QUEST_OPTION_ARGS);
 }
 
+Tensor attention_packed_op(const Tensor& qkv, int64_t heads, QUEST_OPTION_PARAMS) {
+  return attention_packed(qkv, heads, QUEST_OPTION_ARGS);
+}
+
 // The rows of the diagnostics tensor, in order (python/quest/diagnostics.py names them).
 Tensor diagnostics_tensor(const HeadDiagnostics& d) {
   const std::vector<double>* rows[] = {&d.q_norm_mean, &d.q_norm_max,     &d.k_norm_mean,
@@ -113,6 +117,16 @@ std::tuple<Tensor, Tensor, Tensor> attention_forward_op(const Tensor& q, const T
                                                         const Tensor& v, QUEST_OPTION_PARAMS,
                                                         bool need_weights, bool need_diagnostics) {
   AttentionOutput r = attention_forward(q, k, v, QUEST_OPTION_ARGS, need_weights, need_diagnostics);
+  const Tensor none = torch::empty({0});
+  return {r.output, need_weights ? r.weights : none,
+          r.diagnostics ? diagnostics_tensor(*r.diagnostics) : none};
+}
+
+std::tuple<Tensor, Tensor, Tensor> attention_packed_forward_op(const Tensor& qkv, int64_t heads,
+                                                               QUEST_OPTION_PARAMS, bool need_weights,
+                                                               bool need_diagnostics) {
+  AttentionOutput r =
+      attention_packed_forward(qkv, heads, QUEST_OPTION_ARGS, need_weights, need_diagnostics);
   const Tensor none = torch::empty({0});
   return {r.output, need_weights ? r.weights : none,
           r.diagnostics ? diagnostics_tensor(*r.diagnostics) : none};
@@ -148,6 +162,11 @@ TORCH_LIBRARY(quest, m) {
   m.def("attention_forward(Tensor q, Tensor k, Tensor v, " QUEST_OPTION_SCHEMA
         ", bool need_weights=False, bool need_diagnostics=False) -> (Tensor, Tensor, Tensor)",
         &quest::attention_forward_op);
+  m.def("attention_packed(Tensor qkv, int heads, " QUEST_OPTION_SCHEMA ") -> Tensor",
+        &quest::attention_packed_op);
+  m.def("attention_packed_forward(Tensor qkv, int heads, " QUEST_OPTION_SCHEMA
+        ", bool need_weights=False, bool need_diagnostics=False) -> (Tensor, Tensor, Tensor)",
+        &quest::attention_packed_forward_op);
   m.def("select_backend(Tensor q, Tensor k, Tensor v, " QUEST_OPTION_SCHEMA
         ") -> (str, str[])",
         &quest::select_backend_op);

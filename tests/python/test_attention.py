@@ -211,3 +211,47 @@ def test_scale_default_per_kind():
         explicit = 1 / math.sqrt(8) if kind == "standard" else 1.0
         torch.testing.assert_close(quest.attention(q, k, v, kind),
                                    quest.attention(q, k, v, kind, scale=explicit))
+
+
+@pytest.mark.parametrize("kind", quest.KINDS)
+@pytest.mark.parametrize("backend", ["fused", "composite", "auto"])
+def test_packed_projection_equals_split_heads(kind, backend):
+    # attention_packed on a (B, N, 3E) projection = attention on its heads, merged; the gradient
+    # reaches the projection (and qknorm's head scale) alike.
+    torch.manual_seed(5)
+    b, n, h, d = 2, 19, 3, 8
+    qkv0 = torch.randn(b, n, 3 * h * d)
+    extra = {"causal": True}
+    if kind == "qknorm":
+        extra["head_scale"] = (torch.rand(h) + 0.5).requires_grad_()
+    if kind == "qk_layernorm":
+        extra["q_norm_weight"] = torch.rand(d) + 0.5
+        extra["k_norm_bias"] = torch.randn(d) * 0.1
+    w = torch.randn(b, n, h * d)
+
+    def run(packed):
+        qkv = qkv0.clone().requires_grad_()
+        if packed:
+            out = quest.attention_packed(qkv, h, kind, backend=backend, **extra)
+        else:
+            q, k, v = qkv.view(b, n, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
+            out = quest.attention(q, k, v, kind, backend=backend, **extra)
+            out = out.transpose(1, 2).reshape(b, n, h * d)
+        scale = extra.get("head_scale")
+        if scale is not None:
+            scale.grad = None
+        (out * w).sum().backward()
+        return out.detach(), qkv.grad, None if scale is None else scale.grad.clone()
+
+    out_p, dqkv_p, ds_p = run(True)
+    out_s, dqkv_s, ds_s = run(False)
+    assert out_p.shape == (b, n, h * d)
+    torch.testing.assert_close(out_p, out_s, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dqkv_p, dqkv_s, rtol=1e-5, atol=1e-6)
+    if ds_p is not None:
+        torch.testing.assert_close(ds_p, ds_s, rtol=1e-5, atol=1e-6)
+
+
+def test_packed_projection_bad_shape_is_a_clear_error():
+    with pytest.raises(RuntimeError, match=r"is not 3 x heads \(2\) x head_dim"):
+        quest.attention_packed(torch.randn(2, 5, 20), 2)
