@@ -165,13 +165,7 @@ struct SavedState {
   Tensor out, stats;
 };
 
-void save_state(AutogradContext* ctx, const AttentionCall& call, const KernelOps* ops,
-                const Tensor& out, const Tensor& stats) {
-  std::vector<Tensor> tensors;
-  for (auto field : AttentionCall::tensor_fields()) tensors.push_back(call.*field);
-  tensors.push_back(out);
-  tensors.push_back(stats);
-  ctx->save_for_backward(tensors);
+void save_scalars(AutogradContext* ctx, const AttentionCall& call, const KernelOps* ops) {
   auto scalars = c10::make_intrusive<SavedScalars>();
   scalars->call = call;
   for (auto field : AttentionCall::tensor_fields()) scalars->call.*field = Tensor();
@@ -179,9 +173,22 @@ void save_state(AutogradContext* ctx, const AttentionCall& call, const KernelOps
   ctx->saved_data["call"] = c10::IValue::make_capsule(std::move(scalars));
 }
 
+c10::intrusive_ptr<SavedScalars> load_scalars(AutogradContext* ctx) {
+  return c10::static_intrusive_pointer_cast<SavedScalars>(ctx->saved_data["call"].toCapsule());
+}
+
+void save_state(AutogradContext* ctx, const AttentionCall& call, const KernelOps* ops,
+                const Tensor& out, const Tensor& stats) {
+  std::vector<Tensor> tensors;
+  for (auto field : AttentionCall::tensor_fields()) tensors.push_back(call.*field);
+  tensors.push_back(out);
+  tensors.push_back(stats);
+  ctx->save_for_backward(tensors);
+  save_scalars(ctx, call, ops);
+}
+
 SavedState load_state(AutogradContext* ctx) {
-  const auto scalars =
-      c10::static_intrusive_pointer_cast<SavedScalars>(ctx->saved_data["call"].toCapsule());
+  const auto scalars = load_scalars(ctx);
   SavedState s{scalars->call, scalars->ops, {}, {}};
   const variable_list saved = ctx->get_saved_variables();
   size_t i = 0;
@@ -275,11 +282,7 @@ class PackedFusedFunction : public torch::autograd::Function<PackedFusedFunction
         fused_forward_into(call, out.transpose(1, 2), diagnostics ? partials.data() : nullptr);
     if (diagnostics) *diagnostics = reduce(partials, d.heads);
     ctx->save_for_backward({qkv5, head_scale, key_padding_mask, out, stats});
-    auto held = c10::make_intrusive<SavedScalars>();
-    held->call = scalars;
-    for (auto field : AttentionCall::tensor_fields()) held->call.*field = Tensor();
-    held->ops = &kFusedOps;
-    ctx->saved_data["call"] = c10::IValue::make_capsule(std::move(held));
+    save_scalars(ctx, scalars, &kFusedOps);
     return {out};
   }
 
@@ -287,10 +290,9 @@ class PackedFusedFunction : public torch::autograd::Function<PackedFusedFunction
     TORCH_CHECK(!torch::GradMode::is_enabled(),
                 "quest::attention: the fused backend is once-differentiable; for double backward "
                 "(create_graph=True, gradgradcheck) use the composite backend");
-    const auto held = c10::static_intrusive_pointer_cast<SavedScalars>(ctx->saved_data["call"].toCapsule());
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &qkv5 = saved[0], &out = saved[3], &stats = saved[4];
-    const AttentionCall call = with_tensors(held->call, qkv5, saved[1], saved[2]);
+    const AttentionCall call = with_tensors(load_scalars(ctx)->call, qkv5, saved[1], saved[2]);
     const Tensor dout = grad_outputs[0].defined() ? grad_outputs[0] : torch::zeros_like(out);
     Tensor dqkv = torch::empty(qkv5.sizes(), qkv5.options());
     const Tensor dhead_scale =

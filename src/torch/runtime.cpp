@@ -104,4 +104,9 @@ int configure_threads() {
   return threads;
 }
 
+std::string error_message(const std::exception& e) {
+  const c10::Error* c10 = dynamic_cast<const c10::Error*>(&e);
+  return c10 ? c10->what_without_backtrace() : e.what();
+}
+
 }  // namespace quest

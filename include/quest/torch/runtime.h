@@ -1,6 +1,7 @@
 // Process-level facts the LibTorch layer depends on: which BLAS backs torch's matmul, and threads.
 #pragma once
 
+#include <exception>
 #include <string>
 
 namespace quest {
@@ -36,5 +37,8 @@ int set_blas_threads(int threads);
 
 // Intra-op threads: OMP_NUM_THREADS if set, else every hardware thread. Returns the count used.
 int configure_threads();
+
+// An exception's message for a user: c10::Error's without LibTorch's C++ backtrace, else what().
+std::string error_message(const std::exception& e);
 
 }  // namespace quest

@@ -9,14 +9,11 @@
 #include <cstring>
 #include <thread>
 
+#include "quest/torch/runtime.h"
+
 namespace quest::distributed {
 
 namespace {
-
-std::string message_of(const std::exception& e) {
-  const c10::Error* c10 = dynamic_cast<const c10::Error*>(&e);
-  return c10 ? c10->what_without_backtrace() : e.what();
-}
 
 int64_t env_int(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
   const char* v = std::getenv(name);
@@ -75,7 +72,7 @@ ProcessGroup::ProcessGroup(const Rendezvous& r) : rendezvous_(r), impl_(std::mak
   try {
     impl_->store = c10::make_intrusive<c10d::TCPStore>(r.master_addr, options);
   } catch (const std::exception& e) {
-    const std::string why = message_of(e);
+    const std::string why = error_message(e);
     if (r.rank == 0)
       throw DistributedError(me + ": cannot host the rendezvous on " + where +
                              (why.find("in use") != std::string::npos
@@ -103,7 +100,7 @@ ProcessGroup::ProcessGroup(const Rendezvous& r) : rendezvous_(r), impl_(std::mak
   } catch (const DistributedError&) {
     throw;
   } catch (const std::exception& e) {
-    throw DistributedError(me + ": the rendezvous on " + where + " failed: " + message_of(e));
+    throw DistributedError(me + ": the rendezvous on " + where + " failed: " + error_message(e));
   }
   try {
     auto gloo_options = c10d::ProcessGroupGloo::Options::create(r.timeout);
@@ -114,7 +111,7 @@ ProcessGroup::ProcessGroup(const Rendezvous& r) : rendezvous_(r), impl_(std::mak
     gloo_options->threads = 1;
     impl_->gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, r.rank, r.world_size, gloo_options);
   } catch (const std::exception& e) {
-    fail("joining the Gloo process group", message_of(e));
+    fail("joining the Gloo process group", error_message(e));
   }
 }
 
@@ -209,7 +206,7 @@ void ProcessGroup::allreduce_sum(const std::vector<torch::Tensor>& tensors, cons
     }
     for (auto& w : work) w->wait();
   } catch (const std::exception& e) {
-    fail(what, message_of(e));
+    fail(what, error_message(e));
   }
   for (size_t r = 0; r < ranges.size(); ++r) {
     int64_t offset = 0;
@@ -230,7 +227,7 @@ std::vector<double> ProcessGroup::reduce(std::vector<double> values, bool maximu
   try {
     gloo_of(*impl_, rank())->allreduce(t, options)->wait();
   } catch (const std::exception& e) {
-    fail(what, message_of(e));
+    fail(what, error_message(e));
   }
   return values;  // from_blob wrote through to values
 }
@@ -253,7 +250,7 @@ std::string ProcessGroup::broadcast(const std::string& bytes, const std::string&
     if (n > 0) gloo_of(*impl_, rank())->broadcast(body)->wait();
     return std::string(static_cast<const char*>(body[0].data_ptr()), n);
   } catch (const std::exception& e) {
-    fail(what, message_of(e));
+    fail(what, error_message(e));
   }
 }
 

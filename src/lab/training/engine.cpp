@@ -11,6 +11,7 @@
 
 #include "quest/lab/training/optimizer.h"
 #include "quest/torch/random.h"
+#include "quest/torch/runtime.h"
 
 namespace quest::training {
 
@@ -140,9 +141,8 @@ void Engine::save_checkpoint(const std::string& path) const {
   } catch (const std::exception& e) {  // a full disk, a read-only directory: the old checkpoint stays
     std::error_code ignored;
     fs::remove(tmp, ignored);
-    const c10::Error* c10 = dynamic_cast<const c10::Error*>(&e);
     throw std::runtime_error("quest::training: cannot write checkpoint '" + tmp + "' (" +
-                             (c10 ? c10->what_without_backtrace() : e.what()) + "); the previous checkpoint '" +
+                             error_message(e) + "); the previous checkpoint '" +
                              path + "' is unchanged");
   }
   crash_for_test(tmp, epoch_);
@@ -174,8 +174,7 @@ void Engine::load_checkpoint_bytes(const std::string& bytes, const std::string& 
     complete = archive.try_read("epoch", epoch) && archive.try_read("step", step) &&
                archive.try_read("optimizer", optim);
   } catch (const std::exception& e) {
-    const c10::Error* c10 = dynamic_cast<const c10::Error*>(&e);
-    fail(std::string("corrupt or truncated (") + (c10 ? c10->what_without_backtrace() : e.what()) + ")");
+    fail("corrupt or truncated (" + error_message(e) + ")");
   }
   if (!complete) fail("it has no epoch, step or optimizer state (not a quest checkpoint?)");
   // Nothing is half-loaded: every tensor is read and checked before the first is copied, and the
