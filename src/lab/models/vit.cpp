@@ -84,7 +84,7 @@ torch::Tensor VitImpl::forward(const torch::Tensor& images) {
   x = torch::cat({cls_token.expand({x.size(0), 1, -1}), x}, 1) + pos_embed;
   x = embed_dropout(x);
   for (const auto& block : *blocks) x = block->as<Block>()->forward(x);
-  return head(norm(x).select(1, 0));
+  return head(norm(x.select(1, 0)));  // LayerNorm is per token: only the class token is read
 }
 
 void VitImpl::initialize(at::Generator generator) {
