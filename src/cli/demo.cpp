@@ -87,9 +87,9 @@ void add_info(CLI::App& app) {
     const int threads = configure_threads();
     const auto one = torch::zeros({1, 1, 1, 1});
     const char* wait = std::getenv("OMP_WAIT_POLICY");
-    const std::string pools =
-        blas.openmp ? std::string("one (OpenBLAS on libgomp's threads), wait policy ") + (wait ? wait : "libgomp's default")
-                    : std::string("libgomp's and OpenBLAS's own, wait policy ") + (wait ? wait : "libgomp's default");
+    const std::string pools = std::string(blas.openmp ? "one (OpenBLAS on libgomp's threads)"
+                                                      : "libgomp's and OpenBLAS's own") +
+                              ", wait policy " + (wait ? wait : "libgomp's default");
     std::printf("BLAS: %s (%s)\nthreads: %d\nthread pools: %s\nattention backend (automatic): float32 %s, float64 %s%s\n",
                 blas.name.c_str(), blas.library.c_str(), threads, pools.c_str(),
                 to_string(select_backend(one, one, one).backend).c_str(),

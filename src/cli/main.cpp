@@ -18,8 +18,8 @@
 // pthreads (Debian's default) keeps a second pool for the matrix products. Two pools on few cores
 // steal each other's time. Where Debian's OpenMP build of OpenBLAS is installed beside it
 // (libopenblas0-openmp, which scripts/setup.sh installs), quest loads that instead: one pool, left
-// with libgomp's default spin-then-sleep (ViT training on configs/full.json ~1.2x faster than two
-// pools, results/threading). Otherwise both pools are told to sleep when idle: libgomp's and
+// with libgomp's default spin-then-sleep (ViT training on configs/full.json ~1.27x faster than two
+// pools, results/training-step). Otherwise both pools are told to sleep when idle: libgomp's and
 // OpenBLAS's defaults spin and sched_yield for a long time after each parallel region (a ViT ran
 // at 101 img/s by default and 169 img/s with the two settings, results/bench). Both libraries read
 // these variables when they load, before main: so unless the user chose (LD_LIBRARY_PATH, the

@@ -122,16 +122,6 @@ std::tuple<Tensor, Tensor, Tensor> attention_forward_op(const Tensor& q, const T
           r.diagnostics ? diagnostics_tensor(*r.diagnostics) : none};
 }
 
-std::tuple<Tensor, Tensor, Tensor> attention_packed_forward_op(const Tensor& qkv, int64_t heads,
-                                                               QUEST_OPTION_PARAMS, bool need_weights,
-                                                               bool need_diagnostics) {
-  AttentionOutput r =
-      attention_packed_forward(qkv, heads, QUEST_OPTION_ARGS, need_weights, need_diagnostics);
-  const Tensor none = torch::empty({0});
-  return {r.output, need_weights ? r.weights : none,
-          r.diagnostics ? diagnostics_tensor(*r.diagnostics) : none};
-}
-
 // (the backend that would run, why each one before it was not taken).
 std::tuple<std::string, std::vector<std::string>> select_backend_op(const Tensor& q,
                                                                     const Tensor& k,
@@ -164,9 +154,6 @@ TORCH_LIBRARY(quest, m) {
         &quest::attention_forward_op);
   m.def("attention_packed(Tensor qkv, int heads, " QUEST_OPTION_SCHEMA ") -> Tensor",
         &quest::attention_packed_op);
-  m.def("attention_packed_forward(Tensor qkv, int heads, " QUEST_OPTION_SCHEMA
-        ", bool need_weights=False, bool need_diagnostics=False) -> (Tensor, Tensor, Tensor)",
-        &quest::attention_packed_forward_op);
   m.def("select_backend(Tensor q, Tensor k, Tensor v, " QUEST_OPTION_SCHEMA
         ") -> (str, str[])",
         &quest::select_backend_op);

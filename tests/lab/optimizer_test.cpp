@@ -40,6 +40,14 @@ void set_grads(const std::vector<torch::Tensor>& ps, int step) {
   }
 }
 
+// Steps [from, to) of `opt` over `ps`, each with its seeded gradients.
+void run_steps(const std::vector<torch::Tensor>& ps, torch::optim::Optimizer& opt, int from, int to) {
+  for (int step = from; step < to; ++step) {
+    set_grads(ps, step);
+    opt.step();
+  }
+}
+
 void expect_close(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b, double rtol) {
   for (size_t i = 0; i < a.size(); ++i)
     EXPECT_TRUE(torch::allclose(a[i], b[i], rtol, 1e-7)) << "parameter " << i << ": max diff "
@@ -50,12 +58,8 @@ TEST(FusedAdamW, MatchesTorchAdamW) {
   auto ours = make_params(), theirs = make_params();
   auto fused = make_opt<FusedAdamW>(ours);
   auto reference = make_opt<torch::optim::AdamW>(theirs);
-  for (int step = 0; step < 30; ++step) {
-    set_grads(ours, step);
-    set_grads(theirs, step);
-    fused->step();
-    reference->step();
-  }
+  run_steps(ours, *fused, 0, 30);
+  run_steps(theirs, *reference, 0, 30);
   expect_close(ours, theirs, 1e-5);
   // And it moved: a test that cannot fail would not notice a step that does nothing.
   EXPECT_FALSE(torch::allclose(ours[2], make_params()[2], 1e-3, 1e-3));
@@ -66,10 +70,7 @@ TEST(FusedAdamW, StateIsTorchs) {
   auto ours = make_params(), theirs = make_params();
   auto fused = make_opt<FusedAdamW>(ours);
   auto reference = make_opt<torch::optim::AdamW>(theirs);
-  for (int step = 0; step < 10; ++step) {
-    set_grads(ours, step);
-    fused->step();
-  }
+  run_steps(ours, *fused, 0, 10);
   std::stringstream saved;
   {
     torch::serialize::OutputArchive archive;
@@ -80,14 +81,8 @@ TEST(FusedAdamW, StateIsTorchs) {
   torch::serialize::InputArchive archive;
   archive.load_from(saved);
   resumed->load(archive);
-  for (int step = 10; step < 20; ++step) {
-    set_grads(ours, step);
-    resumed->step();
-  }
-  for (int step = 0; step < 20; ++step) {
-    set_grads(theirs, step);
-    reference->step();
-  }
+  run_steps(ours, *resumed, 10, 20);
+  run_steps(theirs, *reference, 0, 20);
   expect_close(ours, theirs, 1e-5);
 }
 
@@ -95,12 +90,8 @@ TEST(FusedAdamW, FallsBackForDouble) {
   auto ours = make_params(torch::kDouble), theirs = make_params(torch::kDouble);
   auto fused = make_opt<FusedAdamW>(ours);
   auto reference = make_opt<torch::optim::AdamW>(theirs);
-  for (int step = 0; step < 5; ++step) {
-    set_grads(ours, step);
-    set_grads(theirs, step);
-    fused->step();
-    reference->step();
-  }
+  run_steps(ours, *fused, 0, 5);
+  run_steps(theirs, *reference, 0, 5);
   for (size_t i = 0; i < ours.size(); ++i) EXPECT_TRUE(torch::equal(ours[i], theirs[i])) << i;
 }
 
