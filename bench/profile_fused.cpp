@@ -1,6 +1,8 @@
 // Torch-free driver of one fused forward (and optionally backward), for profilers:
 //   valgrind --tool=callgrind build/bench/profile_fused 1 4 1024 64 quest
-// Arguments: B H N D kind [backward]. One thread unless OMP_NUM_THREADS says otherwise.
+//   perf record build/bench/profile_fused 64 4 65 32 quest backward 2000
+// Arguments: B H N D kind [backward [repeats]]. One thread unless OMP_NUM_THREADS says otherwise.
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
@@ -23,6 +25,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   const bool backward = argc > 6 && std::string(argv[6]) == "backward";
+  const int repeats = argc > 7 ? std::max(1, std::atoi(argv[7])) : 1;
   const AttentionDims dims{B, H, N, N, D, D};
   const size_t n = static_cast<size_t>(B * H * N * D);
   std::vector<float> q(n), k(n), v(n), o(n), dout(n), dq(n), dk(n), dv(n), shift(B * H * N),
@@ -41,6 +44,7 @@ int main(int argc, char** argv) {
   a.k_norm = traits(*kind).k_norm;
   a.scale = default_scale(*kind, D);
   const int threads = std::getenv("OMP_NUM_THREADS") ? 0 : 1;
+  for (int rep = 0; rep < repeats; ++rep) {
   fused::forward(a, view(o.data()), {shift.data(), log_sum.data()}, nullptr, threads);
   if (backward) {
     AttentionGrads<float> g;
@@ -50,6 +54,7 @@ int main(int argc, char** argv) {
     fused::backward(a, view(static_cast<const float*>(o.data())),
                     view(static_cast<const float*>(dout.data())), {shift.data(), log_sum.data()},
                     g, threads);
+  }
   }
   std::printf("%s: o[0] = %f%s\n", fused::simd_target().c_str(), o[0],
               backward ? (", dk[0] = " + std::to_string(dk[0])).c_str() : "");

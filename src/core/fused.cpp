@@ -129,11 +129,119 @@ float Dot(const float* a, const float* b, int64_t n) {
   return static_cast<float>(s);
 }
 
-// 1 / max(|x|, eps) for Norm::l2, 1 for Norm::none; |x| through `norm`.
+// |x| in float. Every query norm goes through here (keys through ColumnNorms), so the forward and
+// the backward normalise bit for bit alike.
+float RowNorm(const float* x, int64_t n) {
+  const DF d;
+  const int64_t L = LanesF();
+  VF acc = hn::Zero(d);
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    const VF v = hn::LoadU(d, x + i);
+    acc = hn::MulAdd(v, v, acc);
+  }
+  float s = hn::GetLane(hn::SumOfLanes(d, acc));
+  for (; i < n; ++i) s += x[i] * x[i];
+  return std::sqrt(s);
+}
+
+// 1 / max(|x|, eps) for Norm::l2, 1 for Norm::none.
+VF InverseOf(VF raw, Norm norm, double eps) {
+  const DF d;
+  if (norm != Norm::l2) return hn::Set(d, 1.0f);
+  const VF veps = hn::Set(d, static_cast<float>(eps));
+  return hn::Div(hn::Set(d, 1.0f), hn::IfThenElse(hn::Lt(raw, veps), veps, raw));  // NaN stays NaN
+}
+float InverseOf(float raw, Norm norm, double eps) {
+  return hn::GetLane(InverseOf(hn::Set(DF(), raw), norm, eps));
+}
+
+// 1 / max(|x|, eps) (or 1), |x| into *raw_norm.
 float InverseNorm(const float* x, int64_t n, Norm norm, double eps, float* raw_norm) {
-  const float nrm = std::sqrt(Dot(x, x, n));
-  if (raw_norm) *raw_norm = nrm;
-  return norm == Norm::l2 ? static_cast<float>(1.0 / std::max<double>(nrm, eps)) : 1.0f;
+  *raw_norm = RowNorm(x, n);
+  return InverseOf(*raw_norm, norm, eps);
+}
+
+// y[0, n) = x[0, n) * f (y may be x).
+void ScaleRow(const float* x, float f, int64_t n, float* y) {
+  const DF d;
+  const int64_t L = LanesF();
+  const VF vf = hn::Set(d, f);
+  int64_t i = 0;
+  for (; i + L <= n; i += L) hn::StoreU(hn::Mul(hn::LoadU(d, x + i), vf), d, y + i);
+  for (; i < n; ++i) y[i] = x[i] * f;
+}
+
+// acc[0, n) += 0 * x[0, n) (problem.h's accumulate_nonfinite, vectorised).
+void AccumulateNonfinite(const float* x, int64_t n, float* acc) {
+  const DF d;
+  const int64_t L = LanesF();
+  const VF zero = hn::Zero(d);
+  int64_t i = 0;
+  for (; i + L <= n; i += L)
+    hn::StoreU(hn::Add(hn::LoadU(d, acc + i), hn::Mul(zero, hn::LoadU(d, x + i))), d, acc + i);
+  for (; i < n; ++i) acc[i] += 0.0f * x[i];
+}
+
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+// Rows r[0, 16) become columns: r[k] = (old r[0][k], ..., old r[15][k]). Lane pairs, then 64-bit
+// pairs within each 128-bit block, then the blocks themselves (two rounds of shuffle_f32x4).
+HWY_INLINE void Transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // block b of r[4i + k]: column 4b + k of rows 4i .. 4i + 3
+    const __m512d a0 = _mm512_castps_pd(t[4 * i]), a1 = _mm512_castps_pd(t[4 * i + 1]);
+    const __m512d b0 = _mm512_castps_pd(t[4 * i + 2]), b1 = _mm512_castps_pd(t[4 * i + 3]);
+    r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, b0));
+    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, b0));
+    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, b1));
+    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, b1));
+  }
+  for (int h = 0; h < 2; ++h)
+    for (int k = 0; k < 4; ++k) {  // blocks 0, 2 / 1, 3 of rows 8h + 0..3 and 8h + 4..7
+      t[8 * h + k] = _mm512_shuffle_f32x4(r[8 * h + k], r[8 * h + 4 + k], 0x88);
+      t[8 * h + 4 + k] = _mm512_shuffle_f32x4(r[8 * h + k], r[8 * h + 4 + k], 0xdd);
+    }
+  for (int k = 0; k < 4; ++k) {
+    r[k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0x88);
+    r[8 + k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0xdd);
+    r[4 + k] = _mm512_shuffle_f32x4(t[4 + k], t[12 + k], 0x88);
+    r[12 + k] = _mm512_shuffle_f32x4(t[4 + k], t[12 + k], 0xdd);
+  }
+}
+#endif
+
+// dst[e * ldd + c] = src[c * stride + e] for c < n, e < cols, and 0 for n <= c < width (a multiple
+// of the vector length). Packing K^T and V^T for the tiles: on AVX-512 a 16 x 16 block at a time
+// in registers (gathers are slow where the Downfall microcode mitigation is on), else scalar.
+void TransposeRows(const float* src, int64_t stride, int64_t n, int64_t cols, float* dst,
+                   int64_t ldd, int64_t width) {
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+  for (int64_t c0 = 0; c0 < width; c0 += 16) {
+    const int64_t rows = std::clamp<int64_t>(n - c0, 0, 16);
+    for (int64_t e0 = 0; e0 < cols; e0 += 16) {
+      const int64_t ec = std::min<int64_t>(16, cols - e0);
+      const __mmask16 m = static_cast<__mmask16>((1u << ec) - 1);
+      __m512 r[16];
+      for (int64_t i = 0; i < 16; ++i)
+        r[i] = i < rows ? _mm512_maskz_loadu_ps(m, src + (c0 + i) * stride + e0) : _mm512_setzero_ps();
+      Transpose16(r);
+      for (int64_t k = 0; k < ec; ++k) _mm512_storeu_ps(dst + (e0 + k) * ldd + c0, r[k]);
+    }
+  }
+#else
+  for (int64_t c0 = 0; c0 < width; c0 += 8) {  // 8 rows at a time: 8 contiguous stores per e
+    const int64_t rows = std::clamp<int64_t>(n - c0, 0, 8);
+    for (int64_t e = 0; e < cols; ++e) {
+      float* out = dst + e * ldd + c0;
+      for (int64_t i = 0; i < rows; ++i) out[i] = src[(c0 + i) * stride + e];
+      for (int64_t i = rows; i < 8 && c0 + i < width; ++i) out[i] = 0.0f;
+    }
+  }
+#endif
 }
 
 // Number of leading keys of the tile [j0, j0 + jn) that query i may see under the causal mask.
@@ -164,36 +272,50 @@ struct Scratch {
 };
 
 // Packs keys [j0, j0 + jn) of (b, h), normalised: kt as D x width (transposed), optionally kbar
-// as width x ldk rows; pad entries are zero. rk: the keys' 1/max(|k|, eps) if known (null:
-// computed here, raw |k| into knorm if given).
+// as width x ldk rows; pad entries are zero. Per key c < jn: raw |k| into knorm and
+// 1/max(|k|, eps) (1 without normalisation) into rk, if given. A key's norm is a sum down its
+// column of kt, so it does not depend on the tile it was packed in.
 void PackKeys(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t j0, int64_t jn,
-              int64_t width, const float* rk, float* kt, float* kbar, int64_t ldk,
-              float* knorm) {
+              int64_t width, float* kt, float* kbar, int64_t ldk, float* knorm, float* rk) {
+  const DF d;
+  const int64_t L = LanesF();
   const int64_t D = a.dims.qk_dim;
-  for (int64_t e = 0; e < D; ++e) std::fill(kt + e * width + jn, kt + (e + 1) * width, 0.0f);
-  if (kbar) std::fill(kbar + jn * ldk, kbar + width * ldk, 0.0f);
-  for (int64_t c = 0; c < jn; ++c) {
-    const float* k = &a.k.at(b, h, j0 + c, 0);
-    float raw = 0;
-    const float r = rk ? rk[c] : InverseNorm(k, D, a.k_norm, a.l2_eps, &raw);
-    if (knorm) knorm[c] = raw;
-    for (int64_t e = 0; e < D; ++e) kt[e * width + c] = k[e] * r;  // normalise in the load
-    if (kbar) {
-      for (int64_t e = 0; e < D; ++e) kbar[c * ldk + e] = k[e] * r;
-      std::fill(kbar + c * ldk + D, kbar + (c + 1) * ldk, 0.0f);
+  const float* k0 = &a.k.at(b, h, j0, 0);
+  const int64_t ks = a.k.stride[2];
+  TransposeRows(k0, ks, jn, D, kt, width, width);
+  HWY_ALIGN float lane_r[hn::MaxLanes(DF())], lane_raw[hn::MaxLanes(DF())];
+  for (int64_t c = 0; c < width; c += L) {
+    VF acc = hn::Zero(d);
+    for (int64_t e = 0; e < D; ++e) {
+      const VF x = hn::LoadU(d, kt + e * width + c);
+      acc = hn::MulAdd(x, x, acc);
+    }
+    const VF raw = hn::Sqrt(acc), r = InverseOf(raw, a.k_norm, a.l2_eps);
+    if (a.k_norm == Norm::l2)  // normalise in the pack (pad columns stay 0)
+      for (int64_t e = 0; e < D; ++e)
+        hn::StoreU(hn::Mul(hn::LoadU(d, kt + e * width + c), r), d, kt + e * width + c);
+    hn::Store(raw, d, lane_raw);
+    hn::Store(r, d, lane_r);
+    for (int64_t x = 0; x < L && c + x < jn; ++x) {
+      if (knorm) knorm[c + x] = lane_raw[x];
+      if (rk) rk[c + x] = lane_r[x];
+      if (kbar) {  // the same products as kt's, row-major
+        ScaleRow(k0 + (c + x) * ks, lane_r[x], D, kbar + (c + x) * ldk);
+        std::fill(kbar + (c + x) * ldk + D, kbar + (c + x + 1) * ldk, 0.0f);
+      }
     }
   }
+  if (kbar) std::fill(kbar + jn * ldk, kbar + width * ldk, 0.0f);
 }
 
-// Values [j0, j0 + jn) of (b, h) as width x ldv rows; pad entries are zero.
+// Values [j0, j0 + jn) of (b, h) as jn x ldv rows, zero-padded from Dv to ldv.
 void PackValues(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t j0, int64_t jn,
-                int64_t width, int64_t ldv, float* vp) {
+                int64_t ldv, float* vp) {
   const int64_t Dv = a.dims.v_dim;
   for (int64_t c = 0; c < jn; ++c) {
     std::copy_n(&a.v.at(b, h, j0 + c, 0), Dv, vp + c * ldv);
     std::fill(vp + c * ldv + Dv, vp + (c + 1) * ldv, 0.0f);
   }
-  std::fill(vp + jn * ldv, vp + width * ldv, 0.0f);
 }
 
 float DropoutFactor(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i, int64_t j) {
@@ -210,35 +332,40 @@ struct HeadKeys {
   // (It still can where it pushes a later row of the same query block past kFixedShiftMax: the
   // block then takes the online softmax, equal up to rounding.)
   const float* kmax_upto = nullptr;
-  const float* rk = nullptr;        // per key: 1/max(|k|, eps) (1 without normalisation)
   const float* vpoison = nullptr;   // Dv: sum_j 0 * v_j, NaN where a value is; null if all finite
   int64_t first_key = 0;            // first unpadded key (sees_no_key)
 };
 
-// Fills rk and kmax_upto (Nk) and vpoison (Dv) for (b, h); key diagnostics into part if given.
-HeadKeys ScanHead(const AttentionArgs<float>& a, int64_t b, int64_t h, float* rk, float* kmax_upto,
-                  float* vpoison, HeadDiagnosticsPartial* part) {
+// Fills kmax_upto (Nk) and vpoison (Dv) for (b, h); key diagnostics into part if given.
+HeadKeys ScanHead(const AttentionArgs<float>& a, int64_t b, int64_t h, float* kmax_upto,
+                  float* vpoison, HeadDiagnosticsPartial* part, Scratch& w) {
   const AttentionDims& dm = a.dims;
+  const int64_t L = LanesF();
+  float* kt = Scratch::Get(w.kt, dm.qk_dim * kBlockK);
+  float* raw = Scratch::Get(w.knorm, kBlockK);
+  float* rk = Scratch::Get(w.t, kBlockK);
   HeadKeys hk;
   float largest = 0;
   bool finite = true;
   std::fill(vpoison, vpoison + dm.v_dim, 0.0f);
-  for (int64_t j = 0; j < dm.k_len; ++j) {
-    float raw = 0;
-    rk[j] = InverseNorm(&a.k.at(b, h, j, 0), dm.qk_dim, a.k_norm, a.l2_eps, &raw);
-    const float knorm = raw * rk[j];
-    finite = finite && std::isfinite(knorm);
-    largest = std::max(largest, knorm);
-    kmax_upto[j] = finite ? largest : std::numeric_limits<float>::infinity();
-    accumulate_nonfinite(&a.v.at(b, h, j, 0), dm.v_dim, 1, vpoison);
-    if (part && !a.key_padded(b, j)) {
-      part->k_norm_sum += raw;
-      part->k_norm_max = nan_max(part->k_norm_max, raw);
-      ++part->k_count;
+  for (int64_t j0 = 0; j0 < dm.k_len; j0 += kBlockK) {
+    const int64_t jn = std::min(kBlockK, dm.k_len - j0);
+    PackKeys(a, b, h, j0, jn, RoundUp(jn, L), kt, nullptr, 0, raw, rk);  // norms as the tiles'
+    for (int64_t c = 0; c < jn; ++c) {
+      const int64_t j = j0 + c;
+      const float knorm = raw[c] * rk[c];
+      finite = finite && std::isfinite(knorm);
+      largest = std::max(largest, knorm);
+      kmax_upto[j] = finite ? largest : std::numeric_limits<float>::infinity();
+      AccumulateNonfinite(&a.v.at(b, h, j, 0), dm.v_dim, vpoison);
+      if (part && !a.key_padded(b, j)) {
+        part->k_norm_sum += raw[c];
+        part->k_norm_max = nan_max(part->k_norm_max, raw[c]);
+        ++part->k_count;
+      }
     }
   }
   hk.kmax = finite ? largest : std::numeric_limits<float>::infinity();  // no fixed shift then
-  hk.rk = rk;
   hk.kmax_upto = kmax_upto;
   hk.vpoison = any_nonfinite(vpoison, dm.v_dim) ? vpoison : nullptr;
   hk.first_key = a.first_unpadded_key(b);
@@ -272,7 +399,7 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
     const float* q = &a.q.at(b, h, i0 + r, 0);
     float raw = 0;
     const float rq = InverseNorm(q, D, a.q_norm, a.l2_eps, &raw);
-    for (int64_t e = 0; e < D; ++e) qs[r * D + e] = q[e] * rq * g;
+    ScaleRow(q, rq * g, D, qs + r * D);
     const int64_t last_key = std::min(i0 + r + a.causal_shift(), dm.k_len - 1);
     const float kmax = !a.causal ? hk.kmax : last_key >= 0 ? hk.kmax_upto[last_key] : 0.0f;
     bound[r] = std::abs(g) * raw * rq * kmax;
@@ -294,8 +421,12 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
   const VF vinf = hn::Set(d, std::numeric_limits<float>::infinity());
   for (int64_t j0 = 0; j0 < k_end; j0 += kBlockK) {
     const int64_t jn = std::min(kBlockK, k_end - j0), width = RoundUp(jn, L);
-    PackKeys(a, b, h, j0, jn, width, hk.rk + j0, kt, nullptr, 0, nullptr);
-    PackValues(a, b, h, j0, jn, width, Dvp, vp);
+    PackKeys(a, b, h, j0, jn, width, kt, nullptr, 0, nullptr, nullptr);
+    // V feeds the GEMM in place when its rows are whole vectors; only jn rows are read.
+    const bool v_in_place = Dv == Dvp;
+    const float* vb = v_in_place ? &a.v.at(b, h, j0, 0) : vp;
+    const int64_t ldv = v_in_place ? a.v.stride[2] : Dvp;
+    if (!v_in_place) PackValues(a, b, h, j0, jn, Dvp, vp);
     Gemm(Br, width, D, qs, D, 1, kt, width, s, width, false);  // S = Qs K^T
     for (int64_t r = 0; r < Br; ++r) {
       float* sr = s + r * width;
@@ -345,7 +476,7 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
       if (a.dropout > 0)  // P' = P * keep / (1 - p_drop) feeds O only; l keeps the full P
         for (int64_t c = 0; c < jn; ++c) sr[c] *= DropoutFactor(a, b, h, i0 + r, j0 + c);
     }
-    Gemm(Br, Dvp, width, s, width, 1, vp, Dvp, o, Dvp, true);  // O += P V
+    Gemm(Br, Dvp, jn, s, width, 1, vb, ldv, o, Dvp, true);  // O += P V
   }
   for (int64_t r = 0; r < Br; ++r) {
     const int64_t i = i0 + r;
@@ -388,15 +519,19 @@ void ForwardF32(const AttentionArgs<float>& a, View4<float> out, RowStats stats,
   const int64_t heads = dm.batch * dm.heads;
   const int64_t q_blocks = (dm.q_len + kBlockQ - 1) / kBlockQ;
   // O(B*H*(Nk + Dv)) per-head key and value facts first, then the query blocks in parallel.
-  std::vector<float> rk(heads * dm.k_len), kmax_upto(heads * dm.k_len), vpoison(heads * dm.v_dim);
+  std::vector<float> kmax_upto(heads * dm.k_len), vpoison(heads * dm.v_dim);
   std::vector<HeadKeys> keys(heads);
   std::vector<HeadDiagnosticsPartial> parts(diagnostics ? heads * q_blocks : 0);
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t bh = 0; bh < heads; ++bh) {
-    HeadDiagnosticsPartial* part = diagnostics ? &diagnostics[bh] : nullptr;
-    if (part) *part = HeadDiagnosticsPartial{};
-    keys[bh] = ScanHead(a, bh / dm.heads, bh % dm.heads, &rk[bh * dm.k_len],
-                        &kmax_upto[bh * dm.k_len], &vpoison[bh * dm.v_dim], part);
+#pragma omp parallel num_threads(threads)
+  {
+    Scratch w;
+#pragma omp for schedule(static)
+    for (int64_t bh = 0; bh < heads; ++bh) {
+      HeadDiagnosticsPartial* part = diagnostics ? &diagnostics[bh] : nullptr;
+      if (part) *part = HeadDiagnosticsPartial{};
+      keys[bh] = ScanHead(a, bh / dm.heads, bh % dm.heads, &kmax_upto[bh * dm.k_len],
+                          &vpoison[bh * dm.v_dim], part, w);
+    }
   }
 #pragma omp parallel num_threads(threads)
   {
@@ -418,7 +553,14 @@ void ForwardF32(const AttentionArgs<float>& a, View4<float> out, RowStats stats,
 void L2Backward(const float* y, const float* dy, float raw, double eps, int64_t n, float* dx) {
   if (!(raw <= eps)) {  // dx = (dy - y (y.dy)) / |x|; a NaN norm takes this branch too
     const float ydy = Dot(y, dy, n);
-    for (int64_t e = 0; e < n; ++e) dx[e] = (dy[e] - y[e] * ydy) / raw;
+    const DF d;
+    const int64_t L = LanesF();
+    const VF vydy = hn::Set(d, ydy), vraw = hn::Set(d, raw);
+    int64_t e = 0;
+    for (; e + L <= n; e += L)
+      hn::StoreU(hn::Div(hn::Sub(hn::LoadU(d, dy + e), hn::Mul(hn::LoadU(d, y + e), vydy)), vraw),
+                 d, dx + e);
+    for (; e < n; ++e) dx[e] = (dy[e] - y[e] * ydy) / raw;
   } else {
     for (int64_t e = 0; e < n; ++e) dx[e] = dy[e] / static_cast<float>(eps);
   }
@@ -466,15 +608,15 @@ void BackwardTiles(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t 
   std::fill(qpoison, qpoison + D, 0.0f);
   std::fill(kpoison, kpoison + D, 0.0f);
   std::fill(vpoison, vpoison + Dv, 0.0f);
-  for (int64_t j = 0; j < Nk; ++j) accumulate_nonfinite(&a.v.at(b, h, j, 0), Dv, 1, vpoison);
+  for (int64_t j = 0; j < Nk; ++j) AccumulateNonfinite(&a.v.at(b, h, j, 0), Dv, vpoison);
   // D_i = rowsum(dO o O) = sum_j P_ij dP_ij. A non-finite value that row i does not see made its
   // output non-finite (as 0 * v) but not the composite's D_i, so then D_i comes from the tiles.
   const bool d_from_tiles = any_nonfinite(vpoison, Dv);
   for (int64_t i = 0; i < Nq; ++i) {
     const float* q = &a.q.at(b, h, i, 0);
     const float rq = InverseNorm(q, D, a.q_norm, a.l2_eps, &qnorm[i]);
-    for (int64_t e = 0; e < D; ++e) qn[i * Dp + e] = q[e] * rq * gq;  // as the forward's qs
-    accumulate_nonfinite(qn + i * Dp, D, 1, qpoison);
+    ScaleRow(q, rq * gq, D, qn + i * Dp);  // as the forward's qs
+    AccumulateNonfinite(qn + i * Dp, D, qpoison);
     std::copy_n(&dout.at(b, h, i, 0), Dv, dop + i * Dvp);
     dsum[i] = d_from_tiles ? 0.0f : Dot(&dout.at(b, h, i, 0), &out.at(b, h, i, 0), Dv);
   }
@@ -485,14 +627,10 @@ void BackwardTiles(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t 
   for (int64_t j0 = 0; j0 < Nk; j0 += kBlockK) {
     if (pass == 1 && (j0 / kBlockK) % chunks != chunk) continue;  // another chunk's tile
     const int64_t jn = std::min(kBlockK, Nk - j0), width = RoundUp(jn, L);
-    PackKeys(a, b, h, j0, jn, width, nullptr, kt, kbar, Dp, knorm);
+    PackKeys(a, b, h, j0, jn, width, kt, kbar, Dp, knorm, nullptr);
     if (pass == 1)
-      for (int64_t c = 0; c < jn; ++c) accumulate_nonfinite(kbar + c * Dp, D, 1, kpoison);
-    std::fill(vt, vt + Dv * width, 0.0f);
-    for (int64_t c = 0; c < jn; ++c) {
-      const float* v = &a.v.at(b, h, j0 + c, 0);
-      for (int64_t e = 0; e < Dv; ++e) vt[e * width + c] = v[e];
-    }
+      for (int64_t c = 0; c < jn; ++c) AccumulateNonfinite(kbar + c * Dp, D, kpoison);
+    TransposeRows(&a.v.at(b, h, j0, 0), a.v.stride[2], jn, Dv, vt, width, width);
     std::fill(dk, dk + width * Dp, 0.0f);
     std::fill(dv, dv + width * Dvp, 0.0f);
     // Rows before the first that can see key j0 (i + shift >= j0) see none of this tile.
@@ -556,9 +694,10 @@ void BackwardTiles(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t 
         dscale += hn::GetLane(hn::SumOfLanes(d, vscale));
       }
       if (pass == 0) continue;
-      Gemm(width, Dvp, Br, pd, 1, width, dop + i0 * Dvp, Dvp, dv, Dvp, true);  // dV += P'^T dO
-      Gemm(width, Dp, Br, ds, 1, width, qn + i0 * Dp, Dp, dk, Dp, true);  // dK += dS^T (g Q)
-      Gemm(Br, Dp, width, ds, width, 1, kbar, Dp, dq + i0 * Dp, Dp, true);  // dQ += dS K (x g later)
+      // (The pad keys' columns of P and dS are 0: only jn rows / jn terms are computed.)
+      Gemm(jn, Dvp, Br, pd, 1, width, dop + i0 * Dvp, Dvp, dv, Dvp, true);  // dV += P'^T dO
+      Gemm(jn, Dp, Br, ds, 1, width, qn + i0 * Dp, Dp, dk, Dp, true);  // dK += dS^T (g Q)
+      Gemm(Br, Dp, jn, ds, width, 1, kbar, Dp, dq + i0 * Dp, Dp, true);  // dQ += dS K (x g later)
     }
     if (pass == 0) continue;
     const bool q_poisoned = any_nonfinite(qpoison, D);
@@ -593,15 +732,14 @@ void FinishQueries(const AttentionArgs<float>& a, int64_t b, int64_t h, float* d
     float raw = 0;
     const float* q = &a.q.at(b, h, i, 0);
     const float rq = InverseNorm(q, D, a.q_norm, a.l2_eps, &raw);
-    for (int64_t e = 0; e < D; ++e) qi[e] = q[e] * rq * gq;  // as BackwardTiles' operand
-    accumulate_nonfinite(qi, D, 1, qpoison);
+    ScaleRow(q, rq * gq, D, qi);  // as BackwardTiles' operand
+    AccumulateNonfinite(qi, D, qpoison);
     float* dst = &gr.dq.at(b, h, i, 0);
     float* dqi = dq + i * Dp;
-    for (int64_t e = 0; e < D; ++e) {
-      if (k_poisoned) dqi[e] += kpoison[e];  // every key multiplies q_i, masked ones by 0
-      dqi[e] *= g;    // d(q/|q|) = g sum_j dS_ij k_j/|k_j|
-      qi[e] /= gq;    // back to q/|q|
-    }
+    if (k_poisoned)  // every key multiplies q_i, masked ones by 0
+      for (int64_t e = 0; e < D; ++e) dqi[e] += kpoison[e];
+    ScaleRow(dqi, g, D, dqi);  // d(q/|q|) = g sum_j dS_ij k_j/|k_j|
+    ScaleRow(q, rq, D, qi);    // q/|q|
     if (a.q_norm == Norm::l2)
       L2Backward(qi, dqi, raw, a.l2_eps, D, dst);
     else
