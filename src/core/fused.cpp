@@ -49,8 +49,8 @@ constexpr int kRows = 8;
 constexpr int kRows = 6;
 #endif
 
-int64_t RoundUp(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
-int64_t LanesF() { return static_cast<int64_t>(hn::Lanes(DF())); }
+HWY_INLINE int64_t RoundUp(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+HWY_INLINE int64_t LanesF() { return static_cast<int64_t>(hn::Lanes(DF())); }
 
 // C[r][0 : V lanes] (+)= sum_k A[r*ars + k*aks] * B[k*ldb + 0 : V lanes], r < R.
 template <int R, int V>
@@ -113,7 +113,7 @@ void Gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, int64_t 
 
 // Accumulates in double (the backward's D_i = rowsum(dO o O) is multiplied by |q|), vectorised:
 // at the ViT's N ~ 50 these per-row dots cost as much as the tiles' GEMMs when done in scalar.
-float Dot(const float* a, const float* b, int64_t n) {
+HWY_INLINE float Dot(const float* a, const float* b, int64_t n) {
   const hn::ScalableTag<double> dd;
   const hn::Rebind<float, decltype(dd)> dh;
   const int64_t N = static_cast<int64_t>(hn::Lanes(dd));
@@ -131,7 +131,7 @@ float Dot(const float* a, const float* b, int64_t n) {
 
 // |x| in float. Every query norm goes through here (keys through ColumnNorms), so the forward and
 // the backward normalise bit for bit alike.
-float RowNorm(const float* x, int64_t n) {
+HWY_INLINE float RowNorm(const float* x, int64_t n) {
   const DF d;
   const int64_t L = LanesF();
   VF acc = hn::Zero(d);
@@ -146,24 +146,24 @@ float RowNorm(const float* x, int64_t n) {
 }
 
 // 1 / max(|x|, eps) for Norm::l2, 1 for Norm::none.
-VF InverseOf(VF raw, Norm norm, double eps) {
+HWY_INLINE VF InverseOf(VF raw, Norm norm, double eps) {
   const DF d;
   if (norm != Norm::l2) return hn::Set(d, 1.0f);
   const VF veps = hn::Set(d, static_cast<float>(eps));
   return hn::Div(hn::Set(d, 1.0f), hn::IfThenElse(hn::Lt(raw, veps), veps, raw));  // NaN stays NaN
 }
-float InverseOf(float raw, Norm norm, double eps) {
+HWY_INLINE float InverseOf(float raw, Norm norm, double eps) {
   return hn::GetLane(InverseOf(hn::Set(DF(), raw), norm, eps));
 }
 
 // 1 / max(|x|, eps) (or 1), |x| into *raw_norm.
-float InverseNorm(const float* x, int64_t n, Norm norm, double eps, float* raw_norm) {
+HWY_INLINE float InverseNorm(const float* x, int64_t n, Norm norm, double eps, float* raw_norm) {
   *raw_norm = RowNorm(x, n);
   return InverseOf(*raw_norm, norm, eps);
 }
 
 // y[0, n) = x[0, n) * f (y may be x).
-void ScaleRow(const float* x, float f, int64_t n, float* y) {
+HWY_INLINE void ScaleRow(const float* x, float f, int64_t n, float* y) {
   const DF d;
   const int64_t L = LanesF();
   const VF vf = hn::Set(d, f);
@@ -173,7 +173,7 @@ void ScaleRow(const float* x, float f, int64_t n, float* y) {
 }
 
 // acc[0, n) += 0 * x[0, n) (problem.h's accumulate_nonfinite, vectorised).
-void AccumulateNonfinite(const float* x, int64_t n, float* acc) {
+HWY_INLINE void AccumulateNonfinite(const float* x, int64_t n, float* acc) {
   const DF d;
   const int64_t L = LanesF();
   const VF zero = hn::Zero(d);
@@ -214,6 +214,12 @@ HWY_INLINE void Transpose16(__m512 r[16]) {
 }
 #endif
 
+// Whether x * f, for a row x of norm raw, can hold a NaN or inf, so that its poison sum is needed:
+// a finite norm bounds every entry, so only a factor that overflows the product can make one.
+HWY_INLINE bool MayBeNonfinite(float raw, float f) {
+  return !(std::isfinite(raw) && std::abs(raw * f) < 1e30f);
+}
+
 // dst[e * ldd + c] = src[c * stride + e] for c < n, e < cols, and 0 for n <= c < width (a multiple
 // of the vector length). Packing K^T and V^T for the tiles: on AVX-512 a 16 x 16 block at a time
 // in registers (gathers are slow where the Downfall microcode mitigation is on), else scalar.
@@ -245,16 +251,21 @@ void TransposeRows(const float* src, int64_t stride, int64_t n, int64_t cols, fl
 }
 
 // Number of leading keys of the tile [j0, j0 + jn) that query i may see under the causal mask.
-int64_t CausalLimit(const AttentionArgs<float>& a, int64_t i, int64_t j0, int64_t jn) {
+HWY_INLINE int64_t CausalLimit(const AttentionArgs<float>& a, int64_t i, int64_t j0, int64_t jn) {
   if (!a.causal) return jn;
   return std::clamp<int64_t>(i + a.causal_shift() - j0 + 1, 0, jn);
 }
 
 // Hidden entries of one logit row of a tile become -inf.
-void MaskRow(const AttentionArgs<float>& a, int64_t b, int64_t i, int64_t j0, int64_t jn,
+HWY_INLINE void MaskRow(const AttentionArgs<float>& a, int64_t b, int64_t i, int64_t j0, int64_t jn,
              int64_t padded_width, float* s) {
+  const DF d;
+  const int64_t L = LanesF();
   const int64_t limit = CausalLimit(a, i, j0, jn);
-  for (int64_t c = limit; c < padded_width; ++c) s[c] = kNegInf;
+  for (int64_t c = limit / L * L; c < padded_width; c += L)  // keeps the first limit - c lanes
+    hn::StoreU(hn::IfThenElse(hn::FirstN(d, static_cast<size_t>(std::max<int64_t>(limit - c, 0))),
+                              hn::LoadU(d, s + c), hn::Set(d, kNegInf)),
+               d, s + c);
   if (a.key_padding_mask)
     for (int64_t c = 0; c < limit; ++c)
       if (a.key_padded(b, j0 + c)) s[c] = kNegInf;
@@ -496,7 +507,7 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
       continue;
     }
     const float inv = 1.0f / l[r];
-    for (int64_t e = 0; e < Dv; ++e) dst[e] = o[r * Dvp + e] * inv;
+    ScaleRow(o + r * Dvp, inv, Dv, dst);
     if (hk.vpoison)  // the values this row's tiles skipped still reach it as 0 * v
       for (int64_t e = 0; e < Dv; ++e) dst[e] += hk.vpoison[e];
     stats.shift[i] = m[r];
@@ -550,17 +561,18 @@ void ForwardF32(const AttentionArgs<float>& a, View4<float> out, RowStats stats,
 }
 
 // dx from dy through x/max(|x|, eps) given y = x/max(|x|, eps) and raw |x|.
-void L2Backward(const float* y, const float* dy, float raw, double eps, int64_t n, float* dx) {
+HWY_INLINE void L2Backward(const float* y, const float* dy, float raw, double eps, int64_t n, float* dx) {
   if (!(raw <= eps)) {  // dx = (dy - y (y.dy)) / |x|; a NaN norm takes this branch too
     const float ydy = Dot(y, dy, n);
     const DF d;
     const int64_t L = LanesF();
-    const VF vydy = hn::Set(d, ydy), vraw = hn::Set(d, raw);
+    const float inv = 1.0f / raw;  // one division per row (a vector division costs ~16 FMAs)
+    const VF vydy = hn::Set(d, ydy), vinv = hn::Set(d, inv);
     int64_t e = 0;
     for (; e + L <= n; e += L)
-      hn::StoreU(hn::Div(hn::Sub(hn::LoadU(d, dy + e), hn::Mul(hn::LoadU(d, y + e), vydy)), vraw),
+      hn::StoreU(hn::Mul(hn::Sub(hn::LoadU(d, dy + e), hn::Mul(hn::LoadU(d, y + e), vydy)), vinv),
                  d, dx + e);
-    for (; e < n; ++e) dx[e] = (dy[e] - y[e] * ydy) / raw;
+    for (; e < n; ++e) dx[e] = (dy[e] - y[e] * ydy) * inv;
   } else {
     for (int64_t e = 0; e < n; ++e) dx[e] = dy[e] / static_cast<float>(eps);
   }
@@ -592,6 +604,7 @@ void BackwardTiles(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t 
   float* kt = Scratch::Get(w.kt, D * kBlockK);
   float* kbar = Scratch::Get(w.kbar, kBlockK * Dp);
   float* knorm = Scratch::Get(w.knorm, kBlockK);
+  float* rk = Scratch::Get(w.t, kBlockK);
   float* vt = Scratch::Get(w.vt, Dv * kBlockK);
   float* dk = Scratch::Get(w.dk, kBlockK * Dp);
   float* dv = Scratch::Get(w.dv, kBlockK * Dvp);
@@ -616,20 +629,22 @@ void BackwardTiles(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t 
     const float* q = &a.q.at(b, h, i, 0);
     const float rq = InverseNorm(q, D, a.q_norm, a.l2_eps, &qnorm[i]);
     ScaleRow(q, rq * gq, D, qn + i * Dp);  // as the forward's qs
-    AccumulateNonfinite(qn + i * Dp, D, qpoison);
+    if (MayBeNonfinite(qnorm[i], rq * gq)) AccumulateNonfinite(qn + i * Dp, D, qpoison);
     std::copy_n(&dout.at(b, h, i, 0), Dv, dop + i * Dvp);
     dsum[i] = d_from_tiles ? 0.0f : Dot(&dout.at(b, h, i, 0), &out.at(b, h, i, 0), Dv);
   }
   const VF vneg_inf = hn::Set(d, kNegInf);
   double dscale = 0;
+  const bool want_dscale = gr.dhead_scale && a.head_scale;  // else the row sums are not needed
   // Pass 0 (only when d_from_tiles) accumulates D_i; pass 1 computes the gradients.
   for (int pass = d_from_tiles ? 0 : 1; pass < 2; ++pass)
   for (int64_t j0 = 0; j0 < Nk; j0 += kBlockK) {
     if (pass == 1 && (j0 / kBlockK) % chunks != chunk) continue;  // another chunk's tile
     const int64_t jn = std::min(kBlockK, Nk - j0), width = RoundUp(jn, L);
-    PackKeys(a, b, h, j0, jn, width, kt, kbar, Dp, knorm, nullptr);
+    PackKeys(a, b, h, j0, jn, width, kt, kbar, Dp, knorm, rk);
     if (pass == 1)
-      for (int64_t c = 0; c < jn; ++c) AccumulateNonfinite(kbar + c * Dp, D, kpoison);
+      for (int64_t c = 0; c < jn; ++c)
+        if (MayBeNonfinite(knorm[c], rk[c])) AccumulateNonfinite(kbar + c * Dp, D, kpoison);
     TransposeRows(&a.v.at(b, h, j0, 0), a.v.stride[2], jn, Dv, vt, width, width);
     std::fill(dk, dk + width * Dp, 0.0f);
     std::fill(dv, dv + width * Dvp, 0.0f);
@@ -688,10 +703,11 @@ void BackwardTiles(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t 
           const auto visible = hn::Gt(sv, vneg_inf);
           const VF dsv = hn::IfThenElseZero(
               visible, hn::Mul(hn::LoadU(d, pr + c), hn::Sub(hn::LoadU(d, dsr + c), vdi)));
-          vscale = hn::Add(vscale, hn::IfThenElseZero(visible, hn::Mul(hn::Mul(dsv, sv), vinv_gq)));
+          if (want_dscale)
+            vscale = hn::Add(vscale, hn::IfThenElseZero(visible, hn::Mul(hn::Mul(dsv, sv), vinv_gq)));
           hn::StoreU(hn::Mul(dsv, vpost), d, dsr + c);
         }
-        dscale += hn::GetLane(hn::SumOfLanes(d, vscale));
+        if (want_dscale) dscale += hn::GetLane(hn::SumOfLanes(d, vscale));
       }
       if (pass == 0) continue;
       // (The pad keys' columns of P and dS are 0: only jn rows / jn terms are computed.)
@@ -732,18 +748,21 @@ void FinishQueries(const AttentionArgs<float>& a, int64_t b, int64_t h, float* d
     float raw = 0;
     const float* q = &a.q.at(b, h, i, 0);
     const float rq = InverseNorm(q, D, a.q_norm, a.l2_eps, &raw);
-    ScaleRow(q, rq * gq, D, qi);  // as BackwardTiles' operand
-    AccumulateNonfinite(qi, D, qpoison);
+    if (MayBeNonfinite(raw, rq * gq)) {  // BackwardTiles' operand has a NaN or inf
+      ScaleRow(q, rq * gq, D, qi);
+      AccumulateNonfinite(qi, D, qpoison);
+    }
     float* dst = &gr.dq.at(b, h, i, 0);
     float* dqi = dq + i * Dp;
     if (k_poisoned)  // every key multiplies q_i, masked ones by 0
       for (int64_t e = 0; e < D; ++e) dqi[e] += kpoison[e];
-    ScaleRow(dqi, g, D, dqi);  // d(q/|q|) = g sum_j dS_ij k_j/|k_j|
-    ScaleRow(q, rq, D, qi);    // q/|q|
-    if (a.q_norm == Norm::l2)
+    if (a.q_norm == Norm::l2) {  // d(q/|q|) = g sum_j dS_ij k_j/|k_j|
+      ScaleRow(dqi, g, D, dqi);
+      ScaleRow(q, rq, D, qi);  // q/|q|
       L2Backward(qi, dqi, raw, a.l2_eps, D, dst);
-    else
-      std::copy_n(dqi, D, dst);
+    } else {
+      ScaleRow(dqi, g, D, dst);
+    }
   }
   for (int64_t e = 0; e < D; ++e)  // the head-scale gradient sums dS o (q.k) over every pair
     *dscale += static_cast<double>(qpoison[e]) + kpoison[e];
