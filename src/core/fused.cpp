@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #undef HWY_TARGET_INCLUDE
@@ -294,7 +295,7 @@ HWY_INLINE void MaskRow(const AttentionArgs<float>& a, int64_t b, int64_t i, int
 
 // Per-thread buffers, grown on demand.
 struct Scratch {
-  std::vector<float> qs, kt, kbar, vp, vt, s, p, dp, o, dk, dv, dout, dsum;
+  std::vector<float> qs, kt, kbar, kpack, vp, vt, s, p, dp, o, dk, dv, dout, dsum;
   std::vector<float> m, l, t, bound, qnorm, knorm, vpoison, qpoison;
   std::vector<char> bad;
   static float* Get(std::vector<float>& v, int64_t n) {
@@ -366,14 +367,17 @@ struct HeadKeys {
   const float* kmax_upto = nullptr;
   const float* vpoison = nullptr;   // Dv: sum_j 0 * v_j, NaN where a value is; null if all finite
   int64_t first_key = 0;            // first unpadded key (sees_no_key)
+  // The head's keys, packed and normalised once for every query block: tile t (keys
+  // [t kBlockK, ...)) is D x width at t * D * kBlockK, width its key count rounded up to vectors.
+  const float* packed = nullptr;
 };
 
-// Fills kmax_upto (Nk) and vpoison (Dv) for (b, h); key diagnostics into part if given.
-HeadKeys ScanHead(const AttentionArgs<float>& a, int64_t b, int64_t h, float* kmax_upto,
-                  float* vpoison, HeadDiagnosticsPartial* part, Scratch& w) {
+// Packs the keys of (b, h) into packed (tiles x D x kBlockK) and fills kmax_upto (Nk) and
+// vpoison (Dv); key diagnostics into part if given.
+HeadKeys ScanHead(const AttentionArgs<float>& a, int64_t b, int64_t h, float* packed,
+                  float* kmax_upto, float* vpoison, HeadDiagnosticsPartial* part, Scratch& w) {
   const AttentionDims& dm = a.dims;
   const int64_t L = LanesF();
-  float* kt = Scratch::Get(w.kt, dm.qk_dim * kBlockK);
   float* raw = Scratch::Get(w.knorm, kBlockK);
   float* rk = Scratch::Get(w.t, kBlockK);
   HeadKeys hk;
@@ -382,7 +386,8 @@ HeadKeys ScanHead(const AttentionArgs<float>& a, int64_t b, int64_t h, float* km
   std::fill(vpoison, vpoison + dm.v_dim, 0.0f);
   for (int64_t j0 = 0; j0 < dm.k_len; j0 += kBlockK) {
     const int64_t jn = std::min(kBlockK, dm.k_len - j0);
-    PackKeys(a, b, h, j0, jn, RoundUp(jn, L), kt, nullptr, 0, raw, rk);  // norms as the tiles'
+    PackKeys(a, b, h, j0, jn, RoundUp(jn, L), packed + j0 / kBlockK * dm.qk_dim * kBlockK,
+             nullptr, 0, raw, rk);
     for (int64_t c = 0; c < jn; ++c) {
       const int64_t j = j0 + c;
       const float knorm = raw[c] * rk[c];
@@ -401,6 +406,7 @@ HeadKeys ScanHead(const AttentionArgs<float>& a, int64_t b, int64_t h, float* km
   hk.kmax_upto = kmax_upto;
   hk.vpoison = any_nonfinite(vpoison, dm.v_dim) ? vpoison : nullptr;
   hk.first_key = a.first_unpadded_key(b);
+  hk.packed = packed;
   return hk;
 }
 
@@ -419,7 +425,6 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
   float* l = Scratch::Get(w.l, Br);
   float* t = Scratch::Get(w.t, Br);
   float* o = Scratch::Get(w.o, Br * Dvp);
-  float* kt = Scratch::Get(w.kt, D * kBlockK);
   float* vp = Scratch::Get(w.vp, kBlockK * Dvp);
   float* s = Scratch::Get(w.s, Br * kBlockK);
   if (static_cast<int64_t>(w.bad.size()) < Br) w.bad.resize(Br);
@@ -453,13 +458,14 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
   const VF vinf = hn::Set(d, std::numeric_limits<float>::infinity());
   for (int64_t j0 = 0; j0 < k_end; j0 += kBlockK) {
     const int64_t jn = std::min(kBlockK, k_end - j0), width = RoundUp(jn, L);
-    PackKeys(a, b, h, j0, jn, width, kt, nullptr, 0, nullptr, nullptr);
+    const float* kt = hk.packed + j0 / kBlockK * D * kBlockK;
+    const int64_t ldk = RoundUp(std::min(kBlockK, dm.k_len - j0), L);  // as packed (k_end may be less)
     // V feeds the GEMM in place when its rows are whole vectors; only jn rows are read.
     const bool v_in_place = Dv == Dvp;
     const float* vb = v_in_place ? &a.v.at(b, h, j0, 0) : vp;
     const int64_t ldv = v_in_place ? a.v.stride[2] : Dvp;
     if (!v_in_place) PackValues(a, b, h, j0, jn, Dvp, vp);
-    Gemm(Br, width, D, qs, D, 1, kt, width, s, width, false);  // S = Qs K^T
+    Gemm(Br, width, D, qs, D, 1, kt, ldk, s, width, false);  // S = Qs K^T
     for (int64_t r = 0; r < Br; ++r) {
       float* sr = s + r * width;
       MaskRow(a, b, i0 + r, j0, jn, width, sr);
@@ -554,26 +560,40 @@ void ForwardF32(const AttentionArgs<float>& a, View4<float> out, RowStats stats,
   std::vector<float> kmax_upto(heads * dm.k_len), vpoison(heads * dm.v_dim);
   std::vector<HeadKeys> keys(heads);
   std::vector<HeadDiagnosticsPartial> parts(diagnostics ? heads * q_blocks : 0);
+  // Packed keys: the last tile of a head is only as wide as its keys (every tile is written
+  // before it is read, so no buffer is zeroed).
+  const int64_t packed_size = dm.qk_dim * RoundUp(dm.k_len, LanesF());
+  auto scan = [&](int64_t bh, float* packed, Scratch& w) {
+    HeadDiagnosticsPartial* part = diagnostics ? &diagnostics[bh] : nullptr;
+    if (part) *part = HeadDiagnosticsPartial{};
+    keys[bh] = ScanHead(a, bh / dm.heads, bh % dm.heads, packed, &kmax_upto[bh * dm.k_len],
+                        &vpoison[bh * dm.v_dim], part, w);
+  };
+  auto block = [&](int64_t item, Scratch& w) {
+    const int64_t bh = item / q_blocks, qb = item % q_blocks;
+    const int64_t i0 = qb * kBlockQ, i1 = std::min(dm.q_len, i0 + kBlockQ);
+    ForwardBlock(a, bh / dm.heads, bh % dm.heads, i0, i1, keys[bh], out, HeadRows(stats, dm, bh),
+                 diagnostics ? &parts[item] : nullptr, w);
+  };
+  if (q_blocks == 1) {  // N <= kBlockQ: a work item scans and runs one head, its keys still in cache
 #pragma omp parallel num_threads(threads)
-  {
-    Scratch w;
-#pragma omp for schedule(static)
-    for (int64_t bh = 0; bh < heads; ++bh) {
-      HeadDiagnosticsPartial* part = diagnostics ? &diagnostics[bh] : nullptr;
-      if (part) *part = HeadDiagnosticsPartial{};
-      keys[bh] = ScanHead(a, bh / dm.heads, bh % dm.heads, &kmax_upto[bh * dm.k_len],
-                          &vpoison[bh * dm.v_dim], part, w);
-    }
-  }
-#pragma omp parallel num_threads(threads)
-  {
-    Scratch w;
+    {
+      Scratch w;
 #pragma omp for schedule(dynamic)
-    for (int64_t item = 0; item < heads * q_blocks; ++item) {
-      const int64_t bh = item / q_blocks, qb = item % q_blocks;
-      const int64_t i0 = qb * kBlockQ, i1 = std::min(dm.q_len, i0 + kBlockQ);
-      ForwardBlock(a, bh / dm.heads, bh % dm.heads, i0, i1, keys[bh], out,
-                   HeadRows(stats, dm, bh), diagnostics ? &parts[item] : nullptr, w);
+      for (int64_t bh = 0; bh < heads; ++bh) {
+        scan(bh, Scratch::Get(w.kpack, packed_size), w);
+        block(bh, w);
+      }
+    }
+  } else {  // all heads' keys first, then the query blocks of every head in parallel
+    std::unique_ptr<float[]> packed(new float[heads * packed_size]);
+#pragma omp parallel num_threads(threads)
+    {
+      Scratch w;
+#pragma omp for schedule(static)
+      for (int64_t bh = 0; bh < heads; ++bh) scan(bh, &packed[bh * packed_size], w);
+#pragma omp for schedule(dynamic)
+      for (int64_t item = 0; item < heads * q_blocks; ++item) block(item, w);
     }
   }
   if (diagnostics)
