@@ -1,8 +1,10 @@
 // Torch-free driver of one fused forward (and optionally backward), for profilers:
 //   valgrind --tool=callgrind build/bench/profile_fused 1 4 1024 64 quest
 //   perf record build/bench/profile_fused 64 4 65 32 quest backward 2000
-// Arguments: B H N D kind [backward [repeats]]. One thread unless OMP_NUM_THREADS says otherwise.
+// Arguments: B H N D kind [backward [repeats]]; prints the seconds and GFLOP/s of the repeated
+// calls (after one warm-up call). One thread unless OMP_NUM_THREADS says otherwise.
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
@@ -44,19 +46,24 @@ int main(int argc, char** argv) {
   a.k_norm = traits(*kind).k_norm;
   a.scale = default_scale(*kind, D);
   const int threads = std::getenv("OMP_NUM_THREADS") ? 0 : 1;
-  for (int rep = 0; rep < repeats; ++rep) {
-  fused::forward(a, view(o.data()), {shift.data(), log_sum.data()}, nullptr, threads);
-  if (backward) {
+  auto run_once = [&] {
+    fused::forward(a, view(o.data()), {shift.data(), log_sum.data()}, nullptr, threads);
+    if (!backward) return;
     AttentionGrads<float> g;
     g.dq = view(dq.data());
     g.dk = view(dk.data());
     g.dv = view(dv.data());
     fused::backward(a, view(static_cast<const float*>(o.data())),
-                    view(static_cast<const float*>(dout.data())), {shift.data(), log_sum.data()},
-                    g, threads);
-  }
-  }
-  std::printf("%s: o[0] = %f%s\n", fused::simd_target().c_str(), o[0],
-              backward ? (", dk[0] = " + std::to_string(dk[0])).c_str() : "");
+                    view(static_cast<const float*>(dout.data())), {shift.data(), log_sum.data()}, g,
+                    threads);
+  };
+  run_once();  // warm-up: scratch buffers, pages, thread pool
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int rep = 0; rep < repeats; ++rep) run_once();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double flop = 4.0 * B * H * N * N * D * (backward ? 3.5 : 1.0) * repeats;
+  std::printf("%s: o[0] = %f%s seconds=%.6f gflops=%.2f\n", fused::simd_target().c_str(), o[0],
+              backward ? (", dk[0] = " + std::to_string(dk[0])).c_str() : "", seconds,
+              flop / seconds / 1e9);
   return 0;
 }

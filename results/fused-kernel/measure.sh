@@ -2,9 +2,9 @@
 # Torch-free fused kernel, this checkout vs an older commit, one thread, interleaved rounds.
 # usage: results/fused-kernel/measure.sh OLD_COMMIT [ROUNDS] > runs.csv
 # Builds bench/profile_fused of OLD_COMMIT's kernel (src/core) in a temporary worktree, with this
-# checkout's driver (which takes a repeat count), and of this checkout in build/. Prints one CSV
-# row per (round, shape, mode, build): seconds for `repeats` calls and the GFLOP/s they make
-# (forward 4 B H N^2 D, forward + backward 3.5 times that).
+# checkout's driver (which takes a repeat count and times it), and of this checkout in build/.
+# Prints one CSV row per (round, shape, mode, build): seconds for `repeats` calls after a warm-up
+# call and the GFLOP/s they make (forward 4 B H N^2 D, forward + backward 3.5 times that).
 set -euo pipefail
 old=${1:?old commit}; rounds=${2:-5}
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -23,13 +23,13 @@ for r in $(seq 1 "$rounds"); do
     read -r B H N D <<< "$s"
     for mode in forward backward; do
       f=$(echo "4*$B*$H*$N*$N*$D" | bc); [ $mode = backward ] && f=$(echo "$f*3.5" | bc)
-      reps=$(echo "x = 4000000000 / $f; if (x < 1) 1 else x" | bc)  # ~4 GFLOP per timing
+      reps=$(echo "x = 40000000000 / $f; if (x < 1) 1 else x" | bc)  # ~40 GFLOP per timing
       for build in old new; do
         bin=$old_bin; [ $build = new ] && bin=$new_bin
-        t0=$(date +%s.%N); "$bin" $B $H $N $D quest $mode "$reps" > /dev/null; t1=$(date +%s.%N)
-        sec=$(echo "$t1 - $t0" | bc)
-        printf "%s,\"%s\",%s,%s,%s,%s,%.1f\n" "$r" "${s// /,}" "$mode" "$build" "$reps" "$sec" \
-          "$(echo "$f * $reps / $sec / 1000000000" | bc -l)"
+        line=$("$bin" $B $H $N $D quest $mode "$reps")  # times the repeats itself, after a warm-up
+        sec=$(echo "$line" | sed -n 's/.*seconds=\([0-9.]*\).*/\1/p')
+        gf=$(echo "$line" | sed -n 's/.*gflops=\([0-9.]*\).*/\1/p')
+        printf "%s,\"%s\",%s,%s,%s,%s,%s\n" "$r" "${s// /,}" "$mode" "$build" "$reps" "$sec" "$gf"
       done
     done
   done
