@@ -640,7 +640,11 @@ void BackwardTiles(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t 
   const float* log_sum = stats.log_sum + row0;
   float* qn = Scratch::Get(w.qs, Nq * Dp);
   float* qnorm = Scratch::Get(w.qnorm, Nq);
-  float* dop = Scratch::Get(w.dout, Nq * Dvp);
+  // dO feeds the GEMMs in place when its rows are whole vectors, else as a zero-padded copy.
+  const bool do_in_place = Dv == Dvp;
+  float* dop = do_in_place ? nullptr : Scratch::Get(w.dout, Nq * Dvp);
+  const float* dob = do_in_place ? &dout.at(b, h, 0, 0) : dop;
+  const int64_t ldo = do_in_place ? dout.stride[2] : Dvp;
   float* dsum = Scratch::Get(w.dsum, Nq);
   float* kt = Scratch::Get(w.kt, D * kBlockK);
   float* kbar = Scratch::Get(w.kbar, kBlockK * Dp);
@@ -656,8 +660,8 @@ void BackwardTiles(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t 
   // Sums of 0 * operand (problem.h): the masked products of the composite's matmuls.
   float* qpoison = Scratch::Get(w.qpoison, D);  // over g q_i/|q_i|, reaches dK
   float* vpoison = Scratch::Get(w.vpoison, Dv);
-  std::fill(qn, qn + Nq * Dp, 0.0f);
-  std::fill(dop, dop + Nq * Dvp, 0.0f);
+  if (D != Dp) std::fill(qn, qn + Nq * Dp, 0.0f);  // pad columns (rows are overwritten)
+  if (!do_in_place) std::fill(dop, dop + Nq * Dvp, 0.0f);
   std::fill(dq, dq + Nq * Dp, 0.0f);
   std::fill(qpoison, qpoison + D, 0.0f);
   std::fill(kpoison, kpoison + D, 0.0f);
@@ -671,7 +675,7 @@ void BackwardTiles(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t 
     const float rq = InverseNorm(q, D, a.q_norm, a.l2_eps, &qnorm[i]);
     ScaleRow(q, rq * gq, D, qn + i * Dp);  // as the forward's qs
     if (MayBeNonfinite(qnorm[i], rq * gq)) AccumulateNonfinite(qn + i * Dp, D, qpoison);
-    std::copy_n(&dout.at(b, h, i, 0), Dv, dop + i * Dvp);
+    if (!do_in_place) std::copy_n(&dout.at(b, h, i, 0), Dv, dop + i * Dvp);
     dsum[i] = d_from_tiles ? 0.0f : Dot(&dout.at(b, h, i, 0), &out.at(b, h, i, 0), Dv);
   }
   const VF vneg_inf = hn::Set(d, kNegInf);
@@ -695,7 +699,7 @@ void BackwardTiles(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t 
     for (int64_t i0 = i_start; i0 < Nq; i0 += kBlockQ) {
       const int64_t Br = std::min(kBlockQ, Nq - i0);
       Gemm(Br, width, D, qn + i0 * Dp, Dp, 1, kt, width, s, width, false);       // S, as forward
-      Gemm(Br, width, Dv, dop + i0 * Dvp, Dvp, 1, vt, width, ds, width, false);  // dP = dO V^T
+      Gemm(Br, width, Dv, dob + i0 * ldo, ldo, 1, vt, width, ds, width, false);  // dP = dO V^T
       const VF vpost = hn::Set(d, post), vinv_gq = hn::Set(d, 1.0f / gq);
       for (int64_t r = 0; r < Br; ++r) {
         const int64_t i = i0 + r;
@@ -752,7 +756,7 @@ void BackwardTiles(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t 
       }
       if (pass == 0) continue;
       // (The pad keys' columns of P and dS are 0: only jn rows / jn terms are computed.)
-      Gemm(jn, Dvp, Br, pd, 1, width, dop + i0 * Dvp, Dvp, dv, Dvp, true);  // dV += P'^T dO
+      Gemm(jn, Dvp, Br, pd, 1, width, dob + i0 * ldo, ldo, dv, Dvp, true);  // dV += P'^T dO
       Gemm(jn, Dp, Br, ds, 1, width, qn + i0 * Dp, Dp, dk, Dp, true);  // dK += dS^T (g Q)
       Gemm(Br, Dp, jn, ds, width, 1, kbar, Dp, dq + i0 * Dp, Dp, true);  // dQ += dS K (x g later)
     }
