@@ -212,6 +212,25 @@ HWY_INLINE void Transpose16(__m512 r[16]) {
     r[12 + k] = _mm512_shuffle_f32x4(t[4 + k], t[12 + k], 0xdd);
   }
 }
+#elif HWY_ARCH_X86 && HWY_TARGET == HWY_AVX2
+// Rows r[0, 8) become columns (the classic unpack / shuffle / permute2f128 8 x 8 transpose).
+HWY_INLINE void Transpose8(__m256 r[8]) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 2; ++i) {  // 128-bit lane l of u[4i + k]: column 4l + k of rows 4i .. 4i + 3
+    u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int k = 0; k < 4; ++k) {
+    r[k] = _mm256_permute2f128_ps(u[k], u[4 + k], 0x20);
+    r[4 + k] = _mm256_permute2f128_ps(u[k], u[4 + k], 0x31);
+  }
+}
 #endif
 
 // e^x for the softmax, where x = logit - shift <= 0 up to rounding: n = round(x log2 e),
@@ -243,8 +262,9 @@ HWY_INLINE bool MayBeNonfinite(float raw, float f) {
 }
 
 // dst[e * ldd + c] = src[c * stride + e] for c < n, e < cols, and 0 for n <= c < width (a multiple
-// of the vector length). Packing K^T and V^T for the tiles: on AVX-512 a 16 x 16 block at a time
-// in registers (gathers are slow where the Downfall microcode mitigation is on), else scalar.
+// of the vector length). Packing K^T and V^T for the tiles: on AVX-512 (AVX2) a 16 x 16 (8 x 8)
+// block at a time in registers (gathers are slow where the Downfall microcode mitigation is on),
+// else scalar.
 void TransposeRows(const float* src, int64_t stride, int64_t n, int64_t cols, float* dst,
                    int64_t ldd, int64_t width) {
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
@@ -258,6 +278,20 @@ void TransposeRows(const float* src, int64_t stride, int64_t n, int64_t cols, fl
         r[i] = i < rows ? _mm512_maskz_loadu_ps(m, src + (c0 + i) * stride + e0) : _mm512_setzero_ps();
       Transpose16(r);
       for (int64_t k = 0; k < ec; ++k) _mm512_storeu_ps(dst + (e0 + k) * ldd + c0, r[k]);
+    }
+  }
+#elif HWY_ARCH_X86 && HWY_TARGET == HWY_AVX2
+  alignas(32) static constexpr int32_t kLanes[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+  for (int64_t c0 = 0; c0 < width; c0 += 8) {
+    const int64_t rows = std::clamp<int64_t>(n - c0, 0, 8);
+    for (int64_t e0 = 0; e0 < cols; e0 += 8) {
+      const int64_t ec = std::min<int64_t>(8, cols - e0);  // the first ec lanes are loaded
+      const __m256i m = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kLanes + 8 - ec));
+      __m256 r[8];
+      for (int64_t i = 0; i < 8; ++i)
+        r[i] = i < rows ? _mm256_maskload_ps(src + (c0 + i) * stride + e0, m) : _mm256_setzero_ps();
+      Transpose8(r);
+      for (int64_t k = 0; k < ec; ++k) _mm256_storeu_ps(dst + (e0 + k) * ldd + c0, r[k]);
     }
   }
 #else
