@@ -1,6 +1,6 @@
 #!/bin/bash
 # Torch-free fused kernel, this checkout vs an older commit, one thread, interleaved rounds.
-# usage: results/fused-kernel/measure.sh OLD_COMMIT [ROUNDS] > runs.csv
+# usage: [PROFILE_TARGET=AVX2] results/fused-kernel/measure.sh OLD_COMMIT [ROUNDS] > runs.csv
 # Builds bench/profile_fused of OLD_COMMIT's kernel (src/core) in a temporary worktree, with this
 # checkout's driver (which takes a repeat count and times it), and of this checkout in build/.
 # Prints one CSV row per (round, shape, mode, build): seconds for `repeats` calls after a warm-up
