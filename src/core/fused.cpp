@@ -494,6 +494,11 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
     const int64_t jn = std::min(kBlockK, k_end - j0), width = RoundUp(jn, L);
     const float* kt = hk.packed + j0 / kBlockK * D * kBlockK;
     const int64_t ldk = RoundUp(std::min(kBlockK, dm.k_len - j0), L);  // as packed (k_end may be less)
+    if (dm.q_len > kBlockQ) {  // the packed keys of every head are far in memory: copy in order
+      float* ktc = Scratch::Get(w.kt, D * kBlockK);
+      std::copy_n(kt, D * ldk, ktc);
+      kt = ktc;
+    }
     // V feeds the GEMM in place when its rows are whole vectors; only jn rows are read.
     const bool v_in_place = Dv == Dvp;
     const float* vb = v_in_place ? &a.v.at(b, h, j0, 0) : vp;
