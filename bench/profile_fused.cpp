@@ -3,7 +3,8 @@
 //   perf record build/bench/profile_fused 64 4 65 32 quest backward 2000
 // Arguments: B H N D kind [backward [repeats]]; prints the seconds and GFLOP/s of the repeated
 // calls (after one warm-up call). One thread unless OMP_NUM_THREADS says otherwise.
-// PROFILE_TARGET=AVX2 runs the AVX2 code on an AVX-512 machine (as an AVX2-only machine would).
+// PROFILE_TARGET=AVX2 (any Highway target this CPU has) runs that target's code, e.g. the AVX2
+// code on an AVX-512 machine, as an AVX2-only machine would.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -18,7 +19,7 @@
 int main(int argc, char** argv) {
   using namespace quest;
   if (argc < 6) {
-    std::fprintf(stderr, "usage: %s B H N D kind [backward]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s B H N D kind [forward|backward [repeats]]\n", argv[0]);
     return 2;
   }
   const int64_t B = std::atoll(argv[1]), H = std::atoll(argv[2]), N = std::atoll(argv[3]),
@@ -28,8 +29,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "need positive sizes and a kind other than qk_layernorm\n");
     return 2;
   }
-  const bool backward = argc > 6 && std::string(argv[6]) == "backward";
-  const int repeats = argc > 7 ? std::max(1, std::atoi(argv[7])) : 1;
+  const std::string mode = argc > 6 ? argv[6] : "forward";
+  const int repeats = argc > 7 ? std::atoi(argv[7]) : 1;
+  if ((mode != "forward" && mode != "backward") || repeats < 1) {
+    std::fprintf(stderr, "the mode is forward or backward, and repeats a positive integer\n");
+    return 2;
+  }
+  const bool backward = mode == "backward";
   const AttentionDims dims{B, H, N, N, D, D};
   const size_t n = static_cast<size_t>(B * H * N * D);
   std::vector<float> q(n), k(n), v(n), o(n), dout(n), dq(n), dk(n), dv(n), shift(B * H * N),
@@ -48,8 +54,20 @@ int main(int argc, char** argv) {
   a.k_norm = traits(*kind).k_norm;
   a.scale = default_scale(*kind, D);
   const int threads = std::getenv("OMP_NUM_THREADS") ? 0 : 1;
-  if (const char* t = std::getenv("PROFILE_TARGET"); t && std::string(t) == "AVX2")
-    hwy::SetSupportedTargetsForTest(HWY_AVX2);
+  if (const char* want = std::getenv("PROFILE_TARGET")) {  // a Highway target name, e.g. AVX2
+    std::string names;
+    int64_t chosen = 0;
+    for (const int64_t t : hwy::SupportedAndGeneratedTargets()) {
+      names += std::string(" ") + hwy::TargetName(t);
+      if (std::string(want) == hwy::TargetName(t)) chosen = t;
+    }
+    if (!chosen) {
+      std::fprintf(stderr, "PROFILE_TARGET=%s is not a target this CPU and build have:%s\n", want,
+                   names.c_str());
+      return 2;
+    }
+    hwy::SetSupportedTargetsForTest(chosen);
+  }
   auto run_once = [&] {
     fused::forward(a, view(o.data()), {shift.data(), log_sum.data()}, nullptr, threads);
     if (!backward) return;

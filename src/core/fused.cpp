@@ -129,8 +129,8 @@ HWY_INLINE float Dot(const float* a, const float* b, int64_t n) {
   return static_cast<float>(s);
 }
 
-// |x| in float. Every query norm goes through here (keys through ColumnNorms), so the forward and
-// the backward normalise bit for bit alike.
+// |x| in float. Every query norm goes through here (key norms are PackKeys' column sums), so the
+// forward and the backward normalise bit for bit alike.
 HWY_INLINE float RowNorm(const float* x, int64_t n) {
   const DF d;
   const int64_t L = LanesF();
@@ -391,6 +391,17 @@ float DropoutFactor(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t
              : 0.0f;
 }
 
+// The forward's packed keys of one head: tile t (keys [t kBlockK, ...)) at t * D * kBlockK, as
+// wide as its keys rounded up to vectors (so the head needs D * RoundUp(Nk, L) floats).
+HWY_INLINE int64_t PackedTileOffset(int64_t D, int64_t j0) { return j0 / kBlockK * D * kBlockK; }
+HWY_INLINE int64_t PackedTileWidth(int64_t Nk, int64_t j0) {
+  return RoundUp(std::min(kBlockK, Nk - j0), LanesF());
+}
+
+// Whether a head is one query block, so that one work item scans and runs it while its packed
+// keys are in cache (else every head is scanned first, and blocks read the keys from far away).
+HWY_INLINE bool OneBlockPerHead(const AttentionDims& dm) { return dm.q_len <= kBlockQ; }
+
 // What the forward needs to know about all keys and values of one (b, h), found in one pass.
 struct HeadKeys {
   float kmax = 1;                   // largest normalised key norm; +inf if any key is non-finite
@@ -401,17 +412,14 @@ struct HeadKeys {
   const float* kmax_upto = nullptr;
   const float* vpoison = nullptr;   // Dv: sum_j 0 * v_j, NaN where a value is; null if all finite
   int64_t first_key = 0;            // first unpadded key (sees_no_key)
-  // The head's keys, packed and normalised once for every query block: tile t (keys
-  // [t kBlockK, ...)) is D x width at t * D * kBlockK, width its key count rounded up to vectors.
-  const float* packed = nullptr;
+  const float* packed = nullptr;   // the keys, packed and normalised once (PackedTileOffset)
 };
 
-// Packs the keys of (b, h) into packed (tiles x D x kBlockK) and fills kmax_upto (Nk) and
-// vpoison (Dv); key diagnostics into part if given.
+// Packs the keys of (b, h) into packed (D * RoundUp(Nk, L) floats, PackedTileOffset) and fills
+// kmax_upto (Nk) and vpoison (Dv); key diagnostics into part if given.
 HeadKeys ScanHead(const AttentionArgs<float>& a, int64_t b, int64_t h, float* packed,
                   float* kmax_upto, float* vpoison, HeadDiagnosticsPartial* part, Scratch& w) {
   const AttentionDims& dm = a.dims;
-  const int64_t L = LanesF();
   float* raw = Scratch::Get(w.knorm, kBlockK);
   float* rk = Scratch::Get(w.t, kBlockK);
   HeadKeys hk;
@@ -420,7 +428,7 @@ HeadKeys ScanHead(const AttentionArgs<float>& a, int64_t b, int64_t h, float* pa
   std::fill(vpoison, vpoison + dm.v_dim, 0.0f);
   for (int64_t j0 = 0; j0 < dm.k_len; j0 += kBlockK) {
     const int64_t jn = std::min(kBlockK, dm.k_len - j0);
-    PackKeys(a, b, h, j0, jn, RoundUp(jn, L), packed + j0 / kBlockK * dm.qk_dim * kBlockK,
+    PackKeys(a, b, h, j0, jn, PackedTileWidth(dm.k_len, j0), packed + PackedTileOffset(dm.qk_dim, j0),
              nullptr, 0, raw, rk);
     for (int64_t c = 0; c < jn; ++c) {
       const int64_t j = j0 + c;
@@ -492,9 +500,9 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
   const VF vinf = hn::Set(d, std::numeric_limits<float>::infinity());
   for (int64_t j0 = 0; j0 < k_end; j0 += kBlockK) {
     const int64_t jn = std::min(kBlockK, k_end - j0), width = RoundUp(jn, L);
-    const float* kt = hk.packed + j0 / kBlockK * D * kBlockK;
-    const int64_t ldk = RoundUp(std::min(kBlockK, dm.k_len - j0), L);  // as packed (k_end may be less)
-    if (dm.q_len > kBlockQ) {  // the packed keys of every head are far in memory: copy in order
+    const float* kt = hk.packed + PackedTileOffset(D, j0);
+    const int64_t ldk = PackedTileWidth(dm.k_len, j0);  // as packed (k_end may be less)
+    if (!OneBlockPerHead(dm)) {  // the packed keys of every head are far in memory: copy in order
       float* ktc = Scratch::Get(w.kt, D * kBlockK);
       std::copy_n(kt, D * ldk, ktc);
       kt = ktc;
@@ -599,8 +607,7 @@ void ForwardF32(const AttentionArgs<float>& a, View4<float> out, RowStats stats,
   std::vector<float> kmax_upto(heads * dm.k_len), vpoison(heads * dm.v_dim);
   std::vector<HeadKeys> keys(heads);
   std::vector<HeadDiagnosticsPartial> parts(diagnostics ? heads * q_blocks : 0);
-  // Packed keys: the last tile of a head is only as wide as its keys (every tile is written
-  // before it is read, so no buffer is zeroed).
+  // Packed keys (every tile is written before it is read, so no buffer is zeroed).
   const int64_t packed_size = dm.qk_dim * RoundUp(dm.k_len, LanesF());
   auto scan = [&](int64_t bh, float* packed, Scratch& w) {
     HeadDiagnosticsPartial* part = diagnostics ? &diagnostics[bh] : nullptr;
@@ -614,7 +621,7 @@ void ForwardF32(const AttentionArgs<float>& a, View4<float> out, RowStats stats,
     ForwardBlock(a, bh / dm.heads, bh % dm.heads, i0, i1, keys[bh], out, HeadRows(stats, dm, bh),
                  diagnostics ? &parts[item] : nullptr, w);
   };
-  if (q_blocks == 1) {  // N <= kBlockQ: a work item scans and runs one head, its keys still in cache
+  if (OneBlockPerHead(dm)) {
 #pragma omp parallel num_threads(threads)
     {
       Scratch w;
