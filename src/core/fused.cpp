@@ -338,6 +338,14 @@ struct Scratch {
   }
 };
 
+// The calling thread's buffers, kept from call to call (OpenMP reuses its threads). Fresh ones
+// per call came from mmap (they are over glibc's 128 KB threshold) and were faulted in page by
+// page every time: ~150 us a call, as long as three heads' work at 64,4,65,32.
+Scratch& ThreadScratch() {
+  static thread_local Scratch w;
+  return w;
+}
+
 // Packs keys [j0, j0 + jn) of (b, h), normalised: kt as D x width (transposed), optionally kbar
 // as width x ldk rows; pad entries are zero. Per key c < jn: raw |k| into knorm and
 // 1/max(|k|, eps) (1 without normalisation) into rk, if given. A key's norm is a sum down its
@@ -624,7 +632,7 @@ void ForwardF32(const AttentionArgs<float>& a, View4<float> out, RowStats stats,
   if (OneBlockPerHead(dm)) {
 #pragma omp parallel num_threads(threads)
     {
-      Scratch w;
+      Scratch& w = ThreadScratch();
 #pragma omp for schedule(dynamic)
       for (int64_t bh = 0; bh < heads; ++bh) {
         scan(bh, Scratch::Get(w.kpack, packed_size), w);
@@ -635,7 +643,7 @@ void ForwardF32(const AttentionArgs<float>& a, View4<float> out, RowStats stats,
     std::unique_ptr<float[]> packed(new float[heads * packed_size]);
 #pragma omp parallel num_threads(threads)
     {
-      Scratch w;
+      Scratch& w = ThreadScratch();
 #pragma omp for schedule(static)
       for (int64_t bh = 0; bh < heads; ++bh) scan(bh, &packed[bh * packed_size], w);
 #pragma omp for schedule(dynamic)
@@ -876,7 +884,7 @@ void BackwardF32(const AttentionArgs<float>& a, View4<const float> out, View4<co
       share_kpoison(split ? heads * chunks * dm.qk_dim : 0);
 #pragma omp parallel num_threads(threads)
   {
-    Scratch w;
+    Scratch& w = ThreadScratch();
     std::vector<float> own(split ? 0 : dm.q_len * Dp), own_kpoison(split ? 0 : dm.qk_dim);
     auto dq_of = [&](int64_t item) { return split ? &shares[item * dm.q_len * Dp] : own.data(); };
     auto kpoison_of = [&](int64_t item) {

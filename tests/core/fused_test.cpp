@@ -134,6 +134,41 @@ TEST(FusedCore, MatchesReferenceOnEverySimdTarget) {
   std::printf("fused kernel checked on SIMD targets:%s\n", targets.c_str());
 }
 
+// The kernel keeps each thread's buffers from call to call. A call with NaN in every input, at a
+// larger shape with more threads, leaves NaN in all of them; calls after it must still match the
+// reference (check() also requires finite results), as they would in a fresh process.
+TEST(FusedCore, CallsShareNoStateThroughTheirBuffers) {
+  const AttentionDims big{2, 2, 300, 290, 64, 40};
+  const float nan = std::nanf("");
+  std::vector<float> q(2 * 2 * 300 * 64, nan), k(2 * 2 * 290 * 64, nan), v(2 * 2 * 290 * 40, nan),
+      dout(2 * 2 * 300 * 40, nan), out(dout.size()), dq(q.size()), dk(k.size()), dv(v.size()),
+      shift(2 * 2 * 300), log_sum(shift.size());
+  AttentionArgs<float> a;
+  a.dims = big;
+  a.q = contiguous<const float>(q.data(), big, big.q_len, big.qk_dim);
+  a.k = contiguous<const float>(k.data(), big, big.k_len, big.qk_dim);
+  a.v = contiguous<const float>(v.data(), big, big.k_len, big.v_dim);
+  a.q_norm = a.k_norm = Norm::l2;
+  a.scale = 1.0;
+  for (int threads : {1, 2, 3}) {
+    fused::forward(a, contiguous(out.data(), big, big.q_len, big.v_dim), {shift.data(), log_sum.data()},
+                   nullptr, threads);
+    AttentionGrads<float> g;
+    g.dq = contiguous(dq.data(), big, big.q_len, big.qk_dim);
+    g.dk = contiguous(dk.data(), big, big.k_len, big.qk_dim);
+    g.dv = contiguous(dv.data(), big, big.k_len, big.v_dim);
+    fused::backward(a, contiguous<const float>(out.data(), big, big.q_len, big.v_dim),
+                    contiguous<const float>(dout.data(), big, big.q_len, big.v_dim),
+                    {shift.data(), log_sum.data()}, g, threads);
+    ASSERT_TRUE(std::isnan(out[0]) && std::isnan(dq[0]));
+  }
+  for (Kind kind : {Kind::standard, Kind::quest}) {
+    check({{2, 3, 70, 40, 16, 8}, kind, false, false, false, 0.0});
+    check({{1, 2, 130, 150, 32, 24}, kind, true, true, true, 0.1});
+    check({{1, 1, 300, 420, 32, 16}, kind, false, false, false, 0.0, 3});
+  }
+}
+
 // The installed entry points check their arguments: a caller without the LibTorch layer's
 // validation gets an exception naming the problem, not a crash.
 TEST(CoreEntryPoints, RejectBadArgumentsWithAReason) {
