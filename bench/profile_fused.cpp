@@ -5,12 +5,17 @@
 // calls (after one warm-up call). One thread unless OMP_NUM_THREADS says otherwise.
 // PROFILE_TARGET=AVX2 (any Highway target this CPU has) runs that target's code, e.g. the AVX2
 // code on an AVX-512 machine, as an AVX2-only machine would.
+// PROFILE_CACHED=inputs (or all) gives every batch entry the first one's inputs (q, k, v; O and
+// dO in the backward; with all, also the outputs and gradients), so that they stay in cache: what
+// the kernel would do without waiting on memory. The results are then meaningless; all: one
+// thread only (the outputs alias).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "hwy/targets.h"
@@ -44,7 +49,21 @@ int main(int argc, char** argv) {
   std::normal_distribution<float> n01;
   for (auto* x : {&q, &k, &v, &dout})
     for (auto& e : *x) e = n01(rng);
-  auto view = [&](auto* data) { return contiguous_view(data, H, N, D); };
+  const std::string cached = std::getenv("PROFILE_CACHED") ? std::getenv("PROFILE_CACHED") : "";
+  if (!cached.empty() && cached != "inputs" && cached != "all") {
+    std::fprintf(stderr, "PROFILE_CACHED is inputs or all\n");
+    return 2;
+  }
+  if (cached == "all" && std::getenv("OMP_NUM_THREADS")) {
+    std::fprintf(stderr, "PROFILE_CACHED=all aliases the outputs: one thread only\n");
+    return 2;
+  }
+  auto view = [&](auto* data) {
+    auto vw = contiguous_view(data, H, N, D);
+    if (cached == "all" || (cached == "inputs" && std::is_const_v<std::remove_pointer_t<decltype(data)>>))
+      vw.stride[0] = 0;  // every batch entry reads (writes) the first one's rows
+    return vw;
+  };
   AttentionArgs<float> a;
   a.dims = dims;
   a.q = view(static_cast<const float*>(q.data()));

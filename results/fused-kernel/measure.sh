@@ -1,6 +1,8 @@
 #!/bin/bash
-# Torch-free fused kernel, this checkout vs an older commit, one thread, interleaved rounds.
-# usage: [PROFILE_TARGET=AVX2] results/fused-kernel/measure.sh OLD_COMMIT [ROUNDS] > runs.csv
+# Torch-free fused kernel, this checkout vs an older commit, interleaved rounds; one thread unless
+# OMP_NUM_THREADS says otherwise (bench/profile_fused).
+# usage: [PROFILE_TARGET=AVX2] [OMP_NUM_THREADS=2] [SHAPES="2,4,65,32 1,4,50,16"] \
+#          results/fused-kernel/measure.sh OLD_COMMIT [ROUNDS] > runs.csv
 # Builds bench/profile_fused of OLD_COMMIT's kernel (src/core) in a temporary worktree, with this
 # checkout's driver (which takes a repeat count and times it), and of this checkout in build/.
 # Prints one CSV row per (round, shape, mode, build): seconds for `repeats` calls after a warm-up
@@ -17,6 +19,10 @@ cmake --build "$work/build" --target profile_fused -j2 >/dev/null
 cmake --build "$root/build" --target profile_fused -j2 >/dev/null
 new_bin="$root/build/bench/profile_fused"; old_bin="$work/build/bench/profile_fused"
 shapes=("128 4 50 16" "64 4 65 32" "16 4 128 32" "32 12 197 64" "4 8 1024 64" "1 8 4096 64")
+if [ -n "${SHAPES:-}" ]; then
+  read -r -a list <<< "$SHAPES"; shapes=()
+  for x in "${list[@]}"; do shapes+=("${x//,/ }"); done
+fi
 echo "round,shape,mode,build,repeats,seconds,gflops"
 for r in $(seq 1 "$rounds"); do
   for s in "${shapes[@]}"; do

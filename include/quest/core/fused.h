@@ -2,7 +2,9 @@
 // the per-row logsumexp saved; the backward recomputes probabilities. Key (and query) L2
 // normalisation is fused into the tile packing: no normalised copy of K exists. SIMD through
 // Highway with runtime dispatch (AVX-512 / AVX2 / SSE4 ...), threads through OpenMP.
-// Extra memory is O(threads * N * D), never N x N.
+// Extra memory is O(threads * N * D), never N x N. Each calling or OpenMP thread keeps its work
+// buffers from one call to the next (about 0.6 MB plus O(N * D) per thread; a fresh set per call
+// was faulted in page by page every time).
 #pragma once
 
 #include <string>
