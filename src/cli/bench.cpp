@@ -34,7 +34,8 @@ static void run_bench(const bench::AttentionBenchOptions& o, const std::string& 
     std::printf("fused quest / standard time, median of %d alternating pairs, %s: forward %.3f, "
                 "forward+backward %.3f\n",
                 o.paired, p.shape.c_str(), p.forward, p.forward_backward);
-  std::printf("peak RSS of this process: %.2f GiB\n", r.peak_rss_gib);
+  std::printf("peak RSS of this process: %.2f GiB; minor page faults: %ld (malloc: %s)\n", r.peak_rss_gib,
+              r.minor_faults, r.kept_freed_memory ? "glibc, freed memory kept" : "default");
   if (!json_path.empty()) std::ofstream(json_path) << r.to_json(o).dump(2) << "\n";
 }
 
@@ -57,6 +58,9 @@ void add_bench(CLI::App& app) {
                   "per shape (median ratio)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  cmd->add_flag("--keep-freed-memory", o->keep_freed_memory,
+               "glibc's malloc keeps freed memory for the whole run (no mmap per large block, no "
+               "trimming): the composite without the page faults of its per-call N x N buffers");
   cmd->add_option("--json", *json_path, "Write the results as JSON here");
   cmd->callback([o, json_path] { run_bench(*o, *json_path); });
 }

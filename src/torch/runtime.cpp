@@ -1,11 +1,16 @@
 #include "quest/torch/runtime.h"
 
 #include <dlfcn.h>
+#include <sys/resource.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <torch/torch.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <initializer_list>
+#include <limits>
 #include <strings.h>
 #include <mutex>
 #include <thread>
@@ -102,6 +107,22 @@ int configure_threads() {
   if (threads <= 0) threads = 1;
   torch::set_num_threads(threads);
   return threads;
+}
+
+bool keep_freed_memory() {
+#if defined(__GLIBC__)
+  // M_MMAP_MAX = 0: every block from the heap (M_MMAP_THRESHOLD cannot exceed 32 MB, so raising
+  // it would leave the large N x N buffers on mmap). The trim threshold: never give the top back.
+  return mallopt(M_MMAP_MAX, 0) == 1 && mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max()) == 1;
+#else
+  return false;
+#endif
+}
+
+long minor_page_faults() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_minflt;
 }
 
 std::string error_message(const std::exception& e) {

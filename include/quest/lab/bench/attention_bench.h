@@ -22,6 +22,9 @@ struct AttentionBenchOptions {
   int repeats = 5;
   int paired = 0;  // alternating quest/standard pairs per shape through the fused kernel (0: off)
   double composite_memory_limit_gb = 8.0;  // skip composite/reference where N x N buffers exceed it
+  // glibc's malloc keeps freed memory for the whole run (keep_freed_memory in runtime.h): every
+  // backend without the page faults of buffers mapped afresh per call.
+  bool keep_freed_memory = false;
 };
 
 struct BenchRow {
@@ -46,6 +49,8 @@ struct AttentionBenchResult {
   std::vector<BenchRow> rows;
   std::vector<PairedRatio> paired;
   double peak_rss_gib = 0;
+  bool kept_freed_memory = false;  // keep_freed_memory was asked for and took effect
+  long minor_faults = 0;           // minor page faults during the run
   nlohmann::json to_json(const AttentionBenchOptions& options) const;
 };
 
