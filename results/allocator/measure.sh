@@ -3,7 +3,9 @@
 # interleaved over rounds: images/s (the epoch line of metrics.jsonl), minor page faults and
 # user/system seconds (/usr/bin/time). The composite attention backend too, since it allocates
 # the most. Usage: results/allocator/measure.sh <quest binary> <rounds> [allocators...] > allocator.csv
-# (allocators: glibc glibc-tuned jemalloc tcmalloc; default all)
+# (allocators: glibc glibc-tuned glibc-kept jemalloc tcmalloc; default all but glibc-kept.
+# glibc-tuned's mmap_threshold is over glibc's 32 MB limit and ignored; glibc-kept is what
+# keep_freed_memory() sets: no mmap at all, no trimming)
 set -eu
 quest=${1:-build/quest}; rounds=${2:-3}; shift 2 || true
 allocators=${*:-glibc glibc-tuned jemalloc tcmalloc}
@@ -12,6 +14,7 @@ lib=/usr/lib/x86_64-linux-gnu
 declare -A env=(
   [glibc]=""
   [glibc-tuned]="GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296:glibc.malloc.top_pad=268435456"
+  [glibc-kept]="GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967296"
   [jemalloc]="LD_PRELOAD=$lib/libjemalloc.so.2"
   [tcmalloc]="LD_PRELOAD=$lib/libtcmalloc_minimal.so.4"
 )
