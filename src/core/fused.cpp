@@ -338,9 +338,9 @@ struct Scratch {
   }
 };
 
-// The calling thread's buffers, kept from call to call (OpenMP reuses its threads). Fresh ones
-// per call came from mmap (they are over glibc's 128 KB threshold) and were faulted in page by
-// page every time: ~150 us a call, as long as three heads' work at 64,4,65,32.
+// This thread's buffers (the caller's or an OpenMP worker's), kept from call to call: OpenMP
+// reuses its threads. Fresh ones per call came from mmap (they are over glibc's 128 KB threshold)
+// and were faulted in page by page every time: ~150 us a call, three heads' work at 64,4,65,32.
 Scratch& ThreadScratch() {
   static thread_local Scratch w;
   return w;
