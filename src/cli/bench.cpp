@@ -35,7 +35,7 @@ static void run_bench(const bench::AttentionBenchOptions& o, const std::string& 
                 "forward+backward %.3f\n",
                 o.paired, p.shape.c_str(), p.forward, p.forward_backward);
   std::printf("peak RSS of this process: %.2f GiB; minor page faults: %ld (malloc: %s)\n", r.peak_rss_gib,
-              r.minor_faults, r.kept_freed_memory ? "glibc, freed memory kept" : "default");
+              r.minor_faults, o.keep_freed_memory ? "glibc, freed memory kept" : "default");
   if (!json_path.empty()) std::ofstream(json_path) << r.to_json(o).dump(2) << "\n";
 }
 

@@ -76,7 +76,6 @@ AttentionBenchResult run_attention_bench(const AttentionBenchOptions& o) {
   AttentionBenchResult r;
   if (o.keep_freed_memory && !keep_freed_memory())
     throw std::runtime_error("quest bench: keep_freed_memory needs glibc's malloc");
-  r.kept_freed_memory = o.keep_freed_memory;
   const long faults_at_start = minor_page_faults();
   r.threads = at::get_num_threads();
   r.simd = fused::simd_target();
@@ -161,7 +160,7 @@ nlohmann::json AttentionBenchResult::to_json(const AttentionBenchOptions& o) con
                           {"quest_over_standard_time_fwd_bwd", p.forward_backward}});
   return {{"threads", threads}, {"simd", simd}, {"blas", blas}, {"sgemm_gflops_median", sgemm_gflops},
           {"sgemm_gflops_samples", sgemm_samples}, {"peak_rss_gib", peak_rss_gib}, {"repeats", o.repeats},
-          {"keep_freed_memory", kept_freed_memory}, {"minor_faults", minor_faults},
+          {"keep_freed_memory", o.keep_freed_memory}, {"minor_faults", minor_faults},
           {"paired", out_paired}, {"rows", out_rows}};
 }
 

@@ -49,8 +49,7 @@ struct AttentionBenchResult {
   std::vector<BenchRow> rows;
   std::vector<PairedRatio> paired;
   double peak_rss_gib = 0;
-  bool kept_freed_memory = false;  // keep_freed_memory was asked for and took effect
-  long minor_faults = 0;           // minor page faults during the run
+  long minor_faults = 0;  // minor page faults during the run
   nlohmann::json to_json(const AttentionBenchOptions& options) const;
 };
 
