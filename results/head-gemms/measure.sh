@@ -1,0 +1,34 @@
+#!/bin/bash
+# The fused kernel's forward + backward against OpenBLAS doing only the seven GEMMs of each head
+# (bench/head_gemms) and against sgemm 1024^3, at 1 and 2 threads, interleaved rounds.
+# usage: [SHAPES="64,4,65,32 32,12,197,64"] results/head-gemms/measure.sh [ROUNDS] > runs.csv
+# One CSV row per (round, shape, threads, what): GFLOP/s by the FlashAttention convention
+# (forward + backward 14 B H N^2 D) and, for head_gemms rows, the sgemm 1024^3 median of that
+# process (3 samples alternating with the heads). The fused rows are bench/profile_fused, kind
+# quest, ~10 GFLOP per timing after a warm-up call, run right after the head_gemms row.
+set -euo pipefail
+rounds=${1:-5}
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cmake --build "$root/build" --target profile_fused head_gemms -j2 >/dev/null
+shapes=("128 4 50 16" "64 4 65 32" "16 4 128 32" "32 12 197 64" "4 8 1024 64" "1 8 4096 64")
+if [ -n "${SHAPES:-}" ]; then
+  read -r -a list <<< "$SHAPES"; shapes=()
+  for x in "${list[@]}"; do shapes+=("${x//,/ }"); done
+fi
+echo "round,shape,threads,what,gflops,sgemm_gflops"
+for r in $(seq 1 "$rounds"); do
+  for s in "${shapes[@]}"; do
+    read -r B H N D <<< "$s"
+    f=$(echo "14*$B*$H*$N*$N*$D" | bc)
+    reps=$(echo "x = 10000000000 / $f; if (x < 1) 1 else x" | bc)
+    for t in 1 2; do
+      line=$(OMP_NUM_THREADS=$t "$root/build/bench/head_gemms" $B $H $N $D 3)
+      gf=$(echo "$line" | sed -n 's/.*head_gemms_gflops=\([0-9.]*\).*/\1/p')
+      sg=$(echo "$line" | sed -n 's/.*sgemm1024_gflops=\([0-9.]*\).*/\1/p')
+      printf "%s,\"%s\",%s,head_gemms,%s,%s\n" "$r" "${s// /,}" "$t" "$gf" "$sg"
+      line=$(OMP_NUM_THREADS=$t "$root/build/bench/profile_fused" $B $H $N $D quest backward "$reps")
+      gf=$(echo "$line" | sed -n 's/.*gflops=\([0-9.]*\).*/\1/p')
+      printf "%s,\"%s\",%s,fused,%s,\n" "$r" "${s// /,}" "$t" "$gf"
+    done
+  done
+done
