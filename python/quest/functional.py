@@ -4,6 +4,7 @@ Every function is TorchScript-compatible, so a scripted module may call it (whic
 options are not keyword-only: TorchScript in torch 1.13 cannot compile keyword-only arguments with
 defaults; the operators themselves take them keyword-only).
 """
+import warnings
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -92,6 +93,31 @@ def attention_packed(qkv: Tensor, num_heads: int, kind: str = "quest", causal: b
         check_finite=check_finite, l2_eps=l2_eps, layernorm_eps=layernorm_eps)
 
 
+def attention_packed_forward(qkv: Tensor, num_heads: int, kind: str = "quest", causal: bool = False,
+                             causal_alignment: str = "top_left",
+                             key_padding_mask: Optional[Tensor] = None, dropout_p: float = 0.0,
+                             training: bool = False, scale: Optional[float] = None,
+                             head_scale: Optional[Tensor] = None,
+                             q_norm_weight: Optional[Tensor] = None,
+                             q_norm_bias: Optional[Tensor] = None,
+                             k_norm_weight: Optional[Tensor] = None,
+                             k_norm_bias: Optional[Tensor] = None, seed: Optional[int] = None,
+                             backend: str = "auto", check_finite: bool = True,
+                             l2_eps: float = 1e-6, layernorm_eps: float = 1e-5,
+                             need_weights: bool = False, need_diagnostics: bool = False
+                             ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """As attention_packed() (output (B, N, num_heads * D)), also returning the weights and
+    diagnostics of attention_forward(), each None unless asked for."""
+    out, weights, diagnostics = torch.ops.quest.attention_packed_forward(
+        qkv, num_heads, kind, causal=causal, causal_alignment=causal_alignment,
+        key_padding_mask=key_padding_mask, dropout_p=dropout_p, training=training, scale=scale,
+        head_scale=head_scale, q_norm_weight=q_norm_weight, q_norm_bias=q_norm_bias,
+        k_norm_weight=k_norm_weight, k_norm_bias=k_norm_bias, seed=seed, backend=backend,
+        check_finite=check_finite, l2_eps=l2_eps, layernorm_eps=layernorm_eps,
+        need_weights=need_weights, need_diagnostics=need_diagnostics)
+    return (out, weights if need_weights else None, diagnostics if need_diagnostics else None)
+
+
 def select_backend(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", causal: bool = False,
                    causal_alignment: str = "top_left", key_padding_mask: Optional[Tensor] = None,
                    dropout_p: float = 0.0, training: bool = False, scale: Optional[float] = None,
@@ -110,8 +136,19 @@ def select_backend(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", causal:
         check_finite=check_finite, l2_eps=l2_eps, layernorm_eps=layernorm_eps)
 
 
+def _warn_about_thread_pools() -> None:
+    """A UserWarning, once per process, when torch runs several threads while OpenBLAS keeps its
+    own pthread pool (what to set is in the message); quest's C++ layer would otherwise print it
+    to stderr at the first attention call. Called where modules are built, not in forward."""
+    message = torch.ops.quest.claim_thread_pools_warning()
+    if message:
+        warnings.warn(message, stacklevel=3)
+
+
 def runtime() -> Dict[str, str]:
     """The fused kernel's SIMD target ("AVX3", "AVX2", ...) and the BLAS behind torch's matmul:
     blas (name), blas_library, blas_core (OpenBLAS's kernel set) and blas_better_core (non-empty
-    when OpenBLAS picked kernels older than the CPU and OPENBLAS_CORETYPE=<it> would be faster)."""
+    when OpenBLAS picked kernels older than the CPU and OPENBLAS_CORETYPE=<it> would be faster),
+    blas_openmp_dir (non-empty when torch runs OpenBLAS's pthread build and its OpenMP build is
+    installed there: LD_LIBRARY_PATH=<it> before Python starts gives one thread pool)."""
     return torch.ops.quest.runtime()

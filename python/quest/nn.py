@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
-from .functional import KINDS, BACKENDS, attention_forward
+from .functional import (KINDS, BACKENDS, _warn_about_thread_pools, attention_forward,
+                         attention_packed_forward)
 
 
 def _blocked(mask: Tensor, name: str) -> Tensor:
@@ -156,6 +157,7 @@ class MultiheadAttention(nn.Module):
             for name in ("q_norm_weight", "q_norm_bias", "k_norm_weight", "k_norm_bias"):
                 setattr(self, name, nn.Parameter(torch.empty(self.head_dim, **factory)))
         self._reset_parameters()
+        _warn_about_thread_pools()
 
     # torch 1.13's TransformerEncoder(Layer) fast path calls native *standard* attention on
     # in_proj_weight directly whenever self_attn._qkv_same_embed_dim is True (there is no switch
@@ -230,7 +232,8 @@ class MultiheadAttention(nn.Module):
         bias_k, bias_v = self.bias_k, self.bias_v
         if w is not None:
             if query is key and key is value and bias_k is None:
-                # Self-attention: one projection; q, k, v are strided views of it (the fused
+                # Self-attention with add_zero_attn (forward packs plain self-attention itself):
+                # one projection; q, k, v are strided views of it (the fused
                 # kernel reads rows with unit stride along Dh). unbind's backward is one stack,
                 # where indexing would build a zero-filled projection-sized buffer per part.
                 b, n = query.size(0), query.size(1)
@@ -285,15 +288,10 @@ class MultiheadAttention(nn.Module):
         batch, tgt_len, src_len = query.size(0), query.size(1), key.size(1)
         causal = self.causal or _is_causal(attn_mask, tgt_len, src_len)
 
-        q, k, v = self._project(query, key, value)
         extra_keys = 0
         if self.bias_k is not None:
             extra_keys += 1
         if self.add_zero_attn:
-            zeros = torch.zeros(batch, self.num_heads, 1, self.head_dim, dtype=k.dtype,
-                                device=k.device)
-            k = torch.cat([k, zeros], 2)
-            v = torch.cat([v, zeros], 2)
             extra_keys += 1
         if causal and extra_keys > 0:
             raise ValueError("quest.MultiheadAttention: causal attention with add_bias_kv or "
@@ -311,18 +309,38 @@ class MultiheadAttention(nn.Module):
             if extra_keys > 0:
                 mask = torch.cat([mask, mask.new_zeros(batch, extra_keys)], 1)
 
-        out, weights, diagnostics = attention_forward(
-            q, k, v, self.kind, causal=causal, key_padding_mask=mask, dropout_p=self.dropout,
-            training=self.training, scale=self.scale, head_scale=self.head_scale,
-            q_norm_weight=self.q_norm_weight, q_norm_bias=self.q_norm_bias,
-            k_norm_weight=self.k_norm_weight, k_norm_bias=self.k_norm_bias,
-            backend=self.backend, check_finite=self.check_finite, need_weights=need_weights,
-            need_diagnostics=self.record_diagnostics)
+        w = self.in_proj_weight
+        if w is not None and query is key and key is value and extra_keys == 0:
+            # Self-attention: the heads straight from one projection and the output already
+            # (B, L, E), so no split, merge or stacking copies (on the fused backend).
+            qkv = F.linear(query, w, self.in_proj_bias)
+            out, weights, diagnostics = attention_packed_forward(
+                qkv, self.num_heads, self.kind, causal=causal, key_padding_mask=mask,
+                dropout_p=self.dropout, training=self.training, scale=self.scale,
+                head_scale=self.head_scale, q_norm_weight=self.q_norm_weight,
+                q_norm_bias=self.q_norm_bias, k_norm_weight=self.k_norm_weight,
+                k_norm_bias=self.k_norm_bias, backend=self.backend,
+                check_finite=self.check_finite, need_weights=need_weights,
+                need_diagnostics=self.record_diagnostics)
+        else:
+            q, k, v = self._project(query, key, value)
+            if self.add_zero_attn:
+                zeros = torch.zeros(batch, self.num_heads, 1, self.head_dim, dtype=k.dtype,
+                                    device=k.device)
+                k = torch.cat([k, zeros], 2)
+                v = torch.cat([v, zeros], 2)
+            out, weights, diagnostics = attention_forward(
+                q, k, v, self.kind, causal=causal, key_padding_mask=mask, dropout_p=self.dropout,
+                training=self.training, scale=self.scale, head_scale=self.head_scale,
+                q_norm_weight=self.q_norm_weight, q_norm_bias=self.q_norm_bias,
+                k_norm_weight=self.k_norm_weight, k_norm_bias=self.k_norm_bias,
+                backend=self.backend, check_finite=self.check_finite, need_weights=need_weights,
+                need_diagnostics=self.record_diagnostics)
+            # (B, H, L, Dh) -> (B, L, E)
+            out = out.transpose(1, 2).reshape(batch, tgt_len, self.embed_dim)
         if self.record_diagnostics:
             self.last_diagnostics = diagnostics
 
-        # (B, H, L, Dh) -> (B, L, E) -> out_proj
-        out = out.transpose(1, 2).reshape(batch, tgt_len, self.embed_dim)
         out = F.linear(out, self.out_proj.weight, self.out_proj.bias)
         if not batched:
             out = out.squeeze(0)

@@ -4,7 +4,6 @@
 #include <unistd.h>
 
 #include <cstdlib>
-#include <filesystem>
 #include <iostream>
 #include <string>
 #include <utility>
@@ -24,24 +23,12 @@
 // at 101 img/s by default and 169 img/s with the two settings, results/bench). Both libraries read
 // these variables when they load, before main: so unless the user chose (LD_LIBRARY_PATH, the
 // policies, or QUEST_THREAD_POOLS_SET), set them and re-execute this binary once.
-static std::string openmp_openblas_dir() {
-  namespace fs = std::filesystem;
-  const quest::BlasInfo blas = quest::detect_blas();
-  if (!blas.openblas || blas.openmp || blas.library.empty()) return "";
-  fs::path dir = fs::path(blas.library).parent_path();
-  if (dir.filename() == "openblas-pthread") dir = dir.parent_path();
-  const fs::path candidate = dir / "openblas-openmp";
-  std::error_code ec;
-  return fs::exists(candidate / "libopenblas.so.0", ec) && fs::exists(candidate / "libblas.so.3", ec)
-             ? candidate.string()
-             : "";
-}
-
 static void configure_thread_pools(char** argv) {
   if (std::getenv("QUEST_THREAD_POOLS_SET")) return;
   setenv("QUEST_THREAD_POOLS_SET", "1", 1);
   const char* library_path = std::getenv("LD_LIBRARY_PATH");
-  const std::string one_pool = library_path && *library_path ? "" : openmp_openblas_dir();
+  const std::string one_pool =
+      library_path && *library_path ? "" : quest::openmp_openblas_dir(quest::detect_blas());
   std::vector<std::pair<const char*, std::string>> wanted;
   if (!one_pool.empty()) wanted = {{"LD_LIBRARY_PATH", one_pool}};
   else wanted = {{"OMP_WAIT_POLICY", "passive"}, {"OPENBLAS_THREAD_TIMEOUT", "4"}};

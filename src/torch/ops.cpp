@@ -122,6 +122,16 @@ std::tuple<Tensor, Tensor, Tensor> attention_forward_op(const Tensor& q, const T
           r.diagnostics ? diagnostics_tensor(*r.diagnostics) : none};
 }
 
+// As attention_forward_op, from a packed (B, N, 3E) projection; the output is (B, N, E).
+std::tuple<Tensor, Tensor, Tensor> attention_packed_forward_op(const Tensor& qkv, int64_t heads,
+                                                               QUEST_OPTION_PARAMS, bool need_weights,
+                                                               bool need_diagnostics) {
+  AttentionOutput r = attention_packed_forward(qkv, heads, QUEST_OPTION_ARGS, need_weights, need_diagnostics);
+  const Tensor none = torch::empty({0});
+  return {r.output, need_weights ? r.weights : none,
+          r.diagnostics ? diagnostics_tensor(*r.diagnostics) : none};
+}
+
 // (the backend that would run, why each one before it was not taken).
 std::tuple<std::string, std::vector<std::string>> select_backend_op(const Tensor& q,
                                                                     const Tensor& k,
@@ -140,6 +150,7 @@ c10::Dict<std::string, std::string> runtime_op() {
   r.insert("blas_library", blas.library);
   r.insert("blas_core", blas.core);
   r.insert("blas_better_core", blas.better_core);
+  r.insert("blas_openmp_dir", openmp_openblas_dir(blas));
   return r;
 }
 
@@ -154,8 +165,13 @@ TORCH_LIBRARY(quest, m) {
         &quest::attention_forward_op);
   m.def("attention_packed(Tensor qkv, int heads, " QUEST_OPTION_SCHEMA ") -> Tensor",
         &quest::attention_packed_op);
+  m.def("attention_packed_forward(Tensor qkv, int heads, " QUEST_OPTION_SCHEMA
+        ", bool need_weights=False, bool need_diagnostics=False) -> (Tensor, Tensor, Tensor)",
+        &quest::attention_packed_forward_op);
   m.def("select_backend(Tensor q, Tensor k, Tensor v, " QUEST_OPTION_SCHEMA
         ") -> (str, str[])",
         &quest::select_backend_op);
   m.def("runtime() -> Dict(str, str)", &quest::runtime_op);
+  m.def("claim_thread_pools_warning() -> str",
+        [] { return quest::two_thread_pools_warning(true); });
 }

@@ -7,7 +7,9 @@
 #endif
 #include <torch/torch.h>
 
+#include <atomic>
 #include <cstdio>
+#include <filesystem>
 #include <cstdlib>
 #include <initializer_list>
 #include <limits>
@@ -87,6 +89,41 @@ bool warn_if_slow_blas() {
     }
   });
   return warned;
+}
+
+std::string openmp_openblas_dir(const BlasInfo& blas) {
+  namespace fs = std::filesystem;
+  if (!blas.openblas || blas.openmp || blas.library.empty()) return "";
+  fs::path dir = fs::path(blas.library).parent_path();
+  if (dir.filename() == "openblas-pthread") dir = dir.parent_path();
+  const fs::path candidate = dir / "openblas-openmp";
+  std::error_code ec;
+  return fs::exists(candidate / "libopenblas.so.0", ec) && fs::exists(candidate / "libblas.so.3", ec)
+             ? candidate.string()
+             : "";
+}
+
+std::string two_thread_pools_warning(bool claim) {
+  static std::atomic<bool> given{false};
+  if (given.load(std::memory_order_relaxed) || at::get_num_threads() < 2) return "";
+  static const BlasInfo blas = detect_blas();  // once: it inspects the loaded libraries
+  if (!blas.openblas || blas.openmp) return "";
+  if (const char* policy = std::getenv("OMP_WAIT_POLICY"); policy && *policy) return "";
+  if (claim && given.exchange(true)) return "";
+  const std::string dir = openmp_openblas_dir(blas), passive = "OMP_WAIT_POLICY=passive OPENBLAS_THREAD_TIMEOUT=4";
+  return "quest: torch runs " + std::to_string(at::get_num_threads()) +
+         " threads on libgomp's pool and OpenBLAS (its pthread build) keeps a second pool; on few "
+         "cores the two steal each other's time (a quest.MultiheadAttention training step ran ~2x "
+         "slower at 2 threads than at 1). Start the process with " +
+         (dir.empty() ? passive : "LD_LIBRARY_PATH=" + dir + " (OpenBLAS's OpenMP build: one pool), or with " + passive) +
+         ".";
+}
+
+bool warn_if_two_thread_pools() {
+  const std::string message = two_thread_pools_warning(true);
+  if (message.empty()) return false;
+  TORCH_WARN(message);
+  return true;
 }
 
 int set_blas_threads(int threads) {

@@ -1,6 +1,7 @@
 """quest.attention: outputs and gradients of every kind, option and backend against the float64
 plain-torch oracle; gradcheck; dropout; backend selection."""
 import math
+import os
 
 import pytest
 import torch
@@ -188,8 +189,12 @@ def test_backend_selection_says_why():
 
 def test_runtime_names_the_kernel_target_and_the_blas():
     info = quest.runtime()
-    assert set(info) == {"simd_target", "blas", "blas_library", "blas_core", "blas_better_core"}
+    assert set(info) == {"simd_target", "blas", "blas_library", "blas_core", "blas_better_core",
+                         "blas_openmp_dir"}
     assert info["simd_target"] and info["blas"]
+    if info["blas_openmp_dir"]:  # only beside a pthread OpenBLAS, and where the build is
+        assert "USE_OPENMP" not in info["blas"]
+        assert os.path.exists(os.path.join(info["blas_openmp_dir"], "libopenblas.so.0"))
 
 
 def test_rows_that_see_no_key_are_zero_with_finite_gradients():
@@ -255,3 +260,26 @@ def test_packed_projection_equals_split_heads(kind, backend):
 def test_packed_projection_bad_shape_is_a_clear_error():
     with pytest.raises(RuntimeError, match=r"is not 3 x heads \(2\) x head_dim"):
         quest.attention_packed(torch.randn(2, 5, 20), 2)
+
+
+@pytest.mark.parametrize("kind", ["quest", "qk_layernorm"])
+def test_packed_forward_returns_the_split_heads_weights_and_diagnostics(kind):
+    # attention_packed_forward = attention_forward on the split heads: output merged to
+    # (B, N, E), the same (B, H, N, N) weights and (6, H) diagnostics; None unless asked.
+    torch.manual_seed(6)
+    b, n, h, d = 2, 11, 3, 8
+    qkv = torch.randn(b, n, 3 * h * d)
+    mask = torch.zeros(b, n, dtype=torch.bool)
+    mask[1, -3:] = True
+    out, weights, diag = quest.attention_packed_forward(
+        qkv, h, kind, key_padding_mask=mask, need_weights=True, need_diagnostics=True)
+    q, k, v = qkv.view(b, n, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
+    out_s, weights_s, diag_s = quest.attention_forward(
+        q, k, v, kind, key_padding_mask=mask, need_weights=True, need_diagnostics=True)
+    assert out.shape == (b, n, h * d) and weights.shape == (b, h, n, n) and diag.shape == (6, h)
+    torch.testing.assert_close(out, out_s.transpose(1, 2).reshape(b, n, h * d), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(weights, weights_s, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(diag, diag_s, rtol=1e-5, atol=1e-6)
+    plain = quest.attention_packed_forward(qkv, h, kind, key_padding_mask=mask)
+    assert plain[1] is None and plain[2] is None
+    torch.testing.assert_close(plain[0], out, rtol=0, atol=0)

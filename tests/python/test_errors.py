@@ -1,5 +1,9 @@
 """Bad input from Python raises an exception that names the problem; NaN/Inf are rejected by
 default in the functional API and propagate exactly as in torch when check_finite=False."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -134,3 +138,35 @@ def test_module_nan_token_as_torch_module():
     out, ref_out = mine(x, x, x)[0], ref(x, x, x)[0]
     assert torch.equal(out.isnan(), ref_out.isnan()) and out[1].isnan().all()
     torch.testing.assert_close(out[0], ref_out[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("policy", [None, "passive"])
+def test_two_thread_pools_warn_once_when_a_module_is_built(policy):
+    # Several torch threads with OpenBLAS's pthread pool beside libgomp's spinning one: building a
+    # module warns once (a UserWarning naming what to set); a chosen OMP_WAIT_POLICY or OpenBLAS's
+    # OpenMP build (one pool) stay quiet. In a subprocess: the warning is once per process.
+    code = (
+        "import warnings, torch, quest\n"
+        "torch.set_num_threads(2)\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    quest.MultiheadAttention(8, 2); quest.MultiheadAttention(8, 2)\n"
+        "rt = quest.runtime()\n"
+        "print(len(w), 'USE_OPENMP' in rt['blas'], rt['blas'].startswith('OpenBLAS'), repr(rt['blas_openmp_dir']))\n"
+        "for x in w: print(x.category.__name__, x.message)\n")
+    env = os.environ.copy()
+    env.pop("OMP_WAIT_POLICY", None)
+    if policy:
+        env["OMP_WAIT_POLICY"] = policy
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    count, openmp, openblas, openmp_dir = lines[0].split(" ", 3)
+    two_pools = openblas == "True" and openmp == "False" and policy is None
+    assert int(count) == (1 if two_pools else 0), result.stdout
+    if two_pools:
+        assert lines[1].startswith("UserWarning quest: torch runs 2 threads"), lines[1]
+        directory = openmp_dir.strip("'")
+        wanted = ("LD_LIBRARY_PATH=" + directory) if directory else "OMP_WAIT_POLICY=passive"
+        assert wanted in lines[1], lines[1]

@@ -232,3 +232,48 @@ def test_record_diagnostics():
                    if isinstance(m, quest.MultiheadAttention))
     with pytest.raises(ValueError, match="no quest.MultiheadAttention"):
         quest.record_diagnostics(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("kind", quest.KINDS)
+def test_self_attention_is_packed_and_equals_the_split_projection(kind, monkeypatch):
+    # Self-attention (query is key is value) runs attention_packed_forward on one projection; the
+    # same values as distinct tensors take the split projections. Both give the same output,
+    # weights, diagnostics and gradients, with dropout and a padding mask on.
+    calls = []
+    packed = quest.nn.attention_packed_forward
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return packed(*args, **kwargs)
+
+    monkeypatch.setattr(quest.nn, "attention_packed_forward", counting)
+    torch.manual_seed(3)
+    m = quest.MultiheadAttention(E, H, dropout=0.2, kind=kind, batch_first=True).train()
+    m.record_diagnostics = True
+    x0 = torch.randn(3, 7, E)
+    kpm = torch.zeros(3, 7, dtype=torch.bool)
+    kpm[2, -2:] = True
+
+    def run(same):
+        m.zero_grad()
+        x = x0.clone().requires_grad_()
+        k = x if same else x * 1.0
+        v = x if same else x * 1.0
+        torch.manual_seed(11)  # the dropout mask's seed
+        out, w = m(x, k, v, key_padding_mask=kpm, average_attn_weights=False)
+        (out * torch.linspace(-1, 1, E)).sum().backward()
+        grads = [p.grad.clone() for p in m.parameters() if p.grad is not None]
+        return out.detach(), w, m.last_diagnostics, x.grad, grads
+
+    out_p, w_p, d_p, dx_p, g_p = run(True)
+    assert len(calls) == 1
+    out_s, w_s, d_s, dx_s, g_s = run(False)
+    assert len(calls) == 1  # distinct key and value tensors: the split projections
+    close = {"rtol": 1e-4, "atol": 1e-5}
+    torch.testing.assert_close(out_p, out_s, **close)
+    torch.testing.assert_close(w_p, w_s, **close)
+    torch.testing.assert_close(d_p, d_s, **close)
+    torch.testing.assert_close(dx_p, dx_s, **close)
+    assert len(g_p) == len(g_s) and len(g_p) >= 4
+    for a, b in zip(g_p, g_s):
+        torch.testing.assert_close(a, b, **close)

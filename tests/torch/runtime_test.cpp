@@ -1,8 +1,14 @@
 // Process-level facts: which BLAS backs torch's matmul and whether its kernels fit the CPU.
 #include <gtest/gtest.h>
 
+#include <ATen/Parallel.h>
+#include <unistd.h>
+
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
 
 #include "quest/torch/runtime.h"
 
@@ -55,6 +61,54 @@ TEST(Runtime, DetectsTheBlasBehindTorch) {
   const BlasInfo info = detect_blas();
   EXPECT_FALSE(info.name.empty());
   if (info.name.rfind("OpenBLAS", 0) == 0) EXPECT_FALSE(info.core.empty());
+}
+
+TEST(Runtime, FindsOpenBlasOpenMpBuildBesideThePthreadOne) {
+  namespace fs = std::filesystem;
+  const fs::path root = fs::temp_directory_path() / ("quest-blas-" + std::to_string(::getpid()));
+  fs::create_directories(root / "openblas-pthread");
+  BlasInfo pthread_build;
+  pthread_build.openblas = true;
+  pthread_build.library = (root / "openblas-pthread" / "libblas.so.3").string();
+  EXPECT_EQ(openmp_openblas_dir(pthread_build), "");  // no OpenMP build installed
+  fs::create_directories(root / "openblas-openmp");
+  for (const char* name : {"libopenblas.so.0", "libblas.so.3"})
+    std::ofstream(root / "openblas-openmp" / name) << "";
+  EXPECT_EQ(openmp_openblas_dir(pthread_build), (root / "openblas-openmp").string());
+  BlasInfo openmp_build = pthread_build;
+  openmp_build.openmp = true;  // already one pool
+  EXPECT_EQ(openmp_openblas_dir(openmp_build), "");
+  BlasInfo other;
+  other.library = pthread_build.library;  // not OpenBLAS
+  EXPECT_EQ(openmp_openblas_dir(other), "");
+  fs::remove_all(root);
+}
+
+// The two-pool warning: only with several torch threads, OpenBLAS's pthread build and libgomp's
+// spinning default; claimed once per process. (Each test runs in its own process under CTest.)
+TEST(Runtime, WarnsOnceAboutTwoThreadPools) {
+  const BlasInfo blas = detect_blas();
+  const bool two_pools = blas.openblas && !blas.openmp;
+  const char* policy = std::getenv("OMP_WAIT_POLICY");
+  if (policy && *policy) GTEST_SKIP() << "OMP_WAIT_POLICY is set: the user chose";
+  const int threads = at::get_num_threads();
+  at::set_num_threads(1);
+  EXPECT_EQ(two_thread_pools_warning(false), "");  // one thread: one pool does the work
+  at::set_num_threads(2);
+  const std::string message = two_thread_pools_warning(false);
+  if (!two_pools) {
+    EXPECT_EQ(message, "") << blas.name;
+  } else {
+    EXPECT_NE(message.find("second pool"), std::string::npos) << message;
+    const std::string dir = openmp_openblas_dir(blas);
+    EXPECT_NE(message.find(dir.empty() ? "OMP_WAIT_POLICY=passive" : "LD_LIBRARY_PATH=" + dir),
+              std::string::npos) << message;
+    EXPECT_EQ(two_thread_pools_warning(false), message);  // not claimed yet
+    EXPECT_TRUE(warn_if_two_thread_pools());               // claims it
+    EXPECT_EQ(two_thread_pools_warning(true), "");
+    EXPECT_FALSE(warn_if_two_thread_pools());
+  }
+  at::set_num_threads(threads);
 }
 
 }  // namespace

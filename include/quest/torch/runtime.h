@@ -30,6 +30,23 @@ std::string better_openblas_core(const std::string& core, bool avx512, bool avx2
 // or on OpenBLAS kernels older than the CPU (saying what to set). Returns true if it warned.
 bool warn_if_slow_blas();
 
+// The directory of OpenBLAS's OpenMP build (Debian's libopenblas0-openmp) when torch runs the
+// pthread build and the OpenMP one is installed beside it, else "". Loading it instead
+// (LD_LIBRARY_PATH, before the process starts) leaves one thread pool, libgomp's, for torch,
+// quest's kernels and the matrix products; the `quest` CLI does so itself (src/cli/main.cpp).
+std::string openmp_openblas_dir(const BlasInfo& blas);
+
+// What to tell a user when torch runs more than one intra-op thread on libgomp's pool while
+// OpenBLAS's pthread build keeps a second pool and libgomp spins by default (OMP_WAIT_POLICY
+// unset): on few cores the pools steal each other's time (a quest.MultiheadAttention training
+// step ran ~2x slower at 2 threads than at 1, results/python-bench). "" when that is not the case
+// or the warning was already claimed; `claim` marks it given (once per process).
+std::string two_thread_pools_warning(bool claim);
+
+// TORCH_WARN of two_thread_pools_warning(true), if any (on stderr; the Python package gives it as
+// a UserWarning when a module is built). The attention entry points call it; true if it warned.
+bool warn_if_two_thread_pools();
+
 // OpenBLAS's own thread count (its pthread pool is separate from torch's intra-op threads).
 // Several threads calling a multi-threaded OpenBLAS at once serialise on its pool: runs trained
 // side by side must set it to 1. Returns the previous count, or -1 if the BLAS is not OpenBLAS.
