@@ -162,6 +162,12 @@ long minor_page_faults() {
   return u.ru_minflt;
 }
 
+double peak_rss_gib() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_maxrss / 1024.0 / 1024.0;  // KiB -> GiB
+}
+
 std::string error_message(const std::exception& e) {
   const c10::Error* c10 = dynamic_cast<const c10::Error*>(&e);
   return c10 ? c10->what_without_backtrace() : e.what();

@@ -57,6 +57,18 @@ TEST(Runtime, KeptFreedMemoryIsNotFaultedInAgain) {
 #endif
 }
 
+TEST(Runtime, PeakResidentMemoryCountsATouchedBlock) {
+  const double before = peak_rss_gib();
+  ASSERT_GT(before, 0.0);
+  void* (*volatile allocate)(size_t) = std::malloc;
+  const size_t bytes = size_t{512} << 20;
+  char* p = static_cast<char*>(allocate(bytes));
+  std::memset(p, 1, bytes);
+  const double after = peak_rss_gib();
+  std::free(p);
+  EXPECT_GT(after, before + 0.2) << before << " GiB before";
+}
+
 TEST(Runtime, DetectsTheBlasBehindTorch) {
   const BlasInfo info = detect_blas();
   EXPECT_FALSE(info.name.empty());

@@ -66,6 +66,9 @@ bool keep_freed_memory();
 // Minor page faults of this process so far (getrusage).
 long minor_page_faults();
 
+// This process's peak resident memory so far, in GiB (getrusage).
+double peak_rss_gib();
+
 // An exception's message for a user: c10::Error's without LibTorch's C++ backtrace, else what().
 std::string error_message(const std::exception& e);
 

@@ -1,7 +1,6 @@
 #include "quest/lab/bench/attention_bench.h"
 
 #include <ATen/CPUGeneratorImpl.h>
-#include <sys/resource.h>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -24,12 +23,6 @@ double sgemm_gflops(int repeats) {
   const auto a = torch::randn({1024, 1024}), b = torch::randn({1024, 1024});
   const double s = median_seconds(repeats * 2, [&] { (void)torch::mm(a, b); });
   return 2.0 * 1024 * 1024 * 1024 / s / 1e9;
-}
-
-double peak_rss_gib() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return u.ru_maxrss / 1024.0 / 1024.0;  // KiB -> GiB
 }
 
 // Median seconds of attention forward (and backward, when asked) on fixed inputs.
