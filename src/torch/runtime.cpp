@@ -113,8 +113,8 @@ std::string two_thread_pools_warning(bool claim) {
   const std::string dir = openmp_openblas_dir(blas), passive = "OMP_WAIT_POLICY=passive OPENBLAS_THREAD_TIMEOUT=4";
   return "quest: torch runs " + std::to_string(at::get_num_threads()) +
          " threads on libgomp's pool and OpenBLAS (its pthread build) keeps a second pool; on few "
-         "cores the two steal each other's time (a quest.MultiheadAttention training step ran ~2x "
-         "slower at 2 threads than at 1). Start the process with " +
+         "cores the two steal each other's time (quest.MultiheadAttention training steps ran "
+         "1.4-1.9x slower at 2 threads than at 1). Start the process with " +
          (dir.empty() ? passive : "LD_LIBRARY_PATH=" + dir + " (OpenBLAS's OpenMP build: one pool), or with " + passive) +
          ".";
 }
