@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "commands.h"
+#include "divergence.h"
 #include "progress.h"
 #include "quest/lab/runs/lm_compare.h"
 #include "quest/lab/training/lm.h"
@@ -83,17 +84,8 @@ int run_lm_train(const LmTrainFlags& f, const ParallelFlags& parallel_flags) {
   const runs::LmTrainReport report = runs::train_lm_run(c, f.resume, callbacks, role.parallel);
   if (!reports) return report.outcome.status == runs::RunStatus::diverged ? 3 : 0;
   progress.finish();
-  if (report.outcome.status == runs::RunStatus::diverged) {
-    std::fprintf(stderr, "error: training diverged: %s\n", report.outcome.message.c_str());
-    for (size_t layer = 0; layer < report.diagnostics.size(); ++layer)
-      if (const auto& d = report.diagnostics[layer])
-        std::fprintf(stderr, "layer %zu attention:\n%s", layer, format_diagnostics(*d).c_str());
-    std::fprintf(stderr, "%s\n", report.checkpoint_kept
-                                     ? ("the last good checkpoint is kept: " +
-                                        runs::RunDir(c.run_dir).checkpoint().string()).c_str()
-                                     : "no checkpoint yet: it diverged within its first epoch");
-    return 3;
-  }
+  if (report.outcome.status == runs::RunStatus::diverged)
+    return report_divergence(report.outcome, report.diagnostics, report.checkpoint_kept, c.run_dir);
   if (!f.no_test) {
     print_eval("valid (first eval_bytes)", report.valid);
     print_eval("test", report.test);

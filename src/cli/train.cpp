@@ -2,6 +2,7 @@
 #include <cstdio>
 
 #include "commands.h"
+#include "divergence.h"
 #include "progress.h"
 #include "quest/torch/runtime.h"
 #include "parallel.h"
@@ -35,18 +36,8 @@ static int run_train(const TrainFlags& flags, bool no_test, const ParallelFlags&
   const runs::TrainReport report = runs::train_run(config, flags.data, flags.resume, callbacks, role.parallel);
   if (progress) progress->finish();
   if (!reports) return report.outcome.status == runs::RunStatus::diverged ? 3 : 0;
-  if (report.outcome.status == runs::RunStatus::diverged) {
-    std::fprintf(stderr, "error: training diverged: %s\n", report.outcome.message.c_str());
-    for (size_t layer = 0; layer < report.diagnostics.size(); ++layer)
-      if (const auto& d = report.diagnostics[layer])
-        std::fprintf(stderr, "layer %zu attention:\n%s", layer, format_diagnostics(*d).c_str());
-    if (report.checkpoint_kept)
-      std::fprintf(stderr, "the last good checkpoint is kept: %s\n",
-                   runs::RunDir(config.run_dir).checkpoint().c_str());
-    else
-      std::fprintf(stderr, "no checkpoint yet: it diverged within its first epoch\n");
-    return 3;
-  }
+  if (report.outcome.status == runs::RunStatus::diverged)
+    return report_divergence(report.outcome, report.diagnostics, report.checkpoint_kept, config.run_dir);
   if (no_test) std::printf("trained (no test evaluation), wall %.1f s\n", report.wall_seconds);
   else
     std::printf("test accuracy %.4f, test loss %.4f, wall %.1f s\n", report.test.accuracy, report.test.loss,
