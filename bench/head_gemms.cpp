@@ -69,7 +69,12 @@ int main(int argc, char** argv) {
     v[x] = std::sin(0.11f * x + 1);
     dout[x] = std::cos(0.07f * x + 2);
   }
-  const bool cached = std::getenv("HEAD_GEMMS_CACHED") && std::string(std::getenv("HEAD_GEMMS_CACHED")) == "1";
+  const std::string cached_env = std::getenv("HEAD_GEMMS_CACHED") ? std::getenv("HEAD_GEMMS_CACHED") : "";
+  if (!cached_env.empty() && cached_env != "0" && cached_env != "1") {
+    std::fprintf(stderr, "HEAD_GEMMS_CACHED is 0 or 1\n");
+    return 2;
+  }
+  const bool cached = cached_env == "1";
   const double flop = 14.0 * heads * N * N * D;
   // ~1 GFLOP per timing of the heads (repeats of all of them), one call of the 1024^3 product.
   const int repeats = std::max(1, static_cast<int>(1e9 / flop));

@@ -5,9 +5,9 @@
     mha = quest.MultiheadAttention(512, 8, kind="quest")   # drop-in for torch.nn.MultiheadAttention
     model = quest.convert(model, kind="quest")             # every nn.MultiheadAttention replaced
 
-The operators are torch.ops.quest.attention / attention_forward / attention_packed / attention_packed_forward /
-select_backend (TorchScript can
-call them); they run quest's C++ kernels (fused SIMD for float32) in the process's LibTorch.
+The operators are torch.ops.quest.attention / attention_forward / attention_packed /
+attention_packed_forward / select_backend (TorchScript can call them); they run quest's C++
+kernels (fused SIMD for float32) in the process's LibTorch.
 """
 from .functional import (BACKENDS, KINDS, attention, attention_forward, attention_packed,
                          attention_packed_forward, runtime, select_backend)
@@ -15,6 +15,6 @@ from .nn import MultiheadAttention
 from .convert import convert
 from .diagnostics import HeadDiagnostics, record_diagnostics
 
-__all__ = ["attention", "attention_forward", "attention_packed", "attention_packed_forward", "select_backend", "MultiheadAttention", "convert",
-           "HeadDiagnostics", "record_diagnostics", "runtime", "KINDS", "BACKENDS"]
+__all__ = ["attention", "attention_forward", "attention_packed", "attention_packed_forward",
+           "select_backend", "MultiheadAttention", "convert", "HeadDiagnostics", "record_diagnostics", "runtime", "KINDS", "BACKENDS"]
 __version__ = "0.1.0"

@@ -110,13 +110,14 @@ std::string two_thread_pools_warning(bool claim) {
   if (!blas.openblas || blas.openmp) return "";
   if (const char* policy = std::getenv("OMP_WAIT_POLICY"); policy && *policy) return "";
   if (claim && given.exchange(true)) return "";
-  const std::string dir = openmp_openblas_dir(blas), passive = "OMP_WAIT_POLICY=passive OPENBLAS_THREAD_TIMEOUT=4";
+  const std::string dir = openmp_openblas_dir(blas);
+  const std::string passive = "OMP_WAIT_POLICY=passive OPENBLAS_THREAD_TIMEOUT=4";
+  const std::string fix =
+      dir.empty() ? passive : "LD_LIBRARY_PATH=" + dir + " (OpenBLAS's OpenMP build: one pool), or with " + passive;
   return "quest: torch runs " + std::to_string(at::get_num_threads()) +
          " threads on libgomp's pool and OpenBLAS (its pthread build) keeps a second pool; on few "
          "cores the two steal each other's time (quest.MultiheadAttention training steps ran "
-         "1.4-1.9x slower at 2 threads than at 1). Start the process with " +
-         (dir.empty() ? passive : "LD_LIBRARY_PATH=" + dir + " (OpenBLAS's OpenMP build: one pool), or with " + passive) +
-         ".";
+         "1.4-1.9x slower at 2 threads than at 1). Start the process with " + fix + ".";
 }
 
 bool warn_if_two_thread_pools() {

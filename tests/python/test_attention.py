@@ -260,6 +260,8 @@ def test_packed_projection_equals_split_heads(kind, backend):
 def test_packed_projection_bad_shape_is_a_clear_error():
     with pytest.raises(RuntimeError, match=r"is not 3 x heads \(2\) x head_dim"):
         quest.attention_packed(torch.randn(2, 5, 20), 2)
+    with pytest.raises(RuntimeError, match=r"qkv must have shape \(B, N, 3 x heads x head_dim\)"):
+        quest.attention_packed_forward(torch.randn(5, 24), 2, need_weights=True)
 
 
 @pytest.mark.parametrize("kind", ["quest", "qk_layernorm"])

@@ -39,8 +39,8 @@ std::string openmp_openblas_dir(const BlasInfo& blas);
 // What to tell a user when torch runs more than one intra-op thread on libgomp's pool while
 // OpenBLAS's pthread build keeps a second pool and libgomp spins by default (OMP_WAIT_POLICY
 // unset): on few cores the pools steal each other's time (quest.MultiheadAttention training
-// steps ran 1.4-1.9x slower at 2 threads than at 1, results/python-bench). "" when that is not the case
-// or the warning was already claimed; `claim` marks it given (once per process).
+// steps ran 1.4-1.9x slower at 2 threads than at 1, results/python-bench). "" when that is not
+// the case or the warning was already claimed; `claim` marks it given (once per process).
 std::string two_thread_pools_warning(bool claim);
 
 // TORCH_WARN of two_thread_pools_warning(true), if any (on stderr; the Python package gives it as
