@@ -61,8 +61,12 @@ int main(int argc, char** argv) {
   }
   const int heads = B * H;
   const size_t hd = static_cast<size_t>(N) * D, total = hd * heads;
-  std::vector<float> q(total), k(total), v(total), dout(total), o(total), dq(total), dk(total),
-      dv(total);
+  // Cached: every head reads the first head's inputs (they stay in cache) but writes its products
+  // to its thread's own slice — BLAS accumulates into C over K-blocks, so two threads writing one
+  // slice at once would corrupt it (the products came out wrong in 4-5 of 20 runs).
+  const size_t outputs = hd * std::max(heads, omp_get_max_threads());
+  std::vector<float> q(total), k(total), v(total), dout(total), o(outputs), dq(outputs),
+      dk(outputs), dv(outputs);
   for (size_t x = 0; x < total; ++x) {  // fixed values in [-1, 1], different per tensor
     q[x] = std::sin(0.37f * x);
     k[x] = std::cos(0.23f * x);
@@ -82,22 +86,25 @@ int main(int argc, char** argv) {
   std::vector<std::vector<float>> s_of(omp_get_max_threads()), dp_of(omp_get_max_threads());
   for (auto* x : {&s_of, &dp_of})
     for (auto& buf : *x) buf.assign(static_cast<size_t>(N) * N, 0.0f);
+  size_t last_head_output = 0;  // where the last head's products went (its thread's slice, cached)
   auto run_heads = [&] {
 #pragma omp parallel
     {
       std::vector<float>& s = s_of[omp_get_thread_num()];
       std::vector<float>& dp = dp_of[omp_get_thread_num()];
+      const size_t own = static_cast<size_t>(omp_get_thread_num()) * hd;
       for (int rep = 0; rep < repeats; ++rep) {
 #pragma omp for schedule(dynamic)
         for (int h = 0; h < heads; ++h) {
-          const size_t x = cached ? 0 : h * hd;
+          const size_t x = cached ? 0 : h * hd, y = cached ? own : h * hd;
+          if (h == heads - 1) last_head_output = y;
           gemm(false, true, N, N, D, &q[x], D, &k[x], D, s.data(), N);         // S = Q K^T
-          gemm(false, false, N, D, N, s.data(), N, &v[x], D, &o[x], D);        // O = P V
+          gemm(false, false, N, D, N, s.data(), N, &v[x], D, &o[y], D);        // O = P V
           gemm(false, true, N, N, D, &q[x], D, &k[x], D, s.data(), N);         // S again
           gemm(false, true, N, N, D, &dout[x], D, &v[x], D, dp.data(), N);     // dP = dO V^T
-          gemm(true, false, N, D, N, s.data(), N, &dout[x], D, &dv[x], D);     // dV = P^T dO
-          gemm(true, false, N, D, N, dp.data(), N, &q[x], D, &dk[x], D);       // dK = dS^T Q
-          gemm(false, false, N, D, N, dp.data(), N, &k[x], D, &dq[x], D);      // dQ = dS K
+          gemm(true, false, N, D, N, s.data(), N, &dout[x], D, &dv[y], D);     // dV = P^T dO
+          gemm(true, false, N, D, N, dp.data(), N, &q[x], D, &dk[y], D);       // dK = dS^T Q
+          gemm(false, false, N, D, N, dp.data(), N, &k[x], D, &dq[y], D);      // dQ = dS K
         }
       }
     }
@@ -108,8 +115,9 @@ int main(int argc, char** argv) {
   run_heads();  // warm-up: pages, thread pool
   // The transpose flags are easy to get wrong: check the last head's first and last rows of O,
   // dV, dK and dQ against sums in double (here dP stands where the backward's dS would).
-  const size_t x0 = cached ? 0 : (heads - 1) * hd;
+  const size_t x0 = cached ? 0 : (heads - 1) * hd, y0 = last_head_output;
   auto at = [&](const std::vector<float>& t, int row, int col) { return double(t[x0 + row * D + col]); };
+  auto out = [&](const std::vector<float>& t, int row, int col) { return double(t[y0 + row * D + col]); };
   auto s_ij = [&](int i, int j) {  // (Q K^T)_ij
     double acc = 0;
     for (int e = 0; e < D; ++e) acc += at(q, i, e) * at(k, j, e);
@@ -130,8 +138,8 @@ int main(int argc, char** argv) {
         edk += dp_ij(j, r) * at(q, j, e);     // dK = dP^T Q
         edq += dp_ij(r, j) * at(k, j, e);     // dQ = dP K
       }
-      for (const auto& [want, got] : {std::pair{eo, at(o, r, e)}, {edv, at(dv, r, e)},
-                                      {edk, at(dk, r, e)}, {edq, at(dq, r, e)}}) {
+      for (const auto& [want, got] : {std::pair{eo, out(o, r, e)}, {edv, out(dv, r, e)},
+                                      {edk, out(dk, r, e)}, {edq, out(dq, r, e)}}) {
         worst = std::max(worst, std::abs(want - got));
         scale = std::max(scale, std::abs(want));
       }

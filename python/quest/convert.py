@@ -26,6 +26,13 @@ def convert(module: nn.Module, kind: str = "quest", **options) -> nn.Module:
             if isinstance(child, nn.MultiheadAttention):
                 setattr(parent, name, MultiheadAttention.from_torch(child, kind, **options))
                 replaced += 1
+    # torch 2.x's TransformerEncoder decides in __init__, from its first layer's attention, whether
+    # eval-mode forwards pack padded batches into nested tensors for its native fast path; that
+    # decision was made for torch's attention, and quest's module takes no nested tensors.
+    for m in module.modules():
+        if isinstance(m, nn.TransformerEncoder) and any(
+                isinstance(c, MultiheadAttention) for c in m.modules()):
+            m.use_nested_tensor = False
     if replaced == 0:
         warnings.warn("quest.convert: the model has no torch.nn.MultiheadAttention; nothing "
                       "was replaced", stacklevel=2)

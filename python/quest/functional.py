@@ -4,7 +4,6 @@ Every function is TorchScript-compatible, so a scripted module may call it (whic
 options are not keyword-only: TorchScript in torch 1.13 cannot compile keyword-only arguments with
 defaults; the operators themselves take them keyword-only).
 """
-import warnings
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -136,19 +135,9 @@ def select_backend(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", causal:
         check_finite=check_finite, l2_eps=l2_eps, layernorm_eps=layernorm_eps)
 
 
-def _warn_about_thread_pools() -> None:
-    """A UserWarning, once per process, when torch runs several threads while OpenBLAS keeps its
-    own pthread pool (what to set is in the message); quest's C++ layer would otherwise print it
-    to stderr at the first attention call. Called where modules are built, not in forward."""
-    message = torch.ops.quest.claim_thread_pools_warning()
-    if message:
-        warnings.warn(message, stacklevel=3)
-
-
 def runtime() -> Dict[str, str]:
-    """The fused kernel's SIMD target ("AVX3", "AVX2", ...) and the BLAS behind torch's matmul:
-    blas (name), blas_library, blas_core (OpenBLAS's kernel set) and blas_better_core (non-empty
-    when OpenBLAS picked kernels older than the CPU and OPENBLAS_CORETYPE=<it> would be faster),
-    blas_openmp_dir (non-empty when torch runs OpenBLAS's pthread build and its OpenMP build is
-    installed there: LD_LIBRARY_PATH=<it> before Python starts gives one thread pool)."""
+    """The fused kernel's SIMD target ("AVX3", "AVX2", ...), the BLAS behind torch's matmul
+    (blas, blas_library; blas_core: OpenBLAS's kernel set, where it is OpenBLAS), the OpenMP
+    runtimes mapped in this process (openmp_runtimes, ";"-separated: one is right) and the torch
+    quest was built against (torch)."""
     return torch.ops.quest.runtime()

@@ -7,8 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
-from .functional import (KINDS, BACKENDS, _warn_about_thread_pools, attention_forward,
-                         attention_packed_forward)
+from .functional import KINDS, BACKENDS, attention_forward, attention_packed_forward
 
 
 def _blocked(mask: Tensor, name: str) -> Tensor:
@@ -157,7 +156,6 @@ class MultiheadAttention(nn.Module):
             for name in ("q_norm_weight", "q_norm_bias", "k_norm_weight", "k_norm_bias"):
                 setattr(self, name, nn.Parameter(torch.empty(self.head_dim, **factory)))
         self._reset_parameters()
-        _warn_about_thread_pools()
 
     # torch 1.13's TransformerEncoder(Layer) fast path calls native *standard* attention on
     # in_proj_weight directly whenever self_attn._qkv_same_embed_dim is True (there is no switch
@@ -254,11 +252,17 @@ class MultiheadAttention(nn.Module):
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor,
                 key_padding_mask: Optional[Tensor] = None, need_weights: bool = True,
-                attn_mask: Optional[Tensor] = None, average_attn_weights: bool = True
-                ) -> Tuple[Tensor, Optional[Tensor]]:
+                attn_mask: Optional[Tensor] = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
         """As torch.nn.MultiheadAttention.forward: query (L, N, E), key (S, N, kdim), value
         (S, N, vdim) — (N, L, E) ... with batch_first, or unbatched (L, E) ...; key_padding_mask
-        (N, S), True = ignore; attn_mask (L, S), causal only. Returns (output, weights or None)."""
+        (N, S), True = ignore; attn_mask (L, S), causal only; is_causal: torch 2.x's hint that
+        attn_mask is the causal mask (which must then be given, as torch requires). Returns
+        (output, weights or None)."""
+        if is_causal and attn_mask is None:
+            raise RuntimeError("quest.MultiheadAttention: is_causal=True needs attn_mask (the causal "
+                               "mask), as torch.nn.MultiheadAttention; or build the module with "
+                               "causal=True")
         batched = query.dim() == 3
         if query.dim() not in (2, 3) or key.dim() != query.dim() or value.dim() != query.dim():
             raise ValueError("quest.MultiheadAttention: query, key and value must all be 3-D "
@@ -287,6 +291,9 @@ class MultiheadAttention(nn.Module):
                              f"{list(query.shape)}, {list(key.shape)}, {list(value.shape)}")
         batch, tgt_len, src_len = query.size(0), query.size(1), key.size(1)
         causal = self.causal or _is_causal(attn_mask, tgt_len, src_len)
+        if is_causal and not causal:
+            raise ValueError("quest.MultiheadAttention: is_causal=True but attn_mask is not the "
+                             "causal mask")
 
         extra_keys = 0
         if self.bias_k is not None:

@@ -86,12 +86,12 @@ void add_info(CLI::App& app) {
     const BlasInfo blas = detect_blas();
     const int threads = configure_threads();
     const auto one = torch::zeros({1, 1, 1, 1});
+    std::string pools;
+    for (const std::string& path : openmp_runtimes()) pools += (pools.empty() ? "" : ", ") + path;
     const char* wait = std::getenv("OMP_WAIT_POLICY");
-    const std::string pools = std::string(blas.openmp ? "one (OpenBLAS on libgomp's threads)"
-                                                      : "libgomp's and OpenBLAS's own") +
-                              ", wait policy " + (wait ? wait : "libgomp's default");
-    std::printf("BLAS: %s (%s)\nthreads: %d\nthread pools: %s\nattention backend (automatic): float32 %s, float64 %s%s\n",
-                blas.name.c_str(), blas.library.c_str(), threads, pools.c_str(),
+    pools += std::string("; wait policy ") + (wait ? wait : "libgomp's default");
+    std::printf("torch: %s\nBLAS: %s (%s)\nthreads: %d\nOpenMP runtime: %s\nattention backend (automatic): float32 %s, float64 %s%s\n",
+                torch_version().c_str(), blas.name.c_str(), blas.library.c_str(), threads, pools.c_str(),
                 to_string(select_backend(one, one, one).backend).c_str(),
                 to_string(select_backend(one.to(torch::kDouble), one.to(torch::kDouble), one.to(torch::kDouble)).backend).c_str(),
                 backend_override() ? " (QUEST_ATTENTION_BACKEND)" : "");

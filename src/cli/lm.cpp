@@ -176,7 +176,7 @@ int run_lm_generate(const std::string& checkpoint, const std::string& prompt,
 }  // namespace
 
 void add_lm(CLI::App& app, int& exit_code) {
-  CLI::App* lm = app.add_subcommand("lm", "Byte-level language modelling (GPT on linux-doc-6.1's text)");
+  CLI::App* lm = app.add_subcommand("lm", "Byte-level language modelling (GPT on the Linux kernel documentation's text)");
   lm->require_subcommand(1);
 
   auto f = std::make_shared<LmTrainFlags>();

@@ -507,7 +507,6 @@ BackendSelection select_backend(const Tensor& q, const Tensor& k, const Tensor& 
 AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                   const AttentionOptions& options, bool need_weights,
                                   bool need_diagnostics) {
-  warn_if_two_thread_pools();
   const AttentionCall call = detail::make_call(q, k, v, options);
   return select(call).entry->run(call, need_weights, need_diagnostics);
 }
@@ -515,7 +514,6 @@ AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor
 AttentionOutput attention_packed_forward(const Tensor& qkv, int64_t heads,
                                          const AttentionOptions& options, bool need_weights,
                                          bool need_diagnostics) {
-  warn_if_two_thread_pools();
   TORCH_CHECK(qkv.defined() && qkv.dim() == 3, "quest::attention_packed: qkv must have shape (B, N, "
               "3 x heads x head_dim), got ", qkv.defined() ? qkv.sizes() : c10::IntArrayRef{});
   TORCH_CHECK(heads > 0 && qkv.size(2) > 0 && qkv.size(2) % (3 * heads) == 0,

@@ -149,8 +149,10 @@ c10::Dict<std::string, std::string> runtime_op() {
   r.insert("blas", blas.name);
   r.insert("blas_library", blas.library);
   r.insert("blas_core", blas.core);
-  r.insert("blas_better_core", blas.better_core);
-  r.insert("blas_openmp_dir", openmp_openblas_dir(blas));
+  std::string openmp;
+  for (const std::string& path : openmp_runtimes()) openmp += (openmp.empty() ? "" : ";") + path;
+  r.insert("openmp_runtimes", openmp);
+  r.insert("torch", torch_version());
   return r;
 }
 
@@ -172,6 +174,4 @@ TORCH_LIBRARY(quest, m) {
         ") -> (str, str[])",
         &quest::select_backend_op);
   m.def("runtime() -> Dict(str, str)", &quest::runtime_op);
-  m.def("claim_thread_pools_warning() -> str",
-        [] { return quest::two_thread_pools_warning(true); });
 }

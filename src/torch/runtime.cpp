@@ -7,13 +7,12 @@
 #endif
 #include <torch/torch.h>
 
-#include <atomic>
+#include <algorithm>
+#include <fstream>
 #include <cstdio>
 #include <filesystem>
 #include <cstdlib>
-#include <initializer_list>
 #include <limits>
-#include <strings.h>
 #include <mutex>
 #include <thread>
 
@@ -30,11 +29,14 @@ BlasInfo detect_blas() {
     info.name = config();  // "OpenBLAS 0.3.21 ... USE_OPENMP ..."
     if (info.name.rfind("OpenBLAS", 0) != 0) info.name = "OpenBLAS " + info.name;
     info.openblas = true;
-    info.openmp = info.name.find("USE_OPENMP") != std::string::npos;
+    if (auto core = reinterpret_cast<ConfigFn>(dlsym(RTLD_DEFAULT, "openblas_get_corename")))
+      info.core = core();
+  } else if (at::hasMKL()) {
+    // The wheels link MKL statically (its symbols hidden): sgemm_ resolves into libtorch_cpu.
+    info.name = info.library.find("libtorch_cpu") != std::string::npos ? "MKL (linked into LibTorch)"
+                                                                         : "MKL";
   } else if (dlsym(RTLD_DEFAULT, "bli_info_get_version_str")) {
     info.name = "BLIS";
-  } else if (dlsym(RTLD_DEFAULT, "mkl_get_version")) {
-    info.name = "MKL";
   } else if (info.library.find("/blas/libblas") != std::string::npos ||
              info.library.find("libblas.so") != std::string::npos) {
     info.name = "reference";
@@ -42,27 +44,12 @@ BlasInfo detect_blas() {
   } else {
     info.name = "unknown";
   }
-  using CoreFn = char* (*)();
-  if (auto core = reinterpret_cast<CoreFn>(dlsym(RTLD_DEFAULT, "openblas_get_corename"))) {
-    info.core = core();
-    if (!std::getenv("OPENBLAS_CORETYPE"))  // the user's choice stands
-      info.better_core = better_openblas_core(info.core, __builtin_cpu_supports("avx512f"),
-                                              __builtin_cpu_supports("avx2"));
-  }
   return info;
 }
 
-std::string better_openblas_core(const std::string& core, bool avx512, bool avx2) {
-  auto is = [&](std::initializer_list<const char*> names) {
-    for (const char* n : names)
-      if (strcasecmp(core.c_str(), n) == 0) return true;
-    return false;
-  };
-  if (core.empty()) return "";
-  if (avx512 && !is({"SkylakeX", "Cooperlake", "SapphireRapids"})) return "SkylakeX";
-  if (!avx512 && avx2 && !is({"Haswell", "Zen", "SkylakeX", "Cooperlake", "SapphireRapids"}))
-    return "Haswell";
-  return "";
+std::string torch_version() {
+  return std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
+         std::to_string(TORCH_VERSION_PATCH);
 }
 
 bool warn_if_slow_blas() {
@@ -73,58 +60,29 @@ bool warn_if_slow_blas() {
     if (info.reference) {
       std::fprintf(stderr,
                    "\n*** WARNING: LibTorch is using the reference BLAS (%s).\n"
-                   "*** Matrix products run ~30x slower (about 6 GFLOP/s instead of ~180).\n"
-                   "*** Install OpenBLAS: apt-get install libopenblas0-pthread\n\n",
+                   "*** Matrix products run ~30x slower. Use torch's pip wheel (MKL inside) or "
+                   "a LibTorch built with an optimised BLAS.\n\n",
                    info.library.c_str());
-      warned = true;
-    } else if (!info.better_core.empty()) {
-      std::fprintf(stderr,
-                   "\n*** WARNING: OpenBLAS chose its %s kernels, older than this CPU's "
-                   "instructions (it did not recognise the CPU).\n"
-                   "*** Matrix products may run several times slower (on an AVX-512 machine of "
-                   "this project: sgemm 42 instead of 207 GFLOP/s).\n"
-                   "*** Set OPENBLAS_CORETYPE=%s to use them (`quest bench` reports sgemm).\n\n",
-                   info.core.c_str(), info.better_core.c_str());
       warned = true;
     }
   });
   return warned;
 }
 
-std::string openmp_openblas_dir(const BlasInfo& blas) {
-  namespace fs = std::filesystem;
-  if (!blas.openblas || blas.openmp || blas.library.empty()) return "";
-  fs::path dir = fs::path(blas.library).parent_path();
-  if (dir.filename() == "openblas-pthread") dir = dir.parent_path();
-  const fs::path candidate = dir / "openblas-openmp";
-  std::error_code ec;
-  return fs::exists(candidate / "libopenblas.so.0", ec) && fs::exists(candidate / "libblas.so.3", ec)
-             ? candidate.string()
-             : "";
-}
-
-std::string two_thread_pools_warning(bool claim) {
-  static std::atomic<bool> given{false};
-  if (given.load(std::memory_order_relaxed) || at::get_num_threads() < 2) return "";
-  static const BlasInfo blas = detect_blas();  // once: it inspects the loaded libraries
-  if (!blas.openblas || blas.openmp) return "";
-  if (const char* policy = std::getenv("OMP_WAIT_POLICY"); policy && *policy) return "";
-  if (claim && given.exchange(true)) return "";
-  const std::string dir = openmp_openblas_dir(blas);
-  const std::string passive = "OMP_WAIT_POLICY=passive OPENBLAS_THREAD_TIMEOUT=4";
-  const std::string fix =
-      dir.empty() ? passive : "LD_LIBRARY_PATH=" + dir + " (OpenBLAS's OpenMP build: one pool), or with " + passive;
-  return "quest: torch runs " + std::to_string(at::get_num_threads()) +
-         " threads on libgomp's pool and OpenBLAS (its pthread build) keeps a second pool; on few "
-         "cores the two steal each other's time (quest.MultiheadAttention training steps ran "
-         "1.4-1.9x slower at 2 threads than at 1). Start the process with " + fix + ".";
-}
-
-bool warn_if_two_thread_pools() {
-  const std::string message = two_thread_pools_warning(true);
-  if (message.empty()) return false;
-  TORCH_WARN(message);
-  return true;
+std::vector<std::string> openmp_runtimes() {
+  std::vector<std::string> found;
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  while (std::getline(maps, line)) {
+    const size_t slash = line.find('/');
+    if (slash == std::string::npos) continue;
+    const std::string path = line.substr(slash);
+    const std::string name = std::filesystem::path(path).filename().string();
+    const bool openmp = name.rfind("libgomp", 0) == 0 || name.rfind("libiomp", 0) == 0 ||
+                        name.rfind("libomp.", 0) == 0 || name.rfind("libomp-", 0) == 0;
+    if (openmp && std::find(found.begin(), found.end(), path) == found.end()) found.push_back(path);
+  }
+  return found;
 }
 
 int set_blas_threads(int threads) {

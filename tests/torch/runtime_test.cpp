@@ -1,7 +1,8 @@
-// Process-level facts: which BLAS backs torch's matmul and whether its kernels fit the CPU.
+// Process-level facts: which BLAS backs torch's matmul, which OpenMP runtime runs the threads.
 #include <gtest/gtest.h>
 
 #include <ATen/Parallel.h>
+#include <torch/torch.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -10,23 +11,11 @@
 #include <fstream>
 #include <string>
 
+#include "quest/torch/attention.h"
 #include "quest/torch/runtime.h"
 
 namespace quest {
 namespace {
-
-TEST(Runtime, SuggestsOpenBlasKernelsTheCpuCanRun) {
-  // OpenBLAS 0.3.21 falls back to Prescott on AVX-512 Xeons it does not know.
-  EXPECT_EQ(better_openblas_core("Prescott", true, true), "SkylakeX");
-  EXPECT_EQ(better_openblas_core("Prescott", false, true), "Haswell");
-  EXPECT_EQ(better_openblas_core("Sandybridge", false, true), "Haswell");
-  EXPECT_EQ(better_openblas_core("Prescott", false, false), "");  // the best it can do
-  EXPECT_EQ(better_openblas_core("SkylakeX", true, true), "");
-  EXPECT_EQ(better_openblas_core("cooperlake", true, true), "");
-  EXPECT_EQ(better_openblas_core("Haswell", false, true), "");
-  EXPECT_EQ(better_openblas_core("Haswell", true, true), "SkylakeX");
-  EXPECT_EQ(better_openblas_core("", true, true), "");  // not OpenBLAS
-}
 
 // Minor page faults of allocating, filling and freeing a 64 MB block (through a volatile pointer,
 // so that the compiler cannot drop the pair).
@@ -72,55 +61,28 @@ TEST(Runtime, PeakResidentMemoryCountsATouchedBlock) {
 TEST(Runtime, DetectsTheBlasBehindTorch) {
   const BlasInfo info = detect_blas();
   EXPECT_FALSE(info.name.empty());
-  if (info.name.rfind("OpenBLAS", 0) == 0) EXPECT_FALSE(info.core.empty());
+  EXPECT_FALSE(info.reference) << info.library;
+  if (info.openblas) EXPECT_FALSE(info.core.empty());
+  if (at::hasMKL()) EXPECT_EQ(info.name.rfind("MKL", 0), 0u) << info.name;
 }
 
-TEST(Runtime, FindsOpenBlasOpenMpBuildBesideThePthreadOne) {
-  namespace fs = std::filesystem;
-  const fs::path root = fs::temp_directory_path() / ("quest-blas-" + std::to_string(::getpid()));
-  fs::create_directories(root / "openblas-pthread");
-  BlasInfo pthread_build;
-  pthread_build.openblas = true;
-  pthread_build.library = (root / "openblas-pthread" / "libblas.so.3").string();
-  EXPECT_EQ(openmp_openblas_dir(pthread_build), "");  // no OpenMP build installed
-  fs::create_directories(root / "openblas-openmp");
-  for (const char* name : {"libopenblas.so.0", "libblas.so.3"})
-    std::ofstream(root / "openblas-openmp" / name) << "";
-  EXPECT_EQ(openmp_openblas_dir(pthread_build), (root / "openblas-openmp").string());
-  BlasInfo openmp_build = pthread_build;
-  openmp_build.openmp = true;  // already one pool
-  EXPECT_EQ(openmp_openblas_dir(openmp_build), "");
-  BlasInfo other;
-  other.library = pthread_build.library;  // not OpenBLAS
-  EXPECT_EQ(openmp_openblas_dir(other), "");
-  fs::remove_all(root);
+TEST(Runtime, NamesTheLibTorchItWasBuiltAgainst) {
+  EXPECT_EQ(torch_version().rfind(std::to_string(TORCH_VERSION_MAJOR) + ".", 0), 0u) << torch_version();
 }
 
-// The two-pool warning: only with several torch threads, OpenBLAS's pthread build and libgomp's
-// spinning default; claimed once per process. (Each test runs in its own process under CTest.)
-TEST(Runtime, WarnsOnceAboutTwoThreadPools) {
-  const BlasInfo blas = detect_blas();
-  const bool two_pools = blas.openblas && !blas.openmp;
-  const char* policy = std::getenv("OMP_WAIT_POLICY");
-  if (policy && *policy) GTEST_SKIP() << "OMP_WAIT_POLICY is set: the user chose";
+// quest's kernels link torch's libgomp: after torch has run a parallel op and quest's fused
+// kernel has run on several threads, one OpenMP runtime is mapped (two would keep two pools).
+TEST(Runtime, OneOpenMpRuntimeWithTorchAndQuest) {
   const int threads = at::get_num_threads();
-  at::set_num_threads(1);
-  EXPECT_EQ(two_thread_pools_warning(false), "");  // one thread: one pool does the work
   at::set_num_threads(2);
-  const std::string message = two_thread_pools_warning(false);
-  if (!two_pools) {
-    EXPECT_EQ(message, "") << blas.name;
-  } else {
-    EXPECT_NE(message.find("second pool"), std::string::npos) << message;
-    const std::string dir = openmp_openblas_dir(blas);
-    EXPECT_NE(message.find(dir.empty() ? "OMP_WAIT_POLICY=passive" : "LD_LIBRARY_PATH=" + dir),
-              std::string::npos) << message;
-    EXPECT_EQ(two_thread_pools_warning(false), message);  // not claimed yet
-    EXPECT_TRUE(warn_if_two_thread_pools());               // claims it
-    EXPECT_EQ(two_thread_pools_warning(true), "");
-    EXPECT_FALSE(warn_if_two_thread_pools());
-  }
+  const auto x = torch::randn({4, 2, 64, 16});
+  const auto out = attention(x, x, x, AttentionOptions(Kind::quest).backend(Backend::fused));
+  (void)torch::matmul(x, x.transpose(-1, -2)).sum().item<float>();
   at::set_num_threads(threads);
+  ASSERT_TRUE(out.isfinite().all().item<bool>());
+  const std::vector<std::string> runtimes = openmp_runtimes();
+  ASSERT_EQ(runtimes.size(), 1u) << (runtimes.empty() ? "none" : runtimes[0] + ", " + runtimes.back());
+  EXPECT_NE(runtimes[0].find("libgomp"), std::string::npos) << runtimes[0];
 }
 
 }  // namespace

@@ -65,10 +65,33 @@ std::string clean_rst(std::string_view text) {
   return out;
 }
 
+std::string linux_doc_dir() {
+  std::error_code ec;
+  std::string newest;
+  // linux-doc-6.1 < linux-doc-6.12: versions compared number by number.
+  auto version = [](const std::string& name) {
+    std::vector<int> parts;
+    for (size_t i = name.find_first_of("0123456789"); i < name.size();) {
+      size_t end = i;
+      parts.push_back(std::stoi(name.substr(i), &end));
+      i = name.find_first_of("0123456789", i + end);
+    }
+    return parts;
+  };
+  for (fs::directory_iterator it("/usr/share/doc", ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.rfind("linux-doc-", 0) != 0 || name.size() == 10 ||
+        !fs::is_directory(it->path() / "Documentation", ec))
+      continue;
+    if (newest.empty() || version(name) > version(newest)) newest = name;
+  }
+  return "/usr/share/doc/" + (newest.empty() ? std::string("linux-doc-6.1") : newest) + "/Documentation";
+}
+
 TextCorpus read_text_corpus(const TextCorpusOptions& o) {
   std::error_code ec;
   if (!fs::is_directory(o.dir, ec)) {
-    TORCH_CHECK(o.dir != kLinuxDocDir, "quest::data: the text corpus directory '", o.dir,
+    TORCH_CHECK(o.dir != linux_doc_dir(), "quest::data: the text corpus directory '", o.dir,
                 "' is missing: install Debian's ", kLinuxDocPackage, " package (scripts/setup.sh "
                 "does)");
     TORCH_CHECK(false, "quest::data: the text corpus directory '", o.dir, "' does not exist");

@@ -207,7 +207,11 @@ int64_t LmTrainer::step() const { return engine_->step(); }
 double LmTrainer::train_seconds() const { return engine_->train_seconds(); }
 
 std::unique_ptr<LmTrainer> load_lm_run(const std::string& checkpoint) {
-  auto trainer = std::make_unique<LmTrainer>(lm_config_from_json(run_config_of(checkpoint)));
+  const nlohmann::json config = run_config_of(checkpoint);
+  TORCH_CHECK(!(config.contains("model") && config["model"].contains("image_size")), "quest: ",
+              checkpoint, " is the checkpoint of an image-classification (ViT) run, not of a "
+              "language model: `quest eval` evaluates it");
+  auto trainer = std::make_unique<LmTrainer>(lm_config_from_json(config));
   trainer->load_checkpoint(checkpoint);
   return trainer;
 }

@@ -3,10 +3,24 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <sstream>
+#include <type_traits>
 
 namespace quest::training {
 
 namespace {
+// torch's own key for a parameter's state: its TensorImpl (before torch 2.x's void*, a string of
+// the pointer), so that state_dict()/load_state_dict() and the unfused step see the same slots.
+template <typename Key>
+Key state_key(c10::TensorImpl* impl) {
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream text;
+    text << impl;
+    return text.str();
+  } else {
+    return impl;
+  }
+}
 
 bool dense_float(const torch::Tensor& t) {
   return t.defined() && t.device().is_cpu() && t.layout() == torch::kStrided &&
@@ -39,7 +53,7 @@ torch::Tensor FusedAdamW::step(LossClosure closure) {
     const double beta1 = std::get<0>(o.betas()), beta2 = std::get<1>(o.betas());
     for (auto& p : group.params()) {
       if (!p.grad().defined()) continue;
-      auto& slot = state_[c10::guts::to_string(p.unsafeGetTensorImpl())];
+      auto& slot = state_[state_key<typename decltype(state_)::key_type>(p.unsafeGetTensorImpl())];
       if (!slot) {  // as AdamW: zero moments at the first step
         auto fresh = std::make_unique<torch::optim::AdamWParamState>();
         fresh->step(0);

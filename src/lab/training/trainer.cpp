@@ -55,7 +55,11 @@ MnistSplits load_mnist_splits(const std::string& dir, double val_fraction, uint6
 }
 
 std::unique_ptr<Trainer> load_run(const std::string& checkpoint) {
-  auto trainer = std::make_unique<Trainer>(config_from_json(run_config_of(checkpoint)));
+  const nlohmann::json config = run_config_of(checkpoint);
+  TORCH_CHECK(!config.contains("corpus") && !(config.contains("model") && config["model"].contains("vocab_size")),
+              "quest: ", checkpoint, " is the checkpoint of a language-model run, not of an image "
+              "classifier: `quest lm eval` and `quest lm generate` take it");
+  auto trainer = std::make_unique<Trainer>(config_from_json(config));
   trainer->load_checkpoint(checkpoint);
   return trainer;
 }

@@ -1,6 +1,7 @@
 // A byte-level text corpus from a directory of (gzipped) text files: by default the Linux kernel
-// documentation that Debian's linux-doc-6.1 package ships as reStructuredText (3191 files,
-// ~24 MB: prose about software, written by many authors; no download). Vocabulary: the 256 byte
+// documentation that Debian's linux-doc package ships as reStructuredText (linux-doc-6.1 on
+// Debian 12: 3191 files, ~24 MB; Debian 13 ships a newer kernel's: prose about software, written
+// by many authors; no download). Vocabulary: the 256 byte
 // values, byte 0 marking the end of a document. Split by document, deterministically.
 #pragma once
 
@@ -13,15 +14,17 @@
 
 namespace quest::data {
 
-// Where linux-doc-6.1 puts the documentation's .rst sources (gzipped).
-inline const char* kLinuxDocDir = "/usr/share/doc/linux-doc-6.1/Documentation";
-inline const char* kLinuxDocPackage = "linux-doc-6.1";
+// Where Debian's linux-doc-<version> puts the documentation's .rst sources (gzipped): the newest
+// /usr/share/doc/linux-doc-*/Documentation installed, else Debian 12's path (which does not exist).
+std::string linux_doc_dir();
+// The package that brings it (a metapackage of the distribution's kernel documentation).
+inline const char* kLinuxDocPackage = "linux-doc";
 
 // Ends each document in a byte stream (text files hold no NUL: those with one are skipped).
 constexpr uint8_t kDocumentEnd = 0;
 
 struct TextCorpusOptions {
-  std::string dir = kLinuxDocDir;
+  std::string dir = linux_doc_dir();
   // File names ending in one of these are read (".gz" ones through zlib).
   std::vector<std::string> extensions = {".rst", ".rst.gz"};
   // Stop after this many cleaned bytes (0: read everything): small corpora for tests.

@@ -20,7 +20,7 @@ struct LmConfig {
   int64_t epochs = 4, steps_per_epoch = 200, batch_size = 32;
   double lr = 1e-3, min_lr = 1e-5, weight_decay = 0.1, warmup_epochs = 0.5;
   double clip_grad_norm = 1.0;  // <= 0: off
-  std::string corpus = data::kLinuxDocDir;
+  std::string corpus = data::linux_doc_dir();
   int64_t corpus_bytes = 0;          // > 0: read only that many bytes of the corpus
   int64_t eval_bytes = 1 << 18;      // validation after each epoch: that many bytes of the split
   uint64_t seed = 0;
