@@ -22,7 +22,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", causal: bool
               q_norm_bias: Optional[Tensor] = None, k_norm_weight: Optional[Tensor] = None,
               k_norm_bias: Optional[Tensor] = None, seed: Optional[int] = None,
               backend: str = "auto", check_finite: bool = True, l2_eps: float = 1e-6,
-              layernorm_eps: float = 1e-5) -> Tensor:
+              layernorm_eps: float = 1e-5,
+              attn_bias: Optional[Tensor] = None) -> Tensor:
     """softmax(S) V over (B, H, N, D) tensors, S by the attention kind.
 
     kind: "standard" (q·k/sqrt(D)), "quest" (keys L2-normalised, scale 1), "qnorm" (queries
@@ -36,6 +37,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", causal: bool
     scale: logit scale (default per kind). backend: "auto" (fused for float32, else composite),
     "fused", "composite" or "reference". check_finite: reject NaN/Inf inputs with an error naming
     the tensor; off, NaN/Inf propagate exactly as in the matmul -> softmax -> matmul composite.
+    attn_bias: an additive logit bias broadcastable to (B, H, Nq, Nk) in q's dtype (torch's float
+    attn_mask: -inf blocks); it runs on the composite backend.
     Differentiable in q, k, v, head_scale and the LayerNorm affine; the fused and reference
     backends are once-differentiable (double backward: backend="composite").
     """
@@ -44,7 +47,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", causal: bool
         key_padding_mask=key_padding_mask, dropout_p=dropout_p, training=training, scale=scale,
         head_scale=head_scale, q_norm_weight=q_norm_weight, q_norm_bias=q_norm_bias,
         k_norm_weight=k_norm_weight, k_norm_bias=k_norm_bias, seed=seed, backend=backend,
-        check_finite=check_finite, l2_eps=l2_eps, layernorm_eps=layernorm_eps)
+        check_finite=check_finite, l2_eps=l2_eps, layernorm_eps=layernorm_eps, attn_bias=attn_bias)
 
 
 def attention_forward(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", causal: bool = False,
@@ -55,10 +58,11 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", caus
                       k_norm_bias: Optional[Tensor] = None, seed: Optional[int] = None,
                       backend: str = "auto", check_finite: bool = True, l2_eps: float = 1e-6,
                       layernorm_eps: float = 1e-5,
-                      need_weights: bool = False, need_diagnostics: bool = False
+                      need_weights: bool = False, need_diagnostics: bool = False,
+                      attn_bias: Optional[Tensor] = None
                       ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
-    """As attention(), also returning (B, H, Nq, Nk) weights (before dropout, detached;
-    materialised, for inspection) and a (6, H) float64 diagnostics tensor (rows as
+    """As attention(), also returning (B, H, Nq, Nk) weights (before dropout; in the autograd graph
+    on the composite backend, detached from the fused and reference ones) and a (6, H) float64 diagnostics tensor (rows as
     quest.HeadDiagnostics.FIELDS), each None unless asked for."""
     out, weights, diagnostics = torch.ops.quest.attention_forward(
         q, k, v, kind, causal=causal, causal_alignment=causal_alignment,
@@ -66,7 +70,7 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", caus
         head_scale=head_scale, q_norm_weight=q_norm_weight, q_norm_bias=q_norm_bias,
         k_norm_weight=k_norm_weight, k_norm_bias=k_norm_bias, seed=seed, backend=backend,
         check_finite=check_finite, l2_eps=l2_eps, layernorm_eps=layernorm_eps,
-        need_weights=need_weights, need_diagnostics=need_diagnostics)
+        attn_bias=attn_bias, need_weights=need_weights, need_diagnostics=need_diagnostics)
     return (out, weights if need_weights else None, diagnostics if need_diagnostics else None)
 
 
@@ -77,7 +81,8 @@ def attention_packed(qkv: Tensor, num_heads: int, kind: str = "quest", causal: b
                      q_norm_bias: Optional[Tensor] = None, k_norm_weight: Optional[Tensor] = None,
                      k_norm_bias: Optional[Tensor] = None, seed: Optional[int] = None,
                      backend: str = "auto", check_finite: bool = True, l2_eps: float = 1e-6,
-                     layernorm_eps: float = 1e-5) -> Tensor:
+                     layernorm_eps: float = 1e-5,
+                     attn_bias: Optional[Tensor] = None) -> Tensor:
     """Self-attention from a packed projection, as FlashAttention's qkvpacked functions: qkv is
     (B, N, 3 * num_heads * D) with its last dimension laid out (3, num_heads, D) -- what
     F.linear(x, in_proj_weight, in_proj_bias) gives -- and the result is (B, N, num_heads * D),
@@ -89,7 +94,7 @@ def attention_packed(qkv: Tensor, num_heads: int, kind: str = "quest", causal: b
         key_padding_mask=key_padding_mask, dropout_p=dropout_p, training=training, scale=scale,
         head_scale=head_scale, q_norm_weight=q_norm_weight, q_norm_bias=q_norm_bias,
         k_norm_weight=k_norm_weight, k_norm_bias=k_norm_bias, seed=seed, backend=backend,
-        check_finite=check_finite, l2_eps=l2_eps, layernorm_eps=layernorm_eps)
+        check_finite=check_finite, l2_eps=l2_eps, layernorm_eps=layernorm_eps, attn_bias=attn_bias)
 
 
 def attention_packed_forward(qkv: Tensor, num_heads: int, kind: str = "quest", causal: bool = False,
@@ -103,7 +108,8 @@ def attention_packed_forward(qkv: Tensor, num_heads: int, kind: str = "quest", c
                              k_norm_bias: Optional[Tensor] = None, seed: Optional[int] = None,
                              backend: str = "auto", check_finite: bool = True,
                              l2_eps: float = 1e-6, layernorm_eps: float = 1e-5,
-                             need_weights: bool = False, need_diagnostics: bool = False
+                             need_weights: bool = False, need_diagnostics: bool = False,
+                             attn_bias: Optional[Tensor] = None
                              ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
     """As attention_packed() (output (B, N, num_heads * D)), also returning the weights and
     diagnostics of attention_forward(), each None unless asked for."""
@@ -113,7 +119,7 @@ def attention_packed_forward(qkv: Tensor, num_heads: int, kind: str = "quest", c
         head_scale=head_scale, q_norm_weight=q_norm_weight, q_norm_bias=q_norm_bias,
         k_norm_weight=k_norm_weight, k_norm_bias=k_norm_bias, seed=seed, backend=backend,
         check_finite=check_finite, l2_eps=l2_eps, layernorm_eps=layernorm_eps,
-        need_weights=need_weights, need_diagnostics=need_diagnostics)
+        attn_bias=attn_bias, need_weights=need_weights, need_diagnostics=need_diagnostics)
     return (out, weights if need_weights else None, diagnostics if need_diagnostics else None)
 
 
@@ -124,7 +130,8 @@ def select_backend(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", causal:
                    q_norm_bias: Optional[Tensor] = None, k_norm_weight: Optional[Tensor] = None,
                    k_norm_bias: Optional[Tensor] = None, seed: Optional[int] = None,
                    backend: str = "auto", check_finite: bool = True, l2_eps: float = 1e-6,
-                   layernorm_eps: float = 1e-5) -> Tuple[str, List[str]]:
+                   layernorm_eps: float = 1e-5,
+                   attn_bias: Optional[Tensor] = None) -> Tuple[str, List[str]]:
     """The backend attention() would run for these arguments, and why each backend before it in
     the order was not taken, e.g. ("composite", ["fused: computes in float32 only, got Double"])."""
     return torch.ops.quest.select_backend(
@@ -132,7 +139,7 @@ def select_backend(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", causal:
         key_padding_mask=key_padding_mask, dropout_p=dropout_p, training=training, scale=scale,
         head_scale=head_scale, q_norm_weight=q_norm_weight, q_norm_bias=q_norm_bias,
         k_norm_weight=k_norm_weight, k_norm_bias=k_norm_bias, seed=seed, backend=backend,
-        check_finite=check_finite, l2_eps=l2_eps, layernorm_eps=layernorm_eps)
+        check_finite=check_finite, l2_eps=l2_eps, layernorm_eps=layernorm_eps, attn_bias=attn_bias)
 
 
 def runtime() -> Dict[str, str]:

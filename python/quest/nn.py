@@ -10,40 +10,31 @@ from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 from .functional import KINDS, BACKENDS, attention_forward, attention_packed_forward
 
 
-def _blocked(mask: Tensor, name: str) -> Tensor:
-    """A torch-style mask as bool, True = blocked: bool as is, float with 0 (keep) / -inf (block)."""
+class MultiheadAttentionError(ValueError, AssertionError):
+    """A bad argument to quest.MultiheadAttention: a ValueError, and an AssertionError where
+    torch.nn.MultiheadAttention asserts, so that code written against either catches it."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise MultiheadAttentionError("quest.MultiheadAttention: " + message)
+
+
+def _mask_dtype(mask: Tensor, name: str) -> None:
+    _check(mask.dtype == torch.bool or mask.is_floating_point(),
+           f"only bool and floating types of {name} are supported, got {mask.dtype}")
+
+
+def _as_bias(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """A torch-style mask as an additive logit bias: bool True (not allowed) -> -inf, float as is."""
     if mask.dtype == torch.bool:
-        return mask
-    if mask.dtype == torch.uint8:
-        return mask.to(torch.bool)
-    if mask.is_floating_point():
-        blocked = mask == float("-inf")
-        if bool(((mask != 0) & ~blocked).any()):
-            raise ValueError(f"quest.MultiheadAttention: {name} is an additive float mask with "
-                             "values other than 0 and -inf; quest supports masks that block or "
-                             "keep (bool, or float 0/-inf), not arbitrary logit biases")
-        return blocked
-    raise ValueError(f"quest.MultiheadAttention: {name} must be bool or float, got {mask.dtype}")
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(mask, float("-inf"))
+    return mask.to(dtype)
 
 
-def _is_causal(attn_mask: Optional[Tensor], tgt_len: int, src_len: int) -> bool:
-    """Whether attn_mask is the causal mask (nn.Transformer.generate_square_subsequent_mask);
-    the fused kernels take causality as a flag, not as an N x N mask."""
-    if attn_mask is None:
-        return False
-    if attn_mask.dim() != 2 or attn_mask.size(0) != tgt_len or attn_mask.size(1) != src_len:
-        raise ValueError("quest.MultiheadAttention: attn_mask must have shape (L, S) = "
-                         f"({tgt_len}, {src_len}), got {list(attn_mask.shape)} (per-head 3-D "
-                         "masks are not supported)")
-    blocked = _blocked(attn_mask, "attn_mask")
-    if not bool(blocked.any()):
-        return False
-    causal = torch.ones(tgt_len, src_len, dtype=torch.bool, device=blocked.device).triu(1)
-    if tgt_len == src_len and torch.equal(blocked, causal):
-        return True
-    raise ValueError("quest.MultiheadAttention: attn_mask must be the causal mask (True / -inf "
-                     "above the diagonal, square) or block nothing; use key_padding_mask for "
-                     "padding")
+def _blocks_only(mask: Tensor) -> bool:
+    """Whether a float mask only keeps (0) or blocks (-inf), i.e. says no more than a bool one."""
+    return mask.dtype == torch.bool or bool(((mask == 0) | (mask == float("-inf"))).all())
 
 
 class MultiheadAttention(nn.Module):
@@ -259,15 +250,34 @@ class MultiheadAttention(nn.Module):
         (N, S), True = ignore; attn_mask (L, S), causal only; is_causal: torch 2.x's hint that
         attn_mask is the causal mask (which must then be given, as torch requires). Returns
         (output, weights or None)."""
+        if query.is_nested or key.is_nested or value.is_nested:
+            raise MultiheadAttentionError(
+                "quest.MultiheadAttention: nested tensors are not supported; pad the sequences "
+                "and pass key_padding_mask")
         if is_causal and attn_mask is None:
             raise RuntimeError("quest.MultiheadAttention: is_causal=True needs attn_mask (the causal "
                                "mask), as torch.nn.MultiheadAttention; or build the module with "
                                "causal=True")
+        # Shapes and masks checked as torch checks them (its messages, so that code matching them
+        # keeps working), before anything is reshaped.
+        _check(query.dim() in (2, 3), "query should be unbatched 2D or batched 3D tensor but "
+               f"received {query.dim()}-D query tensor")
         batched = query.dim() == 3
-        if query.dim() not in (2, 3) or key.dim() != query.dim() or value.dim() != query.dim():
-            raise ValueError("quest.MultiheadAttention: query, key and value must all be 3-D "
-                             "(batched) or all 2-D (unbatched), got "
-                             f"{list(query.shape)}, {list(key.shape)}, {list(value.shape)}")
+        d = query.dim()
+        _check(key.dim() == d and value.dim() == d,
+               f"For {'batched' if batched else 'unbatched'} ({d}-D) `query`, expected `key` and "
+               f"`value` to be {d}-D but found {key.dim()}-D and {value.dim()}-D tensors respectively")
+        if key_padding_mask is not None:
+            _check(key_padding_mask.dim() == d - 1,
+                   f"For {'batched' if batched else 'unbatched'} ({d}-D) `query`, expected "
+                   f"`key_padding_mask` to be `None` or {d - 1}-D but found "
+                   f"{key_padding_mask.dim()}-D tensor instead")
+            _mask_dtype(key_padding_mask, "key_padding_mask")
+        if attn_mask is not None:
+            _check(attn_mask.dim() in (2, 3),
+                   f"For {'batched' if batched else 'unbatched'} ({d}-D) `query`, expected "
+                   f"`attn_mask` to be `None`, 2-D or 3-D but found {attn_mask.dim()}-D tensor instead")
+            _mask_dtype(attn_mask, "attn_mask")
         if not batched:
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
             if key_padding_mask is not None:
@@ -279,42 +289,83 @@ class MultiheadAttention(nn.Module):
             query = query.transpose(0, 1)
             key = query if same_qk else key.transpose(0, 1)
             value = key if same_kv else value.transpose(0, 1)
-        if query.size(2) != self.embed_dim or key.size(2) != self.kdim or \
-                value.size(2) != self.vdim:
-            raise ValueError(f"quest.MultiheadAttention: expected feature sizes (embed_dim "
-                             f"{self.embed_dim}, kdim {self.kdim}, vdim {self.vdim}), got "
-                             f"{query.size(2)}, {key.size(2)}, {value.size(2)}")
-        if key.size(0) != query.size(0) or value.size(0) != query.size(0) or \
-                key.size(1) != value.size(1):
-            raise ValueError("quest.MultiheadAttention: key and value must have the query's "
-                             "batch size and one sequence length, got (batch-first) "
-                             f"{list(query.shape)}, {list(key.shape)}, {list(value.shape)}")
+        _check(query.size(2) == self.embed_dim and key.size(2) == self.kdim and
+               value.size(2) == self.vdim,
+               f"expected feature sizes (embed_dim {self.embed_dim}, kdim {self.kdim}, vdim "
+               f"{self.vdim}), got {query.size(2)}, {key.size(2)}, {value.size(2)}")
+        _check(key.size(0) == query.size(0) and value.size(0) == query.size(0) and
+               key.size(1) == value.size(1),
+               "key and value must have the query's batch size and one sequence length, got "
+               f"(batch-first) {list(query.shape)}, {list(key.shape)}, {list(value.shape)}")
         batch, tgt_len, src_len = query.size(0), query.size(1), key.size(1)
-        causal = self.causal or _is_causal(attn_mask, tgt_len, src_len)
+        if key_padding_mask is not None:
+            _check(list(key_padding_mask.shape) == [batch, src_len],
+                   f"expected `key_padding_mask` of shape (N, S) = ({batch}, {src_len}) (or (S,) "
+                   f"for unbatched input), got {list(key_padding_mask.shape)} (batched)")
+        if attn_mask is not None:
+            want = [tgt_len, src_len] if attn_mask.dim() == 2 else [batch * self.num_heads, tgt_len, src_len]
+            shown = "(" + ", ".join([str(n) for n in want]) + ")"
+            _check(list(attn_mask.shape) == want,
+                   f"The shape of the {attn_mask.dim()}D attn_mask is {list(attn_mask.shape)}, "
+                   f"but should be {shown}. Expected `attn_mask` shape to be {shown}")
+
+        extra_keys = (1 if self.bias_k is not None else 0) + (1 if self.add_zero_attn else 0)
+        # The kernels take causality and padding as flags; any other mask becomes an additive bias
+        # (B or 1, H or 1, L, S), which runs on the composite backend.
+        causal = self.causal
+        bias: Optional[Tensor] = None
+        if attn_mask is not None:
+            blocked = attn_mask if attn_mask.dtype == torch.bool else attn_mask == float("-inf")
+            square_causal = torch.ones(tgt_len, src_len, dtype=torch.bool,
+                                       device=attn_mask.device).triu(1)
+            if _blocks_only(attn_mask) and not bool(blocked.any()):
+                pass  # keeps everything
+            elif (attn_mask.dim() == 2 and tgt_len == src_len and extra_keys == 0 and
+                    _blocks_only(attn_mask) and torch.equal(blocked, square_causal)):
+                causal = True
+            else:
+                bias = _as_bias(attn_mask, query.dtype)
+                bias = bias.view(1, 1, tgt_len, src_len) if bias.dim() == 2 else \
+                    bias.view(batch, self.num_heads, tgt_len, src_len)
         if is_causal and not causal:
             raise ValueError("quest.MultiheadAttention: is_causal=True but attn_mask is not the "
                              "causal mask")
-
-        extra_keys = 0
-        if self.bias_k is not None:
-            extra_keys += 1
-        if self.add_zero_attn:
-            extra_keys += 1
         if causal and extra_keys > 0:
-            raise ValueError("quest.MultiheadAttention: causal attention with add_bias_kv or "
+            raise ValueError("quest.MultiheadAttention: causal=True with add_bias_kv or "
                              "add_zero_attn is not supported (the extra keys would be visible "
-                             "to every query, which a causal flag cannot express)")
+                             "to every query, which a causal flag cannot express); pass the causal "
+                             "attn_mask instead")
 
         mask: Optional[Tensor] = None
         if key_padding_mask is not None:
-            if key_padding_mask.dim() != 2 or key_padding_mask.size(0) != batch or \
-                    key_padding_mask.size(1) != src_len:
-                raise ValueError("quest.MultiheadAttention: key_padding_mask must have shape "
-                                 f"(N, S) = ({batch}, {src_len}), got "
-                                 f"{list(key_padding_mask.shape)}")
-            mask = _blocked(key_padding_mask, "key_padding_mask")
-            if extra_keys > 0:
+            if _blocks_only(key_padding_mask):
+                mask = key_padding_mask if key_padding_mask.dtype == torch.bool else \
+                    key_padding_mask == float("-inf")
+            else:  # an additive float key_padding_mask, as torch allows
+                padding = key_padding_mask.to(query.dtype).view(batch, 1, 1, src_len)
+                bias = padding if bias is None else bias + padding
+        if extra_keys > 0:  # the extra keys are visible to every query, as in torch
+            if mask is not None:
                 mask = torch.cat([mask, mask.new_zeros(batch, extra_keys)], 1)
+            if bias is not None:
+                bias = F.pad(bias, (0, extra_keys))
+
+        if batch == 0 or tgt_len == 0 or src_len == 0:
+            # Empty batches and queries give empty outputs, as torch's; queries without keys see
+            # nothing and output zeros (quest's rule for rows that see no key) through out_proj.
+            out = F.linear(query.new_zeros(batch, tgt_len, self.embed_dim), self.out_proj.weight,
+                           self.out_proj.bias)
+            weights = query.new_zeros(batch, self.num_heads, tgt_len, src_len + extra_keys) \
+                if need_weights else None
+            return self._finish(out, weights, batched, average_attn_weights)
+
+        backend = self.backend
+        if need_weights and backend == "auto" and torch.is_grad_enabled() and (
+                query.requires_grad or key.requires_grad or value.requires_grad or
+                self.out_proj.weight.requires_grad):
+            # The returned weights must carry gradients (torch's do): the composite backend
+            # computes output and weights in one autograd graph.
+            backend = "composite"
 
         w = self.in_proj_weight
         if w is not None and query is key and key is value and extra_keys == 0:
@@ -326,9 +377,9 @@ class MultiheadAttention(nn.Module):
                 dropout_p=self.dropout, training=self.training, scale=self.scale,
                 head_scale=self.head_scale, q_norm_weight=self.q_norm_weight,
                 q_norm_bias=self.q_norm_bias, k_norm_weight=self.k_norm_weight,
-                k_norm_bias=self.k_norm_bias, backend=self.backend,
+                k_norm_bias=self.k_norm_bias, backend=backend,
                 check_finite=self.check_finite, need_weights=need_weights,
-                need_diagnostics=self.record_diagnostics)
+                need_diagnostics=self.record_diagnostics, attn_bias=bias)
         else:
             q, k, v = self._project(query, key, value)
             if self.add_zero_attn:
@@ -341,14 +392,19 @@ class MultiheadAttention(nn.Module):
                 training=self.training, scale=self.scale, head_scale=self.head_scale,
                 q_norm_weight=self.q_norm_weight, q_norm_bias=self.q_norm_bias,
                 k_norm_weight=self.k_norm_weight, k_norm_bias=self.k_norm_bias,
-                backend=self.backend, check_finite=self.check_finite, need_weights=need_weights,
-                need_diagnostics=self.record_diagnostics)
+                backend=backend, check_finite=self.check_finite, need_weights=need_weights,
+                need_diagnostics=self.record_diagnostics, attn_bias=bias)
             # (B, H, L, Dh) -> (B, L, E)
             out = out.transpose(1, 2).reshape(batch, tgt_len, self.embed_dim)
         if self.record_diagnostics:
             self.last_diagnostics = diagnostics
 
         out = F.linear(out, self.out_proj.weight, self.out_proj.bias)
+        return self._finish(out, weights, batched, average_attn_weights)
+
+    def _finish(self, out: Tensor, weights: Optional[Tensor], batched: bool,
+                average_attn_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        """(B, L, E) output and (B, H, L, S) weights in the caller's layout."""
         if not batched:
             out = out.squeeze(0)
         elif not self.batch_first:

@@ -339,6 +339,11 @@ Tensor hidden_keys(const AttentionCall& c) {
     Tensor pad = c.key_padding_mask.view({c.dims.batch, 1, 1, c.dims.k_len});
     hidden = hidden.defined() ? hidden.logical_or(pad) : pad;
   }
+  if (c.attn_bias.defined()) {  // -inf in the bias hides a pair as the flags do
+    Tensor blocked = c.attn_bias == -INFINITY;
+    while (blocked.dim() < 4) blocked = blocked.unsqueeze(0);
+    hidden = hidden.defined() ? hidden.logical_or(blocked) : blocked;
+  }
   return hidden;
 }
 
@@ -348,6 +353,7 @@ std::pair<Tensor, Tensor> composite(const AttentionCall& c) {
   const Tensor kn = normalise(c.k, c.k_norm, c.k_norm_weight, c.k_norm_bias, c);
   Tensor s = torch::matmul(qn, kn.transpose(-2, -1));
   s = c.head_scale.defined() ? s * c.head_scale.view({1, -1, 1, 1}) : s * c.scale;
+  if (c.attn_bias.defined()) s = s + c.attn_bias;
   const Tensor hidden = hidden_keys(c);
   Tensor probs, empty_row;
   if (hidden.defined()) {
@@ -403,7 +409,12 @@ AttentionCall fused_layout(const AttentionCall& c) {
   return f;
 }
 
+std::string reference_why_not(const AttentionCall& c) {
+  return c.attn_bias.defined() ? "takes masks as flags (causal, key_padding_mask), not an attn_bias" : "";
+}
+
 std::string fused_why_not(const AttentionCall& c) {
+  if (const std::string reason = reference_why_not(c); !reason.empty()) return reason;
   if (c.q.scalar_type() != torch::kFloat)
     return std::string("computes in float32 only, got ") + c10::toString(c.q.scalar_type());
   // The arguments the kernel will see after fused_layout, without making its copies here.
@@ -415,6 +426,7 @@ std::string fused_why_not(const AttentionCall& c) {
 }
 
 std::string always_eligible(const AttentionCall&) { return ""; }
+
 
 AttentionOutput run_fused(const AttentionCall& c, bool need_weights, bool need_diagnostics) {
   AttentionCall f = fused_layout(c);
@@ -453,8 +465,12 @@ AttentionOutput run_composite(const AttentionCall& c, bool need_weights, bool ne
   AttentionOutput r;
   auto [probs, out] = composite(c);
   r.output = out;
-  if (need_weights) r.weights = probs.detach();
-  if (need_diagnostics) r.diagnostics = reference_diagnostics(c);
+  if (need_weights) r.weights = probs;  // in the graph: a loss on the weights gets gradients
+  if (need_diagnostics) {
+    TORCH_CHECK(!c.attn_bias.defined(), "quest::attention: diagnostics are not computed with an "
+                "attn_bias (they follow the kernels, which take masks as flags)");
+    r.diagnostics = reference_diagnostics(c);
+  }
   return r;
 }
 
@@ -468,7 +484,7 @@ struct BackendEntry {
 const BackendEntry kBackends[] = {
     {Backend::fused, true, fused_why_not, run_fused},
     {Backend::composite, true, always_eligible, run_composite},
-    {Backend::reference, false, always_eligible, run_reference},
+    {Backend::reference, false, reference_why_not, run_reference},
 };
 
 struct Selected {

@@ -92,6 +92,21 @@ AttentionCall make_call(const Tensor& q, const Tensor& k, const Tensor& v, const
                 ", ", c.dims.k_len, "], got ", m.sizes());
     c.key_padding_mask = m.contiguous();
   }
+  const Tensor& bias = o.attn_bias();
+  if (bias.defined()) {
+    TORCH_CHECK(bias.scalar_type() == q.scalar_type(), "quest::attention: attn_bias has dtype ",
+                bias.scalar_type(), " but q has ", q.scalar_type());
+    TORCH_CHECK(bias.device().is_cpu(), "quest::attention: attn_bias is on ", bias.device());
+    const std::vector<int64_t> full = {c.dims.batch, c.dims.heads, c.dims.q_len, c.dims.k_len};
+    bool fits = bias.dim() <= 4;
+    for (int64_t d = 0; fits && d < bias.dim(); ++d) {
+      const int64_t size = bias.size(bias.dim() - 1 - d), want = full[3 - d];
+      fits = size == want || size == 1;
+    }
+    TORCH_CHECK(fits, "quest::attention: attn_bias of shape ", bias.sizes(),
+                " does not broadcast to (B, H, Nq, Nk) = ", c10::IntArrayRef(full));
+    c.attn_bias = bias;
+  }
   check_param(o.head_scale(), "head_scale", c.dims.heads, q);
   for (auto [t, name] : {std::pair{&o.q_norm_weight(), "q_norm_weight"}, {&o.q_norm_bias(), "q_norm_bias"},
                          {&o.k_norm_weight(), "k_norm_weight"}, {&o.k_norm_bias(), "k_norm_bias"}})

@@ -18,6 +18,9 @@ struct AttentionCall {
   torch::Tensor q_norm_weight, q_norm_bias;  // (Dk) or undefined
   torch::Tensor k_norm_weight, k_norm_bias;
   torch::Tensor key_padding_mask;            // (B, Nk) bool, contiguous, or undefined
+  // Broadcastable to (B, H, Nq, Nk), q's dtype, or undefined. Only the composite backend takes it
+  // (torch's autograd), so it is not among the fields an autograd context saves.
+  torch::Tensor attn_bias;
 
   AttentionDims dims;
   Norm q_norm = Norm::none, k_norm = Norm::none;

@@ -34,7 +34,7 @@ AttentionOptions options_of(c10::string_view kind, bool causal, c10::string_view
                             const c10::optional<Tensor>& k_norm_weight,
                             const c10::optional<Tensor>& k_norm_bias, c10::optional<int64_t> seed,
                             c10::string_view backend, bool check_finite, double l2_eps,
-                            double layernorm_eps) {
+                            double layernorm_eps, const c10::optional<Tensor>& attn_bias) {
   const std::string_view kind_name(kind.data(), kind.size());
   const std::optional<Kind> k = parse_kind(kind_name);
   TORCH_CHECK_VALUE(k.has_value(), "quest.attention: unknown kind '", kind_name,
@@ -63,7 +63,8 @@ AttentionOptions options_of(c10::string_view kind, bool causal, c10::string_view
       .backend(*b)
       .check_finite(check_finite)
       .l2_eps(l2_eps)
-      .layernorm_eps(layernorm_eps);
+      .layernorm_eps(layernorm_eps)
+      .attn_bias(or_undefined(attn_bias));
   if (scale.has_value()) o.scale(*scale);
   if (seed.has_value()) o.seed(static_cast<uint64_t>(*seed));
   return o;
@@ -76,7 +77,7 @@ AttentionOptions options_of(c10::string_view kind, bool causal, c10::string_view
   "float dropout_p=0.0, bool training=False, float? scale=None, Tensor? head_scale=None, "       \
   "Tensor? q_norm_weight=None, Tensor? q_norm_bias=None, Tensor? k_norm_weight=None, "           \
   "Tensor? k_norm_bias=None, int? seed=None, str backend=\"auto\", bool check_finite=True, "     \
-  "float l2_eps=1e-06, float layernorm_eps=1e-05"
+  "float l2_eps=1e-06, float layernorm_eps=1e-05, Tensor? attn_bias=None"
 
 #define QUEST_OPTION_PARAMS                                                                      \
   c10::string_view kind, bool causal, c10::string_view causal_alignment,                        \
@@ -85,12 +86,13 @@ AttentionOptions options_of(c10::string_view kind, bool causal, c10::string_view
       const c10::optional<Tensor>&head_scale, const c10::optional<Tensor>&q_norm_weight,         \
       const c10::optional<Tensor>&q_norm_bias, const c10::optional<Tensor>&k_norm_weight,        \
       const c10::optional<Tensor>&k_norm_bias, c10::optional<int64_t> seed,                      \
-      c10::string_view backend, bool check_finite, double l2_eps, double layernorm_eps
+      c10::string_view backend, bool check_finite, double l2_eps, double layernorm_eps,           \
+      const c10::optional<Tensor>&attn_bias
 
 #define QUEST_OPTION_ARGS                                                                        \
   options_of(kind, causal, causal_alignment, key_padding_mask, dropout_p, training, scale, head_scale,            \
              q_norm_weight, q_norm_bias, k_norm_weight, k_norm_bias, seed, backend,              \
-             check_finite, l2_eps, layernorm_eps)
+             check_finite, l2_eps, layernorm_eps, attn_bias)
 
 Tensor attention_op(const Tensor& q, const Tensor& k, const Tensor& v, QUEST_OPTION_PARAMS) {
   return attention(q, k, v, QUEST_OPTION_ARGS);

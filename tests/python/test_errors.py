@@ -73,23 +73,39 @@ def test_bad_module_construction(name, make, words):
 
 
 def test_bad_module_forward():
+    # torch's module asserts (AssertionError) or raises RuntimeError; quest's errors are both
+    # ValueError and AssertionError, with torch's wording where torch's tests match it.
     m = quest.MultiheadAttention(8, 2, batch_first=True)
     x = torch.randn(2, 5, 8)
     cases = [
         (lambda: m(x, x, x[..., :4]), "feature sizes"),
         (lambda: m(x, x[:1], x[:1]), "batch size"),
-        (lambda: m(x, x, x[0]), "3-D"),
+        (lambda: m(x, x, x[0]), "expected `key` and `value` to be 3-D but found 3-D and 2-D"),
         (lambda: m(x, x, x, key_padding_mask=torch.zeros(2, 4, dtype=torch.bool)),
-         "key_padding_mask"),
-        (lambda: m(x, x, x, attn_mask=torch.zeros(5, 5, dtype=torch.bool).fill_diagonal_(True)),
-         "causal mask"),
-        (lambda: m(x, x, x, attn_mask=torch.randn(5, 5)), "0 and -inf"),
-        (lambda: m(x, x, x, attn_mask=torch.zeros(4, 5)), "attn_mask must have shape"),
-        (lambda: m(x, x, x, attn_mask=torch.zeros(4, 5, 5)), "attn_mask must have shape"),
+         r"key_padding_mask` of shape \(N, S\) = \(2, 5\)"),
+        (lambda: m(x, x, x, key_padding_mask=torch.zeros(5, dtype=torch.bool)),
+         "expected `key_padding_mask` to be `None` or 2-D but found 1-D"),
+        (lambda: m(x[0], x[0], x[0], key_padding_mask=torch.zeros(1, 5, dtype=torch.bool)),
+         "expected `key_padding_mask` to be `None` or 1-D but found 2-D"),
+        (lambda: m(x, x, x, attn_mask=torch.zeros(5, dtype=torch.bool)),
+         "expected `attn_mask` to be `None`, 2-D or 3-D but found 1-D"),
+        (lambda: m(x, x, x, attn_mask=torch.zeros(4, 5)), r"Expected `attn_mask` shape to be \(5, 5\)"),
+        (lambda: m(x, x, x, attn_mask=torch.zeros(3, 5, 5)), r"Expected `attn_mask` shape to be \(4, 5, 5\)"),
+        (lambda: m(x, x, x, attn_mask=torch.zeros(5, 5, dtype=torch.int32)), "bool and floating"),
+        (lambda: m(torch.randn(2, 2, 2, 8), x, x), "unbatched 2D or batched 3D"),
     ]
     for call, words in cases:
         with pytest.raises(ValueError, match=words):
             call()
+        with pytest.raises(AssertionError, match=words):
+            call()
+    nested = torch.nested.nested_tensor([torch.randn(3, 8), torch.randn(4, 8)], layout=torch.jagged)
+    with pytest.raises(ValueError, match="nested tensors are not supported"):
+        m(nested, nested, nested)
+    with pytest.raises(RuntimeError, match="is_causal=True needs attn_mask"):
+        m(x, x, x, is_causal=True)
+    with pytest.raises(ValueError, match="is_causal=True but attn_mask is not the causal mask"):
+        m(x, x, x, attn_mask=torch.zeros(5, 5, dtype=torch.bool).fill_diagonal_(True), is_causal=True)
     # float masks that block (-inf) or keep (0) work as in torch
     blocked = torch.zeros(2, 5)
     blocked[0, -1] = float("-inf")

@@ -46,8 +46,28 @@ CONFIGS = [
 ]
 
 
+def _attn_mask(kind, l, s, n=3):
+    """torch's attn_mask forms: 2-D (L, S) or 3-D (N * H, L, S), bool (True = not allowed) or an
+    additive float; every row keeps key 0 (a row that sees nothing is NaN in torch, 0 in quest)."""
+    g = torch.Generator().manual_seed(2)
+    shape = (l, s) if "2d" in kind else (n * H, l, s)
+    if "bool" in kind:
+        mask = torch.rand(*shape, generator=g) < 0.4
+        mask[..., 0] = False
+        return mask
+    bias = torch.randn(*shape, generator=g)
+    if "inf" in kind:  # additive, with -inf blocking some pairs
+        bias[torch.rand(*shape, generator=g) < 0.3] = float("-inf")
+        bias[..., 0] = 0.0
+    return bias
+
+
+MASKS = ["none", "padding", "causal", "padding+causal", "bool2d", "float2d", "bool3d",
+         "float3d+inf", "padding+float2d+inf", "float_padding"]
+
+
 @pytest.mark.parametrize("name,config,data", CONFIGS)
-@pytest.mark.parametrize("masks", ["none", "padding", "causal", "padding+causal"])
+@pytest.mark.parametrize("masks", MASKS)
 @pytest.mark.parametrize("need_weights,average", [(False, True), (True, True), (True, False)])
 def test_standard_kind_matches_torch_module(name, config, data, masks, need_weights, average):
     ref, mine = pair(**config)
@@ -56,20 +76,37 @@ def test_standard_kind_matches_torch_module(name, config, data, masks, need_weig
     l, s = q.shape[1 if config.get("batch_first") else 0], k.shape[1 if config.get("batch_first") else 0]
     kw = {"need_weights": need_weights, "average_attn_weights": average}
     if "padding" in masks:
-        kpm = torch.zeros(3, s, dtype=torch.bool)
-        kpm[0, -2:] = True
+        if masks == "float_padding":  # an additive float key_padding_mask, as torch allows
+            kpm = torch.randn(3, s, generator=torch.Generator().manual_seed(3))
+        else:
+            kpm = torch.zeros(3, s, dtype=torch.bool)
+            kpm[0, -2:] = True
+            if "float" in masks:  # torch wants both masks of one type
+                kpm = torch.zeros(3, s).masked_fill(kpm, float("-inf"))
         kw["key_padding_mask"] = kpm
     if "causal" in masks:
-        if l != s or config.get("add_bias_kv") or config.get("add_zero_attn"):
-            pytest.skip("causal needs a square mask and no extra keys")
+        if l != s:
+            pytest.skip("causal needs a square mask")
         kw["attn_mask"] = nn.Transformer.generate_square_subsequent_mask(l)
-    ref_out, ref_w = ref(q, k, v, **kw)
-    out, w = mine(q, k, v, **kw)
+    elif masks not in ("none", "padding", "float_padding"):
+        kw["attn_mask"] = _attn_mask(masks.split("+", 1)[-1], l, s)
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    if q is k and k is v:
+        leaves = [leaves[0]] * 3
+    ref_out, ref_w = ref(*leaves, **kw)
+    ref_loss = ref_out.square().sum() + (ref_w.square().sum() if need_weights else 0)
+    ref_grads = torch.autograd.grad(ref_loss, list(dict.fromkeys(leaves)) + list(ref.parameters()))
+    out, w = mine(*leaves, **kw)
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
     if need_weights:
         torch.testing.assert_close(w, ref_w, rtol=1e-5, atol=1e-6)
     else:
         assert w is None and ref_w is None
+    # Gradients too, also those of a loss on the returned weights (torch's are differentiable).
+    loss = out.square().sum() + (w.square().sum() if need_weights else 0)
+    grads = torch.autograd.grad(loss, list(dict.fromkeys(leaves)) + list(mine.parameters()))
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_unbatched_and_state_dict_back_to_torch():
@@ -303,3 +340,37 @@ def test_self_attention_is_packed_and_equals_the_split_projection(kind, monkeypa
     assert len(g_p) == len(g_s) and len(g_p) >= 4
     for a, b in zip(g_p, g_s):
         torch.testing.assert_close(a, b, **close)
+
+
+def test_empty_batch_and_no_keys_as_torch():
+    # B = 0 and L = 0 give empty outputs as torch's module does; S = 0 (no keys) gives quest's
+    # zeros-then-out_proj where torch gives NaN.
+    ref, mine = pair(batch_first=True)
+    for shape in [(0, 5, E), (2, 0, E)]:
+        x = torch.randn(*shape)
+        out, w = mine(x, x, x)
+        ref_out, ref_w = ref(x, x, x)
+        assert out.shape == ref_out.shape and w.shape == ref_w.shape
+    q, none = torch.randn(2, 3, E), torch.randn(2, 0, E)
+    out, _ = mine(q, none, none)
+    torch.testing.assert_close(out, mine.out_proj.bias.expand(2, 3, E))
+
+
+def test_general_masks_run_on_the_composite_and_kinds_keep_their_formula():
+    # A non-causal attn_mask for a quest kind: the composite backend with the mask as a bias,
+    # equal to the oracle with the same bias added to the logits.
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, H, 5, 8, dtype=torch.float64) for _ in range(3))
+    bias = torch.randn(5, 5, dtype=torch.float64)
+    bias[1, 2:] = float("-inf")
+    assert quest.select_backend(q.float(), k.float(), v.float(), attn_bias=bias.float())[0] == "composite"
+    out = quest.attention(q, k, v, "quest", attn_bias=bias)
+    kn = k / k.norm(dim=-1, keepdim=True)
+    want = torch.softmax(q @ kn.transpose(-1, -2) + bias, -1) @ v
+    torch.testing.assert_close(out, want)
+    with pytest.raises(RuntimeError, match="fused backend cannot run this call: fused: takes masks as flags"):
+        quest.attention(q.float(), k.float(), v.float(), attn_bias=bias.float(), backend="fused")
+    with pytest.raises(RuntimeError, match="does not broadcast"):
+        quest.attention(q, k, v, attn_bias=torch.zeros(3, 5, 5, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="attn_bias has dtype Float but q has Double"):
+        quest.attention(q, k, v, attn_bias=bias.float())

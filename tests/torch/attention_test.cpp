@@ -267,6 +267,37 @@ TEST(Attention, BackendSelectionSaysWhy) {
   EXPECT_EQ(select_backend(strided, strided, strided, AttentionOptions(Kind::qk_layernorm)).backend, Backend::fused);
 }
 
+// An additive logit bias (torch's float attn_mask) runs on the composite backend: the kind's
+// logits plus the bias, -inf blocking a pair and a row it blocks entirely giving zeros; the
+// composite's weights are in the autograd graph, so a loss on them reaches q.
+TEST(Attention, AttnBiasRunsOnTheCompositeAndWeightsCarryGradients) {
+  torch::manual_seed(0);
+  const auto opts = torch::TensorOptions().dtype(torch::kDouble);
+  const Tensor q = torch::randn({2, 3, 4, 8}, opts).requires_grad_(), k = torch::randn({2, 3, 5, 8}, opts),
+               v = torch::randn({2, 3, 5, 6}, opts);
+  Tensor bias = torch::randn({4, 5}, opts);
+  bias.index_put_({1, torch::indexing::Slice(2)}, -INFINITY);
+  bias.index_put_({3}, -INFINITY);  // row 3 sees nothing
+  const AttentionOptions o = AttentionOptions(Kind::quest).attn_bias(bias);
+  const BackendSelection s = select_backend(q.to(torch::kFloat), k.to(torch::kFloat), v.to(torch::kFloat),
+                                            AttentionOptions(o).attn_bias(bias.to(torch::kFloat)));
+  EXPECT_EQ(s.backend, Backend::composite);
+  ASSERT_EQ(s.rejected.size(), 1u);
+  EXPECT_NE(s.rejected[0].find("not an attn_bias"), std::string::npos) << s.rejected[0];
+  const AttentionOutput r = attention_forward(q, k, v, o, /*need_weights=*/true, false);
+  const Tensor kn = k / k.norm(2, -1, true);
+  Tensor want = torch::softmax(torch::matmul(q, kn.transpose(-2, -1)) + bias, -1).matmul(v);
+  want.index_put_({torch::indexing::Slice(), torch::indexing::Slice(), 3}, 0.0);
+  EXPECT_TRUE(torch::allclose(r.output, want, 1e-10, 1e-12));
+  EXPECT_EQ(r.weights.index({0, 0, 1, 3}).item<double>(), 0.0);
+  ASSERT_TRUE(r.weights.requires_grad());
+  const Tensor g = torch::autograd::grad({r.weights.square().sum()}, {q})[0];
+  EXPECT_GT(g.abs().max().item<double>(), 0.0);
+  EXPECT_THROW(attention(q, k, v, AttentionOptions(o).backend(Backend::reference)), c10::Error);
+  EXPECT_NE(testing::error_message([&] { attention(q, k, v, AttentionOptions().attn_bias(torch::zeros({3, 5}, opts))); })
+                .find("does not broadcast"), std::string::npos);
+}
+
 TEST(Attention, EnvironmentOverrideIsParsedOnce) {
   // The process-wide value is read at the first call (this test binary never sets it).
   EXPECT_FALSE(backend_override().has_value());

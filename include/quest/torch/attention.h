@@ -47,6 +47,11 @@ struct AttentionOptions {
   TORCH_ARG(CausalAlignment, causal_alignment) = CausalAlignment::top_left;
   // (B, Nk) bool, true = padding, ignored by every query (torch::nn::MultiheadAttention's convention).
   TORCH_ARG(torch::Tensor, key_padding_mask) = {};
+  // An additive logit bias broadcastable to (B, H, Nq, Nk), in q's dtype: what torch's float
+  // attn_mask is (−inf blocks a pair; a row that it blocks entirely gives zeros, as the other
+  // masks). Arbitrary biases run on the composite backend (the fused and reference kernels take
+  // masks as flags: causal, key_padding_mask); gradients do not flow to it.
+  TORCH_ARG(torch::Tensor, attn_bias) = {};
   // Dropout on the attention weights; applied only when training is true.
   TORCH_ARG(double, dropout) = 0.0;
   TORCH_ARG(bool, training) = false;
@@ -64,7 +69,10 @@ struct AttentionOptions {
 
 struct AttentionOutput {
   torch::Tensor output;   // (B, H, Nq, Dv)
-  torch::Tensor weights;  // (B, H, Nq, Nk), before dropout, detached; only if asked for
+  // (B, H, Nq, Nk), before dropout; only if asked for. From the composite backend they are part
+  // of the autograd graph (a loss on them gets its gradients); the fused and reference backends
+  // materialise them apart from the output, detached.
+  torch::Tensor weights;
   std::optional<HeadDiagnostics> diagnostics;  // only if asked for
 };
 
