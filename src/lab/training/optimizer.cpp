@@ -31,6 +31,50 @@ constexpr int64_t kGrain = 1 << 15;  // elements per parallel chunk: small tenso
 
 }  // namespace
 
+void FusedAdamW::load(torch::serialize::InputArchive& archive) {
+  // torch's layout: "state" (one archive per parameter, under its key) and "param_groups"
+  // ("param_groups/size", "param_groups/<g>" with "params/size", "params/<i>" = a key). The keys
+  // of the first group's parameters say which format this is.
+  torch::serialize::InputArchive groups, first, states;
+  c10::IValue key;
+  const bool legacy = archive.try_read("param_groups", groups) &&
+                      groups.try_read("param_groups/0", first) && first.try_read("params/0", key) &&
+                      key.isString() && key.toStringRef().rfind("0x", 0) == 0;
+  if (!legacy) return torch::optim::AdamW::load(archive);
+  archive.read("state", states);
+  torch::Tensor size;
+  groups.read("param_groups/size", size);
+  TORCH_CHECK(size.item<int64_t>() == static_cast<int64_t>(param_groups_.size()),
+              "quest::training: the checkpoint's optimizer has ", size.item<int64_t>(),
+              " parameter groups, this model's ", param_groups_.size());
+  decltype(state_) loaded;
+  for (size_t g = 0; g < param_groups_.size(); ++g) {
+    torch::serialize::InputArchive group;
+    groups.read("param_groups/" + std::to_string(g), group);
+    torch::Tensor count;
+    group.read("params/size", count);
+    auto& params = param_groups_[g].params();
+    TORCH_CHECK(count.item<int64_t>() == static_cast<int64_t>(params.size()),
+                "quest::training: the checkpoint's optimizer group ", g, " has ", count.item<int64_t>(),
+                " parameters, this model's ", params.size());
+    for (size_t i = 0; i < params.size(); ++i) {
+      c10::IValue old_key;
+      group.read("params/" + std::to_string(i), old_key);
+      torch::serialize::InputArchive saved;
+      if (!states.try_read(old_key.toStringRef(), saved)) continue;  // no step taken for it yet
+      auto state = std::make_unique<torch::optim::AdamWParamState>();
+      state->serialize(saved);
+      TORCH_CHECK(state->exp_avg().sizes() == params[i].sizes() &&
+                      state->exp_avg_sq().sizes() == params[i].sizes(),
+                  "quest::training: the checkpoint's optimizer state for parameter ", i, " of group ",
+                  g, " has shape ", state->exp_avg().sizes(), ", the parameter ", params[i].sizes());
+      loaded[state_key<typename decltype(state_)::key_type>(params[i].unsafeGetTensorImpl())] =
+          std::move(state);
+    }
+  }
+  state_ = std::move(loaded);
+}
+
 bool FusedAdamW::fusable() const {
   for (const auto& group : param_groups_) {
     if (static_cast<const torch::optim::AdamWOptions&>(group.options()).amsgrad()) return false;
@@ -62,6 +106,9 @@ torch::Tensor FusedAdamW::step(LossClosure closure) {
         slot = std::move(fresh);
       }
       auto& s = static_cast<torch::optim::AdamWParamState&>(*slot);
+      TORCH_CHECK(s.exp_avg().numel() == p.numel() && s.exp_avg_sq().numel() == p.numel(),
+                  "quest::training: optimizer state of ", s.exp_avg().numel(),
+                  " elements for a parameter of ", p.numel(), " (a checkpoint of another model?)");
       s.step(s.step() + 1);
       const double bias1 = 1 - std::pow(beta1, s.step()), bias2 = 1 - std::pow(beta2, s.step());
       // The factors in float as torch's kernels cast their scalars; the order of AdamW's ops:

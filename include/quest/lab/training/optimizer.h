@@ -1,4 +1,4 @@
-// The training engine's optimizer step in one pass per parameter. LibTorch 1.13's AdamW runs ~8
+// The training engine's optimizer step in one pass per parameter. LibTorch's AdamW runs ~8
 // tensor ops per parameter tensor and clip_grad_norm_ 2 more; on the models quest trains (~60
 // small tensors) that per-op overhead cost more than the arithmetic (~7 % of a ViT step).
 #pragma once
@@ -17,6 +17,11 @@ class FusedAdamW : public torch::optim::AdamW {
  public:
   using torch::optim::AdamW::AdamW;
   torch::Tensor step(LossClosure closure = nullptr) override;
+  // torch's load, and also state that LibTorch 1.13 saved: it keyed each parameter's state by
+  // the hex text of its TensorImpl ("0x55d0..."), which LibTorch 2.x's loader reads as the number
+  // 0 for every parameter and then maps to garbage (a heap corruption, seen resuming a 1.13 run).
+  // Such state is matched to the parameters by their order in the groups, as torch's loader does.
+  void load(torch::serialize::InputArchive& archive) override;
 
  private:
   bool fusable() const;
