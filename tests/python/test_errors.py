@@ -156,6 +156,14 @@ def test_module_nan_token_as_torch_module():
     torch.testing.assert_close(out[0], ref_out[0], rtol=1e-5, atol=1e-5)
 
 
+def python_output(code: str) -> str:
+    """What `code` prints in a fresh interpreter (its own threads and loaded libraries)."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def test_one_openmp_runtime_with_torch_and_quest():
     # quest's kernels link torch's own libgomp: after torch's parallel ops and quest's fused kernel
     # have run on two threads, one OpenMP runtime is mapped in the process (in a subprocess, so
@@ -167,11 +175,9 @@ def test_one_openmp_runtime_with_torch_and_quest():
         "quest.attention(x, x, x, backend='fused').sum().item()\n"
         "(x @ x.transpose(-1, -2)).sum().item()\n"
         "print(quest.runtime()['openmp_runtimes'])\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stderr
-    runtimes = result.stdout.strip().split(";")
-    assert len(runtimes) == 1 and "libgomp" in runtimes[0], result.stdout
+    out = python_output(code)
+    runtimes = out.strip().split(";")
+    assert len(runtimes) == 1 and "libgomp" in runtimes[0], out
 
 
 def test_import_under_another_torch_names_both_versions():
@@ -183,8 +189,5 @@ def test_import_under_another_torch_names_both_versions():
             "    import quest\n"
             "except ImportError as e:\n"
             "    print(e)\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert "built against torch 2." in result.stdout and "has torch 1.0.0" in result.stdout, \
-        result.stdout
+    out = python_output(code)
+    assert "built against torch 2." in out and "has torch 1.0.0" in out, out
