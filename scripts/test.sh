@@ -27,6 +27,14 @@ build/wheel-venv/bin/python -m pip install -q --no-deps build/wheel/quest_attent
 print('installed quest', quest.__file__, quest.select_backend(x, x, x)[0])" && \
   bin/python -m pytest "$OLDPWD/tests/python" -q -p no:cacheprovider)
 
+echo "== Python package: pip install -e (editable) in the same venv: sources from python/quest"
+build/wheel-venv/bin/python -m pip uninstall -q -y quest-attention
+build/wheel-venv/bin/python -m pip install -q scikit-build-core
+build/wheel-venv/bin/python -m pip install -q --no-build-isolation -e .
+(cd build/wheel-venv && bin/python -c "import quest, os; assert os.path.samefile(os.path.dirname(quest.__file__), \
+'$PWD/python/quest'), quest.__file__; print('editable quest', quest.__file__)" && \
+  bin/python -m pytest "$OLDPWD/tests/python/test_attention.py" -q -p no:cacheprovider)
+
 echo "== core under AddressSanitizer + UndefinedBehaviorSanitizer"
 cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQUEST_WITH_TORCH=OFF -DQUEST_SANITIZE=ON > /dev/null
 cmake --build build-sanitize -j"$jobs"

@@ -1,6 +1,6 @@
-"""quest.attention from Python against what a PyTorch 1.13 user writes by hand.
+"""quest.attention from Python against what a PyTorch user writes by hand.
 
-    PYTHONPATH=build/python /usr/bin/python3 bench/python/bench_attention.py --json out.json
+    PYTHONPATH=build/python .venv/bin/python bench/python/bench_attention.py --json out.json
 
 Hand-written: (F.normalize(k, dim=-1) for quest) -> matmul -> softmax -> matmul. GFLOP/s by the
 FlashAttention convention (forward 4·B·H·N²·D, forward+backward 3.5× that); ratios are medians of

@@ -1,9 +1,11 @@
-"""Train a small torchvision Vision Transformer on Fashion-MNIST with QUEST attention.
+"""Train a small Vision Transformer on Fashion-MNIST with QUEST attention.
 
-    PYTHONPATH=build/python /usr/bin/python3 examples/python/train_vit.py --kind quest
+    .venv/bin/python examples/python/train_vit.py --kind quest   # after pip install
 
-A PyTorch model is built as usual (torchvision's VisionTransformer), then quest.convert swaps every
-torch.nn.MultiheadAttention for quest's; the rest of the training loop is plain PyTorch. The data
+A PyTorch model is built as usual — torchvision's VisionTransformer where a torchvision that
+imports beside this torch is installed, else the same shape from torch.nn.TransformerEncoder —
+then quest.convert swaps every torch.nn.MultiheadAttention for quest's; the rest of the training
+loop is plain PyTorch. The data
 are the IDX files of Debian's dataset-fashion-mnist package, read here with numpy.
 """
 import argparse
@@ -13,7 +15,6 @@ import time
 
 import numpy as np
 import torch
-import torchvision
 from torch import nn
 
 import quest
@@ -44,11 +45,38 @@ def load(split: str, limit: int):
     return (x - 0.2860) / 0.3530, torch.from_numpy(labels.astype(np.int64))
 
 
+class EncoderViT(nn.Module):
+    """torchvision's ViT layout (class token, learned positions, pre-norm encoder layers) built
+    from torch.nn.TransformerEncoder."""
+
+    def __init__(self, dim: int = 64, depth: int = 4, heads: int = 4, mlp: int = 128):
+        super().__init__()
+        self.conv_proj = nn.Conv2d(1, dim, kernel_size=7, stride=7)
+        self.class_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embedding = nn.Parameter(torch.randn(1, 17, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, mlp, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, depth, norm=nn.LayerNorm(dim),
+                                             enable_nested_tensor=False)
+        self.heads = nn.Linear(dim, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_proj(x).flatten(2).transpose(1, 2)  # (B, 16, dim)
+        x = torch.cat([self.class_token.expand(x.size(0), -1, -1), x], 1) + self.pos_embedding
+        return self.heads(self.encoder(x)[:, 0])
+
+
 def build_model(kind: str) -> nn.Module:
-    model = torchvision.models.VisionTransformer(
-        image_size=28, patch_size=7, num_layers=4, num_heads=4, hidden_dim=64, mlp_dim=128,
-        num_classes=10)
-    model.conv_proj = nn.Conv2d(1, 64, kernel_size=7, stride=7)  # grayscale patches
+    try:  # a torchvision built for another torch raises RuntimeError at import
+        import torchvision
+        model = torchvision.models.VisionTransformer(
+            image_size=28, patch_size=7, num_layers=4, num_heads=4, hidden_dim=64, mlp_dim=128,
+            num_classes=10)
+        model.conv_proj = nn.Conv2d(1, 64, kernel_size=7, stride=7)  # grayscale patches
+        print("model: torchvision's VisionTransformer")
+    except Exception:  # noqa: BLE001
+        model = EncoderViT()
+        print("model: torch.nn.TransformerEncoder ViT (no torchvision that imports here)")
     return quest.convert(model, kind=kind)
 
 
