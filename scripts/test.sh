@@ -32,7 +32,7 @@ build/wheel-venv/bin/python -m pip uninstall -q -y quest-attention
 build/wheel-venv/bin/python -m pip install -q scikit-build-core
 build/wheel-venv/bin/python -m pip install -q --no-build-isolation -e .
 (cd build/wheel-venv && bin/python -c "import quest, os; assert os.path.samefile(os.path.dirname(quest.__file__), \
-'$PWD/python/quest'), quest.__file__; print('editable quest', quest.__file__)" && \
+'$OLDPWD/python/quest'), quest.__file__; print('editable quest', quest.__file__)" && \
   bin/python -m pytest "$OLDPWD/tests/python/test_attention.py" -q -p no:cacheprovider)
 
 echo "== core under AddressSanitizer + UndefinedBehaviorSanitizer"
