@@ -49,9 +49,11 @@ class MultiheadAttention(nn.Module):
     parameters are extra entries: head_scale (qknorm), q_norm_weight/bias and k_norm_weight/bias
     (qk_layernorm).
 
-    Differences from torch's module: attn_mask may only be the causal mask or one that blocks
-    nothing (float masks: 0/-inf only); the returned weights are before dropout; a query that
-    sees no key outputs zeros (torch: NaN); a hidden key's weight is exactly 0, also in a row
+    Masks as torch takes them: the causal mask and padding run on the fused kernel as flags, any
+    other attn_mask (2-D or 3-D, bool or float) as a logit bias on the composite backend, which
+    also serves calls that ask for the weights under autograd (they carry gradients, as torch's).
+    Differences from torch's module: the returned weights are before dropout; nested tensors are
+    refused; a query that sees no key outputs zeros (torch: NaN); a hidden key's weight is exactly 0, also in a row
     that a NaN made NaN (torch's additive mask: NaN), so such a row's NaN reaches the visible
     keys' gradients only.
 
@@ -247,7 +249,8 @@ class MultiheadAttention(nn.Module):
                 is_causal: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
         """As torch.nn.MultiheadAttention.forward: query (L, N, E), key (S, N, kdim), value
         (S, N, vdim) — (N, L, E) ... with batch_first, or unbatched (L, E) ...; key_padding_mask
-        (N, S), True = ignore; attn_mask (L, S), causal only; is_causal: torch 2.x's hint that
+        (N, S), True = ignore (or an additive float); attn_mask (L, S) or (N * num_heads, L, S),
+        bool (True = not allowed) or an additive float; is_causal: torch 2.x's hint that
         attn_mask is the causal mask (which must then be given, as torch requires). Returns
         (output, weights or None)."""
         if query.is_nested or key.is_nested or value.is_nested:
@@ -315,13 +318,12 @@ class MultiheadAttention(nn.Module):
         causal = self.causal
         bias: Optional[Tensor] = None
         if attn_mask is not None:
+            flags = _blocks_only(attn_mask)  # says no more than a bool mask
             blocked = attn_mask if attn_mask.dtype == torch.bool else attn_mask == float("-inf")
-            square_causal = torch.ones(tgt_len, src_len, dtype=torch.bool,
-                                       device=attn_mask.device).triu(1)
-            if _blocks_only(attn_mask) and not bool(blocked.any()):
+            if flags and not bool(blocked.any()):
                 pass  # keeps everything
-            elif (attn_mask.dim() == 2 and tgt_len == src_len and extra_keys == 0 and
-                    _blocks_only(attn_mask) and torch.equal(blocked, square_causal)):
+            elif (flags and attn_mask.dim() == 2 and tgt_len == src_len and extra_keys == 0 and
+                    torch.equal(blocked, torch.ones_like(blocked).triu(1))):
                 causal = True
             else:
                 bias = _as_bias(attn_mask, query.dtype)

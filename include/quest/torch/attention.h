@@ -50,7 +50,7 @@ struct AttentionOptions {
   // An additive logit bias broadcastable to (B, H, Nq, Nk), in q's dtype: what torch's float
   // attn_mask is (−inf blocks a pair; a row that it blocks entirely gives zeros, as the other
   // masks). Arbitrary biases run on the composite backend (the fused and reference kernels take
-  // masks as flags: causal, key_padding_mask); gradients do not flow to it.
+  // masks as flags: causal, key_padding_mask); one that requires grad gets its gradient there.
   TORCH_ARG(torch::Tensor, attn_bias) = {};
   // Dropout on the attention weights; applied only when training is true.
   TORCH_ARG(double, dropout) = 0.0;
