@@ -1,0 +1,19 @@
+#!/bin/bash
+# Alternating before/after runs of the torch-free fused driver (same flags, same machine, same minute).
+export OMP_NUM_THREADS=2
+out=${OUT:-compare.csv}; echo "shape,kind,mode,round,version,gflops" > $out
+for shape in "128 4 50 16 40" "64 4 65 32 50" "16 4 128 32 60" "32 12 197 64 4" "4 8 1024 64 4" "1 8 4096 64 2"; do
+  set -- $shape
+  for kind in standard quest; do
+  for mode in forward backward; do
+    for r in 1 2 3 4 5 6 7; do
+      for v in before after; do
+        [ $((r % 2)) = 0 ] && v=$([ $v = before ] && echo after || echo before)
+        g=$(/tmp/pf-$v $1 $2 $3 $4 $kind $mode $5 | sed 's/.*gflops=//')
+        echo "$1,$2,$3,$4,$kind,$mode,$r,$v,$g" >> $out
+      done
+    done
+  done
+  done
+done
+echo done > /dev/null
