@@ -1,7 +1,12 @@
 #!/bin/bash
 # Alternating before/after runs of the torch-free fused driver (same flags, same machine, same minute).
+# The two drivers, each built from its checkout (before: git worktree add /tmp/before-src 29093c4):
+#   c++ -O3 -DNDEBUG -DHWY_SHARED_DEFINE -fopenmp -std=gnu++17 -Iinclude -I. src/core/kind.cpp \
+#     src/core/problem.cpp src/core/diagnostics.cpp src/core/reference.cpp src/core/fused.cpp \
+#     bench/profile_fused.cpp -o /tmp/pf-<before|after> -lhwy <torch's lib>/libgomp.so.1
+# Then: OUT=compare.csv ./compare.sh && python3 analyse.py compare.csv
 export OMP_NUM_THREADS=2
-out=${OUT:-compare.csv}; echo "shape,kind,mode,round,version,gflops" > $out
+out=${OUT:-compare.csv}; echo "B,H,N,D,kind,mode,round,version,gflops" > $out
 for shape in "128 4 50 16 40" "64 4 65 32 50" "16 4 128 32 60" "32 12 197 64 4" "4 8 1024 64 4" "1 8 4096 64 2"; do
   set -- $shape
   for kind in standard quest; do
@@ -16,4 +21,3 @@ for shape in "128 4 50 16 40" "64 4 65 32 50" "16 4 128 32 60" "32 12 197 64 4" 
   done
   done
 done
-echo done > /dev/null
