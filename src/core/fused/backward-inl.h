@@ -1,0 +1,431 @@
+// The fused backward: per (b, h), for each key tile, for each query block, recompute the forward's
+// logits bit for bit (same packed operands, same GEMM order) and P = exp((S - shift) - log_sum),
+// dP = dO V^T, dS = P o (dP - D_i) with D_i = rowsum(dO o O), dV += P^T dO, dK += dS^T Q,
+// dQ += dS K. A work item owns a head's key tiles (all, or every chunks-th when there are fewer
+// heads than threads), so dK, dV need no synchronisation and dQ shares are summed at the end.
+// Included by src/core/fused.cpp once per Highway target (toggle guard as in Highway's -inl.h).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "hwy/highway.h"
+#include "quest/core/problem.h"
+#include "src/core/fused/tile_ops-inl.h"
+#include "src/core/fused/tiles-inl.h"
+
+#if defined(QUEST_CORE_FUSED_BACKWARD_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef QUEST_CORE_FUSED_BACKWARD_INL_H_
+#undef QUEST_CORE_FUSED_BACKWARD_INL_H_
+#else
+#define QUEST_CORE_FUSED_BACKWARD_INL_H_
+#endif
+
+HWY_BEFORE_NAMESPACE();
+namespace quest::fused {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// dx from dy through x/max(|x|, eps) given y = x/max(|x|, eps) and raw |x|.
+HWY_INLINE void L2Backward(const float* y, const float* dy, float raw, double eps, int64_t n, float* dx) {
+  if (!(raw <= eps)) {  // dx = (dy - y (y.dy)) / |x|; a NaN norm takes this branch too
+    const float ydy = Dot(y, dy, n);
+    const DF d;
+    const int64_t L = LanesF();
+    const float inv = 1.0f / raw;  // one division per row (a vector division costs ~16 FMAs)
+    const VF vydy = hn::Set(d, ydy), vinv = hn::Set(d, inv);
+    int64_t e = 0;
+    for (; e + L <= n; e += L)
+      hn::StoreU(hn::Mul(hn::Sub(hn::LoadU(d, dy + e), hn::Mul(hn::LoadU(d, y + e), vydy)), vinv),
+                 d, dx + e);
+    for (; e < n; ++e) dx[e] = (dy[e] - y[e] * ydy) * inv;
+  } else {
+    for (int64_t e = 0; e < n; ++e) dx[e] = dy[e] / static_cast<float>(eps);
+  }
+}
+
+// The backward's per-thread buffers, each named for what it holds.
+struct BackwardScratch {
+  std::vector<float> queries;       // g q_i/|q_i| of the head's rows, Nq x Dp (the forward's qs)
+  std::vector<float> query_norm;    // raw |q_i|
+  std::vector<float> dout_rows;     // dO zero-padded to whole vectors (when its rows are not)
+  std::vector<float> row_dots;      // D_i = rowsum(dO o O)
+  std::vector<float> query_poison;  // sum_i 0 * g q_i/|q_i| (D): reaches dK (and the head scale)
+  std::vector<float> value_poison;  // sum_j 0 * v_j (Dv)
+  std::vector<float> keys_t;        // the tile's normalised keys, D x width (K^T)
+  std::vector<float> keys;          // the same products, width x Dp (rows, for dQ)
+  std::vector<float> key_norm;      // raw |k_j| of the tile's keys
+  std::vector<float> key_inv_norm;  // 1 / max(|k_j|, eps) (1 without normalisation)
+  std::vector<float> values_t;      // the tile's values, Dv x width (V^T)
+  std::vector<float> dkeys;         // the tile's dK before the key normalisation, width x Dp
+  std::vector<float> dvalues;       // the tile's dV, width x Dvp
+  std::vector<float> logits;        // S of a query block against the tile
+  std::vector<float> probs;         // P
+  std::vector<float> probs_kept;    // P' = P o keep / (1 - p_drop), with dropout only
+  std::vector<float> dlogits;       // dP = dO V^T, turned into dS = P o (dP - D_i) row by row
+  std::vector<float> query_row;     // FinishQueries: one q/|q| (or g q/|q|)
+};
+
+// What every key tile of (b, h) reads about the head's queries.
+struct HeadQueries {
+  const float* qn;        // g q_i/|q_i| (or q_i/|q_i| where g = 0), Nq x Dp
+  const float* dob;       // dO rows, ldo apart
+  int64_t ldo;
+  float* dsum;            // D_i
+  const float* shift;     // the forward's row statistics
+  const float* log_sum;
+  const float* qpoison;   // D
+  float gq, post;         // the operand's factor, and the logits' (0 where g = 0)
+  bool d_from_tiles;      // D_i is summed from the tiles (RowDotsFromTiles), not from dO o O
+};
+
+// Pointers into BackwardScratch, sized for any tile of one head.
+struct TileBuffers {
+  float *kt, *kbar, *knorm, *rk, *vt, *dk, *dv, *s, *p, *pd, *ds;
+};
+
+TileBuffers TileBuffersOf(const AttentionArgs<float>& a, int64_t Dp, int64_t Dvp,
+                          BackwardScratch& w) {
+  const int64_t D = a.dims.qk_dim, Dv = a.dims.v_dim, block = kBlockQ * kBlockK;
+  TileBuffers t;
+  t.kt = Grow(w.keys_t, D * kBlockK);
+  t.kbar = Grow(w.keys, kBlockK * Dp);
+  t.knorm = Grow(w.key_norm, kBlockK);
+  t.rk = Grow(w.key_inv_norm, kBlockK);
+  t.vt = Grow(w.values_t, Dv * kBlockK);
+  t.dk = Grow(w.dkeys, kBlockK * Dp);
+  t.dv = Grow(w.dvalues, kBlockK * Dvp);
+  t.s = Grow(w.logits, block);
+  t.p = Grow(w.probs, block);
+  t.pd = a.dropout > 0 ? Grow(w.probs_kept, block) : t.p;  // without dropout P' is P
+  t.ds = Grow(w.dlogits, block);
+  return t;
+}
+
+// The head's query rows as the forward saw them, dO, D_i and the poison sums (problem.h: the
+// masked products of the composite's matmuls, added back as 0 * operand sums).
+HeadQueries PrepareQueries(const AttentionArgs<float>& a, int64_t b, int64_t h,
+                           View4<const float> out, View4<const float> dout, RowStats stats,
+                           BackwardScratch& w) {
+  const int64_t L = LanesF();
+  const AttentionDims& dm = a.dims;
+  const int64_t D = dm.qk_dim, Dp = RoundUp(D, L), Dv = dm.v_dim, Dvp = RoundUp(Dv, L);
+  const int64_t Nq = dm.q_len;
+  const float g = static_cast<float>(a.head_scale_at(h));
+  HeadQueries hq;
+  // The forward's query operand is g q/|q|; with g = 0 its logits are all 0, so the unscaled
+  // q/|q| serves (for the head-scale gradient) and the logits are multiplied by 0.
+  hq.gq = g != 0 ? g : 1.0f;
+  hq.post = g != 0 ? 1.0f : 0.0f;
+  const RowStats rows = HeadRows(stats, dm, b * dm.heads + h);
+  hq.shift = rows.shift;
+  hq.log_sum = rows.log_sum;
+  float* qn = Grow(w.queries, Nq * Dp);
+  float* qnorm = Grow(w.query_norm, Nq);
+  // dO feeds the GEMMs in place when its rows are whole vectors, else as a zero-padded copy.
+  const bool do_in_place = Dv == Dvp;
+  float* dop = do_in_place ? nullptr : Grow(w.dout_rows, Nq * Dvp);
+  hq.dob = do_in_place ? &dout.at(b, h, 0, 0) : dop;
+  hq.ldo = do_in_place ? dout.stride[2] : Dvp;
+  float* dsum = Grow(w.row_dots, Nq);
+  float* qpoison = Grow(w.query_poison, D);  // over g q_i/|q_i|, reaches dK
+  float* vpoison = Grow(w.value_poison, Dv);
+  if (D != Dp) std::fill(qn, qn + Nq * Dp, 0.0f);  // pad columns (rows are overwritten)
+  if (!do_in_place) std::fill(dop, dop + Nq * Dvp, 0.0f);
+  std::fill(qpoison, qpoison + D, 0.0f);
+  std::fill(vpoison, vpoison + Dv, 0.0f);
+  for (int64_t j = 0; j < dm.k_len; ++j) AccumulateNonfinite(&a.v.at(b, h, j, 0), Dv, vpoison);
+  // D_i = rowsum(dO o O) = sum_j P_ij dP_ij. A non-finite value that row i does not see made its
+  // output non-finite (as 0 * v) but not the composite's D_i, so then D_i comes from the tiles.
+  hq.d_from_tiles = any_nonfinite(vpoison, Dv);
+  for (int64_t i = 0; i < Nq; ++i) {
+    const float* q = &a.q.at(b, h, i, 0);
+    const float rq = InverseNorm(q, D, a.q_norm, a.l2_eps, &qnorm[i]);
+    ScaleRow(q, rq * hq.gq, D, qn + i * Dp);  // as the forward's qs
+    if (MayBeNonfinite(qnorm[i], rq * hq.gq)) AccumulateNonfinite(qn + i * Dp, D, qpoison);
+    if (!do_in_place) std::copy_n(&dout.at(b, h, i, 0), Dv, dop + i * Dvp);
+    dsum[i] = hq.d_from_tiles ? 0.0f : Dot(&dout.at(b, h, i, 0), &out.at(b, h, i, 0), Dv);
+  }
+  hq.qn = qn;
+  hq.dsum = dsum;
+  hq.qpoison = qpoison;
+  return hq;
+}
+
+// Packs key tile [j0, j0 + jn) of (b, h) into t: K^T, K rows, key norms, V^T. Returns its width.
+int64_t PackTile(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t j0, int64_t jn,
+                 int64_t Dp, const TileBuffers& t) {
+  const int64_t width = RoundUp(jn, LanesF());
+  PackKeys(a, b, h, j0, jn, width, t.kt, t.kbar, Dp, t.knorm, t.rk);
+  TransposeRows(&a.v.at(b, h, j0, 0), a.v.stride[2], jn, a.dims.v_dim, t.vt, width, width);
+  return width;
+}
+
+// The first query block with a row that can see key j0 (i + shift >= j0): earlier ones see none
+// of its tile.
+HWY_INLINE int64_t FirstBlockSeeing(const AttentionArgs<float>& a, int64_t j0) {
+  return a.causal ? std::max<int64_t>(0, j0 - a.causal_shift()) / kBlockQ * kBlockQ : 0;
+}
+
+// Query rows [i0, i0 + Br) of (b, h) against the key tile [j0, j0 + jn) packed in t: S = (g Q) K^T
+// (the forward's logits bit for bit: same operands, same GEMM order), dP = dO V^T, then row by
+// row P = exp((S - shift) - log_sum), masked entries 0, and with dropout P' and dP' = dP o keep /
+// (1 - p_drop). A row that saw no key gets zeros; a row whose forward was NaN gets NaN where it
+// sees, or zeros where nan_rows_empty (D_i, which such a row does not use). Every other row,
+// and a NaN row unless nan_rows_empty, then goes to on_row(r, i, nan_row).
+template <class OnRow>
+HWY_INLINE void TileRows(const AttentionArgs<float>& a, int64_t b, int64_t h,
+                         const HeadQueries& hq, const TileBuffers& t, int64_t j0, int64_t jn,
+                         int64_t width, int64_t i0, int64_t Br, bool nan_rows_empty,
+                         OnRow&& on_row) {
+  const DF d;
+  const int64_t L = LanesF();
+  const int64_t D = a.dims.qk_dim, Dp = RoundUp(D, L), Dv = a.dims.v_dim;
+  Gemm(Br, width, D, hq.qn + i0 * Dp, Dp, 1, t.kt, width, t.s, width, false);  // S, as forward
+  Gemm(Br, width, Dv, hq.dob + i0 * hq.ldo, hq.ldo, 1, t.vt, width, t.ds, width, false);  // dP
+  const VF vpost = hn::Set(d, hq.post);
+  for (int64_t r = 0; r < Br; ++r) {
+    const int64_t i = i0 + r;
+    float* sr = t.s + r * width;
+    float* pr = t.p + r * width;
+    float* dsr = t.ds + r * width;
+    float* pdr = t.pd + r * width;
+    MaskRow(a, b, i, j0, jn, width, sr);  // masked logits -> -inf -> P = 0
+    const float shift = hq.shift[i];
+    if (shift == kNegInf || (nan_rows_empty && std::isnan(shift))) {
+      std::fill(pr, pr + width, 0.0f);  // row saw no key: no gradient
+      std::fill(dsr, dsr + width, 0.0f);
+      std::fill(pdr, pdr + width, 0.0f);
+      continue;
+    }
+    if (std::isnan(shift)) {  // the forward row was NaN: so are P and dS where it sees
+      for (int64_t c = 0; c < width; ++c) pr[c] = kNaN;
+      MaskRow(a, b, i, j0, jn, width, pr);
+      for (int64_t c = 0; c < width; ++c) pr[c] = pr[c] == kNegInf ? 0.0f : kNaN;
+      std::copy_n(pr, width, dsr);
+      std::copy_n(pr, width, pdr);
+      on_row(r, i, true);
+      continue;
+    }
+    const VF vm = hn::Set(d, shift), vls = hn::Set(d, hq.log_sum[i]);
+    for (int64_t c = 0; c < width; c += L)  // P = exp((s - shift) - log_sum)
+      hn::StoreU(SoftmaxExp(d, hn::Sub(hn::Sub(hn::Mul(vpost, hn::LoadU(d, sr + c)), vm), vls)),
+                 d, pr + c);
+    if (a.dropout > 0)
+      for (int64_t c = 0; c < width; ++c) {
+        const float f = c < jn ? DropoutFactor(a, b, h, i, j0 + c) : 0.0f;
+        pdr[c] = pr[c] * f;  // P' feeds dV
+        dsr[c] *= f;         // dP = dP' * keep / (1 - p_drop)
+      }
+    on_row(r, i, false);
+  }
+}
+
+// D_i = sum over visible j of P_ij dP_ij, from every key tile of (b, h) (hq.d_from_tiles).
+void RowDotsFromTiles(const AttentionArgs<float>& a, int64_t b, int64_t h, const HeadQueries& hq,
+                      const TileBuffers& t) {
+  const DF d;
+  const int64_t L = LanesF();
+  const int64_t Dp = RoundUp(a.dims.qk_dim, L), Nq = a.dims.q_len, Nk = a.dims.k_len;
+  const VF vneg_inf = hn::Set(d, kNegInf);
+  for (int64_t j0 = 0; j0 < Nk; j0 += kBlockK) {
+    const int64_t jn = std::min(kBlockK, Nk - j0);
+    const int64_t width = PackTile(a, b, h, j0, jn, Dp, t);
+    for (int64_t i0 = FirstBlockSeeing(a, j0); i0 < Nq; i0 += kBlockQ) {
+      const int64_t Br = std::min(kBlockQ, Nq - i0);
+      TileRows(a, b, h, hq, t, j0, jn, width, i0, Br, /*nan_rows_empty=*/true,
+               [&](int64_t r, int64_t i, bool) {
+                 const float* sr = t.s + r * width;
+                 const float* pr = t.p + r * width;
+                 const float* dsr = t.ds + r * width;
+                 VF vd = hn::Zero(d);
+                 for (int64_t c = 0; c < width; c += L)
+                   vd = hn::Add(vd, hn::IfThenElseZero(
+                                        hn::Gt(hn::LoadU(d, sr + c), vneg_inf),
+                                        hn::Mul(hn::LoadU(d, pr + c), hn::LoadU(d, dsr + c))));
+                 hq.dsum[i] += hn::GetLane(hn::SumOfLanes(d, vd));
+               });
+    }
+  }
+}
+
+// The key tiles of (b, h) with tile % chunks == chunk: writes their dK and dV, and accumulates
+// their share of dQ (before the factor g and the query normalisation; Nq x Dp), of the key
+// poison (D) and of the head-scale gradient (returned). FinishQueries completes dQ.
+double TileGradients(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t chunk,
+                     int64_t chunks, const HeadQueries& hq, const TileBuffers& t,
+                     const AttentionGrads<float>& gr, float* dq, float* kpoison) {
+  const DF d;
+  const int64_t L = LanesF();
+  const AttentionDims& dm = a.dims;
+  const int64_t D = dm.qk_dim, Dp = RoundUp(D, L), Dv = dm.v_dim, Dvp = RoundUp(Dv, L);
+  const int64_t Nq = dm.q_len, Nk = dm.k_len;
+  const VF vneg_inf = hn::Set(d, kNegInf);
+  const VF vpost = hn::Set(d, hq.post), vinv_gq = hn::Set(d, 1.0f / hq.gq);
+  const bool want_dscale = gr.dhead_scale && a.head_scale;  // else the row sums are not needed
+  double dscale = 0;
+  for (int64_t j0 = 0; j0 < Nk; j0 += kBlockK) {
+    if ((j0 / kBlockK) % chunks != chunk) continue;  // another chunk's tile
+    const int64_t jn = std::min(kBlockK, Nk - j0);
+    const int64_t width = PackTile(a, b, h, j0, jn, Dp, t);
+    for (int64_t c = 0; c < jn; ++c)
+      if (MayBeNonfinite(t.knorm[c], t.rk[c])) AccumulateNonfinite(t.kbar + c * Dp, D, kpoison);
+    std::fill(t.dk, t.dk + width * Dp, 0.0f);
+    std::fill(t.dv, t.dv + width * Dvp, 0.0f);
+    for (int64_t i0 = FirstBlockSeeing(a, j0); i0 < Nq; i0 += kBlockQ) {
+      const int64_t Br = std::min(kBlockQ, Nq - i0);
+      TileRows(a, b, h, hq, t, j0, jn, width, i0, Br, /*nan_rows_empty=*/false,
+               [&](int64_t r, int64_t i, bool nan_row) {
+                 if (nan_row) {
+                   dscale += kNaN;
+                   return;
+                 }
+                 const float* sr = t.s + r * width;
+                 const float* pr = t.p + r * width;
+                 float* dsr = t.ds + r * width;
+                 const VF vdi = hn::Set(d, hq.dsum[i]);
+                 VF vscale = hn::Zero(d);
+                 for (int64_t c = 0; c < width; c += L) {  // dS = P o (dP - D_i), 0 where masked
+                   const VF sv = hn::LoadU(d, sr + c);  // g q.k (or q.k where g = 0)
+                   const auto visible = hn::Gt(sv, vneg_inf);
+                   const VF dsv = hn::IfThenElseZero(
+                       visible, hn::Mul(hn::LoadU(d, pr + c), hn::Sub(hn::LoadU(d, dsr + c), vdi)));
+                   if (want_dscale)
+                     vscale = hn::Add(vscale,
+                                      hn::IfThenElseZero(visible, hn::Mul(hn::Mul(dsv, sv), vinv_gq)));
+                   hn::StoreU(hn::Mul(dsv, vpost), d, dsr + c);
+                 }
+                 if (want_dscale) dscale += hn::GetLane(hn::SumOfLanes(d, vscale));
+               });
+      // (The pad keys' columns of P and dS are 0: only jn rows / jn terms are computed.)
+      const float* dob = hq.dob + i0 * hq.ldo;
+      Gemm(jn, Dvp, Br, t.pd, 1, width, dob, hq.ldo, t.dv, Dvp, true);  // dV += P'^T dO
+      Gemm(jn, Dp, Br, t.ds, 1, width, hq.qn + i0 * Dp, Dp, t.dk, Dp, true);  // dK += dS^T (g Q)
+      Gemm(Br, Dp, jn, t.ds, width, 1, t.kbar, Dp, dq + i0 * Dp, Dp, true);  // dQ += dS K (x g later)
+    }
+    const bool q_poisoned = any_nonfinite(hq.qpoison, D);
+    for (int64_t c = 0; c < jn; ++c) {
+      std::copy_n(t.dv + c * Dvp, Dv, &gr.dv.at(b, h, j0 + c, 0));
+      if (q_poisoned)  // every query multiplies k_j in the composite, masked ones by 0
+        for (int64_t e = 0; e < D; ++e) t.dk[c * Dp + e] += hq.qpoison[e];
+      float* dst = &gr.dk.at(b, h, j0 + c, 0);
+      if (a.k_norm == Norm::l2)
+        L2Backward(t.kbar + c * Dp, t.dk + c * Dp, t.knorm[c], a.l2_eps, D, dst);
+      else
+        std::copy_n(t.dk + c * Dp, D, dst);
+    }
+  }
+  return dscale;
+}
+
+// One work item: the key tiles t % chunks == chunk of (b, h). dq (Nq x Dp) and kpoison (D) are
+// zeroed here and receive this item's shares; *dscale its share of the head-scale gradient.
+void BackwardItem(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t chunk,
+                  int64_t chunks, View4<const float> out, View4<const float> dout, RowStats stats,
+                  const AttentionGrads<float>& gr, float* dq, float* kpoison, double* dscale,
+                  BackwardScratch& w) {
+  const int64_t L = LanesF();
+  const int64_t D = a.dims.qk_dim, Dp = RoundUp(D, L), Dvp = RoundUp(a.dims.v_dim, L);
+  const TileBuffers t = TileBuffersOf(a, Dp, Dvp, w);
+  const HeadQueries hq = PrepareQueries(a, b, h, out, dout, stats, w);
+  std::fill(dq, dq + a.dims.q_len * Dp, 0.0f);
+  std::fill(kpoison, kpoison + D, 0.0f);
+  if (hq.d_from_tiles) RowDotsFromTiles(a, b, h, hq, t);
+  *dscale = TileGradients(a, b, h, chunk, chunks, hq, t, gr, dq, kpoison);
+}
+
+// dQ of (b, h) from the summed tile shares dq (Nq x Dp, overwritten) and key poison; adds the
+// poison terms of the head-scale gradient to *dscale.
+void FinishQueries(const AttentionArgs<float>& a, int64_t b, int64_t h, float* dq,
+                   const float* kpoison, const AttentionGrads<float>& gr, double* dscale,
+                   BackwardScratch& w) {
+  const int64_t L = LanesF();
+  const int64_t D = a.dims.qk_dim, Dp = RoundUp(D, L), Nq = a.dims.q_len;
+  const float g = static_cast<float>(a.head_scale_at(h));
+  const float gq = g != 0 ? g : 1.0f;
+  float* qi = Grow(w.query_row, D);
+  float* qpoison = Grow(w.query_poison, D);
+  std::fill(qpoison, qpoison + D, 0.0f);
+  const bool k_poisoned = any_nonfinite(kpoison, D);
+  for (int64_t i = 0; i < Nq; ++i) {
+    float raw = 0;
+    const float* q = &a.q.at(b, h, i, 0);
+    const float rq = InverseNorm(q, D, a.q_norm, a.l2_eps, &raw);
+    if (MayBeNonfinite(raw, rq * gq)) {  // TileGradients' operand has a NaN or inf
+      ScaleRow(q, rq * gq, D, qi);
+      AccumulateNonfinite(qi, D, qpoison);
+    }
+    float* dst = &gr.dq.at(b, h, i, 0);
+    float* dqi = dq + i * Dp;
+    if (k_poisoned)  // every key multiplies q_i, masked ones by 0
+      for (int64_t e = 0; e < D; ++e) dqi[e] += kpoison[e];
+    if (a.q_norm == Norm::l2) {  // d(q/|q|) = g sum_j dS_ij k_j/|k_j|
+      ScaleRow(dqi, g, D, dqi);
+      ScaleRow(q, rq, D, qi);  // q/|q|
+      L2Backward(qi, dqi, raw, a.l2_eps, D, dst);
+    } else {
+      ScaleRow(dqi, g, D, dst);
+    }
+  }
+  for (int64_t e = 0; e < D; ++e)  // the head-scale gradient sums dS o (q.k) over every pair
+    *dscale += static_cast<double>(qpoison[e]) + kpoison[e];
+}
+
+void BackwardF32(const AttentionArgs<float>& a, View4<const float> out, View4<const float> dout,
+                 RowStats stats, const AttentionGrads<float>& gr, int threads) {
+  const AttentionDims& dm = a.dims;
+  const int64_t heads = dm.batch * dm.heads;
+  const int64_t Dp = RoundUp(dm.qk_dim, LanesF());
+  // Fewer heads than threads: each head's key tiles are dealt round-robin to `chunks` work items
+  // (round-robin balances the causal mask), each with its own dQ share, summed afterwards.
+  const int64_t tiles = (dm.k_len + kBlockK - 1) / kBlockK;
+  const int64_t chunks = std::max<int64_t>(1, std::min(tiles, threads / std::max<int64_t>(heads, 1)));
+  std::vector<double> dscale(heads * chunks, 0.0);
+  // Split heads keep every chunk's dQ share until all are done; otherwise a thread's own buffer
+  // serves head after head (extra memory stays O(threads * N * D)).
+  const bool split = chunks > 1;
+  std::vector<float> shares(split ? heads * chunks * dm.q_len * Dp : 0),
+      share_kpoison(split ? heads * chunks * dm.qk_dim : 0);
+#pragma omp parallel num_threads(threads)
+  {
+    BackwardScratch& w = ThreadScratch<BackwardScratch>();
+    std::vector<float> own(split ? 0 : dm.q_len * Dp), own_kpoison(split ? 0 : dm.qk_dim);
+    auto dq_of = [&](int64_t item) { return split ? &shares[item * dm.q_len * Dp] : own.data(); };
+    auto kpoison_of = [&](int64_t item) {
+      return split ? &share_kpoison[item * dm.qk_dim] : own_kpoison.data();
+    };
+#pragma omp for schedule(dynamic)
+    for (int64_t item = 0; item < heads * chunks; ++item) {
+      const int64_t bh = item / chunks, b = bh / dm.heads, h = bh % dm.heads;
+      BackwardItem(a, b, h, item % chunks, chunks, out, dout, stats, gr, dq_of(item),
+                   kpoison_of(item), &dscale[item], w);
+      if (!split) FinishQueries(a, b, h, dq_of(item), kpoison_of(item), gr, &dscale[item], w);
+    }
+    if (split) {
+#pragma omp for schedule(static)
+      for (int64_t bh = 0; bh < heads; ++bh) {
+        const int64_t first = bh * chunks;
+        for (int64_t c = 1; c < chunks; ++c) {  // sum the shares into the first chunk's
+          for (int64_t x = 0; x < dm.q_len * Dp; ++x) dq_of(first)[x] += dq_of(first + c)[x];
+          for (int64_t e = 0; e < dm.qk_dim; ++e) kpoison_of(first)[e] += kpoison_of(first + c)[e];
+          dscale[first] += dscale[first + c];
+        }
+        FinishQueries(a, bh / dm.heads, bh % dm.heads, dq_of(first), kpoison_of(first), gr,
+                      &dscale[first], w);
+      }
+    }
+  }
+  if (gr.dhead_scale && a.head_scale) {
+    for (int64_t h = 0; h < dm.heads; ++h) {
+      double sum = 0;
+      for (int64_t b = 0; b < dm.batch; ++b) sum += dscale[(b * dm.heads + h) * chunks];
+      gr.dhead_scale[h] = static_cast<float>(sum);
+    }
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace quest::fused
+HWY_AFTER_NAMESPACE();
+
+#endif  // QUEST_CORE_FUSED_BACKWARD_INL_H_

@@ -1,0 +1,308 @@
+// The fused forward: per (b, h, block of kBlockQ queries), over tiles of kBlockK keys,
+//   S = (g q/|q|) (k/|k|)^T      keys normalised while packed into the tile (K^T, zero-padded)
+//   m' = max(m, rowmax S);  P = exp(S - m');  l = l*exp(m - m') + rowsum P;  O = O*exp(m - m') + P V
+// and, when every row of the block has a moderate logit bound |s_ij| <= |g| |q_i| max_j |k_j|
+// (always |g| |q_i| for unit keys), a fixed shift m = bound: no running max, no rescaling.
+// Saves per row the shift and log l, from which the backward recomputes P.
+// Included by src/core/fused.cpp once per Highway target (toggle guard as in Highway's -inl.h).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <vector>
+
+#include "hwy/highway.h"
+#include "quest/core/diagnostics.h"
+#include "quest/core/problem.h"
+#include "src/core/fused/tile_ops-inl.h"
+#include "src/core/fused/tiles-inl.h"
+
+#if defined(QUEST_CORE_FUSED_FORWARD_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef QUEST_CORE_FUSED_FORWARD_INL_H_
+#undef QUEST_CORE_FUSED_FORWARD_INL_H_
+#else
+#define QUEST_CORE_FUSED_FORWARD_INL_H_
+#endif
+
+HWY_BEFORE_NAMESPACE();
+namespace quest::fused {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// exp(s - shift) >= exp(-2 * 40) stays a normal float, so a fixed shift loses no row.
+constexpr float kFixedShiftMax = 40.0f;
+
+// The forward's per-thread buffers, each named for what it holds.
+struct ForwardScratch {
+  std::vector<float> packed_keys;   // one head's keys, packed and normalised (PackedTileOffset)
+  std::vector<float> key_tile;      // one tile of them copied close (several query blocks)
+  std::vector<float> key_norm;      // ScanHead: raw |k| of a tile's keys
+  std::vector<float> key_inv_norm;  // ScanHead: 1 / max(|k|, eps) of a tile's keys
+  std::vector<float> queries;       // g q / |q| of the block's rows
+  std::vector<float> values;        // a tile's values, zero-padded to whole vectors
+  std::vector<float> logits;        // S, then P, of the block against one tile
+  std::vector<float> out_rows;      // the block's unnormalised output rows
+  std::vector<float> row_bound;     // |g| |q_i| max_j |k_j|: bounds |s_ij|
+  std::vector<float> row_shift;     // m_i: the fixed or running shift
+  std::vector<float> row_sum;       // l_i = sum_j exp(s_ij - m_i)
+  std::vector<float> row_plogit;    // sum_j exp(s_ij - m_i) s_ij (the entropy's)
+  std::vector<char> row_bad;        // the row met a NaN or +inf logit: its output is NaN
+};
+
+// The forward's packed keys of one head: tile t (keys [t kBlockK, ...)) at t * D * kBlockK, as
+// wide as its keys rounded up to vectors (so the head needs D * RoundUp(Nk, L) floats).
+HWY_INLINE int64_t PackedTileOffset(int64_t D, int64_t j0) { return j0 / kBlockK * D * kBlockK; }
+HWY_INLINE int64_t PackedTileWidth(int64_t Nk, int64_t j0) {
+  return RoundUp(std::min(kBlockK, Nk - j0), LanesF());
+}
+
+// Whether a head is one query block, so that one work item scans and runs it while its packed
+// keys are in cache (else every head is scanned first, and blocks read the keys from far away).
+HWY_INLINE bool OneBlockPerHead(const AttentionDims& dm) { return dm.q_len <= kBlockQ; }
+
+// What the forward needs to know about all keys and values of one (b, h), found in one pass.
+struct HeadKeys {
+  float kmax = 1;                   // largest normalised key norm; +inf if any key is non-finite
+  // Per key j: kmax over keys [0, j]. A causal row bounds its logits by the keys it can see only,
+  // so a later token does not change an earlier row's shift (nor, through rounding, its output).
+  // (It still can where it pushes a later row of the same query block past kFixedShiftMax: the
+  // block then takes the online softmax, equal up to rounding.)
+  const float* kmax_upto = nullptr;
+  const float* vpoison = nullptr;   // Dv: sum_j 0 * v_j, NaN where a value is; null if all finite
+  int64_t first_key = 0;            // first unpadded key (sees_no_key)
+  const float* packed = nullptr;   // the keys, packed and normalised once (PackedTileOffset)
+};
+
+// Packs the keys of (b, h) into packed (D * RoundUp(Nk, L) floats, PackedTileOffset) and fills
+// kmax_upto (Nk) and vpoison (Dv); key diagnostics into part if given.
+HeadKeys ScanHead(const AttentionArgs<float>& a, int64_t b, int64_t h, float* packed,
+                  float* kmax_upto, float* vpoison, HeadDiagnosticsPartial* part, ForwardScratch& w) {
+  const AttentionDims& dm = a.dims;
+  float* raw = Grow(w.key_norm, kBlockK);
+  float* rk = Grow(w.key_inv_norm, kBlockK);
+  HeadKeys hk;
+  float largest = 0;
+  bool finite = true;
+  std::fill(vpoison, vpoison + dm.v_dim, 0.0f);
+  for (int64_t j0 = 0; j0 < dm.k_len; j0 += kBlockK) {
+    const int64_t jn = std::min(kBlockK, dm.k_len - j0);
+    PackKeys(a, b, h, j0, jn, PackedTileWidth(dm.k_len, j0), packed + PackedTileOffset(dm.qk_dim, j0),
+             nullptr, 0, raw, rk);
+    for (int64_t c = 0; c < jn; ++c) {
+      const int64_t j = j0 + c;
+      const float knorm = raw[c] * rk[c];
+      finite = finite && std::isfinite(knorm);
+      largest = std::max(largest, knorm);
+      kmax_upto[j] = finite ? largest : std::numeric_limits<float>::infinity();
+      AccumulateNonfinite(&a.v.at(b, h, j, 0), dm.v_dim, vpoison);
+      if (part && !a.key_padded(b, j)) {
+        part->k_norm_sum += raw[c];
+        part->k_norm_max = nan_max(part->k_norm_max, raw[c]);
+        ++part->k_count;
+      }
+    }
+  }
+  hk.kmax = finite ? largest : std::numeric_limits<float>::infinity();  // no fixed shift then
+  hk.kmax_upto = kmax_upto;
+  hk.vpoison = any_nonfinite(vpoison, dm.v_dim) ? vpoison : nullptr;
+  hk.first_key = a.first_unpadded_key(b);
+  hk.packed = packed;
+  return hk;
+}
+
+// Queries [i0, i1) of (b, h). stats point at the head's first row.
+void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i0, int64_t i1,
+                  const HeadKeys& hk, View4<float> out, RowStats stats,
+                  HeadDiagnosticsPartial* part, ForwardScratch& w) {
+  const DF d;
+  const int64_t L = LanesF();
+  const AttentionDims& dm = a.dims;
+  const int64_t D = dm.qk_dim, Dv = dm.v_dim, Dvp = RoundUp(Dv, L), Br = i1 - i0;
+  const float g = static_cast<float>(a.head_scale_at(h));
+  float* qs = Grow(w.queries, Br * D);
+  float* bound = Grow(w.row_bound, Br);
+  float* m = Grow(w.row_shift, Br);
+  float* l = Grow(w.row_sum, Br);
+  float* t = Grow(w.row_plogit, Br);
+  float* o = Grow(w.out_rows, Br * Dvp);
+  float* vp = Grow(w.values, kBlockK * Dvp);
+  float* s = Grow(w.logits, Br * kBlockK);
+  char* bad = Grow(w.row_bad, Br);
+  bool fixed = true;
+  // Later tiles are hidden from every row of the block.
+  const int64_t k_end = a.causal ? std::clamp<int64_t>(i1 + a.causal_shift(), 0, dm.k_len) : dm.k_len;
+  for (int64_t r = 0; r < Br; ++r) {  // qs = g q / |q|
+    const float* q = &a.q.at(b, h, i0 + r, 0);
+    float raw = 0;
+    const float rq = InverseNorm(q, D, a.q_norm, a.l2_eps, &raw);
+    ScaleRow(q, rq * g, D, qs + r * D);
+    const int64_t last_key = std::min(i0 + r + a.causal_shift(), dm.k_len - 1);
+    const float kmax = !a.causal ? hk.kmax : last_key >= 0 ? hk.kmax_upto[last_key] : 0.0f;
+    bound[r] = std::abs(g) * raw * rq * kmax;
+    fixed = fixed && bound[r] <= kFixedShiftMax;  // false for a NaN bound: non-finite inputs
+    if (part) {
+      part->q_norm_sum += raw;
+      part->q_norm_max = nan_max(part->q_norm_max, raw);
+      ++part->q_count;
+    }
+  }
+  for (int64_t r = 0; r < Br; ++r) {
+    m[r] = fixed ? bound[r] : kNegInf;
+    l[r] = 0;
+    t[r] = 0;
+    bad[r] = 0;
+  }
+  std::fill(o, o + Br * Dvp, 0.0f);
+  float logit_max = 0;
+  const VF vinf = hn::Set(d, std::numeric_limits<float>::infinity());
+  for (int64_t j0 = 0; j0 < k_end; j0 += kBlockK) {
+    const int64_t jn = std::min(kBlockK, k_end - j0), width = RoundUp(jn, L);
+    const float* kt = hk.packed + PackedTileOffset(D, j0);
+    const int64_t ldk = PackedTileWidth(dm.k_len, j0);  // as packed (k_end may be less)
+    if (!OneBlockPerHead(dm)) {  // the packed keys of every head are far in memory: copy in order
+      float* ktc = Grow(w.key_tile, D * kBlockK);
+      std::copy_n(kt, D * ldk, ktc);
+      kt = ktc;
+    }
+    // V feeds the GEMM in place when its rows are whole vectors; only jn rows are read.
+    const bool v_in_place = Dv == Dvp;
+    const float* vb = v_in_place ? &a.v.at(b, h, j0, 0) : vp;
+    const int64_t ldv = v_in_place ? a.v.stride[2] : Dvp;
+    if (!v_in_place) PackValues(a, b, h, j0, jn, Dvp, vp);
+    Gemm(Br, width, D, qs, D, 1, kt, ldk, s, width, false);  // S = Qs K^T
+    for (int64_t r = 0; r < Br; ++r) {
+      float* sr = s + r * width;
+      MaskRow(a, b, i0 + r, j0, jn, width, sr);
+      if (!fixed) {  // (a fixed shift implies finite inputs, so finite logits)
+        VF vmax = hn::Set(d, kNegInf);
+        auto ok = hn::Lt(vmax, vinf);
+        for (int64_t c = 0; c < width; c += L) {
+          const VF x = hn::LoadU(d, sr + c);
+          vmax = hn::Max(vmax, x);
+          ok = hn::And(ok, hn::Lt(x, vinf));  // false for NaN and +inf
+        }
+        bad[r] = bad[r] || !hn::AllTrue(d, ok);
+        const float m_new = std::max(m[r], hn::GetLane(hn::MaxOfLanes(d, vmax)));
+        if (bad[r] || m_new == kNegInf) {  // NaN row, or nothing visible yet: P = 0 here
+          std::fill(sr, sr + width, 0.0f);
+          continue;
+        }
+        if (m_new > m[r]) {  // O = O * exp(m_old - m_new)
+          const float alpha = m[r] == kNegInf ? 0.0f : std::exp(m[r] - m_new);
+          const VF va = hn::Set(d, alpha);
+          for (int64_t e = 0; e < Dvp; e += L)
+            hn::StoreU(hn::Mul(va, hn::LoadU(d, o + r * Dvp + e)), d, o + r * Dvp + e);
+          l[r] *= alpha;
+          t[r] *= alpha;
+          m[r] = m_new;
+        }
+      }
+      const VF vm = hn::Set(d, m[r]);
+      VF vsum = hn::Zero(d), vt = hn::Zero(d), vabs = hn::Zero(d);
+      for (int64_t c = 0; c < width; c += L) {
+        const VF x = hn::LoadU(d, sr + c);
+        const VF p = SoftmaxExp(d, hn::Sub(x, vm));  // exp(-inf) = 0
+        hn::StoreU(p, d, sr + c);
+        vsum = hn::Add(vsum, p);
+        if (part) {
+          const auto visible = hn::Gt(x, hn::Set(d, kNegInf));
+          vt = hn::Add(vt, hn::IfThenElseZero(visible, hn::Mul(p, x)));
+          vabs = hn::Max(vabs, hn::IfThenElseZero(visible, hn::Abs(x)));
+        }
+      }
+      l[r] += hn::GetLane(hn::SumOfLanes(d, vsum));
+      if (part) {
+        t[r] += hn::GetLane(hn::SumOfLanes(d, vt));
+        logit_max = std::max(logit_max, hn::GetLane(hn::MaxOfLanes(d, vabs)));
+      }
+      if (a.dropout > 0)  // P' = P * keep / (1 - p_drop) feeds O only; l keeps the full P
+        for (int64_t c = 0; c < jn; ++c) sr[c] *= DropoutFactor(a, b, h, i0 + r, j0 + c);
+    }
+    Gemm(Br, Dvp, jn, s, width, 1, vb, ldv, o, Dvp, true);  // O += P V
+  }
+  for (int64_t r = 0; r < Br; ++r) {
+    const int64_t i = i0 + r;
+    float* dst = &out.at(b, h, i, 0);
+    if (a.sees_no_key(hk.first_key, i)) {
+      std::fill(dst, dst + Dv, 0.0f);
+      stats.shift[i] = stats.log_sum[i] = kNegInf;
+      continue;
+    }
+    if (bad[r] || l[r] == 0) {  // a NaN or +inf logit, or only -inf ones: torch's softmax is NaN
+      std::fill(dst, dst + Dv, kNaN);
+      stats.shift[i] = stats.log_sum[i] = kNaN;
+      if (part) {
+        part->entropy_sum = part->logit_abs_max = kNaN;
+        ++part->entropy_rows;
+      }
+      continue;
+    }
+    const float inv = 1.0f / l[r];
+    ScaleRow(o + r * Dvp, inv, Dv, dst);
+    if (hk.vpoison)  // the values this row's tiles skipped still reach it as 0 * v
+      for (int64_t e = 0; e < Dv; ++e) dst[e] += hk.vpoison[e];
+    stats.shift[i] = m[r];
+    stats.log_sum[i] = std::log(l[r]);
+    if (part) {  // H = lse - sum p s
+      part->entropy_sum += static_cast<double>(m[r]) + std::log(l[r]) - t[r] * inv;
+      ++part->entropy_rows;
+    }
+  }
+  if (part) part->logit_abs_max = nan_max(part->logit_abs_max, logit_max);
+}
+
+void ForwardF32(const AttentionArgs<float>& a, View4<float> out, RowStats stats,
+                HeadDiagnosticsPartial* diagnostics, int threads) {
+  const AttentionDims& dm = a.dims;
+  const int64_t heads = dm.batch * dm.heads;
+  const int64_t q_blocks = (dm.q_len + kBlockQ - 1) / kBlockQ;
+  // O(B*H*(Nk + Dv)) per-head key and value facts first, then the query blocks in parallel.
+  std::vector<float> kmax_upto(heads * dm.k_len), vpoison(heads * dm.v_dim);
+  std::vector<HeadKeys> keys(heads);
+  std::vector<HeadDiagnosticsPartial> parts(diagnostics ? heads * q_blocks : 0);
+  // Packed keys (every tile is written before it is read, so no buffer is zeroed).
+  const int64_t packed_size = dm.qk_dim * RoundUp(dm.k_len, LanesF());
+  auto scan = [&](int64_t bh, float* packed, ForwardScratch& w) {
+    HeadDiagnosticsPartial* part = diagnostics ? &diagnostics[bh] : nullptr;
+    if (part) *part = HeadDiagnosticsPartial{};
+    keys[bh] = ScanHead(a, bh / dm.heads, bh % dm.heads, packed, &kmax_upto[bh * dm.k_len],
+                        &vpoison[bh * dm.v_dim], part, w);
+  };
+  auto block = [&](int64_t item, ForwardScratch& w) {
+    const int64_t bh = item / q_blocks, qb = item % q_blocks;
+    const int64_t i0 = qb * kBlockQ, i1 = std::min(dm.q_len, i0 + kBlockQ);
+    ForwardBlock(a, bh / dm.heads, bh % dm.heads, i0, i1, keys[bh], out, HeadRows(stats, dm, bh),
+                 diagnostics ? &parts[item] : nullptr, w);
+  };
+  if (OneBlockPerHead(dm)) {
+#pragma omp parallel num_threads(threads)
+    {
+      ForwardScratch& w = ThreadScratch<ForwardScratch>();
+#pragma omp for schedule(dynamic)
+      for (int64_t bh = 0; bh < heads; ++bh) {
+        scan(bh, Grow(w.packed_keys, packed_size), w);
+        block(bh, w);
+      }
+    }
+  } else {  // all heads' keys first, then the query blocks of every head in parallel
+    std::unique_ptr<float[]> packed(new float[heads * packed_size]);
+#pragma omp parallel num_threads(threads)
+    {
+      ForwardScratch& w = ThreadScratch<ForwardScratch>();
+#pragma omp for schedule(static)
+      for (int64_t bh = 0; bh < heads; ++bh) scan(bh, &packed[bh * packed_size], w);
+#pragma omp for schedule(dynamic)
+      for (int64_t item = 0; item < heads * q_blocks; ++item) block(item, w);
+    }
+  }
+  if (diagnostics)
+    for (int64_t item = 0; item < heads * q_blocks; ++item)
+      merge_partials(diagnostics[item / q_blocks], parts[item]);
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace quest::fused
+HWY_AFTER_NAMESPACE();
+
+#endif  // QUEST_CORE_FUSED_FORWARD_INL_H_

@@ -1,0 +1,128 @@
+// One key tile of one head as both directions see it: block sizes, the causal and padding masks,
+// keys packed (and normalised) into the tile, values, dropout, per-thread buffers.
+// Included by src/core/fused.cpp once per Highway target (hence the toggle guard, as in Highway's
+// own -inl.h headers): everything here lives in quest::fused::HWY_NAMESPACE.
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "hwy/highway.h"
+#include "quest/core/problem.h"
+#include "src/core/fused/tile_ops-inl.h"
+
+#if defined(QUEST_CORE_FUSED_TILES_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef QUEST_CORE_FUSED_TILES_INL_H_
+#undef QUEST_CORE_FUSED_TILES_INL_H_
+#else
+#define QUEST_CORE_FUSED_TILES_INL_H_
+#endif
+
+HWY_BEFORE_NAMESPACE();
+namespace quest::fused {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+constexpr int64_t kBlockQ = 256;
+constexpr int64_t kBlockK = 128;
+
+// Number of leading keys of the tile [j0, j0 + jn) that query i may see under the causal mask.
+HWY_INLINE int64_t CausalLimit(const AttentionArgs<float>& a, int64_t i, int64_t j0, int64_t jn) {
+  if (!a.causal) return jn;
+  return std::clamp<int64_t>(i + a.causal_shift() - j0 + 1, 0, jn);
+}
+
+// Hidden entries of one logit row of a tile become -inf.
+HWY_INLINE void MaskRow(const AttentionArgs<float>& a, int64_t b, int64_t i, int64_t j0, int64_t jn,
+             int64_t padded_width, float* s) {
+  const DF d;
+  const int64_t L = LanesF();
+  const int64_t limit = CausalLimit(a, i, j0, jn);
+  for (int64_t c = limit / L * L; c < padded_width; c += L)  // keeps the first limit - c lanes
+    hn::StoreU(hn::IfThenElse(hn::FirstN(d, static_cast<size_t>(std::max<int64_t>(limit - c, 0))),
+                              hn::LoadU(d, s + c), hn::Set(d, kNegInf)),
+               d, s + c);
+  if (a.key_padding_mask)
+    for (int64_t c = 0; c < limit; ++c)
+      if (a.key_padded(b, j0 + c)) s[c] = kNegInf;
+}
+
+// A per-thread buffer of at least n elements (grown on demand, never shrunk).
+template <class T>
+HWY_INLINE T* Grow(std::vector<T>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(n);
+  return v.data();
+}
+
+// This thread's buffers of one kind (the caller's or an OpenMP worker's), kept from call to call:
+// OpenMP reuses its threads. Fresh ones per call would come from mmap (they are over glibc's
+// 128 KB threshold) and be faulted in page by page every time, at the cost of several heads' work
+// at the small shapes (docs/kernels.md).
+template <class Scratch>
+Scratch& ThreadScratch() {
+  static thread_local Scratch w;
+  return w;
+}
+
+// Packs keys [j0, j0 + jn) of (b, h), normalised: kt as D x width (transposed), optionally kbar
+// as width x ldk rows; pad entries are zero. Per key c < jn: raw |k| into knorm and
+// 1/max(|k|, eps) (1 without normalisation) into rk, if given. A key's norm is a sum down its
+// column of kt, so it does not depend on the tile it was packed in.
+void PackKeys(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t j0, int64_t jn,
+              int64_t width, float* kt, float* kbar, int64_t ldk, float* knorm, float* rk) {
+  const DF d;
+  const int64_t L = LanesF();
+  const int64_t D = a.dims.qk_dim;
+  const float* k0 = &a.k.at(b, h, j0, 0);
+  const int64_t ks = a.k.stride[2];
+  TransposeRows(k0, ks, jn, D, kt, width, width);
+  HWY_ALIGN float lane_r[hn::MaxLanes(DF())], lane_raw[hn::MaxLanes(DF())];
+  for (int64_t c = 0; c < width; c += L) {
+    VF acc = hn::Zero(d);
+    for (int64_t e = 0; e < D; ++e) {
+      const VF x = hn::LoadU(d, kt + e * width + c);
+      acc = hn::MulAdd(x, x, acc);
+    }
+    const VF raw = hn::Sqrt(acc), r = InverseOf(raw, a.k_norm, a.l2_eps);
+    if (a.k_norm == Norm::l2)  // normalise in the pack (pad columns stay 0)
+      for (int64_t e = 0; e < D; ++e)
+        hn::StoreU(hn::Mul(hn::LoadU(d, kt + e * width + c), r), d, kt + e * width + c);
+    hn::Store(raw, d, lane_raw);
+    hn::Store(r, d, lane_r);
+    for (int64_t x = 0; x < L && c + x < jn; ++x) {
+      if (knorm) knorm[c + x] = lane_raw[x];
+      if (rk) rk[c + x] = lane_r[x];
+      if (kbar) {  // the same products as kt's, row-major
+        ScaleRow(k0 + (c + x) * ks, lane_r[x], D, kbar + (c + x) * ldk);
+        std::fill(kbar + (c + x) * ldk + D, kbar + (c + x + 1) * ldk, 0.0f);
+      }
+    }
+  }
+  if (kbar) std::fill(kbar + jn * ldk, kbar + width * ldk, 0.0f);
+}
+
+// Values [j0, j0 + jn) of (b, h) as jn x ldv rows, zero-padded from Dv to ldv.
+void PackValues(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t j0, int64_t jn,
+                int64_t ldv, float* vp) {
+  const int64_t Dv = a.dims.v_dim;
+  for (int64_t c = 0; c < jn; ++c) {
+    std::copy_n(&a.v.at(b, h, j0 + c, 0), Dv, vp + c * ldv);
+    std::fill(vp + c * ldv + Dv, vp + (c + 1) * ldv, 0.0f);
+  }
+}
+
+float DropoutFactor(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i, int64_t j) {
+  return dropout_keep(a.seed, a.dropout, a.dims, b, h, i, j)
+             ? static_cast<float>(1.0 / (1.0 - a.dropout))
+             : 0.0f;
+}
+
+// The row statistics of head bh = b * heads + h.
+RowStats HeadRows(RowStats stats, const AttentionDims& dm, int64_t bh) {
+  return {stats.shift + bh * dm.q_len, stats.log_sum + bh * dm.q_len};
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace quest::fused
+HWY_AFTER_NAMESPACE();
+
+#endif  // QUEST_CORE_FUSED_TILES_INL_H_
