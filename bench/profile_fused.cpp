@@ -69,8 +69,8 @@ int main(int argc, char** argv) {
   a.q = view(static_cast<const float*>(q.data()));
   a.k = view(static_cast<const float*>(k.data()));
   a.v = view(static_cast<const float*>(v.data()));
-  a.q_norm = traits(*kind).q_norm;
-  a.k_norm = traits(*kind).k_norm;
+  a.q_norm = kind_traits(*kind).q_norm;
+  a.k_norm = kind_traits(*kind).k_norm;
   a.scale = default_scale(*kind, D);
   const int threads = std::getenv("OMP_NUM_THREADS") ? 0 : 1;
   if (const char* want = std::getenv("PROFILE_TARGET")) {  // a Highway target name, e.g. AVX2

@@ -13,7 +13,7 @@ void HeadDiagnostics::resize(int64_t heads) {
     v->assign(heads, 0.0);
 }
 
-void merge(HeadDiagnosticsPartial& s, const HeadDiagnosticsPartial& p) {
+void merge_partials(HeadDiagnosticsPartial& s, const HeadDiagnosticsPartial& p) {
   s.q_norm_sum += p.q_norm_sum;
   s.q_norm_max = nan_max(s.q_norm_max, p.q_norm_max);
   s.q_count += p.q_count;
@@ -25,11 +25,11 @@ void merge(HeadDiagnosticsPartial& s, const HeadDiagnosticsPartial& p) {
   s.entropy_rows += p.entropy_rows;
 }
 
-HeadDiagnostics reduce(const std::vector<HeadDiagnosticsPartial>& partials, int64_t heads) {
+HeadDiagnostics reduce_partials(const std::vector<HeadDiagnosticsPartial>& partials, int64_t heads) {
   HeadDiagnostics out;
   out.resize(heads);
   std::vector<HeadDiagnosticsPartial> sum(heads);
-  for (size_t idx = 0; idx < partials.size(); ++idx) merge(sum[idx % heads], partials[idx]);
+  for (size_t idx = 0; idx < partials.size(); ++idx) merge_partials(sum[idx % heads], partials[idx]);
   auto mean = [](double total, int64_t n) { return n > 0 ? total / n : 0.0; };
   for (int64_t h = 0; h < heads; ++h) {
     out.q_norm_mean[h] = mean(sum[h].q_norm_sum, sum[h].q_count);

@@ -4,7 +4,7 @@
 
 namespace quest {
 
-KindTraits traits(Kind kind) {
+KindTraits kind_traits(Kind kind) {
   switch (kind) {
     case Kind::standard: return {Norm::none, Norm::none};
     case Kind::quest: return {Norm::none, Norm::l2};

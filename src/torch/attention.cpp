@@ -151,6 +151,29 @@ KernelGrads fused_backward(const AttentionCall& c, const Tensor& out, const Tens
 constexpr KernelOps kReferenceOps{reference_forward, reference_backward};
 constexpr KernelOps kFusedOps{fused_forward, fused_backward};
 
+// --- what both autograd Functions share ---------------------------------------------------------
+
+// The kernels' backward is not itself recorded by autograd: with create_graph (grad mode on in
+// backward) a second derivative would silently miss this term, so refuse instead.
+void require_once_differentiable() {
+  TORCH_CHECK(!torch::GradMode::is_enabled(),
+              "quest::attention: the fused and reference backends are once-differentiable; for "
+              "double backward (create_graph=True, gradgradcheck) use the composite backend");
+}
+
+// Per-(b, h) diagnostics partials for a kernel to fill (none when not asked for), and their
+// reduction per head into *diagnostics.
+struct DiagnosticsSink {
+  HeadDiagnostics* diagnostics;
+  std::vector<HeadDiagnosticsPartial> partials;
+  DiagnosticsSink(HeadDiagnostics* out, const AttentionDims& d)
+      : diagnostics(out), partials(out ? d.batch * d.heads : 0) {}
+  HeadDiagnosticsPartial* data() { return diagnostics ? partials.data() : nullptr; }
+  void reduce(int64_t heads) {
+    if (diagnostics) *diagnostics = reduce_partials(partials, heads);
+  }
+};
+
 // --- the typed autograd context ---------------------------------------------------------------
 
 // The scalars of a call (its tensors cleared) and the kernel that ran, kept in the context as a
@@ -219,21 +242,16 @@ class KernelFunction : public torch::autograd::Function<KernelFunction> {
     size_t i = 0;
     for (auto field : AttentionCall::tensor_fields())
       call.*field = i < 3 ? inputs[i++] : undefined_if_placeholder(inputs[i++]);
-    const AttentionDims& d = call.dims;
-    std::vector<HeadDiagnosticsPartial> partials(diagnostics ? d.batch * d.heads : 0);
-    auto [out, stats] = ops->forward(call, diagnostics ? partials.data() : nullptr);
-    if (diagnostics) *diagnostics = reduce(partials, d.heads);
+    DiagnosticsSink sink(diagnostics, call.dims);
+    auto [out, stats] = ops->forward(call, sink.data());
+    sink.reduce(call.dims.heads);
     save_state(ctx, call, ops, out, stats);
     ctx->mark_non_differentiable({stats});
     return {out};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    // The kernels' backward is not itself recorded by autograd: with create_graph (grad mode on
-    // here) a second derivative would silently miss this term, so refuse instead.
-    TORCH_CHECK(!torch::GradMode::is_enabled(),
-                "quest::attention: the fused and reference backends are once-differentiable; for "
-                "double backward (create_graph=True, gradgradcheck) use the composite backend");
+    require_once_differentiable();
     const SavedState s = load_state(ctx);
     const Tensor dout = grad_outputs[0].defined() ? grad_outputs[0] : torch::zeros_like(s.out);
     const KernelGrads g = s.ops->backward(s.call, s.out, s.stats, dout);
@@ -278,19 +296,16 @@ class PackedFusedFunction : public torch::autograd::Function<PackedFusedFunction
     const AttentionCall call = with_tensors(scalars, qkv5, head_scale, key_padding_mask);
     const AttentionDims& d = call.dims;
     Tensor out = torch::empty({d.batch, d.q_len, d.heads, d.v_dim}, qkv5.options());
-    std::vector<HeadDiagnosticsPartial> partials(diagnostics ? d.batch * d.heads : 0);
-    const Tensor stats =
-        fused_forward_into(call, out.transpose(1, 2), diagnostics ? partials.data() : nullptr);
-    if (diagnostics) *diagnostics = reduce(partials, d.heads);
+    DiagnosticsSink sink(diagnostics, d);
+    const Tensor stats = fused_forward_into(call, out.transpose(1, 2), sink.data());
+    sink.reduce(d.heads);
     ctx->save_for_backward({qkv5, head_scale, key_padding_mask, out, stats});
     save_scalars(ctx, scalars, &kFusedOps);
     return {out};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    TORCH_CHECK(!torch::GradMode::is_enabled(),
-                "quest::attention: the fused backend is once-differentiable; for double backward "
-                "(create_graph=True, gradgradcheck) use the composite backend");
+    require_once_differentiable();
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &qkv5 = saved[0], &out = saved[3], &stats = saved[4];
     const AttentionCall call = with_tensors(load_scalars(ctx)->call, qkv5, saved[1], saved[2]);
@@ -330,9 +345,7 @@ namespace {
 Tensor hidden_keys(const AttentionCall& c) {
   Tensor hidden;
   if (c.causal) {  // key j > query i + shift is hidden
-    const int64_t shift =
-        c.causal_alignment == CausalAlignment::bottom_right ? c.dims.k_len - c.dims.q_len : 0;
-    hidden = torch::ones({c.dims.q_len, c.dims.k_len}, torch::kBool).triu(1 + shift).view(
+    hidden = torch::ones({c.dims.q_len, c.dims.k_len}, torch::kBool).triu(1 + c.causal_shift()).view(
         {1, 1, c.dims.q_len, c.dims.k_len});
   }
   if (c.key_padding_mask.defined()) {
@@ -384,7 +397,7 @@ HeadDiagnostics reference_diagnostics(const AttentionCall& call) {
   c.dropout = 0;
   std::vector<HeadDiagnosticsPartial> partials(c.dims.batch * c.dims.heads);
   reference_forward(c, partials.data());
-  return reduce(partials, c.dims.heads);
+  return reduce_partials(partials, c.dims.heads);
 }
 
 Tensor weights_of(const AttentionCall& c) {
@@ -394,19 +407,54 @@ Tensor weights_of(const AttentionCall& c) {
 
 // --- the backends, in the order `automatic` tries them ---------------------------------------
 
-// Where a fused call differs from the caller's: LayerNorm kinds are normalised by torch first
-// (its autograd carries the affine gradients) and the kernel sees plain dot products; rows
-// without unit stride along D are copied once.
-AttentionCall fused_layout(const AttentionCall& c) {
-  AttentionCall f = c;
-  auto unit_stride = [](const Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); };
-  f.q = unit_stride(c.q);
-  f.k = unit_stride(c.k);
-  f.v = unit_stride(c.v);
-  if (f.q_norm == Norm::layer) f.q_norm = Norm::none;
-  if (f.k_norm == Norm::layer) f.k_norm = Norm::none;
-  f.q_norm_weight = f.q_norm_bias = f.k_norm_weight = f.k_norm_bias = Tensor();
-  return f;
+// How a call reaches the fused kernel, decided once and read by both eligibility (without making
+// the copies) and execution: LayerNorm kinds are normalised by torch first (its autograd carries
+// the affine gradients) and the kernel sees plain dot products; q, k or v without unit stride
+// along D are copied once.
+struct FusedLayout {
+  bool q_layernorm_first = false, k_layernorm_first = false;
+  bool copy_q = false, copy_k = false, copy_v = false;
+
+  // Whether the kernel reads the caller's q, k, v as they are (the packed path needs this).
+  bool in_place() const {
+    return !q_layernorm_first && !k_layernorm_first && !copy_q && !copy_k && !copy_v;
+  }
+  // The call's scalars as the kernel will see them (norms after normalising first).
+  AttentionCall scalars(const AttentionCall& c) const {
+    AttentionCall f = c;
+    if (q_layernorm_first) f.q_norm = Norm::none;
+    if (k_layernorm_first) f.k_norm = Norm::none;
+    f.q_norm_weight = f.q_norm_bias = f.k_norm_weight = f.k_norm_bias = Tensor();
+    return f;
+  }
+  // The kernel's arguments, strides as they will be after the copies (nothing copied here).
+  AttentionArgs<float> kernel_args(const AttentionCall& c) const {
+    AttentionArgs<float> a = scalars(c).kernel_args<float>();
+    if (copy_q) a.q.stride[3] = 1;
+    if (copy_k) a.k.stride[3] = 1;
+    if (copy_v) a.v.stride[3] = 1;
+    return a;
+  }
+  // The call the kernel runs: copies made, LayerNorm applied by torch.
+  AttentionCall apply(const AttentionCall& c) const {
+    AttentionCall f = scalars(c);
+    if (copy_q) f.q = c.q.contiguous();
+    if (copy_k) f.k = c.k.contiguous();
+    if (copy_v) f.v = c.v.contiguous();
+    if (q_layernorm_first) f.q = normalise(f.q, Norm::layer, c.q_norm_weight, c.q_norm_bias, c);
+    if (k_layernorm_first) f.k = normalise(f.k, Norm::layer, c.k_norm_weight, c.k_norm_bias, c);
+    return f;
+  }
+};
+
+FusedLayout fused_layout(const AttentionCall& c) {
+  FusedLayout l;
+  l.q_layernorm_first = c.q_norm == Norm::layer;
+  l.k_layernorm_first = c.k_norm == Norm::layer;
+  l.copy_q = c.q.stride(3) != 1;
+  l.copy_k = c.k.stride(3) != 1;
+  l.copy_v = c.v.stride(3) != 1;
+  return l;
 }
 
 std::string reference_why_not(const AttentionCall& c) {
@@ -417,21 +465,13 @@ std::string fused_why_not(const AttentionCall& c) {
   if (const std::string reason = reference_why_not(c); !reason.empty()) return reason;
   if (c.q.scalar_type() != torch::kFloat)
     return std::string("computes in float32 only, got ") + c10::toString(c.q.scalar_type());
-  // The arguments the kernel will see after fused_layout, without making its copies here.
-  AttentionArgs<float> a = c.kernel_args<float>();
-  a.q.stride[3] = a.k.stride[3] = a.v.stride[3] = 1;
-  if (a.q_norm == Norm::layer) a.q_norm = Norm::none;
-  if (a.k_norm == Norm::layer) a.k_norm = Norm::none;
-  return fused::why_not(a);
+  return fused::why_not(fused_layout(c).kernel_args(c));
 }
 
 std::string always_eligible(const AttentionCall&) { return ""; }
 
-
 AttentionOutput run_fused(const AttentionCall& c, bool need_weights, bool need_diagnostics) {
-  AttentionCall f = fused_layout(c);
-  if (c.q_norm == Norm::layer) f.q = normalise(f.q, Norm::layer, c.q_norm_weight, c.q_norm_bias, c);
-  if (c.k_norm == Norm::layer) f.k = normalise(f.k, Norm::layer, c.k_norm_weight, c.k_norm_bias, c);
+  const AttentionCall f = fused_layout(c).apply(c);
   AttentionOutput r;
   HeadDiagnostics diagnostics;
   r.output = apply_kernel(f, &kFusedOps, need_diagnostics ? &diagnostics : nullptr);
@@ -440,7 +480,7 @@ AttentionOutput run_fused(const AttentionCall& c, bool need_weights, bool need_d
       torch::NoGradGuard no_grad;
       std::vector<HeadDiagnosticsPartial> norms(c.dims.batch * c.dims.heads);
       add_norm_diagnostics(c.kernel_args<float>(), norms.data());
-      const HeadDiagnostics raw = reduce(norms, c.dims.heads);
+      const HeadDiagnostics raw = reduce_partials(norms, c.dims.heads);
       diagnostics.q_norm_mean = raw.q_norm_mean;
       diagnostics.q_norm_max = raw.q_norm_max;
       diagnostics.k_norm_mean = raw.k_norm_mean;
@@ -474,17 +514,49 @@ AttentionOutput run_composite(const AttentionCall& c, bool need_weights, bool ne
   return r;
 }
 
+using RunFn = AttentionOutput (*)(const AttentionCall&, bool need_weights, bool need_diagnostics);
+
+// Packed self-attention: q, k, v are the (B, H, N, D) views of qkv5 = (B, N, 3, H, D); the output
+// is (B, N, H * Dv).
+AttentionOutput run_split_heads(RunFn run, const AttentionCall& c, bool need_weights,
+                                bool need_diagnostics) {
+  AttentionOutput r = run(c, need_weights, need_diagnostics);
+  r.output = r.output.transpose(1, 2).reshape({c.dims.batch, c.dims.q_len, -1});
+  return r;
+}
+
+// The fused kernel reads the projection in place (PackedFusedFunction) where its layout lets it.
+AttentionOutput run_fused_packed(const AttentionCall& c, const Tensor& qkv5, bool need_weights,
+                                 bool need_diagnostics) {
+  if (!fused_layout(c).in_place()) return run_split_heads(run_fused, c, need_weights, need_diagnostics);
+  AttentionOutput r;
+  HeadDiagnostics diagnostics;
+  const Tensor no_mask = torch::empty({0}, torch::kBool);
+  r.output = PackedFusedFunction::apply(qkv5, placeholder(c.head_scale, qkv5),
+                                        placeholder(c.key_padding_mask, no_mask), c,
+                                        need_diagnostics ? &diagnostics : nullptr)[0]
+                 .view({c.dims.batch, c.dims.q_len, -1});
+  if (need_diagnostics) r.diagnostics = diagnostics;
+  if (need_weights) r.weights = weights_of(c);
+  return r;
+}
+
+// One row per backend, in the order `automatic` tries them: everything the dispatcher knows
+// about a backend is here (ATen's SDPA keeps its constraints the same way).
 struct BackendEntry {
   Backend id;
   bool automatic;                                // tried by Backend::automatic
   std::string (*why_not)(const AttentionCall&);  // "" = eligible
-  AttentionOutput (*run)(const AttentionCall&, bool need_weights, bool need_diagnostics);
+  RunFn run;
+  // Packed self-attention (B, N, 3, H, D) read in place; null: split the heads, run, merge.
+  AttentionOutput (*run_packed)(const AttentionCall&, const Tensor& qkv5, bool need_weights,
+                                bool need_diagnostics);
 };
 
 const BackendEntry kBackends[] = {
-    {Backend::fused, true, fused_why_not, run_fused},
-    {Backend::composite, true, always_eligible, run_composite},
-    {Backend::reference, false, reference_why_not, run_reference},
+    {Backend::fused, true, fused_why_not, run_fused, run_fused_packed},
+    {Backend::composite, true, always_eligible, run_composite, nullptr},
+    {Backend::reference, false, reference_why_not, run_reference, nullptr},
 };
 
 struct Selected {
@@ -540,24 +612,9 @@ AttentionOutput attention_packed_forward(const Tensor& qkv, int64_t heads,
   // unbind: one backward node (a stack) where indexing would make one zero-filled buffer per part.
   const std::vector<Tensor> parts = qkv5.permute({2, 0, 3, 1, 4}).unbind(0);
   const AttentionCall call = detail::make_call(parts[0], parts[1], parts[2], options);
-  const Selected selected = select(call);
-  const bool in_place = selected.entry->id == Backend::fused && call.q_norm != Norm::layer &&
-                        call.k_norm != Norm::layer && qkv5.stride(4) == 1;
-  if (!in_place) {
-    AttentionOutput r = selected.entry->run(call, need_weights, need_diagnostics);
-    r.output = r.output.transpose(1, 2).reshape({b, n, -1});
-    return r;
-  }
-  AttentionOutput r;
-  HeadDiagnostics diagnostics;
-  const Tensor no_mask = torch::empty({0}, torch::kBool);
-  r.output = PackedFusedFunction::apply(qkv5, placeholder(call.head_scale, qkv5),
-                                        placeholder(call.key_padding_mask, no_mask), call,
-                                        need_diagnostics ? &diagnostics : nullptr)[0]
-                 .view({b, n, -1});
-  if (need_diagnostics) r.diagnostics = diagnostics;
-  if (need_weights) r.weights = weights_of(call);
-  return r;
+  const BackendEntry& backend = *select(call).entry;
+  if (backend.run_packed) return backend.run_packed(call, qkv5, need_weights, need_diagnostics);
+  return run_split_heads(backend.run, call, need_weights, need_diagnostics);
 }
 
 Tensor attention_packed(const Tensor& qkv, int64_t heads, const AttentionOptions& options) {

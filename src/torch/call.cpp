@@ -63,7 +63,7 @@ AttentionCall make_call(const Tensor& q, const Tensor& k, const Tensor& v, const
   c.k = k;
   c.v = v;
   c.dims = {q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), v.size(3)};
-  const KindTraits t = traits(o.kind());
+  const KindTraits t = kind_traits(o.kind());
   c.q_norm = t.q_norm;
   c.k_norm = o.keys_normalized() ? Norm::none : t.k_norm;
   c.scale = o.scale().value_or(default_scale(o.kind(), c.dims.qk_dim));
@@ -131,29 +131,20 @@ AttentionCall make_call(const Tensor& q, const Tensor& k, const Tensor& v, const
 template <typename T>
 AttentionArgs<T> AttentionCall::kernel_args() const {
   AttentionArgs<T> a;
-  a.dims = dims;
+  static_cast<AttentionScalars&>(a) = *this;  // the scalars as they are; the tensors as pointers
   a.q = view4<const T>(q);
   a.k = view4<const T>(k);
   a.v = view4<const T>(v);
-  a.q_norm = q_norm;
-  a.k_norm = k_norm;
-  a.scale = scale;
   a.head_scale = ptr_or_null<const T>(head_scale);
   a.q_ln_weight = ptr_or_null<const T>(q_norm_weight);
   a.q_ln_bias = ptr_or_null<const T>(q_norm_bias);
   a.k_ln_weight = ptr_or_null<const T>(k_norm_weight);
   a.k_ln_bias = ptr_or_null<const T>(k_norm_bias);
-  a.l2_eps = l2_eps;
-  a.layernorm_eps = layernorm_eps;
-  a.causal = causal;
-  a.causal_alignment = causal_alignment;
   if (key_padding_mask.defined()) {
     a.key_padding_mask = key_padding_mask.data_ptr<bool>();
     a.key_padding_stride[0] = key_padding_mask.stride(0);
     a.key_padding_stride[1] = key_padding_mask.stride(1);
   }
-  a.dropout = dropout;
-  a.seed = seed;
   return a;
 }
 

@@ -12,7 +12,8 @@
 
 namespace quest::detail {
 
-struct AttentionCall {
+// The scalars (AttentionScalars) are the kernels' own; the tensors are what AttentionArgs points at.
+struct AttentionCall : AttentionScalars {
   torch::Tensor q, k, v;
   torch::Tensor head_scale;                  // (H) or undefined
   torch::Tensor q_norm_weight, q_norm_bias;  // (Dk) or undefined
@@ -22,13 +23,6 @@ struct AttentionCall {
   // (torch's autograd), so it is not among the fields an autograd context saves.
   torch::Tensor attn_bias;
 
-  AttentionDims dims;
-  Norm q_norm = Norm::none, k_norm = Norm::none;
-  double scale = 1.0, l2_eps = 1e-6, layernorm_eps = 1e-5;
-  bool causal = false;
-  CausalAlignment causal_alignment = CausalAlignment::top_left;
-  double dropout = 0.0;  // 0 unless training
-  uint64_t seed = 0;
   Backend requested = Backend::automatic;
 
   // The tensor members in one fixed order: the only place that order is written down.

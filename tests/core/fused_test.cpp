@@ -50,8 +50,8 @@ void check(const Case& c) {
   a.q = contiguous<const float>(q.data(), d, d.q_len, d.qk_dim);
   a.k = contiguous<const float>(k.data(), d, d.k_len, d.qk_dim);
   a.v = contiguous<const float>(v.data(), d, d.k_len, d.v_dim);
-  a.q_norm = traits(c.kind).q_norm;
-  a.k_norm = traits(c.kind).k_norm;
+  a.q_norm = kind_traits(c.kind).q_norm;
+  a.k_norm = kind_traits(c.kind).k_norm;
   a.scale = default_scale(c.kind, d.qk_dim);
   if (c.head_scale) a.head_scale = scale.data();
   a.causal = c.causal;

@@ -51,8 +51,8 @@ struct Problem {
     a.q = view<const double>(q.data(), d.batch, d.heads, d.q_len, d.qk_dim);
     a.k = view<const double>(k.data(), d.batch, d.heads, d.k_len, d.qk_dim);
     a.v = view<const double>(v.data(), d.batch, d.heads, d.k_len, d.v_dim);
-    a.q_norm = traits(kind).q_norm;
-    a.k_norm = traits(kind).k_norm;
+    a.q_norm = kind_traits(kind).q_norm;
+    a.k_norm = kind_traits(kind).k_norm;
     a.scale = default_scale(kind, d.qk_dim);
     if (use_head_scale) a.head_scale = head_scale.data();
     if (kind == Kind::qk_layernorm) {

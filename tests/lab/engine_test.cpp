@@ -234,5 +234,42 @@ TEST(Engine, BadCheckpointsAreNamedAndLeaveEverythingAsItWas) {
   fs::remove_all(root);
 }
 
+// A checkpoint records its format; one newer than this build reads is refused by name before
+// anything is loaded, one without a format (written before it was recorded) still loads.
+TEST(Engine, CheckpointsCarryTheirFormatAndANewerOneIsRefused) {
+  const fs::path root = fs::temp_directory_path() / ("quest_engine_format_" + std::to_string(::getpid()));
+  fs::remove_all(root);
+  fs::create_directories(root);
+  ToyTask trained;
+  Engine engine(config(4), trained);
+  const std::string good = (root / "good.pt").string();
+  engine.save_checkpoint(good);
+  torch::serialize::InputArchive in;
+  runs::load_archive_bytes(runs::read_archive_file(good), good, in);
+  torch::Tensor format;
+  ASSERT_TRUE(in.try_read("format", format));
+  EXPECT_EQ(format.item<int64_t>(), 2);
+
+  torch::serialize::OutputArchive newer, optim;
+  trained.model().save(newer);
+  newer.write("optimizer", optim);
+  newer.write("format", torch::tensor(int64_t{99}));
+  newer.write("epoch", torch::tensor(int64_t{1}));
+  newer.write("step", torch::tensor(int64_t{8}));
+  const std::string path = (root / "newer.pt").string();
+  runs::save_archive(path, newer);
+  ToyTask fresh;
+  Engine target(config(5), fresh);
+  const torch::Tensor before = fresh.flat();
+  const std::string error = testing::error_message([&] { target.load_checkpoint(path); });
+  EXPECT_NE(error.find("checkpoint '" + path + "' cannot be loaded: it has format 99, newer than "
+                       "this build reads (up to 2)"),
+            std::string::npos)
+      << error;
+  EXPECT_TRUE(torch::equal(fresh.flat(), before));
+  EXPECT_EQ(target.step(), 0);
+  fs::remove_all(root);
+}
+
 }  // namespace
 }  // namespace quest::training

@@ -33,8 +33,8 @@ inline torch::Tensor oracle_attention(const OracleInputs& in, Kind kind, bool ca
                                       torch::Tensor* weights = nullptr) {
   const int64_t b = in.q.size(0), h = in.q.size(1), nq = in.q.size(2), nk = in.k.size(2),
                 d = in.q.size(3);
-  const auto qn = oracle_normalise(in.q, traits(kind).q_norm, in.qw, in.qb);
-  const auto kn = oracle_normalise(in.k, traits(kind).k_norm, in.kw, in.kb);
+  const auto qn = oracle_normalise(in.q, kind_traits(kind).q_norm, in.qw, in.qb);
+  const auto kn = oracle_normalise(in.k, kind_traits(kind).k_norm, in.kw, in.kb);
   auto s = torch::einsum("bhid,bhjd->bhij", {qn, kn});
   s = in.head_scale.defined() ? s * in.head_scale.view({1, h, 1, 1})
                               : s * default_scale(kind, d);
@@ -62,8 +62,8 @@ inline torch::Tensor oracle_attention(const OracleInputs& in, Kind kind, bool ca
 // non-padded key, max |s| over visible pairs, mean over rows that see a key of lse - sum p s.
 inline HeadDiagnostics oracle_diagnostics(const OracleInputs& in, Kind kind, bool causal) {
   const int64_t b = in.q.size(0), h = in.q.size(1), nq = in.q.size(2), nk = in.k.size(2), d = in.q.size(3);
-  const auto qn = oracle_normalise(in.q, traits(kind).q_norm, in.qw, in.qb);
-  const auto kn = oracle_normalise(in.k, traits(kind).k_norm, in.kw, in.kb);
+  const auto qn = oracle_normalise(in.q, kind_traits(kind).q_norm, in.qw, in.qb);
+  const auto kn = oracle_normalise(in.k, kind_traits(kind).k_norm, in.kw, in.kb);
   auto s = torch::einsum("bhid,bhjd->bhij", {qn, kn});
   s = in.head_scale.defined() ? s * in.head_scale.view({1, h, 1, 1}) : s * default_scale(kind, d);
   auto visible = torch::ones({b, h, nq, nk}, torch::kBool);

@@ -23,7 +23,7 @@ struct HeadDiagnostics {
   void resize(int64_t heads);
 };
 
-// Partial sums of HeadDiagnostics for one (b, h) block; kernels fill these, `reduce` combines.
+// Partial sums of HeadDiagnostics for one (b, h) block; kernels fill these, `reduce_partials` combines.
 struct HeadDiagnosticsPartial {
   double q_norm_sum = 0, q_norm_max = 0;
   int64_t q_count = 0;
@@ -39,10 +39,10 @@ struct HeadDiagnosticsPartial {
 inline double nan_max(double a, double b) { return a != a || b != b ? a + b : std::max(a, b); }
 
 // into += from (sums and counts add, maxima take the larger, NaN wins).
-void merge(HeadDiagnosticsPartial& into, const HeadDiagnosticsPartial& from);
+void merge_partials(HeadDiagnosticsPartial& into, const HeadDiagnosticsPartial& from);
 
 // partials: B*H entries, index b*H + h.
-HeadDiagnostics reduce(const std::vector<HeadDiagnosticsPartial>& partials, int64_t heads);
+HeadDiagnostics reduce_partials(const std::vector<HeadDiagnosticsPartial>& partials, int64_t heads);
 
 // Adds the raw q and k row norms of every (b, h) block to partials[b*H + h] (queries: all rows;
 // keys: the non-padded ones). The reference kernel uses it, and so does the LibTorch layer where

@@ -25,7 +25,7 @@ struct KindTraits {
   Norm k_norm;
 };
 
-KindTraits traits(Kind kind);
+KindTraits kind_traits(Kind kind);
 
 // Logit scale a kind uses when none is given: 1/sqrt(D) for standard and qk_layernorm,
 // 1 for quest and qnorm, sqrt(D) for qknorm (its learnable per-head scale starts there, so that

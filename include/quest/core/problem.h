@@ -50,26 +50,36 @@ std::string to_string(CausalAlignment alignment);
 // "top_left" / "bottom_right" (as to_string prints them).
 std::optional<CausalAlignment> parse_causal_alignment(std::string_view name);
 
-template <typename T>
-struct AttentionArgs {
+// The scalar settings of one call: shared by the kernels' AttentionArgs and the LibTorch layer's
+// call, which binds tensors where AttentionArgs holds pointers.
+struct AttentionScalars {
   AttentionDims dims;
-  View4<const T> q, k, v;
   Norm q_norm = Norm::none, k_norm = Norm::none;
-  double scale = 1.0;              // logit scale, used where head_scale is null
-  const T* head_scale = nullptr;   // (H): per-head logit scale, replaces `scale`
-  // (Dk) affine of the per-head LayerNorm (Norm::layer); null means weight 1 / bias 0.
-  const T *q_ln_weight = nullptr, *q_ln_bias = nullptr;
-  const T *k_ln_weight = nullptr, *k_ln_bias = nullptr;
+  double scale = 1.0;              // logit scale, used where there is no per-head scale
   double l2_eps = 1e-6;            // x / max(|x|, l2_eps)
   double layernorm_eps = 1e-5;     // (x - mean) / sqrt(var + layernorm_eps)
   // Query i sees key j only if j <= i + causal_shift().
   bool causal = false;
   CausalAlignment causal_alignment = CausalAlignment::top_left;
+  double dropout = 0.0;            // on the attention weights, after softmax
+  uint64_t seed = 0;
+
+  // 0 (top-left) or Nk - Nq (bottom-right; negative when Nq > Nk: the first rows see no key).
+  int64_t causal_shift() const {
+    return causal_alignment == CausalAlignment::bottom_right ? dims.k_len - dims.q_len : 0;
+  }
+};
+
+template <typename T>
+struct AttentionArgs : AttentionScalars {
+  View4<const T> q, k, v;
+  const T* head_scale = nullptr;   // (H): per-head logit scale, replaces `scale`
+  // (Dk) affine of the per-head LayerNorm (Norm::layer); null means weight 1 / bias 0.
+  const T *q_ln_weight = nullptr, *q_ln_bias = nullptr;
+  const T *k_ln_weight = nullptr, *k_ln_bias = nullptr;
   // (B, Nk), true = padding: the key is ignored by every query of that batch entry.
   const bool* key_padding_mask = nullptr;
   int64_t key_padding_stride[2] = {0, 0};
-  double dropout = 0.0;            // on the attention weights, after softmax
-  uint64_t seed = 0;
 
   double head_scale_at(int64_t h) const {
     return head_scale ? static_cast<double>(head_scale[h]) : scale;
@@ -77,10 +87,6 @@ struct AttentionArgs {
   bool key_padded(int64_t b, int64_t j) const {
     return key_padding_mask &&
            key_padding_mask[b * key_padding_stride[0] + j * key_padding_stride[1]];
-  }
-  // 0 (top-left) or Nk - Nq (bottom-right; negative when Nq > Nk: the first rows see no key).
-  int64_t causal_shift() const {
-    return causal_alignment == CausalAlignment::bottom_right ? dims.k_len - dims.q_len : 0;
   }
   bool key_visible(int64_t b, int64_t i, int64_t j) const {
     return !(causal && j > i + causal_shift()) && !key_padded(b, j);

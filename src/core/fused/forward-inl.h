@@ -298,7 +298,7 @@ void ForwardF32(const AttentionArgs<float>& a, View4<float> out, RowStats stats,
   }
   if (diagnostics)
     for (int64_t item = 0; item < heads * q_blocks; ++item)
-      merge(diagnostics[item / q_blocks], parts[item]);
+      merge_partials(diagnostics[item / q_blocks], parts[item]);
 }
 
 }  // namespace HWY_NAMESPACE

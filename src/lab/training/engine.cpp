@@ -2,13 +2,13 @@
 
 #include <chrono>
 #include <cstdio>
-#include <cstdlib>
 #include <cmath>
 #include <filesystem>
 #include <functional>
-#include <csignal>
-#include <thread>
 
+#include "checkpoint.h"
+#include "data_parallel.h"
+#include "fault_points.h"
 #include "quest/lab/training/optimizer.h"
 #include "quest/torch/random.h"
 #include "quest/torch/runtime.h"
@@ -25,65 +25,15 @@ bool applies_weight_decay(const std::string& name, const torch::Tensor& paramete
          !ends_with("query_token");
 }
 
-std::pair<int64_t, int64_t> shard_range(int64_t n, int rank, int world) {
-  TORCH_CHECK(world >= 1 && rank >= 0 && rank < world, "quest::training: shard ", rank, " of ", world);
-  return {n * rank / world, n * (rank + 1) / world};
-}
-
-void DataParallel::check_batch(int64_t batch_size) const {
-  TORCH_CHECK(!active() || batch_size >= group->world_size(), "quest::training: batch_size ", batch_size,
-              " is the global batch: it must be at least the ", group->world_size(), " ranks");
-}
-
-EvalResult combine_shards(const EvalResult& mine, distributed::ProcessGroup& group, const std::string& what) {
-  const double n = static_cast<double>(mine.samples);
-  const auto s = group.sum({n > 0 ? mine.loss * n : 0.0, n > 0 ? mine.accuracy * n : 0.0, n}, what);
-  return {s[2] > 0 ? s[0] / s[2] : NAN, s[2] > 0 ? s[1] / s[2] : NAN, static_cast<int64_t>(s[2])};
-}
-
 at::Generator init_generator(uint64_t seed) { return make_generator(seed); }
-at::Generator data_generator(uint64_t seed, int64_t epoch) { return make_generator(seed * 1000003 + epoch); }
-at::Generator model_generator(uint64_t seed, int64_t epoch) { return make_generator(seed * 7919 + epoch); }
-
-namespace {
-
-// Fault injection for the tests: QUEST_TEST_CRASH_CHECKPOINT=<when>:<epoch> kills the process
-// while it writes the checkpoint that records <epoch> epochs, either after the temp file is
-// whole but before the rename ("after-write") or with the temp file cut in half ("mid-write"),
-// as a kill -9 or a power cut at those moments would.
-void crash_for_test(const std::string& tmp, int64_t epoch) {
-  static const char* spec = std::getenv("QUEST_TEST_CRASH_CHECKPOINT");
-  if (!spec) return;
-  const std::string s(spec), when = s.substr(0, s.find(':'));
-  char* end = nullptr;
-  const long long at = s.find(':') == std::string::npos ? -1 : std::strtoll(s.c_str() + s.find(':') + 1, &end, 10);
-  if ((when != "after-write" && when != "mid-write") || at < 0 || *end != '\0')
-    throw std::invalid_argument("QUEST_TEST_CRASH_CHECKPOINT='" + s +
-                                "' is not after-write:<epoch> or mid-write:<epoch>");
-  if (at != epoch) return;
-  if (when == "mid-write") fs::resize_file(tmp, fs::file_size(tmp) / 2);
-  std::fprintf(stderr, "QUEST_TEST_CRASH_CHECKPOINT: killing the process while writing '%s'\n", tmp.c_str());
-  std::_Exit(137);  // no unwinding, no flushing: as abrupt as a kill
-}
-
-// Fault injection for the data-parallel tests: QUEST_TEST_RANK_FAULT=<kill|hang|throw>:<rank>:<step>
-// makes that rank die by SIGKILL, stop answering, or fail with an error when it reaches that step.
-void rank_fault_for_test(int rank, int64_t step) {
-  static const char* spec = std::getenv("QUEST_TEST_RANK_FAULT");
-  if (!spec) return;
-  const std::string s(spec);
-  const size_t a = s.find(':'), b = s.find(':', a == std::string::npos ? a : a + 1);
-  const std::string what = s.substr(0, a);
-  if (a == std::string::npos || b == std::string::npos || (what != "kill" && what != "hang" && what != "throw"))
-    throw std::invalid_argument("QUEST_TEST_RANK_FAULT='" + s + "' is not <kill|hang|throw>:<rank>:<step>");
-  if (std::stoi(s.substr(a + 1, b - a - 1)) != rank || std::stoll(s.substr(b + 1)) != step) return;
-  std::fprintf(stderr, "QUEST_TEST_RANK_FAULT: rank %d %s at step %lld\n", rank, what.c_str(), (long long)step);
-  if (what == "kill") raise(SIGKILL);
-  if (what == "hang") for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
-  throw std::runtime_error("QUEST_TEST_RANK_FAULT: injected failure");
-}
-
-}  // namespace
+// Distinct odd multipliers keep the (seed, epoch) streams of data order and model randomness apart
+// from each other and from the init stream (seed itself); their values are fixed by the runs
+// already published, whose resume must replay them.
+constexpr uint64_t kDataSeedStride = 1000003, kModelSeedStride = 7919;
+// Data-parallel rank r draws its model randomness from seed + r * kRankSeedStride (rank 0: seed).
+constexpr uint64_t kRankSeedStride = 1000003;
+at::Generator data_generator(uint64_t seed, int64_t epoch) { return make_generator(seed * kDataSeedStride + epoch); }
+at::Generator model_generator(uint64_t seed, int64_t epoch) { return make_generator(seed * kModelSeedStride + epoch); }
 
 Engine::Engine(EngineConfig config, Task& task) : config_(std::move(config)), task_(task) {
   TORCH_CHECK(config_.epochs >= 1 && config_.lr > 0 && std::isfinite(config_.lr),
@@ -126,27 +76,7 @@ void Engine::set_learning_rate(double lr) {
 }
 
 void Engine::save_checkpoint(const std::string& path) const {
-  torch::serialize::OutputArchive archive;
-  task_.model().save(archive);
-  torch::serialize::OutputArchive optim;
-  optimizer_->save(optim);
-  archive.write("optimizer", optim);
-  archive.write("epoch", torch::tensor(epoch_));
-  archive.write("step", torch::tensor(step_));
-  archive.write("train_seconds", torch::tensor(train_seconds_, torch::kDouble));
-  task_.save_extra(archive);
-  const std::string tmp = path + ".tmp";
-  try {
-    runs::save_archive(tmp, archive);
-  } catch (const std::exception& e) {  // a full disk, a read-only directory: the old checkpoint stays
-    std::error_code ignored;
-    fs::remove(tmp, ignored);
-    throw std::runtime_error("quest::training: cannot write checkpoint '" + tmp + "' (" +
-                             error_message(e) + "); the previous checkpoint '" +
-                             path + "' is unchanged");
-  }
-  crash_for_test(tmp, epoch_);
-  fs::rename(tmp, path);  // atomic on POSIX: the old checkpoint stays until the new one is whole
+  write_checkpoint(path, task_, *optimizer_, {epoch_, step_, train_seconds_});
 }
 
 void Engine::load_checkpoint(const std::string& path) {
@@ -160,93 +90,17 @@ void Engine::load_checkpoint(const std::string& path) {
 }
 
 void Engine::load_checkpoint_bytes(const std::string& bytes, const std::string& path) {
-  struct CheckpointError : std::runtime_error {
-    using std::runtime_error::runtime_error;
-  };
-  auto fail = [&](const std::string& why) {
-    throw CheckpointError("quest::training: checkpoint '" + path + "' cannot be loaded: " + why);
-  };
-  torch::serialize::InputArchive archive, optim;
-  torch::Tensor epoch, step, seconds;  // read() needs a fresh tensor for each entry
-  bool complete = false;
-  try {  // LibTorch's archive reader throws c10::Error, torch::jit errors and std::runtime_error
-    runs::load_archive_bytes(bytes, path, archive);
-    complete = archive.try_read("epoch", epoch) && archive.try_read("step", step) &&
-               archive.try_read("optimizer", optim);
-  } catch (const std::exception& e) {
-    fail("corrupt or truncated (" + error_message(e) + ")");
-  }
-  if (!complete) fail("it has no epoch, step or optimizer state (not a quest checkpoint?)");
-  // Nothing is half-loaded: every tensor is read and checked before the first is copied, and the
-  // optimiser state goes into a fresh optimiser that replaces the live one only at the end.
-  std::vector<std::pair<torch::Tensor, torch::Tensor>> model_tensors;  // (model's, checkpoint's)
-  std::function<void(torch::serialize::InputArchive&, torch::nn::Module&, const std::string&)> read =
-      [&](torch::serialize::InputArchive& in, torch::nn::Module& module, const std::string& prefix) {
-        auto take = [&](const std::string& name, const torch::Tensor& mine, bool is_buffer) {
-          torch::Tensor theirs;
-          if (!in.try_read(name, theirs, is_buffer)) fail("it has no '" + prefix + name + "'");
-          if (theirs.sizes() != mine.sizes())
-            fail("'" + prefix + name + "' has shape " + c10::str(theirs.sizes()) + " there, " +
-                 c10::str(mine.sizes()) + " in this model");
-          model_tensors.emplace_back(mine, theirs);
-        };
-        for (const auto& p : module.named_parameters(/*recurse=*/false)) take(p.key(), p.value(), false);
-        for (const auto& b : module.named_buffers(/*recurse=*/false)) take(b.key(), b.value(), true);
-        for (const auto& child : module.named_children()) {
-          torch::serialize::InputArchive sub;
-          if (!in.try_read(child.key(), sub)) {
-            // LibTorch's archive drops a child without state (a ReLU in a Sequential stem).
-            if (child.value()->parameters().empty() && child.value()->buffers().empty()) continue;
-            fail("it has no '" + prefix + child.key() + "'");
-          }
-          read(sub, *child.value(), prefix + child.key() + ".");
-        }
-      };
   auto optimizer = make_optimizer();
-  std::string misfit;
-  try {
-    read(archive, task_.model(), "");
-    optimizer->load(optim);
-    task_.load_extra(archive);
-  } catch (const c10::Error& e) {
-    misfit = e.what_without_backtrace();
-  } catch (const CheckpointError&) {  // ours, from read(): already names the file
-    throw;
-  } catch (const std::exception& e) {
-    misfit = e.what();
-  }
-  if (!misfit.empty()) fail("it does not fit this model (" + misfit + ")");
-  torch::NoGradGuard no_grad;
-  for (auto& [mine, theirs] : model_tensors) mine.copy_(theirs);
+  const CheckpointProgress progress = read_checkpoint(bytes, path, task_, *optimizer);
   optimizer_ = std::move(optimizer);
-  epoch_ = epoch.item<int64_t>();
-  step_ = step.item<int64_t>();
-  train_seconds_ = archive.try_read("train_seconds", seconds) ? seconds.item<double>() : NAN;
+  epoch_ = progress.epoch;
+  step_ = progress.step;
+  train_seconds_ = progress.train_seconds;
 }
 
 std::vector<std::optional<HeadDiagnostics>> Engine::diagnostics() const {
   auto layers = task_.attention_diagnostics();
-  distributed::ProcessGroup* g = group();
-  if (!g) return layers;
-  // Every rank has the same layers and heads: pack maxima and means, one all-reduce each.
-  std::vector<double> maxima, sums;
-  for (const auto& d : layers)
-    if (d)
-      for (size_t h = 0; h < d->q_norm_max.size(); ++h) {
-        maxima.insert(maxima.end(), {d->q_norm_max[h], d->k_norm_max[h], d->logit_abs_max[h]});
-        sums.insert(sums.end(), {d->q_norm_mean[h], d->k_norm_mean[h], d->entropy_mean[h]});
-      }
-  maxima = g->max(maxima, "the attention diagnostics' all-reduce");
-  sums = g->sum(sums, "the attention diagnostics' all-reduce");
-  const double world = g->world_size();
-  size_t i = 0;
-  for (auto& d : layers)
-    if (d)
-      for (size_t h = 0; h < d->q_norm_max.size(); ++h, i += 3) {
-        d->q_norm_max[h] = maxima[i], d->k_norm_max[h] = maxima[i + 1], d->logit_abs_max[h] = maxima[i + 2];
-        d->q_norm_mean[h] = sums[i] / world, d->k_norm_mean[h] = sums[i + 1] / world,
-        d->entropy_mean[h] = sums[i + 2] / world;
-      }
+  if (distributed::ProcessGroup* g = group()) all_reduce_diagnostics(layers, *g);
   return layers;
 }
 
@@ -258,30 +112,6 @@ nlohmann::json Engine::diagnostics_json(const std::vector<std::optional<HeadDiag
                      {"k_norm_mean", d->k_norm_mean}, {"k_norm_max", d->k_norm_max},
                      {"logit_abs_max", d->logit_abs_max}, {"entropy", d->entropy_mean}});
   return out;
-}
-
-double Engine::all_reduce_step(StepOutput& out, double loss_value) {
-  distributed::ProcessGroup& group = *this->group();
-  const double n = static_cast<double>(out.samples);
-  // The shard's summed loss: gradients summed over the ranks, then / N, are the global mean's.
-  if (out.samples > 0) (out.loss * n).backward();
-  std::vector<torch::Tensor> grads;
-  for (auto& p : task_.model().parameters()) {
-    if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);  // every rank sends every tensor
-    grads.push_back(p.grad());
-  }
-  group.allreduce_sum(grads, "the gradient all-reduce");
-  const auto s = group.sum({out.samples > 0 ? loss_value * n : 0.0, n, out.correct < 0 ? 0.0 : double(out.correct),
-                            out.correct < 0 ? 1.0 : 0.0, std::isfinite(out.log_z) ? out.log_z * n : 0.0,
-                            std::isfinite(out.log_z) || out.samples == 0 ? 0.0 : 1.0},
-                           "the step's loss all-reduce");
-  TORCH_CHECK(s[1] > 0, "quest::training: a global batch without samples");
-  torch::NoGradGuard no_grad;
-  for (auto& g : grads) g.div_(s[1]);
-  out.samples = static_cast<int64_t>(s[1]);
-  out.correct = s[3] > 0 ? -1 : static_cast<int64_t>(s[2]);
-  out.log_z = s[5] > 0 ? NAN : s[4] / s[1];
-  return s[0] / s[1];
 }
 
 void Engine::diverged(const std::string& what) const {
@@ -345,6 +175,8 @@ void Engine::fit(bool resume, const std::function<void(const nlohmann::json&)>& 
   }
 }
 
+// --- the loop: one epoch is begin, steps, end; one step is train, check, update, log -----------
+
 void Engine::fit_epochs(const std::function<void(const nlohmann::json&)>& on_step) {
   const runs::RunDir& dir = config_.run_dir;
   distributed::ProcessGroup* group = this->group();
@@ -357,146 +189,145 @@ void Engine::fit_epochs(const std::function<void(const nlohmann::json&)>& on_ste
   if (alerted) monitor.mark_alerted();
   const int64_t steps_per_epoch = task_.steps_per_epoch();
   while (epoch_ < config_.epochs) {
-    const auto epoch_start = std::chrono::steady_clock::now();
-    const distributed::CommStats comm_before = group ? group->stats() : distributed::CommStats{};
+    EpochTotals totals;
+    totals.start = std::chrono::steady_clock::now();
+    totals.comm_before = group ? group->stats() : distributed::CommStats{};
     task_.model().train();
     task_.begin_epoch(epoch_, data_generator(config_.seed, epoch_));
     // Dropout and friends draw from the epoch's own generator: a resumed run repeats it exactly.
     // Data-parallel ranks draw their own (rank 0's is the one-process stream): shards get
     // independent masks.
-    GeneratorScope randomness(model_generator(config_.seed + (group ? 1000003ULL * group->rank() : 0), epoch_));
-    double loss_sum = 0;
-    int64_t samples = 0, correct = 0;
-    bool has_accuracy = true;
+    GeneratorScope randomness(model_generator(config_.seed + kRankSeedStride * (group ? group->rank() : 0), epoch_));
     for (int64_t b = 0; b < steps_per_epoch; ++b, ++step_) {
-      const double lr = learning_rate(step_);
-      set_learning_rate(lr);
-      const bool record = config_.log_every > 0 && step_ % config_.log_every == 0;
-      task_.record_diagnostics(record);
-      optimizer_->zero_grad();
-      if (group) {
-        group->set_step(step_);
-        rank_fault_for_test(group->rank(), step_);
-      }
-      StepOutput out = task_.forward_step(b);
-      double loss_value = out.samples > 0 || !group ? out.loss.item<double>() : 0.0;
-      if (group) loss_value = all_reduce_step(out, loss_value);  // every rank sees the same global loss
-      if (!std::isfinite(loss_value)) diverged_in_step("non-finite loss " + std::to_string(loss_value), b);
-      if (!group) out.loss.backward();
-      // With clipping off, an infinite bound still returns the total norm and scales nothing.
-      const double grad_norm = clip_grad_norm(task_.model().parameters(),
-                                              config_.clip_grad_norm > 0 ? config_.clip_grad_norm : INFINITY);
-      if (!std::isfinite(grad_norm)) diverged_in_step("non-finite gradient norm", b);
-      optimizer_->step();
-      task_.after_step(step_ + 1);
-      if (group && config_.parallel.check_sync_every > 0 && (step_ + 1) % config_.parallel.check_sync_every == 0)
-        group->check_identical(task_.model().named_parameters().pairs());
-      loss_sum += loss_value * out.samples;
-      samples += out.samples;
-      if (out.correct < 0) has_accuracy = false;
-      else correct += out.correct;
-      const auto layers = record ? diagnostics() : std::vector<std::optional<HeadDiagnostics>>{};
-      if (record || on_step) {
-        nlohmann::json line = {{"type", "step"}, {"epoch", epoch_}, {"step", step_},
-                               {"total_steps", config_.epochs * steps_per_epoch},
-                               {"loss", loss_value}, {"lr", lr}, {"grad_norm", grad_norm}};
-        if (std::isfinite(out.log_z)) line["log_z"] = out.log_z;
-        if (record) {
-          line["attention"] = diagnostics_json(layers);
-          dir.append_metrics(line);
-        }
-        if (on_step) on_step(line);
-      }
-      if (record)
-        if (const auto alert = monitor.observe(step_, layers)) {
-          nlohmann::json warning = alert->to_json();
-          warning["epoch"] = epoch_;
-          warning["policy"] = to_string(config_.logit_monitor.policy);
-          dir.append_metrics(warning);
-          const std::string what = alert->message() + " (logit_monitor threshold " +
-                                   std::to_string(static_cast<int64_t>(config_.logit_monitor.threshold)) + ")";
-          if (config_.on_warning) config_.on_warning(what);
-          else if (!group || group->rank() == 0) std::fprintf(stderr, "warning: %s\n", what.c_str());
-          if (config_.logit_monitor.policy == MonitorPolicy::stop)
-            diverged("stopped by the logit monitor: layer " + std::to_string(alert->layer) + " head " +
-                     std::to_string(alert->head) + " max |logit| " + std::to_string(alert->logit));
-        }
+      const StepResult r = train_step(b);
+      check_finite(r, b);
+      update();
+      log_step(r, monitor, on_step);
+      totals.add(r);
     }
-    task_.record_diagnostics(false);
-    // A finite loss and gradient can still leave non-finite weights (an overflowing update).
-    for (const auto& p : task_.model().parameters())
-      if (!torch::isfinite(p).all().item<bool>()) diverged("non-finite parameters after the epoch");
-    if (group) group->check_identical(task_.model().named_parameters().pairs());
-    const double epoch_seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_start).count();
-    train_seconds_ += epoch_seconds;
-    nlohmann::json line = {{"type", "epoch"}, {"epoch", epoch_}, {"step", step_},
-                           {"train_loss", samples ? loss_sum / samples : NAN},
-                           {"epoch_seconds", epoch_seconds},
-                           {task_.sample_name() + "_per_second", samples / epoch_seconds},
-                           {"train_seconds", train_seconds_}};
-    if (has_accuracy) line["train_accuracy"] = samples ? static_cast<double>(correct) / samples : NAN;
-    if (group) {  // what a reader needs to extrapolate to more ranks
-      const distributed::CommStats& c = group->stats();
-      line["world_size"] = group->world_size();
-      line["allreduce_bytes_per_step"] = steps_per_epoch ? (c.bytes - comm_before.bytes) / steps_per_epoch : 0;
-      line["allreduce_seconds"] = c.seconds - comm_before.seconds;
-    }
-    if (auto val = task_.validate()) {
-      if (group) *val = combine_shards(*val, *group, "the validation all-reduce");
-      line["val_loss"] = val->loss;
-      line["val_accuracy"] = val->accuracy;
-    }
-    dir.append_metrics(line);
-    ++epoch_;  // the checkpoint records the next epoch to run
-    if (!dir.empty()) save_checkpoint(dir.checkpoint().string());
+    end_epoch(totals);
   }
 }
 
-// The type a config value must have: that of its default (an integer where the default is one).
-static void check_type(const std::string& key, const nlohmann::json& value, const nlohmann::json& like) {
-  const char* expected = like.is_boolean()           ? "true or false"
-                         : like.is_number_unsigned() ? "a non-negative integer"
-                         : like.is_number_integer()  ? "an integer"
-                         : like.is_number()         ? "a number"
-                         : like.is_string()         ? "a string"
-                                                    : nullptr;
-  const bool ok = like.is_boolean()          ? value.is_boolean()
-                  : like.is_number_integer() ? value.is_number_integer() && (!like.is_number_unsigned() || value >= 0)
-                  : like.is_number()         ? value.is_number()
-                  : like.is_string()         ? value.is_string()
-                                             : true;
-  TORCH_CHECK(ok, "quest::training: config key '", key, "' must be ", expected, ", got ", value.dump());
+void Engine::EpochTotals::add(const StepResult& r) {
+  loss_sum += r.loss * r.samples;
+  samples += r.samples;
+  if (r.correct < 0) has_accuracy = false;
+  else correct += r.correct;
 }
 
-nlohmann::json merged_config(const nlohmann::json& defaults, const nlohmann::json& j) {
-  TORCH_CHECK(j.is_object(), "quest::training: a config must be a JSON object");
-  for (const auto& [key, value] : j.items()) {
-    TORCH_CHECK(defaults.contains(key), "quest::training: unknown config key '", key, "'");
-    if (defaults[key].is_object()) {
-      TORCH_CHECK(value.is_object(), "quest::training: '", key, "' must be a JSON object");
-      for (const auto& [sub, subvalue] : value.items()) {
-        TORCH_CHECK(defaults[key].contains(sub), "quest::training: unknown config key '", key, ".",
-                    sub, "'");
-        check_type(key + "." + sub, subvalue, defaults[key][sub]);
-      }
-    } else {
-      check_type(key, value, defaults[key]);
+Engine::StepResult Engine::train_step(int64_t batch) {
+  distributed::ProcessGroup* group = this->group();
+  StepResult r;
+  r.lr = learning_rate(step_);
+  set_learning_rate(r.lr);
+  r.record = config_.log_every > 0 && step_ % config_.log_every == 0;
+  task_.record_diagnostics(r.record);
+  optimizer_->zero_grad();
+  if (group) {
+    group->set_step(step_);
+    FaultSite site;
+    site.rank = group->rank();
+    site.step = step_;
+    fault_point("step_started", site);
+  }
+  StepOutput out = task_.forward_step(batch);
+  r.loss = out.samples > 0 || !group ? out.loss.item<double>() : 0.0;
+  if (group) {
+    r.loss = all_reduce_step(*group, task_.model(), out, r.loss);  // every rank: the global loss
+  } else if (std::isfinite(r.loss)) {
+    out.loss.backward();
+  }
+  r.samples = out.samples;
+  r.correct = out.correct;
+  r.log_z = out.log_z;
+  if (!std::isfinite(r.loss)) return r;  // check_finite stops here
+  // With clipping off, an infinite bound still returns the total norm and scales nothing.
+  r.grad_norm = clip_grad_norm(task_.model().parameters(),
+                               config_.clip_grad_norm > 0 ? config_.clip_grad_norm : INFINITY);
+  return r;
+}
+
+void Engine::check_finite(const StepResult& r, int64_t batch) {
+  if (!std::isfinite(r.loss)) diverged_in_step("non-finite loss " + std::to_string(r.loss), batch);
+  if (!std::isfinite(r.grad_norm)) diverged_in_step("non-finite gradient norm", batch);
+}
+
+void Engine::update() {
+  optimizer_->step();
+  task_.after_step(step_ + 1);
+  distributed::ProcessGroup* group = this->group();
+  if (group && config_.parallel.check_sync_every > 0 && (step_ + 1) % config_.parallel.check_sync_every == 0)
+    group->check_identical(task_.model().named_parameters().pairs());
+}
+
+void Engine::log_step(const StepResult& r, LogitMonitor& monitor,
+                      const std::function<void(const nlohmann::json&)>& on_step) {
+  const runs::RunDir& dir = config_.run_dir;
+  const auto layers = r.record ? diagnostics() : std::vector<std::optional<HeadDiagnostics>>{};
+  if (r.record || on_step) {
+    nlohmann::json line = {{"type", "step"}, {"epoch", epoch_}, {"step", step_},
+                           {"total_steps", config_.epochs * task_.steps_per_epoch()},
+                           {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm}};
+    if (std::isfinite(r.log_z)) line["log_z"] = r.log_z;
+    if (r.record) {
+      line["attention"] = diagnostics_json(layers);
+      dir.append_metrics(line);
     }
+    if (on_step) on_step(line);
   }
-  nlohmann::json merged = defaults;
-  merged.merge_patch(j);
-  return merged;
+  if (!r.record) return;
+  const auto alert = monitor.observe(step_, layers);
+  if (!alert) return;
+  nlohmann::json warning = alert->to_json();
+  warning["epoch"] = epoch_;
+  warning["policy"] = to_string(config_.logit_monitor.policy);
+  dir.append_metrics(warning);
+  const std::string what = alert->message() + " (logit_monitor threshold " +
+                           std::to_string(static_cast<int64_t>(config_.logit_monitor.threshold)) + ")";
+  distributed::ProcessGroup* group = this->group();
+  if (config_.on_warning) config_.on_warning(what);
+  else if (!group || group->rank() == 0) std::fprintf(stderr, "warning: %s\n", what.c_str());
+  if (config_.logit_monitor.policy == MonitorPolicy::stop)
+    diverged("stopped by the logit monitor: layer " + std::to_string(alert->layer) + " head " +
+             std::to_string(alert->head) + " max |logit| " + std::to_string(alert->logit));
 }
 
-nlohmann::json run_config_of(const std::string& checkpoint) {
-  TORCH_CHECK(std::filesystem::exists(checkpoint), "quest::training: checkpoint '", checkpoint,
-              "' does not exist");
-  try {
-    return runs::RunDir(std::filesystem::path(checkpoint).parent_path()).read_config();
-  } catch (const std::runtime_error& e) {
-    TORCH_CHECK(false, "quest::training: checkpoint '", checkpoint, "': ", e.what());
+void Engine::end_epoch(const EpochTotals& totals) {
+  const runs::RunDir& dir = config_.run_dir;
+  distributed::ProcessGroup* group = this->group();
+  const int64_t steps_per_epoch = task_.steps_per_epoch();
+  task_.record_diagnostics(false);
+  // A finite loss and gradient can still leave non-finite weights (an overflowing update).
+  for (const auto& p : task_.model().parameters())
+    if (!torch::isfinite(p).all().item<bool>()) diverged("non-finite parameters after the epoch");
+  if (group) group->check_identical(task_.model().named_parameters().pairs());
+  const double epoch_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - totals.start).count();
+  train_seconds_ += epoch_seconds;
+  const int64_t samples = totals.samples;
+  nlohmann::json line = {{"type", "epoch"}, {"epoch", epoch_}, {"step", step_},
+                         {"train_loss", samples ? totals.loss_sum / samples : NAN},
+                         {"epoch_seconds", epoch_seconds},
+                         {task_.sample_name() + "_per_second", samples / epoch_seconds},
+                         {"train_seconds", train_seconds_}};
+  if (totals.has_accuracy)
+    line["train_accuracy"] = samples ? static_cast<double>(totals.correct) / samples : NAN;
+  if (group) {  // what a reader needs to extrapolate to more ranks
+    const distributed::CommStats& c = group->stats();
+    line["world_size"] = group->world_size();
+    line["allreduce_bytes_per_step"] =
+        steps_per_epoch ? (c.bytes - totals.comm_before.bytes) / steps_per_epoch : 0;
+    line["allreduce_seconds"] = c.seconds - totals.comm_before.seconds;
   }
+  if (auto val = task_.validate()) {
+    if (group) *val = combine_shards(*val, *group, "the validation all-reduce");
+    line["val_loss"] = val->loss;
+    line["val_accuracy"] = val->accuracy;
+  }
+  dir.append_metrics(line);
+  ++epoch_;  // the checkpoint records the next epoch to run
+  if (!dir.empty()) save_checkpoint(dir.checkpoint().string());
 }
 
 }  // namespace quest::training

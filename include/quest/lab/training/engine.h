@@ -10,6 +10,7 @@
 
 #include <torch/torch.h>
 
+#include <chrono>
 #include <cmath>
 #include <functional>
 #include <memory>
@@ -22,6 +23,7 @@
 #include "quest/core/diagnostics.h"
 #include "quest/lab/distributed/process_group.h"
 #include "quest/lab/runs/run_dir.h"
+#include "quest/lab/training/config.h"
 #include "quest/lab/training/monitor.h"
 
 namespace quest::training {
@@ -119,16 +121,6 @@ struct EngineConfig {
 // normalisation parameters and learnable attention scales (all dim 1) get none.
 bool applies_weight_decay(const std::string& name, const torch::Tensor& parameter);
 
-// A task's config file over its defaults: keys absent from `j` keep their defaults, so a file can
-// hold only what it changes; an unknown key (one level of nested objects, e.g. "model") is an
-// error naming it — a typo would otherwise be silently ignored — and so is a value whose type
-// differs from the default's.
-nlohmann::json merged_config(const nlohmann::json& defaults, const nlohmann::json& j);
-
-// The config.json of the run a checkpoint belongs to (its directory's), for re-creating the task
-// before loading the checkpoint. A missing checkpoint or config raises an error naming it.
-nlohmann::json run_config_of(const std::string& checkpoint);
-
 // The run-owned generators, all derived from the seed, so a resumed run replays an epoch exactly.
 at::Generator init_generator(uint64_t seed);
 at::Generator data_generator(uint64_t seed, int64_t epoch);   // data order, augmentation
@@ -171,9 +163,33 @@ class Engine {
   distributed::ProcessGroup* group() const {
     return config_.parallel.active() ? config_.parallel.group.get() : nullptr;
   }
-  // Data-parallel: the one-process gradient from the shards' (scaled by `samples`), and the global
-  // step's loss, samples, correct and log Z in `out` (returns the global loss).
-  double all_reduce_step(StepOutput& out, double loss_value);
+  // One step, as fit_epochs reads it: train_step, check_finite, update, log_step.
+  struct StepResult {
+    double lr = 0, loss = 0, grad_norm = 0;
+    int64_t samples = 0, correct = -1;
+    double log_z = NAN;
+    bool record = false;  // a logged step: diagnostics were recorded
+  };
+  struct EpochTotals {
+    double loss_sum = 0;
+    int64_t samples = 0, correct = 0;
+    bool has_accuracy = true;
+    std::chrono::steady_clock::time_point start;
+    distributed::CommStats comm_before;
+    void add(const StepResult& r);
+  };
+  // Learning rate, forward, backward (data-parallel: the all-reduced global step) and clipping;
+  // stops before backward where the loss is not finite.
+  StepResult train_step(int64_t batch);
+  // A non-finite loss or gradient norm ends the run as diverged (diverged_in_step).
+  void check_finite(const StepResult& r, int64_t batch);
+  // The optimiser step, the task's after_step and the optional parameter sync check.
+  void update();
+  // The step's metrics line (diagnostics on logged steps), on_step, and the logit monitor.
+  void log_step(const StepResult& r, LogitMonitor& monitor,
+                const std::function<void(const nlohmann::json&)>& on_step);
+  // Finite parameters, the epoch's metrics line with validation, the checkpoint.
+  void end_epoch(const EpochTotals& totals);
   [[noreturn]] void diverged(const std::string& what) const;
   // Re-runs batch `batch`'s forward with attention diagnostics on, appends them to the metrics as
   // a {"type": "diverged"} line, names the first layer and head that went non-finite, and throws.

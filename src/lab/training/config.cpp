@@ -1,0 +1,57 @@
+#include "quest/lab/training/config.h"
+
+#include <torch/torch.h>
+
+#include <filesystem>
+
+#include "quest/lab/runs/run_dir.h"
+
+namespace quest::training {
+
+// The type a config value must have: that of its default (an integer where the default is one).
+static void check_type(const std::string& key, const nlohmann::json& value, const nlohmann::json& like) {
+  const char* expected = like.is_boolean()           ? "true or false"
+                         : like.is_number_unsigned() ? "a non-negative integer"
+                         : like.is_number_integer()  ? "an integer"
+                         : like.is_number()         ? "a number"
+                         : like.is_string()         ? "a string"
+                                                    : nullptr;
+  const bool ok = like.is_boolean()          ? value.is_boolean()
+                  : like.is_number_integer() ? value.is_number_integer() && (!like.is_number_unsigned() || value >= 0)
+                  : like.is_number()         ? value.is_number()
+                  : like.is_string()         ? value.is_string()
+                                             : true;
+  TORCH_CHECK(ok, "quest::training: config key '", key, "' must be ", expected, ", got ", value.dump());
+}
+
+nlohmann::json merged_config(const nlohmann::json& defaults, const nlohmann::json& j) {
+  TORCH_CHECK(j.is_object(), "quest::training: a config must be a JSON object");
+  for (const auto& [key, value] : j.items()) {
+    TORCH_CHECK(defaults.contains(key), "quest::training: unknown config key '", key, "'");
+    if (defaults[key].is_object()) {
+      TORCH_CHECK(value.is_object(), "quest::training: '", key, "' must be a JSON object");
+      for (const auto& [sub, subvalue] : value.items()) {
+        TORCH_CHECK(defaults[key].contains(sub), "quest::training: unknown config key '", key, ".",
+                    sub, "'");
+        check_type(key + "." + sub, subvalue, defaults[key][sub]);
+      }
+    } else {
+      check_type(key, value, defaults[key]);
+    }
+  }
+  nlohmann::json merged = defaults;
+  merged.merge_patch(j);
+  return merged;
+}
+
+nlohmann::json run_config_of(const std::string& checkpoint) {
+  TORCH_CHECK(std::filesystem::exists(checkpoint), "quest::training: checkpoint '", checkpoint,
+              "' does not exist");
+  try {
+    return runs::RunDir(std::filesystem::path(checkpoint).parent_path()).read_config();
+  } catch (const std::runtime_error& e) {
+    TORCH_CHECK(false, "quest::training: checkpoint '", checkpoint, "': ", e.what());
+  }
+}
+
+}  // namespace quest::training
