@@ -11,10 +11,17 @@ namespace quest::cli {
 void add_demo(CLI::App& app);
 void add_info(CLI::App& app);
 void add_bench(CLI::App& app);
-// train, eval and compare set exit_code (3: a run diverged).
-void add_train(CLI::App& app, int& exit_code);
-void add_compare(CLI::App& app, int& exit_code);
-void add_lm(CLI::App& app, int& exit_code);
+// Exit codes: 0 done, 1 an error (printed once by main), kExitDiverged a training run diverged.
+inline constexpr int kExitDiverged = 3;
+// Ends `quest` with `code` and nothing printed (CLI11 passes a RuntimeError's code through
+// App::exit); 0 returns normally. For callbacks whose command has an exit code of its own.
+inline void exit_with(int code) {
+  if (code != 0) throw CLI::RuntimeError(code);
+}
+
+void add_train(CLI::App& app);
+void add_compare(CLI::App& app);
+void add_lm(CLI::App& app);
 void add_plot(CLI::App& app);
 void add_robustness(CLI::App& app);
 void add_experiment(CLI::App& app);

@@ -54,14 +54,14 @@ static int run_compare(const TrainFlags& flags, const CompareFlags& compare) {
   return 0;  // a diverged run is a result (its status is in the table's compare.json), not an error
 }
 
-void add_compare(CLI::App& app, int& exit_code) {
+void add_compare(CLI::App& app) {
   auto f = std::make_shared<TrainFlags>();
   auto compare = std::make_shared<CompareFlags>();
   CLI::App* cmd = app.add_subcommand(
       "compare", "Train every requested attention kind on the same seeds and data; table of test accuracy");
   add_training_flags(cmd, f);
   add_compare_flags(cmd, compare);
-  cmd->callback([f, compare, &exit_code] { exit_code = run_compare(*f, *compare); });
+  cmd->callback([f, compare] { exit_with(run_compare(*f, *compare)); });
 }
 
 }  // namespace quest::cli

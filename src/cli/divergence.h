@@ -6,13 +6,14 @@
 #include <string>
 #include <vector>
 
+#include "commands.h"
 #include "quest/core/diagnostics.h"
 #include "quest/lab/runs/run_dir.h"
 
 namespace quest::cli {
 
 // The divergence, each layer's attention diagnostics at the stop, and whether the last good
-// checkpoint survives; on stderr. Returns the exit code of a diverged run (3).
+// checkpoint survives; on stderr. Returns the exit code of a diverged run (kExitDiverged).
 inline int report_divergence(const runs::RunOutcome& outcome,
                              const std::vector<std::optional<HeadDiagnostics>>& diagnostics,
                              bool checkpoint_kept, const std::string& run_dir) {
@@ -24,7 +25,7 @@ inline int report_divergence(const runs::RunOutcome& outcome,
     std::fprintf(stderr, "the last good checkpoint is kept: %s\n", runs::RunDir(run_dir).checkpoint().c_str());
   else
     std::fprintf(stderr, "no checkpoint yet: it diverged within its first epoch\n");
-  return 3;
+  return kExitDiverged;
 }
 
 }  // namespace quest::cli

@@ -11,6 +11,7 @@ namespace {
 struct SpuriousFlags {
   experiments::SpuriousGrid grid;
   std::string projections = "on";
+  std::string queries = "learned";
   int workers = 2;
   std::string out_dir = "runs/spurious";
   std::string backend = "automatic";
@@ -19,12 +20,12 @@ struct SpuriousFlags {
 void run_spurious(SpuriousFlags f, const std::string& command) {
   const auto backend = parse_backend(f.backend);
   if (!backend) throw std::invalid_argument("--backend: unknown backend '" + f.backend + "'");
-  f.grid.base.model.projections(f.projections == "on").backend(*backend);
+  f.grid.base.model.projections(f.projections == "on").backend(*backend).queries(models::parse_queries(f.queries));
   const auto runs = experiments::build_grid(f.grid);
   std::printf("spurious-pattern grid: %zu runs (%zu kinds x %zu lrs x %zu weight decays x %zu seeds), "
               "projections %s, queries %s, %d workers -> %s\n",
               runs.size(), f.grid.kinds.size(), f.grid.lrs.size(), f.grid.weight_decays.size(), f.grid.seeds.size(),
-              f.projections.c_str(), f.grid.base.model.queries().c_str(), f.workers, f.out_dir.c_str());
+              f.projections.c_str(), to_string(f.grid.base.model.queries()).c_str(), f.workers, f.out_dir.c_str());
   std::fflush(stdout);
   const auto start = std::chrono::steady_clock::now();
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
@@ -85,9 +86,9 @@ void add_experiment(CLI::App& app) {
   cmd->add_option("--projections", f->projections,
                   "on: MLP token encoder + learnable Q/K/V projections; off: a learned query on raw x^k")
       ->check(CLI::IsMember({"on", "off"}))->capture_default_str();
-  cmd->add_option("--queries", b.model.queries(),
+  cmd->add_option("--queries", f->queries,
                   "learned: one learned query token reads the sequence; tokens: self-attention, rows averaged")
-      ->check(CLI::IsMember({"learned", "tokens"}))->capture_default_str();
+      ->check(CLI::IsMember(models::names_of(models::kQueriesNames)))->capture_default_str();
   cmd->add_option("--steps", b.steps, "Training steps per run")->check(positive_int)->capture_default_str();
   cmd->add_option("--batch-size", b.batch_size)->check(positive_int)->capture_default_str();
   cmd->add_option("--log-every", b.log_every, "Steps between trajectory points")->check(positive_int)->capture_default_str();

@@ -75,14 +75,14 @@ int run_lm_train(const LmTrainFlags& f, const ParallelFlags& parallel_flags) {
                 "run dir %s\n",
                 c.corpus.c_str(), (long long)data.train.numel(), (long long)data.valid.numel(),
                 (long long)data.test.numel(), to_string(c.model.attention()).c_str(),
-                c.model.positions().c_str(), c.run_dir.c_str());
+                to_string(c.model.positions()).c_str(), c.run_dir.c_str());
   };
   callbacks.on_step = [&](const nlohmann::json& line) {
     if (reports) progress.update(line);
   };
   callbacks.evaluate_test = !f.no_test;
   const runs::LmTrainReport report = runs::train_lm_run(c, f.resume, callbacks, role.parallel);
-  if (!reports) return report.outcome.status == runs::RunStatus::diverged ? 3 : 0;
+  if (!reports) return report.outcome.status == runs::RunStatus::diverged ? kExitDiverged : 0;
   progress.finish();
   if (report.outcome.status == runs::RunStatus::diverged)
     return report_divergence(report.outcome, report.diagnostics, report.checkpoint_kept, c.run_dir);
@@ -175,7 +175,7 @@ int run_lm_generate(const std::string& checkpoint, const std::string& prompt,
 
 }  // namespace
 
-void add_lm(CLI::App& app, int& exit_code) {
+void add_lm(CLI::App& app) {
   CLI::App* lm = app.add_subcommand("lm", "Byte-level language modelling (GPT on the Linux kernel documentation's text)");
   lm->require_subcommand(1);
 
@@ -191,7 +191,7 @@ void add_lm(CLI::App& app, int& exit_code) {
   train->add_flag("--no-test", f->no_test, "Skip the valid/test evaluation and result.json (sweeps score validation)");
   auto parallel = std::make_shared<ParallelFlags>();
   add_parallel_flags(train, parallel);
-  train->callback([f, parallel, &exit_code] { exit_code = run_lm_train(*f, *parallel); });
+  train->callback([f, parallel] { exit_with(run_lm_train(*f, *parallel)); });
 
   auto compare = std::make_shared<CompareFlags>();
   compare->kinds = {"standard", "quest", "qnorm", "qknorm", "qk_layernorm"};
@@ -208,8 +208,8 @@ void add_lm(CLI::App& app, int& exit_code) {
   cmp->add_flag("--resume", *compare_resume,
                 "Continue each run from its checkpoint; finished runs are only evaluated");
   add_compare_flags(cmp, compare);
-  cmp->callback([compare, compare_config, compare_epochs, compare_lr, compare_resume, &exit_code] {
-    exit_code = run_lm_compare(*compare_config, *compare_epochs, *compare_lr, *compare_resume, *compare);
+  cmp->callback([compare, compare_config, compare_epochs, compare_lr, compare_resume] {
+    exit_with(run_lm_compare(*compare_config, *compare_epochs, *compare_lr, *compare_resume, *compare));
   });
 
   auto checkpoint = std::make_shared<std::string>();
@@ -219,8 +219,8 @@ void add_lm(CLI::App& app, int& exit_code) {
   eval->add_option("checkpoint", *checkpoint, "Path to checkpoint.pt (config.json beside it)")->required();
   eval->add_option("--split", *split, "valid or test")->capture_default_str();
   eval->add_option("--bytes", *bytes, "Evaluate the first N bytes only (0: all)")->capture_default_str();
-  eval->callback([checkpoint, split, bytes, &exit_code] {
-    exit_code = run_lm_eval(*checkpoint, *split, *bytes);
+  eval->callback([checkpoint, split, bytes] {
+    exit_with(run_lm_eval(*checkpoint, *split, *bytes));
   });
 
   auto gen_checkpoint = std::make_shared<std::string>();
@@ -236,8 +236,8 @@ void add_lm(CLI::App& app, int& exit_code) {
   generate->add_option("--seed", *seed, "Sampling seed")->capture_default_str();
   generate->add_flag("--no-cache{false}", sampling->use_cache,
                      "Recompute the window for every token (the baseline the cache is timed against)");
-  generate->callback([gen_checkpoint, prompt, sampling, seed, &exit_code] {
-    exit_code = run_lm_generate(*gen_checkpoint, *prompt, *sampling, *seed);
+  generate->callback([gen_checkpoint, prompt, sampling, seed] {
+    exit_with(run_lm_generate(*gen_checkpoint, *prompt, *sampling, *seed));
   });
 }
 

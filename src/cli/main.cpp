@@ -27,16 +27,16 @@ int main(int argc, char** argv) {
   quest::cli::add_demo(app);
   quest::cli::add_info(app);
   quest::cli::add_bench(app);
-  int exit_code = 0;
-  quest::cli::add_train(app, exit_code);
-  quest::cli::add_compare(app, exit_code);
-  quest::cli::add_lm(app, exit_code);
+  quest::cli::add_train(app);
+  quest::cli::add_compare(app);
+  quest::cli::add_lm(app);
   quest::cli::add_plot(app);
   quest::cli::add_robustness(app);
   quest::cli::add_experiment(app);
   try {
     app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {  // unknown options, malformed values: CLI11's own message
+  } catch (const CLI::ParseError& e) {  // unknown options, malformed values: CLI11's own message;
+                                        // a command's exit_with(code): that code, nothing printed
     return app.exit(e);
   } catch (const c10::Error& e) {
     std::cerr << "error: " << rank_prefix(e.what_without_backtrace()) << e.what_without_backtrace() << "\n";
@@ -45,5 +45,5 @@ int main(int argc, char** argv) {
     std::cerr << "error: " << rank_prefix(e.what()) << e.what() << "\n";
     return 1;
   }
-  return exit_code;
+  return 0;
 }

@@ -35,7 +35,7 @@ static int run_train(const TrainFlags& flags, bool no_test, const ParallelFlags&
   callbacks.evaluate_test = !no_test;
   const runs::TrainReport report = runs::train_run(config, flags.data, flags.resume, callbacks, role.parallel);
   if (progress) progress->finish();
-  if (!reports) return report.outcome.status == runs::RunStatus::diverged ? 3 : 0;
+  if (!reports) return report.outcome.status == runs::RunStatus::diverged ? kExitDiverged : 0;
   if (report.outcome.status == runs::RunStatus::diverged)
     return report_divergence(report.outcome, report.diagnostics, report.checkpoint_kept, config.run_dir);
   if (no_test) std::printf("trained (no test evaluation), wall %.1f s\n", report.wall_seconds);
@@ -55,7 +55,7 @@ static int run_eval(const std::string& checkpoint, const std::string& data_dir) 
   return 0;
 }
 
-void add_train(CLI::App& app, int& exit_code) {
+void add_train(CLI::App& app) {
   auto f = std::make_shared<TrainFlags>();
   CLI::App* cmd = app.add_subcommand("train", "Train a ViT on Fashion-MNIST (or any MNIST-format directory)");
   add_training_flags(cmd, f);
@@ -65,14 +65,14 @@ void add_train(CLI::App& app, int& exit_code) {
   cmd->add_flag("--no-test", *no_test, "Skip the test-split evaluation and result.json (sweeps score validation)");
   auto parallel = std::make_shared<ParallelFlags>();
   add_parallel_flags(cmd, parallel);
-  cmd->callback([f, no_test, parallel, &exit_code] { exit_code = run_train(*f, *no_test, *parallel); });
+  cmd->callback([f, no_test, parallel] { exit_with(run_train(*f, *no_test, *parallel)); });
 
   auto checkpoint = std::make_shared<std::string>();
   auto data_dir = std::make_shared<std::string>(data::kFashionMnistDir);
   CLI::App* eval = app.add_subcommand("eval", "Test accuracy of a checkpoint (its run's config.json beside it)");
   eval->add_option("checkpoint", *checkpoint, "Path to checkpoint.pt")->required();
   eval->add_option("--data-dir", *data_dir)->capture_default_str();
-  eval->callback([checkpoint, data_dir, &exit_code] { exit_code = run_eval(*checkpoint, *data_dir); });
+  eval->callback([checkpoint, data_dir] { exit_with(run_eval(*checkpoint, *data_dir)); });
 }
 
 }  // namespace quest::cli

@@ -24,7 +24,7 @@ void add_training_flags(CLI::App* cmd, const std::shared_ptr<TrainFlags>& f) {
   cmd->add_option("--stem", f->stem,
                   "patch (linear patch embedding), conv (3x3 stride-2 convolutions) or conv_bn (the same "
                   "with BatchNorm + ReLU and a final 1x1 conv)")
-      ->check(CLI::IsMember({"patch", "conv", "conv_bn"}));
+      ->check(CLI::IsMember(models::names_of(models::kStemNames)));
   cmd->add_option("--mlp-ratio", f->mlp_ratio)->check(CLI::PositiveNumber);
   cmd->add_option("--dropout", f->dropout)->check(CLI::Range(0.0, 0.99));
   cmd->add_option("--attention-dropout", f->attention_dropout)->check(CLI::Range(0.0, 0.99));
@@ -79,7 +79,7 @@ training::TrainConfig resolve_config(const TrainFlags& f) {
   if (given("--depth")) c.model.depth(f.depth);
   if (given("--heads")) c.model.heads(f.heads);
   if (given("--patch-size")) c.model.patch_size(f.patch_size);
-  if (given("--stem")) c.model.stem(f.stem);
+  if (given("--stem")) c.model.stem(models::parse_stem(f.stem));
   if (given("--mlp-ratio")) c.model.mlp_ratio(f.mlp_ratio);
   if (given("--dropout")) c.model.dropout(f.dropout);
   if (given("--attention-dropout")) c.model.attention_dropout(f.attention_dropout);

@@ -186,7 +186,7 @@ TEST(DataParallel, TwoRanksReproduceOneProcessWithTheSameGlobalBatch) {
     EXPECT_NEAR(b[i], a[i], 1e-5 * std::abs(a[i])) << "step " << i;
     worst = std::max(worst, std::abs(b[i] - a[i]) / std::abs(a[i]));
   }
-  const auto parallel = training::load_run((two.path / "run" / "checkpoint.pt").string());
+  const auto parallel = training::load_run(runs::RunDir(two.path / "run").checkpoint().string());
   EXPECT_EQ(parallel->step(), 33);
   const double weights = weight_difference(*parallel, alone);
   EXPECT_LT(weights, 1e-4);
@@ -218,7 +218,7 @@ TEST(DataParallel, RanksReproduceOneProcessForTheLanguageModel) {
     const auto vb = val_losses(dir.path / "run");
     ASSERT_EQ(vb.size(), va.size());
     for (size_t i = 0; i < va.size(); ++i) EXPECT_NEAR(vb[i], va[i], 1e-5 * va[i]) << ranks << " ranks";
-    const auto parallel = training::load_lm_run((dir.path / "run" / "checkpoint.pt").string());
+    const auto parallel = training::load_lm_run(runs::RunDir(dir.path / "run").checkpoint().string());
     EXPECT_LT(weight_difference(*parallel->model(), *alone.model()), 1e-4) << ranks << " ranks";
   }
 }
@@ -244,7 +244,7 @@ TEST(DataParallel, AKilledRankIsNamedWithinTheTimeoutAndTheRunResumes) {
   TempDir one;
   Trainer alone(config((one.path / "run").string()));
   alone.fit(synthetic(330, 1), synthetic(50, 2), false);
-  const auto parallel = training::load_run((run / "checkpoint.pt").string());
+  const auto parallel = training::load_run(runs::RunDir(run).checkpoint().string());
   EXPECT_EQ(parallel->step(), 33);
   EXPECT_LT(weight_difference(*parallel, alone), 1e-4);
 }
@@ -267,7 +267,7 @@ TEST(DataParallel, ResumesWithADifferentNumberOfRanks) {
     } else {
       ASSERT_EQ(launch_ranks(run, ranks, 3).exit_code, 0);
     }
-    const auto resumed = training::load_run((run / "checkpoint.pt").string());
+    const auto resumed = training::load_run(runs::RunDir(run).checkpoint().string());
     EXPECT_EQ(resumed->step(), 33);
     EXPECT_LT(weight_difference(*resumed, alone), 1e-4) << ranks << " rank(s)";
     EXPECT_EQ(step_losses(run).size(), 33u);

@@ -12,8 +12,8 @@ using torch::Tensor;
 const std::vector<Kind> kKinds = {Kind::standard, Kind::quest, Kind::qnorm, Kind::qknorm,
                                   Kind::qk_layernorm};
 
-Gpt small(Kind kind, const std::string& positions, bool tied = true) {
-  Gpt m(GptOptions().context(24).dim(32).depth(2).heads(4).attention(kind).positions(positions)
+Gpt small(Kind kind, const std::string& positions, bool tied = true) {  // positions by name
+  Gpt m(GptOptions().context(24).dim(32).depth(2).heads(4).attention(kind).positions(parse_positions(positions))
             .tied_embeddings(tied));
   m->initialize(at::detail::createCPUGenerator(7));
   m->eval();
@@ -30,7 +30,7 @@ TEST(Gpt, ShapesTiedAndUntied) {
   Gpt m = small(Kind::quest, "learned");
   EXPECT_THROW(m(torch::randint(0, 256, {1, 25}, torch::kLong)), c10::Error);  // > context
   EXPECT_THROW(m(torch::full({1, 3}, 256, torch::kLong)), c10::Error);        // not a byte
-  EXPECT_THROW(Gpt(GptOptions().positions("sinusoid")), c10::Error);
+  EXPECT_THROW(parse_positions("sinusoid"), c10::Error);
 }
 
 TEST(Gpt, ChangingTokenTNeverChangesEarlierLogits) {

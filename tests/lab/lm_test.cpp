@@ -46,7 +46,7 @@ TEST(Lm, ConfigRoundTripsAndRejectsUnknownKeys) {
   LmConfig c = tiny("/x", "/y");
   const LmConfig back = lm_config_from_json(to_json(c));
   EXPECT_EQ(to_json(back), to_json(c));
-  EXPECT_EQ(lm_config_from_json({{"model", {{"positions", "rotary"}}}}).model.positions(), "rotary");
+  EXPECT_EQ(lm_config_from_json({{"model", {{"positions", "rotary"}}}}).model.positions(), models::Positions::rotary);
   const std::string m = testing::error_message([] { lm_config_from_json({{"modle", {}}}); });
   EXPECT_NE(m.find("unknown config key 'modle'"), std::string::npos) << m;
   const std::string t = testing::error_message([] { lm_config_from_json({{"epochs", "two"}}); });
@@ -65,7 +65,7 @@ TEST(Lm, LearnsAndResumesExactly) {
   trainer.fit(data, false);
   const LmEval after = trainer.evaluate(data.valid);
   EXPECT_LT(after.bits_per_byte, 5.5) << "before " << before.bits_per_byte;
-  EXPECT_TRUE(fs::exists(run / "checkpoint.pt"));
+  EXPECT_TRUE(fs::exists(runs::RunDir(run).checkpoint()));
 
   // The same run stopped in its second epoch, then resumed from the epoch-1 checkpoint: the
   // same weights as straight through.
@@ -121,7 +121,7 @@ TEST(Lm, LogitMonitorFiresOnAHighLearningRateRunAndNotOnQuest) {
   const fs::path root = fs::temp_directory_path() / ("quest_lm_monitor_test_" + std::to_string(::getpid()));
   fs::remove_all(root);
   LmConfig config;  // the default corpus
-  config.model.context(32).dim(32).depth(1).heads(2).positions("rotary");
+  config.model.context(32).dim(32).depth(1).heads(2).positions(models::Positions::rotary);
   config.epochs = 1;
   config.steps_per_epoch = 60;
   config.batch_size = 8;

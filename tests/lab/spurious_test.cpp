@@ -133,7 +133,7 @@ TEST(RetrievalModel, ShapesGradientsAndBadInputForEveryKind) {
     for (Kind kind : all_kinds()) {
       SCOPED_TRACE(to_string(kind) + (projections ? " projections on" : " projections off") + " queries " + queries);
       models::RetrievalModel model(
-          models::RetrievalModelOptions().attention(kind).projections(projections).heads(2).queries(queries));
+          models::RetrievalModelOptions().attention(kind).projections(projections).heads(2).queries(models::parse_queries(queries)));
       EXPECT_EQ(model->named_parameters().contains("query_token"), queries == "learned");
       const auto logits = model->forward(b.keys, b.codes);
       ASSERT_EQ(logits.sizes(), (std::vector<int64_t>{8, 8}));
@@ -153,8 +153,8 @@ TEST(RetrievalModel, ShapesGradientsAndBadInputForEveryKind) {
       if (!projections)  // raw keys: the probe's key norms are |x^k|
         EXPECT_TRUE(torch::allclose(probe.key_norms, b.keys.norm(2, -1), 1e-5, 1e-5));
     }
-  EXPECT_NE(error_message([] { models::RetrievalModel(models::RetrievalModelOptions().queries("all")); })
-                .find("queries must be 'learned' or 'tokens'"),
+  EXPECT_NE(error_message([] { models::parse_queries("all"); })
+                .find("unknown queries 'all' (learned, tokens)"),
             std::string::npos);
   models::RetrievalModel model(models::RetrievalModelOptions{});
   EXPECT_NE(error_message([&] { model->forward(b.keys.narrow(2, 0, 5), b.codes); }).find("keys must be (B, N, 16)"),

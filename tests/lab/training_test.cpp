@@ -62,7 +62,7 @@ struct TempDir : testing::TempDir {
 // metrics.jsonl as (type, epoch, step, loss) per line: what a resumed run must log exactly once.
 std::vector<std::tuple<std::string, int64_t, int64_t, double>> metric_lines(const fs::path& run_dir) {
   std::vector<std::tuple<std::string, int64_t, int64_t, double>> lines;
-  std::ifstream in(run_dir / "metrics.jsonl");
+  std::ifstream in(runs::RunDir(run_dir).metrics());
   for (std::string text; std::getline(in, text);) {
     const auto j = nlohmann::json::parse(text);
     lines.emplace_back(j["type"], j["epoch"], j["step"], j.contains("loss") ? j["loss"] : j["train_loss"]);
@@ -93,7 +93,7 @@ TEST(Trainer, WeightDecayGoesToMatricesOnly) {
   // Every ViT parameter, every kind and stem: decay exactly for linear and convolution weights.
   for (Kind kind : all_kinds())
     for (const char* stem : {"patch", "conv_bn"}) {
-      models::Vit vit(models::VitOptions().image_size(8).patch_size(4).dim(16).depth(2).heads(2).attention(kind).stem(stem));
+      models::Vit vit(models::VitOptions().image_size(8).patch_size(4).dim(16).depth(2).heads(2).attention(kind).stem(models::parse_stem(stem)));
       int decayed = 0;
       for (const auto& p : vit->named_parameters()) {
         const std::string& name = p.key();
@@ -119,10 +119,11 @@ TEST(Trainer, LearnsAndWritesMetrics) {
   const EvalResult after = trainer.evaluate(val);
   EXPECT_LT(after.loss, 0.8 * before);
   EXPECT_GT(after.accuracy, 0.8);
-  EXPECT_TRUE(fs::exists(dir.path / "metrics.jsonl"));
-  EXPECT_TRUE(fs::exists(dir.path / "config.json"));
-  EXPECT_TRUE(fs::exists(dir.path / "checkpoint.pt"));
-  EXPECT_FALSE(fs::exists(dir.path / "checkpoint.pt.tmp"));
+  const runs::RunDir run(dir.path);
+  EXPECT_TRUE(fs::exists(run.metrics()));
+  EXPECT_TRUE(fs::exists(run.config()));
+  EXPECT_TRUE(fs::exists(run.checkpoint()));
+  EXPECT_FALSE(fs::exists(run.checkpoint().string() + ".tmp"));  // the atomic write's temporary is gone
 }
 
 TEST(Trainer, CheckpointRoundTrip) {
@@ -132,7 +133,7 @@ TEST(Trainer, CheckpointRoundTrip) {
     SCOPED_TRACE(stem);
     TempDir dir;
     auto config = tiny_config(dir.str());
-    config.model.stem(stem);
+    config.model.stem(models::parse_stem(stem));
     config.epochs = 1;
     Trainer a(config);
     a.fit(synthetic(64, 1), synthetic(32, 2), false);
@@ -264,7 +265,7 @@ TEST(Trainer, NaNActivationOnTheFusedPathStopsAtTheNextStepWithDiagnostics) {
 
 TEST(Trainer, ConfigJsonRoundTrip) {
   auto c = tiny_config("runs/x", Kind::qknorm);
-  c.model.stem("conv");
+  c.model.stem(models::Stem::conv);
   const auto back = config_from_json(to_json(c));
   EXPECT_EQ(to_json(back), to_json(c));
 }
@@ -295,19 +296,19 @@ TEST(Trainer, PartialConfigKeepsDefaultsAndUnknownKeysAreErrors) {
 
 TEST(Vit, ConvStemKeepsTheTokenGrid) {
   models::VitOptions o;
-  o.image_size(16).patch_size(4).dim(16).depth(1).heads(2).stem("conv");
+  o.image_size(16).patch_size(4).dim(16).depth(1).heads(2).stem(models::Stem::conv);
   models::Vit vit(o);
   EXPECT_EQ(vit->forward(torch::randn({3, 1, 16, 16})).sizes(), (std::vector<int64_t>{3, 10}));
   EXPECT_EQ(vit->pos_embed.size(1), 4 * 4 + 1);
-  models::Vit bn(o.stem("conv_bn"));
+  models::Vit bn(o.stem(models::Stem::conv_bn));
   EXPECT_EQ(bn->forward(torch::randn({3, 1, 16, 16})).sizes(), (std::vector<int64_t>{3, 10}));
   EXPECT_TRUE(bn->named_buffers().contains("patch_embed.norm1.running_mean"));
   EXPECT_FALSE(applies_weight_decay("patch_embed.norm1.weight", bn->named_parameters()["patch_embed.norm1.weight"]));
-  EXPECT_NE(testing::error_message([] { models::Vit(models::VitOptions().patch_size(7).stem("conv")); })
+  EXPECT_NE(testing::error_message([] { models::Vit(models::VitOptions().patch_size(7).stem(models::Stem::conv)); })
                 .find("power-of-two patch_size"),
             std::string::npos);
-  EXPECT_NE(testing::error_message([] { models::Vit(models::VitOptions().stem("convolution")); })
-                .find("unknown stem 'convolution'"),
+  EXPECT_NE(testing::error_message([] { models::parse_stem("convolution"); })
+                .find("unknown stem 'convolution' (patch, conv, conv_bn)"),
             std::string::npos);
 }
 

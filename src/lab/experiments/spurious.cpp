@@ -208,7 +208,7 @@ nlohmann::json to_json(const SpuriousRunConfig& c) {
             {"bias_probability", t.bias_probability}, {"high_variance", t.high_variance},
             {"low_variance", t.low_variance}, {"bias_scale", t.bias_scale}, {"bias_noise", t.bias_noise}}},
           {"model",
-           {{"attention", to_string(m.attention())}, {"projections", m.projections()}, {"queries", m.queries()}, {"dim", m.dim()},
+           {{"attention", to_string(m.attention())}, {"projections", m.projections()}, {"queries", to_string(m.queries())}, {"dim", m.dim()},
             {"heads", m.heads()}, {"hidden", m.hidden()}, {"backend", to_string(m.backend())}}},
           {"lr", c.lr}, {"weight_decay", c.weight_decay}, {"steps", c.steps}, {"batch_size", c.batch_size},
           {"log_every", c.log_every}, {"eval_size", c.eval_size}, {"probe_size", c.probe_size},

@@ -11,7 +11,7 @@ GptBlockImpl::GptBlockImpl(const GptOptions& o) {
   attn = register_module("attn", nn::MultiheadAttention(nn::MultiheadAttentionOptions(o.dim(), o.heads())
                                                             .kind(o.attention())
                                                             .causal(true)
-                                                            .rotary(o.positions() == "rotary")
+                                                            .rotary(o.positions() == Positions::rotary)
                                                             .backend(o.backend())));
   norm2 = register_module("norm2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.dim()})));
   fc1 = register_module("fc1", torch::nn::Linear(o.dim(), hidden));
@@ -33,10 +33,8 @@ GptImpl::GptImpl(const GptOptions& o) : options(o) {
   TORCH_CHECK(o.vocab_size() >= 2 && o.context() >= 1 && o.depth() >= 1 && o.mlp_ratio() > 0,
               "quest::models::Gpt: need vocab_size >= 2, context >= 1, depth >= 1, mlp_ratio > 0");
   TORCH_CHECK(o.dropout() >= 0 && o.dropout() < 1, "quest::models::Gpt: dropout must be in [0, 1)");
-  TORCH_CHECK(o.positions() == "learned" || o.positions() == "rotary",
-              "quest::models::Gpt: unknown positions '", o.positions(), "' (learned or rotary)");
   token_embed = register_module("token_embed", torch::nn::Embedding(o.vocab_size(), o.dim()));
-  if (o.positions() == "learned")
+  if (o.positions() == Positions::learned)
     pos_embed = register_parameter("pos_embed", torch::randn({o.context(), o.dim()}) * 0.02);
   embed_dropout = register_module("embed_dropout", nn::Dropout(o.dropout()));
   blocks = register_module("blocks", torch::nn::ModuleList());

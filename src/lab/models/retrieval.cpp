@@ -9,8 +9,6 @@ RetrievalModelImpl::RetrievalModelImpl(const RetrievalModelOptions& o) : options
               "quest::models::RetrievalModel: key_dim, dim, heads, hidden must be >= 1 and classes >= 2");
   TORCH_CHECK(!o.projections() || o.dim() % o.heads() == 0, "quest::models::RetrievalModel: dim ",
               o.dim(), " is not divisible by heads ", o.heads());
-  TORCH_CHECK(o.queries() == "learned" || o.queries() == "tokens",
-              "quest::models::RetrievalModel: queries must be 'learned' or 'tokens', got '", o.queries(), "'");
   if (o.projections()) {
     if (!self_attention()) query_token = register_parameter("query_token", torch::randn({o.dim()}));
     encoder = register_module(

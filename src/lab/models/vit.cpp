@@ -33,11 +33,11 @@ VitImpl::VitImpl(const VitOptions& o) : options(o) {
               "quest::models::Vit: dropout and drop_path must be in [0, 1)");
   const int64_t grid = o.image_size() / o.patch_size(), tokens = grid * grid + 1;
   patch_embed = register_module("patch_embed", torch::nn::Sequential());
-  if (o.stem() == "patch") {
+  if (o.stem() == Stem::patch) {
     patch_embed->push_back(torch::nn::Conv2d(
         torch::nn::Conv2dOptions(o.channels(), o.dim(), o.patch_size()).stride(o.patch_size())));
-  } else if (o.stem() == "conv" || o.stem() == "conv_bn") {
-    const bool batch_norm = o.stem() == "conv_bn";
+  } else {  // Stem::conv, Stem::conv_bn
+    const bool batch_norm = o.stem() == Stem::conv_bn;
     int64_t steps = 0;
     while ((int64_t{1} << steps) < o.patch_size()) ++steps;
     TORCH_CHECK(steps >= 1 && (int64_t{1} << steps) == o.patch_size(),
@@ -60,8 +60,6 @@ VitImpl::VitImpl(const VitOptions& o) : options(o) {
       in = out;
     }
     if (batch_norm) patch_embed->push_back("project", torch::nn::Conv2d(torch::nn::Conv2dOptions(in, o.dim(), 1)));
-  } else {
-    TORCH_CHECK(false, "quest::models::Vit: unknown stem '", o.stem(), "' (patch, conv or conv_bn)");
   }
   cls_token = register_parameter("cls_token", torch::randn({1, 1, o.dim()}) * 0.02);
   pos_embed = register_parameter("pos_embed", torch::randn({1, tokens, o.dim()}) * 0.02);

@@ -24,6 +24,34 @@ static void check_type(const std::string& key, const nlohmann::json& value, cons
   TORCH_CHECK(ok, "quest::training: config key '", key, "' must be ", expected, ", got ", value.dump());
 }
 
+nlohmann::json to_json(const RunSettings& s) {
+  return {{"epochs", s.epochs},
+          {"batch_size", s.batch_size},
+          {"lr", s.lr},
+          {"min_lr", s.min_lr},
+          {"weight_decay", s.weight_decay},
+          {"warmup_epochs", s.warmup_epochs},
+          {"clip_grad_norm", s.clip_grad_norm},
+          {"seed", s.seed},
+          {"log_every", s.log_every},
+          {"logit_monitor", to_json(s.logit_monitor)},
+          {"run_dir", s.run_dir}};
+}
+
+void read_run_settings(const nlohmann::json& merged, RunSettings& s) {
+  s.epochs = merged.at("epochs");
+  s.batch_size = merged.at("batch_size");
+  s.lr = merged.at("lr");
+  s.min_lr = merged.at("min_lr");
+  s.weight_decay = merged.at("weight_decay");
+  s.warmup_epochs = merged.at("warmup_epochs");
+  s.clip_grad_norm = merged.at("clip_grad_norm");
+  s.seed = merged.at("seed");
+  s.log_every = merged.at("log_every");
+  s.logit_monitor = logit_monitor_from_json(merged.at("logit_monitor"));
+  s.run_dir = merged.at("run_dir");
+}
+
 nlohmann::json merged_config(const nlohmann::json& defaults, const nlohmann::json& j) {
   TORCH_CHECK(j.is_object(), "quest::training: a config must be a JSON object");
   for (const auto& [key, value] : j.items()) {

@@ -17,6 +17,23 @@ namespace quest::training {
 
 namespace fs = std::filesystem;
 
+EngineConfig engine_config(const RunSettings& s, const DataParallel& parallel) {
+  EngineConfig e;
+  e.epochs = s.epochs;
+  e.lr = s.lr;
+  e.min_lr = s.min_lr;
+  e.weight_decay = s.weight_decay;
+  e.schedule = Schedule::warmup_cosine;
+  e.warmup_epochs = s.warmup_epochs;
+  e.clip_grad_norm = s.clip_grad_norm;
+  e.seed = s.seed;
+  e.log_every = s.log_every;
+  e.logit_monitor = s.logit_monitor;
+  e.run_dir = runs::RunDir(s.run_dir);
+  e.parallel = parallel;
+  return e;
+}
+
 bool applies_weight_decay(const std::string& name, const torch::Tensor& parameter) {
   auto ends_with = [&](const std::string& s) {
     return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;

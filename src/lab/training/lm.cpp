@@ -6,18 +6,16 @@ namespace quest::training {
 
 nlohmann::json to_json(const LmConfig& c) {
   const auto& m = c.model;
-  return {{"model",
+  nlohmann::json j = {{"model",
            {{"vocab_size", m.vocab_size()}, {"context", m.context()}, {"dim", m.dim()},
             {"depth", m.depth()}, {"heads", m.heads()}, {"mlp_ratio", m.mlp_ratio()},
             {"dropout", m.dropout()}, {"attention", to_string(m.attention())},
-            {"backend", to_string(m.backend())}, {"positions", m.positions()},
+            {"backend", to_string(m.backend())}, {"positions", to_string(m.positions())},
             {"tied_embeddings", m.tied_embeddings()}}},
-          {"epochs", c.epochs}, {"steps_per_epoch", c.steps_per_epoch},
-          {"batch_size", c.batch_size}, {"lr", c.lr}, {"min_lr", c.min_lr},
-          {"weight_decay", c.weight_decay}, {"warmup_epochs", c.warmup_epochs},
-          {"clip_grad_norm", c.clip_grad_norm}, {"corpus", c.corpus},
-          {"corpus_bytes", c.corpus_bytes}, {"eval_bytes", c.eval_bytes}, {"seed", c.seed},
-          {"log_every", c.log_every}, {"logit_monitor", to_json(c.logit_monitor)}, {"run_dir", c.run_dir}};
+          {"steps_per_epoch", c.steps_per_epoch}, {"corpus", c.corpus},
+          {"corpus_bytes", c.corpus_bytes}, {"eval_bytes", c.eval_bytes}};
+  j.update(to_json(static_cast<const RunSettings&>(c)));
+  return j;
 }
 
 LmConfig lm_config_from_json(const nlohmann::json& j) {
@@ -30,23 +28,13 @@ LmConfig lm_config_from_json(const nlohmann::json& j) {
   TORCH_CHECK(backend, "quest::training: unknown backend '", m.at("backend").get<std::string>(), "'");
   c.model.vocab_size(m.at("vocab_size")).context(m.at("context")).dim(m.at("dim"))
       .depth(m.at("depth")).heads(m.at("heads")).mlp_ratio(m.at("mlp_ratio"))
-      .dropout(m.at("dropout")).attention(*kind).backend(*backend).positions(m.at("positions"))
+      .dropout(m.at("dropout")).attention(*kind).backend(*backend).positions(models::parse_positions(m.at("positions")))
       .tied_embeddings(m.at("tied_embeddings"));
-  c.epochs = merged.at("epochs");
+  read_run_settings(merged, c);
   c.steps_per_epoch = merged.at("steps_per_epoch");
-  c.batch_size = merged.at("batch_size");
-  c.lr = merged.at("lr");
-  c.min_lr = merged.at("min_lr");
-  c.weight_decay = merged.at("weight_decay");
-  c.warmup_epochs = merged.at("warmup_epochs");
-  c.clip_grad_norm = merged.at("clip_grad_norm");
   c.corpus = merged.at("corpus");
   c.corpus_bytes = merged.at("corpus_bytes");
   c.eval_bytes = merged.at("eval_bytes");
-  c.seed = merged.at("seed");
-  c.log_every = merged.at("log_every");
-  c.logit_monitor = logit_monitor_from_json(merged.at("logit_monitor"));
-  c.run_dir = merged.at("run_dir");
   return c;
 }
 
@@ -165,20 +153,7 @@ LmTrainer::LmTrainer(LmConfig config, DataParallel parallel)
               "quest::training: need epochs, steps_per_epoch, batch_size >= 1 and lr > 0");
   parallel_.check_batch(config_.batch_size);
   task_ = std::make_unique<LmTask>(config_);
-  EngineConfig e;
-  e.epochs = config_.epochs;
-  e.lr = config_.lr;
-  e.min_lr = config_.min_lr;
-  e.weight_decay = config_.weight_decay;
-  e.schedule = Schedule::warmup_cosine;
-  e.warmup_epochs = config_.warmup_epochs;
-  e.clip_grad_norm = config_.clip_grad_norm;
-  e.seed = config_.seed;
-  e.log_every = config_.log_every;
-  e.logit_monitor = config_.logit_monitor;
-  e.run_dir = runs::RunDir(config_.run_dir);
-  e.parallel = parallel_;
-  engine_ = std::make_unique<Engine>(e, *task_);
+  engine_ = std::make_unique<Engine>(engine_config(config_, parallel_), *task_);
 }
 
 LmTrainer::~LmTrainer() = default;

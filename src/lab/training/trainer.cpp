@@ -141,18 +141,17 @@ torch::Tensor augment(const torch::Tensor& images, int64_t pad, bool flip, torch
 
 nlohmann::json to_json(const TrainConfig& c) {
   const auto& m = c.model;
-  return {{"model",
+  nlohmann::json j = {{"model",
            {{"image_size", m.image_size()}, {"channels", m.channels()}, {"patch_size", m.patch_size()},
-            {"stem", m.stem()},
+            {"stem", to_string(m.stem())},
             {"num_classes", m.num_classes()}, {"dim", m.dim()}, {"depth", m.depth()},
             {"heads", m.heads()}, {"mlp_ratio", m.mlp_ratio()}, {"dropout", m.dropout()},
             {"attention_dropout", m.attention_dropout()}, {"drop_path", m.drop_path()},
             {"attention", to_string(m.attention())}, {"backend", to_string(m.backend())}}},
-          {"epochs", c.epochs}, {"batch_size", c.batch_size}, {"train_subset", c.train_subset}, {"lr", c.lr}, {"min_lr", c.min_lr},
-          {"weight_decay", c.weight_decay}, {"warmup_epochs", c.warmup_epochs},
-          {"clip_grad_norm", c.clip_grad_norm}, {"label_smoothing", c.label_smoothing},
-          {"augment", c.augment}, {"crop_padding", c.crop_padding}, {"flip", c.flip},
-          {"seed", c.seed}, {"log_every", c.log_every}, {"logit_monitor", to_json(c.logit_monitor)}, {"run_dir", c.run_dir}};
+          {"train_subset", c.train_subset}, {"label_smoothing", c.label_smoothing},
+          {"augment", c.augment}, {"crop_padding", c.crop_padding}, {"flip", c.flip}};
+  j.update(to_json(static_cast<const RunSettings&>(c)));
+  return j;
 }
 
 TrainConfig config_from_json(const nlohmann::json& j) {
@@ -164,26 +163,16 @@ TrainConfig config_from_json(const nlohmann::json& j) {
   const auto backend = parse_backend(m.at("backend").get<std::string>());
   TORCH_CHECK(backend, "quest::training: unknown backend '", m.at("backend").get<std::string>(), "'");
   c.model.image_size(m.at("image_size")).channels(m.at("channels")).patch_size(m.at("patch_size"))
-      .stem(m.at("stem")).num_classes(m.at("num_classes")).dim(m.at("dim")).depth(m.at("depth"))
+      .stem(models::parse_stem(m.at("stem"))).num_classes(m.at("num_classes")).dim(m.at("dim")).depth(m.at("depth"))
       .heads(m.at("heads")).mlp_ratio(m.at("mlp_ratio")).dropout(m.at("dropout"))
       .attention_dropout(m.at("attention_dropout")).drop_path(m.at("drop_path"))
       .attention(*kind).backend(*backend);
-  c.epochs = merged.at("epochs");
-  c.batch_size = merged.at("batch_size");
+  read_run_settings(merged, c);
   c.train_subset = merged.at("train_subset");
-  c.lr = merged.at("lr");
-  c.min_lr = merged.at("min_lr");
-  c.weight_decay = merged.at("weight_decay");
-  c.warmup_epochs = merged.at("warmup_epochs");
-  c.clip_grad_norm = merged.at("clip_grad_norm");
   c.label_smoothing = merged.at("label_smoothing");
   c.augment = merged.at("augment");
   c.crop_padding = merged.at("crop_padding");
   c.flip = merged.at("flip");
-  c.seed = merged.at("seed");
-  c.log_every = merged.at("log_every");
-  c.logit_monitor = logit_monitor_from_json(merged.at("logit_monitor"));
-  c.run_dir = merged.at("run_dir");
   return c;
 }
 
@@ -271,22 +260,6 @@ class Trainer::VitTask : public Task {
   std::optional<Normalization> normalization;
 };
 
-static EngineConfig engine_config(const TrainConfig& c, const DataParallel& parallel) {
-  EngineConfig e;
-  e.epochs = c.epochs;
-  e.lr = c.lr;
-  e.min_lr = c.min_lr;
-  e.weight_decay = c.weight_decay;
-  e.schedule = Schedule::warmup_cosine;
-  e.warmup_epochs = c.warmup_epochs;
-  e.clip_grad_norm = c.clip_grad_norm;
-  e.seed = c.seed;
-  e.log_every = c.log_every;
-  e.logit_monitor = c.logit_monitor;
-  e.run_dir = runs::RunDir(c.run_dir);
-  e.parallel = parallel;
-  return e;
-}
 
 Trainer::Trainer(TrainConfig config, DataParallel parallel)
     : config_(std::move(config)), parallel_(std::move(parallel)) {

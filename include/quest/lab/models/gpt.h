@@ -9,10 +9,18 @@
 #include <string>
 #include <vector>
 
+#include "quest/lab/models/option_names.h"
 #include "quest/torch/nn/dropout.h"
 #include "quest/torch/nn/multihead_attention.h"
 
 namespace quest::models {
+
+// Where token positions enter (GptOptions::positions): learned, a position table added to the token
+// embedding; rotary, RoPE on q and k.
+enum class Positions { learned, rotary };
+inline constexpr OptionNames<Positions, 2> kPositionsNames{{{Positions::learned, "learned"}, {Positions::rotary, "rotary"}}};
+inline std::string to_string(Positions p) { return name_of(kPositionsNames, p); }
+inline Positions parse_positions(const std::string& s) { return parse_option(kPositionsNames, s, "positions"); }
 
 struct GptOptions {
   TORCH_ARG(int64_t, vocab_size) = 256;  // bytes
@@ -24,8 +32,7 @@ struct GptOptions {
   TORCH_ARG(double, dropout) = 0.0;  // after the embedding, the attention projection and the MLP
   TORCH_ARG(Kind, attention) = Kind::quest;
   TORCH_ARG(Backend, backend) = Backend::automatic;
-  // "learned": a position table added to the token embedding; "rotary": RoPE on q and k.
-  TORCH_ARG(std::string, positions) = "learned";
+  TORCH_ARG(Positions, positions) = Positions::learned;
   TORCH_ARG(bool, tied_embeddings) = true;  // the output head reuses the token embedding
 };
 

@@ -22,10 +22,18 @@
 
 #include <torch/torch.h>
 
+#include "quest/lab/models/option_names.h"
 #include "quest/torch/attention.h"
 #include "quest/torch/nn/kind_parameters.h"
 
 namespace quest::models {
+
+// Who queries (RetrievalModelOptions::queries): learned, one learned query token reads the sequence;
+// tokens, every token queries (self-attention), rows averaged.
+enum class Queries { learned, tokens };
+inline constexpr OptionNames<Queries, 2> kQueriesNames{{{Queries::learned, "learned"}, {Queries::tokens, "tokens"}}};
+inline std::string to_string(Queries q) { return name_of(kQueriesNames, q); }
+inline Queries parse_queries(const std::string& s) { return parse_option(kQueriesNames, s, "queries"); }
 
 struct RetrievalModelOptions {
   TORCH_ARG(int64_t, key_dim) = 16;
@@ -34,7 +42,7 @@ struct RetrievalModelOptions {
   TORCH_ARG(int64_t, heads) = 1;
   TORCH_ARG(int64_t, hidden) = 64;  // token encoder width
   TORCH_ARG(bool, projections) = true;
-  TORCH_ARG(std::string, queries) = "learned";  // "learned" (one query token) or "tokens" (self-attention)
+  TORCH_ARG(Queries, queries) = Queries::learned;
   TORCH_ARG(Kind, attention) = Kind::quest;
   TORCH_ARG(Backend, backend) = Backend::automatic;
 };
@@ -70,7 +78,7 @@ class RetrievalModelImpl : public torch::nn::Module {
   };
   Heads split_heads(const torch::Tensor& keys, const torch::Tensor& codes);
   int64_t heads() const { return options.projections() ? options.heads() : 1; }
-  bool self_attention() const { return options.queries() == "tokens"; }
+  bool self_attention() const { return options.queries() == Queries::tokens; }
 };
 TORCH_MODULE(RetrievalModel);
 

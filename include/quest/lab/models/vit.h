@@ -7,22 +7,29 @@
 #include <optional>
 #include <vector>
 
+#include "quest/lab/models/option_names.h"
 #include "quest/torch/nn/dropout.h"
 #include "quest/torch/nn/multihead_attention.h"
 
 namespace quest::models {
 
+// How images become tokens (VitOptions::stem).
+enum class Stem { patch, conv, conv_bn };
+inline constexpr OptionNames<Stem, 3> kStemNames{{{Stem::patch, "patch"}, {Stem::conv, "conv"}, {Stem::conv_bn, "conv_bn"}}};
+inline std::string to_string(Stem s) { return name_of(kStemNames, s); }
+inline Stem parse_stem(const std::string& s) { return parse_option(kStemNames, s, "stem"); }
+
 struct VitOptions {
   TORCH_ARG(int64_t, image_size) = 28;
   TORCH_ARG(int64_t, channels) = 1;
   TORCH_ARG(int64_t, patch_size) = 4;
-  // "patch": one linear patch embedding (a patch_size-strided convolution), as in ViT.
-  // "conv": a convolutional stem (Xiao et al. 2021, "Early convolutions help transformers see
+  // Stem::patch: one linear patch embedding (a patch_size-strided convolution), as in ViT.
+  // Stem::conv: a convolutional stem (Xiao et al. 2021, "Early convolutions help transformers see
   // better"): log2(patch_size) 3x3 stride-2 convolutions with GELU, same token grid; needs a
   // power-of-two patch_size. Far more sample-efficient on small datasets.
-  // "conv_bn": the stem as Xiao et al. build it: each 3x3 stride-2 conv followed by BatchNorm and
+  // Stem::conv_bn: the stem as Xiao et al. build it: each 3x3 stride-2 conv followed by BatchNorm and
   // ReLU, then a 1x1 conv to dim (BatchNorm: train/eval modes matter, statistics are buffers).
-  TORCH_ARG(std::string, stem) = "patch";
+  TORCH_ARG(Stem, stem) = Stem::patch;
   TORCH_ARG(int64_t, num_classes) = 10;
   TORCH_ARG(int64_t, dim) = 128;
   TORCH_ARG(int64_t, depth) = 6;

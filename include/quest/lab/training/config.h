@@ -1,11 +1,32 @@
-// Task configs as JSON: a file over its defaults, checked key by key, and the config of the run a
-// checkpoint belongs to.
+// Task configs: the run settings every task carries (declared once), JSON files over a task's
+// defaults checked key by key, and the config of the run a checkpoint belongs to.
 #pragma once
 
+#include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "quest/lab/training/monitor.h"
+
 namespace quest::training {
+
+// What every task's config holds for the engine and its batches (engine_config() in engine.h
+// makes the EngineConfig): the optimiser, the warmup + cosine schedule, clipping, the seed,
+// logging, the logit monitor and the run directory. A task config inherits it and sets its own
+// defaults in its constructor; JSON keys are the field names, at the top level of the config.
+struct RunSettings {
+  int64_t epochs = 1, batch_size = 1;
+  double lr = 1e-3, min_lr = 1e-5, weight_decay = 0, warmup_epochs = 0;
+  double clip_grad_norm = 1.0;  // <= 0: off
+  uint64_t seed = 0;
+  int64_t log_every = 50;  // steps between metric lines (and diagnostics)
+  LogitMonitorOptions logit_monitor;
+  std::string run_dir;     // files: quest/lab/runs/run_dir.h
+};
+// The settings as top-level keys (a task's to_json adds its own).
+nlohmann::json to_json(const RunSettings& settings);
+// Reads the settings' keys of `merged` (a config after merged_config, so every key is there).
+void read_run_settings(const nlohmann::json& merged, RunSettings& settings);
 
 // A task's config file over its defaults: keys absent from `j` keep their defaults, so a file can
 // hold only what it changes; an unknown key (one level of nested objects, e.g. "model") is an

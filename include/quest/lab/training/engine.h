@@ -116,6 +116,9 @@ struct EngineConfig {
   DataParallel parallel;
 };
 
+// The engine's config for a task's run settings (warmup + cosine schedule) on `parallel`.
+EngineConfig engine_config(const RunSettings& settings, const DataParallel& parallel = {});
+
 // Parameters that get weight decay: matrices and convolution kernels (dim >= 2) except
 // embeddings and learned tokens (names ending in pos_embed, cls_token, query_token). Biases,
 // normalisation parameters and learnable attention scales (all dim 1) get none.

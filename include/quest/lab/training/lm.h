@@ -15,18 +15,18 @@
 
 namespace quest::training {
 
-struct LmConfig {
+struct LmConfig : RunSettings {
+  LmConfig() {
+    epochs = 4;
+    batch_size = 32;
+    weight_decay = 0.1;
+    warmup_epochs = 0.5;
+  }
   models::GptOptions model;  // model.context: the training window
-  int64_t epochs = 4, steps_per_epoch = 200, batch_size = 32;
-  double lr = 1e-3, min_lr = 1e-5, weight_decay = 0.1, warmup_epochs = 0.5;
-  double clip_grad_norm = 1.0;  // <= 0: off
+  int64_t steps_per_epoch = 200;
   std::string corpus = data::linux_doc_dir();
   int64_t corpus_bytes = 0;          // > 0: read only that many bytes of the corpus
   int64_t eval_bytes = 1 << 18;      // validation after each epoch: that many bytes of the split
-  uint64_t seed = 0;
-  int64_t log_every = 50;
-  LogitMonitorOptions logit_monitor;
-  std::string run_dir;
 };
 nlohmann::json to_json(const LmConfig& config);
 LmConfig lm_config_from_json(const nlohmann::json& j);

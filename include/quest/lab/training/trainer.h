@@ -57,20 +57,19 @@ Normalization mnist_normalization(const std::string& dir);
 // The test split of `dir` normalised with `n` (a run's saved normalisation): reads t10k only.
 Dataset load_mnist_test(const std::string& dir, Normalization n);
 
-struct TrainConfig {
+struct TrainConfig : RunSettings {
+  TrainConfig() {
+    epochs = 10;
+    batch_size = 128;
+    weight_decay = 0.05;
+    warmup_epochs = 1;
+  }
   models::VitOptions model;
-  int64_t epochs = 10, batch_size = 128;
   int64_t train_subset = 0;  // > 0: train on the first that many training images only
-  double lr = 1e-3, min_lr = 1e-5, weight_decay = 0.05, warmup_epochs = 1;
-  double clip_grad_norm = 1.0;  // <= 0: off
   double label_smoothing = 0.1;
   bool augment = true;
   int64_t crop_padding = 2;
   bool flip = true;
-  uint64_t seed = 0;
-  int64_t log_every = 50;  // steps between metric lines (and diagnostics)
-  LogitMonitorOptions logit_monitor;
-  std::string run_dir;     // files: quest/lab/runs/run_dir.h
 };
 nlohmann::json to_json(const TrainConfig& config);
 TrainConfig config_from_json(const nlohmann::json& j);
