@@ -112,8 +112,8 @@ void add_compare_flags(CLI::App* cmd, const std::shared_ptr<CompareFlags>& compa
 }
 
 std::unique_ptr<runs::Executor> compare_executor(int workers, int threads) {
-  // Side by side, each child gets its share of the threads: on this 2-core machine two 1-thread
-  // runs train ~1.5x as many images/s as one 2-thread run.
+  // Side by side, each child gets its share of the threads: small models use extra threads poorly,
+  // so two 1-thread runs outpace one 2-thread run (results/full/README.md).
   return workers > 1 ? runs::child_process_executor(workers, std::max(1, threads / workers))
                      : runs::in_process_executor();
 }

@@ -5,8 +5,6 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -16,47 +14,6 @@
 
 namespace quest {
 namespace {
-
-// Minor page faults of allocating, filling and freeing a 64 MB block (through a volatile pointer,
-// so that the compiler cannot drop the pair).
-long faults_of_a_large_block() {
-  void* (*volatile allocate)(size_t) = std::malloc;
-  const size_t bytes = size_t{64} << 20;
-  const long before = minor_page_faults();
-  char* p = static_cast<char*>(allocate(bytes));
-  std::memset(p, 1, bytes);
-  const long faults = minor_page_faults() - before;
-  std::free(p);
-  return faults;
-}
-
-// By default glibc maps a 64 MB block afresh and faults in all its pages every time (16 384 of
-// 4 KB; fewer with transparent huge pages always on); kept (process-wide from here on, which the
-// other tests do not mind), the second block reuses the first's pages.
-TEST(Runtime, KeptFreedMemoryIsNotFaultedInAgain) {
-  faults_of_a_large_block();
-  const long fresh = faults_of_a_large_block();
-  ASSERT_GT(fresh, 0);
-#if defined(__GLIBC__)
-  ASSERT_TRUE(keep_freed_memory());
-  faults_of_a_large_block();
-  EXPECT_LT(faults_of_a_large_block(), fresh / 10 + 1) << fresh << " faults before";
-#else
-  EXPECT_FALSE(keep_freed_memory());
-#endif
-}
-
-TEST(Runtime, PeakResidentMemoryCountsATouchedBlock) {
-  const double before = peak_rss_gib();
-  ASSERT_GT(before, 0.0);
-  void* (*volatile allocate)(size_t) = std::malloc;
-  const size_t bytes = size_t{512} << 20;
-  char* p = static_cast<char*>(allocate(bytes));
-  std::memset(p, 1, bytes);
-  const double after = peak_rss_gib();
-  std::free(p);
-  EXPECT_GT(after, before + 0.2) << before << " GiB before";
-}
 
 TEST(Runtime, DetectsTheBlasBehindTorch) {
   const BlasInfo info = detect_blas();

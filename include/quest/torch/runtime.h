@@ -41,20 +41,6 @@ int set_blas_threads(int threads);
 // Intra-op threads: OMP_NUM_THREADS if set, else every hardware thread. Returns the count used.
 int configure_threads();
 
-// Makes glibc's malloc keep what is freed for reuse, process-wide: no block gets its own mmap and
-// the heap is never trimmed back to the OS. LibTorch allocates the composite attention's N x N
-// buffers afresh on every call; by default each is mapped, faulted in page by page and unmapped
-// again (issue #18 found composite runs spending almost half their CPU time on page faults).
-// For benchmarks that want the composite's cost without that; memory once used stays with the
-// process. Returns false (and changes nothing) where malloc is not glibc's.
-bool keep_freed_memory();
-
-// Minor page faults of this process so far (getrusage).
-long minor_page_faults();
-
-// This process's peak resident memory so far, in GiB (getrusage).
-double peak_rss_gib();
-
 // An exception's message for a user: c10::Error's without LibTorch's C++ backtrace, else what().
 std::string error_message(const std::exception& e);
 

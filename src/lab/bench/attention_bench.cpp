@@ -10,6 +10,7 @@
 #include <stdexcept>
 
 #include "quest/core/fused.h"
+#include "quest/lab/bench/process.h"
 #include "quest/lab/bench/timing.h"
 #include "quest/torch/attention.h"
 #include "quest/torch/runtime.h"

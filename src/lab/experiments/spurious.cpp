@@ -188,8 +188,8 @@ std::vector<SpuriousRunResult> run_spurious_grid(const std::vector<SpuriousRunCo
     }
   };
   const int previous_threads = at::get_num_threads();
-  // Concurrent callers of a multi-threaded OpenBLAS queue on its pool: 2 workers ran 4 runs in
-  // 46 s with it, 9.5 s without (one worker: 21.5 s).
+  // Concurrent callers of a multi-threaded OpenBLAS queue on its pool (measured on Debian's
+  // OpenBLAS: two workers were then slower than one); a no-op on other BLAS.
   const int previous_blas_threads = workers > 1 ? set_blas_threads(1) : -1;
   std::vector<std::thread> threads;
   for (int w = 0; w < workers; ++w) threads.emplace_back(work);
