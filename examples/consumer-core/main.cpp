@@ -19,7 +19,7 @@ int main() {
   a.q = quest::contiguous_view<const float>(q.data(), H, N, D);
   a.k = quest::contiguous_view<const float>(k.data(), H, N, D);
   a.v = quest::contiguous_view<const float>(v.data(), H, N, D);
-  a.k_norm = quest::traits(quest::Kind::quest).k_norm;  // keys on the unit sphere, scale 1
+  a.k_norm = quest::kind_traits(quest::Kind::quest).k_norm;  // keys on the unit sphere, scale 1
   a.causal = true;
   std::vector<double> lse(B * H * N);
   quest::reference::forward(a, quest::contiguous_view(ref.data(), H, N, D), lse.data());
