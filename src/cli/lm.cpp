@@ -23,42 +23,29 @@ namespace fs = std::filesystem;
 namespace {
 
 struct LmTrainFlags {
-  std::string config, run_dir = "runs/lm", attention;
+  std::unique_ptr<ConfigFlags> config;  // --config and the flags over LmConfig's keys
   bool resume = false, no_test = false;
-  int64_t epochs = 0;
-  int64_t seed = -1;
-  double lr = 0;
 };
+
+constexpr const char* kDefaultLmRunDir = "runs/lm";
 
 void print_eval(const char* what, const training::LmEval& e) {
   std::printf("%s: %.4f bits per byte (%.4f nats), next-byte accuracy %.4f over %lld bytes\n", what,
               e.bits_per_byte, e.nats_per_byte, e.accuracy, (long long)e.bytes);
 }
 
-// The config file with the flags given on top.
-training::LmConfig resolve_lm_config(const std::string& path, const std::string& attention, int64_t epochs,
-                                     double lr) {
-  nlohmann::json j = nlohmann::json::object();
-  if (!path.empty()) {
-    std::ifstream in(path);
-    if (!in) throw std::runtime_error("cannot open config '" + path + "'");
-    j = nlohmann::json::parse(in);
-  }
-  training::LmConfig c = training::lm_config_from_json(j);
-  if (!attention.empty()) {
-    const auto kind = parse_kind(attention);
-    if (!kind) throw std::invalid_argument("--attention: unknown kind '" + attention + "'");
-    c.model.attention(*kind);
-  }
-  if (epochs > 0) c.epochs = epochs;
-  if (lr > 0) c.lr = lr;
+// The LM's flags over the config file: the shared run settings, the attention kind, the corpus.
+std::unique_ptr<ConfigFlags> add_lm_config_flags(CLI::App* cmd, const std::string& help) {
+  auto c = std::make_unique<ConfigFlags>(cmd, help);
+  add_run_settings_flags(*c);
+  c->add<int64_t>("--steps-per-epoch", "steps_per_epoch")->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
+  c->add<std::string>("--corpus", "corpus", "Directory of text files (default: the kernel documentation)");
   return c;
 }
 
 int run_lm_train(const LmTrainFlags& f, const ParallelFlags& parallel_flags) {
-  training::LmConfig c = resolve_lm_config(f.config, f.attention, f.epochs, f.lr);
-  c.run_dir = f.run_dir;
-  if (f.seed >= 0) c.seed = static_cast<uint64_t>(f.seed);
+  training::LmConfig c = f.config->resolve(training::lm_config_from_json);
+  if (c.run_dir.empty()) c.run_dir = kDefaultLmRunDir;
   const ParallelRole role = start_parallel(parallel_flags);
   if (role.launched) return *role.launched;
   const bool reports = role.parallel.writes();  // rank 0 (or alone) prints; the other ranks train
@@ -94,11 +81,10 @@ int run_lm_train(const LmTrainFlags& f, const ParallelFlags& parallel_flags) {
   return 0;
 }
 
-int run_lm_compare(const std::string& config_path, int64_t epochs, double lr, bool resume,
-                   const CompareFlags& compare) {
+int run_lm_compare(const ConfigFlags& config, bool resume, const CompareFlags& compare) {
   warn_if_slow_blas();
   const int threads = configure_threads();
-  const auto plan = runs::plan_lm_compare(resolve_lm_config(config_path, "", epochs, lr), compare.kinds,
+  const auto plan = runs::plan_lm_compare(config.resolve(training::lm_config_from_json), compare.kinds,
                                           compare.seeds, compare.out_dir);
   fs::create_directories(compare.out_dir);
   const int workers = std::min<int>(compare.workers, static_cast<int>(plan.size()));
@@ -181,12 +167,11 @@ void add_lm(CLI::App& app) {
 
   auto f = std::make_shared<LmTrainFlags>();
   CLI::App* train = lm->add_subcommand("train", "Train a byte-level GPT; valid/test bits per byte");
-  train->add_option("--config", f->config, "JSON config (keys of LmConfig; configs/lm-quick.json)");
-  train->add_option("--run-dir", f->run_dir, "Where metrics, checkpoints and config go")->capture_default_str();
-  train->add_option("--attention", f->attention, "standard, quest, qnorm, qknorm or qk_layernorm");
-  train->add_option("--epochs", f->epochs, "Override the config's epochs");
-  train->add_option("--seed", f->seed, "Override the config's seed");
-  train->add_option("--lr", f->lr, "Override the config's peak learning rate")->check(CLI::PositiveNumber);
+  f->config = add_lm_config_flags(train, "JSON config (keys of LmConfig; configs/lm-quick.json); flags override it");
+  f->config->add<std::string>("--run-dir", "run_dir",
+                              std::string("Where metrics, checkpoints and config go (else the config's, else ") +
+                                  kDefaultLmRunDir + ")");
+  f->config->add<std::string>("--attention", "model.attention", "standard, quest, qnorm, qknorm or qk_layernorm");
   train->add_flag("--resume", f->resume, "Continue from the run directory's checkpoint");
   train->add_flag("--no-test", f->no_test, "Skip the valid/test evaluation and result.json (sweeps score validation)");
   auto parallel = std::make_shared<ParallelFlags>();
@@ -196,20 +181,16 @@ void add_lm(CLI::App& app) {
   auto compare = std::make_shared<CompareFlags>();
   compare->kinds = {"standard", "quest", "qnorm", "qknorm", "qk_layernorm"};
   compare->out_dir = "runs/lm-compare";
-  auto compare_config = std::make_shared<std::string>();
-  auto compare_epochs = std::make_shared<int64_t>(0);
   auto compare_resume = std::make_shared<bool>(false);
-  auto compare_lr = std::make_shared<double>(0);
   CLI::App* cmp = lm->add_subcommand(
       "compare", "Train every requested attention kind on the same seeds; table of test bits per byte");
-  cmp->add_option("--config", *compare_config, "JSON config (keys of LmConfig; configs/lm.json)");
-  cmp->add_option("--epochs", *compare_epochs, "Override the config's epochs");
-  cmp->add_option("--lr", *compare_lr, "Override the config's peak learning rate")->check(CLI::PositiveNumber);
+  std::shared_ptr<ConfigFlags> compare_config =
+      add_lm_config_flags(cmp, "JSON config (keys of LmConfig; configs/lm.json); flags override it");
   cmp->add_flag("--resume", *compare_resume,
                 "Continue each run from its checkpoint; finished runs are only evaluated");
   add_compare_flags(cmp, compare);
-  cmp->callback([compare, compare_config, compare_epochs, compare_lr, compare_resume] {
-    exit_with(run_lm_compare(*compare_config, *compare_epochs, *compare_lr, *compare_resume, *compare));
+  cmp->callback([compare, compare_config, compare_resume] {
+    exit_with(run_lm_compare(*compare_config, *compare_resume, *compare));
   });
 
   auto checkpoint = std::make_shared<std::string>();

@@ -59,8 +59,10 @@ void add_train(CLI::App& app) {
   auto f = std::make_shared<TrainFlags>();
   CLI::App* cmd = app.add_subcommand("train", "Train a ViT on Fashion-MNIST (or any MNIST-format directory)");
   add_training_flags(cmd, f);
-  cmd->add_option("--attention", f->attention, "standard, quest, qnorm, qknorm or qk_layernorm");
-  cmd->add_option("--run-dir", f->run_dir, "Where metrics, checkpoints and config go")->capture_default_str();
+  f->config->add<std::string>("--attention", "model.attention", "standard, quest, qnorm, qknorm or qk_layernorm");
+  f->config->add<std::string>("--run-dir", "run_dir",
+                              std::string("Where metrics, checkpoints and config go (else the config's, else ") +
+                                  kDefaultTrainRunDir + ")");
   auto no_test = std::make_shared<bool>(false);
   cmd->add_flag("--no-test", *no_test, "Skip the test-split evaluation and result.json (sweeps score validation)");
   auto parallel = std::make_shared<ParallelFlags>();

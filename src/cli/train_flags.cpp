@@ -9,92 +9,38 @@
 namespace quest::cli {
 
 void add_training_flags(CLI::App* cmd, const std::shared_ptr<TrainFlags>& f) {
-  f->cmd = cmd;
+  f->config = std::make_unique<ConfigFlags>(cmd, "JSON config (e.g. a run's config.json); flags override it");
+  ConfigFlags& c = *f->config;
   const auto positive = CLI::Range(int64_t{1}, int64_t{1} << 30);
-  cmd->add_option("--config", f->config_path, "JSON config (e.g. a run's config.json); flags override it");
   cmd->add_option("--data-dir", f->data.dir, "Directory with {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]")
       ->capture_default_str();
-  cmd->add_option("--backend", f->backend, "automatic, fused, composite or reference");
-  cmd->add_option("--epochs", f->epochs)->check(positive);
-  cmd->add_option("--batch-size", f->batch_size)->check(positive);
-  cmd->add_option("--dim", f->dim, "Embedding width")->check(positive);
-  cmd->add_option("--depth", f->depth, "Transformer blocks")->check(positive);
-  cmd->add_option("--heads", f->heads)->check(positive);
-  cmd->add_option("--patch-size", f->patch_size)->check(positive);
-  cmd->add_option("--stem", f->stem,
-                  "patch (linear patch embedding), conv (3x3 stride-2 convolutions) or conv_bn (the same "
-                  "with BatchNorm + ReLU and a final 1x1 conv)")
+  c.add<std::string>("--backend", "model.backend", "automatic, fused, composite or reference");
+  add_run_settings_flags(c);
+  c.add<int64_t>("--dim", "model.dim", "Embedding width")->check(positive);
+  c.add<int64_t>("--depth", "model.depth", "Transformer blocks")->check(positive);
+  c.add<int64_t>("--heads", "model.heads")->check(positive);
+  c.add<int64_t>("--patch-size", "model.patch_size")->check(positive);
+  c.add<std::string>("--stem", "model.stem",
+                     "patch (linear patch embedding), conv (3x3 stride-2 convolutions) or conv_bn (the same "
+                     "with BatchNorm + ReLU and a final 1x1 conv)")
       ->check(CLI::IsMember(models::names_of(models::kStemNames)));
-  cmd->add_option("--mlp-ratio", f->mlp_ratio)->check(CLI::PositiveNumber);
-  cmd->add_option("--dropout", f->dropout)->check(CLI::Range(0.0, 0.99));
-  cmd->add_option("--attention-dropout", f->attention_dropout)->check(CLI::Range(0.0, 0.99));
-  cmd->add_option("--drop-path", f->drop_path)->check(CLI::Range(0.0, 0.99));
-  cmd->add_option("--lr", f->lr, "Peak learning rate")->check(CLI::PositiveNumber);
-  cmd->add_option("--min-lr", f->min_lr)->check(CLI::NonNegativeNumber);
-  cmd->add_option("--weight-decay", f->weight_decay)->check(CLI::NonNegativeNumber);
-  cmd->add_option("--warmup-epochs", f->warmup_epochs)->check(CLI::NonNegativeNumber);
-  cmd->add_option("--label-smoothing", f->label_smoothing)->check(CLI::Range(0.0, 0.99));
-  cmd->add_option("--clip-grad-norm", f->clip_grad_norm, "<= 0 turns clipping off");
-  cmd->add_option("--log-every", f->log_every, "Steps between metric lines")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--seed", f->seed);
+  c.add<double>("--mlp-ratio", "model.mlp_ratio")->check(CLI::PositiveNumber);
+  c.add<double>("--dropout", "model.dropout")->check(CLI::Range(0.0, 0.99));
+  c.add<double>("--attention-dropout", "model.attention_dropout")->check(CLI::Range(0.0, 0.99));
+  c.add<double>("--drop-path", "model.drop_path")->check(CLI::Range(0.0, 0.99));
+  c.add<double>("--label-smoothing", "label_smoothing")->check(CLI::Range(0.0, 0.99));
   cmd->add_option("--val-fraction", f->data.val_fraction, "Held-out share of the training set")
       ->check(CLI::Range(0.0, 0.9))
       ->capture_default_str();
-  cmd->add_option("--train-subset", f->train_subset, "Use only the first N training images (quick runs)")
+  c.add<int64_t>("--train-subset", "train_subset", "Use only the first N training images (quick runs)")
       ->check(CLI::NonNegativeNumber);
-  cmd->add_flag("--no-augment", f->no_augment, "No random crop / flip");
+  c.add_switch("--no-augment", "augment", false, "No random crop / flip");
   cmd->add_flag("--resume", f->resume, "Continue from the run directory's checkpoint");
 }
 
 training::TrainConfig resolve_config(const TrainFlags& f) {
-  auto given = [&](const char* name) {  // given on the command line (not every command has it)
-    const CLI::Option* opt = f.cmd->get_option_no_throw(name);
-    return opt && opt->count() > 0;
-  };
-  training::TrainConfig c;
-  if (!f.config_path.empty()) {
-    std::ifstream in(f.config_path);
-    if (!in) throw std::invalid_argument("--config: cannot read '" + f.config_path + "'");
-    try {
-      c = training::config_from_json(nlohmann::json::parse(in));
-    } catch (const nlohmann::json::exception& e) {
-      throw std::invalid_argument("--config: '" + f.config_path + "': " + e.what());
-    } catch (const c10::Error& e) {
-      throw std::invalid_argument("--config: '" + f.config_path + "': " + e.what_without_backtrace());
-    }
-  }
-  if (given("--attention")) {
-    const auto kind = parse_kind(f.attention);
-    if (!kind) throw std::invalid_argument("--attention: unknown kind '" + f.attention + "'");
-    c.model.attention(*kind);
-  }
-  if (given("--backend")) {
-    const auto backend = parse_backend(f.backend);
-    if (!backend) throw std::invalid_argument("--backend: unknown backend '" + f.backend + "'");
-    c.model.backend(*backend);
-  }
-  if (given("--epochs")) c.epochs = f.epochs;
-  if (given("--batch-size")) c.batch_size = f.batch_size;
-  if (given("--dim")) c.model.dim(f.dim);
-  if (given("--depth")) c.model.depth(f.depth);
-  if (given("--heads")) c.model.heads(f.heads);
-  if (given("--patch-size")) c.model.patch_size(f.patch_size);
-  if (given("--stem")) c.model.stem(models::parse_stem(f.stem));
-  if (given("--mlp-ratio")) c.model.mlp_ratio(f.mlp_ratio);
-  if (given("--dropout")) c.model.dropout(f.dropout);
-  if (given("--attention-dropout")) c.model.attention_dropout(f.attention_dropout);
-  if (given("--drop-path")) c.model.drop_path(f.drop_path);
-  if (given("--lr")) c.lr = f.lr;
-  if (given("--min-lr")) c.min_lr = f.min_lr;
-  if (given("--weight-decay")) c.weight_decay = f.weight_decay;
-  if (given("--warmup-epochs")) c.warmup_epochs = f.warmup_epochs;
-  if (given("--label-smoothing")) c.label_smoothing = f.label_smoothing;
-  if (given("--clip-grad-norm")) c.clip_grad_norm = f.clip_grad_norm;
-  if (given("--log-every")) c.log_every = f.log_every;
-  if (given("--seed")) c.seed = f.seed;
-  if (given("--train-subset")) c.train_subset = f.train_subset;
-  if (f.no_augment) c.augment = false;
-  if (given("--run-dir") || c.run_dir.empty()) c.run_dir = f.run_dir;
+  training::TrainConfig c = f.config->resolve(training::config_from_json);
+  if (c.run_dir.empty()) c.run_dir = kDefaultTrainRunDir;
   return c;
 }
 

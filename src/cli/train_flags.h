@@ -1,6 +1,6 @@
 // The training flags `quest train` and `quest compare` share (and the comparison flags of both
-// compare commands), and the config they resolve to: a
-// JSON config file (a run's config.json is one) with the flags given on the command line on top.
+// compare commands), and the config they resolve to: a JSON config file (a run's config.json is
+// one) with the flags given on the command line on top (config_flags.h).
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -8,23 +8,16 @@
 #include <memory>
 #include <string>
 
+#include "config_flags.h"
 #include "quest/lab/report/table.h"
 #include "quest/lab/runs/compare.h"
 
 namespace quest::cli {
 
 struct TrainFlags {
-  std::string config_path;
+  std::unique_ptr<ConfigFlags> config;  // --config and the flags over TrainConfig's keys
   runs::DataSource data;
-  std::string attention, backend, stem;
-  int64_t epochs = 0, batch_size = 0, dim = 0, depth = 0, heads = 0, patch_size = 0;
-  int64_t log_every = -1, train_subset = 0;
-  double lr = 0, min_lr = -1, weight_decay = -1, warmup_epochs = -1, mlp_ratio = 0, dropout = -1,
-         attention_dropout = -1, drop_path = -1, label_smoothing = -1, clip_grad_norm = -1;
-  uint64_t seed = 0;
-  bool no_augment = false, resume = false;
-  std::string run_dir = "runs/train";
-  CLI::App* cmd = nullptr;
+  bool resume = false;
 };
 
 void add_training_flags(CLI::App* cmd, const std::shared_ptr<TrainFlags>& flags);
@@ -47,5 +40,7 @@ void finish_compare(const std::string& command, const std::string& out_dir, cons
                     const std::string& legend);
 // Throws std::invalid_argument naming the flag or the config file.
 training::TrainConfig resolve_config(const TrainFlags& flags);
+// Where a run goes that neither --run-dir nor its config names.
+inline constexpr const char* kDefaultTrainRunDir = "runs/train";
 
 }  // namespace quest::cli
