@@ -54,7 +54,6 @@ void add_run_settings_flags(ConfigFlags& f) {
   f.add<double>("--warmup-epochs", "warmup_epochs")->check(CLI::NonNegativeNumber);
   f.add<double>("--clip-grad-norm", "clip_grad_norm", "<= 0 turns clipping off");
   f.add<int64_t>("--log-every", "log_every", "Steps between metric lines")->check(CLI::NonNegativeNumber);
-  f.add<uint64_t>("--seed", "seed");
 }
 
 }  // namespace quest::cli

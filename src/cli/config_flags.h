@@ -63,7 +63,8 @@ class ConfigFlags {
 };
 
 // The settings every task shares (training::RunSettings): --epochs, --batch-size, --lr, --min-lr,
-// --weight-decay, --warmup-epochs, --clip-grad-norm, --log-every, --seed.
+// --weight-decay, --warmup-epochs, --clip-grad-norm, --log-every. Not --seed: a comparison takes
+// --seeds, so only the single-run commands add it.
 void add_run_settings_flags(ConfigFlags& flags);
 
 }  // namespace quest::cli

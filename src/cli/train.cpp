@@ -60,6 +60,7 @@ void add_train(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("train", "Train a ViT on Fashion-MNIST (or any MNIST-format directory)");
   add_training_flags(cmd, f);
   f->config->add<std::string>("--attention", "model.attention", "standard, quest, qnorm, qknorm or qk_layernorm");
+  f->config->add<uint64_t>("--seed", "seed");
   f->config->add<std::string>("--run-dir", "run_dir",
                               std::string("Where metrics, checkpoints and config go (else the config's, else ") +
                                   kDefaultTrainRunDir + ")");

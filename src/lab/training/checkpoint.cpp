@@ -39,7 +39,7 @@ void write_checkpoint(const std::string& path, Task& task, torch::optim::Optimiz
   FaultSite site;
   site.epoch = progress.epoch;
   site.file = tmp;
-  fault_point("checkpoint_written", site);
+  fault_point(FaultPoint::checkpoint_written, site);
   fs::rename(tmp, path);  // atomic on POSIX: the old checkpoint stays until the new one is whole
 }
 

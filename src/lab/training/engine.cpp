@@ -246,7 +246,7 @@ Engine::StepResult Engine::train_step(int64_t batch) {
     FaultSite site;
     site.rank = group->rank();
     site.step = step_;
-    fault_point("step_started", site);
+    fault_point(FaultPoint::step_started, site);
   }
   StepOutput out = task_.forward_step(batch);
   r.loss = out.samples > 0 || !group ? out.loss.item<double>() : 0.0;

@@ -47,10 +47,11 @@ void step_started(const FaultSite& site) {
 
 }  // namespace
 
-void fault_point(const std::string& name, const FaultSite& site) {
-  if (name == "checkpoint_written") return checkpoint_written(site);
-  if (name == "step_started") return step_started(site);
-  throw std::logic_error("quest::training: unknown fault point '" + name + "'");
+void fault_point(FaultPoint point, const FaultSite& site) {
+  switch (point) {
+    case FaultPoint::checkpoint_written: return checkpoint_written(site);
+    case FaultPoint::step_started: return step_started(site);
+  }
 }
 
 }  // namespace quest::training

@@ -15,13 +15,17 @@ struct FaultSite {
   std::string file;
 };
 
-// The points:
-//   "checkpoint_written" (file, epoch): QUEST_TEST_CRASH_CHECKPOINT=<after-write|mid-write>:<epoch>
+enum class FaultPoint {
+  checkpoint_written,  // after a checkpoint's temp file is written, before the rename
+  step_started,        // a data-parallel rank at the start of a step
+};
+
+// What each point does:
+//   checkpoint_written (file, epoch): QUEST_TEST_CRASH_CHECKPOINT=<after-write|mid-write>:<epoch>
 //     kills the process while it writes the checkpoint that records <epoch> epochs, with the temp
 //     file whole but not yet renamed, or cut in half — as a kill -9 or a power cut would.
-//   "step_started" (rank, step): QUEST_TEST_RANK_FAULT=<kill|hang|throw>:<rank>:<step> makes that
+//   step_started (rank, step): QUEST_TEST_RANK_FAULT=<kill|hang|throw>:<rank>:<step> makes that
 //     rank die by SIGKILL, stop answering, or fail with an error when it reaches that step.
-// Any other name is a programming error (std::logic_error).
-void fault_point(const std::string& name, const FaultSite& site);
+void fault_point(FaultPoint point, const FaultSite& site);
 
 }  // namespace quest::training
