@@ -1,5 +1,5 @@
-// quest lm train | compare | eval | generate: flags -> runs::train_lm_run / runs::compare_lm /
-// training::LmTrainer / models::generate -> print.
+// quest lm train | compare | eval | generate: flags -> the LM's config -> train_one / compare_kinds
+// (train_flags.h), or a checkpoint -> training::LmTrainer / models::generate -> print.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -8,12 +8,8 @@
 #include <fstream>
 
 #include "commands.h"
-#include "divergence.h"
-#include "progress.h"
-#include "quest/lab/runs/lm_compare.h"
 #include "quest/lab/training/lm.h"
 #include "quest/torch/runtime.h"
-#include "parallel.h"
 #include "train_flags.h"
 
 namespace quest::cli {
@@ -41,88 +37,6 @@ std::unique_ptr<ConfigFlags> add_lm_config_flags(CLI::App* cmd, const std::strin
   c->add<int64_t>("--steps-per-epoch", "steps_per_epoch")->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   c->add<std::string>("--corpus", "corpus", "Directory of text files (default: the kernel documentation)");
   return c;
-}
-
-int run_lm_train(const LmTrainFlags& f, const ParallelFlags& parallel_flags) {
-  training::LmConfig c = f.config->resolve(training::lm_config_from_json);
-  if (c.run_dir.empty()) c.run_dir = kDefaultLmRunDir;
-  const ParallelRole role = start_parallel(parallel_flags);
-  if (role.launched) return *role.launched;
-  const bool reports = role.parallel.writes();  // rank 0 (or alone) prints; the other ranks train
-  if (reports) warn_if_slow_blas();
-  configure_threads();
-  StepProgress progress(c.batch_size * c.model.context(), c.log_every, "tok");
-  runs::LmTrainCallbacks callbacks;
-  callbacks.on_data = [&](const data::ByteSplits& data) {
-    if (!reports) return;
-    if (role.parallel.active())
-      std::printf("data-parallel: %d ranks, global batch %lld windows\n", role.parallel.group->world_size(),
-                  (long long)c.batch_size);
-    std::printf("corpus %s: train %lld / valid %lld / test %lld bytes; attention %s, %s positions; "
-                "run dir %s\n",
-                c.corpus.c_str(), (long long)data.train.numel(), (long long)data.valid.numel(),
-                (long long)data.test.numel(), to_string(c.model.attention()).c_str(),
-                to_string(c.model.positions()).c_str(), c.run_dir.c_str());
-  };
-  callbacks.on_step = [&](const nlohmann::json& line) {
-    if (reports) progress.update(line);
-  };
-  callbacks.evaluate_test = !f.no_test;
-  const runs::LmTrainReport report = runs::train_lm_run(c, f.resume, callbacks, role.parallel);
-  if (!reports) return report.outcome.status == runs::RunStatus::diverged ? kExitDiverged : 0;
-  progress.finish();
-  if (report.outcome.status == runs::RunStatus::diverged)
-    return report_divergence(report.outcome, report.diagnostics, report.checkpoint_kept, c.run_dir);
-  if (!f.no_test) {
-    print_eval("valid (first eval_bytes)", report.valid);
-    print_eval("test", report.test);
-  }
-  std::printf("training: %.1f s, %.0f tokens/s\n", report.train_seconds, report.tokens_per_second);
-  return 0;
-}
-
-int run_lm_compare(const ConfigFlags& config, bool resume, const CompareFlags& compare) {
-  warn_if_slow_blas();
-  const int threads = configure_threads();
-  const auto plan = runs::plan_lm_compare(config.resolve(training::lm_config_from_json), compare.kinds,
-                                          compare.seeds, compare.out_dir);
-  fs::create_directories(compare.out_dir);
-  const int workers = std::min<int>(compare.workers, static_cast<int>(plan.size()));
-  const auto executor = compare_executor(workers, threads);
-  runs::ExecutorEvents events;
-  std::unique_ptr<StepProgress> progress;  // in this process: the run's steps as `quest lm train` shows them
-  events.on_start = [&](const runs::RunSpec& run) {
-    if (workers > 1) return;
-    std::printf("%s\n", run.label().c_str());
-    progress = std::make_unique<StepProgress>(
-        run.config.at("batch_size").get<int64_t>() * run.config.at("model").at("context").get<int64_t>(),
-        run.config.at("log_every").get<int64_t>(), "tok");
-  };
-  if (workers == 1)
-    events.on_step = [&](const runs::RunSpec&, const nlohmann::json& line) { progress->update(line); };
-  events.on_epoch = [&](const runs::RunSpec& run, const nlohmann::json& line) {
-    if (progress) progress->finish();
-    std::printf("%-12s seed %llu: epoch %lld/%lld  train loss %.4f  valid %.4f bits per byte\n", run.kind.c_str(),
-                (unsigned long long)run.seed, (long long)line["epoch"].get<int64_t>() + 1, (long long)run.epochs,
-                line.value("train_loss", 0.0), line.value("val_loss", 0.0) / std::log(2.0));
-    std::fflush(stdout);
-  };
-  events.on_end = [](const runs::RunSpec& run, const runs::RunOutcome& outcome) {
-    if (outcome.status != runs::RunStatus::ok)
-      std::printf("%s: %s: %s\n", run.label().c_str(), to_string(outcome.status).c_str(), outcome.message.c_str());
-    std::fflush(stdout);
-  };
-  const runs::LmCompareResult result =
-      runs::compare_lm(plan, resume, *executor, events, [](const std::string& line) {
-        std::printf("%s\n", line.c_str());
-        std::fflush(stdout);
-      });
-  nlohmann::json run_lines = nlohmann::json::array();
-  for (const auto& r : result.runs) run_lines.push_back(r.to_json());
-  finish_compare("quest lm compare", compare.out_dir, runs::summarize(result), run_lines, workers, result.failed,
-                 "test bits per byte over the whole test split; diagnostics: final model on the first test "
-                 "windows, last seed");
-  return 0;  // a diverged run is a result (its status is in compare.json), not an error
 }
 
 int run_lm_eval(const std::string& checkpoint, const std::string& split, int64_t bytes) {
@@ -177,7 +91,10 @@ void add_lm(CLI::App& app) {
   train->add_flag("--no-test", f->no_test, "Skip the valid/test evaluation and result.json (sweeps score validation)");
   auto parallel = std::make_shared<ParallelFlags>();
   add_parallel_flags(train, parallel);
-  train->callback([f, parallel] { exit_with(run_lm_train(*f, *parallel)); });
+  train->callback([f, parallel] {
+    const nlohmann::json config = resolve_task_config(*f->config, tasks::task_kind("lm"), kDefaultLmRunDir);
+    exit_with(train_one(config, f->resume, f->no_test, *parallel));
+  });
 
   auto compare = std::make_shared<CompareFlags>();
   compare->kinds = {"standard", "quest", "qnorm", "qknorm", "qk_layernorm"};
@@ -191,7 +108,8 @@ void add_lm(CLI::App& app) {
                 "Continue each run from its checkpoint; finished runs are only evaluated");
   add_compare_flags(cmp, compare);
   cmp->callback([compare, compare_config, compare_resume] {
-    exit_with(run_lm_compare(*compare_config, *compare_resume, *compare));
+    compare_kinds("quest lm compare", resolve_task_config(*compare_config, tasks::task_kind("lm")), *compare_resume,
+                  *compare);
   });
 
   auto checkpoint = std::make_shared<std::string>();

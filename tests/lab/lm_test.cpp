@@ -7,7 +7,7 @@
 #include <fstream>
 
 #include "error_message.h"
-#include "quest/lab/runs/lm_compare.h"
+#include "quest/lab/runs/compare.h"
 #include "quest/lab/training/lm.h"
 
 namespace quest::training {
@@ -173,21 +173,21 @@ TEST(LmCompare, TrainsScoresAndResumeOnlyEvaluates) {
   LmConfig base = tiny(corpus.dir.string(), "");
   base.epochs = 1;
   const std::string out = (corpus.dir / "cmp").string();
-  const auto plan = runs::plan_lm_compare(base, {"standard", "quest"}, {0, 1}, out);
+  const auto plan = runs::plan_runs(to_json(base), {"standard", "quest"}, {0, 1}, out);
   ASSERT_EQ(plan.size(), 4u);
   EXPECT_EQ(plan[3].label(), "quest seed 1");
   EXPECT_EQ(plan[3].config["model"]["attention"], "quest");
   EXPECT_EQ(plan[3].config["seed"], 1u);
-  EXPECT_EQ(plan[3].command, (std::vector<std::string>{"lm", "train"}));
+  EXPECT_EQ(plan[3].config["task"], "lm");
   auto executor = runs::in_process_executor();
-  const runs::LmCompareResult first = runs::compare_lm(plan, false, *executor);
+  const runs::CompareResult first = runs::compare(plan, false, *executor);
   ASSERT_TRUE(first.failed.empty()) << first.failed[0];
   ASSERT_EQ(first.runs.size(), 4u);
   for (const auto& r : first.runs) {
     EXPECT_EQ(r.outcome.status, runs::RunStatus::ok);
-    EXPECT_TRUE(std::isfinite(r.test_bits_per_byte));
-    EXPECT_LT(r.test_bits_per_byte, 8.0);  // better than uniform over 256 bytes
-    EXPECT_GT(r.tokens_per_second, 0);
+    EXPECT_TRUE(std::isfinite(r.metrics["test_bits_per_byte"].get<double>()));
+    EXPECT_LT(r.metrics["test_bits_per_byte"].get<double>(), 8.0);  // better than uniform over 256 bytes
+    EXPECT_GT(r.metrics["tokens_per_second"].get<double>(), 0);
     EXPECT_GT(r.diagnostics.q_norm_max, 0);
   }
   // quest's keys are unit vectors in the attention; its logits are bounded by ‖q‖.
@@ -195,7 +195,9 @@ TEST(LmCompare, TrainsScoresAndResumeOnlyEvaluates) {
   const auto table = runs::summarize(first).json();
   ASSERT_EQ(table.size(), 2u);
   EXPECT_NEAR(table[1]["test_bits_per_byte"]["mean"].get<double>(),
-              (first.runs[2].test_bits_per_byte + first.runs[3].test_bits_per_byte) / 2, 1e-12);
+              (first.runs[2].metrics["test_bits_per_byte"].get<double>() +
+               first.runs[3].metrics["test_bits_per_byte"].get<double>()) / 2,
+              1e-12);
   EXPECT_EQ(table[1]["seeds"], 2);
 
   // Run 0's result no longer matches its checkpoint's step: it is evaluated afresh.
@@ -204,13 +206,15 @@ TEST(LmCompare, TrainsScoresAndResumeOnlyEvaluates) {
   stale["test_bits_per_byte"] = 99.0;
   std::ofstream(plan[0].dir().result()) << stale.dump();
   std::vector<std::string> notes;
-  const runs::LmCompareResult again =
-      runs::compare_lm(plan, true, *executor, {}, [&](const std::string& n) { notes.push_back(n); });
+  const runs::CompareResult again =
+      runs::compare(plan, true, *executor, {}, [&](const std::string& n) { notes.push_back(n); });
   EXPECT_EQ(notes[0], "standard seed 0: finished, evaluating only");
   EXPECT_EQ(notes[4], "0 runs to train, one after another in this process");
   ASSERT_EQ(again.runs.size(), 4u);
   for (size_t i = 0; i < 4; ++i) {
-    EXPECT_NEAR(again.runs[i].test_bits_per_byte, first.runs[i].test_bits_per_byte, 1e-9) << i;
+    EXPECT_NEAR(again.runs[i].metrics["test_bits_per_byte"].get<double>(),
+                first.runs[i].metrics["test_bits_per_byte"].get<double>(), 1e-9)
+        << i;
     EXPECT_EQ(again.runs[i].train_seconds, first.runs[i].train_seconds) << i;
   }
 }

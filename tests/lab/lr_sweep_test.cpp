@@ -35,7 +35,7 @@ TEST(LrSweep, FileIsCheckedAndNamesTheProblem) {
   EXPECT_NE(error(j).find("unknown key 'lrz'"), std::string::npos);
   j = vit_sweep();
   j["task"] = "rnn";
-  EXPECT_NE(error(j).find("task must be"), std::string::npos);
+  EXPECT_NE(error(j).find("unknown task 'rnn' (lm, retrieval, vit)"), std::string::npos) << error(j);
   j = vit_sweep();
   j["lrs"] = nlohmann::json::array();
   EXPECT_NE(error(j).find("no learning rate"), std::string::npos);
@@ -67,8 +67,8 @@ TEST(LrSweep, PlanLaysSizeAndRateOverTheConfig) {
   EXPECT_EQ(p.run.config["model"]["patch_size"], 7);
   EXPECT_EQ(p.run.config["model"]["attention"], "quest");
   EXPECT_EQ(points.back().run.config["model"]["depth"], 2);
-  EXPECT_EQ(p.run.command.back(), "--no-test");  // the sweep scores validation only
-  EXPECT_EQ(p.run.command.front(), "train");
+  EXPECT_FALSE(p.run.evaluate_test);  // the sweep scores validation only
+  EXPECT_EQ(p.run.config["task"], "vit");
 
   nlohmann::json lm = vit_sweep();
   lm["task"] = "lm";
@@ -76,7 +76,8 @@ TEST(LrSweep, PlanLaysSizeAndRateOverTheConfig) {
   lm["sizes"] = {{{"name", "s"}, {"model", {{"dim", 16}, {"heads", 2}}}}};
   const auto lm_points = plan_sweep(sweep_from_json(lm), "/tmp/out");
   ASSERT_EQ(lm_points.size(), 8u);
-  EXPECT_EQ(lm_points[0].run.command, (std::vector<std::string>{"lm", "train", "--no-test"}));
+  EXPECT_FALSE(lm_points[0].run.evaluate_test);
+  EXPECT_EQ(lm_points[0].run.config["task"], "lm");
   EXPECT_EQ(lm_points[0].run.config["model"]["context"], 16);
 
   nlohmann::json silent = vit_sweep();

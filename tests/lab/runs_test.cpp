@@ -19,6 +19,7 @@
 
 #include "fixtures.h"
 #include "quest/lab/runs/compare.h"
+#include "quest/lab/training/trainer.h"
 
 namespace quest::runs {
 namespace {
@@ -113,7 +114,7 @@ TEST(RunDir, CheckpointsAreCheckedBeforeLibTorchParsesThem) {
 }
 
 TEST(Plan, KindsTimesSeedsInTableOrderAndDuplicatesAreErrors) {
-  const auto plan = plan_compare(tiny(), {"standard", "quest"}, {3, 1}, "out");
+  const auto plan = plan_runs(training::to_json(tiny()), {"standard", "quest"}, {3, 1}, "out");
   ASSERT_EQ(plan.size(), 4u);
   EXPECT_EQ(plan[0].label(), "standard seed 3");
   EXPECT_EQ(plan[3].label(), "quest seed 1");
@@ -121,8 +122,9 @@ TEST(Plan, KindsTimesSeedsInTableOrderAndDuplicatesAreErrors) {
   EXPECT_EQ(plan[3].config["seed"], 1u);
   EXPECT_EQ(plan[3].config["run_dir"], "out/quest/seed-1");
   EXPECT_EQ(plan[3].epochs, tiny().epochs);
-  // A child process trains it as `quest train` on the plan's data, from the config written beside it.
-  EXPECT_EQ(plan[3].command[0], "train");
+  // Its config names its task (a child process trains it as `quest run <run_dir>`).
+  EXPECT_EQ(plan[3].config["task"], "vit");
+  EXPECT_TRUE(plan[3].evaluate_test);
   EXPECT_EQ(plan[3].dir().root(), fs::path("out/quest/seed-1"));
   auto message = [](const std::function<void()>& f) {
     try {
@@ -132,10 +134,10 @@ TEST(Plan, KindsTimesSeedsInTableOrderAndDuplicatesAreErrors) {
     }
     return std::string();
   };
-  EXPECT_EQ(message([] { plan_compare(tiny(), {"quest", "standard", "quest"}, {0}, "o"); }),
+  EXPECT_EQ(message([] { plan_runs(training::to_json(tiny()), {"quest", "standard", "quest"}, {0}, "o"); }),
             "--kinds: 'quest' is listed twice");
-  EXPECT_EQ(message([] { plan_compare(tiny(), {"quest"}, {0, 1, 0}, "o"); }), "--seeds: 0 is listed twice");
-  EXPECT_EQ(message([] { plan_compare(tiny(), {"flash"}, {0}, "o"); }), "--kinds: unknown kind 'flash'");
+  EXPECT_EQ(message([] { plan_runs(training::to_json(tiny()), {"quest"}, {0, 1, 0}, "o"); }), "--seeds: 0 is listed twice");
+  EXPECT_EQ(message([] { plan_runs(training::to_json(tiny()), {"flash"}, {0}, "o"); }), "--kinds: unknown kind 'flash'");
 }
 
 // An executor that trains nothing: it reports what it was given and the outcomes it was told to.
@@ -154,12 +156,12 @@ class ScriptedExecutor : public Executor {
 
 TEST(Compare, FailuresAndRunsWithoutACheckpointAreReportedNotEvaluated) {
   TempDir t;
-  const auto plan = plan_compare(tiny(), {"standard", "quest"}, {0}, t.path.string());
+  const auto plan = plan_runs(training::to_json(tiny()), {"standard", "quest"}, {0}, t.path.string());
   ScriptedExecutor executor;
   executor.outcomes["standard seed 0"] = {RunStatus::failed, "exit code 1, log x/train.log\n    no data"};
   executor.outcomes["quest seed 0"] = {RunStatus::diverged, "non-finite loss at step 2 (epoch 0)"};
   std::vector<std::string> notes;
-  const CompareResult r = compare(plan, {}, false, executor, {}, [&](const std::string& n) { notes.push_back(n); });
+  const CompareResult r = compare(plan, false, executor, {}, [&](const std::string& n) { notes.push_back(n); });
   EXPECT_EQ(executor.given.size(), 2u);
   EXPECT_TRUE(r.runs.empty());
   ASSERT_EQ(r.failed.size(), 2u);
@@ -173,11 +175,12 @@ TEST(Compare, FailuresAndRunsWithoutACheckpointAreReportedNotEvaluated) {
 
 TEST(Compare, SummaryIsMeanAndSampleStdOverSeeds) {
   CompareResult r;
+  r.task = "vit";
   r.kinds = {"quest", "standard"};
   for (auto [kind, accuracy] : {std::pair{"quest", 0.80}, {"quest", 0.90}, {"standard", 0.70}}) {
     RunResult run;
     run.spec.kind = kind;
-    run.test_accuracy = accuracy;
+    run.metrics["test_accuracy"] = accuracy;
     run.train_seconds = 10;
     r.runs.push_back(run);
   }
@@ -196,9 +199,9 @@ TEST(Compare, SummaryIsMeanAndSampleStdOverSeeds) {
 // the run finished and only evaluates it, to the same numbers.
 TEST(Compare, InProcessTrainsThenResumeOnlyEvaluates) {
   TempDir t;
-  const auto plan = plan_compare(tiny(), {"quest"}, {0}, t.path.string());
+  const auto plan = plan_runs(training::to_json(tiny()), {"quest"}, {0}, t.path.string());
   auto executor = in_process_executor();
-  const CompareResult first = compare(plan, {}, false, *executor);
+  const CompareResult first = compare(plan, false, *executor);
   ASSERT_EQ(first.runs.size(), 1u);
   EXPECT_EQ(first.runs[0].outcome.status, RunStatus::ok);
   EXPECT_EQ(plan[0].dir().checkpoint_epoch(), 1);
@@ -207,27 +210,27 @@ TEST(Compare, InProcessTrainsThenResumeOnlyEvaluates) {
   // The data normalisation is saved with the run: evaluation needs no pass over the training images.
   const auto saved = training::load_run(plan[0].dir().checkpoint().string())->normalization();
   ASSERT_TRUE(saved.has_value());
-  const auto recomputed = training::mnist_normalization(DataSource{}.dir);
+  const auto recomputed = training::mnist_normalization(data::kFashionMnistDir);
   EXPECT_DOUBLE_EQ(saved->mean, recomputed.mean);
   EXPECT_DOUBLE_EQ(saved->std, recomputed.std);
   ScriptedExecutor scripted;
   std::vector<std::string> notes;
-  const CompareResult again = compare(plan, {}, true, scripted, {}, [&](const std::string& n) { notes.push_back(n); });
+  const CompareResult again = compare(plan, true, scripted, {}, [&](const std::string& n) { notes.push_back(n); });
   EXPECT_TRUE(scripted.given.empty());
   EXPECT_EQ(notes[0], "quest seed 0: finished, evaluating only");
   ASSERT_EQ(again.runs.size(), 1u);
-  EXPECT_EQ(again.runs[0].test_accuracy, first.runs[0].test_accuracy);
-  EXPECT_EQ(again.runs[0].test_loss, first.runs[0].test_loss);
+  EXPECT_EQ(again.runs[0].metrics["test_accuracy"], first.runs[0].metrics["test_accuracy"]);
+  EXPECT_EQ(again.runs[0].metrics["test_loss"], first.runs[0].metrics["test_loss"]);
 }
 
 // Child processes: a run whose child fails is named with its exit code, log and the reason.
 TEST(Compare, ChildProcessFailureCarriesTheReason) {
   TempDir t;
-  DataSource data;
-  data.dir = (t.path / "no_such_data").string();
-  const auto plan = plan_compare(tiny(), {"standard"}, {0}, t.path.string(), data);
+  training::TrainConfig config = tiny();
+  config.data.dir = (t.path / "no_such_data").string();
+  const auto plan = plan_runs(training::to_json(config), {"standard"}, {0}, t.path.string());
   auto executor = child_process_executor(2, 1, QUEST_EXECUTABLE);
-  const CompareResult r = compare(plan, data, false, *executor);
+  const CompareResult r = compare(plan, false, *executor);
   ASSERT_EQ(r.failed.size(), 1u);
   EXPECT_NE(r.failed[0].find("standard seed 0: exit code 1, log "), std::string::npos) << r.failed[0];
   EXPECT_NE(r.failed[0].find("no_such_data/train-images-idx3-ubyte"), std::string::npos) << r.failed[0];

@@ -12,9 +12,7 @@
 
 #include "quest/core/kind.h"
 #include "quest/lab/report/plots.h"
-#include "quest/lab/runs/lm_compare.h"
-#include "quest/lab/training/lm.h"
-#include "quest/lab/training/trainer.h"
+#include "quest/lab/tasks/task_kind.h"
 
 namespace quest::experiments {
 
@@ -60,13 +58,20 @@ void check_logged(int64_t log_every) {
 
 LrSweep sweep_from_json(const nlohmann::json& j) {
   if (!j.is_object()) bad("a sweep file must be a JSON object");
-  static const std::set<std::string> keys = {"task", "config", "sizes", "kinds", "lrs", "seeds", "data_dir", "val_fraction"};
-  for (const auto& [key, value] : j.items())
+  static const std::set<std::string> keys = {"task", "config", "sizes", "kinds", "lrs", "seeds"};
+  for (const auto& [key, value] : j.items()) {
+    if (key == "data_dir" || key == "val_fraction")
+      bad("'" + key + "' is a key of the task config now: \"config\": {\"data\": {\"dir\": ..., \"val_fraction\": ...}}");
     if (!keys.count(key)) bad("unknown key '" + key + "'");
+  }
   LrSweep s;
   try {
     s.task = j.value("task", s.task);
-    if (s.task != "vit" && s.task != "lm") bad("task must be \"vit\" or \"lm\", got \"" + s.task + "\"");
+    try {
+      tasks::task_kind(s.task);
+    } catch (const c10::Error& e) {
+      bad(e.what_without_backtrace());
+    }
     if (j.contains("config")) {
       if (!j["config"].is_object()) bad("'config' must be a JSON object");
       s.config = j["config"];
@@ -86,8 +91,6 @@ LrSweep sweep_from_json(const nlohmann::json& j) {
     if (j.contains("kinds")) s.kinds = j["kinds"].get<std::vector<std::string>>();
     if (j.contains("lrs")) s.lrs = j["lrs"].get<std::vector<double>>();
     if (j.contains("seeds")) s.seeds = j["seeds"].get<std::vector<uint64_t>>();
-    s.data.dir = j.value("data_dir", s.data.dir);
-    s.data.val_fraction = j.value("val_fraction", s.data.val_fraction);
   } catch (const nlohmann::json::exception& e) {
     bad(std::string("malformed sweep file: ") + e.what());
   }
@@ -106,13 +109,8 @@ LrSweep sweep_from_json(const nlohmann::json& j) {
 nlohmann::json to_json(const LrSweep& s) {
   nlohmann::json sizes = nlohmann::json::array();
   for (const auto& z : s.sizes) sizes.push_back({{"name", z.name}, {"model", z.model}});
-  nlohmann::json j = {{"task", s.task}, {"config", s.config}, {"sizes", sizes}, {"kinds", s.kinds},
-                      {"lrs", s.lrs},   {"seeds", s.seeds}};
-  if (s.task == "vit") {
-    j["data_dir"] = s.data.dir;
-    j["val_fraction"] = s.data.val_fraction;
-  }
-  return j;
+  return {{"task", s.task}, {"config", s.config}, {"sizes", sizes}, {"kinds", s.kinds},
+          {"lrs", s.lrs},   {"seeds", s.seeds}};
 }
 
 std::string lr_dir_name(double lr) {
@@ -123,34 +121,12 @@ std::string lr_dir_name(double lr) {
 
 // One size and rate of the sweep: the task's compare plan, trained without the test evaluation.
 // The task checks its config (unknown keys, types) and names what is wrong.
-static std::vector<runs::RunSpec> plan_point(const LrSweep& sweep, const nlohmann::json& c, const std::string& dir) {
-  std::vector<runs::RunSpec> plan;
-  if (sweep.task == "vit") {
-    const training::TrainConfig config = training::config_from_json(c);
-    check_logged(config.log_every);
-    plan = runs::plan_compare(config, sweep.kinds, sweep.seeds, dir, sweep.data);
-    for (auto& run : plan)
-      run.train = [config = training::config_from_json(run.config), data = sweep.data](
-                      bool resume, const std::function<void(const nlohmann::json&)>& on_step) {
-        runs::TrainCallbacks callbacks;
-        callbacks.on_step = on_step;
-        callbacks.evaluate_test = false;
-        return runs::train_run(config, data, resume, callbacks).outcome;
-      };
-  } else {
-    const training::LmConfig config = training::lm_config_from_json(c);
-    check_logged(config.log_every);
-    plan = runs::plan_lm_compare(config, sweep.kinds, sweep.seeds, dir);
-    for (auto& run : plan)
-      run.train = [config = training::lm_config_from_json(run.config)](
-                      bool resume, const std::function<void(const nlohmann::json&)>& on_step) {
-        runs::LmTrainCallbacks callbacks;
-        callbacks.on_step = on_step;
-        callbacks.evaluate_test = false;
-        return runs::train_lm_run(config, resume, callbacks).outcome;
-      };
-  }
-  for (auto& run : plan) run.command.push_back("--no-test");
+static std::vector<runs::RunSpec> plan_point(const LrSweep& sweep, nlohmann::json c, const std::string& dir) {
+  c["task"] = sweep.task;
+  const nlohmann::json config = tasks::task_kind(sweep.task).resolve(c);
+  check_logged(config.at("log_every").get<int64_t>());
+  std::vector<runs::RunSpec> plan = runs::plan_runs(config, sweep.kinds, sweep.seeds, dir);
+  for (auto& run : plan) run.evaluate_test = false;
   return plan;
 }
 

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <stdexcept>
 
@@ -11,8 +12,8 @@ namespace quest::runs {
 
 namespace fs = std::filesystem;
 
-std::vector<RunSpec> plan_runs(const std::vector<std::string>& kinds, const std::vector<uint64_t>& seeds,
-                               const std::string& out_dir, const std::function<void(RunSpec&)>& fill) {
+std::vector<RunSpec> plan_runs(const nlohmann::json& base, const std::vector<std::string>& kinds,
+                               const std::vector<uint64_t>& seeds, const std::string& out_dir) {
   for (size_t i = 0; i < kinds.size(); ++i) {
     if (!parse_kind(kinds[i])) throw std::invalid_argument("--kinds: unknown kind '" + kinds[i] + "'");
     for (size_t j = 0; j < i; ++j)
@@ -22,6 +23,7 @@ std::vector<RunSpec> plan_runs(const std::vector<std::string>& kinds, const std:
     for (size_t j = 0; j < i; ++j)
       if (seeds[j] == seeds[i])
         throw std::invalid_argument("--seeds: " + std::to_string(seeds[i]) + " is listed twice");
+  const tasks::TaskKind& task = tasks::task_kind_of(base);
   std::vector<RunSpec> plan;
   for (const std::string& kind : kinds)
     for (uint64_t seed : seeds) {
@@ -29,56 +31,52 @@ std::vector<RunSpec> plan_runs(const std::vector<std::string>& kinds, const std:
       run.kind = kind;
       run.seed = seed;
       run.run_dir = (fs::path(out_dir) / kind / ("seed-" + std::to_string(seed))).string();
-      fill(run);
+      nlohmann::json config = base;
+      config["task"] = task.name();
+      config["model"]["attention"] = kind;
+      config["seed"] = seed;
+      config["run_dir"] = run.run_dir;
+      run.config = task.resolve(config);
+      run.epochs = run.config.at("epochs").get<int64_t>();
       plan.push_back(std::move(run));
     }
   return plan;
 }
 
-std::vector<RunSpec> plan_compare(const training::TrainConfig& base, const std::vector<std::string>& kinds,
-                                  const std::vector<uint64_t>& seeds, const std::string& out_dir,
-                                  const DataSource& data) {
-  return plan_runs(kinds, seeds, out_dir, [&](RunSpec& run) {
-    training::TrainConfig config = base;
-    config.model.attention(*parse_kind(run.kind));
-    config.seed = run.seed;
-    config.run_dir = run.run_dir;
-    run.epochs = config.epochs;
-    run.config = training::to_json(config);
-    run.command = {"train", "--data-dir", data.dir, "--val-fraction", nlohmann::json(data.val_fraction).dump()};
-    run.train = [config, data](bool resume, const std::function<void(const nlohmann::json&)>& on_step) {
-      TrainCallbacks callbacks;
-      callbacks.on_step = on_step;
-      return train_run(config, data, resume, callbacks).outcome;
-    };
-  });
-}
-
-TrainReport train_run(const training::TrainConfig& config, const DataSource& data, bool resume,
-                      const TrainCallbacks& callbacks, const training::DataParallel& parallel) {
-  const RunDir dir(parallel.writes() ? config.run_dir : "");
+TrainReport train_run(const nlohmann::json& given, bool resume, const TrainCallbacks& callbacks,
+                      const training::DataParallel& parallel) {
+  const tasks::TaskKind& task = tasks::task_kind_of(given);
+  const nlohmann::json config = task.resolve(given);
+  const std::string run_dir = config.at("run_dir").get<std::string>();
+  const RunDir dir(parallel.writes() ? run_dir : "");
   TrainReport report;
   const auto t0 = std::chrono::steady_clock::now();
   try {
-    const training::MnistSplits splits =
-        training::load_mnist_splits(data.dir, data.val_fraction, config.seed, config.train_subset);
-    if (callbacks.on_data) callbacks.on_data(splits);
-    training::Trainer trainer(config, parallel);
-    trainer.set_normalization({splits.mean, splits.std});
+    if (!dir.empty()) fs::remove(dir.result());  // a result is for the checkpoint this call ends with
+    const std::unique_ptr<tasks::TaskRun> run = task.start(config, parallel);
+    if (callbacks.on_start) callbacks.on_start(*run);
     try {
-      trainer.fit(splits.train, splits.validation, resume, callbacks.on_step);
+      run->fit(resume, callbacks.on_step);
     } catch (const training::DivergenceError& e) {
       report.outcome = {RunStatus::diverged, e.what()};
-      report.diagnostics = trainer.model()->attention_diagnostics();
+      report.diagnostics = run->attention_diagnostics();
     }
-    report.epoch = trainer.epoch();
-    report.checkpoint_kept = RunDir(config.run_dir).has_checkpoint();
+    report.epoch = run->epoch();
+    report.step = run->step();
+    report.train_seconds = run->train_seconds();
+    report.checkpoint_kept = RunDir(run_dir).has_checkpoint();
     report.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    report.metrics = run->training_metrics();
     if (report.outcome.status == RunStatus::ok && callbacks.evaluate_test) {
-      report.test = trainer.evaluate(splits.test);
-      if (!dir.empty())
-        dir.write_result({{"test_accuracy", report.test.accuracy}, {"test_loss", report.test.loss},
-                          {"wall_seconds", report.wall_seconds}, {"config", training::to_json(config)}});
+      report.metrics.update(run->test_metrics());
+      if (!dir.empty()) {
+        nlohmann::json result = report.metrics;
+        result["step"] = report.step;
+        result["train_seconds"] = report.train_seconds;
+        result["wall_seconds"] = report.wall_seconds;
+        result["config"] = config;
+        dir.write_result(result);
+      }
     }
   } catch (const c10::Error& e) {
     dir.write_outcome({RunStatus::failed, e.what_without_backtrace()});
@@ -97,15 +95,14 @@ nlohmann::json to_json(const FinalDiagnostics& d) {
 }
 
 nlohmann::json RunResult::to_json() const {
-  return {{"kind", spec.kind},
-          {"seed", spec.seed},
-          {"test_accuracy", test_accuracy},
-          {"test_loss", test_loss},
-          {"train_seconds", train_seconds},
-          {"status", runs::to_string(outcome.status)},
-          {"message", outcome.message},
-          {"diagnostics", runs::to_json(diagnostics)},
-          {"run_dir", spec.run_dir}};
+  nlohmann::json j = {{"kind", spec.kind}, {"seed", spec.seed}};
+  j.update(metrics);
+  j.update({{"train_seconds", train_seconds},
+            {"status", runs::to_string(outcome.status)},
+            {"message", outcome.message},
+            {"diagnostics", runs::to_json(diagnostics)},
+            {"run_dir", spec.run_dir}});
+  return j;
 }
 
 FinalDiagnostics final_diagnostics_of(const std::vector<std::optional<HeadDiagnostics>>& layers) {
@@ -124,19 +121,6 @@ FinalDiagnostics final_diagnostics_of(const std::vector<std::optional<HeadDiagno
   f.entropy_mean = n ? entropy / n : 0.0;
   return f;
 }
-
-namespace {
-
-FinalDiagnostics final_diagnostics(training::Trainer& trainer, const training::Dataset& test) {
-  torch::NoGradGuard no_grad;
-  trainer.model()->eval();
-  trainer.model()->set_record_diagnostics(true);
-  trainer.model()->forward(test.images.narrow(0, 0, std::min<int64_t>(256, test.size())));
-  trainer.model()->set_record_diagnostics(false);
-  return final_diagnostics_of(trainer.model()->attention_diagnostics());
-}
-
-}  // namespace
 
 std::vector<std::string> kinds_of(const std::vector<RunSpec>& plan) {
   std::vector<std::string> kinds;
@@ -179,66 +163,92 @@ std::optional<std::string> not_evaluable(const RunSpec& run, const RunOutcome& o
   return std::nullopt;
 }
 
-CompareResult compare(const std::vector<RunSpec>& plan, const DataSource& data, bool resume, Executor& executor,
+RunResult evaluate_run(const RunSpec& run, const RunOutcome& outcome) {
+  const tasks::TaskKind& task = tasks::task_kind_of(run.config);
+  const std::unique_ptr<tasks::TaskRun> trained = task.load(run.dir().checkpoint().string());
+  RunResult r;
+  r.spec = run;
+  r.outcome = outcome;
+  r.train_seconds = trained->train_seconds();
+  r.metrics = trained->training_metrics();
+  std::optional<nlohmann::json> saved;
+  if (fs::exists(run.dir().result())) {
+    std::ifstream in(run.dir().result());
+    const auto j = nlohmann::json::parse(in, nullptr, false);
+    if (j.is_object() && j.value("step", int64_t{-1}) == trained->step()) saved = j;
+  }
+  if (saved) {
+    for (const char* key : {"step", "train_seconds", "wall_seconds", "config"}) saved->erase(key);
+    r.metrics.update(*saved);
+  } else {
+    r.metrics.update(trained->test_metrics());
+  }
+  r.diagnostics = final_diagnostics_of(trained->test_diagnostics());
+  return r;
+}
+
+CompareResult compare(const std::vector<RunSpec>& plan, bool resume, Executor& executor,
                       const ExecutorEvents& events, const std::function<void(const std::string&)>& on_note) {
   auto note = [&](const std::string& line) {
     if (on_note) on_note(line);
   };
   CompareResult result;
   result.kinds = kinds_of(plan);
+  if (!plan.empty()) result.task = tasks::task_name_of(plan.front().config);
   const std::vector<RunOutcome> outcomes = train_plan(plan, resume, executor, events, on_note);
-
-  // Every evaluation on the same test images, normalised as the run was trained (the statistics
-  // of all training images, whatever its seed or subset, saved with the run).
-  std::optional<training::Dataset> test;
-  std::optional<training::Normalization> test_normalization;
   for (size_t i = 0; i < plan.size(); ++i) {
     const RunSpec& run = plan[i];
-    const RunOutcome& outcome = outcomes[i];
-    if (const auto why = not_evaluable(run, outcome)) {
+    if (const auto why = not_evaluable(run, outcomes[i])) {
       result.failed.push_back(*why);
       continue;
     }
-    auto trainer = training::load_run(run.dir().checkpoint().string());
-    const training::Normalization n = trainer->normalization_or_recomputed(data.dir);
-    if (!test || test_normalization->mean != n.mean || test_normalization->std != n.std) {
-      test = training::load_mnist_test(data.dir, n);
-      test_normalization = n;
-    }
-    RunResult r;
-    r.spec = run;
-    r.outcome = outcome;
-    const training::EvalResult eval = trainer->evaluate(*test);
-    r.test_accuracy = eval.accuracy;
-    r.test_loss = eval.loss;
-    r.train_seconds = trainer->train_seconds();
-    r.diagnostics = final_diagnostics(*trainer, *test);
-    char line[256];
-    std::snprintf(line, sizeof line, "%-12s seed %llu: test accuracy %.4f  (%s, training %.0f s)", run.kind.c_str(),
-                  (unsigned long long)run.seed, r.test_accuracy,
-                  outcome.status == RunStatus::ok ? "ok" : ("diverged: " + outcome.message).c_str(), r.train_seconds);
+    RunResult r = evaluate_run(run, outcomes[i]);
+    char line[320];
+    std::snprintf(line, sizeof line, "%-12s seed %llu: %s  (%s, training %.0f s)", run.kind.c_str(),
+                  (unsigned long long)run.seed, tasks::task_kind(result.task).describe_headline(r.metrics).c_str(),
+                  outcomes[i].status == RunStatus::ok ? "ok" : ("diverged: " + outcomes[i].message).c_str(),
+                  r.train_seconds);
     note(line);
     result.runs.push_back(std::move(r));
   }
   return result;
 }
 
+// A metric of a run's scores; NaN where it has none (nlohmann writes NaN as null).
+static double metric(const RunResult& r, const std::string& key) {
+  const auto it = r.metrics.find(key);
+  return it != r.metrics.end() && it->is_number() ? it->get<double>() : NAN;
+}
+
 report::Table summarize(const CompareResult& result) {
-  report::Table table({{"kind"}, {"test_accuracy", 2, 100}, {"seeds"}, {"k_norm_max", 2}, {"logit_abs_max", 2},
-                       {"entropy_mean", 3}, {"train_seconds", 0}});
+  if (result.runs.empty()) return report::Table({{"kind"}});
+  const tasks::TaskKind& task = tasks::task_kind(result.task);
+  const tasks::MetricColumn headline = task.headline();
+  const std::vector<tasks::MetricColumn> more = task.more_columns();
+  std::vector<report::Column> columns = {{"kind"}, {headline.key, headline.precision, headline.scale}, {"seeds"},
+                                         {"k_norm_max", 2}, {"q_norm_max", 2}, {"logit_abs_max", 2},
+                                         {"entropy_mean", 3}};
+  for (const auto& c : more) columns.push_back({c.key, c.precision, c.scale});
+  columns.push_back({"train_seconds", 0});
+  report::Table table(columns);
   for (const std::string& kind : result.kinds) {
-    std::vector<double> accuracy, seconds;
+    std::vector<double> values, seconds;
+    std::vector<std::vector<double>> extra(more.size());
     const RunResult* last = nullptr;
     for (const RunResult& r : result.runs)
       if (r.spec.kind == kind) {
-        accuracy.push_back(r.test_accuracy);
+        values.push_back(metric(r, headline.key));
+        for (size_t c = 0; c < more.size(); ++c) extra[c].push_back(metric(r, more[c].key));
         seconds.push_back(r.train_seconds);
         last = &r;
       }
     if (!last) continue;
-    table.add_row({kind, report::mean_std(accuracy), static_cast<int64_t>(accuracy.size()),
-                   last->diagnostics.k_norm_max, last->diagnostics.logit_abs_max,
-                   last->diagnostics.entropy_mean, report::mean_of(seconds)});
+    std::vector<nlohmann::json> row = {kind, report::mean_std(values), static_cast<int64_t>(values.size()),
+                                     last->diagnostics.k_norm_max, last->diagnostics.q_norm_max,
+                                     last->diagnostics.logit_abs_max, last->diagnostics.entropy_mean};
+    for (const auto& e : extra) row.push_back(report::mean_of(e));
+    row.push_back(report::mean_of(seconds));
+    table.add_row(row);
   }
   return table;
 }

@@ -39,7 +39,10 @@ class InProcess : public Executor {
       };
       RunOutcome outcome;
       try {
-        outcome = run.train(resume, on_step);
+        TrainCallbacks callbacks;
+        callbacks.on_step = on_step;
+        callbacks.evaluate_test = run.evaluate_test;
+        outcome = train_run(run.config, resume, callbacks).outcome;
       } catch (const c10::Error& e) {
         outcome = {RunStatus::failed, e.what_without_backtrace()};
       } catch (const std::exception& e) {
@@ -88,11 +91,9 @@ class ChildProcesses : public Executor {
         if (!resume) dir.trim_metrics(0);         // old epoch lines are not news
         if (const auto last = dir.last_epoch_metrics()) epoch_reported[next] = last->value("epoch", int64_t{-1});
         ChildJob job;
-        job.args = run.command;
-        for (const std::string& a : {std::string("--config"), dir.config().string(), std::string("--run-dir"),
-                                     dir.root().string()})
-          job.args.push_back(a);
+        job.args = {"run", dir.root().string()};  // the run directory describes the run
         if (resume) job.args.push_back("--resume");
+        if (!run.evaluate_test) job.args.push_back("--no-test");
         job.env = {{"OMP_NUM_THREADS", std::to_string(threads_)}, {"OPENBLAS_NUM_THREADS", std::to_string(threads_)}};
         job.log_path = dir.log().string();
         running[spawn(exe_, job)] = next;

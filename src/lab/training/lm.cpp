@@ -6,7 +6,8 @@ namespace quest::training {
 
 nlohmann::json to_json(const LmConfig& c) {
   const auto& m = c.model;
-  nlohmann::json j = {{"model",
+  nlohmann::json j = {{"task", "lm"},
+          {"model",
            {{"vocab_size", m.vocab_size()}, {"context", m.context()}, {"dim", m.dim()},
             {"depth", m.depth()}, {"heads", m.heads()}, {"mlp_ratio", m.mlp_ratio()},
             {"dropout", m.dropout()}, {"attention", to_string(m.attention())},
@@ -20,6 +21,9 @@ nlohmann::json to_json(const LmConfig& c) {
 
 LmConfig lm_config_from_json(const nlohmann::json& j) {
   LmConfig c;
+  // The task first: another task's config would otherwise fail on its first unknown key.
+  TORCH_CHECK(!j.is_object() || !j.contains("task") || j["task"] == "lm", "quest::training: this config is for task ",
+              j.is_object() && j.contains("task") ? j["task"].dump() : "", ", not \"lm\"");
   const nlohmann::json merged = merged_config(to_json(c), j);
   const auto& m = merged.at("model");
   const auto kind = parse_kind(m.at("attention").get<std::string>());

@@ -141,7 +141,9 @@ torch::Tensor augment(const torch::Tensor& images, int64_t pad, bool flip, torch
 
 nlohmann::json to_json(const TrainConfig& c) {
   const auto& m = c.model;
-  nlohmann::json j = {{"model",
+  nlohmann::json j = {{"task", "vit"},
+          {"data", {{"dir", c.data.dir}, {"val_fraction", c.data.val_fraction}}},
+          {"model",
            {{"image_size", m.image_size()}, {"channels", m.channels()}, {"patch_size", m.patch_size()},
             {"stem", to_string(m.stem())},
             {"num_classes", m.num_classes()}, {"dim", m.dim()}, {"depth", m.depth()},
@@ -156,12 +158,19 @@ nlohmann::json to_json(const TrainConfig& c) {
 
 TrainConfig config_from_json(const nlohmann::json& j) {
   TrainConfig c;
+  // The task first: another task's config would otherwise fail on its first unknown key.
+  TORCH_CHECK(!j.is_object() || !j.contains("task") || j["task"] == "vit", "quest::training: this config is for task ",
+              j.is_object() && j.contains("task") ? j["task"].dump() : "", ", not \"vit\"");
   const nlohmann::json merged = merged_config(to_json(c), j);
   const auto& m = merged.at("model");
   const auto kind = parse_kind(m.at("attention").get<std::string>());
   TORCH_CHECK(kind, "quest::training: unknown attention kind '", m.at("attention").get<std::string>(), "'");
   const auto backend = parse_backend(m.at("backend").get<std::string>());
   TORCH_CHECK(backend, "quest::training: unknown backend '", m.at("backend").get<std::string>(), "'");
+  c.data.dir = merged.at("data").at("dir");
+  c.data.val_fraction = merged.at("data").at("val_fraction");
+  TORCH_CHECK(c.data.val_fraction >= 0 && c.data.val_fraction < 1,
+              "quest::training: data.val_fraction must be in [0, 1), got ", c.data.val_fraction);
   c.model.image_size(m.at("image_size")).channels(m.at("channels")).patch_size(m.at("patch_size"))
       .stem(models::parse_stem(m.at("stem"))).num_classes(m.at("num_classes")).dim(m.at("dim")).depth(m.at("depth"))
       .heads(m.at("heads")).mlp_ratio(m.at("mlp_ratio")).dropout(m.at("dropout"))

@@ -25,18 +25,17 @@ struct SweepSize {
   nlohmann::json model = nlohmann::json::object();
 };
 
-// A sweep file (configs/lr-sweep-*.json): {"task": "vit"|"lm", "config": {...}, "sizes": [{"name",
-// "model"}], "kinds": [...], "lrs": [...], "seeds": [...]}.
+// A sweep file (configs/lr-sweep-*.json): {"task": "vit"|"lm"|any registered task, "config": {...},
+// "sizes": [{"name", "model"}], "kinds": [...], "lrs": [...], "seeds": [...]}.
 struct LrSweep {
   std::string task = "vit";
-  nlohmann::json config = nlohmann::json::object();  // the task's config (TrainConfig or LmConfig keys)
+  nlohmann::json config = nlohmann::json::object();  // the task's config (its data included)
   std::vector<SweepSize> sizes = {{"base", nlohmann::json::object()}};
   std::vector<std::string> kinds = {"standard", "quest", "qnorm", "qknorm", "qk_layernorm"};
   std::vector<double> lrs;
   std::vector<uint64_t> seeds = {0, 1};
-  runs::DataSource data;  // the ViT's images
 };
-// Throws std::invalid_argument naming the key: unknown task or key, no learning rate, a learning rate
+// Throws std::invalid_argument naming the key: unknown task (tasks/task_kind.h) or key, no learning rate, a learning rate
 // that is not positive or listed twice, a size named twice; the task config is checked by the task.
 LrSweep sweep_from_json(const nlohmann::json& j);
 nlohmann::json to_json(const LrSweep& sweep);

@@ -1,6 +1,6 @@
-// Comparing attention kinds: the plan (kinds x seeds, one run directory each), training one run
-// to a typed outcome, executors that train a plan in this process or in child processes, the
-// evaluation of the trained runs, and the per-kind summary.
+// Comparing attention kinds, for every task (tasks/task_kind.h): the plan (kinds x seeds, one run
+// directory each), training one run to a typed outcome, executors that train a plan in this
+// process or in child processes, the scoring of the trained runs, and the per-kind summary.
 #pragma once
 
 #include <functional>
@@ -9,65 +9,52 @@
 #include <string>
 #include <vector>
 
-#include "quest/lab/data/idx.h"
 #include "quest/lab/report/table.h"
 #include "quest/lab/runs/run_dir.h"
-#include "quest/lab/training/trainer.h"
+#include "quest/lab/tasks/task_kind.h"
 
 namespace quest::runs {
 
-// Where a run's images come from.
-struct DataSource {
-  std::string dir = data::kFashionMnistDir;  // MNIST-format directory
-  double val_fraction = 0.1;                 // held-out share of the training split
-};
-
-// One run of a comparison, whatever it trains (the ViT, the language model): what the executors
-// and the plan's bookkeeping need.
+// One run of a comparison, whatever its task: what the executors and the plan's bookkeeping need.
+// The run directory describes the run (config.json names its task and data): in this process
+// train_run trains it, in a child process `quest run <run_dir>` does.
 struct RunSpec {
   std::string kind;
   uint64_t seed = 0;
   std::string run_dir;
   int64_t epochs = 0;     // a checkpoint holding this many epochs is a finished run
-  nlohmann::json config;  // the run's resolved config, written to config.json (a valid --config)
-  // `quest` arguments that train it in a child process ("train", "--data-dir", ...); the executor
-  // appends --config <run>/config.json --run-dir <run> [--resume].
-  std::vector<std::string> command;
-  // Trains it in this process (resuming when asked); every step's metrics line to on_step.
-  std::function<RunOutcome(bool resume, const std::function<void(const nlohmann::json&)>& on_step)> train;
+  nlohmann::json config;  // the run's resolved config, written to config.json
+  bool evaluate_test = true;  // false: no test scores, no result.json (a sweep scores validation)
   RunDir dir() const { return RunDir(run_dir); }
   std::string label() const { return kind + " seed " + std::to_string(seed); }
 };
 
-// kinds x seeds in table order, each in <out_dir>/<kind>/seed-<s>, completed by `fill` (config,
-// command, train, epochs). Throws std::invalid_argument for an unknown kind or a kind or seed listed
-// twice (it would count the same run twice in a mean).
-std::vector<RunSpec> plan_runs(const std::vector<std::string>& kinds, const std::vector<uint64_t>& seeds,
-                               const std::string& out_dir, const std::function<void(RunSpec&)>& fill);
-// The ViT's plan: `base` with each run's attention, seed and run_dir, trained on `data`.
-std::vector<RunSpec> plan_compare(const training::TrainConfig& base, const std::vector<std::string>& kinds,
-                                  const std::vector<uint64_t>& seeds, const std::string& out_dir,
-                                  const DataSource& data = {});
+// kinds x seeds of `base` (a task's config, its "task" naming the task) in table order, each with
+// its attention kind, seed and run_dir <out_dir>/<kind>/seed-<s>. Throws std::invalid_argument for
+// an unknown kind or a kind or seed listed twice (it would count the same run twice in a mean).
+std::vector<RunSpec> plan_runs(const nlohmann::json& base, const std::vector<std::string>& kinds,
+                               const std::vector<uint64_t>& seeds, const std::string& out_dir);
 
-// One run trained in this process, start to end: data, Trainer, resume, divergence. Writes the
-// run's config.json, metrics, checkpoints, outcome.json, and result.json (test metrics) when ok.
+// One run trained in this process, start to end: its task's data and model, resume, divergence.
+// Writes the run's config.json, metrics, checkpoints, outcome.json, and result.json (the test
+// scores, the step they are of, the training seconds and the config) when it ends ok.
 struct TrainReport {
   RunOutcome outcome;
-  training::EvalResult test;  // on the test split; only when ok
-  double wall_seconds = 0;
-  int64_t epoch = 0;          // epochs done
+  nlohmann::json metrics = nlohmann::json::object();  // training measurements; test scores when ok
+  double wall_seconds = 0, train_seconds = 0;
+  int64_t epoch = 0, step = 0;  // done
   bool checkpoint_kept = false;
   std::vector<std::optional<HeadDiagnostics>> diagnostics;  // per layer, at the stop (diverged)
 };
 struct TrainCallbacks {
-  std::function<void(const training::MnistSplits&)> on_data;  // before training
-  std::function<void(const nlohmann::json&)> on_step;         // every step's line
-  bool evaluate_test = true;  // false: no test evaluation, no result.json (a sweep scores validation)
+  std::function<void(const tasks::TaskRun&)> on_start;  // data loaded, model built, before training
+  std::function<void(const nlohmann::json&)> on_step;   // every step's line
+  bool evaluate_test = true;  // false: no test scores, no result.json (a sweep scores validation)
 };
-// `parallel`: this process is one rank of a data-parallel run; every rank calls train_run, rank 0
-// alone writes the run directory.
-TrainReport train_run(const training::TrainConfig& config, const DataSource& data, bool resume,
-                      const TrainCallbacks& callbacks = {}, const training::DataParallel& parallel = {});
+// `config`: any task's (its "task" key picks it; task_kind_of). `parallel`: this process is one rank
+// of a data-parallel run; every rank calls train_run, rank 0 alone writes the run directory.
+TrainReport train_run(const nlohmann::json& config, bool resume, const TrainCallbacks& callbacks = {},
+                      const training::DataParallel& parallel = {});
 
 // What an executor reports while it trains.
 struct ExecutorEvents {
@@ -88,13 +75,13 @@ class Executor {
 
 // One run after another in this process, with every thread.
 std::unique_ptr<Executor> in_process_executor();
-// `workers` runs side by side, each `<executable> <run.command> --config <run>/config.json ...` in a
-// child process with `threads` threads (stdout and stderr to <run>/train.log); the outcome comes
+// `workers` runs side by side, each `<executable> run <run_dir> [--resume] [--no-test]` in a child
+// process with `threads` threads (stdout and stderr to <run>/train.log); the outcome comes
 // from the run's outcome.json, or from the exit code and the log's last line when it has none.
 std::unique_ptr<Executor> child_process_executor(int workers, int threads,
                                                  std::string executable = "/proc/self/exe");
 
-// Final attention diagnostics of a model on up to 256 test images, over layers and heads.
+// Final attention diagnostics of a model on its first test samples, over layers and heads.
 struct FinalDiagnostics {
   double k_norm_max = 0, q_norm_max = 0, logit_abs_max = 0, entropy_mean = 0;
 };
@@ -105,13 +92,14 @@ nlohmann::json to_json(const FinalDiagnostics& d);
 struct RunResult {
   RunSpec spec;
   RunOutcome outcome;
-  double test_accuracy = 0, test_loss = 0;
-  double train_seconds = 0;  // over resumed segments too
-  FinalDiagnostics diagnostics;
+  nlohmann::json metrics = nlohmann::json::object();  // the task's test scores and training measurements
+  double train_seconds = 0;                           // over resumed segments too
+  FinalDiagnostics diagnostics;                       // on the first test samples
   nlohmann::json to_json() const;
 };
 
 struct CompareResult {
+  std::string task;                 // the plan's (one task per comparison)
   std::vector<RunResult> runs;      // evaluated runs (ok or diverged with a checkpoint), plan order
   std::vector<std::string> failed;  // one line per run that could not be evaluated
   std::vector<std::string> kinds;   // table order
@@ -129,13 +117,17 @@ std::optional<std::string> not_evaluable(const RunSpec& run, const RunOutcome& o
 // The kinds of a plan in table order.
 std::vector<std::string> kinds_of(const std::vector<RunSpec>& plan);
 
-// The ViT comparison: train_plan, then every run that has a checkpoint evaluated on the test split.
-CompareResult compare(const std::vector<RunSpec>& plan, const DataSource& data, bool resume, Executor& executor,
+// A trained run's scores: its own result.json when written for the checkpoint's step (scoring a
+// test split can take minutes), else its task's test_metrics of the checkpoint; the diagnostics.
+RunResult evaluate_run(const RunSpec& run, const RunOutcome& outcome);
+
+// train_plan, then every run that has a checkpoint scored (evaluate_run).
+CompareResult compare(const std::vector<RunSpec>& plan, bool resume, Executor& executor,
                       const ExecutorEvents& events = {},
                       const std::function<void(const std::string&)>& on_note = {});
 
-// Per kind: test accuracy mean ± std over seeds, seeds, the last seed's final diagnostics and
-// the mean training seconds.
+// Per kind: the task's headline test metric, mean ± std over seeds; the seeds; the last seed's
+// final diagnostics; the means of the task's further columns and of the training seconds.
 report::Table summarize(const CompareResult& result);
 
 }  // namespace quest::runs

@@ -10,6 +10,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "quest/lab/data/idx.h"
 #include "quest/lab/models/vit.h"
 #include "quest/lab/runs/run_dir.h"
 #include "quest/lab/training/engine.h"
@@ -57,6 +58,13 @@ Normalization mnist_normalization(const std::string& dir);
 // The test split of `dir` normalised with `n` (a run's saved normalisation): reads t10k only.
 Dataset load_mnist_test(const std::string& dir, Normalization n);
 
+// Where a run's images come from.
+struct ImageData {
+  std::string dir = data::kFashionMnistDir;  // MNIST-format directory
+  double val_fraction = 0.1;                 // held-out share of the training split
+};
+
+// JSON: {"task": "vit", "data": {...}, "model": {...}, the run settings and the keys below}.
 struct TrainConfig : RunSettings {
   TrainConfig() {
     epochs = 10;
@@ -64,6 +72,7 @@ struct TrainConfig : RunSettings {
     weight_decay = 0.05;
     warmup_epochs = 1;
   }
+  ImageData data;
   models::VitOptions model;
   int64_t train_subset = 0;  // > 0: train on the first that many training images only
   double label_smoothing = 0.1;

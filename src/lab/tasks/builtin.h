@@ -1,0 +1,14 @@
+// The task kinds quest ships (registered by task_kind.cpp before the first lookup).
+#pragma once
+
+#include <memory>
+
+#include "quest/lab/tasks/task_kind.h"
+
+namespace quest::tasks {
+
+std::shared_ptr<const TaskKind> vit_task_kind();  // vit_task.cpp: ViT image classification
+std::shared_ptr<const TaskKind> lm_task_kind();   // lm_task.cpp: the byte-level GPT
+std::shared_ptr<const TaskKind> retrieval_task_kind();  // retrieval_task.cpp: the spurious-pattern toy
+
+}  // namespace quest::tasks
