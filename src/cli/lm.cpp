@@ -8,7 +8,7 @@
 #include <fstream>
 
 #include "commands.h"
-#include "quest/lab/training/lm.h"
+#include "quest/lab/tasks/lm.h"
 #include "quest/torch/runtime.h"
 #include "train_flags.h"
 

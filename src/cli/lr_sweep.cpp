@@ -9,6 +9,7 @@
 #include "commands.h"
 #include "quest/lab/experiments/lr_sweep.h"
 #include "quest/lab/report/plots.h"
+#include "quest/lab/runs/experiment_dir.h"
 #include "quest/torch/runtime.h"
 #include "train_flags.h"
 
@@ -58,8 +59,9 @@ void run_lr_sweep(const LrSweepFlags& f, const std::string& command) {
   warn_if_slow_blas();
   const int threads = configure_threads();
   const experiments::LrSweep sweep = resolve_sweep(f);
+  const runs::ExperimentDir experiment(f.out_dir);
   const auto points = experiments::plan_sweep(sweep, f.out_dir);
-  fs::create_directories(f.out_dir);
+  experiment.create();
   const int workers = std::min<int>(f.workers, static_cast<int>(points.size()));
   std::printf("lr sweep (%s): %zu runs = %zu sizes x %zu learning rates x %zu kinds x %zu seeds, %d at a time -> %s\n",
               sweep.task.c_str(), points.size(), sweep.sizes.size(), sweep.lrs.size(), sweep.kinds.size(),
@@ -95,13 +97,11 @@ void run_lr_sweep(const LrSweepFlags& f, const std::string& command) {
   std::printf("\n%s", table.console().c_str());
   std::printf("(LR sensitivity: mean over the learning rates of the final validation loss capped at the initial loss, "
               "minus the best rate's; 95 %% bootstrap interval over seeds; Wortsman et al. 2023)\n");
-  std::ofstream(fs::path(f.out_dir) / "sensitivity.csv") << table.csv();
-  std::ofstream(fs::path(f.out_dir) / "runs.csv") << experiments::runs_table(results).csv();
-  std::ofstream(fs::path(f.out_dir) / "sweep.json")
-      << nlohmann::json({{"command", command}, {"sweep", experiments::to_json(sweep)}, {"sensitivity", table.json()},
-                         {"runs", runs_json}, {"workers", workers}})
-             .dump(2)
-      << "\n";
+  experiment.write(experiment.sensitivity_csv(), table.csv());
+  experiment.write(experiment.runs_csv(), experiments::runs_table(results).csv());
+  experiment.write(experiment.sweep_json(),
+                   nlohmann::json({{"command", command}, {"sweep", experiments::to_json(sweep)},
+                                   {"sensitivity", table.json()}, {"runs", runs_json}, {"workers", workers}}));
   if (!failed.empty()) {
     std::string lines;
     for (const auto& l : failed) lines += "\n  " + l;
@@ -112,8 +112,7 @@ void run_lr_sweep(const LrSweepFlags& f, const std::string& command) {
               f.out_dir.c_str());
   for (const auto& size : sweep.sizes)
     if (const auto lr = experiments::contrast_lr(results, size.name)) {
-      const fs::path dir = fs::path(f.out_dir) / size.name / experiments::lr_dir_name(*lr);
-      const auto plots = report::write_training_plots(dir);
+      const auto plots = report::write_training_plots(experiment.sweep_point(size.name, *lr).root());
       std::printf("training curves, size %s at lr %g (standard against quest and the rest): %s\n", size.name.c_str(),
                   *lr, plots.dir.c_str());
     }

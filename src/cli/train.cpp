@@ -1,9 +1,9 @@
 // quest run / quest train / quest eval: a run directory or flags -> train_one (runs::train_run) ->
-// print; a checkpoint -> training::load_run -> print.
+// print; a checkpoint -> training::load_vit_run -> print.
 #include <cstdio>
 
 #include "commands.h"
-#include "quest/lab/training/trainer.h"
+#include "quest/lab/tasks/vit.h"
 #include "quest/torch/runtime.h"
 #include "train_flags.h"
 
@@ -29,7 +29,7 @@ nlohmann::json config_of_run_dir(const std::string& dir) {
 
 int run_eval(const std::string& checkpoint, const std::string& data_dir) {
   configure_threads();
-  const auto trainer = training::load_run(checkpoint);
+  const auto trainer = training::load_vit_run(checkpoint);
   const std::string dir = data_dir.empty() ? trainer->config().data.dir : data_dir;
   const auto test = trainer->evaluate(training::load_mnist_test(dir, trainer->normalization_or_recomputed(dir)));
   std::printf("%s: epoch %lld, test accuracy %.4f, test loss %.4f\n", checkpoint.c_str(),

@@ -9,6 +9,7 @@
 #include "quest/lab/data/idx.h"
 #include "quest/lab/models/vit.h"
 #include "quest/lab/report/plots.h"
+#include "quest/lab/runs/experiment_dir.h"
 #include "quest/torch/runtime.h"
 
 namespace quest::cli {
@@ -117,8 +118,9 @@ void compare_kinds(const std::string& command, const nlohmann::json& base, bool 
   warn_if_slow_blas();
   const int threads = configure_threads();
   const tasks::TaskKind& task = tasks::task_kind_of(base);
+  const runs::ExperimentDir experiment(compare.out_dir);
   const auto plan = runs::plan_runs(base, compare.kinds, compare.seeds, compare.out_dir);
-  fs::create_directories(compare.out_dir);
+  experiment.create();
   const int workers = std::min<int>(compare.workers, static_cast<int>(plan.size()));
   const auto executor = compare_executor(workers, threads);
   runs::ExecutorEvents events;
@@ -150,18 +152,14 @@ void compare_kinds(const std::string& command, const nlohmann::json& base, bool 
   nlohmann::json run_lines = nlohmann::json::array();
   for (const auto& r : result.runs) run_lines.push_back(r.to_json());
   std::printf("\n%s", table.console().c_str());
-  std::ofstream(fs::path(compare.out_dir) / "summary.csv") << table.csv();
-  std::ofstream(fs::path(compare.out_dir) / "compare.json")
-      << nlohmann::json({{"task", task.name()}, {"summary", table.json()}, {"runs", run_lines}, {"workers", workers}})
-             .dump(2)
-      << "\n";
+  experiment.write_compare(task.name(), table, run_lines, workers);
   std::printf("(%s; results in %s)\n", task.legend().c_str(), compare.out_dir.c_str());
   if (!result.failed.empty()) {
     std::string lines;
     for (const auto& f : result.failed) lines += "\n  " + f;
     throw std::runtime_error(command + ": runs failed:" + lines);
   }
-  const auto plots = report::write_training_plots(compare.out_dir);
+  const auto plots = report::write_training_plots(experiment.root());
   std::printf("plots of %zu run(s) in %s\n", plots.runs, plots.dir.c_str());
 }
 

@@ -15,23 +15,23 @@
 #include "quest/lab/distributed/launch.h"
 #include "quest/lab/distributed/process_group.h"
 #include "quest/lab/runs/compare.h"
-#include "quest/lab/training/lm.h"
-#include "quest/lab/training/trainer.h"
+#include "quest/lab/tasks/lm.h"
+#include "quest/lab/tasks/vit.h"
 
 namespace quest {
 namespace {
 
 namespace fs = std::filesystem;
 using training::Dataset;
-using training::TrainConfig;
-using training::Trainer;
+using training::VitConfig;
+using training::VitTrainer;
 
 Dataset synthetic(int64_t n, uint64_t seed) { return testing::synthetic_images(n, seed); }
 
 // 330 training images in global batches of 32: 10 full steps and one of 10 per epoch, 3 epochs
 // (33 steps); augmentation on, so the ranks must split the whole batch's random draws.
-TrainConfig config(const std::string& run_dir) {
-  TrainConfig c;
+VitConfig config(const std::string& run_dir) {
+  VitConfig c;
   c.model.image_size(8).patch_size(4).num_classes(2).dim(16).depth(2).heads(2).attention(Kind::quest);
   c.epochs = 3;
   c.batch_size = 32;
@@ -95,9 +95,9 @@ TEST(DataParallelRank, Train) {
       training::LmTrainer trainer(c, parallel);
       trainer.fit(lm_data(), /*resume=*/true);
     } else {
-      TrainConfig c = config(dir);
+      VitConfig c = config(dir);
       c.epochs = std::atoi(std::getenv("QUEST_TEST_DP_EPOCHS"));
-      Trainer trainer(c, parallel);
+      VitTrainer trainer(c, parallel);
       trainer.fit(synthetic(330, 1), synthetic(50, 2), /*resume=*/true);
     }
   } catch (const std::exception& e) {  // what train_run would record, for the parent to read
@@ -138,7 +138,7 @@ double weight_difference(torch::nn::Module& a, torch::nn::Module& b) {
   }
   return worst;
 }
-double weight_difference(Trainer& a, Trainer& b) { return weight_difference(*a.model(), *b.model()); }
+double weight_difference(VitTrainer& a, VitTrainer& b) { return weight_difference(*a.model(), *b.model()); }
 
 TEST(DataParallel, ShardsCoverEverySampleExactlyOnce) {
   for (int64_t n : {0, 1, 2, 5, 31, 32, 33, 128, 1001})
@@ -173,7 +173,7 @@ TEST(DataParallel, AugmentationDrawnForTheWholeBatchThenShardedEqualsOneDraw) {
 // order (and the loss is scaled by n and back); measured: 5e-7 in the loss, 6e-6 in the weights.
 TEST(DataParallel, TwoRanksReproduceOneProcessWithTheSameGlobalBatch) {
   TempDir one, two;
-  Trainer alone(config((one.path / "run").string()));
+  VitTrainer alone(config((one.path / "run").string()));
   alone.fit(synthetic(330, 1), synthetic(50, 2), false);
   const Launched l = launch_ranks(two.path / "run", 2, 3);
   ASSERT_EQ(l.exit_code, 0);
@@ -186,7 +186,7 @@ TEST(DataParallel, TwoRanksReproduceOneProcessWithTheSameGlobalBatch) {
     EXPECT_NEAR(b[i], a[i], 1e-5 * std::abs(a[i])) << "step " << i;
     worst = std::max(worst, std::abs(b[i] - a[i]) / std::abs(a[i]));
   }
-  const auto parallel = training::load_run(runs::RunDir(two.path / "run").checkpoint().string());
+  const auto parallel = training::load_vit_run(runs::RunDir(two.path / "run").checkpoint().string());
   EXPECT_EQ(parallel->step(), 33);
   const double weights = weight_difference(*parallel, alone);
   EXPECT_LT(weights, 1e-4);
@@ -242,9 +242,9 @@ TEST(DataParallel, AKilledRankIsNamedWithinTheTimeoutAndTheRunResumes) {
   const Launched resumed = launch_ranks(run, 2, 3);
   ASSERT_EQ(resumed.exit_code, 0);
   TempDir one;
-  Trainer alone(config((one.path / "run").string()));
+  VitTrainer alone(config((one.path / "run").string()));
   alone.fit(synthetic(330, 1), synthetic(50, 2), false);
-  const auto parallel = training::load_run(runs::RunDir(run).checkpoint().string());
+  const auto parallel = training::load_vit_run(runs::RunDir(run).checkpoint().string());
   EXPECT_EQ(parallel->step(), 33);
   EXPECT_LT(weight_difference(*parallel, alone), 1e-4);
 }
@@ -254,7 +254,7 @@ TEST(DataParallel, AKilledRankIsNamedWithinTheTimeoutAndTheRunResumes) {
 // one-process run.
 TEST(DataParallel, ResumesWithADifferentNumberOfRanks) {
   TempDir one;
-  Trainer alone(config((one.path / "run").string()));
+  VitTrainer alone(config((one.path / "run").string()));
   alone.fit(synthetic(330, 1), synthetic(50, 2), false);
   for (int ranks : {1, 3}) {
     TempDir dir;
@@ -262,12 +262,12 @@ TEST(DataParallel, ResumesWithADifferentNumberOfRanks) {
     ASSERT_NE(launch_ranks(run, 2, 3, "throw:1:15", 10).exit_code, 0);
     ASSERT_EQ(runs::RunDir(run).checkpoint_epoch(), std::optional<int64_t>(1));
     if (ranks == 1) {
-      Trainer t(config(run.string()));
+      VitTrainer t(config(run.string()));
       t.fit(synthetic(330, 1), synthetic(50, 2), /*resume=*/true);
     } else {
       ASSERT_EQ(launch_ranks(run, ranks, 3).exit_code, 0);
     }
-    const auto resumed = training::load_run(runs::RunDir(run).checkpoint().string());
+    const auto resumed = training::load_vit_run(runs::RunDir(run).checkpoint().string());
     EXPECT_EQ(resumed->step(), 33);
     EXPECT_LT(weight_difference(*resumed, alone), 1e-4) << ranks << " rank(s)";
     EXPECT_EQ(step_losses(run).size(), 33u);

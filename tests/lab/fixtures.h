@@ -6,7 +6,7 @@
 #include <filesystem>
 #include <string>
 
-#include "quest/lab/training/trainer.h"
+#include "quest/lab/tasks/vit.h"
 
 namespace quest::testing {
 

@@ -11,7 +11,7 @@
 
 #include "quest/lab/data/idx.h"
 #include "quest/lab/training/engine.h"
-#include "quest/lab/training/trainer.h"
+#include "quest/lab/tasks/vit.h"
 #include "quest/torch/nn/init.h"
 
 namespace quest {
@@ -106,7 +106,7 @@ TEST(Fuzz, IdxReaderReadsOrRejectsEveryMutant) {
 }
 
 TEST(Fuzz, ConfigParserAcceptsOrNamesTheProblem) {
-  const std::string base = training::to_json(training::TrainConfig{}).dump();
+  const std::string base = training::to_json(training::VitConfig{}).dump();
   std::mt19937_64 rng(7);
   int accepted = 0, rejected = 0;
   for (int i = 0, n = iterations(3000); i < n; ++i) {
@@ -119,8 +119,8 @@ TEST(Fuzz, ConfigParserAcceptsOrNamesTheProblem) {
       continue;  // not JSON: the CLI reports the parser's message with the file name
     }
     try {
-      const training::TrainConfig c = training::config_from_json(j);
-      EXPECT_EQ(training::to_json(training::config_from_json(training::to_json(c))), training::to_json(c));
+      const training::VitConfig c = training::vit_config_from_json(j);
+      EXPECT_EQ(training::to_json(training::vit_config_from_json(training::to_json(c))), training::to_json(c));
       ++accepted;
     } catch (const c10::Error& e) {
       EXPECT_NE(std::string(e.what_without_backtrace()).find("quest::"), std::string::npos) << text;

@@ -8,7 +8,7 @@
 
 #include "error_message.h"
 #include "quest/lab/runs/compare.h"
-#include "quest/lab/training/lm.h"
+#include "quest/lab/tasks/lm.h"
 
 namespace quest::training {
 namespace {

@@ -6,7 +6,7 @@
 #include "quest/lab/data/idx.h"
 #include "quest/lab/robustness/attacks.h"
 #include "quest/lab/robustness/corruptions.h"
-#include "quest/lab/training/trainer.h"
+#include "quest/lab/tasks/vit.h"
 
 namespace quest::robustness {
 namespace {
@@ -55,14 +55,14 @@ TEST(Corruptions, BadInputIsNamed) {
 // A small ViT trained for a few hundred steps on 2000 Fashion-MNIST images (~70 % test accuracy).
 struct TrainedModel {
   TrainedModel() {
-    training::TrainConfig c;
+    training::VitConfig c;
     c.model.dim(32).depth(1).heads(2).patch_size(7);
     c.epochs = 4;
     c.batch_size = 64;
     c.lr = 3e-3;
     c.augment = false;
     splits = training::load_mnist_splits(data::kFashionMnistDir, 0.0, 0, 2000);
-    trainer = std::make_unique<training::Trainer>(c);
+    trainer = std::make_unique<training::VitTrainer>(c);
     trainer->fit(splits.train, splits.validation, false);
     trainer->model()->eval();
     models::Vit net = trainer->model();
@@ -76,7 +76,7 @@ struct TrainedModel {
     return classify(x).argmax(1).eq(labels).to(torch::kDouble).mean().item<double>();
   }
   training::MnistSplits splits;
-  std::unique_ptr<training::Trainer> trainer;
+  std::unique_ptr<training::VitTrainer> trainer;
   Classifier classify;
   torch::Tensor images, labels;
 };

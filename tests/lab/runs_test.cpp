@@ -19,7 +19,7 @@
 
 #include "fixtures.h"
 #include "quest/lab/runs/compare.h"
-#include "quest/lab/training/trainer.h"
+#include "quest/lab/tasks/vit.h"
 
 namespace quest::runs {
 namespace {
@@ -30,8 +30,8 @@ struct TempDir : testing::TempDir {
   TempDir() : testing::TempDir("quest_runs_test") {}
 };
 
-training::TrainConfig tiny() {
-  training::TrainConfig c;
+training::VitConfig tiny() {
+  training::VitConfig c;
   c.model.dim(16).depth(1).heads(2).patch_size(7);
   c.epochs = 1;
   c.train_subset = 200;
@@ -208,7 +208,7 @@ TEST(Compare, InProcessTrainsThenResumeOnlyEvaluates) {
   EXPECT_EQ(plan[0].dir().read_outcome()->status, RunStatus::ok);
   EXPECT_TRUE(fs::exists(plan[0].dir().result()));
   // The data normalisation is saved with the run: evaluation needs no pass over the training images.
-  const auto saved = training::load_run(plan[0].dir().checkpoint().string())->normalization();
+  const auto saved = training::load_vit_run(plan[0].dir().checkpoint().string())->normalization();
   ASSERT_TRUE(saved.has_value());
   const auto recomputed = training::mnist_normalization(data::kFashionMnistDir);
   EXPECT_DOUBLE_EQ(saved->mean, recomputed.mean);
@@ -226,7 +226,7 @@ TEST(Compare, InProcessTrainsThenResumeOnlyEvaluates) {
 // Child processes: a run whose child fails is named with its exit code, log and the reason.
 TEST(Compare, ChildProcessFailureCarriesTheReason) {
   TempDir t;
-  training::TrainConfig config = tiny();
+  training::VitConfig config = tiny();
   config.data.dir = (t.path / "no_such_data").string();
   const auto plan = plan_runs(training::to_json(config), {"standard"}, {0}, t.path.string());
   auto executor = child_process_executor(2, 1, QUEST_EXECUTABLE);

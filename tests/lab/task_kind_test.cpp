@@ -33,9 +33,7 @@ nlohmann::json to_json(const ToyConfig& c) {
 
 ToyConfig toy_from_json(const nlohmann::json& j) {
   ToyConfig c;
-  const nlohmann::json merged = training::merged_config(to_json(c), j);
-  TORCH_CHECK(merged["task"] == "toy", "toy: not a toy config");
-  training::read_run_settings(merged, c);
+  const nlohmann::json merged = training::read_task_config("toy", to_json(c), j, c);
   c.attention = merged["model"]["attention"];
   TORCH_CHECK(parse_kind(c.attention), "toy: unknown attention kind '", c.attention, "'");
   c.samples = merged["samples"];

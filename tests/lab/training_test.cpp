@@ -9,7 +9,7 @@
 
 #include "error_message.h"
 #include "fixtures.h"
-#include "quest/lab/training/trainer.h"
+#include "quest/lab/tasks/vit.h"
 
 namespace quest::training {
 namespace {
@@ -42,8 +42,8 @@ TEST(Augmentation, IsPadCropFlip) {
     }
 }
 
-TrainConfig tiny_config(const std::string& run_dir, Kind kind = Kind::quest) {
-  TrainConfig c;
+VitConfig tiny_config(const std::string& run_dir, Kind kind = Kind::quest) {
+  VitConfig c;
   c.model.image_size(8).patch_size(4).num_classes(2).dim(16).depth(2).heads(2).attention(kind);
   c.epochs = 3;
   c.batch_size = 32;
@@ -89,7 +89,7 @@ TEST(Vit, ShapesForEveryKindAndBadInput) {
   EXPECT_THROW(models::Vit(models::VitOptions().image_size(10).patch_size(4)), c10::Error);
 }
 
-TEST(Trainer, WeightDecayGoesToMatricesOnly) {
+TEST(VitTrainer, WeightDecayGoesToMatricesOnly) {
   // Every ViT parameter, every kind and stem: decay exactly for linear and convolution weights.
   for (Kind kind : all_kinds())
     for (const char* stem : {"patch", "conv_bn"}) {
@@ -110,9 +110,9 @@ TEST(Trainer, WeightDecayGoesToMatricesOnly) {
   EXPECT_FALSE(applies_weight_decay("blocks.0.attn.head_scale", torch::zeros({4})));
 }
 
-TEST(Trainer, LearnsAndWritesMetrics) {
+TEST(VitTrainer, LearnsAndWritesMetrics) {
   TempDir dir;
-  Trainer trainer(tiny_config(dir.str()));
+  VitTrainer trainer(tiny_config(dir.str()));
   const Dataset train = synthetic(256, 1), val = synthetic(128, 2);
   const double before = trainer.evaluate(val).loss;
   trainer.fit(train, val, false);
@@ -126,7 +126,7 @@ TEST(Trainer, LearnsAndWritesMetrics) {
   EXPECT_FALSE(fs::exists(run.checkpoint().string() + ".tmp"));  // the atomic write's temporary is gone
 }
 
-TEST(Trainer, CheckpointRoundTrip) {
+TEST(VitTrainer, CheckpointRoundTrip) {
   // Every stem: the convolutional ones hold stateless children (ReLU) that LibTorch's archive
   // leaves out, which loading once took for a foreign checkpoint.
   for (const char* stem : {"patch", "conv", "conv_bn"}) {
@@ -135,10 +135,10 @@ TEST(Trainer, CheckpointRoundTrip) {
     auto config = tiny_config(dir.str());
     config.model.stem(models::parse_stem(stem));
     config.epochs = 1;
-    Trainer a(config);
+    VitTrainer a(config);
     a.fit(synthetic(64, 1), synthetic(32, 2), false);
     config.seed = 99;  // a different initialisation, replaced by the checkpoint
-    Trainer b(config);
+    VitTrainer b(config);
     b.load_checkpoint(a.checkpoint_path());
     EXPECT_TRUE(same_weights(a.model(), b.model()));
     EXPECT_EQ(b.epoch(), 1);
@@ -148,17 +148,17 @@ TEST(Trainer, CheckpointRoundTrip) {
   }
 }
 
-TEST(Trainer, KilledRunResumesToTheSameWeights) {
+TEST(VitTrainer, KilledRunResumesToTheSameWeights) {
   const Dataset train = synthetic(96, 1), val = synthetic(32, 2);
   TempDir full_dir, killed_dir;
   auto config = tiny_config(full_dir.str());
   config.model.dropout(0.1).drop_path(0.1).attention_dropout(0.1);  // randomness must replay too
-  Trainer full(config);
+  VitTrainer full(config);
   full.fit(train, val, false);
 
   config.run_dir = killed_dir.str();
   {
-    Trainer killed(config);
+    VitTrainer killed(config);
     // "Kill" the run in the middle of its second epoch.
     EXPECT_THROW(killed.fit(train, val, false,
                             [](const nlohmann::json& line) {
@@ -166,7 +166,7 @@ TEST(Trainer, KilledRunResumesToTheSameWeights) {
                             }),
                  std::runtime_error);
   }
-  Trainer resumed(config);
+  VitTrainer resumed(config);
   resumed.fit(train, val, true);
   EXPECT_EQ(resumed.step(), full.step());
   EXPECT_TRUE(same_weights(full.model(), resumed.model()));
@@ -176,14 +176,14 @@ TEST(Trainer, KilledRunResumesToTheSameWeights) {
   EXPECT_EQ(metric_lines(killed_dir.path), lines);
   // A fresh start in a used run directory starts the log afresh.
   config.epochs = 1;
-  Trainer restarted(config);
+  VitTrainer restarted(config);
   restarted.fit(train, val, false);
   EXPECT_EQ(metric_lines(killed_dir.path).size(), 3u);
 }
 
 // The ViT with every random layer on: two runs in two threads of one process end with the weights
 // each ends with alone (run-owned generators; nothing shared but the thread pools).
-TEST(Trainer, RunsInThreadsEqualRunsOneAfterAnother) {
+TEST(VitTrainer, RunsInThreadsEqualRunsOneAfterAnother) {
   const Dataset train = synthetic(96, 1), val = synthetic(32, 2);
   auto config = [](uint64_t seed) {
     auto c = tiny_config("", seed % 2 ? Kind::standard : Kind::quest);
@@ -192,10 +192,10 @@ TEST(Trainer, RunsInThreadsEqualRunsOneAfterAnother) {
     c.model.dropout(0.1).drop_path(0.1).attention_dropout(0.1);
     return c;
   };
-  Trainer alone0(config(0)), alone1(config(1));
+  VitTrainer alone0(config(0)), alone1(config(1));
   alone0.fit(train, val, false);
   alone1.fit(train, val, false);
-  Trainer side0(config(0)), side1(config(1));
+  VitTrainer side0(config(0)), side1(config(1));
   std::thread t0([&] { side0.fit(train, val, false); }), t1([&] { side1.fit(train, val, false); });
   t0.join();
   t1.join();
@@ -203,16 +203,16 @@ TEST(Trainer, RunsInThreadsEqualRunsOneAfterAnother) {
   EXPECT_TRUE(same_weights(side1.model(), alone1.model()));
 }
 
-TEST(Trainer, DivergenceStopsCleanlyAndKeepsTheLastCheckpoint) {
+TEST(VitTrainer, DivergenceStopsCleanlyAndKeepsTheLastCheckpoint) {
   TempDir dir;
   auto config = tiny_config(dir.str());
   config.epochs = 1;
-  Trainer good(config);
+  VitTrainer good(config);
   good.fit(synthetic(64, 1), synthetic(32, 2), false);
   config.epochs = 3;
   config.lr = 1e30;  // injected: the weights blow up within a few steps
   config.clip_grad_norm = 0;
-  Trainer bad(config);
+  VitTrainer bad(config);
   std::string message;
   try {
     bad.fit(synthetic(64, 1), synthetic(32, 2), true);
@@ -221,7 +221,7 @@ TEST(Trainer, DivergenceStopsCleanlyAndKeepsTheLastCheckpoint) {
   }
   EXPECT_NE(message.find("non-finite"), std::string::npos) << message;
   EXPECT_NE(message.find("at step"), std::string::npos) << message;
-  Trainer check(config);
+  VitTrainer check(config);
   check.load_checkpoint(good.checkpoint_path());  // still the good, whole checkpoint
   EXPECT_TRUE(same_weights(good.model(), check.model()));
 }
@@ -230,15 +230,15 @@ TEST(Trainer, DivergenceStopsCleanlyAndKeepsTheLastCheckpoint) {
 // head 0 becomes NaN mid-run. The fused kernel propagates it, so the very next step stops with
 // the layer and head named, the diagnostics of that step in the metrics, and the last epoch's
 // checkpoint intact. (Were NaN queries hidden, training would go on until an epoch-end check.)
-TEST(Trainer, NaNActivationOnTheFusedPathStopsAtTheNextStepWithDiagnostics) {
+TEST(VitTrainer, NaNActivationOnTheFusedPathStopsAtTheNextStepWithDiagnostics) {
   TempDir dir;
   auto config = tiny_config(dir.str());
   config.model.backend(Backend::fused);
   config.epochs = 1;
-  Trainer good(config);
+  VitTrainer good(config);
   good.fit(synthetic(64, 1), synthetic(32, 2), false);
   config.epochs = 2;
-  Trainer bad(config);
+  VitTrainer bad(config);
   const int64_t inject_after = 3;  // steps 0, 1 in epoch 0 (64 / 32), so this is in epoch 1
   std::string message;
   try {
@@ -258,28 +258,28 @@ TEST(Trainer, NaNActivationOnTheFusedPathStopsAtTheNextStepWithDiagnostics) {
   EXPECT_EQ(lines[0]["step"], inject_after);
   EXPECT_TRUE(lines[0]["attention"][1]["logit_abs_max"][0].is_null());  // NaN in JSON
   EXPECT_TRUE(lines[0]["attention"][0]["logit_abs_max"][0].is_number());
-  Trainer check(config);
+  VitTrainer check(config);
   check.load_checkpoint(bad.checkpoint_path());  // epoch 0's whole checkpoint, as the 1-epoch run
   EXPECT_TRUE(same_weights(good.model(), check.model()));
 }
 
-TEST(Trainer, ConfigJsonRoundTrip) {
+TEST(VitTrainer, ConfigJsonRoundTrip) {
   auto c = tiny_config("runs/x", Kind::qknorm);
   c.model.stem(models::Stem::conv);
-  const auto back = config_from_json(to_json(c));
+  const auto back = vit_config_from_json(to_json(c));
   EXPECT_EQ(to_json(back), to_json(c));
 }
 
-TEST(Trainer, PartialConfigKeepsDefaultsAndUnknownKeysAreErrors) {
-  const auto c = config_from_json(nlohmann::json::parse(R"({"epochs": 7, "model": {"dim": 32}})"));
+TEST(VitTrainer, PartialConfigKeepsDefaultsAndUnknownKeysAreErrors) {
+  const auto c = vit_config_from_json(nlohmann::json::parse(R"({"epochs": 7, "model": {"dim": 32}})"));
   EXPECT_EQ(c.epochs, 7);
   EXPECT_EQ(c.model.dim(), 32);
-  EXPECT_EQ(c.model.depth(), TrainConfig{}.model.depth());
-  EXPECT_EQ(c.lr, TrainConfig{}.lr);
-  EXPECT_NE(testing::error_message([] { config_from_json(nlohmann::json::parse(R"({"epoch": 7})")); })
+  EXPECT_EQ(c.model.depth(), VitConfig{}.model.depth());
+  EXPECT_EQ(c.lr, VitConfig{}.lr);
+  EXPECT_NE(testing::error_message([] { vit_config_from_json(nlohmann::json::parse(R"({"epoch": 7})")); })
                 .find("unknown config key 'epoch'"),
             std::string::npos);
-  EXPECT_NE(testing::error_message([] { config_from_json(nlohmann::json::parse(R"({"model": {"dims": 7}})")); })
+  EXPECT_NE(testing::error_message([] { vit_config_from_json(nlohmann::json::parse(R"({"model": {"dims": 7}})")); })
                 .find("unknown config key 'model.dims'"),
             std::string::npos);
   // A value of the wrong type names the key and the type expected.
@@ -288,10 +288,10 @@ TEST(Trainer, PartialConfigKeepsDefaultsAndUnknownKeysAreErrors) {
                                 {R"({"seed": -1})", "config key 'seed' must be a non-negative integer, got -1"},
                                 {R"({"augment": 1})", "config key 'augment' must be true or false, got 1"},
                                 {R"({"model": {"stem": 3}})", "config key 'model.stem' must be a string, got 3"}})
-    EXPECT_NE(testing::error_message([&] { config_from_json(nlohmann::json::parse(text)); }).find(expected),
+    EXPECT_NE(testing::error_message([&] { vit_config_from_json(nlohmann::json::parse(text)); }).find(expected),
               std::string::npos)
         << text;
-  EXPECT_EQ(config_from_json(nlohmann::json::parse(R"({"lr": 1})")).lr, 1.0);  // an integer is a number
+  EXPECT_EQ(vit_config_from_json(nlohmann::json::parse(R"({"lr": 1})")).lr, 1.0);  // an integer is a number
 }
 
 TEST(Vit, ConvStemKeepsTheTokenGrid) {

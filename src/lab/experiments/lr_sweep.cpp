@@ -12,6 +12,7 @@
 
 #include "quest/core/kind.h"
 #include "quest/lab/report/plots.h"
+#include "quest/lab/runs/experiment_dir.h"
 #include "quest/lab/tasks/task_kind.h"
 
 namespace quest::experiments {
@@ -98,8 +99,8 @@ LrSweep sweep_from_json(const nlohmann::json& j) {
   for (size_t i = 0; i < s.lrs.size(); ++i) {
     if (!(s.lrs[i] > 0) || !std::isfinite(s.lrs[i])) bad("learning rate " + std::to_string(s.lrs[i]) + " is not positive");
     for (size_t k = 0; k < i; ++k)  // by directory name: two rates must not share a run directory
-      if (lr_dir_name(s.lrs[k]) == lr_dir_name(s.lrs[i]))
-        bad("learning rate " + lr_dir_name(s.lrs[i]).substr(3) + " is listed twice");
+      if (runs::lr_dir_name(s.lrs[k]) == runs::lr_dir_name(s.lrs[i]))
+        bad("learning rate " + runs::lr_dir_name(s.lrs[i]).substr(3) + " is listed twice");
   }
   if (s.seeds.empty()) bad("no seed");
   if (s.kinds.empty()) bad("no kind");
@@ -111,12 +112,6 @@ nlohmann::json to_json(const LrSweep& s) {
   for (const auto& z : s.sizes) sizes.push_back({{"name", z.name}, {"model", z.model}});
   return {{"task", s.task}, {"config", s.config}, {"sizes", sizes}, {"kinds", s.kinds},
           {"lrs", s.lrs},   {"seeds", s.seeds}};
-}
-
-std::string lr_dir_name(double lr) {
-  std::ostringstream o;
-  o << "lr-" << lr;  // shortest round-trip-ish form: 0.003, 1e-05
-  return o.str();
 }
 
 // One size and rate of the sweep: the task's compare plan, trained without the test evaluation.
@@ -131,12 +126,13 @@ static std::vector<runs::RunSpec> plan_point(const LrSweep& sweep, nlohmann::jso
 }
 
 std::vector<SweepPoint> plan_sweep(const LrSweep& sweep, const std::string& out_dir) {
+  const runs::ExperimentDir experiment(out_dir);
   std::vector<SweepPoint> points;
   for (const SweepSize& size : sweep.sizes)
     for (double lr : sweep.lrs) {
       std::vector<runs::RunSpec> plan;
       try {
-        plan = plan_point(sweep, run_config(sweep, size, lr), (fs::path(out_dir) / size.name / lr_dir_name(lr)).string());
+        plan = plan_point(sweep, run_config(sweep, size, lr), experiment.sweep_point(size.name, lr).root().string());
       } catch (const c10::Error& e) {  // the task's config error, with the size it came from
         bad("size '" + size.name + "': " + e.what_without_backtrace());
       }
@@ -213,7 +209,7 @@ std::vector<SweepRunResult> run_sweep(const std::vector<SweepPoint>& points, boo
     const auto before = resume ? points[i].run.dir().read_outcome() : std::nullopt;
     if (before && before->status == runs::RunStatus::diverged) {
       outcomes[i] = *before;
-      if (on_note) on_note(points[i].size + " " + lr_dir_name(points[i].lr) + " " + points[i].run.label() + ": diverged before, not retrained");
+      if (on_note) on_note(points[i].size + " " + runs::lr_dir_name(points[i].lr) + " " + points[i].run.label() + ": diverged before, not retrained");
       continue;
     }
     index[i] = static_cast<int>(to_train.size());
@@ -331,7 +327,7 @@ report::Table runs_table(const std::vector<SweepRunResult>& runs) {
 }
 
 void write_sweep_plots(const LrSweep& sweep, const std::vector<SweepRunResult>& runs, const std::string& out_dir) {
-  const fs::path out = fs::path(out_dir) / "plots", data = out / "data";
+  const fs::path out = runs::ExperimentDir(out_dir).plots(), data = out / "data";
   fs::create_directories(data);
   std::vector<double> lrs = sweep.lrs;
   std::sort(lrs.begin(), lrs.end());

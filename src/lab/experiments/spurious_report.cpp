@@ -2,9 +2,11 @@
 // results.json, success-rate heat-maps and key-norm trajectories (gnuplot).
 #include <cstdio>
 #include <fstream>
+#include <sstream>
 #include <map>
 
 #include "quest/lab/experiments/spurious.h"
+#include "quest/lab/runs/experiment_dir.h"
 #include "quest/lab/report/plots.h"
 
 namespace quest::experiments {
@@ -90,8 +92,9 @@ report::Table success_table(const SpuriousGrid& grid, const std::vector<Spurious
 
 void write_spurious_outputs(const fs::path& dir, const SpuriousGrid& grid, const SpuriousEvalSets& eval,
                             const std::vector<SpuriousRunResult>& results, const std::string& command, double seconds) {
-  fs::create_directories(dir);
-  std::ofstream csv(dir / "runs.csv");
+  const runs::ExperimentDir experiment(dir);
+  experiment.create();
+  std::ostringstream csv;
   csv << "kind,projections,lr,weight_decay,seed,success,diverged,accuracy_biased,accuracy_unbiased,"
          "accuracy_conflicting,key_norm_biased,key_norm_unbiased,key_norm_ordinary,query_norm,max_logit,"
          "entropy,seconds\n";
@@ -105,8 +108,9 @@ void write_spurious_outputs(const fs::path& dir, const SpuriousGrid& grid, const
         << last.query_norm << "," << last.max_logit << "," << last.entropy << "," << r.seconds << "\n";
     runs.push_back(to_json(r));
   }
+  experiment.write(experiment.runs_csv(), csv.str());
   const report::Table success = success_table(grid, results);
-  std::ofstream(dir / "success.csv") << success.csv();
+  experiment.write(experiment.success_csv(), success.csv());
   nlohmann::json summary = nlohmann::json::object();
   for (const auto& row : success.json()) summary[row["kind"].get<std::string>()] = row;
   const nlohmann::json oracle = {{"accuracy_biased", eval.oracle_biased},
@@ -204,7 +208,7 @@ void write_spurious_outputs(const fs::path& dir, const SpuriousGrid& grid, const
 
   nlohmann::json out = {{"command", command}, {"seconds", seconds}, {"summary", summary},
                         {"oracle", oracle}, {"runs", runs}};
-  std::ofstream(dir / "results.json") << out.dump(1) << "\n";
+  experiment.write(experiment.results_json(), out.dump(1) + "\n");
 }
 
 }  // namespace quest::experiments

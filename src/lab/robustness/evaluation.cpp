@@ -31,7 +31,7 @@ ModelSet load_models(const std::vector<std::string>& checkpoints, const std::str
   for (const std::string& path : checkpoints) {
     EvaluatedModel m;
     m.checkpoint = path;
-    m.trainer = training::load_run(path);
+    m.trainer = training::load_vit_run(path);
     m.kind = to_string(m.trainer->config().model.attention());
     m.seed = m.trainer->config().seed;
     m.trainer->model()->eval();

@@ -1,5 +1,7 @@
 #include "quest/lab/runs/compare.h"
 
+#include "quest/lab/runs/experiment_dir.h"
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -24,13 +26,14 @@ std::vector<RunSpec> plan_runs(const nlohmann::json& base, const std::vector<std
       if (seeds[j] == seeds[i])
         throw std::invalid_argument("--seeds: " + std::to_string(seeds[i]) + " is listed twice");
   const tasks::TaskKind& task = tasks::task_kind_of(base);
+  const ExperimentDir experiment(out_dir);
   std::vector<RunSpec> plan;
   for (const std::string& kind : kinds)
     for (uint64_t seed : seeds) {
       RunSpec run;
       run.kind = kind;
       run.seed = seed;
-      run.run_dir = (fs::path(out_dir) / kind / ("seed-" + std::to_string(seed))).string();
+      run.run_dir = experiment.run_dir(kind, seed).string();
       nlohmann::json config = base;
       config["task"] = task.name();
       config["model"]["attention"] = kind;

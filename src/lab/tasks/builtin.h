@@ -7,8 +7,8 @@
 
 namespace quest::tasks {
 
-std::shared_ptr<const TaskKind> vit_task_kind();  // vit_task.cpp: ViT image classification
-std::shared_ptr<const TaskKind> lm_task_kind();   // lm_task.cpp: the byte-level GPT
-std::shared_ptr<const TaskKind> retrieval_task_kind();  // retrieval_task.cpp: the spurious-pattern toy
+std::shared_ptr<const TaskKind> vit_task_kind();  // vit.cpp: ViT image classification
+std::shared_ptr<const TaskKind> lm_task_kind();   // lm.cpp: the byte-level GPT
+std::shared_ptr<const TaskKind> retrieval_task_kind();  // retrieval.cpp: the spurious-pattern toy
 
 }  // namespace quest::tasks

@@ -72,6 +72,25 @@ nlohmann::json merged_config(const nlohmann::json& defaults, const nlohmann::jso
   return merged;
 }
 
+nlohmann::json read_task_config(const std::string& task, const nlohmann::json& defaults,
+                                const nlohmann::json& j, RunSettings& settings) {
+  TORCH_CHECK(!j.is_object() || !j.contains("task") || j["task"] == task,
+              "quest::training: this config is for task ", j.is_object() && j.contains("task") ? j["task"].dump() : "",
+              ", not \"", task, "\"");
+  nlohmann::json merged = merged_config(defaults, j);
+  read_run_settings(merged, settings);
+  return merged;
+}
+
+AttentionChoice attention_choice(const nlohmann::json& model) {
+  const std::string kind = model.at("attention"), backend = model.at("backend");
+  const auto k = parse_kind(kind);
+  TORCH_CHECK(k, "quest::training: unknown attention kind '", kind, "'");
+  const auto b = parse_backend(backend);
+  TORCH_CHECK(b, "quest::training: unknown backend '", backend, "'");
+  return {*k, *b};
+}
+
 nlohmann::json run_config_of(const std::string& checkpoint) {
   TORCH_CHECK(std::filesystem::exists(checkpoint), "quest::training: checkpoint '", checkpoint,
               "' does not exist");

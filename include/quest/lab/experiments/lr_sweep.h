@@ -49,8 +49,6 @@ struct SweepPoint {
 // sizes x learning rates x kinds x seeds, in that order. Each run is trained without the test
 // evaluation (the sweep scores the final validation loss).
 std::vector<SweepPoint> plan_sweep(const LrSweep& sweep, const std::string& out_dir);
-// "lr-0.003": a learning rate's directory name.
-std::string lr_dir_name(double lr);
 
 // What a trained run's metrics say.
 struct SweepRunResult {

@@ -14,14 +14,14 @@
 
 #include "quest/lab/report/table.h"
 #include "quest/lab/robustness/attacks.h"
-#include "quest/lab/training/trainer.h"
+#include "quest/lab/tasks/vit.h"
 
 namespace quest::robustness {
 
 struct EvaluatedModel {
   std::string checkpoint, kind;
   uint64_t seed = 0;
-  std::shared_ptr<training::Trainer> trainer;
+  std::shared_ptr<training::VitTrainer> trainer;
   Classifier classify;  // [0, 1] images -> logits, normalised as the run was trained
 };
 

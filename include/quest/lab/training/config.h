@@ -6,7 +6,9 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "quest/core/kind.h"
 #include "quest/lab/training/monitor.h"
+#include "quest/torch/attention.h"
 
 namespace quest::training {
 
@@ -33,6 +35,19 @@ void read_run_settings(const nlohmann::json& merged, RunSettings& settings);
 // error naming it — a typo would otherwise be silently ignored — and so is a value whose type
 // differs from the default's.
 nlohmann::json merged_config(const nlohmann::json& defaults, const nlohmann::json& j);
+
+// Task `task`'s config file `j` over its `defaults` (merged_config), its run settings read into
+// `settings`. A "task" key naming another task is refused first: that config would otherwise fail
+// on its first unknown key, which names the wrong problem.
+nlohmann::json read_task_config(const std::string& task, const nlohmann::json& defaults,
+                                const nlohmann::json& j, RunSettings& settings);
+
+// A model section's "attention" and "backend", parsed; an unknown name is an error naming it.
+struct AttentionChoice {
+  Kind kind;
+  Backend backend;
+};
+AttentionChoice attention_choice(const nlohmann::json& model);
 
 // The config.json of the run a checkpoint belongs to (its directory's), for re-creating the task
 // before loading the checkpoint. A missing checkpoint or config raises an error naming it.

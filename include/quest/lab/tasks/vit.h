@@ -1,4 +1,5 @@
-// ViT image classification on the training engine: datasets, the run config, and Trainer.
+// The "vit" task: ViT image classification on the training engine — datasets, the run config
+// (VitConfig), VitTrainer — registered as a task kind (tasks/task_kind.h) in vit.cpp.
 #pragma once
 
 #include <torch/torch.h>
@@ -65,8 +66,8 @@ struct ImageData {
 };
 
 // JSON: {"task": "vit", "data": {...}, "model": {...}, the run settings and the keys below}.
-struct TrainConfig : RunSettings {
-  TrainConfig() {
+struct VitConfig : RunSettings {
+  VitConfig() {
     epochs = 10;
     batch_size = 128;
     weight_decay = 0.05;
@@ -80,21 +81,21 @@ struct TrainConfig : RunSettings {
   int64_t crop_padding = 2;
   bool flip = true;
 };
-nlohmann::json to_json(const TrainConfig& config);
-TrainConfig config_from_json(const nlohmann::json& j);
+nlohmann::json to_json(const VitConfig& config);
+VitConfig vit_config_from_json(const nlohmann::json& j);
 
-class Trainer;
+class VitTrainer;
 // A trained run from its checkpoint: the run's config.json beside it, then the checkpoint's state.
-std::unique_ptr<Trainer> load_run(const std::string& checkpoint);
+std::unique_ptr<VitTrainer> load_vit_run(const std::string& checkpoint);
 
 // The ViT image-classification task on the training engine (engine.h): AdamW, warmup + cosine,
 // clipping, label smoothing, random crop / flip; metrics, checkpoints and resume in the run
 // directory (config.run_dir).
-class Trainer {
+class VitTrainer {
  public:
   // `parallel`: train data-parallel as one rank of its process group (engine.h).
-  explicit Trainer(TrainConfig config, DataParallel parallel = {});
-  ~Trainer();
+  explicit VitTrainer(VitConfig config, DataParallel parallel = {});
+  ~VitTrainer();
 
   // Trains up to config.epochs, resuming from the run's checkpoint when `resume` and it exists.
   // Writes config.json, then the checkpoint atomically after each epoch. `on_step` sees progress.
@@ -112,7 +113,7 @@ class Trainer {
   int64_t epoch() const;
   int64_t step() const;
   double train_seconds() const;
-  const TrainConfig& config() const { return config_; }
+  const VitConfig& config() const { return config_; }
   double learning_rate(int64_t step) const;
 
   // The normalisation the run's data used; saved in the checkpoint. nullopt for a checkpoint
@@ -124,7 +125,7 @@ class Trainer {
 
  private:
   class VitTask;
-  TrainConfig config_;
+  VitConfig config_;
   DataParallel parallel_;
   std::unique_ptr<VitTask> task_;
   std::unique_ptr<Engine> engine_;

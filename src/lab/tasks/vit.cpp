@@ -1,4 +1,7 @@
-#include "quest/lab/training/trainer.h"
+#include "quest/lab/tasks/vit.h"
+
+#include <cstdio>
+#include <mutex>
 
 #include <ATen/Parallel.h>
 
@@ -8,6 +11,7 @@
 #include <fstream>
 #include <tuple>
 
+#include "builtin.h"
 #include "quest/lab/runs/run_dir.h"
 
 #include "quest/lab/data/idx.h"
@@ -54,12 +58,12 @@ MnistSplits load_mnist_splits(const std::string& dir, double val_fraction, uint6
   return out;
 }
 
-std::unique_ptr<Trainer> load_run(const std::string& checkpoint) {
+std::unique_ptr<VitTrainer> load_vit_run(const std::string& checkpoint) {
   const nlohmann::json config = run_config_of(checkpoint);
   TORCH_CHECK(!config.contains("corpus") && !(config.contains("model") && config["model"].contains("vocab_size")),
               "quest: ", checkpoint, " is the checkpoint of a language-model run, not of an image "
               "classifier: `quest lm eval` and `quest lm generate` take it");
-  auto trainer = std::make_unique<Trainer>(config_from_json(config));
+  auto trainer = std::make_unique<VitTrainer>(vit_config_from_json(config));
   trainer->load_checkpoint(checkpoint);
   return trainer;
 }
@@ -139,7 +143,7 @@ torch::Tensor augment(const torch::Tensor& images, int64_t pad, bool flip, torch
   return apply_augmentation(images, draw_augmentation(images.size(0), pad, flip, gen), pad);
 }
 
-nlohmann::json to_json(const TrainConfig& c) {
+nlohmann::json to_json(const VitConfig& c) {
   const auto& m = c.model;
   nlohmann::json j = {{"task", "vit"},
           {"data", {{"dir", c.data.dir}, {"val_fraction", c.data.val_fraction}}},
@@ -156,17 +160,11 @@ nlohmann::json to_json(const TrainConfig& c) {
   return j;
 }
 
-TrainConfig config_from_json(const nlohmann::json& j) {
-  TrainConfig c;
-  // The task first: another task's config would otherwise fail on its first unknown key.
-  TORCH_CHECK(!j.is_object() || !j.contains("task") || j["task"] == "vit", "quest::training: this config is for task ",
-              j.is_object() && j.contains("task") ? j["task"].dump() : "", ", not \"vit\"");
-  const nlohmann::json merged = merged_config(to_json(c), j);
+VitConfig vit_config_from_json(const nlohmann::json& j) {
+  VitConfig c;
+  const nlohmann::json merged = read_task_config("vit", to_json(c), j, c);
   const auto& m = merged.at("model");
-  const auto kind = parse_kind(m.at("attention").get<std::string>());
-  TORCH_CHECK(kind, "quest::training: unknown attention kind '", m.at("attention").get<std::string>(), "'");
-  const auto backend = parse_backend(m.at("backend").get<std::string>());
-  TORCH_CHECK(backend, "quest::training: unknown backend '", m.at("backend").get<std::string>(), "'");
+  const auto [kind, backend] = attention_choice(m);
   c.data.dir = merged.at("data").at("dir");
   c.data.val_fraction = merged.at("data").at("val_fraction");
   TORCH_CHECK(c.data.val_fraction >= 0 && c.data.val_fraction < 1,
@@ -175,8 +173,7 @@ TrainConfig config_from_json(const nlohmann::json& j) {
       .stem(models::parse_stem(m.at("stem"))).num_classes(m.at("num_classes")).dim(m.at("dim")).depth(m.at("depth"))
       .heads(m.at("heads")).mlp_ratio(m.at("mlp_ratio")).dropout(m.at("dropout"))
       .attention_dropout(m.at("attention_dropout")).drop_path(m.at("drop_path"))
-      .attention(*kind).backend(*backend);
-  read_run_settings(merged, c);
+      .attention(kind).backend(backend);
   c.train_subset = merged.at("train_subset");
   c.label_smoothing = merged.at("label_smoothing");
   c.augment = merged.at("augment");
@@ -186,9 +183,9 @@ TrainConfig config_from_json(const nlohmann::json& j) {
 }
 
 // The ViT on (augmented) image batches: cross-entropy with label smoothing.
-class Trainer::VitTask : public Task {
+class VitTrainer::VitTask : public Task {
  public:
-  explicit VitTask(const TrainConfig& c) : config(c), vit(c.model) {}
+  explicit VitTask(const VitConfig& c) : config(c), vit(c.model) {}
 
   torch::nn::Module& model() override { return *vit; }
   void initialize(at::Generator generator) override { vit->initialize(generator); }
@@ -259,7 +256,7 @@ class Trainer::VitTask : public Task {
     return {loss / (hi - lo), static_cast<double>(correct) / (hi - lo), hi - lo};
   }
 
-  TrainConfig config;
+  VitConfig config;
   models::Vit vit;
   const Dataset* train = nullptr;
   const Dataset* validation = nullptr;
@@ -270,7 +267,7 @@ class Trainer::VitTask : public Task {
 };
 
 
-Trainer::Trainer(TrainConfig config, DataParallel parallel)
+VitTrainer::VitTrainer(VitConfig config, DataParallel parallel)
     : config_(std::move(config)), parallel_(std::move(parallel)) {
   TORCH_CHECK(config_.epochs >= 1 && config_.batch_size >= 1 && config_.lr > 0,
               "quest::training: need epochs >= 1, batch_size >= 1 and lr > 0");
@@ -279,9 +276,9 @@ Trainer::Trainer(TrainConfig config, DataParallel parallel)
   engine_ = std::make_unique<Engine>(engine_config(config_, parallel_), *task_);
 }
 
-Trainer::~Trainer() = default;
+VitTrainer::~VitTrainer() = default;
 
-void Trainer::fit(const Dataset& train, const Dataset& validation, bool resume,
+void VitTrainer::fit(const Dataset& train, const Dataset& validation, bool resume,
                   const std::function<void(const nlohmann::json&)>& on_step) {
   TORCH_CHECK(train.size() > 0, "quest::training: the training set is empty");
   if (!config_.run_dir.empty() && parallel_.writes()) run_dir().write_config(to_json(config_));
@@ -290,22 +287,142 @@ void Trainer::fit(const Dataset& train, const Dataset& validation, bool resume,
   engine_->fit(resume, on_step);
 }
 
-EvalResult Trainer::evaluate(const Dataset& data, int64_t batch_size) {
+EvalResult VitTrainer::evaluate(const Dataset& data, int64_t batch_size) {
   const EvalResult mine = task_->evaluate_shard(data, batch_size);
   return parallel_.active() ? combine_shards(mine, *parallel_.group, "the evaluation all-reduce") : mine;
 }
-void Trainer::save_checkpoint(const std::string& path) { engine_->save_checkpoint(path); }
-void Trainer::load_checkpoint(const std::string& path) { engine_->load_checkpoint(path); }
-std::string Trainer::checkpoint_path() const { return run_dir().checkpoint().string(); }
-models::Vit& Trainer::model() { return task_->vit; }
-int64_t Trainer::epoch() const { return engine_->epoch(); }
-int64_t Trainer::step() const { return engine_->step(); }
-double Trainer::train_seconds() const { return engine_->train_seconds(); }
-double Trainer::learning_rate(int64_t step) const { return engine_->learning_rate(step); }
-std::optional<Normalization> Trainer::normalization() const { return task_->normalization; }
-void Trainer::set_normalization(Normalization n) { task_->normalization = n; }
-Normalization Trainer::normalization_or_recomputed(const std::string& data_dir) const {
+void VitTrainer::save_checkpoint(const std::string& path) { engine_->save_checkpoint(path); }
+void VitTrainer::load_checkpoint(const std::string& path) { engine_->load_checkpoint(path); }
+std::string VitTrainer::checkpoint_path() const { return run_dir().checkpoint().string(); }
+models::Vit& VitTrainer::model() { return task_->vit; }
+int64_t VitTrainer::epoch() const { return engine_->epoch(); }
+int64_t VitTrainer::step() const { return engine_->step(); }
+double VitTrainer::train_seconds() const { return engine_->train_seconds(); }
+double VitTrainer::learning_rate(int64_t step) const { return engine_->learning_rate(step); }
+std::optional<Normalization> VitTrainer::normalization() const { return task_->normalization; }
+void VitTrainer::set_normalization(Normalization n) { task_->normalization = n; }
+Normalization VitTrainer::normalization_or_recomputed(const std::string& data_dir) const {
   return task_->normalization ? *task_->normalization : mnist_normalization(data_dir);
 }
 
 }  // namespace quest::training
+
+// The task kind "vit" (tasks/task_kind.h) over VitTrainer.
+namespace quest::tasks {
+
+namespace {
+
+using training::Dataset;
+using training::Normalization;
+using training::VitTrainer;
+
+// The test split a trained run is scored on, read once for every run normalised alike.
+const Dataset& test_split(const std::string& dir, Normalization n) {
+  static std::mutex mutex;
+  static std::optional<std::tuple<std::string, double, double, Dataset>> cached;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (!cached || std::get<0>(*cached) != dir || std::get<1>(*cached) != n.mean || std::get<2>(*cached) != n.std)
+    cached.emplace(dir, n.mean, n.std, training::load_mnist_test(dir, n));
+  return std::get<3>(*cached);
+}
+
+class VitRun : public TaskRun {
+ public:
+  // A run to train: the splits of its data directory.
+  VitRun(const training::VitConfig& config, const training::DataParallel& parallel)
+      : splits_(training::load_mnist_splits(config.data.dir, config.data.val_fraction, config.seed,
+                                            config.train_subset)),
+        trainer_(std::make_unique<VitTrainer>(config, parallel)) {
+    trainer_->set_normalization({splits_->mean, splits_->std});
+  }
+  // A trained run: its test split when it is scored.
+  explicit VitRun(std::unique_ptr<VitTrainer> trainer) : trainer_(std::move(trainer)) {}
+
+  void fit(bool resume, const std::function<void(const nlohmann::json&)>& on_step) override {
+    trainer_->fit(splits_->train, splits_->validation, resume, on_step);
+  }
+  nlohmann::json test_metrics() override {
+    const training::EvalResult scores = trainer_->evaluate(test());
+    return {{"test_accuracy", scores.accuracy}, {"test_loss", scores.loss}};
+  }
+  std::vector<std::optional<HeadDiagnostics>> test_diagnostics() override {
+    const Dataset& data = test();
+    auto& vit = trainer_->model();
+    torch::NoGradGuard no_grad;
+    vit->eval();
+    vit->set_record_diagnostics(true);
+    vit->forward(data.images.narrow(0, 0, std::min<int64_t>(256, data.size())));
+    vit->set_record_diagnostics(false);
+    return vit->attention_diagnostics();
+  }
+  std::vector<std::optional<HeadDiagnostics>> attention_diagnostics() override {
+    return trainer_->model()->attention_diagnostics();
+  }
+  std::string describe_data() const override {
+    if (!splits_) return "";
+    char line[160];
+    std::snprintf(line, sizeof line, "train %lld / validation %lld / test %lld images", (long long)splits_->train.size(),
+                  (long long)splits_->validation.size(), (long long)splits_->test.size());
+    return line;
+  }
+  int64_t epoch() const override { return trainer_->epoch(); }
+  int64_t step() const override { return trainer_->step(); }
+  double train_seconds() const override { return trainer_->train_seconds(); }
+
+ private:
+  // Normalised as the run was trained (the statistics of all training images, saved with the run).
+  const Dataset& test() {
+    if (splits_) return splits_->test;
+    const std::string& dir = trainer_->config().data.dir;
+    return test_split(dir, trainer_->normalization_or_recomputed(dir));
+  }
+
+  std::optional<training::MnistSplits> splits_;
+  std::unique_ptr<VitTrainer> trainer_;
+};
+
+class VitKind : public TaskKind {
+ public:
+  std::string name() const override { return "vit"; }
+  nlohmann::json defaults() const override { return training::to_json(training::VitConfig{}); }
+  nlohmann::json resolve(const nlohmann::json& config) const override {
+    return training::to_json(training::vit_config_from_json(config));
+  }
+  std::unique_ptr<TaskRun> start(const nlohmann::json& config, const training::DataParallel& parallel) const override {
+    return std::make_unique<VitRun>(training::vit_config_from_json(config), parallel);
+  }
+  std::unique_ptr<TaskRun> load(const std::string& checkpoint) const override {
+    return std::make_unique<VitRun>(training::load_vit_run(checkpoint));
+  }
+  MetricColumn headline() const override { return {"test_accuracy", 2, 100}; }
+  std::string legend() const override {
+    return "test_accuracy in %; diagnostics: final model on 256 test images, last seed";
+  }
+  std::string describe_scores(const nlohmann::json& m) const override {
+    if (!m.contains("test_accuracy")) return "";
+    char line[128];
+    std::snprintf(line, sizeof line, "test accuracy %.4f, test loss %.4f", m.value("test_accuracy", NAN),
+                  m.value("test_loss", NAN));
+    return line;
+  }
+  std::string describe_headline(const nlohmann::json& m) const override {
+    char line[64];
+    std::snprintf(line, sizeof line, "test accuracy %.4f", m.value("test_accuracy", NAN));
+    return line;
+  }
+  std::string describe_epoch(const nlohmann::json& e) const override {
+    char line[128];
+    std::snprintf(line, sizeof line, "train loss %.4f  val accuracy %.4f  %.0f img/s", e.value("train_loss", 0.0),
+                  e.value("val_accuracy", 0.0), e.value("images_per_second", 0.0));
+    return line;
+  }
+  StepSize step_size(const nlohmann::json& config) const override {
+    return {config.at("batch_size").get<int64_t>(), "img"};
+  }
+};
+
+}  // namespace
+
+std::shared_ptr<const TaskKind> vit_task_kind() { return std::make_shared<VitKind>(); }
+
+}  // namespace quest::tasks

@@ -1,5 +1,6 @@
-// Byte-level language modelling on the training engine: the GPT (models/gpt.h) on a text corpus
-// (data/text.h), its run config, and LmTrainer. Losses in nats per byte; bits per byte = nats/ln 2.
+// The "lm" task: byte-level language modelling on the training engine — the GPT (models/gpt.h) on a
+// text corpus (data/text.h), its run config, and LmTrainer — registered as a task kind
+// (tasks/task_kind.h) in lm.cpp. Losses in nats per byte; bits per byte = nats/ln 2.
 #pragma once
 
 #include <torch/torch.h>

@@ -55,12 +55,8 @@ nlohmann::json to_json(const RetrievalConfig& c) {
 }
 
 RetrievalConfig retrieval_config_from_json(const nlohmann::json& j) {
-  TORCH_CHECK(!j.is_object() || !j.contains("task") || j["task"] == "retrieval",
-              "quest::training: this config is for task ", j.is_object() && j.contains("task") ? j["task"].dump() : "",
-              ", not \"retrieval\"");
   RetrievalConfig c;
-  const nlohmann::json merged = training::merged_config(to_json(c), j);
-  training::read_run_settings(merged, c);
+  const nlohmann::json merged = training::read_task_config("retrieval", to_json(c), j, c);
   const auto& t = merged.at("data");
   c.data.tokens = t.at("tokens");
   c.data.key_dim = t.at("key_dim");
@@ -72,11 +68,8 @@ RetrievalConfig retrieval_config_from_json(const nlohmann::json& j) {
   c.data.bias_noise = t.at("bias_noise");
   data::validate(c.data);
   const auto& m = merged.at("model");
-  const auto kind = parse_kind(m.at("attention").get<std::string>());
-  TORCH_CHECK(kind, "quest::training: unknown attention kind '", m.at("attention").get<std::string>(), "'");
-  const auto backend = parse_backend(m.at("backend").get<std::string>());
-  TORCH_CHECK(backend, "quest::training: unknown backend '", m.at("backend").get<std::string>(), "'");
-  c.model.attention(*kind).backend(*backend).projections(m.at("projections"))
+  const auto [kind, backend] = training::attention_choice(m);
+  c.model.attention(kind).backend(backend).projections(m.at("projections"))
       .queries(models::parse_queries(m.at("queries"))).dim(m.at("dim")).heads(m.at("heads")).hidden(m.at("hidden"))
       .key_dim(c.data.key_dim).classes(c.data.classes);
   c.steps_per_epoch = merged.at("steps_per_epoch");
