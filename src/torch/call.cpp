@@ -18,27 +18,44 @@ void check_input(const Tensor& t, const char* name) {
               "quest::attention: ", name, " has dtype ", t.scalar_type(),
               "; expected float32 or float64");
   TORCH_CHECK(t.dim() == 4, "quest::attention: ", name, " must have rank 4 (B, H, N, D), got rank ",
-              t.dim(), " with shape ", t.sizes());
-  TORCH_CHECK(t.numel() > 0, "quest::attention: ", name, " is empty (shape ", t.sizes(),
+              t.dim(), " with shape ", t.sym_sizes());
+  TORCH_CHECK(t.sym_numel() > 0, "quest::attention: ", name, " is empty (shape ", t.sym_sizes(),
               "); every dimension must be at least 1");
 }
 
-void check_param(const Tensor& t, const char* name, int64_t size, const Tensor& like) {
+void check_param(const Tensor& t, const char* name, const c10::SymInt& size, const Tensor& like) {
   if (!t.defined()) return;
   TORCH_CHECK(t.device().is_cpu(), "quest::attention: ", name, " is on ", t.device(),
               "; quest runs on CPU tensors only");
   TORCH_CHECK(t.scalar_type() == like.scalar_type(), "quest::attention: ", name, " has dtype ",
               t.scalar_type(), " but q has ", like.scalar_type());
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == size, "quest::attention: ", name,
-              " must have shape [", size, "], got ", t.sizes());
+  TORCH_CHECK(t.dim() == 1 && t.sym_size(0) == size, "quest::attention: ", name,
+              " must have shape [", size, "], got ", t.sym_sizes());
 }
 
+// Traced, the check is a graph op (aten::_assert_async), raising the same message when it runs.
 void check_finite(const Tensor& t, const char* name) {
   if (!t.defined()) return;
+  if (traced(t)) {
+    at::_assert_async(torch::isfinite(t).all(), c10::str("quest::attention: ", name, " contains NaN or Inf"));
+    return;
+  }
   TORCH_CHECK(torch::isfinite(t).all().item<bool>(), "quest::attention: ", name,
               " contains NaN or Inf");
 }
 
+}  // namespace
+
+bool traced(const Tensor& t) {
+  return t.is_meta() || t.key_set().has_any(c10::DispatchKeySet(
+                            {c10::DispatchKey::Python, c10::DispatchKey::Functionalize}));
+}
+
+int64_t size_of(const Tensor& t, int64_t d) { return t.sym_size(d).guard_int(__FILE__, __LINE__); }
+
+namespace {
+// A size where it is known; -1 where torch.compile made it symbolic (see AttentionCall::dims).
+int64_t known(const c10::SymInt& size) { return size.maybe_as_int().value_or(-1); }
 }  // namespace
 
 AttentionCall make_call(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& o) {
@@ -48,21 +65,26 @@ AttentionCall make_call(const Tensor& q, const Tensor& k, const Tensor& v, const
   TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
               "quest::attention: q, k, v must share a dtype, got ", q.scalar_type(), ", ",
               k.scalar_type(), ", ", v.scalar_type());
-  TORCH_CHECK(k.size(0) == q.size(0) && v.size(0) == q.size(0),
-              "quest::attention: batch sizes differ: q ", q.sizes(), ", k ", k.sizes(), ", v ",
-              v.sizes());
-  TORCH_CHECK(k.size(1) == q.size(1) && v.size(1) == q.size(1),
-              "quest::attention: head counts differ: q ", q.sizes(), ", k ", k.sizes(), ", v ",
-              v.sizes());
-  TORCH_CHECK(k.size(3) == q.size(3), "quest::attention: q and k head dims differ: q ", q.sizes(),
-              ", k ", k.sizes());
-  TORCH_CHECK(v.size(2) == k.size(2), "quest::attention: k and v key counts differ: k ", k.sizes(),
-              ", v ", v.sizes());
+  // Sizes compared symbolically: traced with dynamic shapes, a check is a relation torch.compile
+  // guards on, not a specialisation to one length.
+  const c10::SymInt &batch = q.sym_size(0), &heads = q.sym_size(1), &q_len = q.sym_size(2),
+                    &k_len = k.sym_size(2);
+  TORCH_CHECK(k.sym_size(0) == batch && v.sym_size(0) == batch,
+              "quest::attention: batch sizes differ: q ", q.sym_sizes(), ", k ", k.sym_sizes(), ", v ",
+              v.sym_sizes());
+  TORCH_CHECK(k.sym_size(1) == heads && v.sym_size(1) == heads,
+              "quest::attention: head counts differ: q ", q.sym_sizes(), ", k ", k.sym_sizes(), ", v ",
+              v.sym_sizes());
+  TORCH_CHECK(k.sym_size(3) == q.sym_size(3), "quest::attention: q and k head dims differ: q ", q.sym_sizes(),
+              ", k ", k.sym_sizes());
+  TORCH_CHECK(v.sym_size(2) == k_len, "quest::attention: k and v key counts differ: k ", k.sym_sizes(),
+              ", v ", v.sym_sizes());
   AttentionCall c;
   c.q = q;
   c.k = k;
   c.v = v;
-  c.dims = {q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), v.size(3)};
+  // The head dims fix the default scale and the kernels' tiles: specialised on, as torch's SDPA does.
+  c.dims = {known(batch), known(heads), known(q_len), known(k_len), size_of(q, 3), size_of(v, 3)};
   const KindTraits t = kind_traits(o.kind());
   c.q_norm = t.q_norm;
   c.k_norm = o.keys_normalized() ? Norm::none : t.k_norm;
@@ -79,7 +101,11 @@ AttentionCall make_call(const Tensor& q, const Tensor& k, const Tensor& v, const
   TORCH_CHECK(o.dropout() >= 0 && o.dropout() < 1, "quest::attention: dropout must be in [0, 1), got ",
               o.dropout());
   c.dropout = o.training() ? o.dropout() : 0.0;
-  if (c.dropout > 0) c.seed = o.seed() ? *o.seed() : draw_seed();
+  if (c.dropout > 0) {
+    TORCH_CHECK(!traced(q), "quest::attention: attention dropout (dropout_p > 0 while training) does not "
+                "compile yet: its mask is drawn on the host; compile with dropout_p=0 or run it eagerly");
+    c.seed = o.seed() ? *o.seed() : draw_seed();
+  }
   c.requested = o.backend();
 
   const Tensor& m = o.key_padding_mask();
@@ -87,9 +113,9 @@ AttentionCall make_call(const Tensor& q, const Tensor& k, const Tensor& v, const
     TORCH_CHECK(m.scalar_type() == torch::kBool, "quest::attention: key_padding_mask has dtype ",
                 m.scalar_type(), "; expected bool (true = padding)");
     TORCH_CHECK(m.device().is_cpu(), "quest::attention: key_padding_mask is on ", m.device());
-    TORCH_CHECK(m.dim() == 2 && m.size(0) == c.dims.batch && m.size(1) == c.dims.k_len,
-                "quest::attention: key_padding_mask must have shape [B, Nk] = [", c.dims.batch,
-                ", ", c.dims.k_len, "], got ", m.sizes());
+    TORCH_CHECK(m.dim() == 2 && m.sym_size(0) == batch && m.sym_size(1) == k_len,
+                "quest::attention: key_padding_mask must have shape [B, Nk] = [", batch, ", ", k_len,
+                "], got ", m.sym_sizes());
     c.key_padding_mask = m.contiguous();
   }
   const Tensor& bias = o.attn_bias();
@@ -97,20 +123,20 @@ AttentionCall make_call(const Tensor& q, const Tensor& k, const Tensor& v, const
     TORCH_CHECK(bias.scalar_type() == q.scalar_type(), "quest::attention: attn_bias has dtype ",
                 bias.scalar_type(), " but q has ", q.scalar_type());
     TORCH_CHECK(bias.device().is_cpu(), "quest::attention: attn_bias is on ", bias.device());
-    const std::vector<int64_t> full = {c.dims.batch, c.dims.heads, c.dims.q_len, c.dims.k_len};
+    const std::vector<c10::SymInt> full = {batch, heads, q_len, k_len};
     bool fits = bias.dim() <= 4;
     for (int64_t d = 0; fits && d < bias.dim(); ++d) {
-      const int64_t size = bias.size(bias.dim() - 1 - d), want = full[3 - d];
+      const c10::SymInt &size = bias.sym_size(bias.dim() - 1 - d), &want = full[3 - d];
       fits = size == want || size == 1;
     }
-    TORCH_CHECK(fits, "quest::attention: attn_bias of shape ", bias.sizes(),
-                " does not broadcast to (B, H, Nq, Nk) = ", c10::IntArrayRef(full));
+    TORCH_CHECK(fits, "quest::attention: attn_bias of shape ", bias.sym_sizes(),
+                " does not broadcast to (B, H, Nq, Nk) = ", c10::SymIntArrayRef(full));
     c.attn_bias = bias;
   }
-  check_param(o.head_scale(), "head_scale", c.dims.heads, q);
+  check_param(o.head_scale(), "head_scale", heads, q);
   for (auto [t, name] : {std::pair{&o.q_norm_weight(), "q_norm_weight"}, {&o.q_norm_bias(), "q_norm_bias"},
                          {&o.k_norm_weight(), "k_norm_weight"}, {&o.k_norm_bias(), "k_norm_bias"}})
-    check_param(*t, name, c.dims.qk_dim, q);
+    check_param(*t, name, q.sym_size(3), q);
   // The kernels index parameters as plain arrays.
   auto dense = [](const Tensor& t) { return t.defined() ? t.contiguous() : t; };
   c.head_scale = dense(o.head_scale());

@@ -13,6 +13,9 @@
 namespace quest::detail {
 
 // The scalars (AttentionScalars) are the kernels' own; the tensors are what AttentionArgs points at.
+// Under torch.compile with dynamic shapes, dims holds -1 for the sizes that are symbolic (the
+// head dims are always known): code that runs while tracing reads sizes from the tensors, the
+// kernels (which see real tensors) from dims.
 struct AttentionCall : AttentionScalars {
   torch::Tensor q, k, v;
   torch::Tensor head_scale;                  // (H) or undefined
@@ -50,6 +53,14 @@ template <typename T>
 T* ptr_or_null(const torch::Tensor& t) {
   return t.defined() ? t.data_ptr<std::remove_const_t<T>>() : nullptr;
 }
+
+// Whether t stands in for data while torch.compile traces (a fake or functional tensor) or is a
+// meta tensor: shapes only, nothing to read.
+bool traced(const torch::Tensor& t);
+
+// t.size(d), also where torch.compile made the size symbolic (then guarded: the graph specialises
+// on it, so a new length recompiles).
+int64_t size_of(const torch::Tensor& t, int64_t d);
 
 // Validates q, k, v and the options (shapes, dtypes, devices, finiteness when asked) and resolves
 // every default. Errors are c10::Error naming the offending tensor or option.

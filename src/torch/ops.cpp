@@ -3,9 +3,9 @@
 // (libquest_ops.so, loaded by torch.ops.load_library) because static registrations inside an
 // archive would be dropped by the linker.
 //
-// The kernels are registered as CompositeImplicitAutograd: quest::attention is already
-// differentiable (the fused and reference backends through quest's C++ autograd Function, the
-// composite through torch's), so autograd, TorchScript and inference mode all reach the same code.
+// These are registered as CompositeImplicitAutograd: quest::attention is already differentiable
+// (the fused and reference backends through the kernel operators' autograd kernels, the composite
+// through torch's), so autograd, TorchScript, inference mode and torch.compile reach the same code.
 #include <torch/library.h>
 #include <torch/torch.h>
 
@@ -161,17 +161,20 @@ c10::Dict<std::string, std::string> runtime_op() {
 }  // namespace
 }  // namespace quest
 
+// pt2_compliant: torch.compile traces them (fullgraph) into quest's kernel operators
+// (src/torch/kernel_ops.cpp) and torch ops; diagnostics are eager-only.
 TORCH_LIBRARY(quest, m) {
+  const std::vector<at::Tag> pt2 = {at::Tag::pt2_compliant_tag};
   m.def("attention(Tensor q, Tensor k, Tensor v, " QUEST_OPTION_SCHEMA ") -> Tensor",
-        &quest::attention_op);
+        &quest::attention_op, pt2);
   m.def("attention_forward(Tensor q, Tensor k, Tensor v, " QUEST_OPTION_SCHEMA
         ", bool need_weights=False, bool need_diagnostics=False) -> (Tensor, Tensor, Tensor)",
-        &quest::attention_forward_op);
+        &quest::attention_forward_op, pt2);
   m.def("attention_packed(Tensor qkv, int heads, " QUEST_OPTION_SCHEMA ") -> Tensor",
-        &quest::attention_packed_op);
+        &quest::attention_packed_op, pt2);
   m.def("attention_packed_forward(Tensor qkv, int heads, " QUEST_OPTION_SCHEMA
         ", bool need_weights=False, bool need_diagnostics=False) -> (Tensor, Tensor, Tensor)",
-        &quest::attention_packed_forward_op);
+        &quest::attention_packed_forward_op, pt2);
   m.def("select_backend(Tensor q, Tensor k, Tensor v, " QUEST_OPTION_SCHEMA
         ") -> (str, str[])",
         &quest::select_backend_op);

@@ -1,0 +1,211 @@
+"""torch.compile: quest's operators trace with fullgraph=True into its kernel operators
+(quest::_kernel_forward / _kernel_backward, _packed_kernel_*) and torch ops, match eager outputs
+and gradients, pass torch.library.opcheck, and keep one graph when the sequence length varies
+(dynamic=True)."""
+import pytest
+import torch
+import torch._dynamo
+from torch._dynamo.utils import counters
+from torch.library import opcheck
+
+import quest
+
+KINDS = ["standard", "quest", "qnorm", "qknorm", "qk_layernorm"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def qkv(b=2, h=3, n=10, d=8, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, h, n, d, generator=g, dtype=dtype) for _ in range(3)]
+
+
+def forward_backward(f, inputs):
+    """f's output and the gradients of every input, for a fixed upstream gradient."""
+    leaves = [x.detach().clone().requires_grad_(True) for x in inputs]
+    out = f(*leaves)
+    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=out.dtype))
+    return [out.detach()] + [x.grad for x in leaves]
+
+
+def assert_same(eager, compiled, exact):
+    for a, b in zip(eager, compiled):
+        if exact:  # the same kernels on the same inputs
+            assert torch.equal(a, b), (a - b).abs().max()
+        else:  # torch ops, possibly fused differently by the compiler
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def options(kind, mask):
+    o = {"kind": kind}
+    if kind == "qknorm":
+        o["head_scale"] = torch.tensor([2.0, 3.0, 4.0])
+    if kind == "qk_layernorm":
+        o["q_norm_weight"] = torch.linspace(0.5, 1.5, 8)
+        o["k_norm_bias"] = torch.linspace(-0.1, 0.1, 8)
+    if mask:
+        padding = torch.zeros(2, 10, dtype=torch.bool)
+        padding[1, 6:] = True
+        o["key_padding_mask"] = padding
+    return o
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("backend", ["auto", "reference", "composite"])
+@pytest.mark.parametrize("causal,mask", [(False, False), (True, True)])
+def test_fullgraph_matches_eager(kind, backend, causal, mask):
+    o = options(kind, mask)
+
+    def f(q, k, v):
+        return quest.attention(q, k, v, causal=causal, backend=backend, **o)
+
+    inputs = qkv()
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    # The kernels give bit-identical results; qk_layernorm normalises with torch ops first.
+    exact = backend != "composite" and kind != "qk_layernorm"
+    assert_same(forward_backward(f, inputs), forward_backward(compiled, inputs), exact)
+
+
+def test_inductor_runs_the_fused_kernel_in_the_graph():
+    f = lambda q, k, v: quest.attention(q, k, v, kind="quest", causal=True)  # noqa: E731
+    inputs = qkv(n=33, d=16)
+    assert quest.select_backend(*inputs, kind="quest", causal=True)[0] == "fused"
+    compiled = torch.compile(f, fullgraph=True)
+    assert_same(forward_backward(f, inputs), forward_backward(compiled, inputs), exact=True)
+
+
+@pytest.mark.parametrize("self_attention", [True, False])
+def test_multihead_attention_compiles(self_attention):
+    torch.manual_seed(0)
+    mha = quest.MultiheadAttention(24, 4, kind="quest", batch_first=True).train()
+    x = torch.randn(2, 9, 24)
+    memory = x if self_attention else torch.randn(2, 5, 24)
+
+    def step(module):
+        module.zero_grad()
+        out, _ = module(x, memory, memory, need_weights=False)
+        out.square().mean().backward()
+        return [out.detach()] + [p.grad.clone() for p in module.parameters()]
+
+    eager = step(mha)
+    compiled = step(torch.compile(mha, fullgraph=True))
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_converted_torchvision_vit_compiles():
+    models = pytest.importorskip("torchvision.models")
+    torch.manual_seed(0)
+    vit = models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
+                                   hidden_dim=32, mlp_dim=64, num_classes=5)
+    vit = quest.convert(vit, kind="quest").eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(torch.compile(vit, fullgraph=True)(x), vit(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_varying_length_compiles_once(causal):
+    f = lambda q, k, v: quest.attention(q, k, v, kind="quest", causal=causal)  # noqa: E731
+    compiled = torch.compile(f, fullgraph=True, dynamic=True)
+    # Lengths differ from D = 8: dynamo gives equal sizes one symbol, so N = D would tie N to D.
+    for n in (10, 13, 17, 22):
+        inputs = qkv(n=n, seed=n)
+        assert torch.equal(compiled(*inputs), f(*inputs))
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_nonfinite_inputs_are_named_under_compile():
+    q, k, v = qkv()
+    q[0, 1, 2, 3] = float("nan")
+    compiled = torch.compile(lambda q, k, v: quest.attention(q, k, v), fullgraph=True)
+    with pytest.raises(RuntimeError, match="q contains NaN or Inf"):
+        compiled(q, k, v)
+    # check_finite=False: NaN propagates as in eager.
+    unchecked = lambda q, k, v: quest.attention(q, k, v, check_finite=False)  # noqa: E731
+    eager, traced = unchecked(q, k, v), torch.compile(unchecked, fullgraph=True)(q, k, v)
+    assert torch.equal(eager.isnan(), traced.isnan())
+    assert torch.equal(eager.nan_to_num(), traced.nan_to_num())
+
+
+def test_what_does_not_compile_says_so():
+    q, k, v = qkv()
+    diagnostics = torch.compile(
+        lambda q, k, v: quest.attention_forward(q, k, v, need_diagnostics=True)[2], fullgraph=True)
+    with pytest.raises(Exception, match="eager mode only"):
+        diagnostics(q, k, v)
+    torch._dynamo.reset()
+    dropout = torch.compile(lambda q, k, v: quest.attention(q, k, v, dropout_p=0.1, training=True),
+                            fullgraph=True)
+    with pytest.raises(Exception, match="dropout .* does not compile yet"):
+        dropout(q, k, v)
+
+
+SCALARS = dict(q_norm=0, k_norm=1, scale=1.0, l2_eps=1e-6, layernorm_eps=1e-5, causal=False,
+               causal_alignment=0, dropout=0.0, seed=0)
+
+
+def kernel_cases():
+    """(name, op, args, kwargs) for the kernel operators over a grid of options."""
+    q, k, v = (t.requires_grad_() for t in qkv(n=5, d=4))
+    hs = torch.tensor([1.5, 2.0, 2.5], requires_grad=True)
+    pad = torch.zeros(2, 5, dtype=torch.bool)
+    pad[0, 3:] = True
+    cases = []
+    for backend, dtype in (("fused", torch.float32), ("reference", torch.float64)):
+        qd, kd, vd = (t.detach().to(dtype).requires_grad_() for t in (q, k, v))
+        for causal, alignment, mask, scale in ((False, 0, None, None), (True, 1, pad, hs)):
+            scale = scale.detach().to(dtype).requires_grad_() if scale is not None else None
+            for q_norm, k_norm in ((0, 0), (0, 1), (1, 1)):
+                s = dict(SCALARS, q_norm=q_norm, k_norm=k_norm, causal=causal,
+                         causal_alignment=alignment)
+                cases.append((f"{backend}-causal{causal}-norms{q_norm}{k_norm}",
+                              torch.ops.quest._kernel_forward.default,
+                              (qd, kd, vd, scale, None, None, None, None, mask, backend),
+                              dict(s, need_diagnostics=False)))
+    # LayerNorm with its affine runs on the reference kernel only.
+    qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
+    w = torch.linspace(0.5, 1.5, 4, dtype=torch.float64, requires_grad=True)
+    cases.append(("reference-layernorm", torch.ops.quest._kernel_forward.default,
+                  (qd, kd, vd, None, w, None, None, w.detach(), None, "reference"),
+                  dict(SCALARS, q_norm=2, k_norm=2, need_diagnostics=False)))
+    qkv5 = torch.randn(2, 5, 3, 3, 4, requires_grad=True)
+    for mask, scale in ((None, None), (pad, hs)):
+        cases.append((f"packed-mask{mask is not None}", torch.ops.quest._packed_kernel_forward.default,
+                      (qkv5, scale, mask), dict(SCALARS, causal=True, need_diagnostics=False)))
+    # The backward operators, called as autograd calls them (their inputs need no gradient).
+    out, stats, _ = torch.ops.quest._kernel_forward(q.detach(), k.detach(), v.detach(), None, None,
+                                                    None, None, None, None, "fused", **SCALARS,
+                                                    need_diagnostics=False)
+    cases.append(("fused-backward", torch.ops.quest._kernel_backward.default,
+                  (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out, stats, None, None,
+                   None, None, None, None, "fused"), SCALARS))
+    out, stats, _ = torch.ops.quest._packed_kernel_forward(qkv5.detach(), None, None, **SCALARS,
+                                                           need_diagnostics=False)
+    cases.append(("packed-backward", torch.ops.quest._packed_kernel_backward.default,
+                  (torch.randn_like(out), qkv5.detach(), out, stats, None, None), SCALARS))
+    return cases
+
+
+@pytest.mark.parametrize("case", kernel_cases(), ids=lambda c: c[0])
+def test_opcheck_kernel_operators(case):
+    _, op, args, kwargs = case
+    opcheck(op, args, kwargs)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_opcheck_attention_operators(kind):
+    q, k, v = (t.requires_grad_() for t in qkv(n=5, d=4))
+    o = {"head_scale": torch.tensor([1.0, 2.0, 3.0], requires_grad=True)} if kind == "qknorm" else {}
+    opcheck(torch.ops.quest.attention.default, (q, k, v, kind), dict(o, causal=True))
+    opcheck(torch.ops.quest.attention.default, (q.double(), k.double(), v.double(), kind),
+            {"backend": "composite", **({"head_scale": o["head_scale"].double()} if o else {})})
+    opcheck(torch.ops.quest.attention_forward.default, (q, k, v, kind),
+            dict(o, need_weights=True))
+    packed = torch.randn(2, 5, 36, requires_grad=True)
+    opcheck(torch.ops.quest.attention_packed.default, (packed, 3, kind), o)
