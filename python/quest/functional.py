@@ -23,7 +23,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", causal: bool
               k_norm_bias: Optional[Tensor] = None, seed: Optional[int] = None,
               backend: str = "auto", check_finite: bool = True, l2_eps: float = 1e-6,
               layernorm_eps: float = 1e-5,
-              attn_bias: Optional[Tensor] = None) -> Tensor:
+              attn_bias: Optional[Tensor] = None, enable_gqa: bool = False) -> Tensor:
     """softmax(S) V over (B, H, N, D) tensors, S by the attention kind.
 
     kind: "standard" (q·k/sqrt(D)), "quest" (keys L2-normalised, scale 1), "qnorm" (queries
@@ -39,6 +39,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", causal: bool
     the tensor; off, NaN/Inf propagate exactly as in the matmul -> softmax -> matmul composite.
     attn_bias: an additive logit bias broadcastable to (B, H, Nq, Nk) in q's dtype (torch's float
     attn_mask: -inf blocks); it runs on the composite backend.
+    enable_gqa: grouped- and multi-query attention as torch's SDPA: k and v have Hk heads, q a
+    multiple of Hk, query head h reads key/value head h // (Hq // Hk); the kernels read K and V
+    in place (no copy per group).
     Differentiable in q, k, v, head_scale and the LayerNorm affine; the fused and reference
     backends are once-differentiable (double backward: backend="composite").
     """
@@ -47,7 +50,38 @@ def attention(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", causal: bool
         key_padding_mask=key_padding_mask, dropout_p=dropout_p, training=training, scale=scale,
         head_scale=head_scale, q_norm_weight=q_norm_weight, q_norm_bias=q_norm_bias,
         k_norm_weight=k_norm_weight, k_norm_bias=k_norm_bias, seed=seed, backend=backend,
-        check_finite=check_finite, l2_eps=l2_eps, layernorm_eps=layernorm_eps, attn_bias=attn_bias)
+        check_finite=check_finite, l2_eps=l2_eps, layernorm_eps=layernorm_eps, attn_bias=attn_bias,
+        enable_gqa=enable_gqa)
+
+
+def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
+                                 attn_mask: Optional[Tensor] = None, dropout_p: float = 0.0,
+                                 is_causal: bool = False, scale: Optional[float] = None,
+                                 enable_gqa: bool = False, *, kind: str = "quest",
+                                 head_scale: Optional[Tensor] = None,
+                                 q_norm_weight: Optional[Tensor] = None,
+                                 q_norm_bias: Optional[Tensor] = None,
+                                 k_norm_weight: Optional[Tensor] = None,
+                                 k_norm_bias: Optional[Tensor] = None, seed: Optional[int] = None,
+                                 backend: str = "auto", check_finite: bool = True,
+                                 l2_eps: float = 1e-6, layernorm_eps: float = 1e-5) -> Tensor:
+    """torch.nn.functional.scaled_dot_product_attention's arguments and semantics, for every kind.
+
+    query (..., Hq, L, E), key (..., Hk, S, E), value (..., Hk, S, Ev), any leading batch dims;
+    attn_mask bool (True takes part) or float (added to the logits), broadcastable to
+    (..., Hq, L, S); is_causal top-left (not with attn_mask); dropout_p applied whenever > 0;
+    scale defaults to the kind's (1/sqrt(E) for "standard", as SDPA; 1 for "quest");
+    enable_gqa: Hq a multiple of Hk (grouped- and multi-query attention, K and V read in place).
+    With kind="standard" it equals F.scaled_dot_product_attention; kind="quest" equals
+    SDPA(q, F.normalize(k, dim=-1), v, scale=1.0). A bool mask that varies along keys only
+    (e.g. (N, 1, 1, S) padding) runs on the fused kernel; any other mask on the composite. A row
+    that sees no key gives zeros (torch: NaN). Returns (..., Hq, L, Ev).
+    """
+    return torch.ops.quest.scaled_dot_product_attention(
+        query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, kind=kind,
+        head_scale=head_scale, q_norm_weight=q_norm_weight, q_norm_bias=q_norm_bias,
+        k_norm_weight=k_norm_weight, k_norm_bias=k_norm_bias, seed=seed, backend=backend,
+        check_finite=check_finite, l2_eps=l2_eps, layernorm_eps=layernorm_eps)
 
 
 def attention_forward(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", causal: bool = False,
@@ -59,7 +93,7 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", caus
                       backend: str = "auto", check_finite: bool = True, l2_eps: float = 1e-6,
                       layernorm_eps: float = 1e-5,
                       need_weights: bool = False, need_diagnostics: bool = False,
-                      attn_bias: Optional[Tensor] = None
+                      attn_bias: Optional[Tensor] = None, enable_gqa: bool = False
                       ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
     """As attention(), also returning (B, H, Nq, Nk) weights (before dropout; in the autograd graph
     on the composite backend, detached from the fused and reference ones) and a (6, H) float64 diagnostics tensor (rows as
@@ -70,7 +104,8 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", caus
         head_scale=head_scale, q_norm_weight=q_norm_weight, q_norm_bias=q_norm_bias,
         k_norm_weight=k_norm_weight, k_norm_bias=k_norm_bias, seed=seed, backend=backend,
         check_finite=check_finite, l2_eps=l2_eps, layernorm_eps=layernorm_eps,
-        attn_bias=attn_bias, need_weights=need_weights, need_diagnostics=need_diagnostics)
+        attn_bias=attn_bias, need_weights=need_weights, need_diagnostics=need_diagnostics,
+        enable_gqa=enable_gqa)
     return (out, weights if need_weights else None, diagnostics if need_diagnostics else None)
 
 
@@ -131,7 +166,7 @@ def select_backend(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", causal:
                    k_norm_bias: Optional[Tensor] = None, seed: Optional[int] = None,
                    backend: str = "auto", check_finite: bool = True, l2_eps: float = 1e-6,
                    layernorm_eps: float = 1e-5,
-                   attn_bias: Optional[Tensor] = None) -> Tuple[str, List[str]]:
+                   attn_bias: Optional[Tensor] = None, enable_gqa: bool = False) -> Tuple[str, List[str]]:
     """The backend attention() would run for these arguments, and why each backend before it in
     the order was not taken, e.g. ("composite", ["fused: computes in float32 only, got Double"])."""
     return torch.ops.quest.select_backend(
@@ -139,7 +174,8 @@ def select_backend(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", causal:
         key_padding_mask=key_padding_mask, dropout_p=dropout_p, training=training, scale=scale,
         head_scale=head_scale, q_norm_weight=q_norm_weight, q_norm_bias=q_norm_bias,
         k_norm_weight=k_norm_weight, k_norm_bias=k_norm_bias, seed=seed, backend=backend,
-        check_finite=check_finite, l2_eps=l2_eps, layernorm_eps=layernorm_eps, attn_bias=attn_bias)
+        check_finite=check_finite, l2_eps=l2_eps, layernorm_eps=layernorm_eps, attn_bias=attn_bias,
+        enable_gqa=enable_gqa)
 
 
 def runtime() -> Dict[str, str]:

@@ -97,9 +97,14 @@ Tensor hidden_keys(const AttentionCall& c) {
 }
 
 // Softmax weights (before dropout) and the output.
+// Grouped-query attention as torch's math SDPA does it: each key/value head repeated for its group.
+Tensor per_query_head(const Tensor& t, const AttentionCall& c) {
+  return c.kv_group == 1 ? t : t.repeat_interleave(c.kv_group, 1);
+}
+
 std::pair<Tensor, Tensor> composite(const AttentionCall& c) {
   const Tensor qn = normalise(c.q, c.q_norm, c.q_norm_weight, c.q_norm_bias, c);
-  const Tensor kn = normalise(c.k, c.k_norm, c.k_norm_weight, c.k_norm_bias, c);
+  const Tensor kn = per_query_head(normalise(c.k, c.k_norm, c.k_norm_weight, c.k_norm_bias, c), c);
   Tensor s = torch::matmul(qn, kn.transpose(-2, -1));
   s = c.head_scale.defined() ? s * c.head_scale.view({1, -1, 1, 1}) : s * c.scale;
   if (c.attn_bias.defined()) s = s + c.attn_bias;
@@ -120,7 +125,7 @@ std::pair<Tensor, Tensor> composite(const AttentionCall& c) {
     dropout_keep_mask(c.seed, c.dropout, c.dims, keep.data_ptr<bool>());
     dropped = probs * keep.to(probs.scalar_type()) * (1.0 / (1.0 - c.dropout));
   }
-  Tensor out = torch::matmul(dropped, c.v);
+  Tensor out = torch::matmul(dropped, per_query_head(c.v, c));
   if (empty_row.defined()) out = out.masked_fill(empty_row, 0);
   return {probs, out};
 }
@@ -194,7 +199,11 @@ FusedLayout fused_layout(const AttentionCall& c) {
 }
 
 std::string reference_why_not(const AttentionCall& c) {
-  return c.attn_bias.defined() ? "takes masks as flags (causal, key_padding_mask), not an attn_bias" : "";
+  if (c.attn_bias.defined()) return "takes masks as flags (causal, key_padding_mask), not an attn_bias";
+  // The kernels run grouped-query calls group by group, and their dropout mask is drawn per
+  // (b, h) of the call they see: it would differ from the composite's.
+  if (c.kv_group > 1 && c.dropout > 0) return "no dropout with grouped-query attention";
+  return "";
 }
 
 std::string fused_why_not(const AttentionCall& c) {
@@ -215,7 +224,11 @@ AttentionOutput run_fused(const AttentionCall& c, bool need_weights, bool need_d
     if (f.q_norm != c.q_norm || f.k_norm != c.k_norm) {  // norms of the raw rows, as every path
       torch::NoGradGuard no_grad;
       std::vector<HeadDiagnosticsPartial> norms(c.dims.batch * c.dims.heads);
-      add_norm_diagnostics(c.kernel_args<float>(), norms.data());
+      std::vector<HeadDiagnosticsPartial> group(c.kv_group > 1 ? norms.size() / c.kv_group : 0);
+      for (int64_t g = 0; g < c.kv_group; ++g) {
+        add_norm_diagnostics(detail::group_call(c, g).kernel_args<float>(), group.empty() ? norms.data() : group.data());
+        if (!group.empty()) detail::scatter_group_partials(group, c, g, norms.data());
+      }
       const HeadDiagnostics raw = reduce_partials(norms, c.dims.heads);
       diagnostics.q_norm_mean = raw.q_norm_mean;
       diagnostics.q_norm_max = raw.q_norm_max;
@@ -352,6 +365,70 @@ AttentionOutput attention_packed_forward(const Tensor& qkv, int64_t heads,
 
 Tensor attention_packed(const Tensor& qkv, int64_t heads, const AttentionOptions& options) {
   return attention_packed_forward(qkv, heads, options, false, false).output;
+}
+
+namespace {
+
+// SDPA's (..., H, N, D) as (B, H, N, D): the leading batch dims flattened, or a batch of 1.
+Tensor as_4d(const Tensor& t) {
+  if (t.dim() >= 4) return t.flatten(0, t.dim() - 4);
+  Tensor r = t;
+  while (r.dim() < 4) r = r.unsqueeze(0);
+  return r;
+}
+
+// An SDPA attn_mask as quest's masks: (B, Nk) key padding where a bool mask varies along keys
+// only (the fused kernel takes it), else a logit bias broadcastable to (B, H, Nq, Nk).
+void set_sdpa_mask(const Tensor& mask, const Tensor& q, AttentionOptions& o) {
+  TORCH_CHECK(mask.scalar_type() == torch::kBool || mask.scalar_type() == q.scalar_type(),
+              "quest::scaled_dot_product_attention: attn_mask has dtype ", mask.scalar_type(),
+              "; expected bool (true takes part) or q's dtype ", q.scalar_type(), " (added to the logits)");
+  TORCH_CHECK(mask.dim() >= 1 && mask.dim() <= q.dim(), "quest::scaled_dot_product_attention: attn_mask of shape ",
+              mask.sym_sizes(), " does not broadcast to (..., Hq, L, S) = ", q.sym_sizes().slice(0, q.dim() - 1),
+              " + (S)");
+  Tensor m = mask;
+  while (m.dim() < q.dim()) m = m.unsqueeze(0);
+  // Leading batch dims as q's (a view), then flattened as q's are.
+  std::vector<c10::SymInt> shape(m.sym_sizes().begin(), m.sym_sizes().end());
+  for (int64_t d = 0; d + 3 < q.dim(); ++d) shape[d] = q.sym_size(d);
+  m = as_4d(m.expand_symint(shape));
+  const bool keys_only = m.scalar_type() == torch::kBool && m.sym_size(1) == 1 && m.sym_size(2) == 1;
+  if (keys_only) {
+    o.key_padding_mask(m.select(2, 0).select(1, 0).logical_not());
+  } else {
+    o.attn_bias(m.scalar_type() == torch::kBool
+                    ? torch::zeros({}, q.options()).masked_fill(m.logical_not(), -INFINITY).expand_symint(m.sym_sizes())
+                    : m);
+  }
+}
+
+}  // namespace
+
+Tensor scaled_dot_product_attention(const Tensor& query, const Tensor& key, const Tensor& value,
+                                    const Tensor& attn_mask, double dropout_p, bool is_causal,
+                                    std::optional<double> scale, bool enable_gqa, AttentionOptions o) {
+  for (auto [t, name] : {std::pair{&query, "query"}, {&key, "key"}, {&value, "value"}})
+    TORCH_CHECK(t->defined() && t->dim() >= 2, "quest::scaled_dot_product_attention: ", name,
+                " must have shape (..., N, D), got ", t->defined() ? t->sym_sizes() : c10::SymIntArrayRef{});
+  TORCH_CHECK(key.dim() == query.dim() && value.dim() == query.dim(),
+              "quest::scaled_dot_product_attention: query, key and value must have the same rank, got ",
+              query.sym_sizes(), ", ", key.sym_sizes(), ", ", value.sym_sizes());
+  const int64_t lead = std::max<int64_t>(query.dim() - 3, 0);  // batch dims before the heads
+  TORCH_CHECK(query.sym_sizes().slice(0, lead) == key.sym_sizes().slice(0, lead) &&
+                  query.sym_sizes().slice(0, lead) == value.sym_sizes().slice(0, lead),
+              "quest::scaled_dot_product_attention: query, key and value must have the same batch dims, got ",
+              query.sym_sizes(), ", ", key.sym_sizes(), ", ", value.sym_sizes());
+  TORCH_CHECK(!(is_causal && attn_mask.defined()),
+              "quest::scaled_dot_product_attention: pass attn_mask or is_causal, not both (as torch)");
+  TORCH_CHECK(dropout_p >= 0 && dropout_p < 1, "quest::scaled_dot_product_attention: dropout_p must be in [0, 1), got ",
+              dropout_p);
+  o.causal(is_causal).causal_alignment(CausalAlignment::top_left).key_padding_mask({}).attn_bias({})
+      .dropout(dropout_p).training(dropout_p > 0).enable_gqa(enable_gqa).scale(scale);
+  if (attn_mask.defined()) set_sdpa_mask(attn_mask, query, o);
+  const Tensor out = attention(as_4d(query), as_4d(key), as_4d(value), o);
+  std::vector<c10::SymInt> shape(query.sym_sizes().begin(), query.sym_sizes().end());
+  shape.back() = value.sym_size(-1);
+  return out.reshape_symint(shape);
 }
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v,

@@ -72,9 +72,15 @@ AttentionCall make_call(const Tensor& q, const Tensor& k, const Tensor& v, const
   TORCH_CHECK(k.sym_size(0) == batch && v.sym_size(0) == batch,
               "quest::attention: batch sizes differ: q ", q.sym_sizes(), ", k ", k.sym_sizes(), ", v ",
               v.sym_sizes());
-  TORCH_CHECK(k.sym_size(1) == heads && v.sym_size(1) == heads,
-              "quest::attention: head counts differ: q ", q.sym_sizes(), ", k ", k.sym_sizes(), ", v ",
-              v.sym_sizes());
+  if (o.enable_gqa()) {
+    TORCH_CHECK(v.sym_size(1) == k.sym_size(1) && heads % k.sym_size(1) == 0,
+                "quest::attention: with enable_gqa, k and v need the same head count and q a multiple "
+                "of it: q ", q.sym_sizes(), ", k ", k.sym_sizes(), ", v ", v.sym_sizes());
+  } else {
+    TORCH_CHECK(k.sym_size(1) == heads && v.sym_size(1) == heads,
+                "quest::attention: head counts differ: q ", q.sym_sizes(), ", k ", k.sym_sizes(), ", v ",
+                v.sym_sizes(), " (grouped-query attention: enable_gqa)");
+  }
   TORCH_CHECK(k.sym_size(3) == q.sym_size(3), "quest::attention: q and k head dims differ: q ", q.sym_sizes(),
               ", k ", k.sym_sizes());
   TORCH_CHECK(v.sym_size(2) == k_len, "quest::attention: k and v key counts differ: k ", k.sym_sizes(),
@@ -85,6 +91,7 @@ AttentionCall make_call(const Tensor& q, const Tensor& k, const Tensor& v, const
   c.v = v;
   // The head dims fix the default scale and the kernels' tiles: specialised on, as torch's SDPA does.
   c.dims = {known(batch), known(heads), known(q_len), known(k_len), size_of(q, 3), size_of(v, 3)};
+  if (o.enable_gqa()) c.kv_group = size_of(q, 1) / size_of(k, 1);  // specialised on, as head dims
   const KindTraits t = kind_traits(o.kind());
   c.q_norm = t.q_norm;
   c.k_norm = o.keys_normalized() ? Norm::none : t.k_norm;
@@ -152,6 +159,25 @@ AttentionCall make_call(const Tensor& q, const Tensor& k, const Tensor& v, const
       check_finite(*t, name);
   }
   return c;
+}
+
+AttentionCall group_call(const AttentionCall& c, int64_t r) {
+  if (c.kv_group == 1) return c;
+  const int64_t g = c.kv_group;
+  AttentionCall sub = c;
+  sub.q = c.q.slice(1, r, c10::nullopt, g);
+  if (c.head_scale.defined()) sub.head_scale = c.head_scale.slice(0, r, c10::nullopt, g).contiguous();
+  sub.dims.heads = c.dims.heads / g;
+  sub.kv_group = 1;
+  return sub;
+}
+
+void scatter_group_partials(const std::vector<HeadDiagnosticsPartial>& group, const AttentionCall& c,
+                            int64_t r, HeadDiagnosticsPartial* all) {
+  const int64_t kv_heads = c.dims.heads / c.kv_group;
+  for (int64_t b = 0; b < c.dims.batch; ++b)
+    for (int64_t h = 0; h < kv_heads; ++h)
+      all[b * c.dims.heads + h * c.kv_group + r] = group[b * kv_heads + h];
 }
 
 template <typename T>

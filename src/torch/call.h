@@ -7,6 +7,7 @@
 
 #include <array>
 
+#include "quest/core/diagnostics.h"
 #include "quest/core/problem.h"
 #include "quest/torch/attention.h"
 
@@ -27,6 +28,9 @@ struct AttentionCall : AttentionScalars {
   torch::Tensor attn_bias;
 
   Backend requested = Backend::automatic;
+  // Grouped-query attention: q has kv_group times as many heads as k and v; query head h reads
+  // key/value head h / kv_group (torch's SDPA with enable_gqa). 1: every head its own.
+  int64_t kv_group = 1;
 
   // The tensor members in one fixed order: the only place that order is written down.
   static constexpr std::array<torch::Tensor AttentionCall::*, 9> tensor_fields() {
@@ -61,6 +65,15 @@ bool traced(const torch::Tensor& t);
 // t.size(d), also where torch.compile made the size symbolic (then guarded: the graph specialises
 // on it, so a new length recompiles).
 int64_t size_of(const torch::Tensor& t, int64_t d);
+
+// The query heads r, r + kv_group, r + 2 kv_group, ... of a grouped-query call as a call of its
+// own, with as many heads as k and v: q (and head_scale) strided views, k and v as they are. The
+// kernels run once per r, so K and V are read in place, never repeated per group. For
+// kv_group == 1 (r = 0) the call itself.
+AttentionCall group_call(const AttentionCall& call, int64_t r);
+// Per-(b, h) diagnostics of group r's call (B x Hk of them) into the whole call's (B x Hq).
+void scatter_group_partials(const std::vector<HeadDiagnosticsPartial>& group, const AttentionCall& call,
+                            int64_t r, HeadDiagnosticsPartial* all);
 
 // Validates q, k, v and the options (shapes, dtypes, devices, finiteness when asked) and resolves
 // every default. Errors are c10::Error naming the offending tensor or option.

@@ -52,6 +52,8 @@ struct KernelScalars {
 AttentionCall call_of(const Tensor& q, const Tensor& k, const Tensor& v, const KernelScalars& s) {
   for (auto [t, name] : {std::pair{&q, "q"}, {&k, "k"}, {&v, "v"}})
     TORCH_CHECK(t->dim() == 4, "quest kernel op: ", name, " must have rank 4, got ", t->sizes());
+  TORCH_CHECK(k.size(1) == v.size(1) && q.size(1) % k.size(1) == 0,
+              "quest kernel op: q's heads must be a multiple of k's and v's (grouped-query attention)");
   TORCH_CHECK(s.q_norm >= 0 && s.q_norm <= 2 && s.k_norm >= 0 && s.k_norm <= 2,
               "quest kernel op: q_norm and k_norm must be 0 (none), 1 (l2) or 2 (layer)");
   TORCH_CHECK(s.causal_alignment == 0 || s.causal_alignment == 1,
@@ -61,6 +63,7 @@ AttentionCall call_of(const Tensor& q, const Tensor& k, const Tensor& v, const K
   c.k = k;
   c.v = v;
   c.dims = {q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), v.size(3)};
+  c.kv_group = q.size(1) / k.size(1);
   c.q_norm = static_cast<Norm>(s.q_norm);
   c.k_norm = static_cast<Norm>(s.k_norm);
   c.scale = s.scale;
@@ -112,12 +115,18 @@ fused::RowStats row_stats(const Tensor& stats) {  // stats: (2, B, H, Nq) = shif
   return {stats[0].data_ptr<float>(), stats[1].data_ptr<float>()};
 }
 
-// Row statistics: the fused kernel's (2, B, H, Nq) float32 shift and log-sum, the reference's
-// (B, H, Nq) logsumexp in float64 whatever the input dtype.
-Tensor empty_stats(KernelBackend b, const Tensor& q, const c10::SymInt& batch, const c10::SymInt& heads,
-                   const c10::SymInt& rows) {
-  if (b == KernelBackend::fused) return at::empty_symint({2, batch, heads, rows}, q.options());
-  return at::empty_symint({batch, heads, rows}, q.options().dtype(torch::kDouble));
+// Row statistics per query-head group r (group_call): the fused kernel's (group, 2, B, Hk, Nq)
+// float32 shift and log-sum, the reference's (group, B, Hk, Nq) logsumexp in float64 whatever
+// the input dtype.
+Tensor empty_stats(KernelBackend b, const Tensor& q, const c10::SymInt& group, const c10::SymInt& batch,
+                   const c10::SymInt& kv_heads, const c10::SymInt& rows) {
+  if (b == KernelBackend::fused) return at::empty_symint({group, 2, batch, kv_heads, rows}, q.options());
+  return at::empty_symint({group, batch, kv_heads, rows}, q.options().dtype(torch::kDouble));
+}
+
+// Query heads r, r + group, ... of a (B, Hq, ...) tensor: group r's output or gradient.
+Tensor group_heads(const Tensor& t, int64_t group, int64_t r) {
+  return group == 1 ? t : t.slice(1, r, c10::nullopt, group);
 }
 
 void forward_into(KernelBackend b, const AttentionCall& c, const Tensor& out, const Tensor& stats,
@@ -197,19 +206,25 @@ ForwardResult kernel_forward_cpu(const Tensor& q, const Tensor& k, const Tensor&
   const KernelBackend b = parse_kernel_backend(backend);
   const AttentionCall c = kernel_call(q, k, v, QUEST_KERNEL_ARGS);
   const AttentionDims& d = c.dims;
+  const int64_t group = c.kv_group;
   Tensor out = torch::empty({d.batch, d.heads, d.q_len, d.v_dim}, q.options());
-  Tensor stats = empty_stats(b, q, d.batch, d.heads, d.q_len);
+  Tensor stats = empty_stats(b, q, group, d.batch, d.heads / group, d.q_len);
   Tensor diag = diagnostics_buffer(need_diagnostics, d.batch * d.heads, q);
-  forward_into(b, c, out, stats, partials_of(diag));
+  std::vector<HeadDiagnosticsPartial> partials(need_diagnostics && group > 1 ? d.batch * d.heads / group : 0);
+  for (int64_t r = 0; r < group; ++r) {
+    forward_into(b, group_call(c, r), group_heads(out, group, r), stats[r],
+                 group == 1 ? partials_of(diag) : partials.empty() ? nullptr : partials.data());
+    if (!partials.empty()) scatter_group_partials(partials, c, r, partials_of(diag));
+  }
   return {out, stats, diag};
 }
 
 ForwardResult kernel_forward_meta(const Tensor& q, const Tensor& k, const Tensor& v, QUEST_KERNEL_PARAMS,
                                   bool need_diagnostics) {
   const KernelBackend b = parse_kernel_backend(backend);
-  const auto &batch = q.sym_size(0), &heads = q.sym_size(1), &rows = q.sym_size(2);
-  return {at::empty_symint({batch, heads, rows, v.sym_size(3)}, q.options()), empty_stats(b, q, batch, heads, rows),
-          diagnostics_buffer(need_diagnostics, batch * heads, q)};
+  const auto &batch = q.sym_size(0), &heads = q.sym_size(1), &rows = q.sym_size(2), &kv_heads = k.sym_size(1);
+  return {at::empty_symint({batch, heads, rows, v.sym_size(3)}, q.options()),
+          empty_stats(b, q, heads / kv_heads, batch, kv_heads, rows), diagnostics_buffer(need_diagnostics, batch * heads, q)};
 }
 
 // Gradients of q, k, v, then head_scale and the LayerNorm affine (empty where absent).
@@ -236,12 +251,26 @@ BackwardResult kernel_backward_cpu(const Tensor& dout, const Tensor& q, const Te
                                    const Tensor& out, const Tensor& stats, QUEST_KERNEL_PARAMS) {
   const KernelBackend b = parse_kernel_backend(backend);
   const AttentionCall c = kernel_call(q, k, v, QUEST_KERNEL_ARGS);
+  const int64_t group = c.kv_group;
   KernelGrads g = empty_grads(b, q, k, v, QUEST_KERNEL_ARGS);
-  KernelGrads into = g;  // the kernels take null where a parameter is absent
-  for (Tensor KernelGrads::*f : {&KernelGrads::dhead_scale, &KernelGrads::dq_norm_weight, &KernelGrads::dq_norm_bias,
-                                 &KernelGrads::dk_norm_weight, &KernelGrads::dk_norm_bias})
-    into.*f = undefined_if_empty(g.*f);
-  backward_into(b, c, out, stats, dout, into);
+  constexpr Tensor KernelGrads::*kShared[] = {&KernelGrads::dk, &KernelGrads::dv, &KernelGrads::dq_norm_weight,
+                                               &KernelGrads::dq_norm_bias, &KernelGrads::dk_norm_weight,
+                                               &KernelGrads::dk_norm_bias};
+  // Grouped-query: each group r writes dq and head_scale's gradient of its own heads; dK, dV and
+  // the LayerNorm affine are summed over the groups (flash-attention sums an expanded dK so).
+  for (int64_t r = 0; r < group; ++r) {
+    KernelGrads into;  // the kernels take null where a parameter is absent
+    into.dq = group_heads(g.dq, group, r);
+    for (auto f : kShared) into.*f = r == 0 ? undefined_if_empty(g.*f) : torch::zeros_like(g.*f);
+    if (head_scale.has_value())
+      into.dhead_scale = group == 1 ? g.dhead_scale : torch::zeros({k.size(1)}, q.options());
+    for (auto f : kShared) into.*f = undefined_if_empty(into.*f);
+    backward_into(b, group_call(c, r), group_heads(out, group, r), stats[r], group_heads(dout, group, r), into);
+    if (r > 0)
+      for (auto f : kShared)
+        if ((into.*f).defined()) (g.*f).add_(into.*f);
+    if (group > 1 && head_scale.has_value()) group_heads(g.dhead_scale.unsqueeze(0), group, r).squeeze(0).copy_(into.dhead_scale);
+  }
   return tuple_of(g);
 }
 
@@ -274,16 +303,16 @@ ForwardResult packed_forward_cpu(const Tensor& qkv5, QUEST_PACKED_PARAMS, bool n
   const AttentionCall c = packed_call(qkv5, QUEST_PACKED_ARGS);
   const AttentionDims& d = c.dims;
   Tensor out = torch::empty({d.batch, d.q_len, d.heads, d.v_dim}, qkv5.options());
-  Tensor stats = empty_stats(KernelBackend::fused, qkv5, d.batch, d.heads, d.q_len);
+  Tensor stats = empty_stats(KernelBackend::fused, qkv5, 1, d.batch, d.heads, d.q_len);
   Tensor diag = diagnostics_buffer(need_diagnostics, d.batch * d.heads, qkv5);
-  forward_into(KernelBackend::fused, c, out.transpose(1, 2), stats, partials_of(diag));
+  forward_into(KernelBackend::fused, c, out.transpose(1, 2), stats[0], partials_of(diag));
   return {out, stats, diag};
 }
 
 ForwardResult packed_forward_meta(const Tensor& qkv5, QUEST_PACKED_PARAMS, bool need_diagnostics) {
   const auto &batch = qkv5.sym_size(0), &rows = qkv5.sym_size(1), &heads = qkv5.sym_size(3);
   return {at::empty_symint({batch, rows, heads, qkv5.sym_size(4)}, qkv5.options()),
-          empty_stats(KernelBackend::fused, qkv5, batch, heads, rows), diagnostics_buffer(need_diagnostics, batch * heads, qkv5)};
+          empty_stats(KernelBackend::fused, qkv5, 1, batch, heads, rows), diagnostics_buffer(need_diagnostics, batch * heads, qkv5)};
 }
 
 using PackedBackwardResult = std::tuple<Tensor, Tensor>;  // dqkv, dhead_scale (empty if absent)
@@ -301,7 +330,7 @@ PackedBackwardResult packed_backward_cpu(const Tensor& dout, const Tensor& qkv5,
   auto [dqkv, dhead_scale] = packed_backward_meta(dout, qkv5, out, stats, QUEST_PACKED_ARGS);
   const KernelGrads into{packed_heads(dqkv, 0), packed_heads(dqkv, 1), packed_heads(dqkv, 2),
                          undefined_if_empty(dhead_scale)};
-  backward_into(KernelBackend::fused, c, out.transpose(1, 2), stats, dout.transpose(1, 2), into);
+  backward_into(KernelBackend::fused, c, out.transpose(1, 2), stats[0], dout.transpose(1, 2), into);
   return {dqkv, dhead_scale};
 }
 

@@ -34,7 +34,8 @@ AttentionOptions options_of(c10::string_view kind, bool causal, c10::string_view
                             const c10::optional<Tensor>& k_norm_weight,
                             const c10::optional<Tensor>& k_norm_bias, c10::optional<int64_t> seed,
                             c10::string_view backend, bool check_finite, double l2_eps,
-                            double layernorm_eps, const c10::optional<Tensor>& attn_bias) {
+                            double layernorm_eps, const c10::optional<Tensor>& attn_bias,
+                            bool enable_gqa) {
   const std::string_view kind_name(kind.data(), kind.size());
   const std::optional<Kind> k = parse_kind(kind_name);
   TORCH_CHECK_VALUE(k.has_value(), "quest.attention: unknown kind '", kind_name,
@@ -64,7 +65,8 @@ AttentionOptions options_of(c10::string_view kind, bool causal, c10::string_view
       .check_finite(check_finite)
       .l2_eps(l2_eps)
       .layernorm_eps(layernorm_eps)
-      .attn_bias(or_undefined(attn_bias));
+      .attn_bias(or_undefined(attn_bias))
+      .enable_gqa(enable_gqa);
   if (scale.has_value()) o.scale(*scale);
   if (seed.has_value()) o.seed(static_cast<uint64_t>(*seed));
   return o;
@@ -77,7 +79,7 @@ AttentionOptions options_of(c10::string_view kind, bool causal, c10::string_view
   "float dropout_p=0.0, bool training=False, float? scale=None, Tensor? head_scale=None, "       \
   "Tensor? q_norm_weight=None, Tensor? q_norm_bias=None, Tensor? k_norm_weight=None, "           \
   "Tensor? k_norm_bias=None, int? seed=None, str backend=\"auto\", bool check_finite=True, "     \
-  "float l2_eps=1e-06, float layernorm_eps=1e-05, Tensor? attn_bias=None"
+  "float l2_eps=1e-06, float layernorm_eps=1e-05, Tensor? attn_bias=None, bool enable_gqa=False"
 
 #define QUEST_OPTION_PARAMS                                                                      \
   c10::string_view kind, bool causal, c10::string_view causal_alignment,                        \
@@ -87,12 +89,12 @@ AttentionOptions options_of(c10::string_view kind, bool causal, c10::string_view
       const c10::optional<Tensor>&q_norm_bias, const c10::optional<Tensor>&k_norm_weight,        \
       const c10::optional<Tensor>&k_norm_bias, c10::optional<int64_t> seed,                      \
       c10::string_view backend, bool check_finite, double l2_eps, double layernorm_eps,           \
-      const c10::optional<Tensor>&attn_bias
+      const c10::optional<Tensor>&attn_bias, bool enable_gqa
 
 #define QUEST_OPTION_ARGS                                                                        \
   options_of(kind, causal, causal_alignment, key_padding_mask, dropout_p, training, scale, head_scale,            \
              q_norm_weight, q_norm_bias, k_norm_weight, k_norm_bias, seed, backend,              \
-             check_finite, l2_eps, layernorm_eps, attn_bias)
+             check_finite, l2_eps, layernorm_eps, attn_bias, enable_gqa)
 
 Tensor attention_op(const Tensor& q, const Tensor& k, const Tensor& v, QUEST_OPTION_PARAMS) {
   return attention(q, k, v, QUEST_OPTION_ARGS);
@@ -112,6 +114,23 @@ Tensor diagnostics_tensor(const HeadDiagnostics& d) {
   for (int64_t r = 0; r < 6; ++r)
     for (int64_t h = 0; h < heads; ++h) a[r][h] = (*rows[r])[h];
   return t;
+}
+
+// SDPA's arguments first, then quest's (kind and the extras) keyword-only.
+Tensor sdpa_op(const Tensor& query, const Tensor& key, const Tensor& value,
+               const c10::optional<Tensor>& attn_mask, double dropout_p, bool is_causal,
+               c10::optional<double> scale, bool enable_gqa, c10::string_view kind,
+               const c10::optional<Tensor>& head_scale, const c10::optional<Tensor>& q_norm_weight,
+               const c10::optional<Tensor>& q_norm_bias, const c10::optional<Tensor>& k_norm_weight,
+               const c10::optional<Tensor>& k_norm_bias, c10::optional<int64_t> seed,
+               c10::string_view backend, bool check_finite, double l2_eps, double layernorm_eps) {
+  const AttentionOptions o = options_of(kind, false, "top_left", c10::nullopt, 0.0, false, c10::nullopt,
+                                        head_scale, q_norm_weight, q_norm_bias, k_norm_weight, k_norm_bias,
+                                        seed, backend, check_finite, l2_eps, layernorm_eps, c10::nullopt,
+                                        false);
+  return scaled_dot_product_attention(query, key, value, or_undefined(attn_mask), dropout_p, is_causal,
+                                      scale.has_value() ? std::optional<double>(*scale) : std::nullopt,
+                                      enable_gqa, o);
 }
 
 // (output, weights or an empty tensor, diagnostics (6, H) float64 or an empty tensor).
@@ -175,6 +194,12 @@ TORCH_LIBRARY(quest, m) {
   m.def("attention_packed_forward(Tensor qkv, int heads, " QUEST_OPTION_SCHEMA
         ", bool need_weights=False, bool need_diagnostics=False) -> (Tensor, Tensor, Tensor)",
         &quest::attention_packed_forward_op, pt2);
+  m.def("scaled_dot_product_attention(Tensor query, Tensor key, Tensor value, Tensor? attn_mask=None, "
+        "float dropout_p=0.0, bool is_causal=False, float? scale=None, bool enable_gqa=False, *, "
+        "str kind=\"quest\", Tensor? head_scale=None, Tensor? q_norm_weight=None, Tensor? q_norm_bias=None, "
+        "Tensor? k_norm_weight=None, Tensor? k_norm_bias=None, int? seed=None, str backend=\"auto\", "
+        "bool check_finite=True, float l2_eps=1e-06, float layernorm_eps=1e-05) -> Tensor",
+        &quest::sdpa_op, pt2);
   m.def("select_backend(Tensor q, Tensor k, Tensor v, " QUEST_OPTION_SCHEMA
         ") -> (str, str[])",
         &quest::select_backend_op);

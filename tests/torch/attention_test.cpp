@@ -182,6 +182,76 @@ TEST(Attention, StridedInputsNeedNoCopy) {
   }
 }
 
+// Grouped-query attention against its definition: the same call with each key/value head repeated
+// for its group (no GQA), dK and dV summed over the group. Every backend, every kind, causal and
+// padded, head scales per query head.
+TEST(Attention, GroupedQueryIsAttentionOnRepeatedHeads) {
+  const int64_t b = 2, hq = 6, hk = 2, group = hq / hk, n = 9, d = 8;
+  for (auto [backend, dtype, tol] : {std::tuple{Backend::fused, torch::kFloat, 2e-5},
+                                     {Backend::reference, torch::kDouble, 1e-12},
+                                     {Backend::composite, torch::kDouble, 1e-12}}) {
+    for (Kind kind : all_kinds()) {
+      torch::manual_seed(11);
+      const auto opts = torch::TensorOptions().dtype(dtype);
+      const Tensor q = torch::randn({b, hq, n, d}, opts), k = torch::randn({b, hk, n, d}, opts),
+                   v = torch::randn({b, hk, n, d}, opts), dout = torch::randn({b, hq, n, d}, opts);
+      Tensor pad = torch::zeros({b, n}, torch::kBool);
+      pad[1].slice(0, 6).fill_(true);
+      AttentionOptions o(kind);
+      o.causal(true).key_padding_mask(pad).backend(backend);
+      if (kind == Kind::qknorm) o.head_scale(torch::linspace(1, 3, hq, opts));
+
+      auto run = [&](const Tensor& kk, const Tensor& vv, bool gqa) {
+        const Tensor ql = q.clone().requires_grad_(), kl = kk.clone().requires_grad_(),
+                     vl = vv.clone().requires_grad_();
+        const Tensor out = attention(ql, kl, vl, AttentionOptions(o).enable_gqa(gqa));
+        out.backward(dout);
+        return std::vector<Tensor>{out, ql.grad(), kl.grad(), vl.grad()};
+      };
+      const auto grouped = run(k, v, true);
+      const auto repeated = run(k.repeat_interleave(group, 1), v.repeat_interleave(group, 1), false);
+      const std::vector<Tensor> expected = {repeated[0], repeated[1],
+                                            repeated[2].view({b, hk, group, n, d}).sum(2),
+                                            repeated[3].view({b, hk, group, n, d}).sum(2)};
+      for (size_t i = 0; i < expected.size(); ++i)
+        EXPECT_TRUE(torch::allclose(grouped[i], expected[i], tol, tol))
+            << to_string(backend) << " " << to_string(kind) << " output/grad " << i << ": max error "
+            << (grouped[i] - expected[i]).abs().max().item<double>();
+    }
+  }
+}
+
+// The SDPA contract against LibTorch's own scaled_dot_product_attention (kind standard): leading
+// batch dims, a padding mask (fused), a bool mask over queries and a float bias (composite),
+// is_causal, scale and grouped-query attention.
+TEST(Attention, ScaledDotProductAttentionIsTorchs) {
+  torch::manual_seed(5);
+  const Tensor q = torch::randn({2, 3, 4, 5, 8}), k = torch::randn({2, 3, 2, 7, 8}), v = torch::randn({2, 3, 2, 7, 6});
+  Tensor padding = torch::rand({2, 3, 1, 1, 7}) < 0.6;
+  padding.select(-1, 0).fill_(true);
+  Tensor rows = torch::rand({5, 7}) < 0.5;
+  rows.select(-1, 0).fill_(true);
+  const Tensor bias = torch::randn({2, 1, 1, 5, 7});
+  for (const Tensor& mask : {Tensor(), padding, rows, bias}) {
+    for (bool causal : {false, true}) {
+      if (causal && mask.defined()) continue;
+      for (std::optional<double> scale : {std::optional<double>(), std::optional<double>(0.3)}) {
+        const Tensor ours = quest::scaled_dot_product_attention(q, k, v, mask, 0.0, causal, scale, true,
+                                                         AttentionOptions(Kind::standard));
+        const Tensor theirs = at::scaled_dot_product_attention(
+            q, k, v, mask.defined() ? std::optional<Tensor>(mask) : std::nullopt, 0.0, causal, scale, true);
+        EXPECT_TRUE(torch::allclose(ours, theirs, 1e-5, 2e-6))
+            << "mask " << (mask.defined() ? mask.sizes() : c10::IntArrayRef{}) << " causal " << causal
+            << ": max error " << (ours - theirs).abs().max().item<double>();
+      }
+    }
+  }
+  EXPECT_NE(testing::error_message([&] { quest::scaled_dot_product_attention(q, k, v, padding, 0.0, true); })
+                .find("not both"), std::string::npos);
+  EXPECT_NE(testing::error_message([&] { quest::scaled_dot_product_attention(q, k, v); }).find("head counts differ"),
+            std::string::npos);
+}
+
 TEST(Attention, DiagnosticsMatchTheirDefinitionOnEveryPath) {
   for (Kind kind : all_kinds()) {
     const OracleInputs in = make_inputs({3, 2, 6, 8, 5, 3}, kind, kCausal | kPad, torch::kDouble, 5);

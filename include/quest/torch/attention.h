@@ -65,6 +65,10 @@ struct AttentionOptions {
   // key normalisation (a KV cache stores keys so; a cached QUEST step then costs what a standard
   // one does). Gradients flow to those normalised keys; diagnostics report their norms.
   TORCH_ARG(bool, keys_normalized) = false;
+  // Grouped- and multi-query attention (torch's SDPA enable_gqa): k and v have Hk heads, q a
+  // multiple Hq of them, and query head h attends with key/value head h / (Hq / Hk). The kernels
+  // read K and V in place (no copy per group); head_scale is per query head.
+  TORCH_ARG(bool, enable_gqa) = false;
 };
 
 struct AttentionOutput {
@@ -101,6 +105,22 @@ torch::Tensor attention_packed(const torch::Tensor& qkv, int64_t heads,
 AttentionOutput attention_packed_forward(const torch::Tensor& qkv, int64_t heads,
                                          const AttentionOptions& options, bool need_weights,
                                          bool need_diagnostics);
+// torch.nn.functional.scaled_dot_product_attention's contract over quest's kinds: query
+// (..., Hq, L, E), key (..., Hk, S, E), value (..., Hk, S, Ev) with the same leading batch dims
+// (any number, none included); attn_mask bool (true takes part) or float (added to the logits),
+// broadcastable to (..., Hq, L, S); is_causal top-left aligned (exclusive with attn_mask);
+// dropout_p applied whenever > 0; scale default: the kind's (1/sqrt(E) for standard, 1 for quest);
+// enable_gqa: Hq a multiple of Hk. A bool mask that varies along keys only (e.g. (N, 1, 1, S))
+// runs fused as a key padding mask; any other mask runs on the composite as a logit bias. A query
+// row that sees no key outputs zeros (torch: NaN). `options` gives the kind and quest's own
+// settings (head_scale, LayerNorm affine, backend, check_finite, eps, seed); its masks, dropout,
+// scale and enable_gqa are set from the SDPA arguments. Returns (..., Hq, L, Ev).
+torch::Tensor scaled_dot_product_attention(const torch::Tensor& query, const torch::Tensor& key,
+                                           const torch::Tensor& value, const torch::Tensor& attn_mask = {},
+                                           double dropout_p = 0.0, bool is_causal = false,
+                                           std::optional<double> scale = std::nullopt, bool enable_gqa = false,
+                                           AttentionOptions options = {});
+
 // Which backend a call runs on, and why the backends before it in the order were not taken, as
 // ATen's SDPA constraint checks do ("fused: computes in float32 only, got Double").
 struct BackendSelection {
