@@ -1,11 +1,16 @@
-"""quest.attention from Python against what a PyTorch user writes by hand.
+"""quest.attention from Python against the peers a PyTorch user would run instead.
 
     PYTHONPATH=build/python .venv/bin/python bench/python/bench_attention.py --json out.json
 
-Hand-written: (F.normalize(k, dim=-1) for quest) -> matmul -> softmax -> matmul. GFLOP/s by the
-FlashAttention convention (forward 4·B·H·N²·D, forward+backward 3.5× that); ratios are medians of
-per-pair time ratios, the two paths timed alternately in the same run so shared noise cancels;
-sgemm 1024³ through torch.mm (the BLAS named in the output) is sampled between the measurements.
+Paths, each computing the same math (for quest: keys normalised first, scale 1):
+  fused   quest's fused kernel (quest.attention, backend="fused")
+  sdpa    torch's F.scaled_dot_product_attention (its CPU flash kernel) on F.normalize(k)
+  flex    FlexAttention (torch.compile'd flex_attention) on F.normalize(k), where torch supports it
+  hand    the composite a user writes: (F.normalize(k)) -> matmul -> softmax -> matmul
+GFLOP/s by the FlashAttention convention (forward 4·B·H·N²·D, forward+backward 3.5× that); ratios
+are medians of per-round time ratios, every path timed in each round (order alternating) so shared
+noise cancels; sgemm 1024³ through torch.mm (the BLAS named in the output) is sampled between
+rounds. A shape "B,H,N,D" or, grouped-query, "B,Hq/Hk,N,D".
 """
 import argparse
 import json
@@ -19,19 +24,48 @@ import torch.nn.functional as F
 
 import quest
 
-SHAPES = ["64,4,65,32", "32,12,197,64", "4,8,1024,64", "1,8,4096,64"]
+SHAPES = ["128,4,50,16", "64,4,65,32", "16,4,128,32", "32,12,197,64", "4,8,1024,64",
+          "1,8,4096,64", "4,8/2,1024,64"]
+PATHS = ["fused", "sdpa", "flex", "hand"]
 
 
-def hand_written(q, k, v, kind: str):
-    if kind == "quest":
-        s = q @ F.normalize(k, dim=-1).transpose(-2, -1)
-    else:
-        s = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))
-    return torch.softmax(s, -1) @ v
+def keys(k, kind: str):
+    return F.normalize(k, dim=-1, eps=1e-6) if kind == "quest" else k
+
+
+def scale_of(kind: str, d: int) -> float:
+    return 1.0 if kind == "quest" else 1.0 / math.sqrt(d)
+
+
+def repeat_kv(t, q):
+    """Each key/value head repeated for its query heads (what the composite must do for GQA)."""
+    return t.repeat_interleave(q.size(1) // t.size(1), 1) if t.size(1) != q.size(1) else t
+
+
+def hand(q, k, v, kind: str):
+    s = (q @ repeat_kv(keys(k, kind), q).transpose(-2, -1)) * scale_of(kind, q.size(-1))
+    return torch.softmax(s, -1) @ repeat_kv(v, q)
 
 
 def fused(q, k, v, kind: str):
-    return quest.attention(q, k, v, kind, backend="fused")
+    return quest.attention(q, k, v, kind, backend="fused", enable_gqa=k.size(1) != q.size(1))
+
+
+def sdpa(q, k, v, kind: str):
+    return F.scaled_dot_product_attention(q, keys(k, kind), v, scale=scale_of(kind, q.size(-1)),
+                                          enable_gqa=k.size(1) != q.size(1))
+
+
+_flex = None
+
+
+def flex(q, k, v, kind: str):
+    global _flex
+    if _flex is None:
+        from torch.nn.attention.flex_attention import flex_attention
+        _flex = torch.compile(flex_attention, dynamic=False)
+    return _flex(q, keys(k, kind), v, scale=scale_of(kind, q.size(-1)),
+                 enable_gqa=k.size(1) != q.size(1))
 
 
 def seconds_per_call(fn, min_time: float) -> float:
@@ -60,10 +94,19 @@ def step(path, q, k, v, kind, backward: bool, dout):
     path(q, k, v, kind).backward(dout)
 
 
+def parse_shape(shape: str):
+    b, h, n, d = shape.split(",")
+    hq, _, hk = h.partition("/")
+    return int(b), int(hq), int(hk or hq), int(n), int(d)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shapes", nargs="+", default=SHAPES, help="B,H,N,D")
+    p.add_argument("--shapes", nargs="+", default=SHAPES, help="B,H,N,D or B,Hq/Hk,N,D")
     p.add_argument("--kinds", nargs="+", default=["standard", "quest"], choices=quest.KINDS)
+    p.add_argument("--paths", nargs="+", default=PATHS, choices=PATHS)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--modes", nargs="+", default=["fwd", "fwd_bwd"], choices=["fwd", "fwd_bwd"])
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--min-time", type=float, default=0.1, help="seconds per sample")
     p.add_argument("--json", help="write the results here")
@@ -72,55 +115,69 @@ def main() -> None:
                         "torch's own default is the physical cores)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    functions = {"fused": fused, "sdpa": sdpa, "flex": flex, "hand": hand}
 
     info = quest.runtime()
-    header = {"threads": torch.get_num_threads(), "torch": torch.__version__,
+    header = {"threads": torch.get_num_threads(), "torch": torch.__version__, "dtype": args.dtype,
               "simd_target": info["simd_target"], "blas": info["blas"],
-              "blas_core": info["blas_core"],
+              "blas_core": info["blas_core"], "paths": args.paths,
               "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "")}
-    print(json.dumps(header))
+    print(json.dumps(header), flush=True)
     rows, sgemm = [], []
     for shape in args.shapes:
-        b, h, n, d = (int(x) for x in shape.split(","))
-        flops = 4 * b * h * n * n * d
+        b, hq, hk, n, d = parse_shape(shape)
+        flops = 4 * b * hq * n * n * d
         for kind in args.kinds:
-            torch.manual_seed(0)
-            q, k, v = (torch.randn(b, h, n, d, requires_grad=True) for _ in range(3))
-            dout = torch.randn(b, h, n, d)
+            g = torch.Generator().manual_seed(0)
+            q = torch.randn(b, hq, n, d, generator=g).to(dtype).requires_grad_()
+            k, v = (torch.randn(b, hk, n, d, generator=g).to(dtype).requires_grad_() for _ in range(2))
+            dout = torch.randn(b, hq, n, d, generator=g).to(dtype)
             row = {"shape": shape, "kind": kind}
-            for mode, backward, work in (("fwd", False, flops), ("fwd_bwd", True, 3.5 * flops)):
-                times = {"fused": [], "hand": []}
-                for path in (fused, hand_written):  # warm-up
-                    step(path, q, k, v, kind, backward, dout)
+            for mode in args.modes:
+                backward, work = mode == "fwd_bwd", flops * (3.5 if mode == "fwd_bwd" else 1)
+                paths = []
+                for name in args.paths:  # warm-up; a path that cannot run this says why
+                    try:
+                        step(functions[name], q, k, v, kind, backward, dout)
+                        paths.append(name)
+                    except Exception as e:  # noqa: BLE001 (recorded, not hidden)
+                        row[f"{mode}_{name}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+                times = {name: [] for name in paths}
                 for r in range(args.repeats):
-                    order = [("fused", fused), ("hand", hand_written)]
-                    for name, path in (order if r % 2 == 0 else order[::-1]):
+                    for name in (paths if r % 2 == 0 else paths[::-1]):
                         times[name].append(seconds_per_call(
-                            lambda: step(path, q, k, v, kind, backward, dout), args.min_time))
+                            lambda: step(functions[name], q, k, v, kind, backward, dout), args.min_time))
                     sgemm.append(sgemm_gflops())
-                row[f"{mode}_fused_gflops"] = work / statistics.median(times["fused"]) / 1e9
-                row[f"{mode}_hand_gflops"] = work / statistics.median(times["hand"]) / 1e9
-                row[f"{mode}_fused_over_hand"] = statistics.median(
-                    th / tf for tf, th in zip(times["fused"], times["hand"]))
+                for name in paths:
+                    row[f"{mode}_{name}_gflops"] = work / statistics.median(times[name]) / 1e9
+                    if name != "fused" and "fused" in times:
+                        row[f"{mode}_fused_over_{name}"] = statistics.median(
+                            tp / tf for tf, tp in zip(times["fused"], times[name]))
             rows.append(row)
-            print(json.dumps(row))
-    sgemm_median = statistics.median(sgemm)
+            print(json.dumps(row), flush=True)
+    sgemm_median = statistics.median(sgemm) if sgemm else float("nan")
     for row in rows:
-        for mode in ("fwd", "fwd_bwd"):
-            row[f"{mode}_fused_over_sgemm"] = row[f"{mode}_fused_gflops"] / sgemm_median
+        for mode in args.modes:
+            if f"{mode}_fused_gflops" in row:
+                row[f"{mode}_fused_over_sgemm"] = row[f"{mode}_fused_gflops"] / sgemm_median
     summary = {**header, "sgemm_1024_gflops_median": sgemm_median,
-               "sgemm_1024_gflops_range": [min(sgemm), max(sgemm)], "rows": rows}
+               "sgemm_1024_gflops_range": [min(sgemm, default=0), max(sgemm, default=0)], "rows": rows}
 
-    print(f"\nsgemm 1024^3 (torch.mm, OpenBLAS core {info['blas_core']}): median "
-          f"{sgemm_median:.1f} GFLOP/s, range {min(sgemm):.1f}-{max(sgemm):.1f}")
-    print("| B, H, N, D | kind | fused fwd | fused fwd+bwd | fwd / hand | f+b / hand | "
-          "fwd / sgemm | f+b / sgemm |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['shape'].replace(',', ', ')} | {r['kind']} | {r['fwd_fused_gflops']:.1f} | "
-              f"{r['fwd_bwd_fused_gflops']:.1f} | {r['fwd_fused_over_hand']:.2f} | "
-              f"{r['fwd_bwd_fused_over_hand']:.2f} | {r['fwd_fused_over_sgemm']:.2f} | "
-              f"{r['fwd_bwd_fused_over_sgemm']:.2f} |")
+    print(f"\nsgemm 1024^3 (torch.mm, {info['blas']}): median {sgemm_median:.1f} GFLOP/s")
+    peers = [name for name in args.paths if name != "fused"]
+    for mode in args.modes:
+        print(f"\n{mode} ({args.dtype}), GFLOP/s and fused / peer (n/a: the path cannot run it)")
+        print("| B, H, N, D | kind | " + " | ".join(args.paths) + " | " +
+              " | ".join(f"fused / {p}" for p in peers) + " |")
+        print("|---|---|" + "---|" * (len(args.paths) + len(peers)))
+        for r in rows:
+            cells = [f"{r[f'{mode}_{p}_gflops']:.1f}" if f"{mode}_{p}_gflops" in r else "n/a"
+                     for p in args.paths]
+            ratios = [f"{r[f'{mode}_fused_over_{p}']:.2f}" if f"{mode}_fused_over_{p}" in r else "n/a"
+                      for p in peers]
+            print(f"| {r['shape'].replace(',', ', ')} | {r['kind']} | " + " | ".join(cells) + " | " +
+                  " | ".join(ratios) + " |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=2)

@@ -12,7 +12,7 @@ from torch import Tensor
 from . import _ops  # noqa: F401  (loads libquest_ops.so: registers torch.ops.quest.*)
 
 KINDS = ("standard", "quest", "qnorm", "qknorm", "qk_layernorm")
-BACKENDS = ("auto", "fused", "composite", "reference")
+BACKENDS = ("auto", "fused", "composite", "reference", "sdpa")
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", causal: bool = False,
@@ -34,8 +34,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", causal: bool
     queries against a cache of earlier keys). key_padding_mask: (B, Nk) bool, True = padding.
     dropout_p applies to the attention weights only when `training`; `seed` fixes its mask
     (default: drawn from torch's generator, so torch.manual_seed fixes it).
-    scale: logit scale (default per kind). backend: "auto" (fused for float32, else composite),
-    "fused", "composite" or "reference". check_finite: reject NaN/Inf inputs with an error naming
+    scale: logit scale (default per kind). backend: "auto" (on CPU: fused for float32, else
+    composite; on other devices: "sdpa"), "fused", "composite", "reference" or "sdpa" (torch's
+    F.scaled_dot_product_attention on the kind's normalised q and k, any device). check_finite: reject NaN/Inf inputs with an error naming
     the tensor; off, NaN/Inf propagate exactly as in the matmul -> softmax -> matmul composite.
     attn_bias: an additive logit bias broadcastable to (B, H, Nq, Nk) in q's dtype (torch's float
     attn_mask: -inf blocks); it runs on the composite backend.

@@ -18,13 +18,14 @@ std::string to_string(Backend backend) {
     case Backend::reference: return "reference";
     case Backend::composite: return "composite";
     case Backend::fused: return "fused";
+    case Backend::sdpa: return "sdpa";
   }
   return "?";
 }
 
 std::optional<Backend> parse_backend(std::string_view name) {
   if (name == "auto") return Backend::automatic;
-  for (Backend b : {Backend::automatic, Backend::reference, Backend::composite, Backend::fused})
+  for (Backend b : {Backend::automatic, Backend::reference, Backend::composite, Backend::fused, Backend::sdpa})
     if (name == to_string(b)) return b;
   return std::nullopt;
 }
@@ -33,7 +34,7 @@ std::optional<Backend> parse_backend_override(const char* value) {
   if (!value || !*value) return std::nullopt;
   const auto forced = parse_backend(value);
   TORCH_CHECK(forced.has_value(), "quest::attention: QUEST_ATTENTION_BACKEND='", value,
-              "' is not one of automatic, reference, composite, fused");
+              "' is not one of automatic, reference, composite, fused, sdpa");
   if (*forced == Backend::automatic) return std::nullopt;
   return forced;
 }
@@ -123,7 +124,7 @@ std::pair<Tensor, Tensor> composite(const AttentionCall& c) {
   if (c.dropout > 0) {
     Tensor keep = torch::empty({c.dims.batch, c.dims.heads, c.dims.q_len, c.dims.k_len}, torch::kBool);
     dropout_keep_mask(c.seed, c.dropout, c.dims, keep.data_ptr<bool>());
-    dropped = probs * keep.to(probs.scalar_type()) * (1.0 / (1.0 - c.dropout));
+    dropped = probs * keep.to(probs.options()) * (1.0 / (1.0 - c.dropout));  // drawn on the host
   }
   Tensor out = torch::matmul(dropped, per_query_head(c.v, c));
   if (empty_row.defined()) out = out.masked_fill(empty_row, 0);
@@ -136,6 +137,8 @@ HeadDiagnostics reference_diagnostics(const AttentionCall& call) {
   torch::NoGradGuard no_grad;
   AttentionCall c = call;
   c.dropout = 0;
+  for (auto field : AttentionCall::tensor_fields())  // the reference reads host memory
+    if ((c.*field).defined()) c.*field = (c.*field).cpu();
   HeadDiagnostics d;
   detail::run_kernel(c, KernelBackend::reference, &d);
   return d;
@@ -199,6 +202,7 @@ FusedLayout fused_layout(const AttentionCall& c) {
 }
 
 std::string reference_why_not(const AttentionCall& c) {
+  if (!c.q.device().is_cpu()) return "runs on CPU tensors only, got " + c.q.device().str();
   if (c.attn_bias.defined()) return "takes masks as flags (causal, key_padding_mask), not an attn_bias";
   // The kernels run grouped-query calls group by group, and their dropout mask is drawn per
   // (b, h) of the call they see: it would differ from the composite's.
@@ -207,13 +211,18 @@ std::string reference_why_not(const AttentionCall& c) {
 }
 
 std::string fused_why_not(const AttentionCall& c) {
-  if (const std::string reason = reference_why_not(c); !reason.empty()) return reason;
+  if (const std::string reason = reference_why_not(c); !reason.empty()) return reason;  // the same limits
   if (c.q.scalar_type() != torch::kFloat)
     return std::string("computes in float32 only, got ") + c10::toString(c.q.scalar_type());
   return fused::why_not(fused_layout(c).layout_args(c));
 }
 
 std::string always_eligible(const AttentionCall&) { return ""; }
+
+std::string sdpa_why_not(const AttentionCall& c) {
+  if (c.dropout > 0) return "its dropout mask would be torch's, not quest's seeded one";
+  return "";
+}
 
 AttentionOutput run_fused(const AttentionCall& c, bool need_weights, bool need_diagnostics) {
   const AttentionCall f = fused_layout(c).apply(c);
@@ -263,6 +272,46 @@ AttentionOutput run_composite(const AttentionCall& c, bool need_weights, bool ne
   return r;
 }
 
+// torch's SDPA on the kind's normalised q and k: QUEST = SDPA(q, k/|k|, v, scale=1), a per-head
+// scale folded into q, so torch's flash / memory-efficient / cuDNN kernels serve any device.
+// The flags become SDPA's bool mask (true takes part) or, with an attn_bias, its float mask; rows
+// that see no key are unmasked before and zeroed after, as the composite does, so no NaN enters.
+AttentionOutput run_sdpa(const AttentionCall& c, bool need_weights, bool need_diagnostics) {
+  Tensor qn = normalise(c.q, c.q_norm, c.q_norm_weight, c.q_norm_bias, c);
+  const Tensor kn = normalise(c.k, c.k_norm, c.k_norm_weight, c.k_norm_bias, c);
+  double scale = c.scale;
+  if (c.head_scale.defined()) {
+    qn = qn * c.head_scale.view({1, -1, 1, 1});
+    scale = 1.0;
+  }
+  // top-left causal alone is SDPA's is_causal (no row is empty: row i sees key 0).
+  const bool flag_only = c.causal && !c.key_padding_mask.defined() && !c.attn_bias.defined() &&
+                         (c.causal_alignment == CausalAlignment::top_left || c.q.sym_size(2) == c.k.sym_size(2));
+  std::optional<Tensor> mask;
+  Tensor empty_row;
+  if (!flag_only) {
+    if (const Tensor hidden = hidden_keys(c); hidden.defined()) {
+      empty_row = hidden.all(-1, /*keepdim=*/true);
+      const Tensor visible = hidden.logical_not().logical_or(empty_row);
+      mask = c.attn_bias.defined()
+                 ? torch::where(visible, c.attn_bias, -INFINITY).masked_fill(empty_row, 0)
+                 : visible;
+    } else if (c.attn_bias.defined()) {
+      mask = c.attn_bias;
+    }
+  }
+  AttentionOutput r;
+  r.output = at::scaled_dot_product_attention(qn, kn, c.v, mask, 0.0, flag_only, scale, c.kv_group > 1);
+  if (empty_row.defined()) r.output = r.output.masked_fill(empty_row, 0);
+  if (need_weights) r.weights = weights_of(c);
+  if (need_diagnostics) {
+    TORCH_CHECK(!c.attn_bias.defined(), "quest::attention: diagnostics are not computed with an "
+                "attn_bias (they follow the kernels, which take masks as flags)");
+    r.diagnostics = reference_diagnostics(c);
+  }
+  return r;
+}
+
 using RunFn = AttentionOutput (*)(const AttentionCall&, bool need_weights, bool need_diagnostics);
 
 // Packed self-attention: q, k, v are the (B, H, N, D) views of qkv5 = (B, N, 3, H, D); the output
@@ -287,11 +336,10 @@ AttentionOutput run_fused_packed(const AttentionCall& c, const Tensor& qkv5, boo
   return r;
 }
 
-// One row per backend, in the order `automatic` tries them: everything the dispatcher knows
-// about a backend is here (ATen's SDPA keeps its constraints the same way).
+// One row per backend: everything the dispatcher knows about a backend is here (ATen's SDPA
+// keeps its constraints the same way).
 struct BackendEntry {
   Backend id;
-  bool automatic;                                // tried by Backend::automatic
   std::string (*why_not)(const AttentionCall&);  // "" = eligible
   RunFn run;
   // Packed self-attention (B, N, 3, H, D) read in place; null: split the heads, run, merge.
@@ -300,10 +348,22 @@ struct BackendEntry {
 };
 
 const BackendEntry kBackends[] = {
-    {Backend::fused, true, fused_why_not, run_fused, run_fused_packed},
-    {Backend::composite, true, always_eligible, run_composite, nullptr},
-    {Backend::reference, false, reference_why_not, run_reference, nullptr},
+    {Backend::fused, fused_why_not, run_fused, run_fused_packed},
+    {Backend::composite, always_eligible, run_composite, nullptr},
+    {Backend::reference, reference_why_not, run_reference, nullptr},
+    {Backend::sdpa, sdpa_why_not, run_sdpa, nullptr},
 };
+
+const BackendEntry& entry_of(Backend id) {
+  for (const BackendEntry& e : kBackends)
+    if (e.id == id) return e;
+  TORCH_CHECK(false, "quest::attention: no backend ", to_string(id));
+}
+
+// The order `automatic` tries them in: on the CPU quest's kernels (the fused for float32), on any
+// other device torch's SDPA, the composite where neither can.
+constexpr Backend kCpuOrder[] = {Backend::fused, Backend::composite};
+constexpr Backend kDeviceOrder[] = {Backend::sdpa, Backend::composite};
 
 struct Selected {
   const BackendEntry* entry;
@@ -314,8 +374,13 @@ Selected select(const AttentionCall& c) {
   Backend wanted = c.requested;
   if (wanted == Backend::automatic) wanted = backend_override().value_or(Backend::automatic);
   Selected s{nullptr, {}};
-  for (const BackendEntry& e : kBackends) {
-    if (wanted == Backend::automatic ? !e.automatic : e.id != wanted) continue;
+  std::vector<Backend> order(1, wanted);
+  if (wanted == Backend::automatic) {
+    if (c.q.device().is_cpu()) order.assign(std::begin(kCpuOrder), std::end(kCpuOrder));
+    else order.assign(std::begin(kDeviceOrder), std::end(kDeviceOrder));
+  }
+  for (Backend id : order) {
+    const BackendEntry& e = entry_of(id);
     const std::string reason = e.why_not(c);
     if (reason.empty()) {
       s.entry = &e;

@@ -10,10 +10,10 @@ namespace {
 
 using torch::Tensor;
 
-void check_input(const Tensor& t, const char* name) {
+void check_input(const Tensor& t, const char* name, const Tensor& q) {
   TORCH_CHECK(t.defined(), "quest::attention: ", name, " is undefined");
-  TORCH_CHECK(t.device().is_cpu(), "quest::attention: ", name, " is on ", t.device(),
-              "; quest runs on CPU tensors only");
+  TORCH_CHECK(t.device() == q.device(), "quest::attention: ", name, " is on ", t.device(), " but q is on ",
+              q.device());
   TORCH_CHECK(t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kDouble,
               "quest::attention: ", name, " has dtype ", t.scalar_type(),
               "; expected float32 or float64");
@@ -25,8 +25,8 @@ void check_input(const Tensor& t, const char* name) {
 
 void check_param(const Tensor& t, const char* name, const c10::SymInt& size, const Tensor& like) {
   if (!t.defined()) return;
-  TORCH_CHECK(t.device().is_cpu(), "quest::attention: ", name, " is on ", t.device(),
-              "; quest runs on CPU tensors only");
+  TORCH_CHECK(t.device() == like.device(), "quest::attention: ", name, " is on ", t.device(), " but q is on ",
+              like.device());
   TORCH_CHECK(t.scalar_type() == like.scalar_type(), "quest::attention: ", name, " has dtype ",
               t.scalar_type(), " but q has ", like.scalar_type());
   TORCH_CHECK(t.dim() == 1 && t.sym_size(0) == size, "quest::attention: ", name,
@@ -59,9 +59,10 @@ int64_t known(const c10::SymInt& size) { return size.maybe_as_int().value_or(-1)
 }  // namespace
 
 AttentionCall make_call(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& o) {
-  check_input(q, "q");
-  check_input(k, "k");
-  check_input(v, "v");
+  TORCH_CHECK(q.defined(), "quest::attention: q is undefined");
+  check_input(q, "q", q);
+  check_input(k, "k", q);
+  check_input(v, "v", q);
   TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
               "quest::attention: q, k, v must share a dtype, got ", q.scalar_type(), ", ",
               k.scalar_type(), ", ", v.scalar_type());
@@ -119,7 +120,8 @@ AttentionCall make_call(const Tensor& q, const Tensor& k, const Tensor& v, const
   if (m.defined()) {
     TORCH_CHECK(m.scalar_type() == torch::kBool, "quest::attention: key_padding_mask has dtype ",
                 m.scalar_type(), "; expected bool (true = padding)");
-    TORCH_CHECK(m.device().is_cpu(), "quest::attention: key_padding_mask is on ", m.device());
+    TORCH_CHECK(m.device() == q.device(), "quest::attention: key_padding_mask is on ", m.device(),
+                " but q is on ", q.device());
     TORCH_CHECK(m.dim() == 2 && m.sym_size(0) == batch && m.sym_size(1) == k_len,
                 "quest::attention: key_padding_mask must have shape [B, Nk] = [", batch, ", ", k_len,
                 "], got ", m.sym_sizes());
@@ -129,7 +131,8 @@ AttentionCall make_call(const Tensor& q, const Tensor& k, const Tensor& v, const
   if (bias.defined()) {
     TORCH_CHECK(bias.scalar_type() == q.scalar_type(), "quest::attention: attn_bias has dtype ",
                 bias.scalar_type(), " but q has ", q.scalar_type());
-    TORCH_CHECK(bias.device().is_cpu(), "quest::attention: attn_bias is on ", bias.device());
+    TORCH_CHECK(bias.device() == q.device(), "quest::attention: attn_bias is on ", bias.device(),
+                " but q is on ", q.device());
     const std::vector<c10::SymInt> full = {batch, heads, q_len, k_len};
     bool fits = bias.dim() <= 4;
     for (int64_t d = 0; fits && d < bias.dim(); ++d) {

@@ -43,7 +43,7 @@ AttentionOptions options_of(c10::string_view kind, bool causal, c10::string_view
   const std::string_view backend_name(backend.data(), backend.size());
   const std::optional<Backend> b = parse_backend(backend_name);
   TORCH_CHECK_VALUE(b.has_value(), "quest.attention: unknown backend '", backend_name,
-                    "'; expected one of auto, fused, composite, reference");
+                    "'; expected one of auto, fused, composite, reference, sdpa");
   const std::string_view alignment_name(causal_alignment.data(), causal_alignment.size());
   const std::optional<CausalAlignment> alignment = parse_causal_alignment(alignment_name);
   TORCH_CHECK_VALUE(alignment.has_value(), "quest.attention: unknown causal_alignment '",

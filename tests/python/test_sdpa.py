@@ -177,3 +177,41 @@ def test_opcheck(mask, gqa):
     m = make_mask(mask, (2,))
     opcheck(torch.ops.quest.scaled_dot_product_attention.default, (q, k, v, m),
             {"enable_gqa": gqa, "is_causal": mask is None})
+
+
+@pytest.mark.parametrize("kind", ["standard", "quest", "qnorm", "qknorm", "qk_layernorm"])
+@pytest.mark.parametrize("causal,alignment", [(False, "top_left"), (True, "top_left"),
+                                              (True, "bottom_right")])
+@pytest.mark.parametrize("nq,nk", [(5, 5), (7, 4), (3, 8)])
+def test_sdpa_backend_equals_the_composite(kind, causal, alignment, nq, nk):
+    """backend="sdpa" (torch's SDPA on the normalised q and k: what other devices run) against the
+    composite in float64, with padding that empties whole rows, a bias with -inf rows and GQA."""
+    g = torch.Generator().manual_seed(nq * 10 + nk)
+    q = torch.randn(2, 4, nq, E, generator=g, dtype=torch.float64)
+    k = torch.randn(2, 2, nk, E, generator=g, dtype=torch.float64)
+    v = torch.randn(2, 2, nk, 6, generator=g, dtype=torch.float64)
+    pad = torch.zeros(2, nk, dtype=torch.bool)
+    pad[1] = True  # every row of batch 1 sees no key: zeros, not NaN
+    pad[0, -1] = True
+    for bias in (None, torch.randn(nq, nk, generator=g, dtype=torch.float64)):
+        if bias is not None:
+            bias[0] = float("-inf")
+        o = dict(kind=kind, causal=causal, causal_alignment=alignment, enable_gqa=True,
+                 key_padding_mask=pad, attn_bias=bias)
+        if kind == "qknorm":
+            o["head_scale"] = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+        if kind == "qk_layernorm":
+            o["q_norm_weight"] = torch.linspace(0.5, 1.5, E, dtype=torch.float64)
+        got = forward_backward(lambda q, k, v: quest.attention(q, k, v, backend="sdpa", **o), [q, k, v])
+        want = forward_backward(lambda q, k, v: quest.attention(q, k, v, backend="composite", **o),
+                                [q, k, v])
+        for a, b in zip(got, want):
+            assert torch.isfinite(a).all()
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_sdpa_backend_says_what_it_cannot_run():
+    q, k, v = tensors((2,))
+    assert quest.select_backend(q, k, v, backend="sdpa") == ("sdpa", [])
+    with pytest.raises(RuntimeError, match="sdpa backend cannot run this call.*dropout"):
+        quest.attention(q, k, v, backend="sdpa", dropout_p=0.1, training=True)

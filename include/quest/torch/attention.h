@@ -21,7 +21,9 @@ namespace quest {
 // `automatic` takes the first eligible backend of {fused, composite} (fused needs float32);
 // QUEST_ATTENTION_BACKEND=reference|composite|fused overrides what `automatic` picks for a whole
 // process (read once, at the first attention call).
-enum class Backend { automatic, reference, composite, fused };
+// sdpa: torch's scaled_dot_product_attention on the kind's normalised q and k (any device; what
+// `automatic` runs off the CPU).
+enum class Backend { automatic, reference, composite, fused, sdpa };
 std::string to_string(Backend backend);
 // The names to_string prints, and "auto" for automatic (Python's spelling).
 std::optional<Backend> parse_backend(std::string_view name);
