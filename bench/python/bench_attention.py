@@ -85,9 +85,9 @@ def sgemm_gflops(n: int = 1024) -> float:
 
 
 def step(path, q, k, v, kind, backward: bool, dout):
-    if not backward:
+    if not backward:  # inputs detached: FlexAttention on CPU refuses ones that require grad
         with torch.no_grad():
-            path(q, k, v, kind)
+            path(q.detach(), k.detach(), v.detach(), kind)
         return
     for t in (q, k, v):
         t.grad = None
