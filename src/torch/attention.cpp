@@ -68,7 +68,8 @@ Tensor normalise(const Tensor& x, Norm norm, const Tensor& weight, const Tensor&
 Tensor normalize_keys(const Tensor& k, const AttentionOptions& o) {
   // Validated and resolved as a call would be (k stands in for q and v); no dropout seed drawn.
   const AttentionCall c = detail::make_call(
-      k, k, k, AttentionOptions(o).check_finite(false).keys_normalized(false).training(false));
+      k, k, k, AttentionOptions(o).check_finite(false).keys_normalized(false).training(false).head_scale({})
+                   .enable_gqa(false));  // k has the key/value heads; the head scale is per query head
   return normalise(k, c.k_norm, c.k_norm_weight, c.k_norm_bias, c);
 }
 

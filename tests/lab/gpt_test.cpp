@@ -12,9 +12,9 @@ using torch::Tensor;
 const std::vector<Kind> kKinds = {Kind::standard, Kind::quest, Kind::qnorm, Kind::qknorm,
                                   Kind::qk_layernorm};
 
-Gpt small(Kind kind, const std::string& positions, bool tied = true) {  // positions by name
-  Gpt m(GptOptions().context(24).dim(32).depth(2).heads(4).attention(kind).positions(parse_positions(positions))
-            .tied_embeddings(tied));
+Gpt small(Kind kind, const std::string& positions, bool tied = true, int64_t kv_heads = 0) {
+  Gpt m(GptOptions().context(24).dim(32).depth(2).heads(4).kv_heads(kv_heads).attention(kind)
+            .positions(parse_positions(positions)).tied_embeddings(tied));
   m->initialize(at::detail::createCPUGenerator(7));
   m->eval();
   return m;
@@ -50,8 +50,9 @@ TEST(Gpt, ChangingTokenTNeverChangesEarlierLogits) {
 
 TEST(Gpt, CachedDecodingGivesTheLogitsOfFullRecomputation) {
   for (Kind kind : kKinds)
-    for (const char* positions : {"learned", "rotary"}) {
-      Gpt m = small(kind, positions);
+    for (const char* positions : {"learned", "rotary"})
+    for (int64_t kv_heads : {0, 2, 1}) {  // multi-head, grouped-query, multi-query
+      Gpt m = small(kind, positions, true, kv_heads);
       torch::manual_seed(2);
       const Tensor tokens = torch::randint(0, 256, {2, 20}, torch::kLong);
       const Tensor full = m(tokens);
@@ -64,7 +65,7 @@ TEST(Gpt, CachedDecodingGivesTheLogitsOfFullRecomputation) {
       }
       EXPECT_EQ(cache.length(), 20);
       EXPECT_TRUE(torch::allclose(torch::cat(parts, 1), full, 1e-4, 1e-4))
-          << to_string(kind) << " " << positions << ": max diff "
+          << to_string(kind) << " " << positions << " kv_heads " << kv_heads << ": max diff "
           << (torch::cat(parts, 1) - full).abs().max().item<double>();
     }
 }

@@ -51,6 +51,9 @@ TEST(Lm, ConfigRoundTripsAndRejectsUnknownKeys) {
   EXPECT_NE(m.find("unknown config key 'modle'"), std::string::npos) << m;
   const std::string t = testing::error_message([] { lm_config_from_json({{"epochs", "two"}}); });
   EXPECT_NE(t.find("'epochs' must be"), std::string::npos) << t;
+  EXPECT_EQ(lm_config_from_json({{"model", {{"kv_heads", 2}}}}).model.kv_heads(), 2);  // of 6 heads
+  const std::string g = testing::error_message([] { lm_config_from_json({{"model", {{"kv_heads", 4}}}}); });
+  EXPECT_NE(g.find("model.kv_heads must be 0"), std::string::npos) << g;
 }
 
 TEST(Lm, LearnsAndResumesExactly) {

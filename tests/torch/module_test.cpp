@@ -154,10 +154,11 @@ TEST(Attention, NormalisedKeysGiveTheSameAttention) {
 
 TEST(MultiheadAttention, CachedDecodingMatchesFullRecomputation) {
   for (Kind kind : kAllKinds)
-    for (bool rotary : {false, true}) {
+    for (bool rotary : {false, true})
+    for (int64_t kv_heads : {4, 2, 1}) {  // multi-head, grouped-query, multi-query
       torch::manual_seed(2);
       nn::MultiheadAttention mha(
-          nn::MultiheadAttentionOptions(32, 4).kind(kind).causal(true).rotary(rotary));
+          nn::MultiheadAttentionOptions(32, 4).num_kv_heads(kv_heads).kind(kind).causal(true).rotary(rotary));
       mha->eval();
       const Tensor x = torch::randn({2, 12, 32});
       const Tensor full = mha(x);
@@ -170,11 +171,13 @@ TEST(MultiheadAttention, CachedDecodingMatchesFullRecomputation) {
       }
       ASSERT_EQ(at, 12);
       EXPECT_EQ(cache.length(), 12);
-      const std::string what = to_string(kind) + (rotary ? " rotary" : "");
+      const std::string what = to_string(kind) + (rotary ? " rotary" : "") + " kv_heads " + std::to_string(kv_heads);
       EXPECT_TRUE(torch::allclose(torch::cat(parts, 1), full, 1e-4, 1e-5)) << what;
+      EXPECT_EQ(cache.keys.size(1), kv_heads) << what;  // the cache holds the key/value heads only
       if (kind == Kind::quest)  // stored normalised: unit rows
-        EXPECT_TRUE(torch::allclose(cache.keys.norm(2, -1), torch::ones({2, 4, 12}), 1e-5, 1e-5)) << what;
+        EXPECT_TRUE(torch::allclose(cache.keys.norm(2, -1), torch::ones({2, kv_heads, 12}), 1e-5, 1e-5)) << what;
     }
+  EXPECT_THROW(nn::MultiheadAttention(nn::MultiheadAttentionOptions(32, 4).num_kv_heads(3)), c10::Error);
   // head_dim 3 cannot be rotated pairwise; rotary positions need a shared sequence.
   EXPECT_THROW(nn::MultiheadAttention(nn::MultiheadAttentionOptions(6, 2).rotary(true)), c10::Error);
   nn::MultiheadAttention rotary(nn::MultiheadAttentionOptions(8, 2).rotary(true));
@@ -182,6 +185,32 @@ TEST(MultiheadAttention, CachedDecodingMatchesFullRecomputation) {
   nn::MultiheadAttention not_causal(nn::MultiheadAttentionOptions(8, 2));
   nn::KVCache cache;
   EXPECT_THROW(not_causal->forward_cached(torch::randn({1, 2, 8}), cache), c10::Error);
+}
+
+// Grouped-query self- and cross-attention against the same module's projections run through
+// quest::attention with each key/value head repeated for its group.
+TEST(MultiheadAttention, GroupedQueryIsAttentionOnRepeatedHeads) {
+  for (Kind kind : kAllKinds) {
+    torch::manual_seed(4);
+    nn::MultiheadAttention mha(nn::MultiheadAttentionOptions(24, 6).num_kv_heads(2).kind(kind));
+    mha->eval();
+    EXPECT_EQ(mha->qkv->weight.size(0), 24 + 2 * 2 * 4);  // q: 6 heads; k, v: 2 heads of 4
+    const Tensor x = torch::randn({2, 7, 24}), context = torch::randn({2, 5, 24});
+    auto expected = [&](const Tensor& queries, const Tensor& keys_from) {
+      const Tensor w = mha->qkv->weight, b = mha->qkv->bias;
+      const Tensor q = torch::nn::functional::linear(queries, w.slice(0, 0, 24), b.slice(0, 0, 24));
+      const Tensor kv = torch::nn::functional::linear(keys_from, w.slice(0, 24), b.slice(0, 24));
+      auto heads = [](const Tensor& t, int64_t h) { return t.view({t.size(0), t.size(1), h, 4}).transpose(1, 2); };
+      const Tensor k = heads(kv.slice(2, 0, 8), 2).repeat_interleave(3, 1);
+      const Tensor v = heads(kv.slice(2, 8, 16), 2).repeat_interleave(3, 1);
+      const Tensor o = attention(heads(q, 6), k, v, mha->attention_options({}).enable_gqa(false));
+      return torch::nn::functional::linear(o.transpose(1, 2).reshape({2, queries.size(1), 24}),
+                                           mha->out_proj->weight, mha->out_proj->bias);
+    };
+    EXPECT_TRUE(torch::allclose(mha(x), expected(x, x), 1e-5, 1e-6)) << to_string(kind);
+    EXPECT_TRUE(torch::allclose(mha->forward_cross(x, context), expected(x, context), 1e-5, 1e-6))
+        << to_string(kind);
+  }
 }
 
 }  // namespace

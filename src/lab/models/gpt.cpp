@@ -9,6 +9,8 @@ GptBlockImpl::GptBlockImpl(const GptOptions& o) {
   const int64_t hidden = static_cast<int64_t>(o.dim() * o.mlp_ratio());
   norm1 = register_module("norm1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.dim()})));
   attn = register_module("attn", nn::MultiheadAttention(nn::MultiheadAttentionOptions(o.dim(), o.heads())
+                                                            .num_kv_heads(o.kv_heads() > 0 ? std::optional<int64_t>(o.kv_heads())
+                                                                                           : std::nullopt)
                                                             .kind(o.attention())
                                                             .causal(true)
                                                             .rotary(o.positions() == Positions::rotary)

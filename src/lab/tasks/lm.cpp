@@ -13,7 +13,7 @@ nlohmann::json to_json(const LmConfig& c) {
   nlohmann::json j = {{"task", "lm"},
           {"model",
            {{"vocab_size", m.vocab_size()}, {"context", m.context()}, {"dim", m.dim()},
-            {"depth", m.depth()}, {"heads", m.heads()}, {"mlp_ratio", m.mlp_ratio()},
+            {"depth", m.depth()}, {"heads", m.heads()}, {"kv_heads", m.kv_heads()}, {"mlp_ratio", m.mlp_ratio()},
             {"dropout", m.dropout()}, {"attention", to_string(m.attention())},
             {"backend", to_string(m.backend())}, {"positions", to_string(m.positions())},
             {"tied_embeddings", m.tied_embeddings()}}},
@@ -29,9 +29,12 @@ LmConfig lm_config_from_json(const nlohmann::json& j) {
   const auto& m = merged.at("model");
   const auto [kind, backend] = attention_choice(m);
   c.model.vocab_size(m.at("vocab_size")).context(m.at("context")).dim(m.at("dim"))
-      .depth(m.at("depth")).heads(m.at("heads")).mlp_ratio(m.at("mlp_ratio"))
+      .depth(m.at("depth")).heads(m.at("heads")).kv_heads(m.at("kv_heads")).mlp_ratio(m.at("mlp_ratio"))
       .dropout(m.at("dropout")).attention(kind).backend(backend).positions(models::parse_positions(m.at("positions")))
       .tied_embeddings(m.at("tied_embeddings"));
+  TORCH_CHECK(c.model.kv_heads() >= 0 && (c.model.kv_heads() == 0 || c.model.heads() % c.model.kv_heads() == 0),
+              "quest::training: model.kv_heads must be 0 (as many as heads) or divide heads (", c.model.heads(),
+              "), got ", c.model.kv_heads());
   c.steps_per_epoch = merged.at("steps_per_epoch");
   c.corpus = merged.at("corpus");
   c.corpus_bytes = merged.at("corpus_bytes");

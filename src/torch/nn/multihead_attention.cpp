@@ -22,7 +22,10 @@ void MultiheadAttentionImpl::reset() {
               "quest::nn::MultiheadAttention: rotary needs an even head_dim, got ", e / h);
   TORCH_CHECK(options.dropout() >= 0 && options.dropout() < 1,
               "quest::nn::MultiheadAttention: dropout must be in [0, 1), got ", options.dropout());
-  qkv = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(e, 3 * e)
+  const int64_t hkv = kv_heads();
+  TORCH_CHECK(hkv > 0 && h % hkv == 0, "quest::nn::MultiheadAttention: num_heads ", h,
+              " is not a multiple of num_kv_heads ", hkv);
+  qkv = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(e, e + 2 * hkv * (e / h))
                                                      .bias(options.bias())));
   out_proj = register_module("out_proj", torch::nn::Linear(torch::nn::LinearOptions(e, e)
                                                                .bias(options.bias())));
@@ -32,7 +35,9 @@ void MultiheadAttentionImpl::reset() {
 
 void MultiheadAttentionImpl::pretty_print(std::ostream& stream) const {
   stream << "quest::nn::MultiheadAttention(embed_dim=" << options.embed_dim()
-         << ", num_heads=" << options.num_heads() << ", kind=" << to_string(options.kind())
+         << ", num_heads=" << options.num_heads();
+  if (kv_heads() != options.num_heads()) stream << ", num_kv_heads=" << kv_heads();
+  stream << ", kind=" << to_string(options.kind())
          << ", dropout=" << options.dropout() << ", causal=" << options.causal()
          << (options.rotary() ? ", rotary" : "") << ")";
 }
@@ -45,11 +50,19 @@ AttentionOptions MultiheadAttentionImpl::attention_options(const torch::Tensor& 
       .dropout(options.dropout())
       .training(is_training())
       .backend(options.backend())
-      .check_finite(options.check_finite());
+      .check_finite(options.check_finite())
+      .enable_gqa(kv_heads() != options.num_heads());
 }
 
-torch::Tensor MultiheadAttentionImpl::split_heads(const torch::Tensor& x) const {
-  return x.view({x.size(0), x.size(1), options.num_heads(), head_dim()}).transpose(1, 2);
+torch::Tensor MultiheadAttentionImpl::split_heads(const torch::Tensor& x, int64_t heads) const {
+  return x.view({x.size(0), x.size(1), heads, head_dim()}).transpose(1, 2);
+}
+
+std::vector<torch::Tensor> MultiheadAttentionImpl::split_qkv(const torch::Tensor& projected) const {
+  const int64_t e = options.embed_dim(), kv = kv_heads() * head_dim();
+  return {split_heads(projected.slice(2, 0, e), options.num_heads()),
+          split_heads(projected.slice(2, e, e + kv), kv_heads()),
+          split_heads(projected.slice(2, e + kv, e + 2 * kv), kv_heads())};
 }
 
 torch::Tensor MultiheadAttentionImpl::attend(const torch::Tensor& q, const torch::Tensor& k,
@@ -71,15 +84,16 @@ static void check_sequence(const torch::Tensor& x, const char* name, int64_t emb
 torch::Tensor MultiheadAttentionImpl::forward(const torch::Tensor& x,
                                               const torch::Tensor& key_padding_mask) {
   check_sequence(x, "x", options.embed_dim());
-  const int64_t b = x.size(0), n = x.size(1), h = options.num_heads(), dh = head_dim();
-  if (!options.rotary()) {  // the heads straight from the projection, no split or merge copies
-    AttentionOutput r = attention_packed_forward(linear(qkv, x), h, attention_options(key_padding_mask),
-                                                 false, record_diagnostics_);
+  if (!options.rotary() && kv_heads() == options.num_heads()) {
+    // The heads straight from the projection, no split or merge copies.
+    AttentionOutput r = attention_packed_forward(linear(qkv, x), options.num_heads(),
+                                                 attention_options(key_padding_mask), false, record_diagnostics_);
     last_diagnostics_ = std::move(r.diagnostics);
     return linear(out_proj, r.output);
   }
-  // (B, N, 3E) -> 3 x (B, H, N, Dh) views; rotary writes new q and k.
-  const std::vector<torch::Tensor> parts = linear(qkv, x).view({b, n, 3, h, dh}).permute({2, 0, 3, 1, 4}).unbind(0);
+  // Views of the projection; rotary writes new q and k.
+  const std::vector<torch::Tensor> parts = split_qkv(linear(qkv, x));
+  if (!options.rotary()) return attend(parts[0], parts[1], parts[2], key_padding_mask);
   return attend(apply_rotary(parts[0], 0, options.rotary_base()),
                 apply_rotary(parts[1], 0, options.rotary_base()), parts[2], key_padding_mask);
 }
@@ -87,11 +101,12 @@ torch::Tensor MultiheadAttentionImpl::forward(const torch::Tensor& x,
 torch::Tensor MultiheadAttentionImpl::forward_cached(const torch::Tensor& x, KVCache& cache) {
   check_sequence(x, "x", options.embed_dim());
   TORCH_CHECK(options.causal(), "quest::nn::MultiheadAttention::forward_cached needs a causal module");
-  const int64_t b = x.size(0), n = x.size(1), h = options.num_heads(), dh = head_dim();
-  TORCH_CHECK(!cache.keys.defined() || (cache.keys.size(0) == b && cache.keys.size(1) == h),
+  const int64_t b = x.size(0), n = x.size(1);
+  TORCH_CHECK(!cache.keys.defined() || (cache.keys.size(0) == b && cache.keys.size(1) == kv_heads()),
               "quest::nn::MultiheadAttention::forward_cached: the cache holds batch ",
-              cache.keys.size(0), ", heads ", cache.keys.size(1), "; x has batch ", b);
-  const torch::Tensor qkv_heads = linear(qkv, x).view({b, n, 3, h, dh}).permute({2, 0, 3, 1, 4});
+              cache.keys.size(0), ", heads ", cache.keys.size(1), "; x has batch ", b, " and the module ",
+              kv_heads(), " key/value heads");
+  const std::vector<torch::Tensor> qkv_heads = split_qkv(linear(qkv, x));
   torch::Tensor q = qkv_heads[0], k = qkv_heads[1];
   if (options.rotary()) {
     q = apply_rotary(q, cache.length(), options.rotary_base());
@@ -118,16 +133,16 @@ torch::Tensor MultiheadAttentionImpl::forward_cross(const torch::Tensor& query,
               "self-attention; forward_cross has no shared positions");
   TORCH_CHECK(query.size(0) == context.size(0), "quest::nn::MultiheadAttention: query batch ",
               query.size(0), " differs from context batch ", context.size(0));
-  const int64_t e = options.embed_dim();
+  const int64_t e = options.embed_dim(), kv = kv_heads() * head_dim();
   const torch::Tensor w = qkv->weight, bias = qkv->bias;
   auto project = [&](const torch::Tensor& x, int64_t from, int64_t to) {
     return torch::nn::functional::linear(x, w.slice(0, from, to),
                                          bias.defined() ? bias.slice(0, from, to) : bias);
   };
-  const torch::Tensor q = split_heads(project(query, 0, e));
-  const torch::Tensor kv = project(context, e, 3 * e);
-  const torch::Tensor k = split_heads(kv.slice(2, 0, e));
-  const torch::Tensor v = split_heads(kv.slice(2, e, 2 * e));
+  const torch::Tensor q = split_heads(project(query, 0, e), options.num_heads());
+  const torch::Tensor kv_proj = project(context, e, e + 2 * kv);
+  const torch::Tensor k = split_heads(kv_proj.slice(2, 0, kv), kv_heads());
+  const torch::Tensor v = split_heads(kv_proj.slice(2, kv, 2 * kv), kv_heads());
   return attend(q, k, v, key_padding_mask);
 }
 

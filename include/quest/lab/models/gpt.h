@@ -28,6 +28,7 @@ struct GptOptions {
   TORCH_ARG(int64_t, dim) = 192;
   TORCH_ARG(int64_t, depth) = 4;
   TORCH_ARG(int64_t, heads) = 6;
+  TORCH_ARG(int64_t, kv_heads) = 0;  // key/value heads (grouped-query attention); 0: as many as heads
   TORCH_ARG(double, mlp_ratio) = 4.0;
   TORCH_ARG(double, dropout) = 0.0;  // after the embedding, the attention projection and the MLP
   TORCH_ARG(Kind, attention) = Kind::quest;

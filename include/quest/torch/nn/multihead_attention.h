@@ -15,6 +15,9 @@ struct MultiheadAttentionOptions {
       : embed_dim_(embed_dim), num_heads_(num_heads) {}
   TORCH_ARG(int64_t, embed_dim);
   TORCH_ARG(int64_t, num_heads);
+  // Key/value heads (grouped- and multi-query attention: num_heads a multiple of it); default
+  // num_heads. The projection then makes E + 2 * num_kv_heads * head_dim features.
+  TORCH_ARG(std::optional<int64_t>, num_kv_heads) = std::nullopt;
   TORCH_ARG(Kind, kind) = Kind::quest;
   TORCH_ARG(bool, bias) = true;          // on the qkv and output projections
   TORCH_ARG(double, dropout) = 0.0;      // on the attention weights, in training mode only
@@ -34,7 +37,8 @@ struct MultiheadAttentionOptions {
 
 // Keys and values of the tokens seen so far, for incremental decoding with forward_cached. Keys
 // are stored as the kernel uses them — rotated (rotary) and normalised where the kind normalises
-// keys — so a cached step does no per-key work; (B, H, length, head_dim) each, undefined when empty.
+// keys — so a cached step does no per-key work; (B, Hkv, length, head_dim) each (Hkv: the key/value
+// heads, fewer than the query heads with grouped-query attention), undefined when empty.
 struct KVCache {
   torch::Tensor keys, values;
   int64_t length() const { return keys.defined() ? keys.size(2) : 0; }
@@ -64,6 +68,7 @@ class MultiheadAttentionImpl : public torch::nn::Cloneable<MultiheadAttentionImp
   const std::optional<HeadDiagnostics>& last_diagnostics() const { return last_diagnostics_; }
 
   int64_t head_dim() const { return options.embed_dim() / options.num_heads(); }
+  int64_t kv_heads() const { return options.num_kv_heads().value_or(options.num_heads()); }
   // The functional options this module passes to quest::attention (parameters included).
   AttentionOptions attention_options(const torch::Tensor& key_padding_mask) const;
 
@@ -74,7 +79,10 @@ class MultiheadAttentionImpl : public torch::nn::Cloneable<MultiheadAttentionImp
  private:
   torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                        const torch::Tensor& key_padding_mask);
-  torch::Tensor split_heads(const torch::Tensor& x) const;  // (B, N, E) -> (B, H, N, Dh) view
+  // (B, N, heads * Dh) -> (B, heads, N, Dh) view
+  torch::Tensor split_heads(const torch::Tensor& x, int64_t heads) const;
+  // q, k, v as (B, H or Hkv, N, Dh) views of one projection's output (B, N, E + 2 Hkv Dh).
+  std::vector<torch::Tensor> split_qkv(const torch::Tensor& projected) const;
   bool record_diagnostics_ = false;
   std::optional<HeadDiagnostics> last_diagnostics_;
 };
