@@ -43,7 +43,9 @@ class MultiheadAttention(nn.Module):
     The constructor's arguments, the parameter names (in_proj_weight, in_proj_bias, or
     q/k/v_proj_weight when kdim/vdim differ; out_proj; bias_k, bias_v) and forward()'s signature
     and return value are torch's, so a state_dict moves between the two unchanged. Keyword-only
-    extras: kind ("quest" by default), causal (always causal, without an attn_mask),
+    extras: kind ("quest" by default), num_kv_heads (grouped- and multi-query attention: fewer
+    key/value heads, num_heads a multiple; the projections then have E + 2 * num_kv_heads * head_dim
+    rows, so such a state_dict is not torch's), causal (always causal, without an attn_mask),
     scale (logit scale; default per kind), qknorm_init_scale (qknorm's per-head scale, default
     sqrt(head_dim)), backend, check_finite (off: NaN/Inf propagate as in torch). The kinds'
     parameters are extra entries: head_scale (qknorm), q_norm_weight/bias and k_norm_weight/bias
@@ -83,7 +85,7 @@ class MultiheadAttention(nn.Module):
                  batch_first: bool = False, device=None, dtype=None, *, kind: str = "quest",
                  causal: bool = False, scale: Optional[float] = None,
                  qknorm_init_scale: Optional[float] = None, backend: str = "auto",
-                 check_finite: bool = False) -> None:
+                 check_finite: bool = False, num_kv_heads: Optional[int] = None) -> None:
         super().__init__()
         if embed_dim <= 0 or num_heads <= 0:
             raise ValueError(f"quest.MultiheadAttention: embed_dim ({embed_dim}) and num_heads "
@@ -91,6 +93,9 @@ class MultiheadAttention(nn.Module):
         if embed_dim % num_heads != 0:
             raise ValueError(f"quest.MultiheadAttention: embed_dim {embed_dim} is not divisible "
                              f"by num_heads {num_heads}")
+        if num_kv_heads is not None and (num_kv_heads <= 0 or num_heads % num_kv_heads != 0):
+            raise ValueError(f"quest.MultiheadAttention: num_heads {num_heads} is not a multiple "
+                             f"of num_kv_heads {num_kv_heads}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"quest.MultiheadAttention: dropout must be in [0, 1), got {dropout}")
         if kind not in KINDS:
@@ -105,9 +110,12 @@ class MultiheadAttention(nn.Module):
         self.vdim = vdim if vdim is not None else embed_dim
         self._packed = self.kdim == embed_dim and self.vdim == embed_dim
         self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads if num_kv_heads is not None else num_heads
         self.dropout = dropout
         self.batch_first = batch_first
         self.head_dim = embed_dim // num_heads
+        kv_dim = self.num_kv_heads * self.head_dim  # the key and value projections' width
+        self.kv_dim = kv_dim
         self.kind = kind
         self.causal = causal
         self.scale = scale
@@ -118,23 +126,23 @@ class MultiheadAttention(nn.Module):
         self.last_diagnostics = None
 
         if self._packed:
-            self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim, **factory))
+            self.in_proj_weight = nn.Parameter(torch.empty(embed_dim + 2 * kv_dim, embed_dim, **factory))
             self.register_parameter("q_proj_weight", None)
             self.register_parameter("k_proj_weight", None)
             self.register_parameter("v_proj_weight", None)
         else:
             self.q_proj_weight = nn.Parameter(torch.empty(embed_dim, embed_dim, **factory))
-            self.k_proj_weight = nn.Parameter(torch.empty(embed_dim, self.kdim, **factory))
-            self.v_proj_weight = nn.Parameter(torch.empty(embed_dim, self.vdim, **factory))
+            self.k_proj_weight = nn.Parameter(torch.empty(kv_dim, self.kdim, **factory))
+            self.v_proj_weight = nn.Parameter(torch.empty(kv_dim, self.vdim, **factory))
             self.register_parameter("in_proj_weight", None)
         if bias:
-            self.in_proj_bias = nn.Parameter(torch.empty(3 * embed_dim, **factory))
+            self.in_proj_bias = nn.Parameter(torch.empty(embed_dim + 2 * kv_dim, **factory))
         else:
             self.register_parameter("in_proj_bias", None)
         self.out_proj = NonDynamicallyQuantizableLinear(embed_dim, embed_dim, bias=bias, **factory)
         if add_bias_kv:
-            self.bias_k = nn.Parameter(torch.empty(1, 1, embed_dim, **factory))
-            self.bias_v = nn.Parameter(torch.empty(1, 1, embed_dim, **factory))
+            self.bias_k = nn.Parameter(torch.empty(1, 1, kv_dim, **factory))
+            self.bias_v = nn.Parameter(torch.empty(1, 1, kv_dim, **factory))
         else:
             self.bias_k = self.bias_v = None
 
@@ -202,27 +210,28 @@ class MultiheadAttention(nn.Module):
         return quest_module
 
     def extra_repr(self) -> str:
-        return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, kind={self.kind}, "
+        kv = f", num_kv_heads={self.num_kv_heads}" if self.num_kv_heads != self.num_heads else ""
+        return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}{kv}, kind={self.kind}, "
                 f"dropout={self.dropout}, batch_first={self.batch_first}, causal={self.causal}")
 
-    def _split_heads(self, x: Tensor) -> Tensor:
-        # (B, N, E) -> (B, H, N, Dh)
-        return x.view(x.size(0), x.size(1), self.num_heads, self.head_dim).transpose(1, 2)
+    def _split_heads(self, x: Tensor, heads: int) -> Tensor:
+        # (B, N, heads * Dh) -> (B, heads, N, Dh)
+        return x.view(x.size(0), x.size(1), heads, self.head_dim).transpose(1, 2)
 
     def _project(self, query: Tensor, key: Tensor, value: Tensor
                  ) -> Tuple[Tensor, Tensor, Tensor]:
         """Batch-first (B, L, E), (B, S, kdim), (B, S, vdim) -> q, k, v as (B, H, N, Dh)."""
-        e = self.embed_dim
+        e, kv = self.embed_dim, self.kv_dim
         b_q: Optional[Tensor] = None
         b_k: Optional[Tensor] = None
         b_v: Optional[Tensor] = None
         in_bias = self.in_proj_bias
         if in_bias is not None:
-            b_q, b_k, b_v = in_bias.chunk(3)
+            b_q, b_k, b_v = in_bias[:e], in_bias[e:e + kv], in_bias[e + kv:]
         w = self.in_proj_weight
         bias_k, bias_v = self.bias_k, self.bias_v
         if w is not None:
-            if query is key and key is value and bias_k is None:
+            if query is key and key is value and bias_k is None and kv == e:
                 # Self-attention with add_zero_attn (forward packs plain self-attention itself):
                 # one projection; q, k, v are strided views of it (the fused
                 # kernel reads rows with unit stride along Dh). unbind's backward is one stack,
@@ -231,7 +240,7 @@ class MultiheadAttention(nn.Module):
                 qkv = F.linear(query, w, in_bias)
                 q, k, v = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
                 return q, k, v
-            w_q, w_k, w_v = w[:e], w[e:2 * e], w[2 * e:]
+            w_q, w_k, w_v = w[:e], w[e:e + kv], w[e + kv:]
         else:
             w_q, w_k, w_v = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
             assert w_q is not None and w_k is not None and w_v is not None
@@ -239,9 +248,10 @@ class MultiheadAttention(nn.Module):
         k = F.linear(key, w_k, b_k)
         v = F.linear(value, w_v, b_v)
         if bias_k is not None and bias_v is not None:
-            k = torch.cat([k, bias_k.expand(k.size(0), 1, e)], 1)
-            v = torch.cat([v, bias_v.expand(v.size(0), 1, e)], 1)
-        return self._split_heads(q), self._split_heads(k), self._split_heads(v)
+            k = torch.cat([k, bias_k.expand(k.size(0), 1, kv)], 1)
+            v = torch.cat([v, bias_v.expand(v.size(0), 1, kv)], 1)
+        return (self._split_heads(q, self.num_heads), self._split_heads(k, self.num_kv_heads),
+                self._split_heads(v, self.num_kv_heads))
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor,
                 key_padding_mask: Optional[Tensor] = None, need_weights: bool = True,
@@ -370,7 +380,8 @@ class MultiheadAttention(nn.Module):
             backend = "composite"
 
         w = self.in_proj_weight
-        if w is not None and query is key and key is value and extra_keys == 0:
+        if (w is not None and query is key and key is value and extra_keys == 0 and
+                self.num_kv_heads == self.num_heads):
             # Self-attention: the heads straight from one projection and the output already
             # (B, L, E), so no split, merge or stacking copies (on the fused backend).
             qkv = F.linear(query, w, self.in_proj_bias)
@@ -385,7 +396,7 @@ class MultiheadAttention(nn.Module):
         else:
             q, k, v = self._project(query, key, value)
             if self.add_zero_attn:
-                zeros = torch.zeros(batch, self.num_heads, 1, self.head_dim, dtype=k.dtype,
+                zeros = torch.zeros(batch, self.num_kv_heads, 1, self.head_dim, dtype=k.dtype,
                                     device=k.device)
                 k = torch.cat([k, zeros], 2)
                 v = torch.cat([v, zeros], 2)
@@ -395,7 +406,8 @@ class MultiheadAttention(nn.Module):
                 q_norm_weight=self.q_norm_weight, q_norm_bias=self.q_norm_bias,
                 k_norm_weight=self.k_norm_weight, k_norm_bias=self.k_norm_bias,
                 backend=backend, check_finite=self.check_finite, need_weights=need_weights,
-                need_diagnostics=self.record_diagnostics, attn_bias=bias)
+                need_diagnostics=self.record_diagnostics, attn_bias=bias,
+                enable_gqa=self.num_kv_heads != self.num_heads)
             # (B, H, L, Dh) -> (B, L, E)
             out = out.transpose(1, 2).reshape(batch, tgt_len, self.embed_dim)
         if self.record_diagnostics:

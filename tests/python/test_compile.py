@@ -81,9 +81,11 @@ def test_inductor_runs_the_fused_kernel_in_the_graph():
 
 
 @pytest.mark.parametrize("self_attention", [True, False])
-def test_multihead_attention_compiles(self_attention):
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_multihead_attention_compiles(self_attention, kv_heads):
     torch.manual_seed(0)
-    mha = quest.MultiheadAttention(24, 4, kind="quest", batch_first=True).train()
+    mha = quest.MultiheadAttention(24, 4, kind="quest", batch_first=True,
+                                   num_kv_heads=kv_heads).train()
     x = torch.randn(2, 9, 24)
     memory = x if self_attention else torch.randn(2, 5, 24)
 

@@ -374,3 +374,34 @@ def test_general_masks_run_on_the_composite_and_kinds_keep_their_formula():
         quest.attention(q, k, v, attn_bias=torch.zeros(3, 5, 5, dtype=torch.float64))
     with pytest.raises(RuntimeError, match="attn_bias has dtype Float but q has Double"):
         quest.attention(q, k, v, attn_bias=bias.float())
+
+
+@pytest.mark.parametrize("kv_heads", [2, 1])
+@pytest.mark.parametrize("config", [{}, {"add_bias_kv": True}, {"add_zero_attn": True},
+                                    {"kdim": 5, "vdim": 7}], ids=["plain", "bias_kv", "zero_attn", "kdim_vdim"])
+def test_grouped_query_module_is_attention_on_repeated_heads(kv_heads, config):
+    """num_kv_heads: the module equals its own projections run through quest.attention with each
+    key/value head repeated for its group (no GQA), outputs and weights; it scripts and compiles."""
+    torch.manual_seed(0)
+    mha = quest.MultiheadAttention(E, H, batch_first=True, num_kv_heads=kv_heads, **config).eval()
+    dh, kv = E // H, kv_heads * (E // H)
+    assert (mha.k_proj_weight if "kdim" in config else mha.in_proj_weight).shape[0] == \
+        (kv if "kdim" in config else E + 2 * kv)
+    x = torch.randn(3, 6, E)
+    memory = (torch.randn(3, 4, 5), torch.randn(3, 4, 7)) if "kdim" in config else (x, x)
+    q, k, v = mha._project(x, *memory)
+    assert k.shape[1] == kv_heads
+    if mha.add_zero_attn:
+        zeros = torch.zeros(3, kv_heads, 1, dh)
+        k, v = torch.cat([k, zeros], 2), torch.cat([v, zeros], 2)
+    group = H // kv_heads
+    expected = quest.attention(q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1),
+                               "quest").transpose(1, 2).reshape(3, 6, E)
+    expected = torch.nn.functional.linear(expected, mha.out_proj.weight, mha.out_proj.bias)
+    out, weights = mha(x, *memory)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    assert weights.shape == (3, 6, k.size(2))
+    scripted = torch.jit.script(mha)
+    torch.testing.assert_close(scripted(x, *memory)[0], out, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="not a multiple of num_kv_heads"):
+        quest.MultiheadAttention(E, H, num_kv_heads=3)
