@@ -220,7 +220,7 @@ class MultiheadAttention(nn.Module):
 
     def _project(self, query: Tensor, key: Tensor, value: Tensor
                  ) -> Tuple[Tensor, Tensor, Tensor]:
-        """Batch-first (B, L, E), (B, S, kdim), (B, S, vdim) -> q, k, v as (B, H, N, Dh)."""
+        """Batch-first (B, L, E), (B, S, kdim), (B, S, vdim) -> q (B, H, L, Dh), k, v (B, Hkv, S, Dh)."""
         e, kv = self.embed_dim, self.kv_dim
         b_q: Optional[Tensor] = None
         b_k: Optional[Tensor] = None

@@ -46,7 +46,7 @@ void add_bench(CLI::App& app) {
       "bench", "Attention GFLOP/s (fused, composite, reference) with ratios to composite and sgemm");
   cmd->add_option("--shapes", o->shapes, "Shapes B,H,N,D (repeatable)")->capture_default_str();
   cmd->add_option("--kinds", o->kinds, "Attention kinds")->capture_default_str();
-  cmd->add_option("--backends", o->backends, "Backends: fused, composite, reference")->capture_default_str();
+  cmd->add_option("--backends", o->backends, "Backends: fused, composite, reference, sdpa")->capture_default_str();
   cmd->add_option("--repeats", o->repeats, "Timed repeats per measurement (median)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();

@@ -109,7 +109,7 @@ void add_experiment(CLI::App& app) {
   cmd->add_option("--dim", b.model.dim(), "Attention width")->check(positive_int)->capture_default_str();
   cmd->add_option("--heads", b.model.heads())->check(positive_int)->capture_default_str();
   cmd->add_option("--hidden", b.model.hidden(), "Token encoder width")->check(positive_int)->capture_default_str();
-  cmd->add_option("--backend", f->backend, "automatic, fused, composite or reference")->capture_default_str();
+  cmd->add_option("--backend", f->backend, "automatic, fused, composite, reference or sdpa")->capture_default_str();
   cmd->add_option("--workers", f->workers, "Runs trained side by side (one thread each)")
       ->check(CLI::Range(1, 256))->capture_default_str();
   cmd->add_option("--out-dir", f->out_dir)->capture_default_str();

@@ -23,7 +23,7 @@ void add_training_flags(CLI::App* cmd, const std::shared_ptr<TrainFlags>& f) {
   c.add<std::string>("--data-dir", "data.dir",
                      std::string("Directory with {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] (default ") +
                          data::kFashionMnistDir + ")");
-  c.add<std::string>("--backend", "model.backend", "automatic, fused, composite or reference");
+  c.add<std::string>("--backend", "model.backend", "automatic, fused, composite, reference or sdpa");
   add_run_settings_flags(c);
   c.add<int64_t>("--dim", "model.dim", "Embedding width")->check(positive);
   c.add<int64_t>("--depth", "model.depth", "Transformer blocks")->check(positive);

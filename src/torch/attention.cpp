@@ -98,12 +98,12 @@ Tensor hidden_keys(const AttentionCall& c) {
   return hidden;
 }
 
-// Softmax weights (before dropout) and the output.
 // Grouped-query attention as torch's math SDPA does it: each key/value head repeated for its group.
 Tensor per_query_head(const Tensor& t, const AttentionCall& c) {
   return c.kv_group == 1 ? t : t.repeat_interleave(c.kv_group, 1);
 }
 
+// Softmax weights (before dropout) and the output.
 std::pair<Tensor, Tensor> composite(const AttentionCall& c) {
   const Tensor qn = normalise(c.q, c.q_norm, c.q_norm_weight, c.q_norm_bias, c);
   const Tensor kn = per_query_head(normalise(c.k, c.k_norm, c.k_norm_weight, c.k_norm_bias, c), c);
@@ -462,9 +462,8 @@ void set_sdpa_mask(const Tensor& mask, const Tensor& q, AttentionOptions& o) {
   if (keys_only) {
     o.key_padding_mask(m.select(2, 0).select(1, 0).logical_not());
   } else {
-    o.attn_bias(m.scalar_type() == torch::kBool
-                    ? torch::zeros({}, q.options()).masked_fill(m.logical_not(), -INFINITY).expand_symint(m.sym_sizes())
-                    : m);
+    o.attn_bias(m.scalar_type() == torch::kBool ? torch::zeros({}, q.options()).masked_fill(m.logical_not(), -INFINITY)
+                                                : m);
   }
 }
 

@@ -59,8 +59,7 @@ int64_t known(const c10::SymInt& size) { return size.maybe_as_int().value_or(-1)
 }  // namespace
 
 AttentionCall make_call(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& o) {
-  TORCH_CHECK(q.defined(), "quest::attention: q is undefined");
-  check_input(q, "q", q);
+  check_input(q, "q", q);  // first: k and v are checked against q
   check_input(k, "k", q);
   check_input(v, "v", q);
   TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),

@@ -77,8 +77,9 @@ AttentionCall call_of(const Tensor& q, const Tensor& k, const Tensor& v, const K
 }
 
 Tensor value_or_undefined(const OptTensor& t) { return t.has_value() ? *t : Tensor(); }
-// Absent optional tensors and gradients travel as empty tensors (an op returns a Tensor, and
-// LibTorch's custom Functions take no undefined inputs); real ones are never empty.
+OptTensor optional_if_defined(const Tensor& t) { return t.defined() ? OptTensor(t) : OptTensor(); }
+// Absent optional tensors and gradients travel as empty tensors (an op's result is a Tensor, and
+// the autograd Functions take their inputs the same way); real ones are never empty.
 Tensor placeholder(const Tensor& t, const Tensor& like) { return t.defined() ? t : torch::empty({0}, like.options()); }
 Tensor placeholder_mask(const Tensor& t) { return t.defined() ? t : torch::empty({0}, torch::kBool); }
 OptTensor optional_of(const Tensor& t) { return t.sym_numel() == 0 ? OptTensor() : OptTensor(t); }
@@ -101,8 +102,7 @@ HeadDiagnosticsPartial* partials_of(const Tensor& buffer) {
   return buffer.numel() ? reinterpret_cast<HeadDiagnosticsPartial*>(buffer.data_ptr<uint8_t>()) : nullptr;
 }
 HeadDiagnostics reduce_buffer(const Tensor& buffer, int64_t heads) {
-  TORCH_CHECK(!buffer.key_set().has(c10::DispatchKey::Python) && !buffer.is_meta(),
-              "quest::attention: diagnostics are computed in eager mode only, not under torch.compile "
+  TORCH_CHECK(!traced(buffer), "quest::attention: diagnostics are computed in eager mode only, not under torch.compile "
               "or on fake tensors");
   std::vector<HeadDiagnosticsPartial> partials(buffer.size(0));
   std::memcpy(partials.data(), buffer.data_ptr<uint8_t>(), buffer.numel());
@@ -230,8 +230,9 @@ ForwardResult kernel_forward_meta(const Tensor& q, const Tensor& k, const Tensor
 // Gradients of q, k, v, then head_scale and the LayerNorm affine (empty where absent).
 using BackwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
-// The gradient buffers, allocated alike by both kernels: zero-filled for the parameters, which
-// the kernels accumulate into.
+// The gradient buffers, allocated alike by both kernels. The parameters' are zero-filled: a kernel
+// writes a parameter's gradient only where the parameter takes part (a LayerNorm affine only
+// under Norm::layer, head_scale only where given).
 KernelGrads empty_grads(KernelBackend b, const Tensor& q, const Tensor& k, const Tensor& v, QUEST_KERNEL_PARAMS) {
   auto param_grad = [&](const OptTensor& t, bool computed) {
     return t.has_value() && computed ? torch::zeros_like(*t) : torch::empty({0}, q.options());
@@ -258,18 +259,19 @@ BackwardResult kernel_backward_cpu(const Tensor& dout, const Tensor& q, const Te
                                                &KernelGrads::dk_norm_bias};
   // Grouped-query: each group r writes dq and head_scale's gradient of its own heads; dK, dV and
   // the LayerNorm affine are summed over the groups (flash-attention sums an expanded dK so).
+  // Group 0 writes into the results; later groups into fresh buffers, then added. The kernels
+  // take null where a parameter is absent.
   for (int64_t r = 0; r < group; ++r) {
-    KernelGrads into;  // the kernels take null where a parameter is absent
+    KernelGrads into;
     into.dq = group_heads(g.dq, group, r);
-    for (auto f : kShared) into.*f = r == 0 ? undefined_if_empty(g.*f) : torch::zeros_like(g.*f);
-    if (head_scale.has_value())
+    for (auto f : kShared) into.*f = undefined_if_empty(r == 0 ? g.*f : torch::zeros_like(g.*f));
+    if (head_scale.has_value())  // group r's heads only: a buffer of its own beside group 1's
       into.dhead_scale = group == 1 ? g.dhead_scale : torch::zeros({k.size(1)}, q.options());
-    for (auto f : kShared) into.*f = undefined_if_empty(into.*f);
     backward_into(b, group_call(c, r), group_heads(out, group, r), stats[r], group_heads(dout, group, r), into);
     if (r > 0)
       for (auto f : kShared)
         if ((into.*f).defined()) (g.*f).add_(into.*f);
-    if (group > 1 && head_scale.has_value()) group_heads(g.dhead_scale.unsqueeze(0), group, r).squeeze(0).copy_(into.dhead_scale);
+    if (group > 1 && head_scale.has_value()) g.dhead_scale.slice(0, r, c10::nullopt, group).copy_(into.dhead_scale);
   }
   return tuple_of(g);
 }
@@ -328,8 +330,11 @@ PackedBackwardResult packed_backward_cpu(const Tensor& dout, const Tensor& qkv5,
                                          const Tensor& stats, QUEST_PACKED_PARAMS) {
   const AttentionCall c = packed_call(qkv5, QUEST_PACKED_ARGS);
   auto [dqkv, dhead_scale] = packed_backward_meta(dout, qkv5, out, stats, QUEST_PACKED_ARGS);
-  const KernelGrads into{packed_heads(dqkv, 0), packed_heads(dqkv, 1), packed_heads(dqkv, 2),
-                         undefined_if_empty(dhead_scale)};
+  KernelGrads into;  // no LayerNorm affine: the packed path runs without LayerNorm
+  into.dq = packed_heads(dqkv, 0);
+  into.dk = packed_heads(dqkv, 1);
+  into.dv = packed_heads(dqkv, 2);
+  into.dhead_scale = undefined_if_empty(dhead_scale);
   backward_into(KernelBackend::fused, c, out.transpose(1, 2), stats[0], dout.transpose(1, 2), into);
   return {dqkv, dhead_scale};
 }
@@ -455,18 +460,18 @@ ForwardResult packed_forward_autograd(const Tensor& qkv5, QUEST_PACKED_PARAMS, b
 }  // namespace
 
 Tensor run_kernel(const AttentionCall& c, KernelBackend backend, HeadDiagnostics* diagnostics) {
-  auto optional = [](const Tensor& t) { return t.defined() ? OptTensor(t) : OptTensor(); };
   auto [out, stats, diag] = forward_op().call(
-      c.q, c.k, c.v, optional(c.head_scale), optional(c.q_norm_weight), optional(c.q_norm_bias),
-      optional(c.k_norm_weight), optional(c.k_norm_bias), optional(c.key_padding_mask), name_of(backend),
+      c.q, c.k, c.v, optional_if_defined(c.head_scale), optional_if_defined(c.q_norm_weight),
+      optional_if_defined(c.q_norm_bias), optional_if_defined(c.k_norm_weight), optional_if_defined(c.k_norm_bias),
+      optional_if_defined(c.key_padding_mask), name_of(backend),
       QUEST_KERNEL_SCALARS_OF(KernelScalars::of(c)), diagnostics != nullptr);
   if (diagnostics) *diagnostics = reduce_buffer(diag, c.dims.heads);
   return out;
 }
 
 Tensor run_packed_kernel(const AttentionCall& c, const Tensor& qkv5, HeadDiagnostics* diagnostics) {
-  auto optional = [](const Tensor& t) { return t.defined() ? OptTensor(t) : OptTensor(); };
-  auto [out, stats, diag] = packed_forward_op().call(qkv5, optional(c.head_scale), optional(c.key_padding_mask),
+  auto [out, stats, diag] = packed_forward_op().call(qkv5, optional_if_defined(c.head_scale),
+                                                     optional_if_defined(c.key_padding_mask),
                                                      QUEST_KERNEL_SCALARS_OF(KernelScalars::of(c)),
                                                      diagnostics != nullptr);
   if (diagnostics) *diagnostics = reduce_buffer(diag, c.dims.heads);

@@ -194,6 +194,21 @@ def kernel_cases():
     return cases
 
 
+def test_kernel_operators_check_their_scalars():
+    q, k, v = qkv(n=5, d=4)
+    for bad, match in ((dict(q_norm=5), "q_norm and k_norm must be"),
+                       (dict(causal_alignment=2), "causal_alignment must be")):
+        with pytest.raises(RuntimeError, match=match):
+            torch.ops.quest._kernel_forward(q, k, v, None, None, None, None, None, None, "fused",
+                                            **dict(SCALARS, **bad), need_diagnostics=False)
+    with pytest.raises(RuntimeError, match="backend must be fused or reference"):
+        torch.ops.quest._kernel_forward(q, k, v, None, None, None, None, None, None, "turbo",
+                                        **SCALARS, need_diagnostics=False)
+    with pytest.raises(RuntimeError, match="multiple of k's"):
+        torch.ops.quest._kernel_forward(q, k[:, :2], v[:, :2], None, None, None, None, None, None,
+                                        "fused", **SCALARS, need_diagnostics=False)
+
+
 @pytest.mark.parametrize("case", kernel_cases(), ids=lambda c: c[0])
 def test_opcheck_kernel_operators(case):
     _, op, args, kwargs = case

@@ -18,11 +18,10 @@ namespace quest {
 //   fused     — the tiled SIMD kernel (float32 only; src/core/fused.cpp)
 //   composite — matmul -> softmax -> matmul with torch ops
 //   reference — the plain-loop math reference (slow; the test oracle)
-// `automatic` takes the first eligible backend of {fused, composite} (fused needs float32);
-// QUEST_ATTENTION_BACKEND=reference|composite|fused overrides what `automatic` picks for a whole
-// process (read once, at the first attention call).
-// sdpa: torch's scaled_dot_product_attention on the kind's normalised q and k (any device; what
-// `automatic` runs off the CPU).
+//   sdpa      — torch's scaled_dot_product_attention on the kind's normalised q and k (any device)
+// `automatic` takes the first eligible backend of {fused, composite} on the CPU (fused needs
+// float32) and of {sdpa, composite} on other devices; QUEST_ATTENTION_BACKEND=reference|composite|
+// fused|sdpa overrides what `automatic` picks for a whole process (read once, at the first call).
 enum class Backend { automatic, reference, composite, fused, sdpa };
 std::string to_string(Backend backend);
 // The names to_string prints, and "auto" for automatic (Python's spelling).
