@@ -26,7 +26,8 @@ class SequenceTask : public quest::training::Task {
     const auto idx = order.slice(0, b * 32, (b + 1) * 32);
     const auto logits = head(mha(x.index_select(0, idx)).mean(1));
     const auto labels = y.index_select(0, idx);
-    return {torch::cross_entropy_loss(logits, labels), 32, logits.argmax(1).eq(labels).sum().item<int64_t>()};
+    return {torch::cross_entropy_loss(logits, labels), 32, logits.argmax(1).eq(labels).sum().item<int64_t>(),
+            logits.logsumexp(1)};  // log-partitions: log Z is logged, and z_loss can act on it
   }
   std::shared_ptr<torch::nn::Module> net = std::make_shared<torch::nn::Module>();
   quest::nn::MultiheadAttention mha;

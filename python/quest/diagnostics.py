@@ -10,22 +10,24 @@ from torch import Tensor, nn
 class HeadDiagnostics:
     """One attention call's per-head statistics, each a float64 tensor of shape (H,): norms of the
     raw q and k rows (before any normalisation; keys: the non-padded ones), the largest |logit|
-    over visible pairs, and the mean attention entropy over rows that see at least one key."""
+    over visible pairs, the mean attention entropy over rows that see at least one key, and the
+    largest signed logit over visible pairs (-inf where a head sees none; what QK-clip reads)."""
     q_norm_mean: Tensor
     q_norm_max: Tensor
     k_norm_mean: Tensor
     k_norm_max: Tensor
     logit_abs_max: Tensor
     entropy_mean: Tensor
+    logit_max: Tensor
 
-    # The rows of the operators' (6, H) diagnostics tensor, in order.
+    # The rows of the operators' (7, H) diagnostics tensor, in order.
     FIELDS = ("q_norm_mean", "q_norm_max", "k_norm_mean", "k_norm_max", "logit_abs_max",
-              "entropy_mean")
+              "entropy_mean", "logit_max")
 
     @classmethod
     def from_tensor(cls, t: Tensor) -> "HeadDiagnostics":
         if t.dim() != 2 or t.size(0) != len(cls.FIELDS):
-            raise ValueError(f"quest: a diagnostics tensor has shape (6, H), got {tuple(t.shape)}")
+            raise ValueError(f"quest: a diagnostics tensor has shape ({len(cls.FIELDS)}, H), got {tuple(t.shape)}")
         return cls(*t.unbind(0))
 
     def __str__(self) -> str:

@@ -97,7 +97,7 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", caus
                       attn_bias: Optional[Tensor] = None, enable_gqa: bool = False
                       ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
     """As attention(), also returning (B, H, Nq, Nk) weights (before dropout; in the autograd graph
-    on the composite backend, detached from the fused and reference ones) and a (6, H) float64 diagnostics tensor (rows as
+    on the composite backend, detached from the fused and reference ones) and a (7, H) float64 diagnostics tensor (rows as
     quest.HeadDiagnostics.FIELDS), each None unless asked for."""
     out, weights, diagnostics = torch.ops.quest.attention_forward(
         q, k, v, kind, causal=causal, causal_alignment=causal_alignment,

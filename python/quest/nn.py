@@ -60,7 +60,7 @@ class MultiheadAttention(nn.Module):
     keys' gradients only.
 
     Set `record_diagnostics = True` (or use quest.record_diagnostics) to keep each forward's
-    per-head diagnostics as `last_diagnostics`, a (6, H) float64 tensor.
+    per-head diagnostics as `last_diagnostics`, a (7, H) float64 tensor.
     """
 
     __constants__ = ["batch_first", "kind"]

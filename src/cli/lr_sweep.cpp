@@ -63,9 +63,9 @@ void run_lr_sweep(const LrSweepFlags& f, const std::string& command) {
   const auto points = experiments::plan_sweep(sweep, f.out_dir);
   experiment.create();
   const int workers = std::min<int>(f.workers, static_cast<int>(points.size()));
-  std::printf("lr sweep (%s): %zu runs = %zu sizes x %zu learning rates x %zu kinds x %zu seeds, %d at a time -> %s\n",
+  std::printf("lr sweep (%s): %zu runs = %zu sizes x %zu learning rates x (%zu kinds + %zu variants) x seeds, %d at a time -> %s\n",
               sweep.task.c_str(), points.size(), sweep.sizes.size(), sweep.lrs.size(), sweep.kinds.size(),
-              sweep.seeds.size(), workers, f.out_dir.c_str());
+              sweep.variants.size(), workers, f.out_dir.c_str());
   std::fflush(stdout);
   const auto executor = compare_executor(workers, threads);
   std::map<std::string, const experiments::SweepPoint*> by_dir;
@@ -108,8 +108,8 @@ void run_lr_sweep(const LrSweepFlags& f, const std::string& command) {
     throw std::runtime_error("quest experiment lr-sweep: runs failed:" + lines);
   }
   experiments::write_sweep_plots(sweep, results, f.out_dir);
-  std::printf("results in %s (sweep.json, sensitivity.csv, runs.csv, plots/loss-vs-lr-*.png, plots/logit-vs-lr-*.png)\n",
-              f.out_dir.c_str());
+  std::printf("results in %s (sweep.json, sensitivity.csv, runs.csv, plots/loss-vs-lr-*.png, plots/logit-vs-lr-*.png%s)\n",
+              f.out_dir.c_str(), sweep.sizes.size() >= 2 ? ", plots/sensitivity-vs-size.png, plots/stable-*-vs-size.png" : "");
   for (const auto& size : sweep.sizes)
     if (const auto lr = experiments::contrast_lr(results, size.name)) {
       const auto plots = report::write_training_plots(experiment.sweep_point(size.name, *lr).root());

@@ -11,6 +11,7 @@ void HeadDiagnostics::resize(int64_t heads) {
   for (auto* v : {&q_norm_mean, &q_norm_max, &k_norm_mean, &k_norm_max, &logit_abs_max,
                   &entropy_mean})
     v->assign(heads, 0.0);
+  logit_max.assign(heads, -std::numeric_limits<double>::infinity());
 }
 
 void merge_partials(HeadDiagnosticsPartial& s, const HeadDiagnosticsPartial& p) {
@@ -21,6 +22,7 @@ void merge_partials(HeadDiagnosticsPartial& s, const HeadDiagnosticsPartial& p) 
   s.k_norm_max = nan_max(s.k_norm_max, p.k_norm_max);
   s.k_count += p.k_count;
   s.logit_abs_max = nan_max(s.logit_abs_max, p.logit_abs_max);
+  s.logit_max = nan_max(s.logit_max, p.logit_max);
   s.entropy_sum += p.entropy_sum;
   s.entropy_rows += p.entropy_rows;
 }
@@ -37,6 +39,7 @@ HeadDiagnostics reduce_partials(const std::vector<HeadDiagnosticsPartial>& parti
     out.k_norm_mean[h] = mean(sum[h].k_norm_sum, sum[h].k_count);
     out.k_norm_max[h] = sum[h].k_norm_max;
     out.logit_abs_max[h] = sum[h].logit_abs_max;
+    out.logit_max[h] = sum[h].logit_max;
     out.entropy_mean[h] = mean(sum[h].entropy_sum, sum[h].entropy_rows);
   }
   return out;
@@ -82,11 +85,12 @@ template void add_norm_diagnostics<double>(const AttentionArgs<double>&, HeadDia
 std::string format_diagnostics(const HeadDiagnostics& d) {
   std::ostringstream os;
   os << std::fixed << std::setprecision(3);
-  os << "head   |q| mean   |q| max   |k| mean   |k| max   max|logit|   entropy\n";
+  os << "head   |q| mean   |q| max   |k| mean   |k| max   max|logit|   max logit   entropy\n";
   for (size_t h = 0; h < d.q_norm_mean.size(); ++h)
     os << std::setw(4) << h << std::setw(11) << d.q_norm_mean[h] << std::setw(10)
        << d.q_norm_max[h] << std::setw(11) << d.k_norm_mean[h] << std::setw(10) << d.k_norm_max[h]
-       << std::setw(13) << d.logit_abs_max[h] << std::setw(10) << d.entropy_mean[h] << "\n";
+       << std::setw(13) << d.logit_abs_max[h] << std::setw(12) << d.logit_max[h] << std::setw(10)
+       << d.entropy_mean[h] << "\n";
   return os.str();
 }
 

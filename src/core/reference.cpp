@@ -180,7 +180,7 @@ void forward(const AttentionArgs<T>& a, View4<T> out, double* lse, HeadDiagnosti
           for (int64_t c = 0; c < d.v_dim; ++c)
             out.at(b, h, i, c) = std::numeric_limits<T>::quiet_NaN();
           if (part) {
-            part->entropy_sum = part->logit_abs_max = std::numeric_limits<double>::quiet_NaN();
+            part->entropy_sum = part->logit_abs_max = part->logit_max = std::numeric_limits<double>::quiet_NaN();
             ++part->entropy_rows;
           }
           continue;
@@ -191,12 +191,13 @@ void forward(const AttentionArgs<T>& a, View4<T> out, double* lse, HeadDiagnosti
         const double row_lse = m + std::log(l);  // lse = m + log sum exp(s - m)
         *lse_i = row_lse;
         std::fill(o.begin(), o.end(), 0.0);
-        double p_dot_s = 0, logit_max = 0;
+        double p_dot_s = 0, logit_max = 0, signed_max = -std::numeric_limits<double>::infinity();
         for (int64_t j = 0; j < d.k_len; ++j) {
           if (!visible[j]) continue;
           const double p = std::exp(s[j] - row_lse);
           p_dot_s += p * s[j];
           logit_max = std::max(logit_max, std::abs(s[j]));
+          signed_max = std::max(signed_max, s[j]);
           const double pd = p * dropout_scale(a, b, h, i, j);
           if (pd == 0) continue;
           for (int64_t c = 0; c < d.v_dim; ++c) o[c] += pd * static_cast<double>(a.v.at(b, h, j, c));
@@ -206,6 +207,7 @@ void forward(const AttentionArgs<T>& a, View4<T> out, double* lse, HeadDiagnosti
         for (int64_t c = 0; c < d.v_dim; ++c) out.at(b, h, i, c) = static_cast<T>(o[c]);
         if (part) {
           part->logit_abs_max = nan_max(part->logit_abs_max, logit_max);
+          part->logit_max = nan_max(part->logit_max, signed_max);
           part->entropy_sum += row_lse - p_dot_s;  // H_i = lse_i - sum_j p_ij s_ij
           ++part->entropy_rows;
         }

@@ -106,12 +106,13 @@ Tensor attention_packed_op(const Tensor& qkv, int64_t heads, QUEST_OPTION_PARAMS
 
 // The rows of the diagnostics tensor, in order (python/quest/diagnostics.py names them).
 Tensor diagnostics_tensor(const HeadDiagnostics& d) {
-  const std::vector<double>* rows[] = {&d.q_norm_mean, &d.q_norm_max,     &d.k_norm_mean,
-                                       &d.k_norm_max,  &d.logit_abs_max, &d.entropy_mean};
+  const std::vector<double>* rows[] = {&d.q_norm_mean, &d.q_norm_max,    &d.k_norm_mean, &d.k_norm_max,
+                                       &d.logit_abs_max, &d.entropy_mean, &d.logit_max};
+  constexpr int64_t n = std::size(rows);
   const int64_t heads = static_cast<int64_t>(d.q_norm_mean.size());
-  Tensor t = torch::empty({6, heads}, torch::kDouble);
+  Tensor t = torch::empty({n, heads}, torch::kDouble);
   auto a = t.accessor<double, 2>();
-  for (int64_t r = 0; r < 6; ++r)
+  for (int64_t r = 0; r < n; ++r)
     for (int64_t h = 0; h < heads; ++h) a[r][h] = (*rows[r])[h];
   return t;
 }
@@ -133,7 +134,7 @@ Tensor sdpa_op(const Tensor& query, const Tensor& key, const Tensor& value,
                                       enable_gqa, o);
 }
 
-// (output, weights or an empty tensor, diagnostics (6, H) float64 or an empty tensor).
+// (output, weights or an empty tensor, diagnostics (7, H) float64 or an empty tensor).
 std::tuple<Tensor, Tensor, Tensor> attention_forward_op(const Tensor& q, const Tensor& k,
                                                         const Tensor& v, QUEST_OPTION_PARAMS,
                                                         bool need_weights, bool need_diagnostics) {

@@ -11,6 +11,7 @@
 #include "quest/lab/training/engine.h"
 #include "quest/torch/nn/dropout.h"
 #include "quest/torch/nn/init.h"
+#include "quest/torch/nn/multihead_attention.h"
 #include "quest/torch/random.h"
 
 namespace quest::training {
@@ -33,9 +34,11 @@ class ToyTask : public Task {
   void begin_epoch(int64_t, at::Generator data) override { order_ = torch::randperm(64, data); }
   StepOutput forward_step(int64_t b) override {
     const auto idx = order_.slice(0, (b * 8) % 64, (b * 8) % 64 + 8);
-    const auto logits = net_->forward(x_.index_select(0, idx)) * scale;
+    const auto logits = net_->forward(x_.index_select(0, idx)) * scale + offset;
     const auto labels = y_.index_select(0, idx);
-    return {torch::cross_entropy_loss(logits, labels), 8, logits.argmax(1).eq(labels).sum().item<int64_t>()};
+    StepOutput out{torch::cross_entropy_loss(logits, labels), 8, logits.argmax(1).eq(labels).sum().item<int64_t>(), {}};
+    if (report_log_z) out.log_partition = logits.logsumexp(1);
+    return out;
   }
   std::optional<EvalResult> validate() override {
     torch::NoGradGuard no_grad;
@@ -50,6 +53,8 @@ class ToyTask : public Task {
     return torch::cat(all);
   }
   double scale = 1;  // a huge scale makes the loss overflow
+  bool report_log_z = false;
+  double offset = 0;  // shifts every logit: the loss ignores it, log Z does not
 
  private:
   int64_t steps_;
@@ -133,6 +138,90 @@ TEST(Engine, ScheduleWarmsUpThenDecaysOrStaysConstant) {
   EXPECT_EQ(constant.learning_rate(23), 1e-2);
 }
 
+// z-loss: value and gradient of loss + c mean(lse^2) against a hand computation.
+TEST(Engine, ZLossAddsItsTermWithItsGradient) {
+  const auto logits = torch::tensor({{1.0, 2.0, -1.0}, {0.5, 0.0, 3.0}}, torch::kDouble).requires_grad_();
+  const auto labels = torch::tensor({1, 2});
+  StepOutput out{torch::cross_entropy_loss(logits, labels), 2, -1, logits.logsumexp(1)};
+  const double c = 0.3;
+  const auto objective = training_objective(out, c);
+  objective.backward();
+  double value = out.loss.item<double>(), grad[2][3];
+  for (int i = 0; i < 2; ++i) {
+    double z = 0;
+    for (int j = 0; j < 3; ++j) z += std::exp(logits[i][j].item<double>());
+    const double lse = std::log(z);
+    value += c * lse * lse / 2;
+    for (int j = 0; j < 3; ++j) {  // d/ds_ij: cross-entropy's (p - onehot)/2 + c * 2 lse p / 2
+      const double p = std::exp(logits[i][j].item<double>()) / z;
+      grad[i][j] = (p - (j == labels[i].item<int64_t>())) / 2 + c * lse * p;
+    }
+  }
+  EXPECT_NEAR(objective.item<double>(), value, 1e-12);
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 3; ++j) EXPECT_NEAR(logits.grad()[i][j].item<double>(), grad[i][j], 1e-12);
+  EXPECT_TRUE(training_objective(out, 0).is_same(out.loss));  // off: the task's loss itself
+  // In training: the logged loss is the task's, log Z is logged, and z-loss pulls it towards 0.
+  auto mean_log_z = [](double z_loss) {
+    ToyTask task(0.0);
+    task.offset = 5;
+    task.report_log_z = true;
+    auto c = config();
+    c.epochs = 6;
+    c.lr = 0.1;
+    c.z_loss = z_loss;
+    Engine engine(c, task);
+    double last = NAN;
+    engine.fit(false, [&](const nlohmann::json& line) { last = line.at("log_z"); });
+    return last;
+  };
+  EXPECT_LT(std::abs(mean_log_z(1.0)), 0.5 * std::abs(mean_log_z(0.0)));
+}
+
+// QK-clip in the engine: a task with a quest::nn::MultiheadAttention, a threshold below its max
+// logits: every step reports heads clipped and the trained weights differ from an unclipped run.
+TEST(Engine, QkClipRescalesAfterEveryStep) {
+  struct AttentionTask : Task {
+    AttentionTask() : mha(nn::MultiheadAttentionOptions(8, 2).kind(Kind::standard)), head(8, 2) {
+      net->register_module("mha", mha);
+      net->register_module("head", head);
+      auto gen = quest::make_generator(3);
+      x = torch::randn({64, 6, 8}, gen) * 3;
+      y = (x.select(1, 0).select(1, 0) > 0).to(torch::kLong);
+    }
+    torch::nn::Module& model() override { return *net; }
+    void initialize(at::Generator g) override { nn::reset_parameters(*net, g); }
+    int64_t steps_per_epoch() const override { return 4; }
+    void begin_epoch(int64_t, at::Generator) override {}
+    void record_diagnostics(bool on) override { mha->set_record_diagnostics(on); }
+    StepOutput forward_step(int64_t b) override {
+      const auto logits = head(mha(x.slice(0, b * 16, (b + 1) * 16)).mean(1));
+      return {torch::cross_entropy_loss(logits, y.slice(0, b * 16, (b + 1) * 16)), 16, -1, {}};
+    }
+    std::shared_ptr<torch::nn::Module> net = std::make_shared<torch::nn::Module>();
+    nn::MultiheadAttention mha;
+    torch::nn::Linear head;
+    torch::Tensor x, y;
+  };
+  auto train = [](double tau, std::vector<int64_t>* clipped) {
+    AttentionTask task;
+    auto c = config();
+    c.qk_clip = tau;
+    c.log_every = 0;  // QK-clip records diagnostics on every step regardless
+    Engine engine(c, task);
+    engine.fit(false, [&](const nlohmann::json& line) {
+      if (clipped) clipped->push_back(line.value("qk_clipped", int64_t{-1}));
+    });
+    return task.mha->qkv->weight.clone();
+  };
+  std::vector<int64_t> clipped, off;
+  const auto clipped_weights = train(0.05, &clipped), plain = train(0, &off);
+  ASSERT_EQ(clipped.size(), 12u);
+  for (int64_t n : clipped) EXPECT_GE(n, 1);
+  for (int64_t n : off) EXPECT_EQ(n, -1);
+  EXPECT_FALSE(torch::allclose(clipped_weights, plain));
+}
+
 TEST(Engine, NonFiniteLossStopsWithTheStep) {
   ToyTask task;
   task.scale = std::numeric_limits<double>::infinity();
@@ -168,6 +257,13 @@ TEST(Engine, WritesMetricsAndResumesExactly) {
   EXPECT_TRUE(torch::equal(resumed.flat(), full.flat()));
   const auto lines = runs::RunDir(root / "killed").read_metrics();
   EXPECT_EQ(lines.size(), runs::RunDir(root / "full").read_metrics().size());
+  const auto segments = runs::RunDir(root / "killed").read_segments();
+  ASSERT_EQ(segments.size(), 2u);  // the first segment and the resumed one, each with its machine
+  EXPECT_EQ(segments[1]["epoch"], 1);
+  EXPECT_EQ(segments[1]["parameters"], 6 * 16 + 16 + 16 * 2 + 2);
+  EXPECT_TRUE(segments[1]["simd_target"].is_string());
+  EXPECT_GE(segments[1]["threads"].get<int>(), 1);
+  EXPECT_EQ(runs::RunDir(root / "full").read_segments().size(), 1u);
   EXPECT_EQ(runs::RunDir(root / "killed").read_metrics("epoch").size(), 3u);
   EXPECT_EQ(runs::RunDir(root / "killed").read_metrics("epoch")[2]["samples_per_second"].is_number(), true);
   fs::remove_all(root);

@@ -92,6 +92,64 @@ TEST(LrSweep, PlanLaysSizeAndRateOverTheConfig) {
   EXPECT_NE(m.find("model.dimm"), std::string::npos) << m;
 }
 
+// A scale sweep: per-size seeds and variants (a kind with config keys of its own, at some sizes).
+TEST(LrSweep, SizesCarrySeedsAndVariantsRunBesideTheKinds) {
+  nlohmann::json j = vit_sweep();
+  j["sizes"][1]["seeds"] = {0, 1, 2};
+  j["variants"] = {{{"name", "standard+qk-clip"}, {"kind", "standard"}, {"config", {{"qk_clip", 50.0}}}, {"sizes", {"m"}}},
+                   {{"name", "quest+z-loss"}, {"kind", "quest"}, {"config", {{"z_loss", 1e-4}}}}};
+  const LrSweep sweep = sweep_from_json(j);
+  EXPECT_EQ(to_json(sweep_from_json(to_json(sweep))), to_json(sweep));
+  EXPECT_EQ(sweep.labels(sweep.sizes[0]), (std::vector<std::string>{"standard", "quest", "quest+z-loss"}));
+  EXPECT_EQ(sweep.labels(sweep.sizes[1]),
+            (std::vector<std::string>{"standard", "quest", "standard+qk-clip", "quest+z-loss"}));
+  const auto points = plan_sweep(sweep, "/tmp/out");
+  // s: 2 rates x 3 labels x 2 seeds; m: 2 rates x 4 labels x 3 seeds
+  ASSERT_EQ(points.size(), 2u * 3u * 2u + 2u * 4u * 3u);
+  const SweepPoint* clip = nullptr;
+  for (const auto& p : points)
+    if (p.size == "m" && p.run.kind == "standard+qk-clip" && p.run.seed == 2 && p.lr == 0.001) clip = &p;
+  ASSERT_TRUE(clip);
+  EXPECT_EQ(clip->run.run_dir, "/tmp/out/m/lr-0.001/standard+qk-clip/seed-2");
+  EXPECT_EQ(clip->run.config["run_dir"], clip->run.run_dir);
+  EXPECT_EQ(clip->run.config["qk_clip"], 50.0);
+  EXPECT_EQ(clip->run.config["z_loss"], 0.0);
+  EXPECT_EQ(clip->run.config["model"]["attention"], "standard");
+  EXPECT_EQ(clip->run.config["seed"], 2);
+  for (const auto& p : points)
+    if (p.run.kind == "standard") EXPECT_EQ(p.run.config["qk_clip"], 0.0);
+
+  auto error = [](nlohmann::json x) { return testing::error_message([&] { plan_sweep(sweep_from_json(x), "/tmp/out"); }); };
+  nlohmann::json bad = j;
+  bad["variants"][0]["name"] = "quest";
+  EXPECT_NE(error(bad).find("variant 'quest' is named like a kind"), std::string::npos) << error(bad);
+  bad = j;
+  bad["variants"][0]["kind"] = "flash";
+  EXPECT_NE(error(bad).find("unknown kind 'flash'"), std::string::npos) << error(bad);
+  bad = j;
+  bad["variants"][0]["sizes"] = {"xl"};
+  EXPECT_NE(error(bad).find("size 'xl' is not swept"), std::string::npos) << error(bad);
+  bad = j;
+  bad["variants"][1]["name"] = "standard+qk-clip";
+  EXPECT_NE(error(bad).find("listed twice"), std::string::npos) << error(bad);
+  bad = j;
+  bad["variants"][0]["config"] = {{"qk_clip", -1.0}};  // the task's own check, with the variant named
+  EXPECT_NE(error(bad).find("variant 'standard+qk-clip'"), std::string::npos) << error(bad);
+  EXPECT_NE(error(bad).find("qk_clip"), std::string::npos) << error(bad);
+  bad = j;
+  bad["variants"][0]["config"] = {{"z_loss", "high"}};
+  EXPECT_NE(error(bad).find("'z_loss' must be a number"), std::string::npos) << error(bad);
+  bad = j;
+  bad["variants"][0]["seeds"] = {1};
+  EXPECT_NE(error(bad).find("unknown key 'seeds' in a variant"), std::string::npos) << error(bad);
+  bad = j;
+  bad["sizes"][0]["seeds"] = nlohmann::json::array();
+  EXPECT_NE(error(bad).find("size 's': 'seeds' is empty"), std::string::npos) << error(bad);
+  bad = j;
+  bad["sizes"][0]["epochs"] = 3;
+  EXPECT_NE(error(bad).find("unknown key 'epochs' in a size"), std::string::npos) << error(bad);
+}
+
 TEST(LrSweep, SensitivityIsTheMeanCappedLossAboveTheBest) {
   // Three rates, one seed: mean 1.166..., best 0.5.
   Sensitivity s = lr_sensitivity({1e-3, 1e-2, 1e-1}, {{1.0}, {0.5}, {2.0}});

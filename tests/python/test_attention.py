@@ -169,6 +169,8 @@ def test_weights_and_diagnostics_match_oracle():
     ok = oracle.visible(6, 6, 2, True, mask).expand_as(s)
     torch.testing.assert_close(d.logit_abs_max, s.abs().where(ok, torch.zeros_like(s)).amax((0, 2, 3)),
                                rtol=1e-5, atol=0)
+    torch.testing.assert_close(d.logit_max, s.where(ok, torch.full_like(s, -math.inf)).amax((0, 2, 3)),
+                               rtol=1e-5, atol=0)
     entropy = -(probs * probs.clamp_min(1e-300).log()).sum(-1)   # (B, H, N); every row sees a key
     torch.testing.assert_close(d.entropy_mean, entropy.mean((0, 2)), rtol=1e-4, atol=1e-6)
     assert weights.shape == (2, 3, 6, 6) and diag.dtype == torch.float64
@@ -265,7 +267,7 @@ def test_packed_projection_bad_shape_is_a_clear_error():
 @pytest.mark.parametrize("kind", ["quest", "qk_layernorm"])
 def test_packed_forward_returns_the_split_heads_weights_and_diagnostics(kind):
     # attention_packed_forward = attention_forward on the split heads: output merged to
-    # (B, N, E), the same (B, H, N, N) weights and (6, H) diagnostics; None unless asked.
+    # (B, N, E), the same (B, H, N, N) weights and (7, H) diagnostics; None unless asked.
     torch.manual_seed(6)
     b, n, h, d = 2, 11, 3, 8
     qkv = torch.randn(b, n, 3 * h * d)
@@ -276,7 +278,7 @@ def test_packed_forward_returns_the_split_heads_weights_and_diagnostics(kind):
     q, k, v = qkv.view(b, n, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
     out_s, weights_s, diag_s = quest.attention_forward(
         q, k, v, kind, key_padding_mask=mask, need_weights=True, need_diagnostics=True)
-    assert out.shape == (b, n, h * d) and weights.shape == (b, h, n, n) and diag.shape == (6, h)
+    assert out.shape == (b, n, h * d) and weights.shape == (b, h, n, n) and diag.shape == (7, h)
     torch.testing.assert_close(out, out_s.transpose(1, 2).reshape(b, n, h * d), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(weights, weights_s, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(diag, diag_s, rtol=1e-5, atol=1e-6)

@@ -268,6 +268,7 @@ TEST(Attention, DiagnosticsMatchTheirDefinitionOnEveryPath) {
         EXPECT_NEAR(x.k_norm_mean[h], expected.k_norm_mean[h], 1e-10) << to_string(backend);
         EXPECT_NEAR(x.k_norm_max[h], expected.k_norm_max[h], 1e-10) << to_string(backend);
         EXPECT_NEAR(x.logit_abs_max[h], expected.logit_abs_max[h], 1e-10) << to_string(backend);
+        EXPECT_NEAR(x.logit_max[h], expected.logit_max[h], 1e-10) << to_string(backend);
         EXPECT_NEAR(x.entropy_mean[h], expected.entropy_mean[h], 1e-10) << to_string(backend);
         EXPECT_GT(x.entropy_mean[h], 0);
       }

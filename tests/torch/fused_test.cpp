@@ -153,6 +153,7 @@ TEST(Fused, DiagnosticsMatchReference) {
       EXPECT_NEAR(a.k_norm_mean[h], b.k_norm_mean[h], 1e-4) << to_string(kind);
       EXPECT_NEAR(a.k_norm_max[h], b.k_norm_max[h], 1e-4) << to_string(kind);
       EXPECT_NEAR(a.logit_abs_max[h], b.logit_abs_max[h], 1e-4) << to_string(kind);
+      EXPECT_NEAR(a.logit_max[h], b.logit_max[h], 1e-4) << to_string(kind);
       EXPECT_NEAR(a.entropy_mean[h], b.entropy_mean[h], 1e-4) << to_string(kind);
     }
   }

@@ -73,6 +73,35 @@ TEST(MultiheadAttention, RecordsDiagnostics) {
     EXPECT_LE(mha->last_diagnostics()->logit_abs_max[h], mha->last_diagnostics()->q_norm_max[h] + 1e-5);
 }
 
+// QK-clip rescales exactly the heads over the threshold, by sqrt(tau / S) on each of q and k (the
+// whole factor on q with grouped-query attention), and the same input then peaks at tau.
+TEST(MultiheadAttention, QkClipRescalesHeadsOverTheThresholdOnly) {
+  for (int64_t kv : {2, 1}) {
+    torch::manual_seed(5);
+    nn::MultiheadAttention mha(nn::MultiheadAttentionOptions(8, 2).num_kv_heads(kv).kind(Kind::standard));
+    const Tensor x = torch::randn({2, 5, 8}) * 4;
+    mha->set_record_diagnostics(true);
+    mha(x);
+    const std::vector<double> before = mha->last_diagnostics()->logit_max;
+    ASSERT_GT(before[0], 0);
+    const double tau = before[0] / 4;            // head 0 over the threshold,
+    const std::vector<double> maxima = {before[0], tau / 2};  // head 1 (said to be) under it
+    const Tensor w = mha->qkv->weight.clone(), b = mha->qkv->bias.clone();
+    EXPECT_EQ(mha->clip_qk(maxima, tau), 1);
+    const double q_factor = kv == 2 ? 0.5 : 0.25, k_factor = kv == 2 ? 0.5 : 1.0;  // sqrt(1/4), or 1/4 on q
+    Tensor expect_w = w.clone(), expect_b = b.clone();
+    expect_w.narrow(0, 0, 4).mul_(q_factor), expect_b.narrow(0, 0, 4).mul_(q_factor);  // q rows of head 0
+    expect_w.narrow(0, 8, 4).mul_(k_factor), expect_b.narrow(0, 8, 4).mul_(k_factor);  // k rows of its key head
+    EXPECT_TRUE(torch::allclose(mha->qkv->weight, expect_w, 1e-6, 0)) << kv;
+    EXPECT_TRUE(torch::allclose(mha->qkv->bias, expect_b, 1e-6, 0)) << kv;
+    mha(x);
+    EXPECT_NEAR(mha->last_diagnostics()->logit_max[0], tau, 1e-4 * tau) << kv;
+    EXPECT_NEAR(mha->last_diagnostics()->logit_max[1], before[1], 1e-6 * std::abs(before[1]) + 1e-6) << kv;
+    EXPECT_EQ(mha->clip_qk({NAN, 0.0}, tau), 0);  // non-finite and low maxima: nothing
+    EXPECT_THROW(mha->clip_qk({1.0}, tau), c10::Error);
+  }
+}
+
 TEST(MultiheadAttention, BadConstructionAndInput) {
   EXPECT_THROW(nn::MultiheadAttention(nn::MultiheadAttentionOptions(10, 3)), c10::Error);
   nn::MultiheadAttention mha(nn::MultiheadAttentionOptions(8, 2));

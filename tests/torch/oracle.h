@@ -84,6 +84,7 @@ inline HeadDiagnostics oracle_diagnostics(const OracleInputs& in, Kind kind, boo
     out.k_norm_max[head] = kh.max().item<double>();
     const auto sh = s.select(1, head), vh = visible.select(1, head);
     out.logit_abs_max[head] = sh.abs().masked_select(vh).max().item<double>();
+    out.logit_max[head] = sh.masked_select(vh).max().item<double>();
     double entropy = 0;
     int64_t rows = 0;
     for (int64_t bb = 0; bb < b; ++bb)

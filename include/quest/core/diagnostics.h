@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,7 @@ struct HeadDiagnostics {
   std::vector<double> q_norm_mean, q_norm_max;
   std::vector<double> k_norm_mean, k_norm_max;
   std::vector<double> logit_abs_max;  // max |s_ij| over visible pairs
+  std::vector<double> logit_max;      // max s_ij over visible pairs (-inf: none); QK-clip's signal
   std::vector<double> entropy_mean;   // mean over rows of H_i = lse_i - sum_j p_ij s_ij
 
   void resize(int64_t heads);
@@ -30,6 +32,7 @@ struct HeadDiagnosticsPartial {
   double k_norm_sum = 0, k_norm_max = 0;
   int64_t k_count = 0;
   double logit_abs_max = 0;
+  double logit_max = -std::numeric_limits<double>::infinity();
   double entropy_sum = 0;
   int64_t entropy_rows = 0;
 };

@@ -154,7 +154,7 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
     bad[r] = 0;
   }
   std::fill(o, o + Br * Dvp, 0.0f);
-  float logit_max = 0;
+  float logit_max = 0, signed_max = kNegInf;
   const VF vinf = hn::Set(d, std::numeric_limits<float>::infinity());
   for (int64_t j0 = 0; j0 < k_end; j0 += kBlockK) {
     const int64_t jn = std::min(kBlockK, k_end - j0), width = RoundUp(jn, L);
@@ -199,7 +199,7 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
         }
       }
       const VF vm = hn::Set(d, m[r]);
-      VF vsum = hn::Zero(d), vt = hn::Zero(d), vabs = hn::Zero(d);
+      VF vsum = hn::Zero(d), vt = hn::Zero(d), vabs = hn::Zero(d), vhi = hn::Set(d, kNegInf);
       for (int64_t c = 0; c < width; c += L) {
         const VF x = hn::LoadU(d, sr + c);
         const VF p = SoftmaxExp(d, hn::Sub(x, vm));  // exp(-inf) = 0
@@ -209,12 +209,14 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
           const auto visible = hn::Gt(x, hn::Set(d, kNegInf));
           vt = hn::Add(vt, hn::IfThenElseZero(visible, hn::Mul(p, x)));
           vabs = hn::Max(vabs, hn::IfThenElseZero(visible, hn::Abs(x)));
+          vhi = hn::Max(vhi, x);  // masked lanes hold -inf
         }
       }
       l[r] += hn::GetLane(hn::SumOfLanes(d, vsum));
       if (part) {
         t[r] += hn::GetLane(hn::SumOfLanes(d, vt));
         logit_max = std::max(logit_max, hn::GetLane(hn::MaxOfLanes(d, vabs)));
+        signed_max = std::max(signed_max, hn::GetLane(hn::MaxOfLanes(d, vhi)));
       }
       if (a.dropout > 0)  // P' = P * keep / (1 - p_drop) feeds O only; l keeps the full P
         for (int64_t c = 0; c < jn; ++c) sr[c] *= DropoutFactor(a, b, h, i0 + r, j0 + c);
@@ -233,7 +235,7 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
       std::fill(dst, dst + Dv, kNaN);
       stats.shift[i] = stats.log_sum[i] = kNaN;
       if (part) {
-        part->entropy_sum = part->logit_abs_max = kNaN;
+        part->entropy_sum = part->logit_abs_max = part->logit_max = kNaN;
         ++part->entropy_rows;
       }
       continue;
@@ -249,7 +251,10 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
       ++part->entropy_rows;
     }
   }
-  if (part) part->logit_abs_max = nan_max(part->logit_abs_max, logit_max);
+  if (part) {
+    part->logit_abs_max = nan_max(part->logit_abs_max, logit_max);
+    part->logit_max = nan_max(part->logit_max, signed_max);
+  }
 }
 
 void ForwardF32(const AttentionArgs<float>& a, View4<float> out, RowStats stats,

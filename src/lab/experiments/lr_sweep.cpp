@@ -57,9 +57,20 @@ void check_logged(int64_t log_every) {
 
 }  // namespace
 
+bool SweepVariant::at(const std::string& size) const {
+  return sizes.empty() || std::find(sizes.begin(), sizes.end(), size) != sizes.end();
+}
+
+std::vector<std::string> LrSweep::labels(const SweepSize& size) const {
+  std::vector<std::string> out = kinds;
+  for (const auto& v : variants)
+    if (v.at(size.name)) out.push_back(v.name);
+  return out;
+}
+
 LrSweep sweep_from_json(const nlohmann::json& j) {
   if (!j.is_object()) bad("a sweep file must be a JSON object");
-  static const std::set<std::string> keys = {"task", "config", "sizes", "kinds", "lrs", "seeds"};
+  static const std::set<std::string> keys = {"task", "config", "sizes", "kinds", "variants", "lrs", "seeds"};
   for (const auto& [key, value] : j.items()) {
     if (key == "data_dir" || key == "val_fraction")
       bad("'" + key + "' is a key of the task config now: \"config\": {\"data\": {\"dir\": ..., \"val_fraction\": ...}}");
@@ -80,7 +91,11 @@ LrSweep sweep_from_json(const nlohmann::json& j) {
     if (j.contains("sizes")) {
       s.sizes.clear();
       for (const auto& size : j.at("sizes")) {
-        SweepSize z{size.at("name").get<std::string>(), size.value("model", nlohmann::json::object())};
+        for (const auto& [key, value] : size.items())
+          if (key != "name" && key != "model" && key != "seeds") bad("unknown key '" + key + "' in a size");
+        SweepSize z{size.at("name").get<std::string>(), size.value("model", nlohmann::json::object()),
+                    size.value("seeds", std::vector<uint64_t>{})};
+        if (size.contains("seeds") && z.seeds.empty()) bad("size '" + z.name + "': 'seeds' is empty");
         if (z.name.empty() || z.name.find('/') != std::string::npos) bad("a size name must be a plain non-empty name");
         if (!z.model.is_object()) bad("size '" + z.name + "': 'model' must be a JSON object");
         for (const auto& other : s.sizes)
@@ -90,6 +105,22 @@ LrSweep sweep_from_json(const nlohmann::json& j) {
       if (s.sizes.empty()) bad("'sizes' is empty");
     }
     if (j.contains("kinds")) s.kinds = j["kinds"].get<std::vector<std::string>>();
+    for (const auto& v : j.value("variants", nlohmann::json::array())) {
+      for (const auto& [key, value] : v.items())
+        if (key != "name" && key != "kind" && key != "config" && key != "sizes") bad("unknown key '" + key + "' in a variant");
+      SweepVariant x{v.at("name").get<std::string>(), v.at("kind").get<std::string>(),
+                     v.value("config", nlohmann::json::object()), v.value("sizes", std::vector<std::string>{})};
+      if (x.name.empty() || x.name.find('/') != std::string::npos) bad("a variant name must be a plain non-empty name");
+      if (parse_kind(x.name)) bad("variant '" + x.name + "' is named like a kind");
+      if (!parse_kind(x.kind)) bad("variant '" + x.name + "': unknown kind '" + x.kind + "'");
+      if (!x.config.is_object()) bad("variant '" + x.name + "': 'config' must be a JSON object");
+      for (const auto& other : s.variants)
+        if (other.name == x.name) bad("variant '" + x.name + "' is listed twice");
+      for (const auto& name : x.sizes)
+        if (std::none_of(s.sizes.begin(), s.sizes.end(), [&](const SweepSize& z) { return z.name == name; }))
+          bad("variant '" + x.name + "': size '" + name + "' is not swept");
+      s.variants.push_back(std::move(x));
+    }
     if (j.contains("lrs")) s.lrs = j["lrs"].get<std::vector<double>>();
     if (j.contains("seeds")) s.seeds = j["seeds"].get<std::vector<uint64_t>>();
   } catch (const nlohmann::json::exception& e) {
@@ -108,19 +139,48 @@ LrSweep sweep_from_json(const nlohmann::json& j) {
 }
 
 nlohmann::json to_json(const LrSweep& s) {
-  nlohmann::json sizes = nlohmann::json::array();
-  for (const auto& z : s.sizes) sizes.push_back({{"name", z.name}, {"model", z.model}});
-  return {{"task", s.task}, {"config", s.config}, {"sizes", sizes}, {"kinds", s.kinds},
-          {"lrs", s.lrs},   {"seeds", s.seeds}};
+  nlohmann::json sizes = nlohmann::json::array(), variants = nlohmann::json::array();
+  for (const auto& z : s.sizes) {
+    sizes.push_back({{"name", z.name}, {"model", z.model}});
+    if (!z.seeds.empty()) sizes.back()["seeds"] = z.seeds;
+  }
+  for (const auto& v : s.variants) {
+    variants.push_back({{"name", v.name}, {"kind", v.kind}, {"config", v.config}});
+    if (!v.sizes.empty()) variants.back()["sizes"] = v.sizes;
+  }
+  nlohmann::json j = {{"task", s.task}, {"config", s.config}, {"sizes", sizes}, {"kinds", s.kinds},
+                      {"lrs", s.lrs},   {"seeds", s.seeds}};
+  if (!s.variants.empty()) j["variants"] = variants;
+  return j;
 }
 
-// One size and rate of the sweep: the task's compare plan, trained without the test evaluation.
+// One size and rate of the sweep: the task's compare plan for the kinds, then each variant's
+// (its config keys laid over, its runs under its own name), trained without the test evaluation.
 // The task checks its config (unknown keys, types) and names what is wrong.
-static std::vector<runs::RunSpec> plan_point(const LrSweep& sweep, nlohmann::json c, const std::string& dir) {
+static std::vector<runs::RunSpec> plan_point(const LrSweep& sweep, const SweepSize& size, nlohmann::json c,
+                                             const std::string& dir) {
   c["task"] = sweep.task;
-  const nlohmann::json config = tasks::task_kind(sweep.task).resolve(c);
+  const tasks::TaskKind& task = tasks::task_kind(sweep.task);
+  const nlohmann::json config = task.resolve(c);
   check_logged(config.at("log_every").get<int64_t>());
-  std::vector<runs::RunSpec> plan = runs::plan_runs(config, sweep.kinds, sweep.seeds, dir);
+  std::vector<runs::RunSpec> plan = runs::plan_runs(config, sweep.kinds, sweep.seeds_of(size), dir);
+  for (const auto& v : sweep.variants) {
+    if (!v.at(size.name)) continue;
+    nlohmann::json vc = c;
+    for (const auto& [key, value] : v.config.items()) vc[key] = value;
+    std::vector<runs::RunSpec> runs;
+    try {
+      runs = runs::plan_runs(task.resolve(vc), {v.kind}, sweep.seeds_of(size), dir);
+    } catch (const c10::Error& e) {
+      bad("variant '" + v.name + "': " + e.what_without_backtrace());
+    }
+    for (auto& run : runs) {
+      run.kind = v.name;
+      run.run_dir = runs::ExperimentDir(dir).run_dir(v.name, run.seed).string();
+      run.config["run_dir"] = run.run_dir;
+      plan.push_back(std::move(run));
+    }
+  }
   for (auto& run : plan) run.evaluate_test = false;
   return plan;
 }
@@ -132,7 +192,7 @@ std::vector<SweepPoint> plan_sweep(const LrSweep& sweep, const std::string& out_
     for (double lr : sweep.lrs) {
       std::vector<runs::RunSpec> plan;
       try {
-        plan = plan_point(sweep, run_config(sweep, size, lr), experiment.sweep_point(size.name, lr).root().string());
+        plan = plan_point(sweep, size, run_config(sweep, size, lr), experiment.sweep_point(size.name, lr).root().string());
       } catch (const c10::Error& e) {  // the task's config error, with the size it came from
         bad("size '" + size.name + "': " + e.what_without_backtrace());
       }
@@ -157,7 +217,10 @@ nlohmann::json SweepRunResult::to_json() const {
           {"q_norm_max", q_norm_max},
           {"k_norm_max", k_norm_max},
           {"entropy_min", entropy_min},
-          {"log_z_abs_max", log_z_abs_max}};
+          {"log_z_abs_max", log_z_abs_max},
+          {"parameters", parameters},
+          {"simd_target", simd_target},
+          {"threads", threads}};
 }
 
 SweepRunResult read_sweep_run(const SweepPoint& point, const runs::RunOutcome& outcome) {
@@ -189,6 +252,15 @@ SweepRunResult read_sweep_run(const SweepPoint& point, const runs::RunOutcome& o
     } else if (type == "epoch" && outcome.status == runs::RunStatus::ok) {
       r.final_loss = number(line.value("val_loss", nlohmann::json()));
     }
+  }
+  for (const auto& line : dir.read_segments()) {  // a resumed run: every segment's machine, once each
+    r.parameters = line.value("parameters", int64_t{0});
+    auto join = [](std::string& into, const std::string& x) {
+      if (into.empty()) into = x;
+      else if (("," + into + ",").find("," + x + ",") == std::string::npos) into += "," + x;
+    };
+    join(r.simd_target, line.value("simd_target", std::string("?")));
+    join(r.threads, std::to_string(line.value("threads", 0)));
   }
   if (outcome.status == runs::RunStatus::diverged) {
     if (!r.diverged_step) r.diverged_step = last_step;  // stopped at an epoch end or by the monitor
@@ -272,7 +344,7 @@ std::vector<Sensitivity> sensitivities(const LrSweep& sweep, const std::vector<S
   std::sort(lrs.begin(), lrs.end());
   std::vector<Sensitivity> rows;
   for (const auto& size : sweep.sizes)
-    for (const auto& kind : sweep.kinds) {
+    for (const auto& kind : sweep.labels(size)) {
       std::vector<const SweepRunResult*> mine;
       std::vector<double> inits;
       for (const auto& r : runs)
@@ -301,6 +373,22 @@ std::vector<Sensitivity> sensitivities(const LrSweep& sweep, const std::vector<S
       s.init_loss = l0;
       s.diverged = diverged;
       s.runs = static_cast<int>(mine.size());
+      for (const auto* r : mine) s.parameters = std::max(s.parameters, r->parameters);
+      for (double lr : lrs) {  // ascending: the last rate without a divergence wins
+        std::vector<double> logit, entropy;
+        bool any = false, div = false;
+        for (const auto* r : mine)
+          if (r->lr == lr) {
+            any = true;
+            div |= r->outcome.status == runs::RunStatus::diverged;
+            if (std::isfinite(r->logit_abs_max)) logit.push_back(r->logit_abs_max);
+            if (std::isfinite(r->entropy_min)) entropy.push_back(r->entropy_min);
+          }
+        if (!any || div) continue;
+        s.stable_lr = lr;
+        s.stable_logit_abs_max = logit.empty() ? NAN : report::mean_of(logit);
+        s.stable_entropy_min = entropy.empty() ? NAN : report::mean_of(entropy);
+      }
       rows.push_back(s);
     }
   return rows;
@@ -308,20 +396,24 @@ std::vector<Sensitivity> sensitivities(const LrSweep& sweep, const std::vector<S
 
 report::Table sensitivity_table(const std::vector<Sensitivity>& rows) {
   report::Table t({{"size", 0}, {"kind", 0}, {"lr_sensitivity", 4}, {"ci_low", 4}, {"ci_high", 4},
-                   {"best_val_loss", 4}, {"best_lr", 5}, {"init_loss", 3}, {"diverged", 0}, {"runs", 0}});
+                   {"best_val_loss", 4}, {"best_lr", 5}, {"init_loss", 3}, {"diverged", 0}, {"runs", 0},
+                   {"parameters", 0}, {"stable_lr", 5}, {"stable_logit_abs_max", 1}, {"stable_entropy_min", 3}});
   for (const auto& s : rows)
-    t.add_row({s.size, s.kind, s.value, s.low, s.high, s.best_loss, s.best_lr, s.init_loss, s.diverged, s.runs});
+    t.add_row({s.size, s.kind, s.value, s.low, s.high, s.best_loss, s.best_lr, s.init_loss, s.diverged, s.runs,
+               s.parameters, s.stable_lr, s.stable_logit_abs_max, s.stable_entropy_min});
   return t;
 }
 
 report::Table runs_table(const std::vector<SweepRunResult>& runs) {
   report::Table t({{"size", 0}, {"kind", 0}, {"lr", 5}, {"seed", 0}, {"status", 0}, {"diverged_step", 0},
                    {"warned_step", 0}, {"init_loss", 3}, {"final_val_loss", 4}, {"logit_abs_max", 1},
-                   {"q_norm_max", 1}, {"k_norm_max", 1}, {"entropy_min", 3}, {"log_z_abs_max", 2}});
+                   {"q_norm_max", 1}, {"k_norm_max", 1}, {"entropy_min", 3}, {"log_z_abs_max", 2},
+                   {"parameters", 0}, {"simd_target", 0}, {"threads", 0}});
   for (const auto& r : runs) {
     const nlohmann::json j = r.to_json();
     t.add_row({r.size, r.kind, r.lr, r.seed, j["status"], j["diverged_step"], j["warned_step"], r.init_loss,
-               r.final_loss, r.logit_abs_max, r.q_norm_max, r.k_norm_max, r.entropy_min, r.log_z_abs_max});
+               r.final_loss, r.logit_abs_max, r.q_norm_max, r.k_norm_max, r.entropy_min, r.log_z_abs_max,
+               r.parameters, r.simd_target, r.threads});
   }
   return t;
 }
@@ -337,7 +429,7 @@ void write_sweep_plots(const LrSweep& sweep, const std::vector<SweepRunResult>& 
   for (const auto& size : sweep.sizes) {
     // Per kind: lr, seed-mean capped loss, min, max, seed-mean max |logit|, diverged runs.
     std::vector<std::pair<std::string, fs::path>> files;
-    for (const auto& kind : sweep.kinds) {
+    for (const auto& kind : sweep.labels(size)) {
       double l0 = NAN;
       for (const auto& s : rows)
         if (s.size == size.name && s.kind == kind) l0 = s.init_loss;
@@ -384,6 +476,49 @@ void write_sweep_plots(const LrSweep& sweep, const std::vector<SweepRunResult>& 
        << "\nset ylabel 'max |logit|'\nset logscale y\n"
        << "plot " << curves("1:5", "linespoints", true) << ", " << curves("1:($6>0?$5:1/0)", "points pt 6 ps 2", false)
        << "\nunset logscale y\n";
+  }
+  if (sweep.sizes.size() >= 2) {  // against model size: one file per kind or variant, sizes ascending
+    std::vector<std::pair<std::string, fs::path>> files;
+    std::vector<std::string> labels;
+    for (const auto& size : sweep.sizes)
+      for (const auto& l : sweep.labels(size))
+        if (std::find(labels.begin(), labels.end(), l) == labels.end()) labels.push_back(l);
+    for (const auto& label : labels) {
+      std::vector<const Sensitivity*> mine;
+      for (const auto& s : rows)
+        if (s.kind == label && s.parameters > 0) mine.push_back(&s);
+      if (mine.empty()) continue;
+      std::sort(mine.begin(), mine.end(), [](auto* a, auto* b) { return a->parameters < b->parameters; });
+      const fs::path file = data / ("scale_" + label + ".dat");
+      std::ofstream f(file);
+      f << "# parameters lr_sensitivity ci_low ci_high stable_lr stable_logit_abs_max stable_entropy_min size\n";
+      for (const auto* s : mine)
+        f << s->parameters << " " << s->value << " " << s->low << " " << s->high << " " << s->stable_lr << " "
+          << s->stable_logit_abs_max << " " << s->stable_entropy_min << " " << s->size << "\n";
+      files.emplace_back(label, file);
+    }
+    auto curves = [&](const std::string& using_cols, const std::string& style) {
+      std::string s;
+      for (size_t i = 0; i < files.size(); ++i)
+        s += (s.empty() ? "" : ", ") + report::gnuplot_quote(files[i].second.string()) + " using " + using_cols +
+             " with " + style + " lc " + std::to_string(i + 1) + " title " + report::gnuplot_quote(files[i].first);
+      return s;
+    };
+    if (!files.empty()) {
+      gp << "set xlabel 'parameters'\nunset logscale y\n"
+         << "set output " << report::gnuplot_quote((out / "sensitivity-vs-size.png").string()) << "\n"
+         << "set title 'LR sensitivity vs model size (bars: 95 % bootstrap interval over seeds)'\n"
+         << "set ylabel 'LR sensitivity (lower is better)'\n"
+         << "plot " << curves("1:2:3:4", "yerrorlines") << "\n"
+         << "set output " << report::gnuplot_quote((out / "stable-logit-vs-size.png").string()) << "\n"
+         << "set title 'max |logit| over training at the highest learning rate without a divergence'\n"
+         << "set ylabel 'max |logit|'\nset logscale y\n"
+         << "plot " << curves("1:6", "linespoints") << "\nunset logscale y\n"
+         << "set output " << report::gnuplot_quote((out / "stable-entropy-vs-size.png").string()) << "\n"
+         << "set title 'min attention entropy at the highest learning rate without a divergence'\n"
+         << "set ylabel 'min entropy (nats)'\n"
+         << "plot " << curves("1:7", "linespoints") << "\n";
+    }
   }
   report::run_gnuplot(out / "sweep.gp", gp.str());
 }

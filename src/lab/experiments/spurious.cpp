@@ -104,7 +104,7 @@ class SpuriousTask : public training::Task {
   void begin_epoch(int64_t, at::Generator data_generator) override { gen = data_generator; }
   training::StepOutput forward_step(int64_t) override {
     const auto batch = data::generate_retrieval(config.task, data::RetrievalSplit::training, config.batch_size, gen);
-    return {torch::cross_entropy_loss(net->forward(batch.keys, batch.codes), batch.labels), config.batch_size, -1};
+    return {torch::cross_entropy_loss(net->forward(batch.keys, batch.codes), batch.labels), config.batch_size, -1, {}};
   }
   void after_step(int64_t step) override {
     result.steps_done = step;

@@ -147,16 +147,17 @@ void RunDir::write_result(const nlohmann::json& result) const {
   write_file_atomic(this->result(), result.dump(2) + "\n");
 }
 
-void RunDir::append_metrics(const nlohmann::json& line) const {
-  if (empty()) return;
-  std::ofstream out(metrics(), std::ios::app);
+namespace {
+void append_line(const fs::path& file, const nlohmann::json& line) {
+  std::ofstream out(file, std::ios::app);
   out << line.dump() << "\n";
-  if (!out.flush()) throw std::runtime_error("cannot append to '" + metrics().string() + "'");
+  if (!out.flush()) throw std::runtime_error("cannot append to '" + file.string() + "'");
 }
 
-std::vector<nlohmann::json> RunDir::read_metrics(const std::string& type) const {
+// Every whole line of a JSON-lines file (one cut short by a kill is skipped), of `type` if given.
+std::vector<nlohmann::json> read_lines(const fs::path& file, const std::string& type) {
   std::vector<nlohmann::json> lines;
-  std::ifstream in(metrics());
+  std::ifstream in(file);
   for (std::string text; std::getline(in, text);) {
     if (text.empty()) continue;
     try {
@@ -167,6 +168,21 @@ std::vector<nlohmann::json> RunDir::read_metrics(const std::string& type) const 
   }
   return lines;
 }
+}  // namespace
+
+void RunDir::append_metrics(const nlohmann::json& line) const {
+  if (!empty()) append_line(metrics(), line);
+}
+
+std::vector<nlohmann::json> RunDir::read_metrics(const std::string& type) const { return read_lines(metrics(), type); }
+
+void RunDir::append_segment(const nlohmann::json& line, bool fresh) const {
+  if (empty()) return;
+  if (fresh) fs::remove(segments());
+  append_line(segments(), line);
+}
+
+std::vector<nlohmann::json> RunDir::read_segments() const { return read_lines(segments(), ""); }
 
 std::optional<nlohmann::json> RunDir::last_epoch_metrics() const {
   auto epochs = read_metrics("epoch");

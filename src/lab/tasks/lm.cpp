@@ -83,7 +83,7 @@ class LmTrainer::LmTask : public Task {
     const auto logits = gpt->forward(inputs);
     const auto loss = torch::nn::functional::cross_entropy(logits.flatten(0, 1), targets.flatten());
     return {loss, inputs.numel(), logits.argmax(-1).eq(targets).sum().item<int64_t>(),
-            logits.detach().logsumexp(-1).mean().item<double>()};
+            logits.logsumexp(-1)};
   }
   std::optional<EvalResult> validate() override {
     if (!valid || valid->numel() < 2) return EvalResult{};

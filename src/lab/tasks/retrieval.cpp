@@ -112,7 +112,7 @@ class RetrievalTask : public training::Task {
     const auto batch = data::generate_retrieval(config.data, RetrievalSplit::training, config.batch_size, gen);
     const auto logits = net->forward(batch.keys, batch.codes);
     return {torch::cross_entropy_loss(logits, batch.labels), config.batch_size,
-            logits.argmax(1).eq(batch.labels).sum().item<int64_t>(), logits.detach().logsumexp(1).mean().item<double>()};
+            logits.argmax(1).eq(batch.labels).sum().item<int64_t>(), logits.logsumexp(1)};
   }
   std::optional<training::EvalResult> validate() override {
     torch::NoGradGuard no_grad;

@@ -207,7 +207,7 @@ class VitTrainer::VitTask : public Task {
     // The whole batch's draws: the generator advances as in one process, whatever the shard.
     const AugmentDraw draw = config.augment ? draw_augmentation(global.size(0), config.crop_padding, config.flip, gen)
                                             : AugmentDraw{};
-    if (hi == lo) return {torch::Tensor(), 0, 0};
+    if (hi == lo) return {torch::Tensor(), 0, 0, {}};
     const auto idx = global.slice(0, lo, hi);
     auto images = train->images.index_select(0, idx);
     const auto labels = train->labels.index_select(0, idx);
@@ -215,7 +215,7 @@ class VitTrainer::VitTask : public Task {
     const auto logits = vit->forward(images);
     const auto ce = torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(config.label_smoothing);
     return {torch::nn::functional::cross_entropy(logits, labels, ce), idx.size(0),
-            logits.argmax(1).eq(labels).sum().item<int64_t>(), logits.detach().logsumexp(1).mean().item<double>()};
+            logits.argmax(1).eq(labels).sum().item<int64_t>(), logits.logsumexp(1)};
   }
   std::optional<EvalResult> validate() override {
     return validation && validation->size() > 0 ? evaluate_shard(*validation, 512) : EvalResult{};

@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <cmath>
 #include <filesystem>
 
 #include "quest/lab/runs/run_dir.h"
@@ -32,6 +33,8 @@ nlohmann::json to_json(const RunSettings& s) {
           {"weight_decay", s.weight_decay},
           {"warmup_epochs", s.warmup_epochs},
           {"clip_grad_norm", s.clip_grad_norm},
+          {"z_loss", s.z_loss},
+          {"qk_clip", s.qk_clip},
           {"seed", s.seed},
           {"log_every", s.log_every},
           {"logit_monitor", to_json(s.logit_monitor)},
@@ -46,6 +49,10 @@ void read_run_settings(const nlohmann::json& merged, RunSettings& s) {
   s.weight_decay = merged.at("weight_decay");
   s.warmup_epochs = merged.at("warmup_epochs");
   s.clip_grad_norm = merged.at("clip_grad_norm");
+  s.z_loss = merged.at("z_loss");
+  s.qk_clip = merged.at("qk_clip");
+  TORCH_CHECK(s.z_loss >= 0 && std::isfinite(s.z_loss), "quest::training: config key 'z_loss' must be a finite number >= 0 (0: off), got ", s.z_loss);
+  TORCH_CHECK(s.qk_clip >= 0 && std::isfinite(s.qk_clip), "quest::training: config key 'qk_clip' must be a finite number >= 0 (0: off), got ", s.qk_clip);
   s.seed = merged.at("seed");
   s.log_every = merged.at("log_every");
   s.logit_monitor = logit_monitor_from_json(merged.at("logit_monitor"));

@@ -52,7 +52,7 @@ void all_reduce_diagnostics(std::vector<std::optional<HeadDiagnostics>>& layers,
   for (const auto& d : layers)
     if (d)
       for (size_t h = 0; h < d->q_norm_max.size(); ++h) {
-        maxima.insert(maxima.end(), {d->q_norm_max[h], d->k_norm_max[h], d->logit_abs_max[h]});
+        maxima.insert(maxima.end(), {d->q_norm_max[h], d->k_norm_max[h], d->logit_abs_max[h], d->logit_max[h]});
         sums.insert(sums.end(), {d->q_norm_mean[h], d->k_norm_mean[h], d->entropy_mean[h]});
       }
   maxima = group.max(maxima, "the attention diagnostics' all-reduce");
@@ -61,10 +61,11 @@ void all_reduce_diagnostics(std::vector<std::optional<HeadDiagnostics>>& layers,
   size_t i = 0;
   for (auto& d : layers)
     if (d)
-      for (size_t h = 0; h < d->q_norm_max.size(); ++h, i += 3) {
-        d->q_norm_max[h] = maxima[i], d->k_norm_max[h] = maxima[i + 1], d->logit_abs_max[h] = maxima[i + 2];
-        d->q_norm_mean[h] = sums[i] / world, d->k_norm_mean[h] = sums[i + 1] / world,
-        d->entropy_mean[h] = sums[i + 2] / world;
+      for (size_t h = 0; h < d->q_norm_max.size(); ++h, ++i) {
+        d->q_norm_max[h] = maxima[4 * i], d->k_norm_max[h] = maxima[4 * i + 1];
+        d->logit_abs_max[h] = maxima[4 * i + 2], d->logit_max[h] = maxima[4 * i + 3];
+        d->q_norm_mean[h] = sums[3 * i] / world, d->k_norm_mean[h] = sums[3 * i + 1] / world,
+        d->entropy_mean[h] = sums[3 * i + 2] / world;
       }
 }
 

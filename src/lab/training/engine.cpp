@@ -7,9 +7,11 @@
 #include <functional>
 
 #include "checkpoint.h"
+#include "quest/core/fused.h"
 #include "data_parallel.h"
 #include "fault_points.h"
 #include "quest/lab/training/optimizer.h"
+#include "quest/torch/nn/multihead_attention.h"
 #include "quest/torch/random.h"
 #include "quest/torch/runtime.h"
 
@@ -26,12 +28,19 @@ EngineConfig engine_config(const RunSettings& s, const DataParallel& parallel) {
   e.schedule = Schedule::warmup_cosine;
   e.warmup_epochs = s.warmup_epochs;
   e.clip_grad_norm = s.clip_grad_norm;
+  e.z_loss = s.z_loss;
+  e.qk_clip = s.qk_clip;
   e.seed = s.seed;
   e.log_every = s.log_every;
   e.logit_monitor = s.logit_monitor;
   e.run_dir = runs::RunDir(s.run_dir);
   e.parallel = parallel;
   return e;
+}
+
+torch::Tensor training_objective(const StepOutput& out, double z_loss) {
+  if (!(z_loss > 0) || !out.log_partition.defined()) return out.loss;
+  return out.loss + z_loss * out.log_partition.square().mean();
 }
 
 bool applies_weight_decay(const std::string& name, const torch::Tensor& parameter) {
@@ -127,7 +136,8 @@ nlohmann::json Engine::diagnostics_json(const std::vector<std::optional<HeadDiag
     if (d)
       out.push_back({{"q_norm_mean", d->q_norm_mean}, {"q_norm_max", d->q_norm_max},
                      {"k_norm_mean", d->k_norm_mean}, {"k_norm_max", d->k_norm_max},
-                     {"logit_abs_max", d->logit_abs_max}, {"entropy", d->entropy_mean}});
+                     {"logit_abs_max", d->logit_abs_max}, {"logit_max", d->logit_max},
+                     {"entropy", d->entropy_mean}});
   return out;
 }
 
@@ -198,6 +208,14 @@ void Engine::fit_epochs(const std::function<void(const nlohmann::json&)>& on_ste
   const runs::RunDir& dir = config_.run_dir;
   distributed::ProcessGroup* group = this->group();
   dir.trim_metrics(epoch_);
+  if (config_.parallel.writes()) {  // what this segment of the run ran on: results carry their machine
+    int64_t parameters = 0;
+    for (const auto& p : task_.model().parameters()) parameters += p.numel();
+    dir.append_segment({{"epoch", epoch_}, {"step", step_}, {"parameters", parameters},
+                        {"simd_target", fused::simd_target()}, {"threads", at::get_num_threads()},
+                        {"world", group ? group->world_size() : 1}, {"torch", torch_version()}},
+                       /*fresh=*/epoch_ == 0);
+  }
   LogitMonitor monitor(config_.logit_monitor);
   bool alerted = false;  // before the resume: once is enough
   for (const auto& line : dir.read_metrics("warning")) alerted |= line.value("warning", "") == "logit_growth";
@@ -216,9 +234,9 @@ void Engine::fit_epochs(const std::function<void(const nlohmann::json&)>& on_ste
     // independent masks.
     GeneratorScope randomness(model_generator(config_.seed + kRankSeedStride * (group ? group->rank() : 0), epoch_));
     for (int64_t b = 0; b < steps_per_epoch; ++b, ++step_) {
-      const StepResult r = train_step(b);
+      StepResult r = train_step(b);
       check_finite(r, b);
-      update();
+      r.qk_clipped = update();
       log_step(r, monitor, on_step);
       totals.add(r);
     }
@@ -239,7 +257,7 @@ Engine::StepResult Engine::train_step(int64_t batch) {
   r.lr = learning_rate(step_);
   set_learning_rate(r.lr);
   r.record = config_.log_every > 0 && step_ % config_.log_every == 0;
-  task_.record_diagnostics(r.record);
+  task_.record_diagnostics(r.record || config_.qk_clip > 0);  // QK-clip reads every step's
   optimizer_->zero_grad();
   if (group) {
     group->set_step(step_);
@@ -250,6 +268,10 @@ Engine::StepResult Engine::train_step(int64_t batch) {
   }
   StepOutput out = task_.forward_step(batch);
   r.loss = out.samples > 0 || !group ? out.loss.item<double>() : 0.0;
+  if (out.log_partition.defined() && out.samples > 0) {
+    out.log_z = out.log_partition.detach().mean().item<double>();
+    out.loss = training_objective(out, config_.z_loss);
+  }
   if (group) {
     r.loss = all_reduce_step(*group, task_.model(), out, r.loss);  // every rank: the global loss
   } else if (std::isfinite(r.loss)) {
@@ -270,12 +292,35 @@ void Engine::check_finite(const StepResult& r, int64_t batch) {
   if (!std::isfinite(r.grad_norm)) diverged_in_step("non-finite gradient norm", batch);
 }
 
-void Engine::update() {
+int64_t Engine::update() {
   optimizer_->step();
+  const int64_t clipped = config_.qk_clip > 0 ? clip_qk() : -1;
   task_.after_step(step_ + 1);
   distributed::ProcessGroup* group = this->group();
   if (group && config_.parallel.check_sync_every > 0 && (step_ + 1) % config_.parallel.check_sync_every == 0)
     group->check_identical(task_.model().named_parameters().pairs());
+  return clipped;
+}
+
+int64_t Engine::clip_qk() {
+  std::vector<nn::MultiheadAttentionImpl*> layers;
+  std::vector<double> maxima;
+  for (const auto& m : task_.model().modules(/*include_self=*/true))
+    if (auto* a = dynamic_cast<nn::MultiheadAttentionImpl*>(m.get())) {
+      TORCH_CHECK(a->last_diagnostics(), "quest::training: qk_clip needs the attention's diagnostics of every step");
+      layers.push_back(a);
+      const auto& s = a->last_diagnostics()->logit_max;
+      maxima.insert(maxima.end(), s.begin(), s.end());
+    }
+  if (distributed::ProcessGroup* group = this->group()) maxima = group->max(maxima, "QK-clip's max logits");
+  int64_t clipped = 0;
+  size_t i = 0;
+  for (auto* a : layers) {
+    const size_t heads = a->last_diagnostics()->logit_max.size();
+    clipped += a->clip_qk(std::vector<double>(maxima.begin() + i, maxima.begin() + i + heads), config_.qk_clip);
+    i += heads;
+  }
+  return clipped;
 }
 
 void Engine::log_step(const StepResult& r, LogitMonitor& monitor,
@@ -287,6 +332,7 @@ void Engine::log_step(const StepResult& r, LogitMonitor& monitor,
                            {"total_steps", config_.epochs * task_.steps_per_epoch()},
                            {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm}};
     if (std::isfinite(r.log_z)) line["log_z"] = r.log_z;
+    if (r.qk_clipped >= 0) line["qk_clipped"] = r.qk_clipped;
     if (r.record) {
       line["attention"] = diagnostics_json(layers);
       dir.append_metrics(line);

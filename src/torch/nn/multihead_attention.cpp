@@ -54,6 +54,29 @@ AttentionOptions MultiheadAttentionImpl::attention_options(const torch::Tensor& 
       .enable_gqa(kv_heads() != options.num_heads());
 }
 
+int64_t MultiheadAttentionImpl::clip_qk(const std::vector<double>& max_logits, double threshold) {
+  const int64_t h = options.num_heads(), dh = head_dim(), e = options.embed_dim();
+  TORCH_CHECK(static_cast<int64_t>(max_logits.size()) == h, "quest::nn::MultiheadAttention::clip_qk: ",
+              max_logits.size(), " max logits for ", h, " heads");
+  TORCH_CHECK(threshold > 0, "quest::nn::MultiheadAttention::clip_qk: threshold must be positive, got ", threshold);
+  torch::NoGradGuard no_grad;
+  const bool grouped = kv_heads() != h;
+  int64_t clipped = 0;
+  for (int64_t head = 0; head < h; ++head) {
+    const double s = max_logits[head];
+    if (!std::isfinite(s) || s <= threshold) continue;
+    const double gamma = threshold / s;
+    std::vector<std::pair<int64_t, double>> rows = {{head * dh, grouped ? gamma : std::sqrt(gamma)}};  // q
+    if (!grouped) rows.push_back({e + head * dh, std::sqrt(gamma)});                                      // k
+    for (const auto& [first, factor] : rows) {
+      qkv->weight.narrow(0, first, dh).mul_(factor);
+      if (qkv->bias.defined()) qkv->bias.narrow(0, first, dh).mul_(factor);
+    }
+    ++clipped;
+  }
+  return clipped;
+}
+
 torch::Tensor MultiheadAttentionImpl::split_heads(const torch::Tensor& x, int64_t heads) const {
   return x.view({x.size(0), x.size(1), heads, head_dim()}).transpose(1, 2);
 }

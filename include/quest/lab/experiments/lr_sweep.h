@@ -19,34 +19,51 @@
 
 namespace quest::experiments {
 
-// One model size: keys of the task config's "model" object laid over the base config's.
+// One model size: keys of the task config's "model" object laid over the base config's, and the
+// seeds run at this size (empty: the sweep's).
 struct SweepSize {
   std::string name;
   nlohmann::json model = nlohmann::json::object();
+  std::vector<uint64_t> seeds;
+};
+
+// A kind trained with extra config keys, swept beside the plain kinds under its own name (its run
+// directories and table rows), e.g. {"name": "standard+qk-clip", "kind": "standard", "config":
+// {"qk_clip": 100}, "sizes": ["l", "xl"]}; "sizes" absent: every size.
+struct SweepVariant {
+  std::string name, kind;
+  nlohmann::json config = nlohmann::json::object();  // top-level keys laid over the task config
+  std::vector<std::string> sizes;
+  bool at(const std::string& size) const;
 };
 
 // A sweep file (configs/lr-sweep-*.json): {"task": "vit"|"lm"|any registered task, "config": {...},
-// "sizes": [{"name", "model"}], "kinds": [...], "lrs": [...], "seeds": [...]}.
+// "sizes": [{"name", "model", "seeds"?}], "kinds": [...], "variants": [...]?, "lrs": [...], "seeds": [...]}.
 struct LrSweep {
   std::string task = "vit";
   nlohmann::json config = nlohmann::json::object();  // the task's config (its data included)
-  std::vector<SweepSize> sizes = {{"base", nlohmann::json::object()}};
+  std::vector<SweepSize> sizes = {{"base", nlohmann::json::object(), {}}};
   std::vector<std::string> kinds = {"standard", "quest", "qnorm", "qknorm", "qk_layernorm"};
+  std::vector<SweepVariant> variants;
   std::vector<double> lrs;
   std::vector<uint64_t> seeds = {0, 1};
+  // What is swept at a size, in table order: the kinds, then the variants run there.
+  std::vector<std::string> labels(const SweepSize& size) const;
+  const std::vector<uint64_t>& seeds_of(const SweepSize& size) const { return size.seeds.empty() ? seeds : size.seeds; }
 };
 // Throws std::invalid_argument naming the key: unknown task (tasks/task_kind.h) or key, no learning rate, a learning rate
-// that is not positive or listed twice, a size named twice; the task config is checked by the task.
+// that is not positive or listed twice, a size or variant named twice, a variant whose name is a
+// kind's or whose size is not swept, a seed listed twice; the task config is checked by the task.
 LrSweep sweep_from_json(const nlohmann::json& j);
 nlohmann::json to_json(const LrSweep& sweep);
 
-// One run of the sweep: run directory <out>/<size>/lr-<lr>/<kind>/seed-<s>.
+// One run of the sweep: run directory <out>/<size>/lr-<lr>/<kind or variant>/seed-<s>.
 struct SweepPoint {
   std::string size;
   double lr = 0;
   runs::RunSpec run;
 };
-// sizes x learning rates x kinds x seeds, in that order. Each run is trained without the test
+// sizes x learning rates x (kinds, then variants) x seeds, in that order. Each run is trained without the test
 // evaluation (the sweep scores the final validation loss).
 std::vector<SweepPoint> plan_sweep(const LrSweep& sweep, const std::string& out_dir);
 
@@ -63,6 +80,9 @@ struct SweepRunResult {
   // Over the logged steps, all layers and heads:
   double logit_abs_max = NAN, q_norm_max = NAN, k_norm_max = NAN, entropy_min = NAN;
   double log_z_abs_max = NAN;  // |mean log-partition| of the output logits
+  // From the run's segment lines (a resumed run: comma-joined where segments differ).
+  int64_t parameters = 0;
+  std::string simd_target, threads;
   nlohmann::json to_json() const;
 };
 SweepRunResult read_sweep_run(const SweepPoint& point, const runs::RunOutcome& outcome);
@@ -81,6 +101,10 @@ struct Sensitivity {
   double best_loss = NAN, best_lr = NAN;
   double init_loss = NAN;              // L0, median over the runs' step-0 losses
   int diverged = 0, runs = 0;
+  int64_t parameters = 0;              // the model's (the largest over the runs)
+  // At the highest learning rate where no run diverged: seed means of the runs' max |logit| and
+  // min entropy (NaN: every rate had a divergence).
+  double stable_lr = NAN, stable_logit_abs_max = NAN, stable_entropy_min = NAN;
 };
 // Capped loss per learning rate (rates in ascending order), one vector of seeds' losses each.
 // S of the means, and the interval from `resamples` bootstrap draws (seeded, so reproducible).
@@ -94,7 +118,9 @@ report::Table sensitivity_table(const std::vector<Sensitivity>& rows);
 report::Table runs_table(const std::vector<SweepRunResult>& runs);
 
 // Figures into <out>/plots: per size, final validation loss vs learning rate and max attention
-// logit vs learning rate (log x; one colour per kind, seed means, diverged runs at L0 and marked).
+// logit vs learning rate (log x; one colour per kind, seed means, diverged runs at L0 and marked);
+// with two sizes or more, LR sensitivity (95 % interval) against parameter count and max |logit| /
+// min entropy at the highest stable rate against parameter count (Wortsman et al.'s Figure 1 form).
 void write_sweep_plots(const LrSweep& sweep, const std::vector<SweepRunResult>& runs, const std::string& out_dir);
 
 // The learning rate whose training curves show standard attention against quest at one size: the

@@ -41,6 +41,10 @@ class RunDir {
   std::filesystem::path result() const { return root_ / "result.json"; }
   std::filesystem::path outcome() const { return root_ / "outcome.json"; }
   std::filesystem::path log() const { return root_ / "train.log"; }
+  // One line per training segment (a fresh start, then each resume): what it ran on (parameters,
+  // SIMD target, threads, world size, torch). Apart from metrics.jsonl, which stays one run's steps
+  // whether or not it was resumed.
+  std::filesystem::path segments() const { return root_ / "segments.jsonl"; }
 
   void create() const;
   void write_config(const nlohmann::json& config) const;
@@ -56,6 +60,9 @@ class RunDir {
   // Keeps only lines of epochs < epochs (those a checkpoint holds), so a resumed or restarted run
   // never logs a step twice. Atomic (temp file + rename).
   void trim_metrics(int64_t epochs) const;
+  // fresh: the run starts over (earlier segments are dropped).
+  void append_segment(const nlohmann::json& line, bool fresh) const;
+  std::vector<nlohmann::json> read_segments() const;
 
   bool has_checkpoint() const;
   // Epochs the checkpoint holds (read from the archive, no model built); nullopt without one.

@@ -20,6 +20,10 @@ struct RunSettings {
   int64_t epochs = 1, batch_size = 1;
   double lr = 1e-3, min_lr = 1e-5, weight_decay = 0, warmup_epochs = 0;
   double clip_grad_norm = 1.0;  // <= 0: off
+  // Wortsman et al.'s z-loss: coefficient of mean (log Z)^2 of the output logits (0: off).
+  double z_loss = 0;
+  // QK-clip (Kimi K2's MuonClip) threshold tau on each head's max logit (0: off): EngineConfig.
+  double qk_clip = 0;
   uint64_t seed = 0;
   int64_t log_every = 50;  // steps between metric lines (and diagnostics)
   LogitMonitorOptions logit_monitor;

@@ -51,10 +51,17 @@ struct StepOutput {
   torch::Tensor loss;
   int64_t samples = 0;  // in this batch
   int64_t correct = -1; // correct predictions, -1 where the task has no accuracy
-  // Mean log-partition log Σ exp(logit) of the output logits, where the task has a classifier:
-  // their drift is Wortsman et al.'s second instability (z-loss is its fix). NaN: not reported.
+  // Log-partition log Σ exp(logit) of each output row (differentiable), where the task has a
+  // classifier: its drift is Wortsman et al.'s second instability, and z-loss penalises its square.
+  // Undefined: none.
+  torch::Tensor log_partition;
+  // The mean of log_partition (the engine fills it; data-parallel: over the global batch); NaN: none.
   double log_z = NAN;
 };
+
+// The loss the engine differentiates: the task's, plus z_loss * mean(log_partition^2) where
+// z_loss > 0 and the task reports its log-partitions.
+torch::Tensor training_objective(const StepOutput& out, double z_loss);
 
 class Task {
  public:
@@ -106,6 +113,14 @@ struct EngineConfig {
   Schedule schedule = Schedule::warmup_cosine;
   double warmup_epochs = 0;     // warmup_cosine: linear warmup, then cosine down to min_lr
   double clip_grad_norm = 0;    // <= 0: off
+  // z-loss (Wortsman et al. 2023): z_loss * mean(log Z^2) over the output rows joins the loss that
+  // is differentiated (the logged loss stays the task's). 0: off.
+  double z_loss = 0;
+  // QK-clip (Kimi K2's MuonClip): after each optimiser step, every head of every
+  // quest::nn::MultiheadAttention whose max logit S of the step exceeded qk_clip has its query and
+  // key projections rescaled so that S would have been qk_clip (MultiheadAttentionImpl::clip_qk).
+  // Diagnostics are then recorded on every step. 0: off.
+  double qk_clip = 0;
   uint64_t seed = 0;
   int64_t log_every = 50;       // steps between metric lines with diagnostics; 0: none
   runs::RunDir run_dir;         // empty: nothing written
@@ -172,6 +187,7 @@ class Engine {
     int64_t samples = 0, correct = -1;
     double log_z = NAN;
     bool record = false;  // a logged step: diagnostics were recorded
+    int64_t qk_clipped = -1;  // heads QK-clip rescaled after this step; -1: QK-clip off
   };
   struct EpochTotals {
     double loss_sum = 0;
@@ -186,8 +202,12 @@ class Engine {
   StepResult train_step(int64_t batch);
   // A non-finite loss or gradient norm ends the run as diverged (diverged_in_step).
   void check_finite(const StepResult& r, int64_t batch);
-  // The optimiser step, the task's after_step and the optional parameter sync check.
-  void update();
+  // The optimiser step, QK-clip, the task's after_step and the optional parameter sync check;
+  // returns the heads QK-clip rescaled (-1: off).
+  int64_t update();
+  // QK-clip on every quest::nn::MultiheadAttention of the model, from this step's max logits
+  // (data-parallel: the maximum over the ranks, so every rank rescales alike); heads rescaled.
+  int64_t clip_qk();
   // The step's metrics line (diagnostics on logged steps), on_step, and the logit monitor.
   void log_step(const StepResult& r, LogitMonitor& monitor,
                 const std::function<void(const nlohmann::json&)>& on_step);

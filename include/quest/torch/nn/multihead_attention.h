@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <optional>
+#include <vector>
 
 #include "quest/torch/attention.h"
 #include "quest/torch/nn/kind_parameters.h"
@@ -66,6 +67,14 @@ class MultiheadAttentionImpl : public torch::nn::Cloneable<MultiheadAttentionImp
   // When on, each forward keeps per-head diagnostics of its attention (see HeadDiagnostics).
   void set_record_diagnostics(bool on) { record_diagnostics_ = on; }
   const std::optional<HeadDiagnostics>& last_diagnostics() const { return last_diagnostics_; }
+
+  // QK-clip (Kimi K2's MuonClip; call after an optimiser step): each head h whose max logit
+  // max_logits[h] exceeds `threshold` has its query projection (weight rows and bias) scaled by
+  // sqrt(threshold / max_logits[h]) and its key projection likewise, so that, for the standard kind,
+  // the same inputs would reach exactly `threshold`. With grouped-query attention a key head serves
+  // several query heads: the keys are left alone and the query head takes the whole factor. Kinds
+  // that normalise a side ignore its factor. Non-finite maxima are skipped. Returns the heads rescaled.
+  int64_t clip_qk(const std::vector<double>& max_logits, double threshold);
 
   int64_t head_dim() const { return options.embed_dim() / options.num_heads(); }
   int64_t kv_heads() const { return options.num_kv_heads().value_or(options.num_heads()); }
