@@ -404,9 +404,41 @@ BackendSelection select_backend(const Tensor& q, const Tensor& k, const Tensor& 
   return select(detail::make_call(q, k, v, options)).selection;
 }
 
+namespace {
+
+// bfloat16 and float16: computed in float32 (the casts are autograd ops, so gradients come back in
+// the input dtype), outputs cast back to it.
+bool reduced_precision(const Tensor& t) {
+  return t.defined() && (t.scalar_type() == torch::kBFloat16 || t.scalar_type() == torch::kHalf);
+}
+
+Tensor to_float(const Tensor& t) { return reduced_precision(t) ? t.to(torch::kFloat) : t; }
+
+AttentionOptions in_float(AttentionOptions o) {
+  return o.head_scale(to_float(o.head_scale())).q_norm_weight(to_float(o.q_norm_weight()))
+      .q_norm_bias(to_float(o.q_norm_bias())).k_norm_weight(to_float(o.k_norm_weight()))
+      .k_norm_bias(to_float(o.k_norm_bias())).attn_bias(to_float(o.attn_bias()));
+}
+
+AttentionOutput in_dtype(AttentionOutput r, torch::ScalarType dtype) {
+  r.output = r.output.to(dtype);
+  if (r.weights.defined()) r.weights = r.weights.to(dtype);
+  return r;
+}
+
+}  // namespace
+
 AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                   const AttentionOptions& options, bool need_weights,
                                   bool need_diagnostics) {
+  if (reduced_precision(q) || reduced_precision(k) || reduced_precision(v)) {
+    TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+                "quest::attention: q, k, v must share a dtype, got ", q.scalar_type(), ", ", k.scalar_type(), ", ",
+                v.scalar_type());
+    return in_dtype(attention_forward(q.to(torch::kFloat), k.to(torch::kFloat), v.to(torch::kFloat),
+                                      in_float(options), need_weights, need_diagnostics),
+                    q.scalar_type());
+  }
   const AttentionCall call = detail::make_call(q, k, v, options);
   return select(call).entry->run(call, need_weights, need_diagnostics);
 }
@@ -416,6 +448,10 @@ AttentionOutput attention_packed_forward(const Tensor& qkv, int64_t heads,
                                          bool need_diagnostics) {
   TORCH_CHECK(qkv.defined() && qkv.dim() == 3, "quest::attention_packed: qkv must have shape (B, N, "
               "3 x heads x head_dim), got ", qkv.defined() ? qkv.sym_sizes() : c10::SymIntArrayRef{});
+  if (reduced_precision(qkv))
+    return in_dtype(attention_packed_forward(qkv.to(torch::kFloat), heads, in_float(options), need_weights,
+                                             need_diagnostics),
+                    qkv.scalar_type());
   const int64_t width = detail::size_of(qkv, 2);
   TORCH_CHECK(heads > 0 && width > 0 && width % (3 * heads) == 0,
               "quest::attention_packed: the last dimension of qkv (", width,

@@ -16,7 +16,7 @@ void check_input(const Tensor& t, const char* name, const Tensor& q) {
               q.device());
   TORCH_CHECK(t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kDouble,
               "quest::attention: ", name, " has dtype ", t.scalar_type(),
-              "; expected float32 or float64");
+              "; expected float32, float64, bfloat16 or float16 (the last two computed in float32)");
   TORCH_CHECK(t.dim() == 4, "quest::attention: ", name, " must have rank 4 (B, H, N, D), got rank ",
               t.dim(), " with shape ", t.sym_sizes());
   TORCH_CHECK(t.sym_numel() > 0, "quest::attention: ", name, " is empty (shape ", t.sym_sizes(),

@@ -6,9 +6,11 @@
 // These are registered as CompositeImplicitAutograd: quest::attention is already differentiable
 // (the fused and reference backends through the kernel operators' autograd kernels, the composite
 // through torch's), so autograd, TorchScript, inference mode and torch.compile reach the same code.
+#include <ATen/autocast_mode.h>
 #include <torch/library.h>
 #include <torch/torch.h>
 
+#include <set>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -205,4 +207,46 @@ TORCH_LIBRARY(quest, m) {
         ") -> (str, str[])",
         &quest::select_backend_op);
   m.def("runtime() -> Dict(str, str)", &quest::runtime_op);
+}
+
+namespace quest {
+namespace {
+
+// Under torch.autocast: the float32 activations (q, k, v or qkv, and a float mask or bias) in the
+// autocast dtype, as torch's own scaled_dot_product_attention (a lower-precision op there), then
+// the operator itself with autocast off. The kind's parameters stay as they are (float32 master
+// weights); the operator computes bfloat16 and float16 in float32 and answers in the input dtype.
+template <c10::DispatchKey key, c10::DeviceType device>
+void autocast_boxed(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  static const std::set<std::string> parameters = {"head_scale", "q_norm_weight", "q_norm_bias", "k_norm_weight",
+                                                   "k_norm_bias"};
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(key);
+  const auto dtype = at::autocast::get_autocast_dtype(device);
+  const auto& arguments = op.schema().arguments();
+  const auto first = stack->end() - static_cast<std::ptrdiff_t>(arguments.size());
+  for (size_t i = 0; i < arguments.size(); ++i) {
+    c10::IValue& value = *(first + static_cast<std::ptrdiff_t>(i));
+    if (!value.isTensor() || parameters.count(arguments[i].name())) continue;
+    const Tensor& t = value.toTensor();
+    if (t.defined() && t.scalar_type() == torch::kFloat && t.device().type() == device) value = t.to(dtype);
+  }
+  op.callBoxed(stack);
+}
+
+constexpr const char* kAutocastOps[] = {"attention", "attention_forward", "attention_packed",
+                                        "attention_packed_forward", "scaled_dot_product_attention"};
+
+}  // namespace
+}  // namespace quest
+
+TORCH_LIBRARY_IMPL(quest, AutocastCPU, m) {
+  for (const char* name : quest::kAutocastOps)
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<
+                     &quest::autocast_boxed<c10::DispatchKey::AutocastCPU, c10::DeviceType::CPU>>());
+}
+
+TORCH_LIBRARY_IMPL(quest, AutocastCUDA, m) {
+  for (const char* name : quest::kAutocastOps)
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<
+                     &quest::autocast_boxed<c10::DispatchKey::AutocastCUDA, c10::DeviceType::CUDA>>());
 }

@@ -40,7 +40,10 @@ TEST(Validation, MismatchedDims) {
 TEST(Validation, Dtypes) {
   Inputs in;
   EXPECT_ERROR_MENTIONS(attention(in.q.to(torch::kInt), in.k, in.v), "q has dtype Int");
-  EXPECT_ERROR_MENTIONS(attention(in.q.to(torch::kHalf), in.k, in.v), "expected float32 or float64");
+  EXPECT_ERROR_MENTIONS(attention(in.q.to(torch::kInt), in.k.to(torch::kInt), in.v.to(torch::kInt)),
+                        "expected float32, float64, bfloat16 or float16");
+  EXPECT_ERROR_MENTIONS(attention(in.q.to(torch::kHalf), in.k, in.v), "must share a dtype, got Half, Float, Float");
+  EXPECT_ERROR_MENTIONS(attention_packed(torch::randn({2, 3, 12}).to(torch::kInt), 2), "dtype Int");
   EXPECT_ERROR_MENTIONS(attention(in.q, in.k.to(torch::kDouble), in.v), "must share a dtype");
   EXPECT_ERROR_MENTIONS(
       attention(in.q, in.k, in.v, AttentionOptions(Kind::qknorm).head_scale(torch::ones({3}, torch::kDouble))),

@@ -1,0 +1,93 @@
+"""bfloat16 and float16 inputs on every backend and under torch.autocast: computed in float32
+inside, outputs and gradients in the input dtype. Bound against the float64 oracle on the same
+(rounded) inputs: the output's own rounding, 2^-8 relative for bfloat16 and 2^-11 for float16
+(half a unit in the last place), plus 1e-5 absolute for the float32 arithmetic inside."""
+import pytest
+import torch
+
+import oracle
+import quest
+
+BOUND = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
+
+
+def inputs(kind, dtype, seed=0, b=2, h=2, nq=5, nk=7, d=8):
+    g = torch.Generator().manual_seed(seed)
+    t = [torch.randn(b, h, n, d, generator=g).to(dtype).requires_grad_() for n in (nq, nk, nk)]
+    params = {}
+    if kind == "qknorm":
+        params["head_scale"] = (1 + 3 * torch.rand(h, generator=g)).requires_grad_()
+    if kind == "qk_layernorm":
+        params = {n: (1 + 0.3 * torch.randn(d, generator=g) if "weight" in n else 0.2 * torch.randn(d, generator=g))
+                  .requires_grad_() for n in ("q_norm_weight", "q_norm_bias", "k_norm_weight", "k_norm_bias")}
+    return t, params
+
+
+def close(actual, expected, dtype):
+    assert actual.dtype == dtype
+    torch.testing.assert_close(actual.double(), expected, rtol=BOUND[dtype], atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("backend", ["fused", "composite", "reference", "sdpa"])
+@pytest.mark.parametrize("kind", quest.KINDS)
+@pytest.mark.parametrize("causal", [False, True])
+def test_reduced_precision_matches_the_oracle(kind, backend, dtype, causal):
+    (q, k, v), params = inputs(kind, dtype)
+    mask = torch.zeros(2, 7, dtype=torch.bool)
+    mask[1, 4:] = True
+    out = quest.attention(q, k, v, kind, causal=causal, key_padding_mask=mask, backend=backend, **params)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(9)).to(dtype)
+    out.backward(dout)
+    # The oracle in float64 on the same rounded values (parameters as given: float32 master weights).
+    ref = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    ref_params = {n: p.detach().double() for n, p in params.items()}
+    expected, _ = oracle.attention(*ref, kind, causal=causal, key_padding_mask=mask, **ref_params)
+    expected.backward(dout.double())
+    close(out, expected, dtype)
+    for x, r in zip((q, k, v), ref):
+        close(x.grad, r.grad, dtype)
+
+
+def test_packed_and_sdpa_entry_points_answer_in_the_input_dtype():
+    g = torch.Generator().manual_seed(1)
+    qkv = torch.randn(2, 6, 3 * 2 * 4, generator=g).to(torch.bfloat16).requires_grad_()
+    out = quest.attention_packed(qkv, 2, "quest")
+    out.sum().backward()
+    assert out.dtype == torch.bfloat16 and qkv.grad.dtype == torch.bfloat16
+    expected = quest.attention_packed(qkv.detach().float(), 2, "quest")
+    torch.testing.assert_close(out.float(), expected, rtol=2 ** -8, atol=1e-5)
+    q, k, v = (torch.randn(2, 3, 5, 4, generator=g).to(torch.bfloat16) for _ in range(3))
+    bias = torch.randn(5, 5, generator=g).to(torch.bfloat16)
+    out = quest.scaled_dot_product_attention(q, k, v, attn_mask=bias, kind="standard")
+    expected = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double(),
+                                                               attn_mask=bias.double())
+    close(out, expected, torch.bfloat16)
+    with pytest.raises(RuntimeError, match="must share a dtype"):
+        quest.attention(q, k.float(), v)
+
+
+def test_autocast_runs_the_module_in_bfloat16_with_float32_parameters():
+    torch.manual_seed(0)
+    for kind in quest.KINDS:
+        mha = quest.MultiheadAttention(16, 2, batch_first=True, kind=kind)
+        x = torch.randn(3, 6, 16)
+        plain, _ = mha(x, x, x, need_weights=False)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, _ = mha(x, x, x, need_weights=False)
+        assert out.dtype == torch.bfloat16, kind
+        # bf16 projections and attention: a few bf16 roundings from the float32 module's output
+        torch.testing.assert_close(out.float(), plain, rtol=0.05, atol=0.05)
+        out.float().sum().backward()
+        for name, p in mha.named_parameters():
+            assert p.grad is not None and p.grad.dtype == torch.float32, (kind, name)
+    # The functional operator under autocast: float32 inputs come back in the autocast dtype.
+    q, k, v = (torch.randn(2, 2, 5, 8) for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = quest.attention(q, k, v, "qknorm", head_scale=torch.full((2,), 3.0))
+        assert out.dtype == torch.bfloat16
+        assert quest.scaled_dot_product_attention(q, k, v).dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), quest.attention(q.bfloat16().float(), k.bfloat16().float(),
+                                                            v.bfloat16().float(), "qknorm",
+                                                            head_scale=torch.full((2,), 3.0)),
+                               rtol=2 ** -8, atol=1e-5)
