@@ -65,7 +65,8 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
                                  k_norm_weight: Optional[Tensor] = None,
                                  k_norm_bias: Optional[Tensor] = None, seed: Optional[int] = None,
                                  backend: str = "auto", check_finite: bool = True,
-                                 l2_eps: float = 1e-6, layernorm_eps: float = 1e-5) -> Tensor:
+                                 l2_eps: float = 1e-6, layernorm_eps: float = 1e-5,
+                                 return_lse: bool = False, return_max_logit: bool = False):
     """torch.nn.functional.scaled_dot_product_attention's arguments and semantics, for every kind.
 
     query (..., Hq, L, E), key (..., Hk, S, E), value (..., Hk, S, Ev), any leading batch dims;
@@ -77,12 +78,23 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
     SDPA(q, F.normalize(k, dim=-1), v, scale=1.0). A bool mask that varies along keys only
     (e.g. (N, 1, 1, S) padding) runs on the fused kernel; any other mask on the composite. A row
     that sees no key gives zeros (torch: NaN). Returns (..., Hq, L, Ev).
+
+    return_lse: also the per-row log-sum-exp of the visible logits, (..., Hq, L) float32, detached
+    (of the whole softmax, before dropout; -inf for a row that sees no key) — the fused and
+    reference kernels' own row statistics, computed from the logits on the other backends.
+    return_max_logit: also each head's largest logit over the batch and visible pairs, (Hq,)
+    float32 (QK-clip's signal, as TransformerEngine's return_max_logit); computed with the
+    diagnostics, so eager only. Returns (out, lse), (out, max_logit) or (out, lse, max_logit).
     """
-    return torch.ops.quest.scaled_dot_product_attention(
-        query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, kind=kind,
-        head_scale=head_scale, q_norm_weight=q_norm_weight, q_norm_bias=q_norm_bias,
-        k_norm_weight=k_norm_weight, k_norm_bias=k_norm_bias, seed=seed, backend=backend,
-        check_finite=check_finite, l2_eps=l2_eps, layernorm_eps=layernorm_eps)
+    args = (query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    kwargs = dict(kind=kind, head_scale=head_scale, q_norm_weight=q_norm_weight, q_norm_bias=q_norm_bias,
+                  k_norm_weight=k_norm_weight, k_norm_bias=k_norm_bias, seed=seed, backend=backend,
+                  check_finite=check_finite, l2_eps=l2_eps, layernorm_eps=layernorm_eps)
+    if not (return_lse or return_max_logit):
+        return torch.ops.quest.scaled_dot_product_attention(*args, **kwargs)
+    out, lse, max_logit = torch.ops.quest.scaled_dot_product_attention_forward(
+        *args, **kwargs, need_logsumexp=return_lse, need_max_logit=return_max_logit)
+    return (out,) + ((lse,) if return_lse else ()) + ((max_logit,) if return_max_logit else ())
 
 
 def attention_forward(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", causal: bool = False,

@@ -103,13 +103,26 @@ Tensor per_query_head(const Tensor& t, const AttentionCall& c) {
   return c.kv_group == 1 ? t : t.repeat_interleave(c.kv_group, 1);
 }
 
-// Softmax weights (before dropout) and the output.
-std::pair<Tensor, Tensor> composite(const AttentionCall& c) {
+// The logits (B, H, Nq, Nk) of the kind, the bias added, before masking.
+Tensor logits_of(const AttentionCall& c) {
   const Tensor qn = normalise(c.q, c.q_norm, c.q_norm_weight, c.q_norm_bias, c);
   const Tensor kn = per_query_head(normalise(c.k, c.k_norm, c.k_norm_weight, c.k_norm_bias, c), c);
   Tensor s = torch::matmul(qn, kn.transpose(-2, -1));
   s = c.head_scale.defined() ? s * c.head_scale.view({1, -1, 1, 1}) : s * c.scale;
-  if (c.attn_bias.defined()) s = s + c.attn_bias;
+  return c.attn_bias.defined() ? s + c.attn_bias : s;
+}
+
+// Per-row log-sum-exp of the visible logits (B, H, Nq) float32, detached; -inf where a row sees no key.
+Tensor logsumexp_of(const AttentionCall& c) {
+  torch::NoGradGuard no_grad;
+  Tensor s = logits_of(c);
+  if (const Tensor hidden = hidden_keys(c); hidden.defined()) s = s.masked_fill(hidden, -INFINITY);
+  return s.logsumexp(-1).to(torch::kFloat);
+}
+
+// Softmax weights (before dropout) and the output.
+std::pair<Tensor, Tensor> composite(const AttentionCall& c) {
+  const Tensor s = logits_of(c);
   const Tensor hidden = hidden_keys(c);
   Tensor probs, empty_row;
   if (hidden.defined()) {
@@ -122,7 +135,9 @@ std::pair<Tensor, Tensor> composite(const AttentionCall& c) {
     probs = torch::softmax(s, -1);
   }
   Tensor dropped = probs;
-  if (c.dropout > 0) {
+  if (c.torch_dropout) {
+    dropped = torch::dropout(probs, c.dropout, /*train=*/true);
+  } else if (c.dropout > 0) {
     Tensor keep = torch::empty({c.dims.batch, c.dims.heads, c.dims.q_len, c.dims.k_len}, torch::kBool);
     dropout_keep_mask(c.seed, c.dropout, c.dims, keep.data_ptr<bool>());
     dropped = probs * keep.to(probs.options()) * (1.0 / (1.0 - c.dropout));  // drawn on the host
@@ -208,6 +223,7 @@ std::string reference_why_not(const AttentionCall& c) {
   // The kernels run grouped-query calls group by group, and their dropout mask is drawn per
   // (b, h) of the call they see: it would differ from the composite's.
   if (c.kv_group > 1 && c.dropout > 0) return "no dropout with grouped-query attention";
+  if (c.torch_dropout) return "attention dropout under torch.compile draws torch's in-graph random numbers";
   return "";
 }
 
@@ -221,16 +237,17 @@ std::string fused_why_not(const AttentionCall& c) {
 std::string always_eligible(const AttentionCall&) { return ""; }
 
 std::string sdpa_why_not(const AttentionCall& c) {
-  if (c.dropout > 0) return "its dropout mask would be torch's, not quest's seeded one";
+  if (c.dropout > 0 && !c.torch_dropout) return "its dropout mask would be torch's, not quest's seeded one";
   return "";
 }
 
-AttentionOutput run_fused(const AttentionCall& c, bool need_weights, bool need_diagnostics) {
+AttentionOutput run_fused(const AttentionCall& c, const AttentionRequest& want) {
   const AttentionCall f = fused_layout(c).apply(c);
   AttentionOutput r;
   HeadDiagnostics diagnostics;
-  r.output = detail::run_kernel(f, KernelBackend::fused, need_diagnostics ? &diagnostics : nullptr);
-  if (need_diagnostics) {
+  r.output = detail::run_kernel(f, KernelBackend::fused, want.diagnostics ? &diagnostics : nullptr,
+                                want.logsumexp ? &r.logsumexp : nullptr);
+  if (want.diagnostics) {
     if (f.q_norm != c.q_norm || f.k_norm != c.k_norm) {  // norms of the raw rows, as every path
       torch::NoGradGuard no_grad;
       std::vector<HeadDiagnosticsPartial> norms(c.dims.batch * c.dims.heads);
@@ -247,25 +264,27 @@ AttentionOutput run_fused(const AttentionCall& c, bool need_weights, bool need_d
     }
     r.diagnostics = diagnostics;
   }
-  if (need_weights) r.weights = weights_of(c);
+  if (want.weights) r.weights = weights_of(c);
   return r;
 }
 
-AttentionOutput run_reference(const AttentionCall& c, bool need_weights, bool need_diagnostics) {
+AttentionOutput run_reference(const AttentionCall& c, const AttentionRequest& want) {
   AttentionOutput r;
   HeadDiagnostics diagnostics;
-  r.output = detail::run_kernel(c, KernelBackend::reference, need_diagnostics ? &diagnostics : nullptr);
-  if (need_diagnostics) r.diagnostics = diagnostics;
-  if (need_weights) r.weights = weights_of(c);
+  r.output = detail::run_kernel(c, KernelBackend::reference, want.diagnostics ? &diagnostics : nullptr,
+                                want.logsumexp ? &r.logsumexp : nullptr);
+  if (want.diagnostics) r.diagnostics = diagnostics;
+  if (want.weights) r.weights = weights_of(c);
   return r;
 }
 
-AttentionOutput run_composite(const AttentionCall& c, bool need_weights, bool need_diagnostics) {
+AttentionOutput run_composite(const AttentionCall& c, const AttentionRequest& want) {
   AttentionOutput r;
   auto [probs, out] = composite(c);
   r.output = out;
-  if (need_weights) r.weights = probs;  // in the graph: a loss on the weights gets gradients
-  if (need_diagnostics) {
+  if (want.weights) r.weights = probs;  // in the graph: a loss on the weights gets gradients
+  if (want.logsumexp) r.logsumexp = logsumexp_of(c);
+  if (want.diagnostics) {
     TORCH_CHECK(!c.attn_bias.defined(), "quest::attention: diagnostics are not computed with an "
                 "attn_bias (they follow the kernels, which take masks as flags)");
     r.diagnostics = reference_diagnostics(c);
@@ -277,7 +296,7 @@ AttentionOutput run_composite(const AttentionCall& c, bool need_weights, bool ne
 // scale folded into q, so torch's flash / memory-efficient / cuDNN kernels serve any device.
 // The flags become SDPA's bool mask (true takes part) or, with an attn_bias, its float mask; rows
 // that see no key are unmasked before and zeroed after, as the composite does, so no NaN enters.
-AttentionOutput run_sdpa(const AttentionCall& c, bool need_weights, bool need_diagnostics) {
+AttentionOutput run_sdpa(const AttentionCall& c, const AttentionRequest& want) {
   Tensor qn = normalise(c.q, c.q_norm, c.q_norm_weight, c.q_norm_bias, c);
   const Tensor kn = normalise(c.k, c.k_norm, c.k_norm_weight, c.k_norm_bias, c);
   double scale = c.scale;
@@ -302,10 +321,12 @@ AttentionOutput run_sdpa(const AttentionCall& c, bool need_weights, bool need_di
     }
   }
   AttentionOutput r;
-  r.output = at::scaled_dot_product_attention(qn, kn, c.v, mask, 0.0, flag_only, scale, c.kv_group > 1);
+  r.output = at::scaled_dot_product_attention(qn, kn, c.v, mask, c.torch_dropout ? c.dropout : 0.0, flag_only,
+                                              scale, c.kv_group > 1);
   if (empty_row.defined()) r.output = r.output.masked_fill(empty_row, 0);
-  if (need_weights) r.weights = weights_of(c);
-  if (need_diagnostics) {
+  if (want.weights) r.weights = weights_of(c);
+  if (want.logsumexp) r.logsumexp = logsumexp_of(c);
+  if (want.diagnostics) {
     TORCH_CHECK(!c.attn_bias.defined(), "quest::attention: diagnostics are not computed with an "
                 "attn_bias (they follow the kernels, which take masks as flags)");
     r.diagnostics = reference_diagnostics(c);
@@ -313,27 +334,26 @@ AttentionOutput run_sdpa(const AttentionCall& c, bool need_weights, bool need_di
   return r;
 }
 
-using RunFn = AttentionOutput (*)(const AttentionCall&, bool need_weights, bool need_diagnostics);
+using RunFn = AttentionOutput (*)(const AttentionCall&, const AttentionRequest&);
 
 // Packed self-attention: q, k, v are the (B, H, N, D) views of qkv5 = (B, N, 3, H, D); the output
 // is (B, N, H * Dv).
-AttentionOutput run_split_heads(RunFn run, const AttentionCall& c, bool need_weights,
-                                bool need_diagnostics) {
-  AttentionOutput r = run(c, need_weights, need_diagnostics);
+AttentionOutput run_split_heads(RunFn run, const AttentionCall& c, const AttentionRequest& want) {
+  AttentionOutput r = run(c, want);
   r.output = r.output.transpose(1, 2).flatten(2);
   return r;
 }
 
 // The fused kernel reads the projection in place (run_packed_kernel) where its layout lets it.
-AttentionOutput run_fused_packed(const AttentionCall& c, const Tensor& qkv5, bool need_weights,
-                                 bool need_diagnostics) {
-  if (!fused_layout(c).in_place()) return run_split_heads(run_fused, c, need_weights, need_diagnostics);
+AttentionOutput run_fused_packed(const AttentionCall& c, const Tensor& qkv5, const AttentionRequest& want) {
+  if (!fused_layout(c).in_place()) return run_split_heads(run_fused, c, want);
   AttentionOutput r;
   HeadDiagnostics diagnostics;
-  r.output = detail::run_packed_kernel(c, qkv5, need_diagnostics ? &diagnostics : nullptr)
+  r.output = detail::run_packed_kernel(c, qkv5, want.diagnostics ? &diagnostics : nullptr,
+                                       want.logsumexp ? &r.logsumexp : nullptr)
                  .flatten(2);
-  if (need_diagnostics) r.diagnostics = diagnostics;
-  if (need_weights) r.weights = weights_of(c);
+  if (want.diagnostics) r.diagnostics = diagnostics;
+  if (want.weights) r.weights = weights_of(c);
   return r;
 }
 
@@ -344,8 +364,7 @@ struct BackendEntry {
   std::string (*why_not)(const AttentionCall&);  // "" = eligible
   RunFn run;
   // Packed self-attention (B, N, 3, H, D) read in place; null: split the heads, run, merge.
-  AttentionOutput (*run_packed)(const AttentionCall&, const Tensor& qkv5, bool need_weights,
-                                bool need_diagnostics);
+  AttentionOutput (*run_packed)(const AttentionCall&, const Tensor& qkv5, const AttentionRequest&);
 };
 
 const BackendEntry kBackends[] = {
@@ -431,26 +450,35 @@ AttentionOutput in_dtype(AttentionOutput r, torch::ScalarType dtype) {
 AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                   const AttentionOptions& options, bool need_weights,
                                   bool need_diagnostics) {
+  return attention_forward(q, k, v, options, AttentionRequest{need_weights, need_diagnostics, false});
+}
+
+AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const AttentionOptions& options, const AttentionRequest& want) {
   if (reduced_precision(q) || reduced_precision(k) || reduced_precision(v)) {
     TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
                 "quest::attention: q, k, v must share a dtype, got ", q.scalar_type(), ", ", k.scalar_type(), ", ",
                 v.scalar_type());
     return in_dtype(attention_forward(q.to(torch::kFloat), k.to(torch::kFloat), v.to(torch::kFloat),
-                                      in_float(options), need_weights, need_diagnostics),
+                                      in_float(options), want),
                     q.scalar_type());
   }
   const AttentionCall call = detail::make_call(q, k, v, options);
-  return select(call).entry->run(call, need_weights, need_diagnostics);
+  return select(call).entry->run(call, want);
 }
 
 AttentionOutput attention_packed_forward(const Tensor& qkv, int64_t heads,
                                          const AttentionOptions& options, bool need_weights,
                                          bool need_diagnostics) {
+  return attention_packed_forward(qkv, heads, options, AttentionRequest{need_weights, need_diagnostics, false});
+}
+
+AttentionOutput attention_packed_forward(const Tensor& qkv, int64_t heads,
+                                         const AttentionOptions& options, const AttentionRequest& want) {
   TORCH_CHECK(qkv.defined() && qkv.dim() == 3, "quest::attention_packed: qkv must have shape (B, N, "
               "3 x heads x head_dim), got ", qkv.defined() ? qkv.sym_sizes() : c10::SymIntArrayRef{});
   if (reduced_precision(qkv))
-    return in_dtype(attention_packed_forward(qkv.to(torch::kFloat), heads, in_float(options), need_weights,
-                                             need_diagnostics),
+    return in_dtype(attention_packed_forward(qkv.to(torch::kFloat), heads, in_float(options), want),
                     qkv.scalar_type());
   const int64_t width = detail::size_of(qkv, 2);
   TORCH_CHECK(heads > 0 && width > 0 && width % (3 * heads) == 0,
@@ -461,8 +489,8 @@ AttentionOutput attention_packed_forward(const Tensor& qkv, int64_t heads,
   const std::vector<Tensor> parts = qkv5.permute({2, 0, 3, 1, 4}).unbind(0);
   const AttentionCall call = detail::make_call(parts[0], parts[1], parts[2], options);
   const BackendEntry& backend = *select(call).entry;
-  if (backend.run_packed) return backend.run_packed(call, qkv5, need_weights, need_diagnostics);
-  return run_split_heads(backend.run, call, need_weights, need_diagnostics);
+  if (backend.run_packed) return backend.run_packed(call, qkv5, want);
+  return run_split_heads(backend.run, call, want);
 }
 
 Tensor attention_packed(const Tensor& qkv, int64_t heads, const AttentionOptions& options) {
@@ -505,9 +533,10 @@ void set_sdpa_mask(const Tensor& mask, const Tensor& q, AttentionOptions& o) {
 
 }  // namespace
 
-Tensor scaled_dot_product_attention(const Tensor& query, const Tensor& key, const Tensor& value,
-                                    const Tensor& attn_mask, double dropout_p, bool is_causal,
-                                    std::optional<double> scale, bool enable_gqa, AttentionOptions o) {
+AttentionOutput scaled_dot_product_attention_forward(const Tensor& query, const Tensor& key, const Tensor& value,
+                                                    const Tensor& attn_mask, double dropout_p, bool is_causal,
+                                                    std::optional<double> scale, bool enable_gqa, AttentionOptions o,
+                                                    const AttentionRequest& request) {
   for (auto [t, name] : {std::pair{&query, "query"}, {&key, "key"}, {&value, "value"}})
     TORCH_CHECK(t->defined() && t->dim() >= 2, "quest::scaled_dot_product_attention: ", name,
                 " must have shape (..., N, D), got ", t->defined() ? t->sym_sizes() : c10::SymIntArrayRef{});
@@ -526,10 +555,25 @@ Tensor scaled_dot_product_attention(const Tensor& query, const Tensor& key, cons
   o.causal(is_causal).causal_alignment(CausalAlignment::top_left).key_padding_mask({}).attn_bias({})
       .dropout(dropout_p).training(dropout_p > 0).enable_gqa(enable_gqa).scale(scale);
   if (attn_mask.defined()) set_sdpa_mask(attn_mask, query, o);
-  const Tensor out = attention(as_4d(query), as_4d(key), as_4d(value), o);
+  AttentionOutput r = attention_forward(as_4d(query), as_4d(key), as_4d(value), o, request);
   std::vector<c10::SymInt> shape(query.sym_sizes().begin(), query.sym_sizes().end());
   shape.back() = value.sym_size(-1);
-  return out.reshape_symint(shape);
+  r.output = r.output.reshape_symint(shape);
+  shape.pop_back();  // (..., Hq, L)
+  if (r.logsumexp.defined()) r.logsumexp = r.logsumexp.reshape_symint(shape);
+  if (r.weights.defined()) {
+    shape.push_back(key.sym_size(-2));
+    r.weights = r.weights.reshape_symint(shape);
+  }
+  return r;
+}
+
+Tensor scaled_dot_product_attention(const Tensor& query, const Tensor& key, const Tensor& value,
+                                    const Tensor& attn_mask, double dropout_p, bool is_causal,
+                                    std::optional<double> scale, bool enable_gqa, AttentionOptions o) {
+  return scaled_dot_product_attention_forward(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+                                              std::move(o), {})
+      .output;
 }
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v,

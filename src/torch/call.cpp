@@ -108,9 +108,11 @@ AttentionCall make_call(const Tensor& q, const Tensor& k, const Tensor& v, const
   TORCH_CHECK(o.dropout() >= 0 && o.dropout() < 1, "quest::attention: dropout must be in [0, 1), got ",
               o.dropout());
   c.dropout = o.training() ? o.dropout() : 0.0;
-  if (c.dropout > 0) {
-    TORCH_CHECK(!traced(q), "quest::attention: attention dropout (dropout_p > 0 while training) does not "
-                "compile yet: its mask is drawn on the host; compile with dropout_p=0 or run it eagerly");
+  if (c.dropout > 0 && traced(q)) {
+    TORCH_CHECK(!o.seed(), "quest::attention: a dropout seed does not compile (quest's seeded mask is drawn on "
+                "the host); leave seed unset and compiled dropout draws torch's in-graph random numbers");
+    c.torch_dropout = true;
+  } else if (c.dropout > 0) {
     c.seed = o.seed() ? *o.seed() : draw_seed();
   }
   c.requested = o.backend();

@@ -31,6 +31,10 @@ struct AttentionCall : AttentionScalars {
   // Grouped-query attention: q has kv_group times as many heads as k and v; query head h reads
   // key/value head h / kv_group (torch's SDPA with enable_gqa). 1: every head its own.
   int64_t kv_group = 1;
+  // Traced by torch.compile with dropout: torch's in-graph dropout (fresh random numbers each call,
+  // as torch's own ops under compile) instead of quest's seeded host-drawn mask; the composite and
+  // sdpa backends take it.
+  bool torch_dropout = false;
 
   // The tensor members in one fixed order: the only place that order is written down.
   static constexpr std::array<torch::Tensor AttentionCall::*, 9> tensor_fields() {

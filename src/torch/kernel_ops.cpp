@@ -459,22 +459,32 @@ ForwardResult packed_forward_autograd(const Tensor& qkv5, QUEST_PACKED_PARAMS, b
 
 }  // namespace
 
-Tensor run_kernel(const AttentionCall& c, KernelBackend backend, HeadDiagnostics* diagnostics) {
+// Row log-sum-exp from a kernel's saved statistics: fused (group, 2, B, Hk, Nq) float32 shift and
+// log-sum, reference (group, B, Hk, Nq) float64; query head h = hk * group + r.
+static Tensor logsumexp_from_stats(const Tensor& stats, KernelBackend backend) {
+  torch::NoGradGuard no_grad;
+  const Tensor lse = backend == KernelBackend::fused ? stats.select(1, 0) + stats.select(1, 1) : stats;
+  return lse.permute({1, 2, 0, 3}).flatten(1, 2).to(torch::kFloat);
+}
+
+Tensor run_kernel(const AttentionCall& c, KernelBackend backend, HeadDiagnostics* diagnostics, Tensor* logsumexp) {
   auto [out, stats, diag] = forward_op().call(
       c.q, c.k, c.v, optional_if_defined(c.head_scale), optional_if_defined(c.q_norm_weight),
       optional_if_defined(c.q_norm_bias), optional_if_defined(c.k_norm_weight), optional_if_defined(c.k_norm_bias),
       optional_if_defined(c.key_padding_mask), name_of(backend),
       QUEST_KERNEL_SCALARS_OF(KernelScalars::of(c)), diagnostics != nullptr);
   if (diagnostics) *diagnostics = reduce_buffer(diag, c.dims.heads);
+  if (logsumexp) *logsumexp = logsumexp_from_stats(stats, backend);
   return out;
 }
 
-Tensor run_packed_kernel(const AttentionCall& c, const Tensor& qkv5, HeadDiagnostics* diagnostics) {
+Tensor run_packed_kernel(const AttentionCall& c, const Tensor& qkv5, HeadDiagnostics* diagnostics, Tensor* logsumexp) {
   auto [out, stats, diag] = packed_forward_op().call(qkv5, optional_if_defined(c.head_scale),
                                                      optional_if_defined(c.key_padding_mask),
                                                      QUEST_KERNEL_SCALARS_OF(KernelScalars::of(c)),
                                                      diagnostics != nullptr);
   if (diagnostics) *diagnostics = reduce_buffer(diag, c.dims.heads);
+  if (logsumexp) *logsumexp = logsumexp_from_stats(stats, KernelBackend::fused);
   return out;
 }
 

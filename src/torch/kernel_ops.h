@@ -15,12 +15,14 @@ namespace quest::detail {
 enum class KernelBackend { fused, reference };
 
 // The output (B, H, Nq, Dv) of `call` on a kernel backend; fills *diagnostics when non-null
-// (eager only: diagnostics are reduced on the host).
-torch::Tensor run_kernel(const AttentionCall& call, KernelBackend backend, HeadDiagnostics* diagnostics);
+// (eager only: diagnostics are reduced on the host) and *logsumexp (B, H, Nq) float32 from the
+// kernel's row statistics when non-null.
+torch::Tensor run_kernel(const AttentionCall& call, KernelBackend backend, HeadDiagnostics* diagnostics,
+                         torch::Tensor* logsumexp = nullptr);
 
 // The fused kernel on a packed (B, N, 3, H, D) projection read in place (call's q, k, v are its
 // views); the output is (B, N, H, Dv).
 torch::Tensor run_packed_kernel(const AttentionCall& call, const torch::Tensor& qkv5,
-                                HeadDiagnostics* diagnostics);
+                                HeadDiagnostics* diagnostics, torch::Tensor* logsumexp = nullptr);
 
 }  // namespace quest::detail

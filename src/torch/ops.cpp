@@ -136,6 +136,29 @@ Tensor sdpa_op(const Tensor& query, const Tensor& key, const Tensor& value,
                                       enable_gqa, o);
 }
 
+// (output, logsumexp (..., Hq, L) float32 or an empty tensor, max logit (Hq,) float32 or an empty tensor).
+std::tuple<Tensor, Tensor, Tensor> sdpa_forward_op(
+    const Tensor& query, const Tensor& key, const Tensor& value, const c10::optional<Tensor>& attn_mask,
+    double dropout_p, bool is_causal, c10::optional<double> scale, bool enable_gqa, c10::string_view kind,
+    const c10::optional<Tensor>& head_scale, const c10::optional<Tensor>& q_norm_weight,
+    const c10::optional<Tensor>& q_norm_bias, const c10::optional<Tensor>& k_norm_weight,
+    const c10::optional<Tensor>& k_norm_bias, c10::optional<int64_t> seed, c10::string_view backend,
+    bool check_finite, double l2_eps, double layernorm_eps, bool need_logsumexp, bool need_max_logit) {
+  const AttentionOptions o = options_of(kind, false, "top_left", c10::nullopt, 0.0, false, c10::nullopt,
+                                        head_scale, q_norm_weight, q_norm_bias, k_norm_weight, k_norm_bias,
+                                        seed, backend, check_finite, l2_eps, layernorm_eps, c10::nullopt,
+                                        false);
+  AttentionRequest request;
+  request.logsumexp = need_logsumexp;
+  request.diagnostics = need_max_logit;
+  const AttentionOutput r = scaled_dot_product_attention_forward(
+      query, key, value, or_undefined(attn_mask), dropout_p, is_causal,
+      scale.has_value() ? std::optional<double>(*scale) : std::nullopt, enable_gqa, o, request);
+  const Tensor none = torch::empty({0}, query.options().dtype(torch::kFloat));
+  return {r.output, need_logsumexp ? r.logsumexp : none,
+          need_max_logit ? torch::tensor(r.diagnostics->logit_max, torch::kDouble).to(torch::kFloat) : none};
+}
+
 // (output, weights or an empty tensor, diagnostics (7, H) float64 or an empty tensor).
 std::tuple<Tensor, Tensor, Tensor> attention_forward_op(const Tensor& q, const Tensor& k,
                                                         const Tensor& v, QUEST_OPTION_PARAMS,
@@ -203,6 +226,13 @@ TORCH_LIBRARY(quest, m) {
         "Tensor? k_norm_weight=None, Tensor? k_norm_bias=None, int? seed=None, str backend=\"auto\", "
         "bool check_finite=True, float l2_eps=1e-06, float layernorm_eps=1e-05) -> Tensor",
         &quest::sdpa_op, pt2);
+  m.def("scaled_dot_product_attention_forward(Tensor query, Tensor key, Tensor value, Tensor? attn_mask=None, "
+        "float dropout_p=0.0, bool is_causal=False, float? scale=None, bool enable_gqa=False, *, "
+        "str kind=\"quest\", Tensor? head_scale=None, Tensor? q_norm_weight=None, Tensor? q_norm_bias=None, "
+        "Tensor? k_norm_weight=None, Tensor? k_norm_bias=None, int? seed=None, str backend=\"auto\", "
+        "bool check_finite=True, float l2_eps=1e-06, float layernorm_eps=1e-05, bool need_logsumexp=False, "
+        "bool need_max_logit=False) -> (Tensor, Tensor, Tensor)",
+        &quest::sdpa_forward_op, pt2);
   m.def("select_backend(Tensor q, Tensor k, Tensor v, " QUEST_OPTION_SCHEMA
         ") -> (str, str[])",
         &quest::select_backend_op);
@@ -234,7 +264,8 @@ void autocast_boxed(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
 }
 
 constexpr const char* kAutocastOps[] = {"attention", "attention_forward", "attention_packed",
-                                        "attention_packed_forward", "scaled_dot_product_attention"};
+                                        "attention_packed_forward", "scaled_dot_product_attention",
+                                        "scaled_dot_product_attention_forward"};
 
 }  // namespace
 }  // namespace quest

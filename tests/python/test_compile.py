@@ -142,10 +142,33 @@ def test_what_does_not_compile_says_so():
     with pytest.raises(Exception, match="eager mode only"):
         diagnostics(q, k, v)
     torch._dynamo.reset()
-    dropout = torch.compile(lambda q, k, v: quest.attention(q, k, v, dropout_p=0.1, training=True),
-                            fullgraph=True)
-    with pytest.raises(Exception, match="dropout .* does not compile yet"):
-        dropout(q, k, v)
+    seeded = torch.compile(lambda q, k, v: quest.attention(q, k, v, dropout_p=0.1, training=True, seed=3),
+                           fullgraph=True)
+    with pytest.raises(Exception, match="a dropout seed does not compile"):
+        seeded(q, k, v)
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("kind", ["standard", "quest"])
+def test_attention_dropout_compiles_with_fresh_masks(kind):
+    # Compiled dropout draws torch's in-graph random numbers: each call a fresh mask, kept weights
+    # scaled by 1/(1-p), so the output's mean over calls is the output without dropout; gradients flow.
+    torch._dynamo.reset()
+    torch.manual_seed(0)  # the in-graph random numbers come from torch's generator: a fixed draw
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(2, 2, 6, 8, generator=g) for _ in range(2))
+    v = torch.randn(2, 2, 6, 8, generator=g).requires_grad_()
+    f = torch.compile(lambda q, k, v: quest.attention(q, k, v, kind, dropout_p=0.5, training=True), fullgraph=True)
+    outs = [f(q, k, v) for _ in range(400)]
+    assert not torch.equal(outs[0], outs[1])
+    plain = quest.attention(q, k, v, kind)
+    torch.testing.assert_close(torch.stack(outs).mean(0), plain.detach(), rtol=0, atol=0.25)
+    outs[0].sum().backward()
+    assert v.grad is not None and torch.isfinite(v.grad).all()
+    # With v = 1 a row is 2 x the sum of its kept weights: some rows lose weight, some gain.
+    rows = f(q, k, torch.ones(2, 2, 6, 8))[..., 0]
+    assert (rows < 0.99).any() and (rows > 1.01).any()
+    torch._dynamo.reset()
 
 
 SCALARS = dict(q_norm=0, k_norm=1, scale=1.0, l2_eps=1e-6, layernorm_eps=1e-5, causal=False,

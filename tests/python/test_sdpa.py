@@ -215,3 +215,65 @@ def test_sdpa_backend_says_what_it_cannot_run():
     assert quest.select_backend(q, k, v, backend="sdpa") == ("sdpa", [])
     with pytest.raises(RuntimeError, match="sdpa backend cannot run this call.*dropout"):
         quest.attention(q, k, v, backend="sdpa", dropout_p=0.1, training=True)
+
+
+def reference_logits(q, k, kind, scale=None, enable_gqa=False):
+    """The kind's logits in float64 (query heads; grouped keys repeated)."""
+    q, k = q.double(), k.double()
+    if enable_gqa:
+        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], -3)
+    if kind == "quest":
+        return q @ F.normalize(k, dim=-1).transpose(-2, -1) * (1.0 if scale is None else scale)
+    return q @ k.transpose(-2, -1) * (q.shape[-1] ** -0.5 if scale is None else scale)
+
+
+@pytest.mark.parametrize("backend", ["fused", "reference", "composite", "sdpa"])
+@pytest.mark.parametrize("kind", ["standard", "quest"])
+@pytest.mark.parametrize("mask,gqa", [(None, False), ("padding", True), ("float_inf", False), ("causal", True)])
+def test_lse_and_max_logit_are_the_logits(backend, kind, mask, gqa):
+    lead = (2,)
+    q, k, v = tensors(lead, hq=4, hk=2 if gqa else 4)
+    m = None if mask in (None, "causal") else make_mask(mask, lead)
+    if m is not None and m.dtype != torch.bool and backend in ("fused", "reference"):
+        backend = "composite"  # the kernels take masks as flags: a float bias runs on the composite
+    bias = m is not None and m.dtype != torch.bool
+    if bias:  # the max logit follows the kernels' flags: not with a float mask
+        with pytest.raises(RuntimeError, match="not computed with an attn_bias"):
+            quest.scaled_dot_product_attention(q, k, v, m, kind=kind, backend=backend, return_max_logit=True)
+    out, lse, *max_logit = quest.scaled_dot_product_attention(
+        q, k, v, m, is_causal=mask == "causal", enable_gqa=gqa, kind=kind, backend=backend,
+        return_lse=True, return_max_logit=not bias)
+    s = reference_logits(q, k, kind, enable_gqa=gqa)
+    if m is not None:
+        s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m.double()
+    if mask == "causal":
+        s = s.masked_fill(torch.ones(5, 7, dtype=torch.bool).triu(1), float("-inf"))
+    assert lse.shape == (*lead, 4, 5) and lse.dtype == torch.float32 and not lse.requires_grad
+    torch.testing.assert_close(lse.double(), s.logsumexp(-1), rtol=1e-5, atol=1e-5)
+    if not bias:
+        assert max_logit[0].shape == (4,) and max_logit[0].dtype == torch.float32
+        torch.testing.assert_close(max_logit[0].double(), s.amax((0, 2, 3)), rtol=1e-5, atol=1e-5)
+    # the output is the plain call's
+    torch.testing.assert_close(out, quest.scaled_dot_product_attention(
+        q, k, v, m, is_causal=mask == "causal", enable_gqa=gqa, kind=kind, backend=backend))
+
+
+def test_lse_of_an_empty_row_and_the_return_forms():
+    q, k, v = tensors(())
+    m = torch.ones(5, 7, dtype=torch.bool)
+    m[2] = False  # row 2 sees no key
+    out, lse = quest.scaled_dot_product_attention(q, k, v, m, return_lse=True)
+    assert torch.isneginf(lse[:, 2]).all() and torch.isfinite(lse[:, [0, 1, 3, 4]]).all()
+    assert (out[:, 2] == 0).all()
+    out2, max_logit = quest.scaled_dot_product_attention(q, k, v, return_max_logit=True)
+    assert max_logit.shape == (4,) and torch.equal(out2, quest.scaled_dot_product_attention(q, k, v))
+
+
+def test_lse_compiles():
+    torch._dynamo.reset()
+    q, k, v = tensors((2,), hq=4, hk=2)
+    f = lambda q, k, v: quest.scaled_dot_product_attention(q, k, v, enable_gqa=True, return_lse=True)  # noqa: E731
+    eager, compiled = f(q, k, v), torch.compile(f, fullgraph=True)(q, k, v)
+    for a, b in zip(eager, compiled):
+        assert torch.equal(a, b)
+    torch._dynamo.reset()

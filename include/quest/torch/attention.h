@@ -79,6 +79,15 @@ struct AttentionOutput {
   // materialise them apart from the output, detached.
   torch::Tensor weights;
   std::optional<HeadDiagnostics> diagnostics;  // only if asked for
+  // Per-row log-sum-exp of the visible logits (B, H, Nq) float32, detached: of the whole softmax
+  // (before dropout), -inf for a row that sees no key. Only if asked for. The fused and reference
+  // kernels return their own row statistics; the composite and sdpa backends compute it from the logits.
+  torch::Tensor logsumexp;
+};
+
+// What attention_forward computes beside the output.
+struct AttentionRequest {
+  bool weights = false, diagnostics = false, logsumexp = false;
 };
 
 // O = softmax(S) V with S from the kind's formula. Differentiable in q, k, v and the parameters.
@@ -94,6 +103,9 @@ torch::Tensor normalize_keys(const torch::Tensor& k, const AttentionOptions& opt
 AttentionOutput attention_forward(const torch::Tensor& q, const torch::Tensor& k,
                                   const torch::Tensor& v, const AttentionOptions& options,
                                   bool need_weights, bool need_diagnostics);
+AttentionOutput attention_forward(const torch::Tensor& q, const torch::Tensor& k,
+                                  const torch::Tensor& v, const AttentionOptions& options,
+                                  const AttentionRequest& request);
 
 // Self-attention from a packed projection, as FlashAttention's qkvpacked functions: qkv is
 // (B, N, 3 x H x D) with its last dimension laid out (3, H, D) -- q, k, v; heads; head dim -- as a
@@ -106,6 +118,8 @@ torch::Tensor attention_packed(const torch::Tensor& qkv, int64_t heads,
 AttentionOutput attention_packed_forward(const torch::Tensor& qkv, int64_t heads,
                                          const AttentionOptions& options, bool need_weights,
                                          bool need_diagnostics);
+AttentionOutput attention_packed_forward(const torch::Tensor& qkv, int64_t heads,
+                                         const AttentionOptions& options, const AttentionRequest& request);
 // torch.nn.functional.scaled_dot_product_attention's contract over quest's kinds: query
 // (..., Hq, L, E), key (..., Hk, S, E), value (..., Hk, S, Ev) with the same leading batch dims
 // (any number, none included); attn_mask bool (true takes part) or float (added to the logits),
@@ -121,6 +135,14 @@ torch::Tensor scaled_dot_product_attention(const torch::Tensor& query, const tor
                                            double dropout_p = 0.0, bool is_causal = false,
                                            std::optional<double> scale = std::nullopt, bool enable_gqa = false,
                                            AttentionOptions options = {});
+// As scaled_dot_product_attention, with what `request` asks for beside the output: the weights
+// (..., Hq, L, S), per-head diagnostics (HeadDiagnostics::logit_max is the per-head max logit that
+// QK-clip reads) and the per-row logsumexp (..., Hq, L).
+AttentionOutput scaled_dot_product_attention_forward(const torch::Tensor& query, const torch::Tensor& key,
+                                                    const torch::Tensor& value, const torch::Tensor& attn_mask,
+                                                    double dropout_p, bool is_causal, std::optional<double> scale,
+                                                    bool enable_gqa, AttentionOptions options,
+                                                    const AttentionRequest& request);
 
 // Which backend a call runs on, and why the backends before it in the order were not taken, as
 // ATen's SDPA constraint checks do ("fused: computes in float32 only, got Double").
