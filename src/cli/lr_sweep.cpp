@@ -26,6 +26,7 @@ struct LrSweepFlags {
   std::string out_dir = "runs/lr-sweep";
   int workers = 2;
   bool resume = false;
+  std::string record;  // default <out-dir>/record.jsonl
 };
 
 experiments::LrSweep resolve_sweep(const LrSweepFlags& f) {
@@ -78,10 +79,14 @@ void run_lr_sweep(const LrSweepFlags& f, const std::string& command) {
                 to_string(outcome.status).c_str(), outcome.message.empty() ? "" : ": ", outcome.message.c_str());
     std::fflush(stdout);
   };
-  const auto results = experiments::run_sweep(points, f.resume, *executor, events, [](const std::string& line) {
-    std::printf("%s\n", line.c_str());
-    std::fflush(stdout);
-  });
+  const std::string record = f.record.empty() ? (std::filesystem::path(f.out_dir) / "record.jsonl").string() : f.record;
+  const auto results = experiments::run_sweep(
+      points, f.resume, *executor, events,
+      [](const std::string& line) {
+        std::printf("%s\n", line.c_str());
+        std::fflush(stdout);
+      },
+      record);
 
   std::vector<std::string> failed;
   nlohmann::json runs_json = nlohmann::json::array();
@@ -139,6 +144,10 @@ void add_lr_sweep(CLI::App* experiment) {
       ->check(CLI::Range(1, 64))
       ->capture_default_str();
   cmd->add_flag("--resume", f->resume, "Continue unfinished runs; finished and diverged runs are only read");
+  cmd->add_option("--record", f->record,
+                  "The sweep's record, one line per ended run (default <out-dir>/record.jsonl): with --resume, a "
+                  "recorded run is not trained again even where its run directory is gone; commit it to carry a "
+                  "sweep across machines");
   cmd->callback([f, cmd] {
     run_lr_sweep(*f, command_line("quest experiment lr-sweep", cmd));
   });

@@ -271,33 +271,159 @@ SweepRunResult read_sweep_run(const SweepPoint& point, const runs::RunOutcome& o
   return r;
 }
 
+SweepRunResult sweep_run_from_json(const nlohmann::json& j) {
+  SweepRunResult r;
+  r.size = j.at("size").get<std::string>();
+  r.kind = j.at("kind").get<std::string>();
+  r.lr = j.at("lr").get<double>();
+  r.seed = j.at("seed").get<uint64_t>();
+  const std::string status = j.at("status").get<std::string>();
+  if (status != "ok" && status != "diverged" && status != "failed") throw std::invalid_argument("unknown status '" + status + "'");
+  r.outcome.status = status == "ok" ? runs::RunStatus::ok : status == "diverged" ? runs::RunStatus::diverged : runs::RunStatus::failed;
+  r.outcome.message = j.value("message", "");
+  auto step = [&](const char* key) -> std::optional<int64_t> {
+    if (j.contains(key) && j[key].is_number()) return j[key].get<int64_t>();
+    return std::nullopt;
+  };
+  r.diverged_step = step("diverged_step");
+  r.warned_step = step("warned_step");
+  auto num = [&](const char* key) { return number(j.value(key, nlohmann::json())); };
+  r.init_loss = num("init_loss");
+  r.final_loss = num("final_val_loss");
+  r.logit_abs_max = num("logit_abs_max");
+  r.q_norm_max = num("q_norm_max");
+  r.k_norm_max = num("k_norm_max");
+  r.entropy_min = num("entropy_min");
+  r.log_z_abs_max = num("log_z_abs_max");
+  r.parameters = j.value("parameters", int64_t{0});
+  r.simd_target = j.value("simd_target", "");
+  r.threads = j.value("threads", "");
+  return r;
+}
+
+namespace {
+
+// A run's identity in the record, and a fingerprint of what it trains (its resolved config but for
+// where it is written): a recorded run is reused only while both match.
+std::string record_key(const std::string& size, const std::string& kind, double lr, uint64_t seed) {
+  return size + " " + runs::lr_dir_name(lr) + " " + kind + " seed-" + std::to_string(seed);
+}
+std::string config_fingerprint(nlohmann::json config) {
+  config.erase("run_dir");
+  uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a over the sorted-key dump: the same on every machine
+  for (unsigned char c : config.dump()) h = (h ^ c) * 0x100000001b3ull;
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+  return hex;
+}
+
+struct Recorded {
+  SweepRunResult result;
+  std::string config;
+};
+
+// Reads a record; a torn last line (a process killed mid-write) is dropped, anything else malformed
+// is an error that names the line.
+std::map<std::string, Recorded> read_record(const std::string& path, const std::function<void(const std::string&)>& note) {
+  std::map<std::string, Recorded> recorded;
+  std::ifstream in(path);
+  if (!in) return recorded;
+  std::string line;
+  for (int n = 1; std::getline(in, line); ++n) {
+    if (line.empty()) continue;
+    try {
+      const auto j = nlohmann::json::parse(line);
+      Recorded r{sweep_run_from_json(j), j.at("config").get<std::string>()};
+      recorded[record_key(r.result.size, r.result.kind, r.result.lr, r.result.seed)] = std::move(r);
+    } catch (const std::exception& e) {
+      if (in.eof()) {  // cut off, so that the next run's line starts on a line of its own
+        if (note) note("record " + path + ": its last line is incomplete (a run killed while writing it), dropped");
+        in.close();
+        fs::resize_file(path, fs::file_size(path) - line.size());
+        break;
+      }
+      throw std::runtime_error("lr-sweep: record " + path + " line " + std::to_string(n) + " is not a sweep run: " + e.what());
+    }
+  }
+  return recorded;
+}
+
+}  // namespace
+
 std::vector<SweepRunResult> run_sweep(const std::vector<SweepPoint>& points, bool resume, runs::Executor& executor,
                                       const runs::ExecutorEvents& events,
-                                      const std::function<void(const std::string&)>& on_note) {
+                                      const std::function<void(const std::string&)>& on_note, const std::string& record) {
+  auto note = [&](const std::string& line) {
+    if (on_note) on_note(line);
+  };
+  std::map<std::string, Recorded> recorded;
+  std::ofstream record_out;
+  if (!record.empty()) {
+    if (resume) recorded = read_record(record, on_note);
+    if (const auto parent = fs::path(record).parent_path(); !parent.empty()) fs::create_directories(parent);
+    record_out.open(record, resume ? std::ios::app : std::ios::trunc);
+    if (!record_out) throw std::runtime_error("lr-sweep: cannot write the record " + record);
+  }
+  auto key_of = [&](const SweepPoint& p) { return record_key(p.size, p.run.kind, p.lr, p.run.seed); };
+  auto write_record = [&](const SweepPoint& p, const SweepRunResult& r) {
+    if (record.empty() || r.outcome.status == runs::RunStatus::failed) return;
+    const std::string config = config_fingerprint(p.run.config);
+    const auto it = recorded.find(key_of(p));
+    if (it != recorded.end() && it->second.config == config) return;
+    nlohmann::json j = r.to_json();
+    j["config"] = config;
+    record_out << j.dump() << "\n" << std::flush;  // one whole line per run: a kill tears at most the last
+    recorded[key_of(p)] = {r, config};
+  };
+
   std::vector<runs::RunSpec> to_train;
   std::vector<int> index(points.size(), -1);
+  std::vector<std::optional<SweepRunResult>> from_record(points.size());
   std::vector<runs::RunOutcome> outcomes(points.size());
+  std::map<std::string, size_t> by_dir;
+  size_t reused = 0;
   for (size_t i = 0; i < points.size(); ++i) {
+    by_dir[points[i].run.run_dir] = i;
+    if (const auto it = recorded.find(key_of(points[i])); it != recorded.end()) {
+      if (it->second.config == config_fingerprint(points[i].run.config)) {
+        from_record[i] = it->second.result;
+        ++reused;
+        continue;
+      }
+      note(key_of(points[i]) + ": recorded with another config, trained again");
+    }
     const auto before = resume ? points[i].run.dir().read_outcome() : std::nullopt;
     if (before && before->status == runs::RunStatus::diverged) {
       outcomes[i] = *before;
-      if (on_note) on_note(points[i].size + " " + runs::lr_dir_name(points[i].lr) + " " + points[i].run.label() + ": diverged before, not retrained");
+      note(points[i].size + " " + runs::lr_dir_name(points[i].lr) + " " + points[i].run.label() + ": diverged before, not retrained");
       continue;
     }
     index[i] = static_cast<int>(to_train.size());
     to_train.push_back(points[i].run);
   }
-  const auto trained = runs::train_plan(to_train, resume, executor, events, on_note);
+  if (reused > 0) note(std::to_string(reused) + " runs taken from the record " + record);
+  runs::ExecutorEvents recording = events;
+  recording.on_end = [&](const runs::RunSpec& run, const runs::RunOutcome& outcome) {
+    if (events.on_end) events.on_end(run, outcome);
+    const auto it = by_dir.find(run.run_dir);
+    if (it != by_dir.end()) write_record(points[it->second], read_sweep_run(points[it->second], outcome));
+  };
+  const auto trained = runs::train_plan(to_train, resume, executor, recording, on_note);
   std::vector<SweepRunResult> results;
   for (size_t i = 0; i < points.size(); ++i) {
+    if (from_record[i]) {
+      results.push_back(*from_record[i]);
+      continue;
+    }
     if (index[i] >= 0) {
       outcomes[i] = trained[index[i]];
       // A finished run train_plan skipped: its own record says how it ended.
       const auto& run = points[i].run;
-      const auto recorded = run.dir().read_outcome();
-      if (resume && recorded && run.dir().checkpoint_epoch().value_or(-1) >= run.epochs) outcomes[i] = *recorded;
+      const auto recorded_outcome = run.dir().read_outcome();
+      if (resume && recorded_outcome && run.dir().checkpoint_epoch().value_or(-1) >= run.epochs) outcomes[i] = *recorded_outcome;
     }
     results.push_back(read_sweep_run(points[i], outcomes[i]));
+    write_record(points[i], results.back());
   }
   return results;
 }

@@ -86,12 +86,18 @@ struct SweepRunResult {
   nlohmann::json to_json() const;
 };
 SweepRunResult read_sweep_run(const SweepPoint& point, const runs::RunOutcome& outcome);
+SweepRunResult sweep_run_from_json(const nlohmann::json& j);  // to_json's inverse
 
 // Trains the sweep (runs::train_plan with `executor`) and reads every run. On resume, finished runs
 // and runs whose outcome.json says diverged are not trained again (a rerun would diverge the same way).
+// `record` (a path, optional): the sweep's durable state, one JSON line per run that ended (ok or
+// diverged), appended as it ends, with a fingerprint of the run's config. Small enough to commit;
+// on resume a recorded run whose config is unchanged is taken from it and not trained again even
+// when its run directory is gone (a sweep spread over machines). Without resume it starts empty.
 std::vector<SweepRunResult> run_sweep(const std::vector<SweepPoint>& points, bool resume, runs::Executor& executor,
                                       const runs::ExecutorEvents& events = {},
-                                      const std::function<void(const std::string&)>& on_note = {});
+                                      const std::function<void(const std::string&)>& on_note = {},
+                                      const std::string& record = "");
 
 // LR sensitivity of one kind at one size.
 struct Sensitivity {
