@@ -27,6 +27,16 @@ void add_parallel_flags(CLI::App* cmd, const std::shared_ptr<ParallelFlags>& f) 
   cmd->add_option("--dist-timeout", f->timeout_seconds,
                   "Seconds any rank waits for the others (rendezvous, each collective) before failing")
       ->check(CLI::Range(1, 86400))->capture_default_str()->group(group);
+  cmd->add_option("--dist-interface", f->interface,
+                  "Network interface Gloo binds on this machine (sets GLOO_SOCKET_IFNAME for its ranks; "
+                  "default: loopback on one machine, else the address the host name resolves to)")
+      ->group(group);
+  cmd->add_option("--dist-bucket-mb", f->bucket_mb,
+                  "Gradient all-reduce bucket size in MB: each bucket is sent while the backward goes on")
+      ->check(CLI::Range(0.001, 1024.0))->capture_default_str()->group(group);
+  cmd->add_flag("--dist-no-overlap", f->no_overlap,
+                "One gradient all-reduce after the backward instead of buckets sent during it (to measure the overlap)")
+      ->group(group);
   cmd->add_option("--check-sync-every", f->check_sync_every,
                   "Debugging: compare the ranks' parameter checksums every N steps (always: each epoch)")
       ->check(CLI::NonNegativeNumber)->group(group);
@@ -34,7 +44,12 @@ void add_parallel_flags(CLI::App* cmd, const std::shared_ptr<ParallelFlags>& f) 
 
 ParallelRole start_parallel(const ParallelFlags& f) {
   ParallelRole role;
+  // One way in: the variable torch's Gloo users know, read by the rendezvous (set here before this
+  // process joins or launches its ranks, who inherit it).
+  if (!f.interface.empty()) ::setenv("GLOO_SOCKET_IFNAME", f.interface.c_str(), 1);
   role.parallel.check_sync_every = f.check_sync_every;
+  role.parallel.overlap = !f.no_overlap;
+  role.parallel.bucket_bytes = static_cast<int64_t>(f.bucket_mb * (1 << 20));
   if (const auto r = distributed::rendezvous_from_env()) {
     if ((f.nproc_per_node > 1 || f.nnodes > 1) && !std::getenv("QUEST_LAUNCHED"))
       throw std::invalid_argument("WORLD_SIZE is set (this process is a rank, as torchrun starts them) and "

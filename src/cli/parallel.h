@@ -19,6 +19,9 @@ struct ParallelFlags {
   int master_port = 0;
   int timeout_seconds = 300;
   int64_t check_sync_every = 0;
+  std::string interface;  // --dist-interface: exported as GLOO_SOCKET_IFNAME to this node's ranks
+  bool no_overlap = false;
+  double bucket_mb = 1.0;
 };
 void add_parallel_flags(CLI::App* cmd, const std::shared_ptr<ParallelFlags>& flags);
 

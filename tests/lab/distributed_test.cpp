@@ -274,6 +274,85 @@ TEST(DataParallel, ResumesWithADifferentNumberOfRanks) {
   }
 }
 
+// The overlapped all-reduce: buckets sent from the gradient hooks during the backward (tiny buckets,
+// so that there are many, out of order with the hooks) sum exactly what one all-reduce after the
+// backward sums; a parameter the backward never reaches gets zeros; a rank with no backward at all
+// still takes part; hooks outside arm/finish (and after the group is gone) do nothing.
+TEST(DataParallel, OverlappedBucketsSumExactlyTheGradients) {
+  struct Net : torch::nn::Module {
+    torch::nn::Linear a{nullptr}, b{nullptr}, unused{nullptr};
+    Net() {
+      a = register_module("a", torch::nn::Linear(5, 7));
+      b = register_module("b", torch::nn::Linear(7, 3));
+      unused = register_module("unused", torch::nn::Linear(2, 2));
+    }
+    torch::Tensor forward(const torch::Tensor& x) { return b->forward(torch::tanh(a->forward(x))).square().sum(); }
+  };
+  auto make = [] {
+    torch::manual_seed(7);
+    return std::make_shared<Net>();
+  };
+  const auto x0 = torch::randn({4, 5}), x1 = torch::randn({6, 5});
+  // The expected sums, from one process.
+  auto net = make();
+  net->forward(x0).backward();
+  net->forward(x1).backward();
+  std::vector<torch::Tensor> expected;
+  for (auto& p : net->parameters()) expected.push_back(p.grad().defined() ? p.grad().clone() : torch::zeros_like(p));
+
+  distributed::Rendezvous r0, r1;
+  r1.rank = 1;
+  r0.world_size = r1.world_size = 2;
+  r0.master_port = r1.master_port = distributed::free_port();
+  r0.timeout = r1.timeout = std::chrono::seconds(20);
+  std::vector<torch::Tensor> got[2];
+  std::string errors[2];
+  auto rank = [&](int k, const distributed::Rendezvous& r, bool backward) {
+    try {
+      auto model = make();
+      {
+        distributed::ProcessGroup g(r);
+        g.watch_gradients(model->parameters(), 64);  // 16 floats: a bucket per tensor or smaller
+        for (int step = 0; step < 2; ++step) {       // twice: the buckets are reused
+          model->zero_grad();
+          g.arm_gradients();
+          if (backward) model->forward(k == 0 ? x0 : x1).backward();
+          g.finish_gradients("the test's all-reduce");
+        }
+        for (auto& p : model->parameters()) got[k].push_back(p.grad().clone());
+      }
+      model->zero_grad();
+      model->forward(x0).backward();  // the group is gone: plain gradients
+    } catch (const std::exception& e) {
+      errors[k] = e.what();
+    }
+  };
+  std::thread t0([&] { rank(0, r0, true); });
+  rank(1, r1, true);
+  t0.join();
+  ASSERT_EQ(errors[0] + errors[1], "");
+  for (int k = 0; k < 2; ++k) {
+    ASSERT_EQ(got[k].size(), expected.size());
+    for (size_t i = 0; i < expected.size(); ++i) EXPECT_TRUE(torch::equal(got[k][i], expected[i])) << "rank " << k << " tensor " << i;
+  }
+
+  // Rank 1 without a backward (an empty shard): the sums are rank 0's gradients.
+  auto alone = make();
+  alone->forward(x0).backward();
+  for (auto& v : got) v.clear();
+  r0.master_port = r1.master_port = distributed::free_port();
+  std::thread t1([&] { rank(0, r0, true); });
+  rank(1, r1, false);
+  t1.join();
+  ASSERT_EQ(errors[0] + errors[1], "");
+  const auto params = alone->parameters();
+  for (int k = 0; k < 2; ++k)
+    for (size_t i = 0; i < params.size(); ++i) {
+      const auto want = params[i].grad().defined() ? params[i].grad() : torch::zeros_like(params[i]);
+      EXPECT_TRUE(torch::equal(got[k][i], want)) << "rank " << k << " tensor " << i;
+    }
+}
+
 TEST(DataParallel, BadRendezvousIsAClearError) {
   // The port in use: rank 0 cannot host the store.
   const int fd = socket(AF_INET, SOCK_STREAM, 0);

@@ -22,16 +22,25 @@ EvalResult combine_shards(const EvalResult& mine, distributed::ProcessGroup& gro
 }
 
 double all_reduce_step(distributed::ProcessGroup& group, torch::nn::Module& model, StepOutput& out,
-                       double loss_value) {
+                       double loss_value, const DataParallel& parallel) {
   const double n = static_cast<double>(out.samples);
-  // The shard's summed loss: gradients summed over the ranks, then / N, are the global mean's.
-  if (out.samples > 0) (out.loss * n).backward();
   std::vector<torch::Tensor> grads;
-  for (auto& p : model.parameters()) {
-    if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);  // every rank sends every tensor
-    grads.push_back(p.grad());
+  if (parallel.overlap) {
+    if (!group.watching()) group.watch_gradients(model.parameters(), parallel.bucket_bytes);
+    group.arm_gradients();
+    // The shard's summed loss: gradients summed over the ranks, then / N, are the global mean's.
+    if (out.samples > 0) (out.loss * n).backward();
+    group.finish_gradients("the gradient all-reduce");
+    for (auto& p : model.parameters())
+      if (p.requires_grad()) grads.push_back(p.grad());
+  } else {
+    if (out.samples > 0) (out.loss * n).backward();
+    for (auto& p : model.parameters()) {
+      if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);  // every rank sends every tensor
+      grads.push_back(p.grad());
+    }
+    group.allreduce_sum(grads, "the gradient all-reduce");
   }
-  group.allreduce_sum(grads, "the gradient all-reduce");
   const auto s = group.sum({out.samples > 0 ? loss_value * n : 0.0, n, out.correct < 0 ? 0.0 : double(out.correct),
                             out.correct < 0 ? 1.0 : 0.0, std::isfinite(out.log_z) ? out.log_z * n : 0.0,
                             std::isfinite(out.log_z) || out.samples == 0 ? 0.0 : 1.0},

@@ -15,7 +15,7 @@ namespace quest::training {
 // global batch are the one-process gradient; then the all-reduces. `out` becomes the global
 // step's samples, correct and log Z; returns the global loss (loss_value is this shard's).
 double all_reduce_step(distributed::ProcessGroup& group, torch::nn::Module& model, StepOutput& out,
-                       double loss_value);
+                       double loss_value, const DataParallel& parallel);
 
 // Diagnostics over every rank's shard: max of maxima, mean of means (layers alike on every rank).
 void all_reduce_diagnostics(std::vector<std::optional<HeadDiagnostics>>& layers,

@@ -273,7 +273,7 @@ Engine::StepResult Engine::train_step(int64_t batch) {
     out.loss = training_objective(out, config_.z_loss);
   }
   if (group) {
-    r.loss = all_reduce_step(*group, task_.model(), out, r.loss);  // every rank: the global loss
+    r.loss = all_reduce_step(*group, task_.model(), out, r.loss, config_.parallel);  // every rank: the global loss
   } else if (std::isfinite(r.loss)) {
     out.loss.backward();
   }

@@ -25,11 +25,15 @@ struct Rendezvous {
   // Bounds every wait: joining the rendezvous, and each collective (a dead or hung peer is reported
   // within it rather than waited for forever).
   std::chrono::milliseconds timeout{std::chrono::seconds(300)};
+  // The network interface Gloo binds (GLOO_SOCKET_IFNAME, as torch reads it; the CLI's
+  // --dist-interface sets it). Empty: loopback for a one-machine run, else the address this host's
+  // name resolves to.
+  std::string interface;
 };
 
 // The rendezvous the environment describes, or nullopt when WORLD_SIZE is unset (one process).
-// QUEST_DIST_TIMEOUT (seconds) overrides the timeout. Malformed values raise std::invalid_argument
-// naming the variable.
+// QUEST_DIST_TIMEOUT (seconds) overrides the timeout; GLOO_SOCKET_IFNAME names the interface.
+// Malformed values raise std::invalid_argument naming the variable.
 std::optional<Rendezvous> rendezvous_from_env();
 
 // A collective failed: a peer died, hung past the timeout, or reported an error. The message names
@@ -38,7 +42,8 @@ struct DistributedError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// Bytes and seconds spent in gradient all-reduce (seconds include waiting for the slowest rank).
+// Bytes sent in gradient all-reduce, and the seconds a step waited for it (including waiting for the
+// slowest rank; overlapped with the backward, only what the backward did not hide).
 struct CommStats {
   int64_t bytes = 0;
   double seconds = 0;
@@ -65,6 +70,17 @@ class ProcessGroup {
   // every bucket in flight at once, then unpacked. Counted in stats().
   void allreduce_sum(const std::vector<torch::Tensor>& tensors, const std::string& what,
                      int64_t bucket_bytes = 25 << 20);
+  // The gradient all-reduce overlapped with the backward, as DDP's Reducer does it. watch_gradients
+  // (once) cuts the parameters into buckets of at most bucket_bytes in reverse order (the order the
+  // backward produces their gradients) and hooks each. Between arm_gradients() and
+  // finish_gradients() a bucket is sent the moment its last gradient arrives, buckets in the same
+  // order on every rank; finish_gradients sends what the backward did not produce (as zeros), waits,
+  // and leaves the sums in the parameters' .grad. Outside that window the hooks do nothing.
+  void watch_gradients(const std::vector<torch::Tensor>& params, int64_t bucket_bytes);
+  bool watching() const;
+  void arm_gradients();
+  void finish_gradients(const std::string& what);
+
   // Element-wise sum / maximum of small vectors (metrics, diagnostics), in double.
   std::vector<double> sum(std::vector<double> values, const std::string& what);
   std::vector<double> max(std::vector<double> values, const std::string& what);
@@ -83,6 +99,7 @@ class ProcessGroup {
 
  public:
   struct Impl;  // the c10d objects: their headers (and Gloo's) stay out of this one
+  struct Buckets;  // watch_gradients' state, shared with the parameters' hooks
 
  private:
   [[noreturn]] void fail(const std::string& what, const std::string& cause);
@@ -91,6 +108,7 @@ class ProcessGroup {
 
   Rendezvous rendezvous_;
   std::unique_ptr<Impl> impl_;
+  std::shared_ptr<Buckets> buckets_;
   int64_t step_ = -1;
   CommStats stats_;
 };

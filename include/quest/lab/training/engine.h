@@ -101,6 +101,11 @@ enum class Schedule { warmup_cosine, constant };
 struct DataParallel {
   std::shared_ptr<distributed::ProcessGroup> group;
   int64_t check_sync_every = 0;  // > 0 (debugging): also every that many steps
+  // Gradient all-reduce overlapped with the backward in buckets of bucket_bytes (DDP's 25 MB suits
+  // its models; quest's are a few MB, so smaller buckets start sending sooner); off: one all-reduce
+  // after the backward.
+  bool overlap = true;
+  int64_t bucket_bytes = 1 << 20;
   bool active() const { return group && group->world_size() > 1; }
   bool writes() const { return !group || group->rank() == 0; }  // the run directory, reports
   // A global batch smaller than the world would leave ranks idle every step: an error.
