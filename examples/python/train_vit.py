@@ -1,6 +1,11 @@
 """Train a small Vision Transformer on Fashion-MNIST with QUEST attention.
 
     .venv/bin/python examples/python/train_vit.py --kind quest   # after pip install
+    .venv/bin/python examples/python/train_vit.py --compile      # under torch.compile
+
+With --compile the model trains under torch.compile (fullgraph: quest's operators are dispatcher
+ops with fake kernels, so the converted model compiles without a graph break), and before training
+the same steps are timed eager and compiled on copies of the model (compilation excluded).
 
 A PyTorch model is built as usual — torchvision's VisionTransformer where a torchvision that
 imports beside this torch is installed, else the same shape from torch.nn.TransformerEncoder —
@@ -9,8 +14,10 @@ loop is plain PyTorch. The data
 are the IDX files of Debian's dataset-fashion-mnist package, read here with numpy.
 """
 import argparse
+import copy
 import gzip
 import os
+import statistics
 import time
 
 import numpy as np
@@ -88,6 +95,31 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 50
     return correct / len(x)
 
 
+def train_step(model, optimizer, x, y) -> torch.Tensor:
+    loss = nn.functional.cross_entropy(model(x), y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def time_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, steps: int, compile: bool):
+    """Median seconds of a training step (forward, backward, AdamW) on a copy of the model; with
+    compile, the model under torch.compile (its backward compiled with it; AdamW eager), timed
+    after the compiling steps."""
+    model = copy.deepcopy(model).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    forward = torch.compile(model, fullgraph=True) if compile else model
+    times = []
+    for i in range(steps + 3):  # 3 warm-up steps (with compile: the compilations)
+        j = (i * batch) % max(1, len(x) - batch)
+        start = time.perf_counter()
+        train_step(forward, optimizer, x[j:j + batch], y[j:j + batch])
+        if i >= 3:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kind", default="quest", choices=quest.KINDS)
@@ -97,6 +129,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", action="store_true", help="train under torch.compile (eager vs compiled timed first)")
+    p.add_argument("--timing-steps", type=int, default=20, help="with --compile: steps timed each way")
     args = p.parse_args()
 
     torch.manual_seed(args.seed)
@@ -105,6 +139,15 @@ def main() -> None:
     model = build_model(args.kind)
     print(f"kind={args.kind}: {sum(isinstance(m, quest.MultiheadAttention) for m in model.modules())}"
           f" attention modules converted, {sum(p.numel() for p in model.parameters())} parameters")
+    forward = model
+    if args.compile:
+        eager = time_steps(model, train_x, train_y, args.batch_size, args.timing_steps, compile=False)
+        compiled = time_steps(model, train_x, train_y, args.batch_size, args.timing_steps, compile=True)
+        print(f"training step, median of {args.timing_steps}: eager {eager * 1e3:.1f} ms, torch.compile "
+              f"{compiled * 1e3:.1f} ms ({eager / compiled:.2f}x); per epoch of {len(train_x)} images: "
+              f"eager {eager * len(train_x) / args.batch_size:.1f} s, compiled "
+              f"{compiled * len(train_x) / args.batch_size:.1f} s")
+        forward = torch.compile(model, fullgraph=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     steps = args.epochs * ((len(train_x) + args.batch_size - 1) // args.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=steps)
@@ -115,15 +158,13 @@ def main() -> None:
         order = torch.randperm(len(train_x))
         for i in range(0, len(train_x), args.batch_size):
             idx = order[i:i + args.batch_size]
-            loss = nn.functional.cross_entropy(model(train_x[idx]), train_y[idx])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            loss = train_step(forward, optimizer, train_x[idx], train_y[idx])
             schedule.step()
             total += loss.item() * len(idx)
         seconds = time.time() - start
+        note = " (includes compiling)" if args.compile and epoch == 0 else ""
         print(f"epoch {epoch + 1}/{args.epochs}: train loss {total / len(train_x):.4f}, "
-              f"{len(train_x) / seconds:.0f} img/s")
+              f"{len(train_x) / seconds:.0f} img/s, {seconds:.1f} s{note}")
 
     print(f"test accuracy: {accuracy(model, test_x, test_y):.4f}")
     with quest.record_diagnostics(model) as recording:

@@ -307,9 +307,10 @@ TEST(DataParallel, OverlappedBucketsSumExactlyTheGradients) {
   r0.timeout = r1.timeout = std::chrono::seconds(20);
   std::vector<torch::Tensor> got[2];
   std::string errors[2];
+  std::shared_ptr<Net> models[2];
   auto rank = [&](int k, const distributed::Rendezvous& r, bool backward) {
     try {
-      auto model = make();
+      auto& model = models[k];  // made before the threads start: the initialisation draws from one generator
       {
         distributed::ProcessGroup g(r);
         g.watch_gradients(model->parameters(), 64);  // 16 floats: a bucket per tensor or smaller
@@ -327,6 +328,7 @@ TEST(DataParallel, OverlappedBucketsSumExactlyTheGradients) {
       errors[k] = e.what();
     }
   };
+  models[0] = make(), models[1] = make();
   std::thread t0([&] { rank(0, r0, true); });
   rank(1, r1, true);
   t0.join();
@@ -341,6 +343,7 @@ TEST(DataParallel, OverlappedBucketsSumExactlyTheGradients) {
   alone->forward(x0).backward();
   for (auto& v : got) v.clear();
   r0.master_port = r1.master_port = distributed::free_port();
+  models[0] = make(), models[1] = make();
   std::thread t1([&] { rank(0, r0, true); });
   rank(1, r1, false);
   t1.join();
