@@ -11,7 +11,13 @@ import statistics
 import sys
 from collections import defaultdict
 
-runs = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+# A run recorded twice (the fingerprint migration of 2026-12-04 wrote every line again): the last line.
+latest = {}
+for line in open(sys.argv[1]):
+    if line.strip():
+        r = json.loads(line)
+        latest[(r["size"], r["kind"], r["lr"], r["seed"])] = r
+runs = list(latest.values())
 want = {k: int(v) for k, v in (x.split("=") for x in sys.argv[2].split(","))} if len(sys.argv) > 2 else {}
 lrs = sorted({r["lr"] for r in runs})
 cells = defaultdict(list)

@@ -157,13 +157,15 @@ nlohmann::json to_json(const LrSweep& s) {
 // One size and rate of the sweep: the task's compare plan for the kinds, then each variant's
 // (its config keys laid over, its runs under its own name), trained without the test evaluation.
 // The task checks its config (unknown keys, types) and names what is wrong.
+// `requests` gets, per run, what the sweep file asked for it (its record fingerprint).
 static std::vector<runs::RunSpec> plan_point(const LrSweep& sweep, const SweepSize& size, nlohmann::json c,
-                                             const std::string& dir) {
+                                             const std::string& dir, std::vector<nlohmann::json>& requests) {
   c["task"] = sweep.task;
   const tasks::TaskKind& task = tasks::task_kind(sweep.task);
   const nlohmann::json config = task.resolve(c);
   check_logged(config.at("log_every").get<int64_t>());
   std::vector<runs::RunSpec> plan = runs::plan_runs(config, sweep.kinds, sweep.seeds_of(size), dir);
+  for (const auto& run : plan) requests.push_back({{"config", c}, {"kind", run.kind}, {"seed", run.seed}});
   for (const auto& v : sweep.variants) {
     if (!v.at(size.name)) continue;
     nlohmann::json vc = c;
@@ -178,6 +180,7 @@ static std::vector<runs::RunSpec> plan_point(const LrSweep& sweep, const SweepSi
       run.kind = v.name;
       run.run_dir = runs::ExperimentDir(dir).run_dir(v.name, run.seed).string();
       run.config["run_dir"] = run.run_dir;
+      requests.push_back({{"config", vc}, {"kind", v.kind}, {"variant", v.name}, {"seed", run.seed}});
       plan.push_back(std::move(run));
     }
   }
@@ -191,12 +194,14 @@ std::vector<SweepPoint> plan_sweep(const LrSweep& sweep, const std::string& out_
   for (const SweepSize& size : sweep.sizes)
     for (double lr : sweep.lrs) {
       std::vector<runs::RunSpec> plan;
+      std::vector<nlohmann::json> requests;
       try {
-        plan = plan_point(sweep, size, run_config(sweep, size, lr), experiment.sweep_point(size.name, lr).root().string());
+        plan = plan_point(sweep, size, run_config(sweep, size, lr), experiment.sweep_point(size.name, lr).root().string(),
+                          requests);
       } catch (const c10::Error& e) {  // the task's config error, with the size it came from
         bad("size '" + size.name + "': " + e.what_without_backtrace());
       }
-      for (auto& run : plan) points.push_back({size.name, lr, std::move(run)});
+      for (size_t i = 0; i < plan.size(); ++i) points.push_back({size.name, lr, std::move(plan[i]), requests[i]});
     }
   return points;
 }
@@ -303,18 +308,27 @@ SweepRunResult sweep_run_from_json(const nlohmann::json& j) {
 
 namespace {
 
-// A run's identity in the record, and a fingerprint of what it trains (its resolved config but for
-// where it is written): a recorded run is reused only while both match.
+// A run's identity in the record, and a fingerprint of what the sweep file asked for it (its config
+// before the task's defaults fill it in, kind, variant, seed): a recorded run is reused only while
+// both match. Not of the resolved config: a config key added to the code later (at its default)
+// must not make a half-finished sweep retrain what it has.
 std::string record_key(const std::string& size, const std::string& kind, double lr, uint64_t seed) {
   return size + " " + runs::lr_dir_name(lr) + " " + kind + " seed-" + std::to_string(seed);
 }
-std::string config_fingerprint(nlohmann::json config) {
-  config.erase("run_dir");
+std::string fingerprint(const nlohmann::json& j) {
   uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a over the sorted-key dump: the same on every machine
-  for (unsigned char c : config.dump()) h = (h ^ c) * 0x100000001b3ull;
+  for (unsigned char c : j.dump()) h = (h ^ c) * 0x100000001b3ull;
   char hex[17];
   std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
   return hex;
+}
+std::string request_fingerprint(const SweepPoint& p) { return fingerprint(p.request); }
+// The first records (2026-12-04) fingerprinted the resolved config but for run_dir; such a line is
+// still recognised while that config is unchanged, and written again with the request's.
+std::string legacy_fingerprint(const SweepPoint& p) {
+  nlohmann::json config = p.run.config;
+  config.erase("run_dir");
+  return fingerprint(config);
 }
 
 struct Recorded {
@@ -367,7 +381,7 @@ std::vector<SweepRunResult> run_sweep(const std::vector<SweepPoint>& points, boo
   auto key_of = [&](const SweepPoint& p) { return record_key(p.size, p.run.kind, p.lr, p.run.seed); };
   auto write_record = [&](const SweepPoint& p, const SweepRunResult& r) {
     if (record.empty() || r.outcome.status == runs::RunStatus::failed) return;
-    const std::string config = config_fingerprint(p.run.config);
+    const std::string config = request_fingerprint(p);
     const auto it = recorded.find(key_of(p));
     if (it != recorded.end() && it->second.config == config) return;
     nlohmann::json j = r.to_json();
@@ -385,8 +399,10 @@ std::vector<SweepRunResult> run_sweep(const std::vector<SweepPoint>& points, boo
   for (size_t i = 0; i < points.size(); ++i) {
     by_dir[points[i].run.run_dir] = i;
     if (const auto it = recorded.find(key_of(points[i])); it != recorded.end()) {
-      if (it->second.config == config_fingerprint(points[i].run.config)) {
+      const bool legacy = it->second.config == legacy_fingerprint(points[i]);
+      if (legacy || it->second.config == request_fingerprint(points[i])) {
         from_record[i] = it->second.result;
+        if (legacy) write_record(points[i], *from_record[i]);  // the line again, with today's fingerprint
         ++reused;
         continue;
       }

@@ -62,6 +62,9 @@ struct SweepPoint {
   std::string size;
   double lr = 0;
   runs::RunSpec run;
+  // What the sweep file asks for this run: {"config": the task config before its defaults fill it
+  // in (the size's model and the rate laid over, a variant's keys too), "kind", "seed"[, "variant"]}.
+  nlohmann::json request;
 };
 // sizes x learning rates x (kinds, then variants) x seeds, in that order. Each run is trained without the test
 // evaluation (the sweep scores the final validation loss).
@@ -91,9 +94,10 @@ SweepRunResult sweep_run_from_json(const nlohmann::json& j);  // to_json's inver
 // Trains the sweep (runs::train_plan with `executor`) and reads every run. On resume, finished runs
 // and runs whose outcome.json says diverged are not trained again (a rerun would diverge the same way).
 // `record` (a path, optional): the sweep's durable state, one JSON line per run that ended (ok or
-// diverged), appended as it ends, with a fingerprint of the run's config. Small enough to commit;
-// on resume a recorded run whose config is unchanged is taken from it and not trained again even
-// when its run directory is gone (a sweep spread over machines). Without resume it starts empty.
+// diverged), appended as it ends, with a fingerprint of what the sweep file asked for it
+// (SweepPoint::request). Small enough to commit; on resume a recorded run whose request is
+// unchanged is taken from it and not trained again even when its run directory is gone (a sweep
+// spread over machines). Without resume it starts empty.
 std::vector<SweepRunResult> run_sweep(const std::vector<SweepPoint>& points, bool resume, runs::Executor& executor,
                                       const runs::ExecutorEvents& events = {},
                                       const std::function<void(const std::string&)>& on_note = {},
