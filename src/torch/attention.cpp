@@ -298,7 +298,7 @@ AttentionOutput run_composite(const AttentionCall& c, const AttentionRequest& wa
 // that see no key are unmasked before and zeroed after, as the composite does, so no NaN enters.
 AttentionOutput run_sdpa(const AttentionCall& c, const AttentionRequest& want) {
   Tensor qn = normalise(c.q, c.q_norm, c.q_norm_weight, c.q_norm_bias, c);
-  const Tensor kn = normalise(c.k, c.k_norm, c.k_norm_weight, c.k_norm_bias, c);
+  Tensor kn = normalise(c.k, c.k_norm, c.k_norm_weight, c.k_norm_bias, c);
   double scale = c.scale;
   if (c.head_scale.defined()) {
     qn = qn * c.head_scale.view({1, -1, 1, 1});
@@ -320,8 +320,15 @@ AttentionOutput run_sdpa(const AttentionCall& c, const AttentionRequest& want) {
       mask = c.attn_bias;
     }
   }
+  Tensor v = c.v;
+  if (c.sdpa_dtype) {  // normalised in float32 above, attended in the input dtype
+    qn = qn.to(*c.sdpa_dtype);
+    kn = kn.to(*c.sdpa_dtype);
+    v = v.to(*c.sdpa_dtype);
+    if (mask && mask->is_floating_point()) mask = mask->to(*c.sdpa_dtype);
+  }
   AttentionOutput r;
-  r.output = at::scaled_dot_product_attention(qn, kn, c.v, mask, c.torch_dropout ? c.dropout : 0.0, flag_only,
+  r.output = at::scaled_dot_product_attention(qn, kn, v, mask, c.torch_dropout ? c.dropout : 0.0, flag_only,
                                               scale, c.kv_group > 1);
   if (empty_row.defined()) r.output = r.output.masked_fill(empty_row, 0);
   if (want.weights) r.weights = weights_of(c);
@@ -418,11 +425,6 @@ Selected select(const AttentionCall& c) {
 
 }  // namespace
 
-BackendSelection select_backend(const Tensor& q, const Tensor& k, const Tensor& v,
-                                const AttentionOptions& options) {
-  return select(detail::make_call(q, k, v, options)).selection;
-}
-
 namespace {
 
 // bfloat16 and float16: computed in float32 (the casts are autograd ops, so gradients come back in
@@ -432,6 +434,13 @@ bool reduced_precision(const Tensor& t) {
 }
 
 Tensor to_float(const Tensor& t) { return reduced_precision(t) ? t.to(torch::kFloat) : t; }
+
+// Float32 copies would hide a mix (bfloat16 q, float32 k) that no backend takes.
+void check_one_dtype(const Tensor& q, const Tensor& k, const Tensor& v) {
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+              "quest::attention: q, k, v must share a dtype, got ", q.scalar_type(), ", ", k.scalar_type(), ", ",
+              v.scalar_type());
+}
 
 AttentionOptions in_float(AttentionOptions o) {
   return o.head_scale(to_float(o.head_scale())).q_norm_weight(to_float(o.q_norm_weight()))
@@ -447,6 +456,13 @@ AttentionOutput in_dtype(AttentionOutput r, torch::ScalarType dtype) {
 
 }  // namespace
 
+// As attention_forward sees the call: bfloat16 and float16 inputs as their float32 copies.
+BackendSelection select_backend(const Tensor& q, const Tensor& k, const Tensor& v,
+                                const AttentionOptions& options) {
+  if (reduced_precision(q) || reduced_precision(k) || reduced_precision(v)) check_one_dtype(q, k, v);
+  return select(detail::make_call(to_float(q), to_float(k), to_float(v), in_float(options))).selection;
+}
+
 AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                   const AttentionOptions& options, bool need_weights,
                                   bool need_diagnostics) {
@@ -456,12 +472,11 @@ AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor
 AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                   const AttentionOptions& options, const AttentionRequest& want) {
   if (reduced_precision(q) || reduced_precision(k) || reduced_precision(v)) {
-    TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
-                "quest::attention: q, k, v must share a dtype, got ", q.scalar_type(), ", ", k.scalar_type(), ", ",
-                v.scalar_type());
-    return in_dtype(attention_forward(q.to(torch::kFloat), k.to(torch::kFloat), v.to(torch::kFloat),
-                                      in_float(options), want),
-                    q.scalar_type());
+    check_one_dtype(q, k, v);
+    AttentionCall call = detail::make_call(to_float(q), to_float(k), to_float(v), in_float(options));
+    const Selected s = select(call);
+    if (s.selection.backend == Backend::sdpa && !q.device().is_cpu()) call.sdpa_dtype = q.scalar_type();
+    return in_dtype(s.entry->run(call, want), q.scalar_type());
   }
   const AttentionCall call = detail::make_call(q, k, v, options);
   return select(call).entry->run(call, want);

@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <array>
+#include <optional>
 
 #include "quest/core/diagnostics.h"
 #include "quest/core/problem.h"
@@ -35,6 +36,10 @@ struct AttentionCall : AttentionScalars {
   // as torch's own ops under compile) instead of quest's seeded host-drawn mask; the composite and
   // sdpa backends take it.
   bool torch_dropout = false;
+  // bfloat16 or float16 inputs on a device other than the CPU: the sdpa backend hands torch's SDPA
+  // the normalised q and k in this dtype (its flash / cuDNN kernels exist there; in float32 they
+  // are several times slower). Undefined: everything in the call's dtype.
+  std::optional<torch::ScalarType> sdpa_dtype;
 
   // The tensor members in one fixed order: the only place that order is written down.
   static constexpr std::array<torch::Tensor AttentionCall::*, 9> tensor_fields() {

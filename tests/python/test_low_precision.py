@@ -91,3 +91,13 @@ def test_autocast_runs_the_module_in_bfloat16_with_float32_parameters():
                                                             v.bfloat16().float(), "qknorm",
                                                             head_scale=torch.full((2,), 3.0)),
                                rtol=2 ** -8, atol=1e-5)
+
+
+def test_select_backend_answers_for_reduced_precision_as_attention_runs():
+    """select_backend sees bfloat16/float16 inputs as attention() does: as their float32 copies
+    (the fused kernel on CPU), instead of refusing the dtype."""
+    (q, k, v), _ = inputs("quest", torch.bfloat16)
+    assert quest.select_backend(q, k, v) == ("fused", [])
+    assert quest.select_backend(q.half(), k.half(), v.half(), backend="sdpa") == ("sdpa", [])
+    with pytest.raises(RuntimeError, match="must share a dtype"):
+        quest.select_backend(q, k.float(), v)
