@@ -54,6 +54,8 @@ void add_run_settings_flags(ConfigFlags& f) {
   f.add<double>("--warmup-epochs", "warmup_epochs")->check(CLI::NonNegativeNumber);
   f.add<double>("--clip-grad-norm", "clip_grad_norm", "<= 0 turns clipping off");
   f.add<int64_t>("--log-every", "log_every", "Steps between metric lines")->check(CLI::NonNegativeNumber);
+  f.add<std::string>("--autocast", "autocast", "Mixed precision of the training forward: off or bf16")
+      ->check(CLI::IsMember({"off", "bf16"}));
 }
 
 }  // namespace quest::cli

@@ -1,5 +1,6 @@
 // The training engine over a task that is not the ViT: a small classifier on a fixed dataset,
 // with dropout, so that every source of randomness the engine owns is exercised.
+#include <ATen/autocast_mode.h>
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -176,6 +177,66 @@ TEST(Engine, ZLossAddsItsTermWithItsGradient) {
     return last;
   };
   EXPECT_LT(std::abs(mean_log_z(1.0)), 0.5 * std::abs(mean_log_z(0.0)));
+}
+
+// bf16 autocast: the training forward runs its linears in bfloat16 over float32 parameters, the
+// validation forward in float32, the state is restored after every step (nesting balanced, so
+// the cache of bfloat16 weight copies was cleared after each step: a stale copy would train on
+// the weights before the update), and the toy still learns.
+TEST(Engine, AutocastRunsTheTrainingForwardInBfloat16) {
+  struct Recording : ToyTask {
+    Recording() : ToyTask(0.0) {}
+    StepOutput forward_step(int64_t b) override {
+      train_dtypes.push_back(model().parameters()[0].scalar_type());
+      autocast_on.push_back(at::autocast::is_autocast_enabled(at::kCPU));
+      StepOutput out = ToyTask::forward_step(b);
+      losses.push_back(out.loss.item<double>());
+      return out;
+    }
+    std::optional<EvalResult> validate() override {
+      validate_autocast.push_back(at::autocast::is_autocast_enabled(at::kCPU));
+      return ToyTask::validate();
+    }
+    std::vector<c10::ScalarType> train_dtypes;
+    std::vector<bool> autocast_on, validate_autocast;
+    std::vector<double> losses;
+  };
+  // The linear's output dtype under the guard the engine uses, seen from inside a step.
+  struct Probe : ToyTask {
+    Probe() : ToyTask(0.0) {}
+    StepOutput forward_step(int64_t b) override {
+      out_dtype = model().as<torch::nn::SequentialImpl>()->ptr(0)->as<torch::nn::LinearImpl>()->forward(
+          torch::randn({2, 6})).scalar_type();
+      return ToyTask::forward_step(b);
+    }
+    c10::ScalarType out_dtype = c10::ScalarType::Undefined;
+  };
+  for (const bool on : {false, true}) {
+    auto c = config();
+    c.epochs = 6;
+    c.lr = 0.05;
+    if (on) c.autocast = c10::ScalarType::BFloat16;
+    Recording task;
+    Engine(c, task).fit(false);
+    ASSERT_FALSE(task.losses.empty());
+    for (size_t i = 0; i < task.losses.size(); ++i) {
+      EXPECT_EQ(task.autocast_on[i], on) << i;
+      EXPECT_EQ(task.train_dtypes[i], c10::ScalarType::Float) << "parameters stay float32";
+    }
+    for (bool v : task.validate_autocast) EXPECT_FALSE(v);
+    EXPECT_FALSE(at::autocast::is_autocast_enabled(at::kCPU));
+    EXPECT_EQ(at::autocast::increment_nesting(), 1) << "the engine left autocast nested";
+    at::autocast::decrement_nesting();
+    const double first = (task.losses[0] + task.losses[1]) / 2;
+    const double last = (task.losses[task.losses.size() - 1] + task.losses[task.losses.size() - 2]) / 2;
+    EXPECT_LT(last, 0.6 * first) << "autocast " << on;
+    Probe probe;
+    Engine(c, probe).fit(false);
+    EXPECT_EQ(probe.out_dtype, on ? c10::ScalarType::BFloat16 : c10::ScalarType::Float);
+  }
+  EXPECT_EQ(autocast_dtype("off"), std::nullopt);
+  EXPECT_EQ(autocast_dtype("bf16"), c10::ScalarType::BFloat16);
+  EXPECT_NE(testing::error_message([] { autocast_dtype("fp16"); }).find("'autocast' must be"), std::string::npos);
 }
 
 // QK-clip in the engine: a task with a quest::nn::MultiheadAttention, a threshold below its max

@@ -79,6 +79,11 @@ TEST(RunDir, OutcomeLogAndConfig) {
   ASSERT_TRUE(o.has_value());
   EXPECT_EQ(o->status, RunStatus::diverged);
   EXPECT_EQ(o->message, "non-finite loss at step 3");
+  for (RunStatus s : {RunStatus::ok, RunStatus::diverged, RunStatus::failed})
+    EXPECT_EQ(status_from_string(to_string(s)), s);
+  EXPECT_FALSE(status_from_string("OK").has_value());
+  std::ofstream(dir.outcome()) << R"({"status": "finished", "message": ""})";
+  EXPECT_FALSE(dir.read_outcome().has_value()) << "a status this code never writes is unreadable, not 'failed'";
   std::ofstream(dir.log()) << "first\nlast line\n\n";
   EXPECT_EQ(dir.log_tail(), "last line");
   EXPECT_THROW(dir.read_config(), std::runtime_error);

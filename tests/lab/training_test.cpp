@@ -287,11 +287,14 @@ TEST(VitTrainer, PartialConfigKeepsDefaultsAndUnknownKeysAreErrors) {
                                 {R"({"epochs": 2.5})", "config key 'epochs' must be an integer, got 2.5"},
                                 {R"({"seed": -1})", "config key 'seed' must be a non-negative integer, got -1"},
                                 {R"({"augment": 1})", "config key 'augment' must be true or false, got 1"},
-                                {R"({"model": {"stem": 3}})", "config key 'model.stem' must be a string, got 3"}})
+                                {R"({"model": {"stem": 3}})", "config key 'model.stem' must be a string, got 3"},
+                                {R"({"autocast": "fp16"})", "config key 'autocast' must be \"off\" or \"bf16\", got \"fp16\""}})
     EXPECT_NE(testing::error_message([&] { vit_config_from_json(nlohmann::json::parse(text)); }).find(expected),
               std::string::npos)
         << text;
   EXPECT_EQ(vit_config_from_json(nlohmann::json::parse(R"({"lr": 1})")).lr, 1.0);  // an integer is a number
+  EXPECT_EQ(VitConfig{}.autocast, "off");
+  EXPECT_EQ(vit_config_from_json(nlohmann::json::parse(R"({"autocast": "bf16"})")).autocast, "bf16");
 }
 
 TEST(Vit, ConvStemKeepsTheTokenGrid) {

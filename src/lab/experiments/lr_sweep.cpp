@@ -283,8 +283,9 @@ SweepRunResult sweep_run_from_json(const nlohmann::json& j) {
   r.lr = j.at("lr").get<double>();
   r.seed = j.at("seed").get<uint64_t>();
   const std::string status = j.at("status").get<std::string>();
-  if (status != "ok" && status != "diverged" && status != "failed") throw std::invalid_argument("unknown status '" + status + "'");
-  r.outcome.status = status == "ok" ? runs::RunStatus::ok : status == "diverged" ? runs::RunStatus::diverged : runs::RunStatus::failed;
+  const std::optional<runs::RunStatus> known = runs::status_from_string(status);
+  if (!known) throw std::invalid_argument("unknown status '" + status + "'");
+  r.outcome.status = *known;
   r.outcome.message = j.value("message", "");
   auto step = [&](const char* key) -> std::optional<int64_t> {
     if (j.contains(key) && j[key].is_number()) return j[key].get<int64_t>();

@@ -28,6 +28,12 @@ std::string to_string(RunStatus status) {
   return "?";
 }
 
+std::optional<RunStatus> status_from_string(const std::string& name) {
+  for (RunStatus s : {RunStatus::ok, RunStatus::diverged, RunStatus::failed})
+    if (to_string(s) == name) return s;
+  return std::nullopt;
+}
+
 namespace {
 // Writes the bytes and fsyncs the file, so that once this returns neither a killed process nor a
 // power loss can leave it partial. Errors (a full disk: ENOSPC) name the file and the reason.
@@ -222,9 +228,10 @@ std::optional<RunOutcome> RunDir::read_outcome() const {
   if (!in) return std::nullopt;
   try {
     const auto j = nlohmann::json::parse(in);
-    const std::string status = j.at("status");
+    const std::optional<RunStatus> status = status_from_string(j.at("status"));
+    if (!status) return std::nullopt;  // not one this code wrote: unreadable, as a torn file
     RunOutcome o;
-    o.status = status == "ok" ? RunStatus::ok : status == "diverged" ? RunStatus::diverged : RunStatus::failed;
+    o.status = *status;
     o.message = j.value("message", "");
     return o;
   } catch (const nlohmann::json::exception&) {

@@ -35,6 +35,7 @@ nlohmann::json to_json(const RunSettings& s) {
           {"clip_grad_norm", s.clip_grad_norm},
           {"z_loss", s.z_loss},
           {"qk_clip", s.qk_clip},
+          {"autocast", s.autocast},
           {"seed", s.seed},
           {"log_every", s.log_every},
           {"logit_monitor", to_json(s.logit_monitor)},
@@ -53,10 +54,18 @@ void read_run_settings(const nlohmann::json& merged, RunSettings& s) {
   s.qk_clip = merged.at("qk_clip");
   TORCH_CHECK(s.z_loss >= 0 && std::isfinite(s.z_loss), "quest::training: config key 'z_loss' must be a finite number >= 0 (0: off), got ", s.z_loss);
   TORCH_CHECK(s.qk_clip >= 0 && std::isfinite(s.qk_clip), "quest::training: config key 'qk_clip' must be a finite number >= 0 (0: off), got ", s.qk_clip);
+  s.autocast = merged.at("autocast");
+  autocast_dtype(s.autocast);  // checks the name
   s.seed = merged.at("seed");
   s.log_every = merged.at("log_every");
   s.logit_monitor = logit_monitor_from_json(merged.at("logit_monitor"));
   s.run_dir = merged.at("run_dir");
+}
+
+std::optional<c10::ScalarType> autocast_dtype(const std::string& name) {
+  if (name == "off") return std::nullopt;
+  if (name == "bf16") return c10::ScalarType::BFloat16;
+  TORCH_CHECK(false, "quest::training: config key 'autocast' must be \"off\" or \"bf16\", got \"", name, "\"");
 }
 
 nlohmann::json merged_config(const nlohmann::json& defaults, const nlohmann::json& j) {

@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <functional>
 
+#include <ATen/autocast_mode.h>
+
 #include "checkpoint.h"
 #include "quest/core/fused.h"
 #include "data_parallel.h"
@@ -19,6 +21,37 @@ namespace quest::training {
 
 namespace fs = std::filesystem;
 
+namespace {
+
+// torch.autocast("cpu", dtype) for one scope, as Python's context manager does it: on entry the
+// state is saved and set; on leaving the outermost one the cache of low-precision weight copies is
+// cleared (stale after the optimiser's step) and the state restored.
+class CpuAutocast {
+ public:
+  explicit CpuAutocast(std::optional<c10::ScalarType> dtype) : on_(dtype.has_value()) {
+    if (!on_) return;
+    enabled_ = at::autocast::is_autocast_enabled(at::kCPU);
+    dtype_ = at::autocast::get_autocast_dtype(at::kCPU);
+    at::autocast::set_autocast_enabled(at::kCPU, true);
+    at::autocast::set_autocast_dtype(at::kCPU, *dtype);
+    at::autocast::increment_nesting();
+  }
+  ~CpuAutocast() {
+    if (!on_) return;
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    at::autocast::set_autocast_enabled(at::kCPU, enabled_);
+    at::autocast::set_autocast_dtype(at::kCPU, dtype_);
+  }
+  CpuAutocast(const CpuAutocast&) = delete;
+  CpuAutocast& operator=(const CpuAutocast&) = delete;
+
+ private:
+  bool on_, enabled_ = false;
+  c10::ScalarType dtype_ = c10::ScalarType::BFloat16;
+};
+
+}  // namespace
+
 EngineConfig engine_config(const RunSettings& s, const DataParallel& parallel) {
   EngineConfig e;
   e.epochs = s.epochs;
@@ -30,6 +63,7 @@ EngineConfig engine_config(const RunSettings& s, const DataParallel& parallel) {
   e.clip_grad_norm = s.clip_grad_norm;
   e.z_loss = s.z_loss;
   e.qk_clip = s.qk_clip;
+  e.autocast = autocast_dtype(s.autocast);
   e.seed = s.seed;
   e.log_every = s.log_every;
   e.logit_monitor = s.logit_monitor;
@@ -40,7 +74,9 @@ EngineConfig engine_config(const RunSettings& s, const DataParallel& parallel) {
 
 torch::Tensor training_objective(const StepOutput& out, double z_loss) {
   if (!(z_loss > 0) || !out.log_partition.defined()) return out.loss;
-  return out.loss + z_loss * out.log_partition.square().mean();
+  // At least float32: under autocast the classifier's log-partitions may be bfloat16.
+  const auto dtype = c10::promoteTypes(out.log_partition.scalar_type(), torch::kFloat);
+  return out.loss + z_loss * out.log_partition.to(dtype).square().mean();
 }
 
 bool applies_weight_decay(const std::string& name, const torch::Tensor& parameter) {
@@ -152,7 +188,10 @@ void Engine::diverged_in_step(const std::string& what, int64_t batch) {
   try {
     torch::NoGradGuard no_grad;
     task_.record_diagnostics(true);
-    task_.forward_step(batch);
+    {
+      CpuAutocast autocast(config_.autocast);  // the step's forward as it ran
+      task_.forward_step(batch);
+    }
     const auto layers = task_.attention_diagnostics();  // this rank's: no collective on the way out
     line["attention"] = diagnostics_json(layers);
     for (size_t l = 0; l < layers.size() && where.empty(); ++l) {
@@ -266,7 +305,11 @@ Engine::StepResult Engine::train_step(int64_t batch) {
     site.step = step_;
     fault_point(FaultPoint::step_started, site);
   }
-  StepOutput out = task_.forward_step(batch);
+  StepOutput out;
+  {
+    CpuAutocast autocast(config_.autocast);
+    out = task_.forward_step(batch);
+  }
   r.loss = out.samples > 0 || !group ? out.loss.item<double>() : 0.0;
   if (out.log_partition.defined() && out.samples > 0) {
     out.log_z = out.log_partition.detach().mean().item<double>();

@@ -22,6 +22,8 @@ namespace quest::runs {
 
 enum class RunStatus { ok, diverged, failed };
 std::string to_string(RunStatus status);
+// The status to_string names; nullopt for any other string.
+std::optional<RunStatus> status_from_string(const std::string& name);
 
 struct RunOutcome {
   RunStatus status = RunStatus::ok;

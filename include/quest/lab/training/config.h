@@ -3,7 +3,9 @@
 #pragma once
 
 #include <cstdint>
+#include <c10/core/ScalarType.h>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 
 #include "quest/core/kind.h"
@@ -24,6 +26,10 @@ struct RunSettings {
   double z_loss = 0;
   // QK-clip (Kimi K2's MuonClip) threshold tau on each head's max logit (0: off): EngineConfig.
   double qk_clip = 0;
+  // Mixed precision of the training forward: "off" (float32) or "bf16" (torch's CPU autocast to
+  // bfloat16: matmuls and linears in bfloat16, float32 master weights and optimiser; attention
+  // takes bfloat16 q, k, v and computes in float32 inside). Validation and test run in float32.
+  std::string autocast = "off";
   uint64_t seed = 0;
   int64_t log_every = 50;  // steps between metric lines (and diagnostics)
   LogitMonitorOptions logit_monitor;
@@ -33,6 +39,9 @@ struct RunSettings {
 nlohmann::json to_json(const RunSettings& settings);
 // Reads the settings' keys of `merged` (a config after merged_config, so every key is there).
 void read_run_settings(const nlohmann::json& merged, RunSettings& settings);
+// The dtype an "autocast" setting names: nullopt for "off", bfloat16 for "bf16"; any other name
+// is an error naming it.
+std::optional<c10::ScalarType> autocast_dtype(const std::string& name);
 
 // A task's config file over its defaults: keys absent from `j` keep their defaults, so a file can
 // hold only what it changes; an unknown key (one level of nested objects, e.g. "model") is an

@@ -126,6 +126,9 @@ struct EngineConfig {
   // key projections rescaled so that S would have been qk_clip (MultiheadAttentionImpl::clip_qk).
   // Diagnostics are then recorded on every step. 0: off.
   double qk_clip = 0;
+  // The training forward under torch's CPU autocast to this dtype (RunSettings::autocast); the
+  // backward, the optimiser and validation stay float32. nullopt: off.
+  std::optional<c10::ScalarType> autocast;
   uint64_t seed = 0;
   int64_t log_every = 50;       // steps between metric lines with diagnostics; 0: none
   runs::RunDir run_dir;         // empty: nothing written

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The training step with bf16 autocast against float32 (issue #33 item 3), side by side: ROUNDS
+# alternating rounds (order swapped every round) of one epoch of configs/full.json (ViT, 54 000
+# images) and of configs/lm-quick.json (3 epochs of 60 steps; the last epoch's rate), each with
+# --autocast off and bf16, 2 threads; the rate is the epoch line's images_per_second /
+# tokens_per_second of metrics.jsonl (training only). Pause anything else running on the machine.
+# Usage: results/training-step/autocast.sh [quest binary] [rounds] > autocast.csv
+set -euo pipefail
+bin=${1:-./build/quest} rounds=${2:-3}
+root=$(cd "$(dirname "$0")/../.." && pwd)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+echo "round,task,autocast,rate,final_train_loss"
+for round in $(seq 1 "$rounds"); do
+  order="off bf16"; [ $((round % 2)) = 0 ] && order="bf16 off"
+  for task in vit lm; do
+    cmd="train"; config=$root/configs/full.json; epochs="--epochs 1"; key=images_per_second
+    [ "$task" = lm ] && { cmd="lm train"; config=$root/configs/lm-quick.json; epochs=""; key=tokens_per_second; }
+    for ac in $order; do
+      dir=$work/$task-$ac-$round
+      OMP_NUM_THREADS=2 "$bin" $cmd --config "$config" $epochs --autocast "$ac" --run-dir "$dir" > "$dir.log" 2>&1
+      python3 - "$dir/metrics.jsonl" "$round" "$task" "$ac" "$key" <<'PY'
+import json, sys
+path, round_, task, ac, key = sys.argv[1:]
+epochs = [json.loads(l) for l in open(path) if '"type":"epoch"' in l]
+print(f"{round_},{task},{ac},{epochs[-1][key]:.1f},{epochs[-1]['train_loss']:.4f}")
+PY
+    done
+  done
+done
