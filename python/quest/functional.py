@@ -84,7 +84,7 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
     reference kernels' own row statistics, computed from the logits on the other backends.
     return_max_logit: also each head's largest logit over the batch and visible pairs, (Hq,)
     float32 (QK-clip's signal, as TransformerEngine's return_max_logit); computed with the
-    diagnostics, so eager only. Returns (out, lse), (out, max_logit) or (out, lse, max_logit).
+    diagnostics (under torch.compile: on the fused and reference backends). Returns (out, lse), (out, max_logit) or (out, lse, max_logit).
     """
     args = (query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     kwargs = dict(kind=kind, head_scale=head_scale, q_norm_weight=q_norm_weight, q_norm_bias=q_norm_bias,

@@ -241,18 +241,42 @@ std::string sdpa_why_not(const AttentionCall& c) {
   return "";
 }
 
+// The first four diagnostics rows (q_norm_mean, q_norm_max, k_norm_mean, k_norm_max: norms of
+// the raw rows, keys without the padded ones) as torch ops, for a traced call whose kernel saw
+// normalised rows (add_norm_diagnostics is its eager twin, on the host).
+Tensor raw_norm_rows(const AttentionCall& c) {
+  torch::NoGradGuard no_grad;
+  const Tensor qn = c.q.to(torch::kDouble).norm(2, -1);  // (B, Hq, Nq)
+  Tensor kn = c.k.to(torch::kDouble).norm(2, -1);        // (B, Hk, Nk)
+  Tensor kept = torch::ones_like(kn);
+  if (c.key_padding_mask.defined()) {
+    kept = c.key_padding_mask.logical_not().unsqueeze(1).to(torch::kDouble).expand_as(kn);
+    kn = torch::where(kept > 0, kn, 0.0);  // norms are >= 0; an empty head's max is 0, as the partials' start
+  }
+  const auto per_query_head = [&](const Tensor& t) {  // (Hk) -> (Hq): head h reads h / kv_group
+    return c.kv_group == 1 ? t : t.repeat_interleave(c.kv_group, 0);
+  };
+  const Tensor k_count = kept.sum({0, 2});
+  const Tensor k_mean = torch::where(k_count > 0, kn.sum({0, 2}) / k_count.clamp_min(1), torch::zeros_like(k_count));
+  return torch::stack({qn.mean({0, 2}), qn.amax({0, 2}), per_query_head(k_mean), per_query_head(kn.amax({0, 2}))});
+}
+
 AttentionOutput run_fused(const AttentionCall& c, const AttentionRequest& want) {
   const AttentionCall f = fused_layout(c).apply(c);
   AttentionOutput r;
   HeadDiagnostics diagnostics;
   r.output = detail::run_kernel(f, KernelBackend::fused, want.diagnostics ? &diagnostics : nullptr,
-                                want.logsumexp ? &r.logsumexp : nullptr);
-  if (want.diagnostics) {
+                                want.logsumexp ? &r.logsumexp : nullptr, &r.traced_diagnostics);
+  if (want.diagnostics && r.traced_diagnostics.defined()) {
+    if (f.q_norm != c.q_norm || f.k_norm != c.k_norm)
+      r.traced_diagnostics = torch::cat({raw_norm_rows(c), r.traced_diagnostics.slice(0, 4)});
+  } else if (want.diagnostics) {
     if (f.q_norm != c.q_norm || f.k_norm != c.k_norm) {  // norms of the raw rows, as every path
       torch::NoGradGuard no_grad;
       std::vector<HeadDiagnosticsPartial> norms(c.dims.batch * c.dims.heads);
       std::vector<HeadDiagnosticsPartial> group(c.kv_group > 1 ? norms.size() / c.kv_group : 0);
       for (int64_t g = 0; g < c.kv_group; ++g) {
+        std::fill(group.begin(), group.end(), HeadDiagnosticsPartial{});  // add_norm_diagnostics adds
         add_norm_diagnostics(detail::group_call(c, g).kernel_args<float>(), group.empty() ? norms.data() : group.data());
         if (!group.empty()) detail::scatter_group_partials(group, c, g, norms.data());
       }
@@ -272,8 +296,8 @@ AttentionOutput run_reference(const AttentionCall& c, const AttentionRequest& wa
   AttentionOutput r;
   HeadDiagnostics diagnostics;
   r.output = detail::run_kernel(c, KernelBackend::reference, want.diagnostics ? &diagnostics : nullptr,
-                                want.logsumexp ? &r.logsumexp : nullptr);
-  if (want.diagnostics) r.diagnostics = diagnostics;
+                                want.logsumexp ? &r.logsumexp : nullptr, &r.traced_diagnostics);
+  if (want.diagnostics && !r.traced_diagnostics.defined()) r.diagnostics = diagnostics;
   if (want.weights) r.weights = weights_of(c);
   return r;
 }
@@ -357,9 +381,9 @@ AttentionOutput run_fused_packed(const AttentionCall& c, const Tensor& qkv5, con
   AttentionOutput r;
   HeadDiagnostics diagnostics;
   r.output = detail::run_packed_kernel(c, qkv5, want.diagnostics ? &diagnostics : nullptr,
-                                       want.logsumexp ? &r.logsumexp : nullptr)
+                                       want.logsumexp ? &r.logsumexp : nullptr, &r.traced_diagnostics)
                  .flatten(2);
-  if (want.diagnostics) r.diagnostics = diagnostics;
+  if (want.diagnostics && !r.traced_diagnostics.defined()) r.diagnostics = diagnostics;
   if (want.weights) r.weights = weights_of(c);
   return r;
 }

@@ -102,11 +102,20 @@ HeadDiagnosticsPartial* partials_of(const Tensor& buffer) {
   return buffer.numel() ? reinterpret_cast<HeadDiagnosticsPartial*>(buffer.data_ptr<uint8_t>()) : nullptr;
 }
 HeadDiagnostics reduce_buffer(const Tensor& buffer, int64_t heads) {
-  TORCH_CHECK(!traced(buffer), "quest::attention: diagnostics are computed in eager mode only, not under torch.compile "
-              "or on fake tensors");
+  TORCH_CHECK(!traced(buffer), "quest::attention: these diagnostics are computed in eager mode only, not under "
+              "torch.compile or on fake tensors (compiled, the fused and reference backends return them, except "
+              "for qk_layernorm)");
   std::vector<HeadDiagnosticsPartial> partials(buffer.size(0));
   std::memcpy(partials.data(), buffer.data_ptr<uint8_t>(), buffer.numel());
   return reduce_partials(partials, heads);
+}
+
+// quest::_reduce_diagnostics: the host reduction as an operator, so that a compiled graph runs it.
+Tensor reduce_diagnostics_cpu(const Tensor& partials, int64_t heads) {
+  return diagnostics_tensor(reduce_buffer(partials, heads));
+}
+Tensor reduce_diagnostics_meta(const Tensor& partials, int64_t heads) {
+  return at::empty({7, heads}, partials.options().dtype(torch::kDouble));
 }
 
 // --- the kernels: forward writes out and the softmax row statistics backward needs ----------------
@@ -467,23 +476,51 @@ static Tensor logsumexp_from_stats(const Tensor& stats, KernelBackend backend) {
   return lse.permute({1, 2, 0, 3}).flatten(1, 2).to(torch::kFloat);
 }
 
-Tensor run_kernel(const AttentionCall& c, KernelBackend backend, HeadDiagnostics* diagnostics, Tensor* logsumexp) {
+Tensor diagnostics_tensor(const HeadDiagnostics& d) {
+  const std::vector<double>* rows[] = {&d.q_norm_mean, &d.q_norm_max,    &d.k_norm_mean, &d.k_norm_max,
+                                       &d.logit_abs_max, &d.entropy_mean, &d.logit_max};
+  constexpr int64_t n = std::size(rows);
+  const int64_t heads = static_cast<int64_t>(d.q_norm_mean.size());
+  Tensor t = torch::empty({n, heads}, torch::kDouble);
+  auto a = t.accessor<double, 2>();
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t h = 0; h < heads; ++h) a[r][h] = (*rows[r])[h];
+  return t;
+}
+
+namespace {
+const auto& reduce_diagnostics_op() {
+  static const auto op = op_handle<decltype(reduce_diagnostics_cpu)>("quest::_reduce_diagnostics");
+  return op;
+}
+
+// Eager: reduced here into *host; traced: the operator's (7, H) in *traced.
+void reduce_into(const Tensor& diag, int64_t heads, HeadDiagnostics* host, Tensor* traced_rows) {
+  if (!host) return;
+  if (traced(diag) && traced_rows) *traced_rows = reduce_diagnostics_op().call(diag, heads);
+  else *host = reduce_buffer(diag, heads);
+}
+}  // namespace
+
+Tensor run_kernel(const AttentionCall& c, KernelBackend backend, HeadDiagnostics* diagnostics, Tensor* logsumexp,
+                  Tensor* traced_diagnostics) {
   auto [out, stats, diag] = forward_op().call(
       c.q, c.k, c.v, optional_if_defined(c.head_scale), optional_if_defined(c.q_norm_weight),
       optional_if_defined(c.q_norm_bias), optional_if_defined(c.k_norm_weight), optional_if_defined(c.k_norm_bias),
       optional_if_defined(c.key_padding_mask), name_of(backend),
       QUEST_KERNEL_SCALARS_OF(KernelScalars::of(c)), diagnostics != nullptr);
-  if (diagnostics) *diagnostics = reduce_buffer(diag, c.dims.heads);
+  reduce_into(diag, c.dims.heads, diagnostics, traced_diagnostics);
   if (logsumexp) *logsumexp = logsumexp_from_stats(stats, backend);
   return out;
 }
 
-Tensor run_packed_kernel(const AttentionCall& c, const Tensor& qkv5, HeadDiagnostics* diagnostics, Tensor* logsumexp) {
+Tensor run_packed_kernel(const AttentionCall& c, const Tensor& qkv5, HeadDiagnostics* diagnostics, Tensor* logsumexp,
+                         Tensor* traced_diagnostics) {
   auto [out, stats, diag] = packed_forward_op().call(qkv5, optional_if_defined(c.head_scale),
                                                      optional_if_defined(c.key_padding_mask),
                                                      QUEST_KERNEL_SCALARS_OF(KernelScalars::of(c)),
                                                      diagnostics != nullptr);
-  if (diagnostics) *diagnostics = reduce_buffer(diag, c.dims.heads);
+  reduce_into(diag, c.dims.heads, diagnostics, traced_diagnostics);
   if (logsumexp) *logsumexp = logsumexp_from_stats(stats, KernelBackend::fused);
   return out;
 }
@@ -503,6 +540,7 @@ TORCH_LIBRARY_FRAGMENT(quest, m) {
         ", bool need_diagnostics) -> (Tensor, Tensor, Tensor)", tags);
   m.def("_packed_kernel_backward(Tensor dout, Tensor qkv, Tensor out, Tensor stats, " QUEST_PACKED_PARAMS_SCHEMA
         ") -> (Tensor, Tensor)", tags);
+  m.def("_reduce_diagnostics(Tensor partials, int heads) -> Tensor", tags);
 }
 
 TORCH_LIBRARY_IMPL(quest, CPU, m) {
@@ -510,6 +548,7 @@ TORCH_LIBRARY_IMPL(quest, CPU, m) {
   m.impl("_kernel_backward", &quest::detail::kernel_backward_cpu);
   m.impl("_packed_kernel_forward", &quest::detail::packed_forward_cpu);
   m.impl("_packed_kernel_backward", &quest::detail::packed_backward_cpu);
+  m.impl("_reduce_diagnostics", &quest::detail::reduce_diagnostics_cpu);
 }
 
 TORCH_LIBRARY_IMPL(quest, Meta, m) {
@@ -517,6 +556,7 @@ TORCH_LIBRARY_IMPL(quest, Meta, m) {
   m.impl("_kernel_backward", &quest::detail::kernel_backward_meta);
   m.impl("_packed_kernel_forward", &quest::detail::packed_forward_meta);
   m.impl("_packed_kernel_backward", &quest::detail::packed_backward_meta);
+  m.impl("_reduce_diagnostics", &quest::detail::reduce_diagnostics_meta);
 }
 
 TORCH_LIBRARY_IMPL(quest, Autograd, m) {

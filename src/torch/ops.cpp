@@ -18,6 +18,7 @@
 #include "quest/core/fused.h"
 #include "quest/torch/attention.h"
 #include "quest/torch/runtime.h"
+#include "kernel_ops.h"
 
 namespace quest {
 namespace {
@@ -106,17 +107,11 @@ Tensor attention_packed_op(const Tensor& qkv, int64_t heads, QUEST_OPTION_PARAMS
   return attention_packed(qkv, heads, QUEST_OPTION_ARGS);
 }
 
-// The rows of the diagnostics tensor, in order (python/quest/diagnostics.py names them).
-Tensor diagnostics_tensor(const HeadDiagnostics& d) {
-  const std::vector<double>* rows[] = {&d.q_norm_mean, &d.q_norm_max,    &d.k_norm_mean, &d.k_norm_max,
-                                       &d.logit_abs_max, &d.entropy_mean, &d.logit_max};
-  constexpr int64_t n = std::size(rows);
-  const int64_t heads = static_cast<int64_t>(d.q_norm_mean.size());
-  Tensor t = torch::empty({n, heads}, torch::kDouble);
-  auto a = t.accessor<double, 2>();
-  for (int64_t r = 0; r < n; ++r)
-    for (int64_t h = 0; h < heads; ++h) a[r][h] = (*rows[r])[h];
-  return t;
+// Diagnostics as the operators return them: (7, H) float64, eager (reduced on the host) or traced
+// (the graph's own reduction); an empty tensor when not asked for.
+Tensor diagnostics_of(const AttentionOutput& r, const Tensor& none) {
+  if (r.diagnostics) return detail::diagnostics_tensor(*r.diagnostics);
+  return r.traced_diagnostics.defined() ? r.traced_diagnostics : none;
 }
 
 // SDPA's arguments first, then quest's (kind and the extras) keyword-only.
@@ -156,7 +151,7 @@ std::tuple<Tensor, Tensor, Tensor> sdpa_forward_op(
       scale.has_value() ? std::optional<double>(*scale) : std::nullopt, enable_gqa, o, request);
   const Tensor none = torch::empty({0}, query.options().dtype(torch::kFloat));
   return {r.output, need_logsumexp ? r.logsumexp : none,
-          need_max_logit ? torch::tensor(r.diagnostics->logit_max, torch::kDouble).to(torch::kFloat) : none};
+          need_max_logit ? diagnostics_of(r, none)[6].to(torch::kFloat) : none};
 }
 
 // (output, weights or an empty tensor, diagnostics (7, H) float64 or an empty tensor).
@@ -166,7 +161,7 @@ std::tuple<Tensor, Tensor, Tensor> attention_forward_op(const Tensor& q, const T
   AttentionOutput r = attention_forward(q, k, v, QUEST_OPTION_ARGS, need_weights, need_diagnostics);
   const Tensor none = torch::empty({0});
   return {r.output, need_weights ? r.weights : none,
-          r.diagnostics ? diagnostics_tensor(*r.diagnostics) : none};
+          diagnostics_of(r, none)};
 }
 
 // As attention_forward_op, from a packed (B, N, 3E) projection; the output is (B, N, E).
@@ -176,7 +171,7 @@ std::tuple<Tensor, Tensor, Tensor> attention_packed_forward_op(const Tensor& qkv
   AttentionOutput r = attention_packed_forward(qkv, heads, QUEST_OPTION_ARGS, need_weights, need_diagnostics);
   const Tensor none = torch::empty({0});
   return {r.output, need_weights ? r.weights : none,
-          r.diagnostics ? diagnostics_tensor(*r.diagnostics) : none};
+          diagnostics_of(r, none)};
 }
 
 // (the backend that would run, why each one before it was not taken).
@@ -207,7 +202,8 @@ c10::Dict<std::string, std::string> runtime_op() {
 }  // namespace quest
 
 // pt2_compliant: torch.compile traces them (fullgraph) into quest's kernel operators
-// (src/torch/kernel_ops.cpp) and torch ops; diagnostics are eager-only.
+// (src/torch/kernel_ops.cpp) and torch ops; the fused and reference kernels' diagnostics too
+// (quest::_reduce_diagnostics), the composite's and sdpa's are eager-only.
 TORCH_LIBRARY(quest, m) {
   const std::vector<at::Tag> pt2 = {at::Tag::pt2_compliant_tag};
   m.def("attention(Tensor q, Tensor k, Tensor v, " QUEST_OPTION_SCHEMA ") -> Tensor",

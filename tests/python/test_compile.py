@@ -135,10 +135,54 @@ def test_nonfinite_inputs_are_named_under_compile():
     assert torch.equal(eager.nan_to_num(), traced.nan_to_num())
 
 
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_diagnostics_and_max_logit_compile(kind, backend):
+    """Compiled, the kernels' diagnostics are reduced by the graph's quest::_reduce_diagnostics
+    (QK-LayerNorm's raw norms by torch ops): equal to eager's, with GQA and padding, and
+    return_max_logit with them."""
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(2, 4, 9, 8, generator=g) * 3
+    k, v = (torch.randn(2, 2, 11, 8, generator=g) * 2 for _ in range(2))
+    pad = torch.zeros(2, 11, dtype=torch.bool)
+    pad[1, 7:] = True
+    k[1, :, 8] = 1e3  # a padded key with a huge norm: it must not reach the key norms
+    o = dict(kind=kind, backend=backend, enable_gqa=True, key_padding_mask=pad, causal=True)
+    if kind == "qknorm":
+        o["head_scale"] = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    if kind == "qk_layernorm":
+        o["q_norm_weight"] = torch.linspace(0.5, 1.5, 8)
+
+    def f(q, k, v):
+        out, _, d = quest.attention_forward(q, k, v, need_diagnostics=True, **o)
+        return out, d
+
+    # QK-LayerNorm's normalisation is torch ops, which the compiler may fuse with other rounding.
+    tol = dict(rtol=1e-5, atol=1e-6) if kind == "qk_layernorm" else dict(rtol=1e-12, atol=0)
+    (out, want), (got_out, got) = f(q, k, v), torch.compile(f, fullgraph=True)(q, k, v)
+    torch.testing.assert_close(got_out, out, **tol)
+    assert got.shape == (7, 4) and got.dtype == torch.float64
+    torch.testing.assert_close(got, want, **tol)
+    assert want[3].max() < 100  # the padded key is not among the norms
+    qn = q.double().norm(dim=-1)  # raw query norms per head (eager once mixed GQA groups' for qk_layernorm)
+    torch.testing.assert_close(want[:2], torch.stack([qn.mean((0, 2)), qn.amax((0, 2))]), rtol=1e-6, atol=0)
+
+    def sdpa(q, k, v):
+        return quest.scaled_dot_product_attention(q, k, v, attn_mask=~pad[:, None, None, :], enable_gqa=True,
+                                                  kind=kind, backend=backend, return_max_logit=True,
+                                                  **{n: x for n, x in o.items() if n in ("head_scale", "q_norm_weight")})
+
+    torch._dynamo.reset()
+    (_, eager_max), (_, compiled_max) = sdpa(q, k, v), torch.compile(sdpa, fullgraph=True)(q, k, v)
+    assert compiled_max.dtype == torch.float32 and compiled_max.shape == (4,)
+    torch.testing.assert_close(compiled_max, eager_max, **tol)
+
+
 def test_what_does_not_compile_says_so():
     q, k, v = qkv()
     diagnostics = torch.compile(
-        lambda q, k, v: quest.attention_forward(q, k, v, need_diagnostics=True)[2], fullgraph=True)
+        lambda q, k, v: quest.attention_forward(q, k, v, need_diagnostics=True, backend="composite")[2],
+        fullgraph=True)
     with pytest.raises(Exception, match="eager mode only"):
         diagnostics(q, k, v)
     torch._dynamo.reset()
@@ -214,6 +258,10 @@ def kernel_cases():
                                                            need_diagnostics=False)
     cases.append(("packed-backward", torch.ops.quest._packed_kernel_backward.default,
                   (torch.randn_like(out), qkv5.detach(), out, stats, None, None), SCALARS))
+    # The diagnostics reduction the compiled graph runs, over a forward's partials.
+    _, _, partials = torch.ops.quest._kernel_forward(q.detach(), k.detach(), v.detach(), None, None, None,
+                                                     None, None, None, "fused", **SCALARS, need_diagnostics=True)
+    cases.append(("reduce-diagnostics", torch.ops.quest._reduce_diagnostics.default, (partials, 3), {}))
     return cases
 
 
@@ -249,3 +297,16 @@ def test_opcheck_attention_operators(kind):
             dict(o, need_weights=True))
     packed = torch.randn(2, 5, 36, requires_grad=True)
     opcheck(torch.ops.quest.attention_packed.default, (packed, 3, kind), o)
+
+
+def test_multihead_attention_records_diagnostics_compiled():
+    torch.manual_seed(0)
+    m = quest.MultiheadAttention(32, 4, kind="quest", batch_first=True)
+    m.record_diagnostics = True
+    x = torch.randn(2, 10, 32)
+    eager = m(x, x, x, need_weights=False)[0]
+    want = m.last_diagnostics
+    m.last_diagnostics = None
+    compiled = torch.compile(m, fullgraph=True)(x, x, x, need_weights=False)[0]
+    assert torch.equal(compiled, eager)
+    torch.testing.assert_close(m.last_diagnostics, want, rtol=1e-12, atol=0)

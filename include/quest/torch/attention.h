@@ -78,7 +78,11 @@ struct AttentionOutput {
   // of the autograd graph (a loss on them gets its gradients); the fused and reference backends
   // materialise them apart from the output, detached.
   torch::Tensor weights;
-  std::optional<HeadDiagnostics> diagnostics;  // only if asked for
+  std::optional<HeadDiagnostics> diagnostics;  // only if asked for, in eager mode
+  // Asked for under torch.compile (fake tensors: no data to reduce on the host) from the fused or
+  // reference backend: instead of `diagnostics`, the graph's (7, H) float64 tensor, rows
+  // q_norm_mean, q_norm_max, k_norm_mean, k_norm_max, logit_abs_max, entropy_mean, logit_max.
+  torch::Tensor traced_diagnostics;
   // Per-row log-sum-exp of the visible logits (B, H, Nq) float32, detached: of the whole softmax
   // (before dropout), -inf for a row that sees no key. Only if asked for. The fused and reference
   // kernels return their own row statistics; the composite and sdpa backends compute it from the logits.
