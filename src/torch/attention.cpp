@@ -440,9 +440,11 @@ Selected select(const AttentionCall& c) {
     }
     s.selection.rejected.push_back(to_string(e.id) + ": " + reason);
   }
+  // The composite runs every call; the reference is suggested only where it can run this one.
+  const bool reference_can = wanted != Backend::reference && reference_why_not(c).empty();
   TORCH_CHECK(wanted == Backend::automatic, "quest::attention: the ", to_string(wanted),
               " backend cannot run this call: ", s.selection.rejected.back(),
-              "; use the composite or reference backend");
+              reference_can ? "; use the composite or reference backend" : "; use the composite backend");
   TORCH_CHECK(false, "quest::attention: no backend can run this call");  // composite always can
   return s;
 }

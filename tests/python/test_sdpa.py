@@ -217,6 +217,19 @@ def test_sdpa_backend_says_what_it_cannot_run():
         quest.attention(q, k, v, backend="sdpa", dropout_p=0.1, training=True)
 
 
+def test_a_refused_backend_suggests_only_backends_that_can_run_the_call():
+    q, k, v = tensors((2,))
+    bias = torch.zeros(5, 7)
+    # The reference has the fused kernel's mask limits: only the composite is suggested.
+    for backend in ("fused", "reference"):
+        with pytest.raises(RuntimeError, match=f"the {backend} backend cannot run this call: .*attn_bias; "
+                                               "use the composite backend$"):
+            quest.attention(q, k, v, backend=backend, attn_bias=bias)
+    # float64 stops the fused kernel only: the reference can run it.
+    with pytest.raises(RuntimeError, match="computes in float32 only.*; use the composite or reference backend$"):
+        quest.attention(q.double(), k.double(), v.double(), backend="fused")
+
+
 def reference_logits(q, k, kind, scale=None, enable_gqa=False):
     """The kind's logits in float64 (query heads; grouped keys repeated)."""
     q, k = q.double(), k.double()
