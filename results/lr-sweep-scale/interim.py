@@ -42,3 +42,14 @@ for (size, kind), rs in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[1][0]
     logit = f"{statistics.mean(top):.0f}" if top else "—"
     print(f"| {size} | {kind} | {rs[0]['parameters']} | {len(rs)} | {sum(r['status'] == 'diverged' for r in rs)} | "
           f"{sens} | {best} | {logit} |")
+
+# The logit monitor: per size and kind, the runs whose monitor warned, the lowest rate that warned
+# and the earliest step of a first warning (warned_step).
+print()
+print("| size | kind | runs | monitor warned | lowest lr warned | earliest first warning (step) |")
+print("|---|---|---|---|---|---|")
+for (size, kind), rs in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[1][0]["parameters"], kv[0][1])):
+    warned = [r for r in rs if r.get("warned_step") is not None]
+    lowest = f"{min(r['lr'] for r in warned):g}" if warned else "—"
+    earliest = str(min(r["warned_step"] for r in warned)) if warned else "—"
+    print(f"| {size} | {kind} | {len(rs)} | {len(warned)} | {lowest} | {earliest} |")
