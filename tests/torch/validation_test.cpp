@@ -103,6 +103,31 @@ TEST(Validation, NonFiniteInputsAreRejectedUnlessUnchecked) {
   }
 }
 
+// The finiteness check reads rows in place: every element position, in a layout whose leading
+// dimensions are permuted (the packed projections' (B, N, H, D) seen as (B, H, N, D)) and one whose
+// last dimension is strided, float and double, NaN and both infinities — and no false alarm.
+TEST(Validation, EveryNonFiniteElementIsFoundInAnyLayout) {
+  for (auto dtype : {torch::kFloat, torch::kDouble}) {
+    const Tensor q = torch::randn({2, 3, 5, 4}, dtype), v = torch::randn({2, 3, 6, 7}, dtype);
+    const Tensor storage = torch::randn({2, 6, 3, 4}, dtype);  // (B, Nk, H, D)
+    auto permuted = [](const Tensor& s) { return s.transpose(1, 2); };                  // D contiguous
+    auto strided = [](const Tensor& s) { return s.transpose(1, 2).contiguous().transpose(3, 2).contiguous().transpose(3, 2); };
+    EXPECT_NO_THROW(attention(q, permuted(storage), v));
+    ASSERT_NE(strided(storage).stride(3), 1);
+    EXPECT_NO_THROW(attention(q, strided(storage), v));
+    for (double bad : {double(NAN), double(INFINITY), -double(INFINITY)})
+      for (int64_t at = 0; at < storage.numel(); ++at) {
+        Tensor s = storage.clone();
+        s.view({-1})[at] = bad;
+        EXPECT_ERROR_MENTIONS(attention(q, permuted(s), v), "k contains NaN or Inf");
+        EXPECT_ERROR_MENTIONS(attention(q, strided(s), v), "k contains NaN or Inf");
+      }
+    EXPECT_ERROR_MENTIONS(attention(q, permuted(storage), v, AttentionOptions(Kind::qknorm).head_scale(
+                                                              torch::tensor({1.0, double(NAN), 1.0}).to(dtype))),
+                          "head_scale contains NaN or Inf");
+  }
+}
+
 TEST(Validation, UndefinedInput) {
   Inputs in;
   EXPECT_ERROR_MENTIONS(attention(Tensor(), in.k, in.v), "q is undefined");
