@@ -37,8 +37,8 @@ struct AttentionCall : AttentionScalars {
   // sdpa backends take it.
   bool torch_dropout = false;
   // bfloat16 or float16 inputs on a device other than the CPU: the sdpa backend hands torch's SDPA
-  // the normalised q and k in this dtype (its flash / cuDNN kernels exist there; in float32 they
-  // are several times slower). Undefined: everything in the call's dtype.
+  // the normalised q and k in this dtype, so that its bfloat16 / float16 kernels (flash, cuDNN)
+  // serve it. Undefined: everything in the call's dtype.
   std::optional<torch::ScalarType> sdpa_dtype;
 
   // The tensor members in one fixed order: the only place that order is written down.

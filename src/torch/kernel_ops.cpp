@@ -102,9 +102,9 @@ HeadDiagnosticsPartial* partials_of(const Tensor& buffer) {
   return buffer.numel() ? reinterpret_cast<HeadDiagnosticsPartial*>(buffer.data_ptr<uint8_t>()) : nullptr;
 }
 HeadDiagnostics reduce_buffer(const Tensor& buffer, int64_t heads) {
-  TORCH_CHECK(!traced(buffer), "quest::attention: these diagnostics are computed in eager mode only, not under "
-              "torch.compile or on fake tensors (compiled, the fused and reference backends return them, except "
-              "for qk_layernorm)");
+  TORCH_CHECK(!traced(buffer), "quest::attention: on the composite and sdpa backends diagnostics are computed "
+              "in eager mode only, not under torch.compile or on fake tensors (compiled, the fused and reference "
+              "backends return them)");
   std::vector<HeadDiagnosticsPartial> partials(buffer.size(0));
   std::memcpy(partials.data(), buffer.data_ptr<uint8_t>(), buffer.numel());
   return reduce_partials(partials, heads);

@@ -27,7 +27,8 @@ struct RunSettings {
   // QK-clip (Kimi K2's MuonClip) threshold tau on each head's max logit (0: off): EngineConfig.
   double qk_clip = 0;
   // Mixed precision of the training forward: "off" (float32) or "bf16" (torch's CPU autocast to
-  // bfloat16: matmuls and linears in bfloat16, float32 master weights and optimiser; attention
+  // bfloat16: matmuls and linears in bfloat16, the loss in float32, float32 master weights and
+  // optimiser; attention
   // takes bfloat16 q, k, v and computes in float32 inside). Validation and test run in float32.
   std::string autocast = "off";
   uint64_t seed = 0;
