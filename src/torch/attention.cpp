@@ -256,9 +256,11 @@ Tensor raw_norm_rows(const AttentionCall& c) {
   const auto per_query_head = [&](const Tensor& t) {  // (Hk) -> (Hq): head h reads h / kv_group
     return c.kv_group == 1 ? t : t.repeat_interleave(c.kv_group, 0);
   };
-  const Tensor k_count = kept.sum({0, 2});
-  const Tensor k_mean = torch::where(k_count > 0, kn.sum({0, 2}) / k_count.clamp_min(1), torch::zeros_like(k_count));
-  return torch::stack({qn.mean({0, 2}), qn.amax({0, 2}), per_query_head(k_mean), per_query_head(kn.amax({0, 2}))});
+  const std::vector<int64_t> batch_and_rows{0, 2};  // named: a braced list is ambiguous in torch 2.11's overloads
+  const Tensor k_count = kept.sum(batch_and_rows);
+  const Tensor k_mean = torch::where(k_count > 0, kn.sum(batch_and_rows) / k_count.clamp_min(1), torch::zeros_like(k_count));
+  return torch::stack({qn.mean(batch_and_rows), qn.amax(batch_and_rows), per_query_head(k_mean),
+                       per_query_head(kn.amax(batch_and_rows))});
 }
 
 AttentionOutput run_fused(const AttentionCall& c, const AttentionRequest& want) {
@@ -321,8 +323,12 @@ AttentionOutput run_composite(const AttentionCall& c, const AttentionRequest& wa
 // The flags become SDPA's bool mask (true takes part) or, with an attn_bias, its float mask; rows
 // that see no key are unmasked before and zeroed after, as the composite does, so no NaN enters.
 AttentionOutput run_sdpa(const AttentionCall& c, const AttentionRequest& want) {
-  Tensor qn = normalise(c.q, c.q_norm, c.q_norm_weight, c.q_norm_bias, c);
-  Tensor kn = normalise(c.k, c.k_norm, c.k_norm_weight, c.k_norm_bias, c);
+  // sdpa_dtype: q, k, v arrive in bfloat16 / float16; what is normalised is normalised in float32.
+  const auto in_float32 = [&](const Tensor& t, Norm norm) {
+    return c.sdpa_dtype && norm != Norm::none ? t.to(torch::kFloat) : t;
+  };
+  Tensor qn = normalise(in_float32(c.q, c.q_norm), c.q_norm, c.q_norm_weight, c.q_norm_bias, c);
+  Tensor kn = normalise(in_float32(c.k, c.k_norm), c.k_norm, c.k_norm_weight, c.k_norm_bias, c);
   double scale = c.scale;
   if (c.head_scale.defined()) {
     qn = qn * c.head_scale.view({1, -1, 1, 1});
@@ -344,23 +350,26 @@ AttentionOutput run_sdpa(const AttentionCall& c, const AttentionRequest& want) {
       mask = c.attn_bias;
     }
   }
-  Tensor v = c.v;
-  if (c.sdpa_dtype) {  // normalised in float32 above, attended in the input dtype
+  if (c.sdpa_dtype) {  // attended in the input dtype (no-ops where nothing was normalised)
     qn = qn.to(*c.sdpa_dtype);
     kn = kn.to(*c.sdpa_dtype);
-    v = v.to(*c.sdpa_dtype);
     if (mask && mask->is_floating_point()) mask = mask->to(*c.sdpa_dtype);
   }
   AttentionOutput r;
-  r.output = at::scaled_dot_product_attention(qn, kn, v, mask, c.torch_dropout ? c.dropout : 0.0, flag_only,
+  r.output = at::scaled_dot_product_attention(qn, kn, c.v, mask, c.torch_dropout ? c.dropout : 0.0, flag_only,
                                               scale, c.kv_group > 1);
   if (empty_row.defined()) r.output = r.output.masked_fill(empty_row, 0);
-  if (want.weights) r.weights = weights_of(c);
-  if (want.logsumexp) r.logsumexp = logsumexp_of(c);
+  if (!want.weights && !want.logsumexp && !want.diagnostics) return r;
+  // The extras in float32, as on every other path.
+  AttentionCall f = c;
+  if (c.sdpa_dtype)
+    for (Tensor AttentionCall::*t : {&AttentionCall::q, &AttentionCall::k, &AttentionCall::v}) f.*t = (c.*t).to(torch::kFloat);
+  if (want.weights) r.weights = weights_of(f);
+  if (want.logsumexp) r.logsumexp = logsumexp_of(f);
   if (want.diagnostics) {
     TORCH_CHECK(!c.attn_bias.defined(), "quest::attention: diagnostics are not computed with an "
                 "attn_bias (they follow the kernels, which take masks as flags)");
-    r.diagnostics = reference_diagnostics(c);
+    r.diagnostics = reference_diagnostics(f);
   }
   return r;
 }
@@ -499,10 +508,28 @@ AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor
                                   const AttentionOptions& options, const AttentionRequest& want) {
   if (reduced_precision(q) || reduced_precision(k) || reduced_precision(v)) {
     check_one_dtype(q, k, v);
+    if (!q.device().is_cpu()) {
+      // Validated and selected on float32 stand-ins (allocated, never written: no copy kernels);
+      // the sdpa backend then takes the caller's tensors as they are (AttentionCall::sdpa_dtype).
+      const auto stand_in = [](const Tensor& t) {
+        return reduced_precision(t) ? at::empty_strided_symint(t.sym_sizes(), t.sym_strides(),
+                                                               t.options().dtype(torch::kFloat))
+                                    : t;
+      };
+      const AttentionOptions o = in_float(options);
+      AttentionCall call = detail::make_call(stand_in(q), stand_in(k), stand_in(v), AttentionOptions(o).check_finite(false));
+      const Selected s = select(call);
+      if (s.selection.backend == Backend::sdpa) {
+        call.sdpa_dtype = q.scalar_type();
+        call.q = q;
+        call.k = k;
+        call.v = v;
+        if (o.check_finite()) detail::check_call_finite(call);
+        return in_dtype(s.entry->run(call, want), q.scalar_type());
+      }
+    }
     AttentionCall call = detail::make_call(to_float(q), to_float(k), to_float(v), in_float(options));
-    const Selected s = select(call);
-    if (s.selection.backend == Backend::sdpa && !q.device().is_cpu()) call.sdpa_dtype = q.scalar_type();
-    return in_dtype(s.entry->run(call, want), q.scalar_type());
+    return in_dtype(select(call).entry->run(call, want), q.scalar_type());
   }
   const AttentionCall call = detail::make_call(q, k, v, options);
   return select(call).entry->run(call, want);

@@ -120,6 +120,26 @@ namespace {
 int64_t known(const c10::SymInt& size) { return size.maybe_as_int().value_or(-1); }
 }  // namespace
 
+void check_call_finite(const AttentionCall& c) {
+  const std::pair<const Tensor*, const char*> checked[] = {
+      {&c.q, "q"}, {&c.k, "k"}, {&c.v, "v"}, {&c.head_scale, "head_scale"},
+      {&c.q_norm_weight, "q_norm_weight"}, {&c.q_norm_bias, "q_norm_bias"},
+      {&c.k_norm_weight, "k_norm_weight"}, {&c.k_norm_bias, "k_norm_bias"}};
+  if (c.q.device().is_cpu() || traced(c.q)) {
+    for (auto [t, name] : checked) check_finite(*t, name);
+    return;
+  }
+  // Off the CPU every answer costs the host a synchronisation: one for all the tensors, each
+  // reduced by one kernel (its largest magnitude, which is NaN or Inf exactly when an element is).
+  std::vector<Tensor> largest;
+  for (auto [t, name] : checked)
+    if (t->defined()) largest.push_back(at::linalg_vector_norm(*t, INFINITY).to(torch::kFloat));
+  const Tensor finite = torch::isfinite(torch::stack(largest)).cpu();
+  int64_t i = 0;
+  for (auto [t, name] : checked)
+    if (t->defined()) TORCH_CHECK(finite[i++].item<bool>(), "quest::attention: ", name, " contains NaN or Inf");
+}
+
 AttentionCall make_call(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& o) {
   check_input(q, "q", q);  // first: k and v are checked against q
   check_input(k, "k", q);
@@ -218,12 +238,7 @@ AttentionCall make_call(const Tensor& q, const Tensor& k, const Tensor& v, const
   // Keys already normalised (normalize_keys) take no key normalisation, so no key affine.
   c.k_norm_weight = o.keys_normalized() ? Tensor() : dense(o.k_norm_weight());
   c.k_norm_bias = o.keys_normalized() ? Tensor() : dense(o.k_norm_bias());
-  if (o.check_finite()) {
-    for (auto [t, name] : {std::pair{&c.q, "q"}, {&c.k, "k"}, {&c.v, "v"}, {&c.head_scale, "head_scale"},
-                           {&c.q_norm_weight, "q_norm_weight"}, {&c.q_norm_bias, "q_norm_bias"},
-                           {&c.k_norm_weight, "k_norm_weight"}, {&c.k_norm_bias, "k_norm_bias"}})
-      check_finite(*t, name);
-  }
+  if (o.check_finite()) check_call_finite(c);
   return c;
 }
 

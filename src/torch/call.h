@@ -36,9 +36,11 @@ struct AttentionCall : AttentionScalars {
   // as torch's own ops under compile) instead of quest's seeded host-drawn mask; the composite and
   // sdpa backends take it.
   bool torch_dropout = false;
-  // bfloat16 or float16 inputs on a device other than the CPU: the sdpa backend hands torch's SDPA
-  // the normalised q and k in this dtype, so that its bfloat16 / float16 kernels (flash, cuDNN)
-  // serve it. Undefined: everything in the call's dtype.
+  // bfloat16 or float16 inputs on a device other than the CPU, for the sdpa backend: q, k and v are
+  // the caller's tensors in this dtype (validated and selected as their float32 copies); only what
+  // is normalised or measured goes through float32, and torch's SDPA attends in this dtype, so that
+  // its bfloat16 / float16 kernels (flash, cuDNN) serve it with no float32 round trip of q and v.
+  // Undefined: everything in the call's dtype.
   std::optional<torch::ScalarType> sdpa_dtype;
 
   // The tensor members in one fixed order: the only place that order is written down.
@@ -88,5 +90,9 @@ void scatter_group_partials(const std::vector<HeadDiagnosticsPartial>& group, co
 // every default. Errors are c10::Error naming the offending tensor or option.
 AttentionCall make_call(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                         const AttentionOptions& options);
+
+// The check_finite part of make_call, for a call whose tensors were replaced after validation
+// (attention_forward's reduced-precision path off the CPU).
+void check_call_finite(const AttentionCall& c);
 
 }  // namespace quest::detail
