@@ -10,6 +10,8 @@
 
 #include <omp.h>
 
+#include <algorithm>
+
 #include <string>
 
 #undef HWY_TARGET_INCLUDE
@@ -34,6 +36,8 @@ namespace quest::fused {
 
 HWY_EXPORT(ForwardF32);
 HWY_EXPORT(BackwardF32);
+HWY_EXPORT(ForwardBF16);
+HWY_EXPORT(BackwardBF16);
 HWY_EXPORT(TargetName);
 
 std::string why_not(const AttentionArgs<float>& a) {
@@ -69,6 +73,42 @@ void backward(const AttentionArgs<float>& args, View4<const float> out, View4<co
       !grads.dk.data || !grads.dv.data)
     throw std::invalid_argument("quest::fused::backward: out, dout, stats and dq/dk/dv must not be null");
   HWY_DYNAMIC_DISPATCH(BackwardF32)(args, out, dout, stats, grads, resolve_threads(threads));
+}
+
+// The bfloat16 entry points check args as the float32 ones do, with the bf16 tensors standing in
+// for args' (unread) q, k, v views.
+static AttentionArgs<float> with_bf16_views(AttentionArgs<float> a, View4<const bfloat16> q,
+                                            View4<const bfloat16> k, View4<const bfloat16> v) {
+  const auto as_float = [](View4<const bfloat16> x) {
+    View4<const float> f;
+    f.data = reinterpret_cast<const float*>(x.data);  // for the null and stride checks only
+    std::copy(x.stride, x.stride + 4, f.stride);
+    return f;
+  };
+  a.q = as_float(q);
+  a.k = as_float(k);
+  a.v = as_float(v);
+  return a;
+}
+
+void forward(const AttentionArgs<float>& args, const Bf16Forward& io, RowStats stats,
+             HeadDiagnosticsPartial* diagnostics, int threads) {
+  check_supported(with_bf16_views(args, io.q, io.k, io.v), "fused::forward");
+  if (!io.out.data || !stats.shift || !stats.log_sum)
+    throw std::invalid_argument("quest::fused::forward: out and stats must not be null");
+  if (io.out.stride[3] != 1) throw std::invalid_argument("quest::fused::forward: out needs unit stride along D");
+  HWY_DYNAMIC_DISPATCH(ForwardBF16)(args, io, stats, diagnostics, resolve_threads(threads));
+}
+
+void backward(const AttentionArgs<float>& args, const Bf16Backward& io, RowStats stats,
+              float* dhead_scale, int threads) {
+  check_supported(with_bf16_views(args, io.q, io.k, io.v), "fused::backward");
+  if (!io.out.data || !io.dout.data || !stats.shift || !stats.log_sum || !io.dq.data || !io.dk.data ||
+      !io.dv.data)
+    throw std::invalid_argument("quest::fused::backward: out, dout, stats and dq/dk/dv must not be null");
+  for (const int64_t s : {io.out.stride[3], io.dout.stride[3], io.dq.stride[3], io.dk.stride[3], io.dv.stride[3]})
+    if (s != 1) throw std::invalid_argument("quest::fused::backward: out, dout and the gradients need unit stride along D");
+  HWY_DYNAMIC_DISPATCH(BackwardBF16)(args, io, stats, dhead_scale, resolve_threads(threads));
 }
 
 std::string simd_target() { return HWY_DYNAMIC_DISPATCH(TargetName)(); }

@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "quest/core/fused.h"
@@ -132,6 +133,133 @@ TEST(FusedCore, MatchesReferenceOnEverySimdTarget) {
   });
   EXPECT_FALSE(targets.empty());
   std::printf("fused kernel checked on SIMD targets:%s\n", targets.c_str());
+}
+
+// bfloat16 storage runs the float32 kernel on each head's converted rows: its results must be
+// exactly the float32 kernel's on the same (bf16-representable) inputs, rounded to bfloat16 —
+// bit for bit, on every target, whatever the layout (q here in (B, N, H, D) memory).
+void check_bf16(const Case& c) {
+  const AttentionDims& d = c.dims;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> n01;
+  auto fill = [&](std::vector<bfloat16>& x, std::vector<float>& f, int64_t n) {
+    x.resize(n);
+    f.resize(n);
+    for (int64_t i = 0; i < n; ++i) {
+      x[i] = to_bfloat16(n01(rng));
+      f[i] = to_float(x[i]);
+    }
+  };
+  const int64_t nq = d.batch * d.heads * d.q_len * d.qk_dim, nk = d.batch * d.heads * d.k_len * d.qk_dim,
+                nv = d.batch * d.heads * d.k_len * d.v_dim, nout = d.batch * d.heads * d.q_len * d.v_dim,
+                rows = d.batch * d.heads * d.q_len;
+  std::vector<bfloat16> q, k, v, dout;
+  std::vector<float> qf, kf, vf, doutf, scale = {1.5f, 0.5f, 2.0f, 1.0f};
+  fill(q, qf, nq);
+  fill(k, kf, nk);
+  fill(v, vf, nv);
+  fill(dout, doutf, nout);
+  std::vector<char> pad(d.batch * d.k_len, 0);
+  for (size_t j = 0; j < pad.size(); j += 3) pad[j] = c.pad;
+  auto token_major = [&](auto* data) {  // (B, N, H, D) memory seen as (B, H, N, D)
+    View4<std::remove_pointer_t<decltype(data)>> x;
+    x.data = data;
+    x.stride[0] = d.q_len * d.heads * d.qk_dim;
+    x.stride[1] = d.qk_dim;
+    x.stride[2] = d.heads * d.qk_dim;
+    x.stride[3] = 1;
+    return x;
+  };
+  AttentionArgs<float> a;
+  a.dims = d;
+  a.q = token_major(static_cast<const float*>(qf.data()));
+  a.k = contiguous<const float>(kf.data(), d, d.k_len, d.qk_dim);
+  a.v = contiguous<const float>(vf.data(), d, d.k_len, d.v_dim);
+  a.q_norm = kind_traits(c.kind).q_norm;
+  a.k_norm = kind_traits(c.kind).k_norm;
+  a.scale = default_scale(c.kind, d.qk_dim);
+  if (c.head_scale) a.head_scale = scale.data();
+  a.causal = c.causal;
+  if (c.pad) {
+    a.key_padding_mask = reinterpret_cast<const bool*>(pad.data());
+    a.key_padding_stride[0] = d.k_len;
+    a.key_padding_stride[1] = 1;
+  }
+  a.dropout = c.dropout;
+  a.seed = 9;
+
+  std::vector<float> out_f(nout), shift_f(rows), log_sum_f(rows), shift_b(rows), log_sum_b(rows);
+  std::vector<bfloat16> out_b(nout);
+  fused::forward(a, contiguous(out_f.data(), d, d.q_len, d.v_dim), {shift_f.data(), log_sum_f.data()},
+                 nullptr, c.threads);
+  fused::Bf16Forward fio{token_major(static_cast<const bfloat16*>(q.data())),
+                         contiguous<const bfloat16>(k.data(), d, d.k_len, d.qk_dim),
+                         contiguous<const bfloat16>(v.data(), d, d.k_len, d.v_dim),
+                         contiguous(out_b.data(), d, d.q_len, d.v_dim)};
+  fused::forward(a, fio, {shift_b.data(), log_sum_b.data()}, nullptr, c.threads);
+
+  // The float32 backward sees the output as bf16 storage holds it.
+  std::vector<float> out_seen(nout);
+  for (int64_t i = 0; i < nout; ++i) out_seen[i] = to_float(out_b[i]);
+  std::vector<float> dq(nq), dk(nk), dv(nv), ds(4, 0), ds_b(4, 0);
+  AttentionGrads<float> g;
+  g.dq = token_major(dq.data());
+  g.dk = contiguous(dk.data(), d, d.k_len, d.qk_dim);
+  g.dv = contiguous(dv.data(), d, d.k_len, d.v_dim);
+  g.dhead_scale = ds.data();
+  fused::backward(a, contiguous<const float>(out_seen.data(), d, d.q_len, d.v_dim),
+                  contiguous<const float>(doutf.data(), d, d.q_len, d.v_dim), {shift_f.data(), log_sum_f.data()},
+                  g, c.threads);
+  std::vector<bfloat16> dq_b(nq), dk_b(nk), dv_b(nv);
+  fused::Bf16Backward bio{fio.q, fio.k, fio.v, contiguous<const bfloat16>(out_b.data(), d, d.q_len, d.v_dim),
+                          contiguous<const bfloat16>(dout.data(), d, d.q_len, d.v_dim),
+                          token_major(dq_b.data()), contiguous(dk_b.data(), d, d.k_len, d.qk_dim),
+                          contiguous(dv_b.data(), d, d.k_len, d.v_dim)};
+  fused::backward(a, bio, {shift_b.data(), log_sum_b.data()}, ds_b.data(), c.threads);
+
+  auto same_bits = [&](const std::vector<bfloat16>& got, const std::vector<float>& want, const char* name) {
+    int64_t wrong = 0, first = -1;
+    for (size_t i = 0; i < got.size(); ++i) {
+      const bool equal = got[i].bits == to_bfloat16(want[i]).bits ||
+                         (std::isnan(to_float(got[i])) && std::isnan(want[i]));
+      if (!equal && wrong++ == 0) first = static_cast<int64_t>(i);
+    }
+    EXPECT_EQ(wrong, 0) << to_string(c.kind) << " " << name << ": first at " << first << " of " << got.size();
+  };
+  same_bits(out_b, out_f, "out");
+  EXPECT_EQ(shift_b, shift_f) << to_string(c.kind);
+  EXPECT_EQ(log_sum_b, log_sum_f) << to_string(c.kind);
+  same_bits(dq_b, dq, "dq");
+  same_bits(dk_b, dk, "dk");
+  same_bits(dv_b, dv, "dv");
+  if (c.head_scale) EXPECT_EQ(ds_b, ds) << to_string(c.kind);
+}
+
+TEST(FusedCore, Bf16StorageIsTheFloat32KernelRoundedOnEverySimdTarget) {
+  const AttentionDims small{2, 3, 70, 40, 16, 8}, wide{1, 2, 300, 260, 64, 64}, tiny{1, 1, 1, 1, 1, 1},
+      single{1, 1, 300, 420, 32, 16};
+  testing::for_each_simd_target([&](const std::string& target) {
+    SCOPED_TRACE(target);
+    for (Kind kind : {Kind::standard, Kind::quest, Kind::qknorm}) {
+      check_bf16({small, kind, false, false, false, 0.0});
+      check_bf16({small, kind, true, true, true, 0.2});
+      check_bf16({wide, kind, true, false, false, 0.0});
+      check_bf16({wide, kind, false, true, true, 0.1, 3});
+      check_bf16({tiny, kind, false, false, false, 0.0});
+      check_bf16({single, kind, true, true, true, 0.1, 2});  // one head, split key tiles
+    }
+  });
+}
+
+TEST(CoreTypes, Bfloat16RoundsToNearestEven) {
+  EXPECT_EQ(to_bfloat16(1.0f).bits, 0x3f80);
+  EXPECT_EQ(to_float(to_bfloat16(1.0f + 0x1p-8f)), 1.0f);                  // a tie: to even (down)
+  EXPECT_EQ(to_float(to_bfloat16(1.0f + 3 * 0x1p-8f)), 1.0f + 0x1p-6f);    // a tie: to even (up)
+  EXPECT_EQ(to_float(to_bfloat16(1.0f + 0x1p-8f + 0x1p-12f)), 1.0f + 0x1p-7f);  // above the tie
+  EXPECT_EQ(to_float(to_bfloat16(-2.5f)), -2.5f);                          // exact stays exact
+  EXPECT_TRUE(std::isnan(to_float(to_bfloat16(std::nanf("")))));
+  EXPECT_TRUE(std::isinf(to_float(to_bfloat16(3.4e38f))));                 // rounds up past max
+  EXPECT_EQ(to_float(to_bfloat16(-INFINITY)), -INFINITY);
 }
 
 // The kernel keeps each thread's buffers from call to call. A call with NaN in every input, at a

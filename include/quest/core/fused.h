@@ -38,6 +38,23 @@ void forward(const AttentionArgs<float>& args, View4<float> out, RowStats stats,
 void backward(const AttentionArgs<float>& args, View4<const float> out, View4<const float> dout,
               RowStats stats, const AttentionGrads<float>& grads, int threads);
 
+// bfloat16 storage (torch's bf16 tensors read and written in place, no float32 copy): args holds
+// everything but the tensors (its q, k, v views are not read); the arithmetic is the float32
+// kernel's on each head's rows converted in the work item, the results rounded to bfloat16 once.
+struct Bf16Forward {
+  View4<const bfloat16> q, k, v;
+  View4<bfloat16> out;
+};
+struct Bf16Backward {
+  View4<const bfloat16> q, k, v, out, dout;
+  View4<bfloat16> dq, dk, dv;
+};
+void forward(const AttentionArgs<float>& args, const Bf16Forward& io, RowStats stats,
+             HeadDiagnosticsPartial* diagnostics, int threads);
+// dhead_scale: (H) float32, written where args has a head scale and it is non-null.
+void backward(const AttentionArgs<float>& args, const Bf16Backward& io, RowStats stats,
+              float* dhead_scale, int threads);
+
 // The SIMD target chosen at run time, e.g. "AVX3" or "AVX2".
 std::string simd_target();
 

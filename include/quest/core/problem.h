@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -13,6 +14,25 @@
 #include "quest/core/kind.h"
 
 namespace quest {
+
+// bfloat16 storage: the upper half of a float32 (torch's at::BFloat16 has this layout). The
+// kernels compute in float32; to_float is exact, to_bfloat16 rounds to nearest even as torch does.
+struct bfloat16 {
+  uint16_t bits;
+};
+inline float to_float(bfloat16 x) {
+  const uint32_t u = static_cast<uint32_t>(x.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+inline bfloat16 to_bfloat16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return {static_cast<uint16_t>((u >> 16) | 0x40)};  // NaN stays NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return {static_cast<uint16_t>(u >> 16)};
+}
 
 template <typename T>
 struct View4 {

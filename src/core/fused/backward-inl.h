@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "hwy/highway.h"
+#include "quest/core/fused.h"
 #include "quest/core/problem.h"
 #include "src/core/fused/tile_ops-inl.h"
 #include "src/core/fused/tiles-inl.h"
@@ -371,8 +372,80 @@ void FinishQueries(const AttentionArgs<float>& a, int64_t b, int64_t h, float* d
     *dscale += static_cast<double>(qpoison[e]) + kpoison[e];
 }
 
-void BackwardF32(const AttentionArgs<float>& a, View4<const float> out, View4<const float> dout,
-                 RowStats stats, const AttentionGrads<float>& gr, int threads) {
+// Where the backward reads q, k, v, O, dO and writes dQ, dK, dV. Float32: in place. Head(b, h):
+// a work item's view of (b, h), everything readable and the gradients' destination; Queries(b, h):
+// q of (b, h) readable (FinishQueries); KeysDone / QueriesDone: those rows of dK, dV / dQ are final.
+struct HeadIo {
+  AttentionArgs<float> args;
+  View4<const float> out, dout;
+  AttentionGrads<float> grads;
+};
+struct F32Backward {
+  const AttentionArgs<float>& a;
+  View4<const float> out, dout;
+  const AttentionGrads<float>& gr;
+  HeadIo Head(int64_t, int64_t, HeadStage&) const { return {a, out, dout, gr}; }
+  HeadIo Queries(int64_t, int64_t, HeadStage&) const { return {a, out, dout, gr}; }
+  void KeysDone(int64_t, int64_t, int64_t, int64_t, HeadStage&) const {}
+  void QueriesDone(int64_t, int64_t, HeadStage&) const {}
+};
+
+// bfloat16 storage: each head's rows staged in float32 (HeadStage), the gradients rounded back.
+struct Bf16BackwardIo {
+  const AttentionArgs<float>& a;
+  const Bf16Backward& io;
+  float* dhead_scale;
+  HeadIo Queries(int64_t b, int64_t h, HeadStage& s) const {
+    const AttentionDims& dm = a.dims;
+    const int64_t bh = b * dm.heads + h;
+    if (s.q_of != bh) {
+      StageRows(io.q, b, h, 0, dm.q_len, dm.qk_dim, Grow(s.q, dm.q_len * dm.qk_dim));
+      s.q_of = bh;
+    }
+    HeadIo x{a, {}, {}, {}};
+    x.args.q = HeadView<const float>(s.q.data(), dm.qk_dim);
+    x.grads.dq = HeadView<float>(Grow(s.dq, dm.q_len * dm.qk_dim), dm.qk_dim);
+    x.grads.dk = HeadView<float>(Grow(s.dk, dm.k_len * dm.qk_dim), dm.qk_dim);
+    x.grads.dv = HeadView<float>(Grow(s.dv, dm.k_len * dm.v_dim), dm.v_dim);
+    x.grads.dhead_scale = dhead_scale;
+    return x;
+  }
+  HeadIo Head(int64_t b, int64_t h, HeadStage& s) const {
+    const AttentionDims& dm = a.dims;
+    const int64_t bh = b * dm.heads + h;
+    HeadIo x = Queries(b, h, s);
+    if (s.kv_of != bh) {
+      StageRows(io.k, b, h, 0, dm.k_len, dm.qk_dim, Grow(s.k, dm.k_len * dm.qk_dim));
+      StageRows(io.v, b, h, 0, dm.k_len, dm.v_dim, Grow(s.v, dm.k_len * dm.v_dim));
+      s.kv_of = bh;
+    }
+    if (s.od_of != bh) {
+      StageRows(io.out, b, h, 0, dm.q_len, dm.v_dim, Grow(s.out, dm.q_len * dm.v_dim));
+      StageRows(io.dout, b, h, 0, dm.q_len, dm.v_dim, Grow(s.dout, dm.q_len * dm.v_dim));
+      s.od_of = bh;
+    }
+    x.args.k = HeadView<const float>(s.k.data(), dm.qk_dim);
+    x.args.v = HeadView<const float>(s.v.data(), dm.v_dim);
+    x.out = HeadView<const float>(s.out.data(), dm.v_dim);
+    x.dout = HeadView<const float>(s.dout.data(), dm.v_dim);
+    return x;
+  }
+  void KeysDone(int64_t b, int64_t h, int64_t chunk, int64_t chunks, HeadStage& s) const {
+    const AttentionDims& dm = a.dims;
+    for (int64_t j0 = chunk * kBlockK; j0 < dm.k_len; j0 += chunks * kBlockK) {  // this item's tiles
+      const int64_t j1 = std::min(dm.k_len, j0 + kBlockK);
+      UnstageRows(s.dk.data(), j0, j1, dm.qk_dim, io.dk, b, h);
+      UnstageRows(s.dv.data(), j0, j1, dm.v_dim, io.dv, b, h);
+    }
+  }
+  void QueriesDone(int64_t b, int64_t h, HeadStage& s) const {
+    UnstageRows(s.dq.data(), 0, a.dims.q_len, a.dims.qk_dim, io.dq, b, h);
+  }
+};
+
+template <class Io>
+void BackwardHeads(const AttentionArgs<float>& a, const Io& io, RowStats stats, bool want_dscale,
+                   float* dhead_scale, int threads) {
   const AttentionDims& dm = a.dims;
   const int64_t heads = dm.batch * dm.heads;
   const int64_t Dp = RoundUp(dm.qk_dim, LanesF());
@@ -389,6 +462,8 @@ void BackwardF32(const AttentionArgs<float>& a, View4<const float> out, View4<co
 #pragma omp parallel num_threads(threads)
   {
     BackwardScratch& w = ThreadScratch<BackwardScratch>();
+    HeadStage& st = ThreadScratch<HeadStage>();
+    st.q_of = st.kv_of = st.od_of = -1;  // nothing of this call staged yet
     std::vector<float> own(split ? 0 : dm.q_len * Dp), own_kpoison(split ? 0 : dm.qk_dim);
     auto dq_of = [&](int64_t item) { return split ? &shares[item * dm.q_len * Dp] : own.data(); };
     auto kpoison_of = [&](int64_t item) {
@@ -397,31 +472,49 @@ void BackwardF32(const AttentionArgs<float>& a, View4<const float> out, View4<co
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < heads * chunks; ++item) {
       const int64_t bh = item / chunks, b = bh / dm.heads, h = bh % dm.heads;
-      BackwardItem(a, b, h, item % chunks, chunks, out, dout, stats, gr, dq_of(item),
+      const HeadIo x = io.Head(b, h, st);
+      BackwardItem(x.args, b, h, item % chunks, chunks, x.out, x.dout, stats, x.grads, dq_of(item),
                    kpoison_of(item), &dscale[item], w);
-      if (!split) FinishQueries(a, b, h, dq_of(item), kpoison_of(item), gr, &dscale[item], w);
+      io.KeysDone(b, h, item % chunks, chunks, st);
+      if (!split) {
+        FinishQueries(x.args, b, h, dq_of(item), kpoison_of(item), x.grads, &dscale[item], w);
+        io.QueriesDone(b, h, st);
+      }
     }
     if (split) {
 #pragma omp for schedule(static)
       for (int64_t bh = 0; bh < heads; ++bh) {
-        const int64_t first = bh * chunks;
+        const int64_t first = bh * chunks, b = bh / dm.heads, h = bh % dm.heads;
         for (int64_t c = 1; c < chunks; ++c) {  // sum the shares into the first chunk's
           for (int64_t x = 0; x < dm.q_len * Dp; ++x) dq_of(first)[x] += dq_of(first + c)[x];
           for (int64_t e = 0; e < dm.qk_dim; ++e) kpoison_of(first)[e] += kpoison_of(first + c)[e];
           dscale[first] += dscale[first + c];
         }
-        FinishQueries(a, bh / dm.heads, bh % dm.heads, dq_of(first), kpoison_of(first), gr,
-                      &dscale[first], w);
+        const HeadIo x = io.Queries(b, h, st);
+        FinishQueries(x.args, b, h, dq_of(first), kpoison_of(first), x.grads, &dscale[first], w);
+        io.QueriesDone(b, h, st);
       }
     }
   }
-  if (gr.dhead_scale && a.head_scale) {
+  if (want_dscale) {
     for (int64_t h = 0; h < dm.heads; ++h) {
       double sum = 0;
       for (int64_t b = 0; b < dm.batch; ++b) sum += dscale[(b * dm.heads + h) * chunks];
-      gr.dhead_scale[h] = static_cast<float>(sum);
+      dhead_scale[h] = static_cast<float>(sum);
     }
   }
+}
+
+void BackwardF32(const AttentionArgs<float>& a, View4<const float> out, View4<const float> dout,
+                 RowStats stats, const AttentionGrads<float>& gr, int threads) {
+  BackwardHeads(a, F32Backward{a, out, dout, gr}, stats, gr.dhead_scale && a.head_scale, gr.dhead_scale,
+                threads);
+}
+
+void BackwardBF16(const AttentionArgs<float>& a, const Bf16Backward& io, RowStats stats,
+                  float* dhead_scale, int threads) {
+  BackwardHeads(a, Bf16BackwardIo{a, io, dhead_scale}, stats, dhead_scale && a.head_scale, dhead_scale,
+                threads);
 }
 
 }  // namespace HWY_NAMESPACE

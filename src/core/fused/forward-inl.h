@@ -14,6 +14,7 @@
 
 #include "hwy/highway.h"
 #include "quest/core/diagnostics.h"
+#include "quest/core/fused.h"
 #include "quest/core/problem.h"
 #include "src/core/fused/tile_ops-inl.h"
 #include "src/core/fused/tiles-inl.h"
@@ -257,8 +258,54 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
   }
 }
 
-void ForwardF32(const AttentionArgs<float>& a, View4<float> out, RowStats stats,
-                HeadDiagnosticsPartial* diagnostics, int threads) {
+// Where the forward reads q, k, v and writes its output. Float32: in place. Keys(b, h): args whose
+// k and v of (b, h) can be read; Block(b, h, i0, i1): args whose q rows [i0, i1) and v of (b, h)
+// can be read; Out: the view ForwardBlock writes; Done: the rows [i0, i1) are final.
+struct F32Forward {
+  const AttentionArgs<float>& a;
+  View4<float> out;
+  const AttentionArgs<float>& Keys(int64_t, int64_t, HeadStage&) const { return a; }
+  const AttentionArgs<float>& Block(int64_t, int64_t, int64_t, int64_t, HeadStage&) const { return a; }
+  View4<float> Out(HeadStage&) const { return out; }
+  void Done(int64_t, int64_t, int64_t, int64_t, HeadStage&) const {}
+};
+
+// bfloat16 storage: each head's rows staged in float32 (HeadStage), the output rounded back.
+struct Bf16ForwardIo {
+  const AttentionArgs<float>& a;
+  const Bf16Forward& io;
+  AttentionArgs<float> StageValues(int64_t b, int64_t h, HeadStage& s) const {
+    const AttentionDims& dm = a.dims;
+    AttentionArgs<float> x = a;
+    const int64_t bh = b * dm.heads + h;
+    if (s.kv_of != bh) {
+      StageRows(io.k, b, h, 0, dm.k_len, dm.qk_dim, Grow(s.k, dm.k_len * dm.qk_dim));
+      StageRows(io.v, b, h, 0, dm.k_len, dm.v_dim, Grow(s.v, dm.k_len * dm.v_dim));
+      s.kv_of = bh;
+    }
+    x.k = HeadView<const float>(s.k.data(), dm.qk_dim);
+    x.v = HeadView<const float>(s.v.data(), dm.v_dim);
+    return x;
+  }
+  AttentionArgs<float> Keys(int64_t b, int64_t h, HeadStage& s) const { return StageValues(b, h, s); }
+  AttentionArgs<float> Block(int64_t b, int64_t h, int64_t i0, int64_t i1, HeadStage& s) const {
+    AttentionArgs<float> x = StageValues(b, h, s);
+    StageRows(io.q, b, h, i0, i1, a.dims.qk_dim, Grow(s.q, a.dims.q_len * a.dims.qk_dim));
+    s.q_of = -1;  // only rows [i0, i1)
+    x.q = HeadView<const float>(s.q.data(), a.dims.qk_dim);
+    return x;
+  }
+  View4<float> Out(HeadStage& s) const {
+    return HeadView<float>(Grow(s.out, a.dims.q_len * a.dims.v_dim), a.dims.v_dim);
+  }
+  void Done(int64_t b, int64_t h, int64_t i0, int64_t i1, HeadStage& s) const {
+    UnstageRows(s.out.data(), i0, i1, a.dims.v_dim, io.out, b, h);
+  }
+};
+
+template <class Io>
+void ForwardHeads(const AttentionArgs<float>& a, const Io& io, RowStats stats,
+                  HeadDiagnosticsPartial* diagnostics, int threads) {
   const AttentionDims& dm = a.dims;
   const int64_t heads = dm.batch * dm.heads;
   const int64_t q_blocks = (dm.q_len + kBlockQ - 1) / kBlockQ;
@@ -268,26 +315,30 @@ void ForwardF32(const AttentionArgs<float>& a, View4<float> out, RowStats stats,
   std::vector<HeadDiagnosticsPartial> parts(diagnostics ? heads * q_blocks : 0);
   // Packed keys (every tile is written before it is read, so no buffer is zeroed).
   const int64_t packed_size = dm.qk_dim * RoundUp(dm.k_len, LanesF());
-  auto scan = [&](int64_t bh, float* packed, ForwardScratch& w) {
+  auto scan = [&](int64_t bh, float* packed, ForwardScratch& w, HeadStage& st) {
     HeadDiagnosticsPartial* part = diagnostics ? &diagnostics[bh] : nullptr;
     if (part) *part = HeadDiagnosticsPartial{};
-    keys[bh] = ScanHead(a, bh / dm.heads, bh % dm.heads, packed, &kmax_upto[bh * dm.k_len],
+    const int64_t b = bh / dm.heads, h = bh % dm.heads;
+    keys[bh] = ScanHead(io.Keys(b, h, st), b, h, packed, &kmax_upto[bh * dm.k_len],
                         &vpoison[bh * dm.v_dim], part, w);
   };
-  auto block = [&](int64_t item, ForwardScratch& w) {
-    const int64_t bh = item / q_blocks, qb = item % q_blocks;
+  auto block = [&](int64_t item, ForwardScratch& w, HeadStage& st) {
+    const int64_t bh = item / q_blocks, qb = item % q_blocks, b = bh / dm.heads, h = bh % dm.heads;
     const int64_t i0 = qb * kBlockQ, i1 = std::min(dm.q_len, i0 + kBlockQ);
-    ForwardBlock(a, bh / dm.heads, bh % dm.heads, i0, i1, keys[bh], out, HeadRows(stats, dm, bh),
+    ForwardBlock(io.Block(b, h, i0, i1, st), b, h, i0, i1, keys[bh], io.Out(st), HeadRows(stats, dm, bh),
                  diagnostics ? &parts[item] : nullptr, w);
+    io.Done(b, h, i0, i1, st);
   };
   if (OneBlockPerHead(dm)) {
 #pragma omp parallel num_threads(threads)
     {
       ForwardScratch& w = ThreadScratch<ForwardScratch>();
+      HeadStage& st = ThreadScratch<HeadStage>();
+      st.q_of = st.kv_of = st.od_of = -1;  // nothing of this call staged yet
 #pragma omp for schedule(dynamic)
       for (int64_t bh = 0; bh < heads; ++bh) {
-        scan(bh, Grow(w.packed_keys, packed_size), w);
-        block(bh, w);
+        scan(bh, Grow(w.packed_keys, packed_size), w, st);
+        block(bh, w, st);
       }
     }
   } else {  // all heads' keys first, then the query blocks of every head in parallel
@@ -295,15 +346,27 @@ void ForwardF32(const AttentionArgs<float>& a, View4<float> out, RowStats stats,
 #pragma omp parallel num_threads(threads)
     {
       ForwardScratch& w = ThreadScratch<ForwardScratch>();
+      HeadStage& st = ThreadScratch<HeadStage>();
+      st.q_of = st.kv_of = st.od_of = -1;
 #pragma omp for schedule(static)
-      for (int64_t bh = 0; bh < heads; ++bh) scan(bh, &packed[bh * packed_size], w);
+      for (int64_t bh = 0; bh < heads; ++bh) scan(bh, &packed[bh * packed_size], w, st);
 #pragma omp for schedule(dynamic)
-      for (int64_t item = 0; item < heads * q_blocks; ++item) block(item, w);
+      for (int64_t item = 0; item < heads * q_blocks; ++item) block(item, w, st);
     }
   }
   if (diagnostics)
     for (int64_t item = 0; item < heads * q_blocks; ++item)
       merge_partials(diagnostics[item / q_blocks], parts[item]);
+}
+
+void ForwardF32(const AttentionArgs<float>& a, View4<float> out, RowStats stats,
+                HeadDiagnosticsPartial* diagnostics, int threads) {
+  ForwardHeads(a, F32Forward{a, out}, stats, diagnostics, threads);
+}
+
+void ForwardBF16(const AttentionArgs<float>& a, const Bf16Forward& io, RowStats stats,
+                 HeadDiagnosticsPartial* diagnostics, int threads) {
+  ForwardHeads(a, Bf16ForwardIo{a, io}, stats, diagnostics, threads);
 }
 
 }  // namespace HWY_NAMESPACE

@@ -116,6 +116,42 @@ float DropoutFactor(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t
              : 0.0f;
 }
 
+// --- bfloat16 storage: one head's rows converted to float32 in this thread's buffers, so that the
+// float32 tiles run unchanged on them; results rounded back to bfloat16 row by row. ---
+
+// Rows [n0, n1) of head (b, h) into dst, row n at dst + n * d (the head's own layout).
+HWY_INLINE void StageRows(View4<const bfloat16> src, int64_t b, int64_t h, int64_t n0, int64_t n1,
+                          int64_t d, float* dst) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const bfloat16* x = &src.at(b, h, n, 0);
+    float* y = dst + n * d;
+    for (int64_t e = 0; e < d; ++e) y[e] = to_float(x[e]);
+  }
+}
+HWY_INLINE void UnstageRows(const float* src, int64_t n0, int64_t n1, int64_t d, View4<bfloat16> dst,
+                            int64_t b, int64_t h) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const float* x = src + n * d;
+    bfloat16* y = &dst.at(b, h, n, 0);
+    for (int64_t e = 0; e < d; ++e) y[e] = to_bfloat16(x[e]);
+  }
+}
+// A head's staged rows (n x d, dense) as a view that every (b, h) reads: zero batch and head strides.
+template <class T>
+View4<T> HeadView(T* data, int64_t d) {
+  View4<T> v;
+  v.data = data;
+  v.stride[2] = d;
+  v.stride[3] = 1;
+  return v;
+}
+// This thread's staged head: which (b * heads + h) each buffer holds (-1: none), so that the
+// steps of one work item convert a tensor once.
+struct HeadStage {
+  std::vector<float> q, k, v, out, dout, dq, dk, dv;
+  int64_t q_of = -1, kv_of = -1, od_of = -1;
+};
+
 // The row statistics of head bh = b * heads + h.
 RowStats HeadRows(RowStats stats, const AttentionDims& dm, int64_t bh) {
   return {stats.shift + bh * dm.q_len, stats.log_sum + bh * dm.q_len};
