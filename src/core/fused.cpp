@@ -96,17 +96,19 @@ void forward(const AttentionArgs<float>& args, const Bf16Forward& io, RowStats s
   check_supported(with_bf16_views(args, io.q, io.k, io.v), "fused::forward");
   if (!io.out.data || !stats.shift || !stats.log_sum)
     throw std::invalid_argument("quest::fused::forward: out and stats must not be null");
-  if (io.out.stride[3] != 1) throw std::invalid_argument("quest::fused::forward: out needs unit stride along D");
+
   HWY_DYNAMIC_DISPATCH(ForwardBF16)(args, io, stats, diagnostics, resolve_threads(threads));
 }
 
 void backward(const AttentionArgs<float>& args, const Bf16Backward& io, RowStats stats,
               float* dhead_scale, int threads) {
   check_supported(with_bf16_views(args, io.q, io.k, io.v), "fused::backward");
-  if (!io.out.data || !io.dout.data || !stats.shift || !stats.log_sum || !io.dq.data || !io.dk.data ||
-      !io.dv.data)
+  if (!io.out.data || !io.dout.data || !stats.shift || !stats.log_sum || !io.dq.data ||
+      !(io.dk_sum.data ? io.dv_sum.data != nullptr : io.dk.data && io.dv.data))
     throw std::invalid_argument("quest::fused::backward: out, dout, stats and dq/dk/dv must not be null");
-  for (const int64_t s : {io.out.stride[3], io.dout.stride[3], io.dq.stride[3], io.dk.stride[3], io.dv.stride[3]})
+  for (const int64_t s : {io.out.stride[3], io.dout.stride[3], io.dq.stride[3],
+                          io.dk_sum.data ? io.dk_sum.stride[3] : io.dk.stride[3],
+                          io.dv_sum.data ? io.dv_sum.stride[3] : io.dv.stride[3]})
     if (s != 1) throw std::invalid_argument("quest::fused::backward: out, dout and the gradients need unit stride along D");
   HWY_DYNAMIC_DISPATCH(BackwardBF16)(args, io, stats, dhead_scale, resolve_threads(threads));
 }

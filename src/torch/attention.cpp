@@ -160,6 +160,15 @@ HeadDiagnostics reference_diagnostics(const AttentionCall& call) {
   return d;
 }
 
+// A reduced-precision call (bfloat16 storage, sdpa_dtype) with float32 copies of q, k, v: the
+// extras torch ops compute (weights, logsumexp, diagnostics) are float32 on every path.
+AttentionCall in_float32(const AttentionCall& c) {
+  if (c.q.scalar_type() == torch::kFloat || c.q.scalar_type() == torch::kDouble) return c;
+  AttentionCall f = c;
+  for (Tensor AttentionCall::*t : {&AttentionCall::q, &AttentionCall::k, &AttentionCall::v}) f.*t = (c.*t).to(torch::kFloat);
+  return f;
+}
+
 Tensor weights_of(const AttentionCall& c) {
   torch::NoGradGuard no_grad;
   return composite(c).first;
@@ -290,7 +299,7 @@ AttentionOutput run_fused(const AttentionCall& c, const AttentionRequest& want) 
     }
     r.diagnostics = diagnostics;
   }
-  if (want.weights) r.weights = weights_of(c);
+  if (want.weights) r.weights = weights_of(in_float32(c));
   return r;
 }
 
@@ -324,11 +333,11 @@ AttentionOutput run_composite(const AttentionCall& c, const AttentionRequest& wa
 // that see no key are unmasked before and zeroed after, as the composite does, so no NaN enters.
 AttentionOutput run_sdpa(const AttentionCall& c, const AttentionRequest& want) {
   // sdpa_dtype: q, k, v arrive in bfloat16 / float16; what is normalised is normalised in float32.
-  const auto in_float32 = [&](const Tensor& t, Norm norm) {
+  const auto to_normalise = [&](const Tensor& t, Norm norm) {
     return c.sdpa_dtype && norm != Norm::none ? t.to(torch::kFloat) : t;
   };
-  Tensor qn = normalise(in_float32(c.q, c.q_norm), c.q_norm, c.q_norm_weight, c.q_norm_bias, c);
-  Tensor kn = normalise(in_float32(c.k, c.k_norm), c.k_norm, c.k_norm_weight, c.k_norm_bias, c);
+  Tensor qn = normalise(to_normalise(c.q, c.q_norm), c.q_norm, c.q_norm_weight, c.q_norm_bias, c);
+  Tensor kn = normalise(to_normalise(c.k, c.k_norm), c.k_norm, c.k_norm_weight, c.k_norm_bias, c);
   double scale = c.scale;
   if (c.head_scale.defined()) {
     qn = qn * c.head_scale.view({1, -1, 1, 1});
@@ -360,10 +369,7 @@ AttentionOutput run_sdpa(const AttentionCall& c, const AttentionRequest& want) {
                                               scale, c.kv_group > 1);
   if (empty_row.defined()) r.output = r.output.masked_fill(empty_row, 0);
   if (!want.weights && !want.logsumexp && !want.diagnostics) return r;
-  // The extras in float32, as on every other path.
-  AttentionCall f = c;
-  if (c.sdpa_dtype)
-    for (Tensor AttentionCall::*t : {&AttentionCall::q, &AttentionCall::k, &AttentionCall::v}) f.*t = (c.*t).to(torch::kFloat);
+  const AttentionCall f = in_float32(c);  // the extras in float32, as on every other path
   if (want.weights) r.weights = weights_of(f);
   if (want.logsumexp) r.logsumexp = logsumexp_of(f);
   if (want.diagnostics) {
@@ -483,6 +489,23 @@ AttentionOptions in_float(AttentionOptions o) {
       .k_norm_bias(to_float(o.k_norm_bias())).attn_bias(to_float(o.attn_bias()));
 }
 
+// A float32 stand-in of a reduced-precision tensor for validation and selection: allocated with its
+// sizes and strides, never written (no copy kernel).
+Tensor stand_in(const Tensor& t) {
+  return reduced_precision(t)
+             ? at::empty_strided_symint(t.sym_sizes(), t.sym_strides(), t.options().dtype(torch::kFloat))
+             : t;
+}
+
+// Whether a backend takes bfloat16 / float16 q, k, v as they are, rather than their float32
+// copies: torch's SDPA off the CPU (its bf16 / fp16 kernels; AttentionCall::sdpa_dtype), and the
+// fused kernel in bfloat16 storage where it reads the caller's tensors in place (no LayerNorm
+// applied first, unit stride along D). It computes in float32 either way.
+bool takes_input_dtype(const AttentionCall& c, Backend backend, torch::ScalarType dtype) {
+  if (backend == Backend::sdpa) return !c.q.device().is_cpu();
+  return backend == Backend::fused && dtype == torch::kBFloat16 && fused_layout(c).in_place();
+}
+
 AttentionOutput in_dtype(AttentionOutput r, torch::ScalarType dtype) {
   r.output = r.output.to(dtype);
   if (r.weights.defined()) r.weights = r.weights.to(dtype);
@@ -508,27 +531,19 @@ AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor
                                   const AttentionOptions& options, const AttentionRequest& want) {
   if (reduced_precision(q) || reduced_precision(k) || reduced_precision(v)) {
     check_one_dtype(q, k, v);
-    if (!q.device().is_cpu()) {
-      // Validated and selected on float32 stand-ins (allocated, never written: no copy kernels);
-      // the sdpa backend then takes the caller's tensors as they are (AttentionCall::sdpa_dtype).
-      const auto stand_in = [](const Tensor& t) {
-        return reduced_precision(t) ? at::empty_strided_symint(t.sym_sizes(), t.sym_strides(),
-                                                               t.options().dtype(torch::kFloat))
-                                    : t;
-      };
-      const AttentionOptions o = in_float(options);
-      AttentionCall call = detail::make_call(stand_in(q), stand_in(k), stand_in(v), AttentionOptions(o).check_finite(false));
-      const Selected s = select(call);
-      if (s.selection.backend == Backend::sdpa) {
-        call.sdpa_dtype = q.scalar_type();
-        call.q = q;
-        call.k = k;
-        call.v = v;
-        if (o.check_finite()) detail::check_call_finite(call);
-        return in_dtype(s.entry->run(call, want), q.scalar_type());
-      }
+    // Validated and selected on float32 stand-ins (allocated, never written: no copy kernels).
+    const AttentionOptions o = in_float(options);
+    AttentionCall call = detail::make_call(stand_in(q), stand_in(k), stand_in(v), AttentionOptions(o).check_finite(false));
+    const Selected s = select(call);
+    if (takes_input_dtype(call, s.selection.backend, q.scalar_type())) {
+      if (s.selection.backend == Backend::sdpa) call.sdpa_dtype = q.scalar_type();
+      call.q = q;
+      call.k = k;
+      call.v = v;
+      if (o.check_finite()) detail::check_call_finite(call);
+      return in_dtype(s.entry->run(call, want), q.scalar_type());
     }
-    AttentionCall call = detail::make_call(to_float(q), to_float(k), to_float(v), in_float(options));
+    call = detail::make_call(to_float(q), to_float(k), to_float(v), o);
     return in_dtype(select(call).entry->run(call, want), q.scalar_type());
   }
   const AttentionCall call = detail::make_call(q, k, v, options);
@@ -545,9 +560,6 @@ AttentionOutput attention_packed_forward(const Tensor& qkv, int64_t heads,
                                          const AttentionOptions& options, const AttentionRequest& want) {
   TORCH_CHECK(qkv.defined() && qkv.dim() == 3, "quest::attention_packed: qkv must have shape (B, N, "
               "3 x heads x head_dim), got ", qkv.defined() ? qkv.sym_sizes() : c10::SymIntArrayRef{});
-  if (reduced_precision(qkv))
-    return in_dtype(attention_packed_forward(qkv.to(torch::kFloat), heads, in_float(options), want),
-                    qkv.scalar_type());
   const int64_t width = detail::size_of(qkv, 2);
   TORCH_CHECK(heads > 0 && width > 0 && width % (3 * heads) == 0,
               "quest::attention_packed: the last dimension of qkv (", width,
@@ -555,6 +567,20 @@ AttentionOutput attention_packed_forward(const Tensor& qkv, int64_t heads,
   const Tensor qkv5 = qkv.unflatten(2, {3, heads, width / (3 * heads)});
   // unbind: one backward node (a stack) where indexing would make one zero-filled buffer per part.
   const std::vector<Tensor> parts = qkv5.permute({2, 0, 3, 1, 4}).unbind(0);
+  if (reduced_precision(qkv)) {  // bfloat16 read in place by the fused kernel, else float32 copies
+    const AttentionOptions o = in_float(options);
+    AttentionCall call = detail::make_call(stand_in(parts[0]), stand_in(parts[1]), stand_in(parts[2]),
+                                           AttentionOptions(o).check_finite(false));
+    const Selected s = select(call);
+    if (s.selection.backend == Backend::fused && takes_input_dtype(call, Backend::fused, qkv.scalar_type())) {
+      call.q = parts[0];
+      call.k = parts[1];
+      call.v = parts[2];
+      if (o.check_finite()) detail::check_call_finite(call);
+      return in_dtype(s.entry->run_packed(call, qkv5, want), qkv.scalar_type());
+    }
+    return in_dtype(attention_packed_forward(qkv.to(torch::kFloat), heads, o, want), qkv.scalar_type());
+  }
   const AttentionCall call = detail::make_call(parts[0], parts[1], parts[2], options);
   const BackendEntry& backend = *select(call).entry;
   if (backend.run_packed) return backend.run_packed(call, qkv5, want);

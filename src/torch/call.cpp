@@ -45,8 +45,10 @@ void check_param(const Tensor& t, const char* name, const c10::SymInt& size, con
 // masked bits, which the compiler vectorises (a float compare reduction it may not reorder).
 template <typename T>
 bool finite_span(const T* p, int64_t n) {
-  using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
-  constexpr U exponent = sizeof(T) == 4 ? U(0x7f800000u) : U(0x7ff0000000000000ull);
+  using U = std::conditional_t<sizeof(T) == 2, uint16_t, std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>>;
+  constexpr U exponent = sizeof(T) == 2   ? U(0x7f80u)       // bfloat16
+                         : sizeof(T) == 4 ? U(0x7f800000u)
+                                          : U(0x7ff0000000000000ull);
   U worst = 0;
   for (int64_t i = 0; i < n; ++i) {
     U u;
@@ -93,6 +95,7 @@ bool all_finite_cpu(const Tensor& t) {
 bool all_finite(const Tensor& t) {
   if (t.device().is_cpu() && t.scalar_type() == torch::kFloat) return all_finite_cpu<float>(t);
   if (t.device().is_cpu() && t.scalar_type() == torch::kDouble) return all_finite_cpu<double>(t);
+  if (t.device().is_cpu() && t.scalar_type() == torch::kBFloat16) return all_finite_cpu<at::BFloat16>(t);
   return torch::isfinite(t).all().item<bool>();
 }
 
@@ -265,9 +268,11 @@ template <typename T>
 AttentionArgs<T> AttentionCall::kernel_args() const {
   AttentionArgs<T> a;
   static_cast<AttentionScalars&>(a) = *this;  // the scalars as they are; the tensors as pointers
-  a.q = view4<const T>(q);
-  a.k = view4<const T>(k);
-  a.v = view4<const T>(v);
+  if (q.scalar_type() == c10::CppTypeToScalarType<T>::value) {  // bfloat16 storage: views passed apart
+    a.q = view4<const T>(q);
+    a.k = view4<const T>(k);
+    a.v = view4<const T>(v);
+  }
   a.head_scale = ptr_or_null<const T>(head_scale);
   a.q_ln_weight = ptr_or_null<const T>(q_norm_weight);
   a.q_ln_bias = ptr_or_null<const T>(q_norm_bias);

@@ -129,7 +129,8 @@ fused::RowStats row_stats(const Tensor& stats) {  // stats: (2, B, H, Nq) = shif
 // the input dtype.
 Tensor empty_stats(KernelBackend b, const Tensor& q, const c10::SymInt& group, const c10::SymInt& batch,
                    const c10::SymInt& kv_heads, const c10::SymInt& rows) {
-  if (b == KernelBackend::fused) return at::empty_symint({group, 2, batch, kv_heads, rows}, q.options());
+  if (b == KernelBackend::fused)  // float32 also for bfloat16 storage
+    return at::empty_symint({group, 2, batch, kv_heads, rows}, q.options().dtype(torch::kFloat));
   return at::empty_symint({group, batch, kv_heads, rows}, q.options().dtype(torch::kDouble));
 }
 
@@ -138,8 +139,31 @@ Tensor group_heads(const Tensor& t, int64_t group, int64_t r) {
   return group == 1 ? t : t.slice(1, r, c10::nullopt, group);
 }
 
+// A bfloat16 tensor as the kernels' view (quest::bfloat16 has torch's at::BFloat16 layout).
+template <typename T>
+View4<T> bf16_view(const Tensor& t) {
+  static_assert(sizeof(bfloat16) == sizeof(at::BFloat16));
+  View4<T> v;
+  v.data = reinterpret_cast<T*>(t.data_ptr<at::BFloat16>());
+  for (int d = 0; d < 4; ++d) v.stride[d] = t.stride(d);
+  return v;
+}
+bool bf16_storage(const AttentionCall& c) { return c.q.scalar_type() == torch::kBFloat16; }
+// The fused kernel's output: float32 also for bfloat16 storage (the caller rounds it; the backward
+// reads it unrounded, see fused.h).
+torch::TensorOptions out_options(KernelBackend b, const Tensor& q) {
+  return b == KernelBackend::fused && q.scalar_type() == torch::kBFloat16 ? q.options().dtype(torch::kFloat)
+                                                                          : q.options();
+}
+
 void forward_into(KernelBackend b, const AttentionCall& c, const Tensor& out, const Tensor& stats,
                   HeadDiagnosticsPartial* diag) {
+  if (b == KernelBackend::fused && bf16_storage(c)) {
+    const fused::Bf16Forward io{bf16_view<const bfloat16>(c.q), bf16_view<const bfloat16>(c.k),
+                                bf16_view<const bfloat16>(c.v), view4<float>(out)};
+    fused::forward(c.kernel_args<float>(), io, row_stats(stats), diag, at::get_num_threads());
+    return;
+  }
   if (b == KernelBackend::fused) {
     fused::forward(c.kernel_args<float>(), view4<float>(out), row_stats(stats), diag, at::get_num_threads());
     return;
@@ -151,6 +175,8 @@ void forward_into(KernelBackend b, const AttentionCall& c, const Tensor& out, co
 
 struct KernelGrads {
   Tensor dq, dk, dv, dhead_scale, dq_norm_weight, dq_norm_bias, dk_norm_weight, dk_norm_bias;
+  // bfloat16 storage with query-head groups: float32 dK and dV each group adds into (fused.h).
+  Tensor dk_sum, dv_sum;
 };
 
 // dq, dk, dv are views of q, k, v's shapes (any strides with unit stride along D); the fused
@@ -158,6 +184,19 @@ struct KernelGrads {
 // gradients.
 void backward_into(KernelBackend b, const AttentionCall& c, const Tensor& out, const Tensor& stats,
                    const Tensor& dout, const KernelGrads& g) {
+  if (b == KernelBackend::fused && bf16_storage(c)) {
+    const Tensor dout_rows = (dout.stride(3) == 1 ? dout : dout.contiguous()).to(torch::kFloat);
+    const fused::Bf16Backward io{bf16_view<const bfloat16>(c.q), bf16_view<const bfloat16>(c.k),
+                                 bf16_view<const bfloat16>(c.v), view4<const float>(out),
+                                 view4<const float>(dout_rows),   bf16_view<bfloat16>(g.dq),
+                                 g.dk_sum.defined() ? View4<bfloat16>{} : bf16_view<bfloat16>(g.dk),
+                                 g.dv_sum.defined() ? View4<bfloat16>{} : bf16_view<bfloat16>(g.dv),
+                                 g.dk_sum.defined() ? view4<float>(g.dk_sum) : View4<float>{},
+                                 g.dv_sum.defined() ? view4<float>(g.dv_sum) : View4<float>{}};
+    fused::backward(c.kernel_args<float>(), io, row_stats(stats), ptr_or_null<float>(g.dhead_scale),
+                    at::get_num_threads());
+    return;
+  }
   if (b == KernelBackend::fused) {
     AttentionGrads<float> k;
     k.dq = view4<float>(g.dq);
@@ -216,7 +255,7 @@ ForwardResult kernel_forward_cpu(const Tensor& q, const Tensor& k, const Tensor&
   const AttentionCall c = kernel_call(q, k, v, QUEST_KERNEL_ARGS);
   const AttentionDims& d = c.dims;
   const int64_t group = c.kv_group;
-  Tensor out = torch::empty({d.batch, d.heads, d.q_len, d.v_dim}, q.options());
+  Tensor out = torch::empty({d.batch, d.heads, d.q_len, d.v_dim}, out_options(b, q));
   Tensor stats = empty_stats(b, q, group, d.batch, d.heads / group, d.q_len);
   Tensor diag = diagnostics_buffer(need_diagnostics, d.batch * d.heads, q);
   std::vector<HeadDiagnosticsPartial> partials(need_diagnostics && group > 1 ? d.batch * d.heads / group : 0);
@@ -232,7 +271,7 @@ ForwardResult kernel_forward_meta(const Tensor& q, const Tensor& k, const Tensor
                                   bool need_diagnostics) {
   const KernelBackend b = parse_kernel_backend(backend);
   const auto &batch = q.sym_size(0), &heads = q.sym_size(1), &rows = q.sym_size(2), &kv_heads = k.sym_size(1);
-  return {at::empty_symint({batch, heads, rows, v.sym_size(3)}, q.options()),
+  return {at::empty_symint({batch, heads, rows, v.sym_size(3)}, out_options(b, q)),
           empty_stats(b, q, heads / kv_heads, batch, kv_heads, rows), diagnostics_buffer(need_diagnostics, batch * heads, q)};
 }
 
@@ -268,19 +307,30 @@ BackwardResult kernel_backward_cpu(const Tensor& dout, const Tensor& q, const Te
                                                &KernelGrads::dk_norm_bias};
   // Grouped-query: each group r writes dq and head_scale's gradient of its own heads; dK, dV and
   // the LayerNorm affine are summed over the groups (flash-attention sums an expanded dK so).
-  // Group 0 writes into the results; later groups into fresh buffers, then added. The kernels
-  // take null where a parameter is absent.
+  // Group 0 writes into the results; later groups into fresh buffers, then added. In bfloat16
+  // storage the fused kernel adds every group's dK, dV into float32 sums instead, rounded once at
+  // the end. The kernels take null where a parameter is absent.
+  const bool float_sums = group > 1 && q.scalar_type() == torch::kBFloat16;
+  const Tensor dk_sum = float_sums ? torch::zeros(k.sizes(), k.options().dtype(torch::kFloat)) : Tensor();
+  const Tensor dv_sum = float_sums ? torch::zeros(v.sizes(), v.options().dtype(torch::kFloat)) : Tensor();
   for (int64_t r = 0; r < group; ++r) {
     KernelGrads into;
     into.dq = group_heads(g.dq, group, r);
     for (auto f : kShared) into.*f = undefined_if_empty(r == 0 ? g.*f : torch::zeros_like(g.*f));
+    into.dk_sum = dk_sum;
+    into.dv_sum = dv_sum;
     if (head_scale.has_value())  // group r's heads only: a buffer of its own beside group 1's
-      into.dhead_scale = group == 1 ? g.dhead_scale : torch::zeros({k.size(1)}, q.options());
+      into.dhead_scale = group == 1 ? g.dhead_scale : torch::zeros({k.size(1)}, head_scale->options());
     backward_into(b, group_call(c, r), group_heads(out, group, r), stats[r], group_heads(dout, group, r), into);
     if (r > 0)
       for (auto f : kShared)
-        if ((into.*f).defined()) (g.*f).add_(into.*f);
+        if ((into.*f).defined() && !(float_sums && (f == &KernelGrads::dk || f == &KernelGrads::dv)))
+          (g.*f).add_(into.*f);
     if (group > 1 && head_scale.has_value()) g.dhead_scale.slice(0, r, c10::nullopt, group).copy_(into.dhead_scale);
+  }
+  if (float_sums) {
+    g.dk.copy_(dk_sum);
+    g.dv.copy_(dv_sum);
   }
   return tuple_of(g);
 }
@@ -313,7 +363,7 @@ AttentionCall packed_call(const Tensor& qkv5, QUEST_PACKED_PARAMS) {
 ForwardResult packed_forward_cpu(const Tensor& qkv5, QUEST_PACKED_PARAMS, bool need_diagnostics) {
   const AttentionCall c = packed_call(qkv5, QUEST_PACKED_ARGS);
   const AttentionDims& d = c.dims;
-  Tensor out = torch::empty({d.batch, d.q_len, d.heads, d.v_dim}, qkv5.options());
+  Tensor out = torch::empty({d.batch, d.q_len, d.heads, d.v_dim}, out_options(KernelBackend::fused, qkv5));
   Tensor stats = empty_stats(KernelBackend::fused, qkv5, 1, d.batch, d.heads, d.q_len);
   Tensor diag = diagnostics_buffer(need_diagnostics, d.batch * d.heads, qkv5);
   forward_into(KernelBackend::fused, c, out.transpose(1, 2), stats[0], partials_of(diag));
@@ -322,7 +372,7 @@ ForwardResult packed_forward_cpu(const Tensor& qkv5, QUEST_PACKED_PARAMS, bool n
 
 ForwardResult packed_forward_meta(const Tensor& qkv5, QUEST_PACKED_PARAMS, bool need_diagnostics) {
   const auto &batch = qkv5.sym_size(0), &rows = qkv5.sym_size(1), &heads = qkv5.sym_size(3);
-  return {at::empty_symint({batch, rows, heads, qkv5.sym_size(4)}, qkv5.options()),
+  return {at::empty_symint({batch, rows, heads, qkv5.sym_size(4)}, out_options(KernelBackend::fused, qkv5)),
           empty_stats(KernelBackend::fused, qkv5, 1, batch, heads, rows), diagnostics_buffer(need_diagnostics, batch * heads, qkv5)};
 }
 

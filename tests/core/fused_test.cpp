@@ -136,8 +136,9 @@ TEST(FusedCore, MatchesReferenceOnEverySimdTarget) {
 }
 
 // bfloat16 storage runs the float32 kernel on each head's converted rows: its results must be
-// exactly the float32 kernel's on the same (bf16-representable) inputs, rounded to bfloat16 —
-// bit for bit, on every target, whatever the layout (q here in (B, N, H, D) memory).
+// exactly the float32 kernel's on the same (bf16-representable) inputs — the output and statistics
+// equal, dQ, dK, dV rounded to bfloat16 bit for bit — on every target, whatever the layout (q and
+// dQ here in (B, N, H, D) memory).
 void check_bf16(const Case& c) {
   const AttentionDims& d = c.dims;
   std::mt19937 rng(7);
@@ -158,7 +159,7 @@ void check_bf16(const Case& c) {
   fill(q, qf, nq);
   fill(k, kf, nk);
   fill(v, vf, nv);
-  fill(dout, doutf, nout);
+  fill(dout, doutf, nout);  // (dO is float32 in the kernel's contract; bf16 values are as good)
   std::vector<char> pad(d.batch * d.k_len, 0);
   for (size_t j = 0; j < pad.size(); j += 3) pad[j] = c.pad;
   auto token_major = [&](auto* data) {  // (B, N, H, D) memory seen as (B, H, N, D)
@@ -188,33 +189,28 @@ void check_bf16(const Case& c) {
   a.dropout = c.dropout;
   a.seed = 9;
 
-  std::vector<float> out_f(nout), shift_f(rows), log_sum_f(rows), shift_b(rows), log_sum_b(rows);
-  std::vector<bfloat16> out_b(nout);
+  std::vector<float> out_f(nout), out_b(nout), shift_f(rows), log_sum_f(rows), shift_b(rows), log_sum_b(rows);
   fused::forward(a, contiguous(out_f.data(), d, d.q_len, d.v_dim), {shift_f.data(), log_sum_f.data()},
                  nullptr, c.threads);
-  fused::Bf16Forward fio{token_major(static_cast<const bfloat16*>(q.data())),
-                         contiguous<const bfloat16>(k.data(), d, d.k_len, d.qk_dim),
-                         contiguous<const bfloat16>(v.data(), d, d.k_len, d.v_dim),
-                         contiguous(out_b.data(), d, d.q_len, d.v_dim)};
+  const fused::Bf16Forward fio{token_major(static_cast<const bfloat16*>(q.data())),
+                               contiguous<const bfloat16>(k.data(), d, d.k_len, d.qk_dim),
+                               contiguous<const bfloat16>(v.data(), d, d.k_len, d.v_dim),
+                               contiguous(out_b.data(), d, d.q_len, d.v_dim)};
   fused::forward(a, fio, {shift_b.data(), log_sum_b.data()}, nullptr, c.threads);
 
-  // The float32 backward sees the output as bf16 storage holds it.
-  std::vector<float> out_seen(nout);
-  for (int64_t i = 0; i < nout; ++i) out_seen[i] = to_float(out_b[i]);
   std::vector<float> dq(nq), dk(nk), dv(nv), ds(4, 0), ds_b(4, 0);
   AttentionGrads<float> g;
   g.dq = token_major(dq.data());
   g.dk = contiguous(dk.data(), d, d.k_len, d.qk_dim);
   g.dv = contiguous(dv.data(), d, d.k_len, d.v_dim);
   g.dhead_scale = ds.data();
-  fused::backward(a, contiguous<const float>(out_seen.data(), d, d.q_len, d.v_dim),
-                  contiguous<const float>(doutf.data(), d, d.q_len, d.v_dim), {shift_f.data(), log_sum_f.data()},
-                  g, c.threads);
+  const View4<const float> dout_view = contiguous<const float>(doutf.data(), d, d.q_len, d.v_dim);
+  fused::backward(a, contiguous<const float>(out_f.data(), d, d.q_len, d.v_dim), dout_view,
+                  {shift_f.data(), log_sum_f.data()}, g, c.threads);
   std::vector<bfloat16> dq_b(nq), dk_b(nk), dv_b(nv);
-  fused::Bf16Backward bio{fio.q, fio.k, fio.v, contiguous<const bfloat16>(out_b.data(), d, d.q_len, d.v_dim),
-                          contiguous<const bfloat16>(dout.data(), d, d.q_len, d.v_dim),
-                          token_major(dq_b.data()), contiguous(dk_b.data(), d, d.k_len, d.qk_dim),
-                          contiguous(dv_b.data(), d, d.k_len, d.v_dim)};
+  const fused::Bf16Backward bio{fio.q, fio.k, fio.v, contiguous<const float>(out_b.data(), d, d.q_len, d.v_dim),
+                                dout_view, token_major(dq_b.data()), contiguous(dk_b.data(), d, d.k_len, d.qk_dim),
+                                contiguous(dv_b.data(), d, d.k_len, d.v_dim)};
   fused::backward(a, bio, {shift_b.data(), log_sum_b.data()}, ds_b.data(), c.threads);
 
   auto same_bits = [&](const std::vector<bfloat16>& got, const std::vector<float>& want, const char* name) {
@@ -226,13 +222,24 @@ void check_bf16(const Case& c) {
     }
     EXPECT_EQ(wrong, 0) << to_string(c.kind) << " " << name << ": first at " << first << " of " << got.size();
   };
-  same_bits(out_b, out_f, "out");
+  EXPECT_EQ(out_b, out_f) << to_string(c.kind);
   EXPECT_EQ(shift_b, shift_f) << to_string(c.kind);
   EXPECT_EQ(log_sum_b, log_sum_f) << to_string(c.kind);
   same_bits(dq_b, dq, "dq");
   same_bits(dk_b, dk, "dk");
   same_bits(dv_b, dv, "dv");
   if (c.head_scale) EXPECT_EQ(ds_b, ds) << to_string(c.kind);
+
+  // dk_sum / dv_sum: dK and dV added in float32 to what the sums hold (one query-head group's share).
+  std::vector<float> dk_sum(nk, 0.5f), dv_sum(nv, -0.25f);
+  fused::Bf16Backward sums = bio;
+  sums.dk = {};
+  sums.dv = {};
+  sums.dk_sum = contiguous(dk_sum.data(), d, d.k_len, d.qk_dim);
+  sums.dv_sum = contiguous(dv_sum.data(), d, d.k_len, d.v_dim);
+  fused::backward(a, sums, {shift_b.data(), log_sum_b.data()}, nullptr, c.threads);
+  for (int64_t i = 0; i < nk; ++i) ASSERT_EQ(dk_sum[i], 0.5f + dk[i]) << to_string(c.kind) << " dk_sum " << i;
+  for (int64_t i = 0; i < nv; ++i) ASSERT_EQ(dv_sum[i], -0.25f + dv[i]) << to_string(c.kind) << " dv_sum " << i;
 }
 
 TEST(FusedCore, Bf16StorageIsTheFloat32KernelRoundedOnEverySimdTarget) {

@@ -101,3 +101,48 @@ def test_select_backend_answers_for_reduced_precision_as_attention_runs():
     assert quest.select_backend(q.half(), k.half(), v.half(), backend="sdpa") == ("sdpa", [])
     with pytest.raises(RuntimeError, match="must share a dtype"):
         quest.select_backend(q, k.float(), v)
+
+
+def _graph_chain(out):
+    """The autograd nodes from out back along each node's first input."""
+    chain, node = [], out.grad_fn
+    while node is not None:
+        chain.append(node.name())
+        inputs = [n for n, _ in node.next_functions if n is not None]
+        node = inputs[0] if inputs else None
+    return chain
+
+
+def test_fused_kernel_reads_bfloat16_in_place():
+    """bfloat16 q, k, v (and a packed qkv) reach the fused kernel as they are: no float32 copy
+    between them and the kernel in the graph (the kernel's float32 output is rounded after it).
+    LayerNorm kinds (normalised by torch first) and float16 take float32 copies."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 3, 20, 16, generator=g).to(torch.bfloat16).requires_grad_() for _ in range(3))
+    chain = _graph_chain(quest.attention(q, k, v, "quest", backend="fused"))
+    assert "KernelFunction" in chain[1] and chain[2].endswith("AccumulateGrad"), chain
+    qkv = torch.randn(2, 20, 3 * 4 * 8, generator=g).to(torch.bfloat16).requires_grad_()
+    chain = _graph_chain(quest.attention_packed(qkv, 4, "quest"))
+    assert "PackedKernelFunction" in chain[2] and chain[-1].endswith("AccumulateGrad") and "ToCopy" not in chain[3], chain
+    chain = _graph_chain(quest.attention(q.half(), k.half(), v.half(), "quest", backend="fused"))
+    assert "KernelFunction" in chain[1] and "ToCopy" in chain[2], chain
+
+
+@pytest.mark.parametrize("kind", quest.KINDS)
+@pytest.mark.parametrize("causal", [False, True])
+def test_grouped_query_bfloat16_matches_the_oracle(kind, causal):
+    """GQA in bfloat16 storage: each query-head group's dK, dV share summed in float32."""
+    g = torch.Generator().manual_seed(4)
+    q = torch.randn(2, 4, 9, 8, generator=g).to(torch.bfloat16).requires_grad_()
+    k, v = (torch.randn(2, 2, 11, 8, generator=g).to(torch.bfloat16).requires_grad_() for _ in range(2))
+    _, params = inputs(kind, torch.bfloat16, h=4)
+    out = quest.attention(q, k, v, kind, causal=causal, enable_gqa=True, backend="fused", **params)
+    dout = torch.randn(out.shape, generator=g).to(torch.bfloat16)
+    out.backward(dout)
+    ref = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    expected, _ = oracle.attention(ref[0], ref[1].repeat_interleave(2, 1), ref[2].repeat_interleave(2, 1), kind,
+                                   causal=causal, **{n: p.detach().double() for n, p in params.items()})
+    expected.backward(dout.double())
+    close(out, expected, torch.bfloat16)
+    for x, r in zip((q, k, v), ref):
+        close(x.grad, r.grad, torch.bfloat16)

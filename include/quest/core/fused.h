@@ -38,16 +38,22 @@ void forward(const AttentionArgs<float>& args, View4<float> out, RowStats stats,
 void backward(const AttentionArgs<float>& args, View4<const float> out, View4<const float> dout,
               RowStats stats, const AttentionGrads<float>& grads, int threads);
 
-// bfloat16 storage (torch's bf16 tensors read and written in place, no float32 copy): args holds
-// everything but the tensors (its q, k, v views are not read); the arithmetic is the float32
-// kernel's on each head's rows converted in the work item, the results rounded to bfloat16 once.
+// bfloat16 storage: q, k, v read in place in bf16 (no float32 copy), dQ, dK, dV written in bf16;
+// the output stays float32 (the caller rounds it for its user and keeps it for the backward, whose
+// D_i = rowsum(dO o O) would lose accuracy from a rounded O), and so do dO and the statistics. args
+// holds everything but q, k, v (its q, k, v views are not read); the arithmetic is the float32
+// kernel's on each head's rows, converted (exactly) in the work item.
 struct Bf16Forward {
   View4<const bfloat16> q, k, v;
-  View4<bfloat16> out;
+  View4<float> out;
 };
 struct Bf16Backward {
-  View4<const bfloat16> q, k, v, out, dout;
+  View4<const bfloat16> q, k, v;
+  View4<const float> out, dout;
   View4<bfloat16> dq, dk, dv;
+  // Optional (data null: unused): dK and dV added in float32 into these instead of written to dk
+  // and dv, for a caller that sums several calls' shares (grouped-query attention's query groups).
+  View4<float> dk_sum, dv_sum;
 };
 void forward(const AttentionArgs<float>& args, const Bf16Forward& io, RowStats stats,
              HeadDiagnosticsPartial* diagnostics, int threads);

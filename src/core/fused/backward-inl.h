@@ -390,7 +390,7 @@ struct F32Backward {
   void QueriesDone(int64_t, int64_t, HeadStage&) const {}
 };
 
-// bfloat16 storage: each head's rows staged in float32 (HeadStage), the gradients rounded back.
+// bfloat16 storage: each head's q, k, v staged in float32 (HeadStage), dQ, dK, dV rounded back.
 struct Bf16BackwardIo {
   const AttentionArgs<float>& a;
   const Bf16Backward& io;
@@ -419,23 +419,23 @@ struct Bf16BackwardIo {
       StageRows(io.v, b, h, 0, dm.k_len, dm.v_dim, Grow(s.v, dm.k_len * dm.v_dim));
       s.kv_of = bh;
     }
-    if (s.od_of != bh) {
-      StageRows(io.out, b, h, 0, dm.q_len, dm.v_dim, Grow(s.out, dm.q_len * dm.v_dim));
-      StageRows(io.dout, b, h, 0, dm.q_len, dm.v_dim, Grow(s.dout, dm.q_len * dm.v_dim));
-      s.od_of = bh;
-    }
     x.args.k = HeadView<const float>(s.k.data(), dm.qk_dim);
     x.args.v = HeadView<const float>(s.v.data(), dm.v_dim);
-    x.out = HeadView<const float>(s.out.data(), dm.v_dim);
-    x.dout = HeadView<const float>(s.dout.data(), dm.v_dim);
+    x.out = io.out;
+    x.dout = io.dout;
     return x;
   }
   void KeysDone(int64_t b, int64_t h, int64_t chunk, int64_t chunks, HeadStage& s) const {
     const AttentionDims& dm = a.dims;
     for (int64_t j0 = chunk * kBlockK; j0 < dm.k_len; j0 += chunks * kBlockK) {  // this item's tiles
       const int64_t j1 = std::min(dm.k_len, j0 + kBlockK);
-      UnstageRows(s.dk.data(), j0, j1, dm.qk_dim, io.dk, b, h);
-      UnstageRows(s.dv.data(), j0, j1, dm.v_dim, io.dv, b, h);
+      if (io.dk_sum.data) {
+        AddRows(s.dk.data(), j0, j1, dm.qk_dim, io.dk_sum, b, h);
+        AddRows(s.dv.data(), j0, j1, dm.v_dim, io.dv_sum, b, h);
+      } else {
+        UnstageRows(s.dk.data(), j0, j1, dm.qk_dim, io.dk, b, h);
+        UnstageRows(s.dv.data(), j0, j1, dm.v_dim, io.dv, b, h);
+      }
     }
   }
   void QueriesDone(int64_t b, int64_t h, HeadStage& s) const {
@@ -463,7 +463,7 @@ void BackwardHeads(const AttentionArgs<float>& a, const Io& io, RowStats stats, 
   {
     BackwardScratch& w = ThreadScratch<BackwardScratch>();
     HeadStage& st = ThreadScratch<HeadStage>();
-    st.q_of = st.kv_of = st.od_of = -1;  // nothing of this call staged yet
+    st.q_of = st.kv_of = -1;  // nothing of this call staged yet
     std::vector<float> own(split ? 0 : dm.q_len * Dp), own_kpoison(split ? 0 : dm.qk_dim);
     auto dq_of = [&](int64_t item) { return split ? &shares[item * dm.q_len * Dp] : own.data(); };
     auto kpoison_of = [&](int64_t item) {

@@ -270,7 +270,7 @@ struct F32Forward {
   void Done(int64_t, int64_t, int64_t, int64_t, HeadStage&) const {}
 };
 
-// bfloat16 storage: each head's rows staged in float32 (HeadStage), the output rounded back.
+// bfloat16 storage: each head's q, k, v staged in float32 (HeadStage); the output is float32.
 struct Bf16ForwardIo {
   const AttentionArgs<float>& a;
   const Bf16Forward& io;
@@ -295,12 +295,8 @@ struct Bf16ForwardIo {
     x.q = HeadView<const float>(s.q.data(), a.dims.qk_dim);
     return x;
   }
-  View4<float> Out(HeadStage& s) const {
-    return HeadView<float>(Grow(s.out, a.dims.q_len * a.dims.v_dim), a.dims.v_dim);
-  }
-  void Done(int64_t b, int64_t h, int64_t i0, int64_t i1, HeadStage& s) const {
-    UnstageRows(s.out.data(), i0, i1, a.dims.v_dim, io.out, b, h);
-  }
+  View4<float> Out(HeadStage&) const { return io.out; }
+  void Done(int64_t, int64_t, int64_t, int64_t, HeadStage&) const {}
 };
 
 template <class Io>
@@ -334,7 +330,7 @@ void ForwardHeads(const AttentionArgs<float>& a, const Io& io, RowStats stats,
     {
       ForwardScratch& w = ThreadScratch<ForwardScratch>();
       HeadStage& st = ThreadScratch<HeadStage>();
-      st.q_of = st.kv_of = st.od_of = -1;  // nothing of this call staged yet
+      st.q_of = st.kv_of = -1;  // nothing of this call staged yet
 #pragma omp for schedule(dynamic)
       for (int64_t bh = 0; bh < heads; ++bh) {
         scan(bh, Grow(w.packed_keys, packed_size), w, st);
@@ -347,7 +343,7 @@ void ForwardHeads(const AttentionArgs<float>& a, const Io& io, RowStats stats,
     {
       ForwardScratch& w = ThreadScratch<ForwardScratch>();
       HeadStage& st = ThreadScratch<HeadStage>();
-      st.q_of = st.kv_of = st.od_of = -1;
+      st.q_of = st.kv_of = -1;
 #pragma omp for schedule(static)
       for (int64_t bh = 0; bh < heads; ++bh) scan(bh, &packed[bh * packed_size], w, st);
 #pragma omp for schedule(dynamic)

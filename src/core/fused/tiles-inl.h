@@ -136,6 +136,14 @@ HWY_INLINE void UnstageRows(const float* src, int64_t n0, int64_t n1, int64_t d,
     for (int64_t e = 0; e < d; ++e) y[e] = to_bfloat16(x[e]);
   }
 }
+HWY_INLINE void AddRows(const float* src, int64_t n0, int64_t n1, int64_t d, View4<float> dst, int64_t b,
+                        int64_t h) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const float* x = src + n * d;
+    float* y = &dst.at(b, h, n, 0);
+    for (int64_t e = 0; e < d; ++e) y[e] += x[e];
+  }
+}
 // A head's staged rows (n x d, dense) as a view that every (b, h) reads: zero batch and head strides.
 template <class T>
 View4<T> HeadView(T* data, int64_t d) {
@@ -148,8 +156,8 @@ View4<T> HeadView(T* data, int64_t d) {
 // This thread's staged head: which (b * heads + h) each buffer holds (-1: none), so that the
 // steps of one work item convert a tensor once.
 struct HeadStage {
-  std::vector<float> q, k, v, out, dout, dq, dk, dv;
-  int64_t q_of = -1, kv_of = -1, od_of = -1;
+  std::vector<float> q, k, v, dq, dk, dv;
+  int64_t q_of = -1, kv_of = -1;
 };
 
 // The row statistics of head bh = b * heads + h.
