@@ -111,6 +111,51 @@ def test_converted_torchvision_vit_compiles():
     torch.testing.assert_close(torch.compile(vit, fullgraph=True)(x), vit(x), rtol=1e-5, atol=1e-5)
 
 
+class _EncoderViT(torch.nn.Module):
+    """torchvision's ViT layout (class token, learned positions, pre-norm torch.nn encoder
+    layers, whose nn.MultiheadAttention quest.convert replaces), without torchvision."""
+
+    def __init__(self, dim=32, heads=2, depth=2):
+        super().__init__()
+        self.conv_proj = torch.nn.Conv2d(3, dim, kernel_size=8, stride=8)
+        self.class_token = torch.nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.pos_embedding = torch.nn.Parameter(torch.randn(1, 17, dim) * 0.02)
+        layer = torch.nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.0, activation="gelu",
+                                                 batch_first=True, norm_first=True)
+        self.encoder = torch.nn.TransformerEncoder(layer, depth, norm=torch.nn.LayerNorm(dim),
+                                                   enable_nested_tensor=False)
+        self.heads = torch.nn.Linear(dim, 5)
+
+    def forward(self, x):
+        x = self.conv_proj(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.class_token.expand(x.size(0), -1, -1), x], 1) + self.pos_embedding
+        return self.heads(self.encoder(x)[:, 0])
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_converted_encoder_vit_compiles_and_trains(autocast):
+    """A converted torch.nn encoder ViT (torchvision's layout) under torch.compile(fullgraph=True):
+    outputs and every parameter's gradient as eager, in float32 and under bf16 CPU autocast (where
+    the attention reads bf16 in place)."""
+    torch.manual_seed(0)
+    vit = quest.convert(_EncoderViT(), kind="quest").train()
+    assert any(isinstance(m, quest.MultiheadAttention) for m in vit.modules())
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+
+    def step(model):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return [loss.detach()] + [p.grad.clone() for p in vit.parameters()]
+
+    eager = step(vit)
+    compiled = step(torch.compile(vit, fullgraph=True))
+    tol = dict(rtol=2e-2, atol=2e-3) if autocast else dict(rtol=1e-4, atol=1e-5)
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(b, a, **tol)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_varying_length_compiles_once(causal):
     f = lambda q, k, v: quest.attention(q, k, v, kind="quest", causal=causal)  # noqa: E731
