@@ -30,6 +30,27 @@ struct Case {
   int threads = 2;
 };
 
+// A case's scalars, head scale and padding mask (every third key padded where c.pad); q, k, v
+// are the caller's.
+AttentionArgs<float> args_of(const Case& c, const std::vector<float>& scale, const std::vector<char>& pad,
+                             uint64_t seed) {
+  AttentionArgs<float> a;
+  a.dims = c.dims;
+  a.q_norm = kind_traits(c.kind).q_norm;
+  a.k_norm = kind_traits(c.kind).k_norm;
+  a.scale = default_scale(c.kind, c.dims.qk_dim);
+  if (c.head_scale) a.head_scale = scale.data();
+  a.causal = c.causal;
+  if (c.pad) {
+    a.key_padding_mask = reinterpret_cast<const bool*>(pad.data());
+    a.key_padding_stride[0] = c.dims.k_len;
+    a.key_padding_stride[1] = 1;
+  }
+  a.dropout = c.dropout;
+  a.seed = seed;
+  return a;
+}
+
 // Runs forward and backward on both kernels; returns max relative differences.
 void check(const Case& c) {
   const AttentionDims& d = c.dims;
@@ -46,23 +67,10 @@ void check(const Case& c) {
   fill(dout, d.batch * d.heads * d.q_len * d.v_dim);
   std::vector<char> pad(d.batch * d.k_len, 0);
   for (size_t j = 0; j < pad.size(); j += 3) pad[j] = c.pad;
-  AttentionArgs<float> a;
-  a.dims = d;
+  AttentionArgs<float> a = args_of(c, scale, pad, 5);
   a.q = contiguous<const float>(q.data(), d, d.q_len, d.qk_dim);
   a.k = contiguous<const float>(k.data(), d, d.k_len, d.qk_dim);
   a.v = contiguous<const float>(v.data(), d, d.k_len, d.v_dim);
-  a.q_norm = kind_traits(c.kind).q_norm;
-  a.k_norm = kind_traits(c.kind).k_norm;
-  a.scale = default_scale(c.kind, d.qk_dim);
-  if (c.head_scale) a.head_scale = scale.data();
-  a.causal = c.causal;
-  if (c.pad) {
-    a.key_padding_mask = reinterpret_cast<const bool*>(pad.data());
-    a.key_padding_stride[0] = d.k_len;
-    a.key_padding_stride[1] = 1;
-  }
-  a.dropout = c.dropout;
-  a.seed = 5;
   ASSERT_TRUE(fused::supports(a));
 
   const int64_t nout = d.batch * d.heads * d.q_len * d.v_dim, rows = d.batch * d.heads * d.q_len;
@@ -171,23 +179,10 @@ void check_bf16(const Case& c) {
     x.stride[3] = 1;
     return x;
   };
-  AttentionArgs<float> a;
-  a.dims = d;
+  AttentionArgs<float> a = args_of(c, scale, pad, 9);
   a.q = token_major(static_cast<const float*>(qf.data()));
   a.k = contiguous<const float>(kf.data(), d, d.k_len, d.qk_dim);
   a.v = contiguous<const float>(vf.data(), d, d.k_len, d.v_dim);
-  a.q_norm = kind_traits(c.kind).q_norm;
-  a.k_norm = kind_traits(c.kind).k_norm;
-  a.scale = default_scale(c.kind, d.qk_dim);
-  if (c.head_scale) a.head_scale = scale.data();
-  a.causal = c.causal;
-  if (c.pad) {
-    a.key_padding_mask = reinterpret_cast<const bool*>(pad.data());
-    a.key_padding_stride[0] = d.k_len;
-    a.key_padding_stride[1] = 1;
-  }
-  a.dropout = c.dropout;
-  a.seed = 9;
 
   std::vector<float> out_f(nout), out_b(nout), shift_f(rows), log_sum_f(rows), shift_b(rows), log_sum_b(rows);
   fused::forward(a, contiguous(out_f.data(), d, d.q_len, d.v_dim), {shift_f.data(), log_sum_f.data()},
