@@ -11,7 +11,6 @@
 #include <omp.h>
 
 #include <algorithm>
-
 #include <string>
 
 #undef HWY_TARGET_INCLUDE
@@ -96,7 +95,6 @@ void forward(const AttentionArgs<float>& args, const Bf16Forward& io, RowStats s
   check_supported(with_bf16_views(args, io.q, io.k, io.v), "fused::forward");
   if (!io.out.data || !stats.shift || !stats.log_sum)
     throw std::invalid_argument("quest::fused::forward: out and stats must not be null");
-
   HWY_DYNAMIC_DISPATCH(ForwardBF16)(args, io, stats, diagnostics, resolve_threads(threads));
 }
 

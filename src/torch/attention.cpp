@@ -506,6 +506,25 @@ bool takes_input_dtype(const AttentionCall& c, Backend backend, torch::ScalarTyp
   return backend == Backend::fused && dtype == torch::kBFloat16 && fused_layout(c).in_place();
 }
 
+// A bfloat16 / float16 call validated and selected on float32 stand-ins, with the caller's q, k, v
+// put back where the selected backend takes them as they are (takes_input_dtype); nullopt where it
+// needs float32 copies instead.
+struct AsGiven {
+  AttentionCall call;
+  const BackendEntry* entry;
+};
+std::optional<AsGiven> as_given(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& o) {
+  AttentionCall call = detail::make_call(stand_in(q), stand_in(k), stand_in(v), AttentionOptions(o).check_finite(false));
+  const Selected s = select(call);
+  if (!takes_input_dtype(call, s.selection.backend, q.scalar_type())) return std::nullopt;
+  if (s.selection.backend == Backend::sdpa) call.sdpa_dtype = q.scalar_type();
+  call.q = q;
+  call.k = k;
+  call.v = v;
+  if (o.check_finite()) detail::check_call_finite(call);
+  return AsGiven{call, s.entry};
+}
+
 AttentionOutput in_dtype(AttentionOutput r, torch::ScalarType dtype) {
   r.output = r.output.to(dtype);
   if (r.weights.defined()) r.weights = r.weights.to(dtype);
@@ -531,19 +550,9 @@ AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor
                                   const AttentionOptions& options, const AttentionRequest& want) {
   if (reduced_precision(q) || reduced_precision(k) || reduced_precision(v)) {
     check_one_dtype(q, k, v);
-    // Validated and selected on float32 stand-ins (allocated, never written: no copy kernels).
     const AttentionOptions o = in_float(options);
-    AttentionCall call = detail::make_call(stand_in(q), stand_in(k), stand_in(v), AttentionOptions(o).check_finite(false));
-    const Selected s = select(call);
-    if (takes_input_dtype(call, s.selection.backend, q.scalar_type())) {
-      if (s.selection.backend == Backend::sdpa) call.sdpa_dtype = q.scalar_type();
-      call.q = q;
-      call.k = k;
-      call.v = v;
-      if (o.check_finite()) detail::check_call_finite(call);
-      return in_dtype(s.entry->run(call, want), q.scalar_type());
-    }
-    call = detail::make_call(to_float(q), to_float(k), to_float(v), o);
+    if (const auto g = as_given(q, k, v, o)) return in_dtype(g->entry->run(g->call, want), q.scalar_type());
+    const AttentionCall call = detail::make_call(to_float(q), to_float(k), to_float(v), o);
     return in_dtype(select(call).entry->run(call, want), q.scalar_type());
   }
   const AttentionCall call = detail::make_call(q, k, v, options);
@@ -567,24 +576,16 @@ AttentionOutput attention_packed_forward(const Tensor& qkv, int64_t heads,
   const Tensor qkv5 = qkv.unflatten(2, {3, heads, width / (3 * heads)});
   // unbind: one backward node (a stack) where indexing would make one zero-filled buffer per part.
   const std::vector<Tensor> parts = qkv5.permute({2, 0, 3, 1, 4}).unbind(0);
-  if (reduced_precision(qkv)) {  // bfloat16 read in place by the fused kernel, else float32 copies
+  const auto run = [&](const AttentionCall& call, const BackendEntry& backend) {
+    return backend.run_packed ? backend.run_packed(call, qkv5, want) : run_split_heads(backend.run, call, want);
+  };
+  if (reduced_precision(qkv)) {  // as given where the backend takes it, else float32 copies
     const AttentionOptions o = in_float(options);
-    AttentionCall call = detail::make_call(stand_in(parts[0]), stand_in(parts[1]), stand_in(parts[2]),
-                                           AttentionOptions(o).check_finite(false));
-    const Selected s = select(call);
-    if (s.selection.backend == Backend::fused && takes_input_dtype(call, Backend::fused, qkv.scalar_type())) {
-      call.q = parts[0];
-      call.k = parts[1];
-      call.v = parts[2];
-      if (o.check_finite()) detail::check_call_finite(call);
-      return in_dtype(s.entry->run_packed(call, qkv5, want), qkv.scalar_type());
-    }
+    if (const auto g = as_given(parts[0], parts[1], parts[2], o)) return in_dtype(run(g->call, *g->entry), qkv.scalar_type());
     return in_dtype(attention_packed_forward(qkv.to(torch::kFloat), heads, o, want), qkv.scalar_type());
   }
   const AttentionCall call = detail::make_call(parts[0], parts[1], parts[2], options);
-  const BackendEntry& backend = *select(call).entry;
-  if (backend.run_packed) return backend.run_packed(call, qkv5, want);
-  return run_split_heads(backend.run, call, want);
+  return run(call, *select(call).entry);
 }
 
 Tensor attention_packed(const Tensor& qkv, int64_t heads, const AttentionOptions& options) {

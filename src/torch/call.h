@@ -92,7 +92,7 @@ AttentionCall make_call(const torch::Tensor& q, const torch::Tensor& k, const to
                         const AttentionOptions& options);
 
 // The check_finite part of make_call, for a call whose tensors were replaced after validation
-// (attention_forward's reduced-precision path off the CPU).
+// (bfloat16 / float16 q, k, v validated on float32 stand-ins, then run as they are).
 void check_call_finite(const AttentionCall& c);
 
 }  // namespace quest::detail

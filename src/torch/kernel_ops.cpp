@@ -316,7 +316,9 @@ BackwardResult kernel_backward_cpu(const Tensor& dout, const Tensor& q, const Te
   for (int64_t r = 0; r < group; ++r) {
     KernelGrads into;
     into.dq = group_heads(g.dq, group, r);
-    for (auto f : kShared) into.*f = undefined_if_empty(r == 0 ? g.*f : torch::zeros_like(g.*f));
+    for (auto f : kShared)
+      if (!(float_sums && (f == &KernelGrads::dk || f == &KernelGrads::dv)))  // else into the sums
+        into.*f = undefined_if_empty(r == 0 ? g.*f : torch::zeros_like(g.*f));
     into.dk_sum = dk_sum;
     into.dv_sum = dv_sum;
     if (head_scale.has_value())  // group r's heads only: a buffer of its own beside group 1's
@@ -324,8 +326,7 @@ BackwardResult kernel_backward_cpu(const Tensor& dout, const Tensor& q, const Te
     backward_into(b, group_call(c, r), group_heads(out, group, r), stats[r], group_heads(dout, group, r), into);
     if (r > 0)
       for (auto f : kShared)
-        if ((into.*f).defined() && !(float_sums && (f == &KernelGrads::dk || f == &KernelGrads::dv)))
-          (g.*f).add_(into.*f);
+        if ((into.*f).defined()) (g.*f).add_(into.*f);
     if (group > 1 && head_scale.has_value()) g.dhead_scale.slice(0, r, c10::nullopt, group).copy_(into.dhead_scale);
   }
   if (float_sums) {

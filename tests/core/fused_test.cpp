@@ -348,6 +348,25 @@ TEST(CoreEntryPoints, RejectBadArgumentsWithAReason) {
               fused::backward(a, co, co, {shift.data(), log_sum.data()}, g, 1);
             }).find("quest::fused::backward: out, dout, stats and dq/dk/dv must not be null"),
             std::string::npos);
+  // The bfloat16 entry points check the same, with their own tensors.
+  std::vector<bfloat16> qb(32, to_bfloat16(0.5f)), gb(32);
+  const auto vb = contiguous_view<const bfloat16>(qb.data(), 1, 4, 8);
+  fused::Bf16Forward fio{vb, vb, vb, o};
+  EXPECT_EQ(message([&] { fused::forward(a, fio, {shift.data(), log_sum.data()}, nullptr, 1); }), "no exception");
+  fio.k.data = nullptr;
+  EXPECT_NE(message([&] { fused::forward(a, fio, {shift.data(), log_sum.data()}, nullptr, 1); })
+                .find("quest::fused::forward: q, k and v must not be null"),
+            std::string::npos);
+  const auto co = contiguous_view<const float>(out.data(), 1, 4, 8);
+  fused::Bf16Backward bio{vb, vb, vb, co, co, contiguous_view(gb.data(), 1, 4, 8), {}, {}};
+  EXPECT_NE(message([&] { fused::backward(a, bio, {shift.data(), log_sum.data()}, nullptr, 1); })
+                .find("quest::fused::backward: out, dout, stats and dq/dk/dv must not be null"),
+            std::string::npos);
+  bio.dk = bio.dv = contiguous_view(gb.data(), 1, 4, 8);
+  bio.dq.stride[3] = 2;
+  EXPECT_NE(message([&] { fused::backward(a, bio, {shift.data(), log_sum.data()}, nullptr, 1); })
+                .find("unit stride along D"),
+            std::string::npos);
   bad = a;
   bad.scale = NAN;
   EXPECT_NE(message([&] { reference::forward(bad, o, lse.data()); }).find("quest::reference::forward: scale must be finite"),

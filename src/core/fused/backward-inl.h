@@ -444,8 +444,8 @@ struct Bf16BackwardIo {
 };
 
 template <class Io>
-void BackwardHeads(const AttentionArgs<float>& a, const Io& io, RowStats stats, bool want_dscale,
-                   float* dhead_scale, int threads) {
+void BackwardHeads(const AttentionArgs<float>& a, const Io& io, RowStats stats, float* dhead_scale,
+                   int threads) {
   const AttentionDims& dm = a.dims;
   const int64_t heads = dm.batch * dm.heads;
   const int64_t Dp = RoundUp(dm.qk_dim, LanesF());
@@ -496,7 +496,7 @@ void BackwardHeads(const AttentionArgs<float>& a, const Io& io, RowStats stats, 
       }
     }
   }
-  if (want_dscale) {
+  if (dhead_scale && a.head_scale) {
     for (int64_t h = 0; h < dm.heads; ++h) {
       double sum = 0;
       for (int64_t b = 0; b < dm.batch; ++b) sum += dscale[(b * dm.heads + h) * chunks];
@@ -507,14 +507,12 @@ void BackwardHeads(const AttentionArgs<float>& a, const Io& io, RowStats stats, 
 
 void BackwardF32(const AttentionArgs<float>& a, View4<const float> out, View4<const float> dout,
                  RowStats stats, const AttentionGrads<float>& gr, int threads) {
-  BackwardHeads(a, F32Backward{a, out, dout, gr}, stats, gr.dhead_scale && a.head_scale, gr.dhead_scale,
-                threads);
+  BackwardHeads(a, F32Backward{a, out, dout, gr}, stats, gr.dhead_scale, threads);
 }
 
 void BackwardBF16(const AttentionArgs<float>& a, const Bf16Backward& io, RowStats stats,
                   float* dhead_scale, int threads) {
-  BackwardHeads(a, Bf16BackwardIo{a, io, dhead_scale}, stats, dhead_scale && a.head_scale, dhead_scale,
-                threads);
+  BackwardHeads(a, Bf16BackwardIo{a, io, dhead_scale}, stats, dhead_scale, threads);
 }
 
 }  // namespace HWY_NAMESPACE

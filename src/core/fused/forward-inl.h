@@ -258,19 +258,16 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
   }
 }
 
-// Where the forward reads q, k, v and writes its output. Float32: in place. Keys(b, h): args whose
-// k and v of (b, h) can be read; Block(b, h, i0, i1): args whose q rows [i0, i1) and v of (b, h)
-// can be read; Out: the view ForwardBlock writes; Done: the rows [i0, i1) are final.
+// Where the forward reads q, k, v (the output is float32 either way). Float32: in place. Keys(b, h):
+// args whose k and v of (b, h) can be read; Block(b, h, i0, i1): args whose q rows [i0, i1) and v
+// of (b, h) can be read.
 struct F32Forward {
   const AttentionArgs<float>& a;
-  View4<float> out;
   const AttentionArgs<float>& Keys(int64_t, int64_t, HeadStage&) const { return a; }
   const AttentionArgs<float>& Block(int64_t, int64_t, int64_t, int64_t, HeadStage&) const { return a; }
-  View4<float> Out(HeadStage&) const { return out; }
-  void Done(int64_t, int64_t, int64_t, int64_t, HeadStage&) const {}
 };
 
-// bfloat16 storage: each head's q, k, v staged in float32 (HeadStage); the output is float32.
+// bfloat16 storage: each head's q, k, v staged in float32 (HeadStage).
 struct Bf16ForwardIo {
   const AttentionArgs<float>& a;
   const Bf16Forward& io;
@@ -291,16 +288,13 @@ struct Bf16ForwardIo {
   AttentionArgs<float> Block(int64_t b, int64_t h, int64_t i0, int64_t i1, HeadStage& s) const {
     AttentionArgs<float> x = StageValues(b, h, s);
     StageRows(io.q, b, h, i0, i1, a.dims.qk_dim, Grow(s.q, a.dims.q_len * a.dims.qk_dim));
-    s.q_of = -1;  // only rows [i0, i1)
     x.q = HeadView<const float>(s.q.data(), a.dims.qk_dim);
     return x;
   }
-  View4<float> Out(HeadStage&) const { return io.out; }
-  void Done(int64_t, int64_t, int64_t, int64_t, HeadStage&) const {}
 };
 
 template <class Io>
-void ForwardHeads(const AttentionArgs<float>& a, const Io& io, RowStats stats,
+void ForwardHeads(const AttentionArgs<float>& a, const Io& io, View4<float> out, RowStats stats,
                   HeadDiagnosticsPartial* diagnostics, int threads) {
   const AttentionDims& dm = a.dims;
   const int64_t heads = dm.batch * dm.heads;
@@ -321,9 +315,8 @@ void ForwardHeads(const AttentionArgs<float>& a, const Io& io, RowStats stats,
   auto block = [&](int64_t item, ForwardScratch& w, HeadStage& st) {
     const int64_t bh = item / q_blocks, qb = item % q_blocks, b = bh / dm.heads, h = bh % dm.heads;
     const int64_t i0 = qb * kBlockQ, i1 = std::min(dm.q_len, i0 + kBlockQ);
-    ForwardBlock(io.Block(b, h, i0, i1, st), b, h, i0, i1, keys[bh], io.Out(st), HeadRows(stats, dm, bh),
+    ForwardBlock(io.Block(b, h, i0, i1, st), b, h, i0, i1, keys[bh], out, HeadRows(stats, dm, bh),
                  diagnostics ? &parts[item] : nullptr, w);
-    io.Done(b, h, i0, i1, st);
   };
   if (OneBlockPerHead(dm)) {
 #pragma omp parallel num_threads(threads)
@@ -357,12 +350,12 @@ void ForwardHeads(const AttentionArgs<float>& a, const Io& io, RowStats stats,
 
 void ForwardF32(const AttentionArgs<float>& a, View4<float> out, RowStats stats,
                 HeadDiagnosticsPartial* diagnostics, int threads) {
-  ForwardHeads(a, F32Forward{a, out}, stats, diagnostics, threads);
+  ForwardHeads(a, F32Forward{a}, out, stats, diagnostics, threads);
 }
 
 void ForwardBF16(const AttentionArgs<float>& a, const Bf16Forward& io, RowStats stats,
                  HeadDiagnosticsPartial* diagnostics, int threads) {
-  ForwardHeads(a, Bf16ForwardIo{a, io}, stats, diagnostics, threads);
+  ForwardHeads(a, Bf16ForwardIo{a, io}, io.out, stats, diagnostics, threads);
 }
 
 }  // namespace HWY_NAMESPACE
