@@ -38,6 +38,7 @@ HWY_EXPORT(BackwardF32);
 HWY_EXPORT(ForwardBF16);
 HWY_EXPORT(BackwardBF16);
 HWY_EXPORT(TargetName);
+HWY_EXPORT(Bf16DotRuns);
 
 std::string why_not(const AttentionArgs<float>& a) {
   if (a.q.stride[3] != 1 || a.k.stride[3] != 1 || a.v.stride[3] != 1)
@@ -112,6 +113,7 @@ void backward(const AttentionArgs<float>& args, const Bf16Backward& io, RowStats
 }
 
 std::string simd_target() { return HWY_DYNAMIC_DISPATCH(TargetName)(); }
+bool bf16_dot_runs() { return HWY_DYNAMIC_DISPATCH(Bf16DotRuns)(); }
 
 }  // namespace quest::fused
 #endif  // HWY_ONCE

@@ -146,8 +146,41 @@ TEST(FusedCore, MatchesReferenceOnEverySimdTarget) {
 // bfloat16 storage runs the float32 kernel on each head's converted rows: its results must be
 // exactly the float32 kernel's on the same (bf16-representable) inputs — the output and statistics
 // equal, dQ, dK, dV rounded to bfloat16 bit for bit — on every target, whatever the layout (q and
-// dQ here in (B, N, H, D) memory).
-void check_bf16(const Case& c) {
+// dQ here in (B, N, H, D) memory). With dot, the forward takes bf16 products where the target
+// and CPU have them (fused::bf16_dot_runs(), even D), and is then held to the bf16 bound below;
+// elsewhere it must still be the float32 kernel bit for bit.
+// The bf16 products against the float32 kernel: S differs by float32 rounding only (the same bf16
+// inputs, exact products, float32 sums), so the statistics agree to ~1e-6; P rounded to bf16 moves
+// each P_ij by at most 2^-8 of itself (bf16's unit roundoff), so |dO_i| <= 2^-8 sum_j P_ij |v_j|
+// <= 2^-8 max |v| (plus
+// float32 noise). Dropout's kept P is scaled by up to 1 / (1 - p) first.
+void check_bf16_products(const Case& c, const std::vector<float>& v, const std::vector<float>& out_b,
+                         const std::vector<float>& out_f, const std::vector<float>& shift_b,
+                         const std::vector<float>& shift_f, const std::vector<float>& log_sum_b,
+                         const std::vector<float>& log_sum_f) {
+  float vmax = 0, worst = 0;
+  for (float x : v) vmax = std::max(vmax, std::abs(x));
+  for (size_t i = 0; i < out_f.size(); ++i) {
+    ASSERT_EQ(std::isnan(out_b[i]), std::isnan(out_f[i])) << to_string(c.kind) << " out " << i;
+    if (!std::isnan(out_f[i])) worst = std::max(worst, std::abs(out_b[i] - out_f[i]));
+  }
+  const float bound = (0x1p-8f / (1.0f - static_cast<float>(c.dropout)) + 1e-5f) * vmax;
+  EXPECT_LE(worst, bound) << to_string(c.kind) << ": the output's largest error";
+  EXPECT_GT(worst, 0.0f) << to_string(c.kind) << ": bf16 products ran, yet the output is float32's bit for bit";
+  for (size_t i = 0; i < shift_f.size(); ++i) {
+    const float s_tol = 1e-5f * std::max(1.0f, std::abs(shift_f[i]));
+    if (std::isfinite(shift_f[i]))
+      ASSERT_NEAR(shift_b[i], shift_f[i], s_tol) << to_string(c.kind) << " shift " << i;
+    else
+      ASSERT_TRUE(shift_b[i] == shift_f[i] || (std::isnan(shift_b[i]) && std::isnan(shift_f[i])))
+          << to_string(c.kind) << " shift " << i;
+    // logsumexp = shift + log_sum is what the backward reads: compare it
+    const float lse_b = shift_b[i] + log_sum_b[i], lse_f = shift_f[i] + log_sum_f[i];
+    if (std::isfinite(lse_f)) ASSERT_NEAR(lse_b, lse_f, 1e-5f * std::max(1.0f, std::abs(lse_f))) << to_string(c.kind) << " lse " << i;
+  }
+}
+
+void check_bf16(const Case& c, bool dot = false) {
   const AttentionDims& d = c.dims;
   std::mt19937 rng(7);
   std::normal_distribution<float> n01;
@@ -187,11 +220,14 @@ void check_bf16(const Case& c) {
   std::vector<float> out_f(nout), out_b(nout), shift_f(rows), log_sum_f(rows), shift_b(rows), log_sum_b(rows);
   fused::forward(a, contiguous(out_f.data(), d, d.q_len, d.v_dim), {shift_f.data(), log_sum_f.data()},
                  nullptr, c.threads);
-  const fused::Bf16Forward fio{token_major(static_cast<const bfloat16*>(q.data())),
-                               contiguous<const bfloat16>(k.data(), d, d.k_len, d.qk_dim),
-                               contiguous<const bfloat16>(v.data(), d, d.k_len, d.v_dim),
-                               contiguous(out_b.data(), d, d.q_len, d.v_dim)};
+  fused::Bf16Forward fio{token_major(static_cast<const bfloat16*>(q.data())),
+                         contiguous<const bfloat16>(k.data(), d, d.k_len, d.qk_dim),
+                         contiguous<const bfloat16>(v.data(), d, d.k_len, d.v_dim),
+                         contiguous(out_b.data(), d, d.q_len, d.v_dim)};
+  fio.bf16_dot = dot;
   fused::forward(a, fio, {shift_b.data(), log_sum_b.data()}, nullptr, c.threads);
+  const bool products = dot && fused::bf16_dot_runs() && d.qk_dim % 2 == 0;
+  if (products) check_bf16_products(c, vf, out_b, out_f, shift_b, shift_f, log_sum_b, log_sum_f);
 
   std::vector<float> dq(nq), dk(nk), dv(nv), ds(4, 0), ds_b(4, 0);
   AttentionGrads<float> g;
@@ -217,6 +253,23 @@ void check_bf16(const Case& c) {
     }
     EXPECT_EQ(wrong, 0) << to_string(c.kind) << " " << name << ": first at " << first << " of " << got.size();
   };
+  if (products) {  // the backward (float32) from the bf16 products' O and statistics
+    auto near = [&](const std::vector<bfloat16>& got, const std::vector<float>& want, const char* name) {
+      float scale = 0, worst = 0;
+      for (size_t i = 0; i < got.size(); ++i) {
+        ASSERT_EQ(std::isnan(to_float(got[i])), std::isnan(want[i])) << to_string(c.kind) << " " << name << " " << i;
+        if (std::isnan(want[i])) continue;
+        scale = std::max(scale, std::abs(want[i]));
+        worst = std::max(worst, std::abs(to_float(got[i]) - want[i]));
+      }
+      // bf16 rounding of the gradient (2^-8) plus the output's error carried through D_i
+      EXPECT_LE(worst, 0x1p-6f * scale) << to_string(c.kind) << " " << name << ": largest error against max |grad| " << scale;
+    };
+    near(dq_b, dq, "dq");
+    near(dk_b, dk, "dk");
+    near(dv_b, dv, "dv");
+    return;
+  }
   EXPECT_EQ(out_b, out_f) << to_string(c.kind);
   EXPECT_EQ(shift_b, shift_f) << to_string(c.kind);
   EXPECT_EQ(log_sum_b, log_sum_f) << to_string(c.kind);
@@ -251,6 +304,29 @@ TEST(FusedCore, Bf16StorageIsTheFloat32KernelRoundedOnEverySimdTarget) {
       check_bf16({single, kind, true, true, true, 0.1, 2});  // one head, split key tiles
     }
   });
+}
+
+// The forward's bf16 products (vdpbf16ps, where the CPU has AVX512_BF16) on every target: held to
+// the bf16 bound where they run, the float32 kernel bit for bit where they do not (other targets,
+// odd D). Odd key counts leave a half-filled pair in the last tile; 300 queries make two query
+// blocks, whose packed keys are then shared across work items.
+TEST(FusedCore, Bf16ProductsHoldTheirBoundOnEverySimdTarget) {
+  const AttentionDims small{2, 3, 70, 41, 16, 8}, wide{1, 2, 300, 261, 64, 64}, odd{1, 2, 33, 17, 5, 3},
+      single{1, 1, 300, 421, 32, 16};
+  std::string ran;
+  testing::for_each_simd_target([&](const std::string& target) {
+    SCOPED_TRACE(target);
+    if (fused::bf16_dot_runs()) ran += " " + target;
+    for (Kind kind : {Kind::standard, Kind::quest, Kind::qknorm}) {
+      check_bf16({small, kind, false, false, false, 0.0}, true);
+      check_bf16({small, kind, true, true, true, 0.2}, true);
+      check_bf16({wide, kind, true, false, false, 0.0}, true);
+      check_bf16({wide, kind, false, true, true, 0.1, 3}, true);
+      check_bf16({odd, kind, true, false, true, 0.0}, true);
+      check_bf16({single, kind, true, true, true, 0.1, 2}, true);
+    }
+  });
+  std::printf("bf16 products ran on SIMD targets:%s\n", ran.empty() ? " none (no AVX512_BF16)" : ran.c_str());
 }
 
 TEST(CoreTypes, Bfloat16RoundsToNearestEven) {

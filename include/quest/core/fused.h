@@ -41,12 +41,21 @@ void backward(const AttentionArgs<float>& args, View4<const float> out, View4<co
 // bfloat16 storage: q, k, v read in place in bf16 (no float32 copy), dQ, dK, dV written in bf16;
 // the output stays float32 (the caller rounds it for its user and keeps it for the backward, whose
 // D_i = rowsum(dO o O) would lose accuracy from a rounded O), and so do dO and the statistics. args
-// holds everything but q, k, v (its q, k, v views are not read); the arithmetic is the float32
-// kernel's on each head's rows, converted (exactly) in the work item.
+// holds everything but q, k, v (its q, k, v views are not read). The arithmetic is the float32
+// kernel's on each head's rows, converted (exactly) in the work item, except where the forward
+// takes bf16 products (bf16_dot below).
 struct Bf16Forward {
   View4<const bfloat16> q, k, v;
   View4<float> out;
+  // Where the CPU has AVX512_BF16 (and the AVX-512 code runs, D is even, q and k rows start at
+  // even offsets): S = QK^T and PV as bf16 products (vdpbf16ps) in float32 accumulators, with
+  // P rounded to bf16 and the norms applied to S's rows and columns in float32. Else, or false:
+  // bit for bit the float32 kernel on the converted rows.
+  bool bf16_dot = true;
 };
+// Whether a bf16 forward on this CPU, at the SIMD target the dispatch picks now, takes the bf16
+// products (for args that allow them: see Bf16Forward::bf16_dot).
+bool bf16_dot_runs();
 struct Bf16Backward {
   View4<const bfloat16> q, k, v;
   View4<const float> out, dout;

@@ -16,6 +16,7 @@
 #include "quest/core/diagnostics.h"
 #include "quest/core/fused.h"
 #include "quest/core/problem.h"
+#include "src/core/fused/bf16_dot.h"
 #include "src/core/fused/tile_ops-inl.h"
 #include "src/core/fused/tiles-inl.h"
 
@@ -49,6 +50,12 @@ struct ForwardScratch {
   std::vector<float> row_sum;       // l_i = sum_j exp(s_ij - m_i)
   std::vector<float> row_plogit;    // sum_j exp(s_ij - m_i) s_ij (the entropy's)
   std::vector<char> row_bad;        // the row met a NaN or +inf logit: its output is NaN
+  // bf16 arithmetic (Bf16ForwardIo::Dot):
+  std::vector<float> packed_keys16;  // one head's raw bf16 keys as pair-words (PackedTileOffset, D / 2)
+  std::vector<float> key_scale;      // 1 / max(|k_j|, eps) of one head's keys, zero-padded
+  std::vector<float> row_scale;      // g / max(|q_i|, eps) of the block's rows
+  std::vector<float> values16;       // a tile's values as pair-rows of bf16 (bf16_dot::pack_pairs)
+  std::vector<bfloat16> probs16;     // P of the block against one tile, rounded to bf16
 };
 
 // The forward's packed keys of one head: tile t (keys [t kBlockK, ...)) at t * D * kBlockK, as
@@ -73,12 +80,18 @@ struct HeadKeys {
   const float* vpoison = nullptr;   // Dv: sum_j 0 * v_j, NaN where a value is; null if all finite
   int64_t first_key = 0;            // first unpadded key (sees_no_key)
   const float* packed = nullptr;   // the keys, packed and normalised once (PackedTileOffset)
+  // bf16 arithmetic only: the raw keys as bf16 pair-words (D / 2 rows per tile, PackedTileOffset)
+  // and each key's 1 / max(|k|, eps), applied to S's columns after the products.
+  const uint32_t* packed16 = nullptr;
+  const float* key_scale = nullptr;
 };
 
 // Packs the keys of (b, h) into packed (D * RoundUp(Nk, L) floats, PackedTileOffset) and fills
-// kmax_upto (Nk) and vpoison (Dv); key diagnostics into part if given.
+// kmax_upto (Nk) and vpoison (Dv); key diagnostics into part, and 1 / max(|k|, eps) into key_scale
+// (RoundUp(Nk, L), zero-padded), if given.
 HeadKeys ScanHead(const AttentionArgs<float>& a, int64_t b, int64_t h, float* packed,
-                  float* kmax_upto, float* vpoison, HeadDiagnosticsPartial* part, ForwardScratch& w) {
+                  float* kmax_upto, float* vpoison, float* key_scale, HeadDiagnosticsPartial* part,
+                  ForwardScratch& w) {
   const AttentionDims& dm = a.dims;
   float* raw = Grow(w.key_norm, kBlockK);
   float* rk = Grow(w.key_inv_norm, kBlockK);
@@ -90,6 +103,7 @@ HeadKeys ScanHead(const AttentionArgs<float>& a, int64_t b, int64_t h, float* pa
     const int64_t jn = std::min(kBlockK, dm.k_len - j0);
     PackKeys(a, b, h, j0, jn, PackedTileWidth(dm.k_len, j0), packed + PackedTileOffset(dm.qk_dim, j0),
              nullptr, 0, raw, rk);
+    if (key_scale) std::copy_n(rk, jn, key_scale + j0);
     for (int64_t c = 0; c < jn; ++c) {
       const int64_t j = j0 + c;
       const float knorm = raw[c] * rk[c];
@@ -104,6 +118,7 @@ HeadKeys ScanHead(const AttentionArgs<float>& a, int64_t b, int64_t h, float* pa
       }
     }
   }
+  if (key_scale) std::fill(key_scale + dm.k_len, key_scale + RoundUp(dm.k_len, LanesF()), 0.0f);
   hk.kmax = finite ? largest : std::numeric_limits<float>::infinity();  // no fixed shift then
   hk.kmax_upto = kmax_upto;
   hk.vpoison = any_nonfinite(vpoison, dm.v_dim) ? vpoison : nullptr;
@@ -112,9 +127,11 @@ HeadKeys ScanHead(const AttentionArgs<float>& a, int64_t b, int64_t h, float* pa
   return hk;
 }
 
-// Queries [i0, i1) of (b, h). stats point at the head's first row.
-void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i0, int64_t i1,
-                  const HeadKeys& hk, View4<float> out, RowStats stats,
+// Queries [i0, i1) of (b, h). stats point at the head's first row. With dot (and hk.packed16),
+// S and PV are bf16 products in float32 accumulators: S = diag(g / |q|) (Q K^T) diag(1 / |k|) from
+// the raw bf16 q and k, and P rounded to bf16 for PV; everything else as in float32.
+void ForwardBlock(const AttentionArgs<float>& a, const Bf16Forward* dot, int64_t b, int64_t h,
+                  int64_t i0, int64_t i1, const HeadKeys& hk, View4<float> out, RowStats stats,
                   HeadDiagnosticsPartial* part, ForwardScratch& w) {
   const DF d;
   const int64_t L = LanesF();
@@ -130,6 +147,9 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
   float* vp = Grow(w.values, kBlockK * Dvp);
   float* s = Grow(w.logits, Br * kBlockK);
   char* bad = Grow(w.row_bad, Br);
+  float* row_scale = dot ? Grow(w.row_scale, Br) : nullptr;
+  uint32_t* v16 = dot ? reinterpret_cast<uint32_t*>(Grow(w.values16, (kBlockK / 2 + 1) * Dvp)) : nullptr;
+  bfloat16* p16 = dot ? Grow(w.probs16, Br * kBlockK) : nullptr;
   bool fixed = true;
   // Later tiles are hidden from every row of the block.
   const int64_t k_end = a.causal ? std::clamp<int64_t>(i1 + a.causal_shift(), 0, dm.k_len) : dm.k_len;
@@ -137,7 +157,10 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
     const float* q = &a.q.at(b, h, i0 + r, 0);
     float raw = 0;
     const float rq = InverseNorm(q, D, a.q_norm, a.l2_eps, &raw);
-    ScaleRow(q, rq * g, D, qs + r * D);
+    if (dot)
+      row_scale[r] = rq * g;
+    else
+      ScaleRow(q, rq * g, D, qs + r * D);
     const int64_t last_key = std::min(i0 + r + a.causal_shift(), dm.k_len - 1);
     const float kmax = !a.causal ? hk.kmax : last_key >= 0 ? hk.kmax_upto[last_key] : 0.0f;
     bound[r] = std::abs(g) * raw * rq * kmax;
@@ -161,7 +184,7 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
     const int64_t jn = std::min(kBlockK, k_end - j0), width = RoundUp(jn, L);
     const float* kt = hk.packed + PackedTileOffset(D, j0);
     const int64_t ldk = PackedTileWidth(dm.k_len, j0);  // as packed (k_end may be less)
-    if (!OneBlockPerHead(dm)) {  // the packed keys of every head are far in memory: copy in order
+    if (!dot && !OneBlockPerHead(dm)) {  // the packed keys of every head are far: copy in order
       float* ktc = Grow(w.key_tile, D * kBlockK);
       std::copy_n(kt, D * ldk, ktc);
       kt = ktc;
@@ -170,8 +193,15 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
     const bool v_in_place = Dv == Dvp;
     const float* vb = v_in_place ? &a.v.at(b, h, j0, 0) : vp;
     const int64_t ldv = v_in_place ? a.v.stride[2] : Dvp;
-    if (!v_in_place) PackValues(a, b, h, j0, jn, Dvp, vp);
-    Gemm(Br, width, D, qs, D, 1, kt, ldk, s, width, false);  // S = Qs K^T
+    if (dot) {  // S = diag(g / |q|) Q K^T diag(1 / |k|), keys in place in the packed words
+      bf16_dot::pack_pairs(&dot->v.at(b, h, j0, 0), dot->v.stride[2], jn, Dv, v16, Dvp);
+      bf16_dot::gemm(Br, width, D / 2, &dot->q.at(b, h, i0, 0), dot->q.stride[2],
+                     hk.packed16 + PackedTileOffset(D / 2, j0), ldk, s, width, false, row_scale,
+                     hk.key_scale + j0);
+    } else {
+      if (!v_in_place) PackValues(a, b, h, j0, jn, Dvp, vp);
+      Gemm(Br, width, D, qs, D, 1, kt, ldk, s, width, false);  // S = Qs K^T
+    }
     for (int64_t r = 0; r < Br; ++r) {
       float* sr = s + r * width;
       MaskRow(a, b, i0 + r, j0, jn, width, sr);
@@ -222,7 +252,12 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
       if (a.dropout > 0)  // P' = P * keep / (1 - p_drop) feeds O only; l keeps the full P
         for (int64_t c = 0; c < jn; ++c) sr[c] *= DropoutFactor(a, b, h, i0 + r, j0 + c);
     }
-    Gemm(Br, Dvp, jn, s, width, 1, vb, ldv, o, Dvp, true);  // O += P V
+    if (dot) {  // O += bf16(P) V (P's columns from jn on are 0, as is the odd row of v16)
+      for (int64_t r = 0; r < Br; ++r) bf16_dot::round_row(s + r * width, width, p16 + r * width);
+      bf16_dot::gemm(Br, Dvp, (jn + 1) / 2, p16, width, v16, Dvp, o, Dvp, true, nullptr, nullptr);
+    } else {
+      Gemm(Br, Dvp, jn, s, width, 1, vb, ldv, o, Dvp, true);  // O += P V
+    }
   }
   for (int64_t r = 0; r < Br; ++r) {
     const int64_t i = i0 + r;
@@ -263,14 +298,24 @@ void ForwardBlock(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t i
 // of (b, h) can be read.
 struct F32Forward {
   const AttentionArgs<float>& a;
+  const Bf16Forward* Dot() const { return nullptr; }
   const AttentionArgs<float>& Keys(int64_t, int64_t, HeadStage&) const { return a; }
   const AttentionArgs<float>& Block(int64_t, int64_t, int64_t, int64_t, HeadStage&) const { return a; }
 };
+
+// Whether this target takes bf16 products (ForwardBlock's dot): the AVX-512 code (16 lanes, as
+// the packing assumes) on a CPU with AVX512_BF16.
+bool Bf16DotRuns() { return HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3 && bf16_dot::available(); }
 
 // bfloat16 storage: each head's q, k, v staged in float32 (HeadStage).
 struct Bf16ForwardIo {
   const AttentionArgs<float>& a;
   const Bf16Forward& io;
+  // bf16 arithmetic (ForwardBlock's dot) where asked for and the CPU has it: an AVX-512 target
+  // (16 lanes, as the packing assumes), pairs along D (even D, even row strides of q and k).
+  const bool dot = io.bf16_dot && Bf16DotRuns() && a.dims.qk_dim % 2 == 0 && io.q.stride[2] % 2 == 0 &&
+                   io.k.stride[2] % 2 == 0;
+  const Bf16Forward* Dot() const { return dot ? &io : nullptr; }
   AttentionArgs<float> StageValues(int64_t b, int64_t h, HeadStage& s) const {
     const AttentionDims& dm = a.dims;
     AttentionArgs<float> x = a;
@@ -303,20 +348,33 @@ void ForwardHeads(const AttentionArgs<float>& a, const Io& io, View4<float> out,
   std::vector<float> kmax_upto(heads * dm.k_len), vpoison(heads * dm.v_dim);
   std::vector<HeadKeys> keys(heads);
   std::vector<HeadDiagnosticsPartial> parts(diagnostics ? heads * q_blocks : 0);
-  // Packed keys (every tile is written before it is read, so no buffer is zeroed).
+  // Packed keys (every tile is written before it is read, so no buffer is zeroed); with bf16
+  // arithmetic also the raw keys as pair-words and their scales.
+  const Bf16Forward* dot = io.Dot();
   const int64_t packed_size = dm.qk_dim * RoundUp(dm.k_len, LanesF());
-  auto scan = [&](int64_t bh, float* packed, ForwardScratch& w, HeadStage& st) {
+  const int64_t keys_padded = RoundUp(dm.k_len, LanesF());
+  auto scan = [&](int64_t bh, float* packed, float* packed16, float* key_scale, ForwardScratch& w,
+                  HeadStage& st) {
     HeadDiagnosticsPartial* part = diagnostics ? &diagnostics[bh] : nullptr;
     if (part) *part = HeadDiagnosticsPartial{};
     const int64_t b = bh / dm.heads, h = bh % dm.heads;
     keys[bh] = ScanHead(io.Keys(b, h, st), b, h, packed, &kmax_upto[bh * dm.k_len],
-                        &vpoison[bh * dm.v_dim], part, w);
+                        &vpoison[bh * dm.v_dim], dot ? key_scale : nullptr, part, w);
+    if (!dot) return;
+    const int64_t pairs = dm.qk_dim / 2;
+    for (int64_t j0 = 0; j0 < dm.k_len; j0 += kBlockK) {  // bf16 pairs moved as 32-bit lanes
+      const int64_t jn = std::min(kBlockK, dm.k_len - j0), width = PackedTileWidth(dm.k_len, j0);
+      TransposeRows(reinterpret_cast<const float*>(&dot->k.at(b, h, j0, 0)), dot->k.stride[2] / 2,
+                    jn, pairs, packed16 + PackedTileOffset(pairs, j0), width, width);
+    }
+    keys[bh].packed16 = reinterpret_cast<const uint32_t*>(packed16);
+    keys[bh].key_scale = key_scale;
   };
   auto block = [&](int64_t item, ForwardScratch& w, HeadStage& st) {
     const int64_t bh = item / q_blocks, qb = item % q_blocks, b = bh / dm.heads, h = bh % dm.heads;
     const int64_t i0 = qb * kBlockQ, i1 = std::min(dm.q_len, i0 + kBlockQ);
-    ForwardBlock(io.Block(b, h, i0, i1, st), b, h, i0, i1, keys[bh], out, HeadRows(stats, dm, bh),
-                 diagnostics ? &parts[item] : nullptr, w);
+    ForwardBlock(io.Block(b, h, i0, i1, st), dot, b, h, i0, i1, keys[bh], out,
+                 HeadRows(stats, dm, bh), diagnostics ? &parts[item] : nullptr, w);
   };
   if (OneBlockPerHead(dm)) {
 #pragma omp parallel num_threads(threads)
@@ -326,19 +384,23 @@ void ForwardHeads(const AttentionArgs<float>& a, const Io& io, View4<float> out,
       st.q_of = st.kv_of = -1;  // nothing of this call staged yet
 #pragma omp for schedule(dynamic)
       for (int64_t bh = 0; bh < heads; ++bh) {
-        scan(bh, Grow(w.packed_keys, packed_size), w, st);
+        scan(bh, Grow(w.packed_keys, packed_size), dot ? Grow(w.packed_keys16, packed_size / 2) : nullptr,
+             dot ? Grow(w.key_scale, keys_padded) : nullptr, w, st);
         block(bh, w, st);
       }
     }
   } else {  // all heads' keys first, then the query blocks of every head in parallel
     std::unique_ptr<float[]> packed(new float[heads * packed_size]);
+    std::vector<float> packed16(dot ? heads * packed_size / 2 : 0), key_scale(dot ? heads * keys_padded : 0);
 #pragma omp parallel num_threads(threads)
     {
       ForwardScratch& w = ThreadScratch<ForwardScratch>();
       HeadStage& st = ThreadScratch<HeadStage>();
       st.q_of = st.kv_of = -1;
 #pragma omp for schedule(static)
-      for (int64_t bh = 0; bh < heads; ++bh) scan(bh, &packed[bh * packed_size], w, st);
+      for (int64_t bh = 0; bh < heads; ++bh)
+        scan(bh, &packed[bh * packed_size], dot ? &packed16[bh * packed_size / 2] : nullptr,
+             dot ? &key_scale[bh * keys_padded] : nullptr, w, st);
 #pragma omp for schedule(dynamic)
       for (int64_t item = 0; item < heads * q_blocks; ++item) block(item, w, st);
     }

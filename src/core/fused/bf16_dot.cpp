@@ -1,0 +1,135 @@
+// See bf16_dot.h. Everything below the pragma is compiled for AVX-512 F/BW/VL + AVX512_BF16 and
+// runs only where available() is true.
+#include "src/core/fused/bf16_dot.h"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define QUEST_BF16_DOT 1
+#include <immintrin.h>
+#endif
+
+namespace quest::fused::bf16_dot {
+
+#ifdef QUEST_BF16_DOT
+bool available() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+}
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16")
+// GCC 12's own intrinsics (_mm512_cvtepu16_epi32, _mm512_slli_epi32) start from a self-initialised
+// "undefined" vector, which -Wmaybe-uninitialized reports once they are inlined here.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace {
+
+// The 32-bit word at p (a bf16 pair; p need not be 4-byte aligned).
+inline int32_t Word(const void* p) {
+  int32_t w;
+  std::memcpy(&w, p, sizeof w);
+  return w;
+}
+
+// C[r][0 : 16 V] (+)= sum_p A pair (r, p) . B pair-row p, r < R; 8 x 2 accumulators fill 16 of the
+// 32 registers, as the float32 micro-kernel's do.
+template <int R, int V>
+inline void Micro(const bfloat16* A, int64_t ars, const uint32_t* B, int64_t ldb, float* C,
+                  int64_t ldc, int64_t P, bool accumulate, const float* row_scale,
+                  const float* col_scale) {
+  __m512 c[R][V];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v)
+      c[r][v] = accumulate ? _mm512_loadu_ps(C + r * ldc + 16 * v) : _mm512_setzero_ps();
+  for (int64_t p = 0; p < P; ++p) {
+    __m512bh b[V];
+    for (int v = 0; v < V; ++v) b[v] = (__m512bh)_mm512_loadu_si512(B + p * ldb + 16 * v);
+    for (int r = 0; r < R; ++r) {
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(Word(A + r * ars + 2 * p));
+      for (int v = 0; v < V; ++v) c[r][v] = _mm512_dpbf16_ps(c[r][v], a, b[v]);
+    }
+  }
+  if (row_scale)
+    for (int v = 0; v < V; ++v) {
+      const __m512 cs = _mm512_loadu_ps(col_scale + 16 * v);
+      for (int r = 0; r < R; ++r) c[r][v] = _mm512_mul_ps(_mm512_mul_ps(c[r][v], cs), _mm512_set1_ps(row_scale[r]));
+    }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) _mm512_storeu_ps(C + r * ldc + 16 * v, c[r][v]);
+}
+
+template <int V>
+void MicroRows(int64_t rows, const bfloat16* A, int64_t ars, const uint32_t* B, int64_t ldb, float* C,
+               int64_t ldc, int64_t P, bool accumulate, const float* rs, const float* cs) {
+  switch (rows) {
+    case 1: return Micro<1, V>(A, ars, B, ldb, C, ldc, P, accumulate, rs, cs);
+    case 2: return Micro<2, V>(A, ars, B, ldb, C, ldc, P, accumulate, rs, cs);
+    case 3: return Micro<3, V>(A, ars, B, ldb, C, ldc, P, accumulate, rs, cs);
+    case 4: return Micro<4, V>(A, ars, B, ldb, C, ldc, P, accumulate, rs, cs);
+    case 5: return Micro<5, V>(A, ars, B, ldb, C, ldc, P, accumulate, rs, cs);
+    case 6: return Micro<6, V>(A, ars, B, ldb, C, ldc, P, accumulate, rs, cs);
+    case 7: return Micro<7, V>(A, ars, B, ldb, C, ldc, P, accumulate, rs, cs);
+    default: return Micro<8, V>(A, ars, B, ldb, C, ldc, P, accumulate, rs, cs);
+  }
+}
+
+}  // namespace
+
+void gemm(int64_t M, int64_t N, int64_t P, const bfloat16* A, int64_t ars, const uint32_t* B,
+          int64_t ldb, float* C, int64_t ldc, bool accumulate, const float* row_scale,
+          const float* col_scale) {
+  for (int64_t c0 = 0; c0 < N;) {
+    const bool two = N - c0 >= 32;
+    for (int64_t r0 = 0; r0 < M; r0 += 8) {
+      const int64_t rows = std::min<int64_t>(8, M - r0);
+      const float* rs = row_scale ? row_scale + r0 : nullptr;
+      const float* cs = col_scale ? col_scale + c0 : nullptr;
+      (two ? MicroRows<2> : MicroRows<1>)(rows, A + r0 * ars, ars, B + c0, ldb, C + r0 * ldc + c0,
+                                          ldc, P, accumulate, rs, cs);
+    }
+    c0 += two ? 32 : 16;
+  }
+}
+
+void round_row(const float* x, int64_t n, bfloat16* y) {  // (vcvtne*ps2bf16 read denormals as zero)
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512bh h = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i));
+    _mm512_storeu_si512(y + i, (__m512i)h);
+  }
+  if (i < n) _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + i)));
+}
+
+void pack_pairs(const bfloat16* x, int64_t stride, int64_t n, int64_t cols, uint32_t* out, int64_t ld) {
+  for (int64_t p = 0; p < (n + 1) / 2; ++p) {
+    const bfloat16* even = x + 2 * p * stride;
+    const bfloat16* odd = 2 * p + 1 < n ? even + stride : nullptr;
+    for (int64_t c = 0; c < ld; c += 16) {
+      const __mmask16 m = static_cast<__mmask16>(
+          c >= cols ? 0u : cols - c >= 16 ? 0xffffu : (1u << (cols - c)) - 1);
+      const __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, even + c));
+      const __m512i hi = odd ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, odd + c))
+                             : _mm512_setzero_si512();
+      _mm512_storeu_si512(out + p * ld + c, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+    }
+  }
+}
+
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+
+#else  // no AVX512_BF16 code in this build: available() is false and nothing else is called
+bool available() { return false; }
+[[noreturn]] static void absent() { throw std::logic_error("quest: bf16_dot is not in this build"); }
+void gemm(int64_t, int64_t, int64_t, const bfloat16*, int64_t, const uint32_t*, int64_t, float*,
+          int64_t, bool, const float*, const float*) { absent(); }
+void round_row(const float*, int64_t, bfloat16*) { absent(); }
+void pack_pairs(const bfloat16*, int64_t, int64_t, int64_t, uint32_t*, int64_t) { absent(); }
+#endif
+
+}  // namespace quest::fused::bf16_dot
