@@ -239,9 +239,10 @@ void check_bf16(const Case& c, bool dot = false) {
   fused::backward(a, contiguous<const float>(out_f.data(), d, d.q_len, d.v_dim), dout_view,
                   {shift_f.data(), log_sum_f.data()}, g, c.threads);
   std::vector<bfloat16> dq_b(nq), dk_b(nk), dv_b(nv);
-  const fused::Bf16Backward bio{fio.q, fio.k, fio.v, contiguous<const float>(out_b.data(), d, d.q_len, d.v_dim),
-                                dout_view, token_major(dq_b.data()), contiguous(dk_b.data(), d, d.k_len, d.qk_dim),
-                                contiguous(dv_b.data(), d, d.k_len, d.v_dim)};
+  fused::Bf16Backward bio{fio.q, fio.k, fio.v, contiguous<const float>(out_b.data(), d, d.q_len, d.v_dim),
+                          dout_view, token_major(dq_b.data()), contiguous(dk_b.data(), d, d.k_len, d.qk_dim),
+                          contiguous(dv_b.data(), d, d.k_len, d.v_dim)};
+  bio.bf16_dot = dot;
   fused::backward(a, bio, {shift_b.data(), log_sum_b.data()}, ds_b.data(), c.threads);
 
   auto same_bits = [&](const std::vector<bfloat16>& got, const std::vector<float>& want, const char* name) {
@@ -253,7 +254,7 @@ void check_bf16(const Case& c, bool dot = false) {
     }
     EXPECT_EQ(wrong, 0) << to_string(c.kind) << " " << name << ": first at " << first << " of " << got.size();
   };
-  if (products) {  // the backward (float32) from the bf16 products' O and statistics
+  if (products) {  // the backward's bf16 products (or float32, for odd Dv) from the forward's
     auto near = [&](const std::vector<bfloat16>& got, const std::vector<float>& want, const char* name) {
       float scale = 0, worst = 0;
       for (size_t i = 0; i < got.size(); ++i) {

@@ -12,6 +12,7 @@
 #include "hwy/highway.h"
 #include "quest/core/fused.h"
 #include "quest/core/problem.h"
+#include "src/core/fused/bf16_dot.h"
 #include "src/core/fused/tile_ops-inl.h"
 #include "src/core/fused/tiles-inl.h"
 
@@ -65,6 +66,30 @@ struct BackwardScratch {
   std::vector<float> probs_kept;    // P' = P o keep / (1 - p_drop), with dropout only
   std::vector<float> dlogits;       // dP = dO V^T, turned into dS = P o (dP - D_i) row by row
   std::vector<float> query_row;     // FinishQueries: one q/|q| (or g q/|q|)
+  // bf16 products (HeadQueries::dot):
+  std::vector<float> query_scale;          // rq_i g (the forward's row scale of S)
+  std::vector<bfloat16> dout16;            // bf16(dO), Nq x Dvp
+  std::vector<bfloat16> rows16;            // a tile's bf16(k/|k|) rows before pairing
+  std::vector<bfloat16> query_rows16;      // the head's bf16(g q/|q|) rows before pairing
+  std::vector<uint32_t> dout_pairs;        // bf16(dO) pair-rows along queries (for dV)
+  std::vector<uint32_t> query_pairs;       // bf16(g q/|q|) pair-rows along queries (for dK)
+  std::vector<uint32_t> keys_t16;          // the tile's raw keys as pair-words along D (for S)
+  std::vector<uint32_t> values_t16;        // the tile's values as pair-words along Dv (for dP)
+  std::vector<uint32_t> key_pairs;         // bf16(k/|k|) pair-rows along keys (for dQ)
+  std::vector<float> transposed;           // P'^T or dS^T of a block, before rounding
+  std::vector<bfloat16> dlogits16;         // bf16(dS), Br x width (for dQ)
+  std::vector<bfloat16> dlogits_t16;       // bf16(dS)^T, width x Brp (for dK)
+  std::vector<bfloat16> probs_t16;         // bf16(P')^T, width x Brp (for dV)
+};
+
+// The head's bf16 operands of the backward's products (HeadQueries::dot).
+struct HeadQueries16 {
+  const bfloat16* q = nullptr;      // raw q rows, ldq apart
+  int64_t ldq = 0;
+  const float* q_scale = nullptr;   // per row
+  const bfloat16* dout = nullptr;   // Nq x Dvp
+  const uint32_t* dout_pairs = nullptr;   // (Nq + 1) / 2 x Dvp
+  const uint32_t* query_pairs = nullptr;  // (Nq + 1) / 2 x Dp
 };
 
 // What every key tile of (b, h) reads about the head's queries.
@@ -78,11 +103,17 @@ struct HeadQueries {
   const float* qpoison;   // D
   float gq, post;         // the operand's factor, and the logits' (0 where g = 0)
   bool d_from_tiles;      // D_i is summed from the tiles (RowDotsFromTiles), not from dO o O
+  const Bf16Backward* dot = nullptr;  // bf16 products (Bf16BackwardIo::Dot), with their operands:
+  HeadQueries16 h16;
 };
 
 // Pointers into BackwardScratch, sized for any tile of one head.
 struct TileBuffers {
   float *kt, *kbar, *knorm, *rk, *vt, *dk, *dv, *s, *p, *pd, *ds;
+  // bf16 products only
+  uint32_t *kt16, *vt16, *k_pairs;
+  bfloat16 *rows16, *ds16, *dst16, *pt16;
+  float* transposed;
 };
 
 TileBuffers TileBuffersOf(const AttentionArgs<float>& a, int64_t Dp, int64_t Dvp,
@@ -100,14 +131,32 @@ TileBuffers TileBuffersOf(const AttentionArgs<float>& a, int64_t Dp, int64_t Dvp
   t.p = Grow(w.probs, block);
   t.pd = a.dropout > 0 ? Grow(w.probs_kept, block) : t.p;  // without dropout P' is P
   t.ds = Grow(w.dlogits, block);
+  t.kt16 = t.vt16 = t.k_pairs = nullptr;
+  t.rows16 = t.ds16 = t.dst16 = t.pt16 = nullptr;
+  t.transposed = nullptr;
+  return t;
+}
+
+// TileBuffersOf's, with the bf16 products' buffers.
+TileBuffers TileBuffers16Of(const AttentionArgs<float>& a, int64_t Dp, int64_t Dvp, BackwardScratch& w) {
+  TileBuffers t = TileBuffersOf(a, Dp, Dvp, w);
+  const int64_t D = a.dims.qk_dim, Dv = a.dims.v_dim, block = kBlockQ * kBlockK;
+  t.kt16 = Grow(w.keys_t16, D / 2 * kBlockK);
+  t.vt16 = Grow(w.values_t16, Dv / 2 * kBlockK);
+  t.k_pairs = Grow(w.key_pairs, kBlockK / 2 * Dp);
+  t.rows16 = Grow(w.rows16, kBlockK * Dp);
+  t.transposed = Grow(w.transposed, block);
+  t.ds16 = Grow(w.dlogits16, block);
+  t.dst16 = Grow(w.dlogits_t16, block);
+  t.pt16 = Grow(w.probs_t16, block);
   return t;
 }
 
 // The head's query rows as the forward saw them, dO, D_i and the poison sums (problem.h: the
 // masked products of the composite's matmuls, added back as 0 * operand sums).
-HeadQueries PrepareQueries(const AttentionArgs<float>& a, int64_t b, int64_t h,
-                           View4<const float> out, View4<const float> dout, RowStats stats,
-                           BackwardScratch& w) {
+HeadQueries PrepareQueries(const AttentionArgs<float>& a, const Bf16Backward* dot, int64_t b,
+                           int64_t h, View4<const float> out, View4<const float> dout,
+                           RowStats stats, BackwardScratch& w) {
   const int64_t L = LanesF();
   const AttentionDims& dm = a.dims;
   const int64_t D = dm.qk_dim, Dp = RoundUp(D, L), Dv = dm.v_dim, Dvp = RoundUp(Dv, L);
@@ -139,10 +188,12 @@ HeadQueries PrepareQueries(const AttentionArgs<float>& a, int64_t b, int64_t h,
   // D_i = rowsum(dO o O) = sum_j P_ij dP_ij. A non-finite value that row i does not see made its
   // output non-finite (as 0 * v) but not the composite's D_i, so then D_i comes from the tiles.
   hq.d_from_tiles = any_nonfinite(vpoison, Dv);
+  float* q_scale = dot ? Grow(w.query_scale, Nq) : nullptr;
   for (int64_t i = 0; i < Nq; ++i) {
     const float* q = &a.q.at(b, h, i, 0);
     const float rq = InverseNorm(q, D, a.q_norm, a.l2_eps, &qnorm[i]);
     ScaleRow(q, rq * hq.gq, D, qn + i * Dp);  // as the forward's qs
+    if (dot) q_scale[i] = rq * hq.gq;
     if (MayBeNonfinite(qnorm[i], rq * hq.gq)) AccumulateNonfinite(qn + i * Dp, D, qpoison);
     if (!do_in_place) std::copy_n(&dout.at(b, h, i, 0), Dv, dop + i * Dvp);
     dsum[i] = hq.d_from_tiles ? 0.0f : Dot(&dout.at(b, h, i, 0), &out.at(b, h, i, 0), Dv);
@@ -150,15 +201,48 @@ HeadQueries PrepareQueries(const AttentionArgs<float>& a, int64_t b, int64_t h,
   hq.qn = qn;
   hq.dsum = dsum;
   hq.qpoison = qpoison;
+  if (dot) {  // bf16(dO) rows and pair-rows, bf16(g q/|q|) pair-rows
+    const int64_t pairs = (Nq + 1) / 2;
+    HeadQueries16& x = hq.h16;
+    bfloat16* do16 = Grow(w.dout16, Nq * Dvp);
+    for (int64_t i = 0; i < Nq; ++i) bf16_dot::round_row(hq.dob + i * hq.ldo, Dvp, do16 + i * Dvp);
+    uint32_t* do_pairs = Grow(w.dout_pairs, pairs * Dvp);
+    bf16_dot::pack_pairs(do16, Dvp, Nq, Dvp, do_pairs, Dvp);
+    bfloat16* q16 = Grow(w.query_rows16, Nq * Dp);
+    for (int64_t i = 0; i < Nq; ++i) bf16_dot::round_row(qn + i * Dp, Dp, q16 + i * Dp);
+    uint32_t* q_pairs = Grow(w.query_pairs, pairs * Dp);
+    bf16_dot::pack_pairs(q16, Dp, Nq, Dp, q_pairs, Dp);
+    x.q = &dot->q.at(b, h, 0, 0);
+    x.ldq = dot->q.stride[2];
+    x.q_scale = q_scale;
+    x.dout = do16;
+    x.dout_pairs = do_pairs;
+    x.query_pairs = q_pairs;
+    hq.dot = dot;
+  }
   return hq;
 }
 
-// Packs key tile [j0, j0 + jn) of (b, h) into t: K^T, K rows, key norms, V^T. Returns its width.
-int64_t PackTile(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t j0, int64_t jn,
-                 int64_t Dp, const TileBuffers& t) {
+// Packs key tile [j0, j0 + jn) of (b, h) into t: K^T, K rows, key norms, V^T; with bf16
+// products also the raw keys and values as pair-words along D and Dv, and bf16(k/|k|) pair-rows
+// along keys. Returns its width.
+int64_t PackTile(const AttentionArgs<float>& a, const HeadQueries& hq, int64_t b, int64_t h,
+                 int64_t j0, int64_t jn, int64_t Dp, const TileBuffers& t) {
   const int64_t width = RoundUp(jn, LanesF());
+  const int64_t D = a.dims.qk_dim, Dv = a.dims.v_dim;
   PackKeys(a, b, h, j0, jn, width, t.kt, t.kbar, Dp, t.knorm, t.rk);
-  TransposeRows(&a.v.at(b, h, j0, 0), a.v.stride[2], jn, a.dims.v_dim, t.vt, width, width);
+  if (!hq.dot) {
+    TransposeRows(&a.v.at(b, h, j0, 0), a.v.stride[2], jn, Dv, t.vt, width, width);
+    return width;
+  }
+  const Bf16Backward& x = *hq.dot;  // bf16 pairs moved as 32-bit lanes
+  TransposeRows(reinterpret_cast<const float*>(&x.k.at(b, h, j0, 0)), x.k.stride[2] / 2, jn, D / 2,
+                reinterpret_cast<float*>(t.kt16), width, width);
+  TransposeRows(reinterpret_cast<const float*>(&x.v.at(b, h, j0, 0)), x.v.stride[2] / 2, jn, Dv / 2,
+                reinterpret_cast<float*>(t.vt16), width, width);
+  std::fill(t.rk + jn, t.rk + width, 0.0f);  // S's pad columns: 0 words times 0
+  for (int64_t c = 0; c < jn; ++c) bf16_dot::round_row(t.kbar + c * Dp, Dp, t.rows16 + c * Dp);
+  bf16_dot::pack_pairs(t.rows16, Dp, jn, Dp, t.k_pairs, Dp);
   return width;
 }
 
@@ -182,8 +266,17 @@ HWY_INLINE void TileRows(const AttentionArgs<float>& a, int64_t b, int64_t h,
   const DF d;
   const int64_t L = LanesF();
   const int64_t D = a.dims.qk_dim, Dp = RoundUp(D, L), Dv = a.dims.v_dim;
-  Gemm(Br, width, D, hq.qn + i0 * Dp, Dp, 1, t.kt, width, t.s, width, false);  // S, as forward
-  Gemm(Br, width, Dv, hq.dob + i0 * hq.ldo, hq.ldo, 1, t.vt, width, t.ds, width, false);  // dP
+  if (hq.dot) {  // S as the forward's bf16 products (same operands, scales and order), dP
+    const HeadQueries16& x = hq.h16;
+    bf16_dot::gemm(Br, width, D / 2, x.q + i0 * x.ldq, x.ldq, t.kt16, width, t.s, width, false,
+                   x.q_scale + i0, t.rk);
+    const int64_t Dvp = RoundUp(Dv, L);
+    bf16_dot::gemm(Br, width, Dv / 2, x.dout + i0 * Dvp, Dvp, t.vt16, width, t.ds, width, false,
+                   nullptr, nullptr);
+  } else {
+    Gemm(Br, width, D, hq.qn + i0 * Dp, Dp, 1, t.kt, width, t.s, width, false);  // S, as forward
+    Gemm(Br, width, Dv, hq.dob + i0 * hq.ldo, hq.ldo, 1, t.vt, width, t.ds, width, false);  // dP
+  }
   const VF vpost = hn::Set(d, hq.post);
   for (int64_t r = 0; r < Br; ++r) {
     const int64_t i = i0 + r;
@@ -231,7 +324,7 @@ void RowDotsFromTiles(const AttentionArgs<float>& a, int64_t b, int64_t h, const
   const VF vneg_inf = hn::Set(d, kNegInf);
   for (int64_t j0 = 0; j0 < Nk; j0 += kBlockK) {
     const int64_t jn = std::min(kBlockK, Nk - j0);
-    const int64_t width = PackTile(a, b, h, j0, jn, Dp, t);
+    const int64_t width = PackTile(a, hq, b, h, j0, jn, Dp, t);
     for (int64_t i0 = FirstBlockSeeing(a, j0); i0 < Nq; i0 += kBlockQ) {
       const int64_t Br = std::min(kBlockQ, Nq - i0);
       TileRows(a, b, h, hq, t, j0, jn, width, i0, Br, /*nan_rows_empty=*/true,
@@ -268,7 +361,7 @@ double TileGradients(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_
   for (int64_t j0 = 0; j0 < Nk; j0 += kBlockK) {
     if ((j0 / kBlockK) % chunks != chunk) continue;  // another chunk's tile
     const int64_t jn = std::min(kBlockK, Nk - j0);
-    const int64_t width = PackTile(a, b, h, j0, jn, Dp, t);
+    const int64_t width = PackTile(a, hq, b, h, j0, jn, Dp, t);
     for (int64_t c = 0; c < jn; ++c)
       if (MayBeNonfinite(t.knorm[c], t.rk[c])) AccumulateNonfinite(t.kbar + c * Dp, D, kpoison);
     std::fill(t.dk, t.dk + width * Dp, 0.0f);
@@ -299,6 +392,24 @@ double TileGradients(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_
                  if (want_dscale) dscale += hn::GetLane(hn::SumOfLanes(d, vscale));
                });
       // (The pad keys' columns of P and dS are 0: only jn rows / jn terms are computed.)
+      if (hq.dot) {  // the same products from bf16 operands: P'^T and dS^T pair queries
+        const HeadQueries16& x = hq.h16;
+        const int64_t Brp = RoundUp(Br, L), pairs = (Br + 1) / 2;
+        auto round_transposed = [&](const float* m, bfloat16* mt16) {  // width x Br -> jn x Brp
+          TransposeRows(m, width, Br, jn, t.transposed, Brp, Brp);
+          for (int64_t c = 0; c < jn; ++c) bf16_dot::round_row(t.transposed + c * Brp, Brp, mt16 + c * Brp);
+        };
+        round_transposed(t.pd, t.pt16);
+        round_transposed(t.ds, t.dst16);
+        for (int64_t r = 0; r < Br; ++r) bf16_dot::round_row(t.ds + r * width, width, t.ds16 + r * width);
+        bf16_dot::gemm(jn, Dvp, pairs, t.pt16, Brp, x.dout_pairs + i0 / 2 * Dvp, Dvp, t.dv, Dvp, true,
+                       nullptr, nullptr);
+        bf16_dot::gemm(jn, Dp, pairs, t.dst16, Brp, x.query_pairs + i0 / 2 * Dp, Dp, t.dk, Dp, true,
+                       nullptr, nullptr);
+        bf16_dot::gemm(Br, Dp, (jn + 1) / 2, t.ds16, width, t.k_pairs, Dp, dq + i0 * Dp, Dp, true,
+                       nullptr, nullptr);
+        continue;
+      }
       const float* dob = hq.dob + i0 * hq.ldo;
       Gemm(jn, Dvp, Br, t.pd, 1, width, dob, hq.ldo, t.dv, Dvp, true);  // dV += P'^T dO
       Gemm(jn, Dp, Br, t.ds, 1, width, hq.qn + i0 * Dp, Dp, t.dk, Dp, true);  // dK += dS^T (g Q)
@@ -321,14 +432,14 @@ double TileGradients(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_
 
 // One work item: the key tiles t % chunks == chunk of (b, h). dq (Nq x Dp) and kpoison (D) are
 // zeroed here and receive this item's shares; *dscale its share of the head-scale gradient.
-void BackwardItem(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t chunk,
-                  int64_t chunks, View4<const float> out, View4<const float> dout, RowStats stats,
-                  const AttentionGrads<float>& gr, float* dq, float* kpoison, double* dscale,
-                  BackwardScratch& w) {
+void BackwardItem(const AttentionArgs<float>& a, const Bf16Backward* dot, int64_t b, int64_t h,
+                  int64_t chunk, int64_t chunks, View4<const float> out, View4<const float> dout,
+                  RowStats stats, const AttentionGrads<float>& gr, float* dq, float* kpoison,
+                  double* dscale, BackwardScratch& w) {
   const int64_t L = LanesF();
   const int64_t D = a.dims.qk_dim, Dp = RoundUp(D, L), Dvp = RoundUp(a.dims.v_dim, L);
-  const TileBuffers t = TileBuffersOf(a, Dp, Dvp, w);
-  const HeadQueries hq = PrepareQueries(a, b, h, out, dout, stats, w);
+  const TileBuffers t = dot ? TileBuffers16Of(a, Dp, Dvp, w) : TileBuffersOf(a, Dp, Dvp, w);
+  const HeadQueries hq = PrepareQueries(a, dot, b, h, out, dout, stats, w);
   std::fill(dq, dq + a.dims.q_len * Dp, 0.0f);
   std::fill(kpoison, kpoison + D, 0.0f);
   if (hq.d_from_tiles) RowDotsFromTiles(a, b, h, hq, t);
@@ -384,6 +495,7 @@ struct F32Backward {
   const AttentionArgs<float>& a;
   View4<const float> out, dout;
   const AttentionGrads<float>& gr;
+  const Bf16Backward* Dot() const { return nullptr; }
   HeadIo Head(int64_t, int64_t, HeadStage&) const { return {a, out, dout, gr}; }
   HeadIo Queries(int64_t, int64_t, HeadStage&) const { return {a, out, dout, gr}; }
   void KeysDone(int64_t, int64_t, int64_t, int64_t, HeadStage&) const {}
@@ -395,6 +507,11 @@ struct Bf16BackwardIo {
   const AttentionArgs<float>& a;
   const Bf16Backward& io;
   float* dhead_scale;
+  // bf16 products where asked for and the CPU has them (pairs along D and Dv: even dimensions
+  // and row strides).
+  const bool dot = io.bf16_dot && Bf16DotRuns() && a.dims.qk_dim % 2 == 0 && a.dims.v_dim % 2 == 0 &&
+                   io.q.stride[2] % 2 == 0 && io.k.stride[2] % 2 == 0 && io.v.stride[2] % 2 == 0;
+  const Bf16Backward* Dot() const { return dot ? &io : nullptr; }
   HeadIo Queries(int64_t b, int64_t h, HeadStage& s) const {
     const AttentionDims& dm = a.dims;
     const int64_t bh = b * dm.heads + h;
@@ -473,8 +590,8 @@ void BackwardHeads(const AttentionArgs<float>& a, const Io& io, RowStats stats, 
     for (int64_t item = 0; item < heads * chunks; ++item) {
       const int64_t bh = item / chunks, b = bh / dm.heads, h = bh % dm.heads;
       const HeadIo x = io.Head(b, h, st);
-      BackwardItem(x.args, b, h, item % chunks, chunks, x.out, x.dout, stats, x.grads, dq_of(item),
-                   kpoison_of(item), &dscale[item], w);
+      BackwardItem(x.args, io.Dot(), b, h, item % chunks, chunks, x.out, x.dout, stats, x.grads,
+                   dq_of(item), kpoison_of(item), &dscale[item], w);
       io.KeysDone(b, h, item % chunks, chunks, st);
       if (!split) {
         FinishQueries(x.args, b, h, dq_of(item), kpoison_of(item), x.grads, &dscale[item], w);

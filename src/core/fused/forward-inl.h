@@ -303,10 +303,6 @@ struct F32Forward {
   const AttentionArgs<float>& Block(int64_t, int64_t, int64_t, int64_t, HeadStage&) const { return a; }
 };
 
-// Whether this target takes bf16 products (ForwardBlock's dot): the AVX-512 code (16 lanes, as
-// the packing assumes) on a CPU with AVX512_BF16.
-bool Bf16DotRuns() { return HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3 && bf16_dot::available(); }
-
 // bfloat16 storage: each head's q, k, v staged in float32 (HeadStage).
 struct Bf16ForwardIo {
   const AttentionArgs<float>& a;

@@ -8,6 +8,7 @@
 
 #include "hwy/highway.h"
 #include "quest/core/problem.h"
+#include "src/core/fused/bf16_dot.h"
 #include "src/core/fused/tile_ops-inl.h"
 
 #if defined(QUEST_CORE_FUSED_TILES_INL_H_) == defined(HWY_TARGET_TOGGLE)
@@ -115,6 +116,10 @@ float DropoutFactor(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t
              ? static_cast<float>(1.0 / (1.0 - a.dropout))
              : 0.0f;
 }
+
+// Whether this target takes bf16 products (Bf16Forward::bf16_dot, Bf16Backward::bf16_dot): the
+// AVX-512 code (16 lanes, as the packing assumes) on a CPU with AVX512_BF16.
+bool Bf16DotRuns() { return HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3 && bf16_dot::available(); }
 
 // --- bfloat16 storage: one head's rows converted to float32 in this thread's buffers, so that the
 // float32 tiles run unchanged on them; results rounded back to bfloat16 row by row. ---
