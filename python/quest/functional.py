@@ -192,7 +192,9 @@ def select_backend(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", causal:
 
 
 def runtime() -> Dict[str, str]:
-    """The fused kernel's SIMD target ("AVX3", "AVX2", ...), the BLAS behind torch's matmul
+    """The fused kernel's SIMD target ("AVX3", "AVX2", ...), whether its bfloat16 path takes bf16
+    products (bf16_products: "vdpbf16ps" on CPUs with AVX512_BF16, else "none": float32
+    arithmetic on the bf16 values), the BLAS behind torch's matmul
     (blas, blas_library; blas_core: OpenBLAS's kernel set, where it is OpenBLAS), the OpenMP
     runtimes mapped in this process (openmp_runtimes, ";"-separated: one is right) and the torch
     quest was built against (torch)."""

@@ -188,6 +188,7 @@ c10::Dict<std::string, std::string> runtime_op() {
   const BlasInfo blas = detect_blas();
   c10::Dict<std::string, std::string> r;
   r.insert("simd_target", fused::simd_target());
+  r.insert("bf16_products", fused::bf16_dot_runs() ? "vdpbf16ps" : "none");
   r.insert("blas", blas.name);
   r.insert("blas_library", blas.library);
   r.insert("blas_core", blas.core);

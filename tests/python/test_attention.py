@@ -191,9 +191,13 @@ def test_backend_selection_says_why():
 
 def test_runtime_names_the_kernel_target_the_blas_and_torch():
     info = quest.runtime()
-    assert set(info) == {"simd_target", "blas", "blas_library", "blas_core", "openmp_runtimes",
-                         "torch"}
+    assert set(info) == {"simd_target", "bf16_products", "blas", "blas_library", "blas_core",
+                         "openmp_runtimes", "torch"}
     assert info["simd_target"] and info["blas"]
+    # bf16 products need the AVX-512 code and the CPU's AVX512_BF16 (the kernel's runtime check)
+    has_bf16 = "avx512_bf16" in open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else False
+    want = "vdpbf16ps" if has_bf16 and info["simd_target"].startswith("AVX3") else "none"
+    assert info["bf16_products"] == want, info
     assert torch.__version__.startswith(info["torch"]), (torch.__version__, info["torch"])
 
 

@@ -1,7 +1,13 @@
-"""bfloat16 and float16 inputs on every backend and under torch.autocast: computed in float32
-inside, outputs and gradients in the input dtype. Bound against the float64 oracle on the same
-(rounded) inputs: the output's own rounding, 2^-8 relative for bfloat16 and 2^-11 for float16
-(half a unit in the last place), plus 1e-5 absolute for the float32 arithmetic inside."""
+"""bfloat16 and float16 inputs on every backend and under torch.autocast: outputs and gradients in
+the input dtype. Bound against the float64 oracle on the same (rounded) inputs: the output's own
+rounding, 2^-8 relative for bfloat16 and 2^-11 for float16 (half a unit in the last place), plus
+1e-5 absolute for the float32 arithmetic inside.
+
+Where the fused kernel takes bf16 products (quest.runtime()["bf16_products"], CPUs with
+AVX512_BF16), P and dS are rounded to bf16 inside and D_i = rowsum(dO o O) comes from that output,
+as in FlashAttention-2: its bfloat16 results are then held to the output's rounding plus 2^-5 of
+the tensor's largest entry (measured: up to 6.4 x 2^-8 at these tiny shapes, for standard's sharp
+rows whose dK cancels to little; <= 1.5 x 2^-8 at N ~ 100, D = 32)."""
 import pytest
 import torch
 
@@ -9,6 +15,8 @@ import oracle
 import quest
 
 BOUND = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
+PRODUCTS = quest.runtime()["bf16_products"] != "none"
+PRODUCTS_BOUND = 2.0 ** -5
 
 
 def inputs(kind, dtype, seed=0, b=2, h=2, nq=5, nk=7, d=8):
@@ -23,9 +31,13 @@ def inputs(kind, dtype, seed=0, b=2, h=2, nq=5, nk=7, d=8):
     return t, params
 
 
-def close(actual, expected, dtype):
+def close(actual, expected, dtype, fused=False):
+    """fused: the fused kernel computed it (bf16 products where PRODUCTS)."""
     assert actual.dtype == dtype
-    torch.testing.assert_close(actual.double(), expected, rtol=BOUND[dtype], atol=1e-5)
+    atol = 1e-5
+    if fused and dtype == torch.bfloat16 and PRODUCTS:
+        atol = PRODUCTS_BOUND * expected.abs().max().item()
+    torch.testing.assert_close(actual.double(), expected, rtol=BOUND[dtype], atol=atol)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -44,9 +56,9 @@ def test_reduced_precision_matches_the_oracle(kind, backend, dtype, causal):
     ref_params = {n: p.detach().double() for n, p in params.items()}
     expected, _ = oracle.attention(*ref, kind, causal=causal, key_padding_mask=mask, **ref_params)
     expected.backward(dout.double())
-    close(out, expected, dtype)
+    close(out, expected, dtype, fused=backend == "fused")
     for x, r in zip((q, k, v), ref):
-        close(x.grad, r.grad, dtype)
+        close(x.grad, r.grad, dtype, fused=backend == "fused")
 
 
 def test_packed_and_sdpa_entry_points_answer_in_the_input_dtype():
@@ -56,7 +68,7 @@ def test_packed_and_sdpa_entry_points_answer_in_the_input_dtype():
     out.sum().backward()
     assert out.dtype == torch.bfloat16 and qkv.grad.dtype == torch.bfloat16
     expected = quest.attention_packed(qkv.detach().float(), 2, "quest")
-    torch.testing.assert_close(out.float(), expected, rtol=2 ** -8, atol=1e-5)
+    close(out, expected.double(), torch.bfloat16, fused=True)
     q, k, v = (torch.randn(2, 3, 5, 4, generator=g).to(torch.bfloat16) for _ in range(3))
     bias = torch.randn(5, 5, generator=g).to(torch.bfloat16)
     out = quest.scaled_dot_product_attention(q, k, v, attn_mask=bias, kind="standard")
@@ -87,10 +99,9 @@ def test_autocast_runs_the_module_in_bfloat16_with_float32_parameters():
         out = quest.attention(q, k, v, "qknorm", head_scale=torch.full((2,), 3.0))
         assert out.dtype == torch.bfloat16
         assert quest.scaled_dot_product_attention(q, k, v).dtype == torch.bfloat16
-    torch.testing.assert_close(out.float(), quest.attention(q.bfloat16().float(), k.bfloat16().float(),
-                                                            v.bfloat16().float(), "qknorm",
-                                                            head_scale=torch.full((2,), 3.0)),
-                               rtol=2 ** -8, atol=1e-5)
+    expected = quest.attention(q.bfloat16().float(), k.bfloat16().float(), v.bfloat16().float(), "qknorm",
+                               head_scale=torch.full((2,), 3.0))
+    close(out, expected.double(), torch.bfloat16, fused=True)
 
 
 def test_select_backend_answers_for_reduced_precision_as_attention_runs():
@@ -143,6 +154,6 @@ def test_grouped_query_bfloat16_matches_the_oracle(kind, causal):
     expected, _ = oracle.attention(ref[0], ref[1].repeat_interleave(2, 1), ref[2].repeat_interleave(2, 1), kind,
                                    causal=causal, **{n: p.detach().double() for n, p in params.items()})
     expected.backward(dout.double())
-    close(out, expected, torch.bfloat16)
+    close(out, expected, torch.bfloat16, fused=True)
     for x, r in zip((q, k, v), ref):
-        close(x.grad, r.grad, torch.bfloat16)
+        close(x.grad, r.grad, torch.bfloat16, fused=True)

@@ -64,8 +64,8 @@ struct Bf16Backward {
   // and dv, for a caller that sums several calls' shares (grouped-query attention's query groups).
   View4<float> dk_sum, dv_sum;
   // As Bf16Forward's (D and Dv even, q, k, v rows at even offsets): S as the forward's bf16
-  // products (bit for bit), dP = bf16(dO) V^T, and dV, dK, dQ from bf16(P'), bf16(dS) and the
-  // normalised q and k rounded to bf16, in float32 accumulators.
+  // products (bit for bit), dP = bf16(dO) V^T, and dV, dK, dQ from bf16(P'), bf16(dS) (the norms
+  // folded in before rounding) and q, k, bf16(dO) as they are, in float32 accumulators.
   bool bf16_dot = true;
 };
 void forward(const AttentionArgs<float>& args, const Bf16Forward& io, RowStats stats,

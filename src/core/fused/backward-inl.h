@@ -67,18 +67,16 @@ struct BackwardScratch {
   std::vector<float> dlogits;       // dP = dO V^T, turned into dS = P o (dP - D_i) row by row
   std::vector<float> query_row;     // FinishQueries: one q/|q| (or g q/|q|)
   // bf16 products (HeadQueries::dot):
-  std::vector<float> query_scale;          // rq_i g (the forward's row scale of S)
+  std::vector<float> query_scale;          // g / max(|q_i|, eps), zero-padded to whole vectors
   std::vector<bfloat16> dout16;            // bf16(dO), Nq x Dvp
-  std::vector<bfloat16> rows16;            // a tile's bf16(k/|k|) rows before pairing
-  std::vector<bfloat16> query_rows16;      // the head's bf16(g q/|q|) rows before pairing
   std::vector<uint32_t> dout_pairs;        // bf16(dO) pair-rows along queries (for dV)
-  std::vector<uint32_t> query_pairs;       // bf16(g q/|q|) pair-rows along queries (for dK)
+  std::vector<uint32_t> query_pairs;       // raw q pair-rows along queries (for dK)
   std::vector<uint32_t> keys_t16;          // the tile's raw keys as pair-words along D (for S)
   std::vector<uint32_t> values_t16;        // the tile's values as pair-words along Dv (for dP)
-  std::vector<uint32_t> key_pairs;         // bf16(k/|k|) pair-rows along keys (for dQ)
+  std::vector<uint32_t> key_pairs;         // raw k pair-rows along keys (for dQ)
   std::vector<float> transposed;           // P'^T or dS^T of a block, before rounding
-  std::vector<bfloat16> dlogits16;         // bf16(dS), Br x width (for dQ)
-  std::vector<bfloat16> dlogits_t16;       // bf16(dS)^T, width x Brp (for dK)
+  std::vector<bfloat16> dlogits16;         // bf16(dS_ij / |k_j|), Br x width (for dQ)
+  std::vector<bfloat16> dlogits_t16;       // bf16(dS_ij g / |q_i|)^T, width x Brp (for dK)
   std::vector<bfloat16> probs_t16;         // bf16(P')^T, width x Brp (for dV)
 };
 
@@ -86,7 +84,7 @@ struct BackwardScratch {
 struct HeadQueries16 {
   const bfloat16* q = nullptr;      // raw q rows, ldq apart
   int64_t ldq = 0;
-  const float* q_scale = nullptr;   // per row
+  const float* q_scale = nullptr;   // per row, zero-padded to whole vectors
   const bfloat16* dout = nullptr;   // Nq x Dvp
   const uint32_t* dout_pairs = nullptr;   // (Nq + 1) / 2 x Dvp
   const uint32_t* query_pairs = nullptr;  // (Nq + 1) / 2 x Dp
@@ -112,7 +110,7 @@ struct TileBuffers {
   float *kt, *kbar, *knorm, *rk, *vt, *dk, *dv, *s, *p, *pd, *ds;
   // bf16 products only
   uint32_t *kt16, *vt16, *k_pairs;
-  bfloat16 *rows16, *ds16, *dst16, *pt16;
+  bfloat16 *ds16, *dst16, *pt16;
   float* transposed;
 };
 
@@ -132,7 +130,7 @@ TileBuffers TileBuffersOf(const AttentionArgs<float>& a, int64_t Dp, int64_t Dvp
   t.pd = a.dropout > 0 ? Grow(w.probs_kept, block) : t.p;  // without dropout P' is P
   t.ds = Grow(w.dlogits, block);
   t.kt16 = t.vt16 = t.k_pairs = nullptr;
-  t.rows16 = t.ds16 = t.dst16 = t.pt16 = nullptr;
+  t.ds16 = t.dst16 = t.pt16 = nullptr;
   t.transposed = nullptr;
   return t;
 }
@@ -144,7 +142,6 @@ TileBuffers TileBuffers16Of(const AttentionArgs<float>& a, int64_t Dp, int64_t D
   t.kt16 = Grow(w.keys_t16, D / 2 * kBlockK);
   t.vt16 = Grow(w.values_t16, Dv / 2 * kBlockK);
   t.k_pairs = Grow(w.key_pairs, kBlockK / 2 * Dp);
-  t.rows16 = Grow(w.rows16, kBlockK * Dp);
   t.transposed = Grow(w.transposed, block);
   t.ds16 = Grow(w.dlogits16, block);
   t.dst16 = Grow(w.dlogits_t16, block);
@@ -188,7 +185,8 @@ HeadQueries PrepareQueries(const AttentionArgs<float>& a, const Bf16Backward* do
   // D_i = rowsum(dO o O) = sum_j P_ij dP_ij. A non-finite value that row i does not see made its
   // output non-finite (as 0 * v) but not the composite's D_i, so then D_i comes from the tiles.
   hq.d_from_tiles = any_nonfinite(vpoison, Dv);
-  float* q_scale = dot ? Grow(w.query_scale, Nq) : nullptr;
+  float* q_scale = dot ? Grow(w.query_scale, RoundUp(Nq, L)) : nullptr;
+  if (dot) std::fill(q_scale + Nq, q_scale + RoundUp(Nq, L), 0.0f);
   for (int64_t i = 0; i < Nq; ++i) {
     const float* q = &a.q.at(b, h, i, 0);
     const float rq = InverseNorm(q, D, a.q_norm, a.l2_eps, &qnorm[i]);
@@ -201,17 +199,15 @@ HeadQueries PrepareQueries(const AttentionArgs<float>& a, const Bf16Backward* do
   hq.qn = qn;
   hq.dsum = dsum;
   hq.qpoison = qpoison;
-  if (dot) {  // bf16(dO) rows and pair-rows, bf16(g q/|q|) pair-rows
+  if (dot) {  // bf16(dO) rows and pair-rows, raw q pair-rows
     const int64_t pairs = (Nq + 1) / 2;
     HeadQueries16& x = hq.h16;
     bfloat16* do16 = Grow(w.dout16, Nq * Dvp);
     for (int64_t i = 0; i < Nq; ++i) bf16_dot::round_row(hq.dob + i * hq.ldo, Dvp, do16 + i * Dvp);
     uint32_t* do_pairs = Grow(w.dout_pairs, pairs * Dvp);
     bf16_dot::pack_pairs(do16, Dvp, Nq, Dvp, do_pairs, Dvp);
-    bfloat16* q16 = Grow(w.query_rows16, Nq * Dp);
-    for (int64_t i = 0; i < Nq; ++i) bf16_dot::round_row(qn + i * Dp, Dp, q16 + i * Dp);
     uint32_t* q_pairs = Grow(w.query_pairs, pairs * Dp);
-    bf16_dot::pack_pairs(q16, Dp, Nq, Dp, q_pairs, Dp);
+    bf16_dot::pack_pairs(&dot->q.at(b, h, 0, 0), dot->q.stride[2], Nq, D, q_pairs, Dp);
     x.q = &dot->q.at(b, h, 0, 0);
     x.ldq = dot->q.stride[2];
     x.q_scale = q_scale;
@@ -224,8 +220,8 @@ HeadQueries PrepareQueries(const AttentionArgs<float>& a, const Bf16Backward* do
 }
 
 // Packs key tile [j0, j0 + jn) of (b, h) into t: K^T, K rows, key norms, V^T; with bf16
-// products also the raw keys and values as pair-words along D and Dv, and bf16(k/|k|) pair-rows
-// along keys. Returns its width.
+// products also the raw keys and values as pair-words along D and Dv, and the raw keys as
+// pair-rows along keys. Returns its width.
 int64_t PackTile(const AttentionArgs<float>& a, const HeadQueries& hq, int64_t b, int64_t h,
                  int64_t j0, int64_t jn, int64_t Dp, const TileBuffers& t) {
   const int64_t width = RoundUp(jn, LanesF());
@@ -240,9 +236,8 @@ int64_t PackTile(const AttentionArgs<float>& a, const HeadQueries& hq, int64_t b
                 reinterpret_cast<float*>(t.kt16), width, width);
   TransposeRows(reinterpret_cast<const float*>(&x.v.at(b, h, j0, 0)), x.v.stride[2] / 2, jn, Dv / 2,
                 reinterpret_cast<float*>(t.vt16), width, width);
-  std::fill(t.rk + jn, t.rk + width, 0.0f);  // S's pad columns: 0 words times 0
-  for (int64_t c = 0; c < jn; ++c) bf16_dot::round_row(t.kbar + c * Dp, Dp, t.rows16 + c * Dp);
-  bf16_dot::pack_pairs(t.rows16, Dp, jn, Dp, t.k_pairs, Dp);
+  std::fill(t.rk + jn, t.rk + width, 0.0f);  // pad columns of S and dS: 0 times 0
+  bf16_dot::pack_pairs(&x.k.at(b, h, j0, 0), x.k.stride[2], jn, D, t.k_pairs, Dp);
   return width;
 }
 
@@ -392,16 +387,19 @@ double TileGradients(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_
                  if (want_dscale) dscale += hn::GetLane(hn::SumOfLanes(d, vscale));
                });
       // (The pad keys' columns of P and dS are 0: only jn rows / jn terms are computed.)
-      if (hq.dot) {  // the same products from bf16 operands: P'^T and dS^T pair queries
+      if (hq.dot) {  // the same products from bf16 operands: P'^T and dS^T pair queries; the
+        // norms go into dS before it is rounded (dK: g / |q_i| per row, dQ: 1 / |k_j| per column),
+        // so that q and k enter as they are stored
         const HeadQueries16& x = hq.h16;
         const int64_t Brp = RoundUp(Br, L), pairs = (Br + 1) / 2;
-        auto round_transposed = [&](const float* m, bfloat16* mt16) {  // width x Br -> jn x Brp
-          TransposeRows(m, width, Br, jn, t.transposed, Brp, Brp);
-          for (int64_t c = 0; c < jn; ++c) bf16_dot::round_row(t.transposed + c * Brp, Brp, mt16 + c * Brp);
+        auto round_transposed = [&](const float* m, bfloat16* mt16, const float* scale) {
+          TransposeRows(m, width, Br, jn, t.transposed, Brp, Brp);  // Br x width -> jn x Brp
+          for (int64_t c = 0; c < jn; ++c)
+            bf16_dot::round_row(t.transposed + c * Brp, Brp, mt16 + c * Brp, scale);
         };
-        round_transposed(t.pd, t.pt16);
-        round_transposed(t.ds, t.dst16);
-        for (int64_t r = 0; r < Br; ++r) bf16_dot::round_row(t.ds + r * width, width, t.ds16 + r * width);
+        round_transposed(t.pd, t.pt16, nullptr);
+        round_transposed(t.ds, t.dst16, x.q_scale + i0);
+        for (int64_t r = 0; r < Br; ++r) bf16_dot::round_row(t.ds + r * width, width, t.ds16 + r * width, t.rk);
         bf16_dot::gemm(jn, Dvp, pairs, t.pt16, Brp, x.dout_pairs + i0 / 2 * Dvp, Dvp, t.dv, Dvp, true,
                        nullptr, nullptr);
         bf16_dot::gemm(jn, Dp, pairs, t.dst16, Brp, x.query_pairs + i0 / 2 * Dp, Dp, t.dk, Dp, true,

@@ -96,13 +96,14 @@ void gemm(int64_t M, int64_t N, int64_t P, const bfloat16* A, int64_t ars, const
   }
 }
 
-void round_row(const float* x, int64_t n, bfloat16* y) {  // (vcvtne*ps2bf16 read denormals as zero)
+void round_row(const float* x, int64_t n, bfloat16* y, const float* scale) {
+  auto load = [&](int64_t i) {  // (vcvtne*ps2bf16 read denormals as zero)
+    const __m512 v = _mm512_loadu_ps(x + i);
+    return scale ? _mm512_mul_ps(v, _mm512_loadu_ps(scale + i)) : v;
+  };
   int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    const __m512bh h = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i));
-    _mm512_storeu_si512(y + i, (__m512i)h);
-  }
-  if (i < n) _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + i)));
+  for (; i + 32 <= n; i += 32) _mm512_storeu_si512(y + i, (__m512i)_mm512_cvtne2ps_pbh(load(i + 16), load(i)));
+  if (i < n) _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i), (__m256i)_mm512_cvtneps_pbh(load(i)));
 }
 
 void pack_pairs(const bfloat16* x, int64_t stride, int64_t n, int64_t cols, uint32_t* out, int64_t ld) {
@@ -128,7 +129,7 @@ bool available() { return false; }
 [[noreturn]] static void absent() { throw std::logic_error("quest: bf16_dot is not in this build"); }
 void gemm(int64_t, int64_t, int64_t, const bfloat16*, int64_t, const uint32_t*, int64_t, float*,
           int64_t, bool, const float*, const float*) { absent(); }
-void round_row(const float*, int64_t, bfloat16*) { absent(); }
+void round_row(const float*, int64_t, bfloat16*, const float*) { absent(); }
 void pack_pairs(const bfloat16*, int64_t, int64_t, int64_t, uint32_t*, int64_t) { absent(); }
 #endif
 

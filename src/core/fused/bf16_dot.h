@@ -25,8 +25,9 @@ void gemm(int64_t M, int64_t N, int64_t P, const bfloat16* A, int64_t ars, const
           int64_t ldb, float* C, int64_t ldc, bool accumulate, const float* row_scale,
           const float* col_scale);
 
-// y[0, n) = x[0, n) rounded to nearest even (NaN stays NaN, denormals become 0); n a multiple of 16.
-void round_row(const float* x, int64_t n, bfloat16* y);
+// y[0, n) = x[0, n) (times scale[0, n), if given) rounded to nearest even (NaN stays NaN,
+// denormals become 0); n a multiple of 16.
+void round_row(const float* x, int64_t n, bfloat16* y, const float* scale = nullptr);
 
 // Pair-rows of rows x[0, n) (row i at x + i * stride, cols entries): out[p * ld + c] holds
 // (x[2p][c], x[2p+1][c]) for c < cols, zero words for cols <= c < ld and for the missing row of
