@@ -9,6 +9,8 @@
 // dO in the backward; with all, also the outputs and gradients), so that they stay in cache: what
 // the kernel would do without waiting on memory. The results are then meaningless; all: one
 // thread only (the outputs alias).
+// PROFILE_DTYPE=bf16 runs the bfloat16 entry points (q, k, v and dQ, dK, dV in bf16; bf16 products
+// where the CPU has AVX512_BF16; PROFILE_BF16_DOT=0: float32 arithmetic on the bf16 values).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -87,7 +89,32 @@ int main(int argc, char** argv) {
     }
     hwy::SetSupportedTargetsForTest(chosen);
   }
+  const std::string dtype = std::getenv("PROFILE_DTYPE") ? std::getenv("PROFILE_DTYPE") : "fp32";
+  if (dtype != "fp32" && dtype != "bf16") {
+    std::fprintf(stderr, "PROFILE_DTYPE is fp32 or bf16\n");
+    return 2;
+  }
+  const bool dot = !(std::getenv("PROFILE_BF16_DOT") && std::string(std::getenv("PROFILE_BF16_DOT")) == "0");
+  std::vector<bfloat16> q16(n), k16(n), v16(n), dq16(n), dk16(n), dv16(n);
+  for (size_t i = 0; i < n; ++i) {
+    q16[i] = to_bfloat16(q[i]);
+    k16[i] = to_bfloat16(k[i]);
+    v16[i] = to_bfloat16(v[i]);
+  }
+  auto run_bf16 = [&] {
+    fused::Bf16Forward f{view(static_cast<const bfloat16*>(q16.data())), view(static_cast<const bfloat16*>(k16.data())),
+                         view(static_cast<const bfloat16*>(v16.data())), view(o.data())};
+    f.bf16_dot = dot;
+    fused::forward(a, f, {shift.data(), log_sum.data()}, nullptr, threads);
+    if (!backward) return;
+    fused::Bf16Backward g{f.q, f.k, f.v, view(static_cast<const float*>(o.data())),
+                          view(static_cast<const float*>(dout.data())), view(dq16.data()), view(dk16.data()),
+                          view(dv16.data())};
+    g.bf16_dot = dot;
+    fused::backward(a, g, {shift.data(), log_sum.data()}, nullptr, threads);
+  };
   auto run_once = [&] {
+    if (dtype == "bf16") return run_bf16();
     fused::forward(a, view(o.data()), {shift.data(), log_sum.data()}, nullptr, threads);
     if (!backward) return;
     AttentionGrads<float> g;
@@ -103,8 +130,9 @@ int main(int argc, char** argv) {
   for (int rep = 0; rep < repeats; ++rep) run_once();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const double flop = 4.0 * B * H * N * N * D * (backward ? 3.5 : 1.0) * repeats;
-  std::printf("%s: o[0] = %f%s seconds=%.6f gflops=%.2f\n", fused::simd_target().c_str(), o[0],
-              backward ? (", dk[0] = " + std::to_string(dk[0])).c_str() : "", seconds,
+  std::printf("%s %s%s: o[0] = %f%s seconds=%.6f gflops=%.2f\n", fused::simd_target().c_str(),
+              dtype.c_str(), dtype == "bf16" && dot && fused::bf16_dot_runs() ? " (bf16 products)" : "", o[0],
+              backward ? (", dk[0] = " + std::to_string(dtype == "bf16" ? to_float(dk16[0]) : dk[0])).c_str() : "", seconds,
               flop / seconds / 1e9);
   return 0;
 }

@@ -67,24 +67,23 @@ struct BackwardScratch {
   std::vector<float> dlogits;       // dP = dO V^T, turned into dS = P o (dP - D_i) row by row
   std::vector<float> query_row;     // FinishQueries: one q/|q| (or g q/|q|)
   // bf16 products (HeadQueries::dot):
-  std::vector<float> query_scale;          // g / max(|q_i|, eps), zero-padded to whole vectors
+  std::vector<float> query_scale;          // g / max(|q_i|, eps)
   std::vector<bfloat16> dout16;            // bf16(dO), Nq x Dvp
   std::vector<uint32_t> dout_pairs;        // bf16(dO) pair-rows along queries (for dV)
   std::vector<uint32_t> query_pairs;       // raw q pair-rows along queries (for dK)
   std::vector<uint32_t> keys_t16;          // the tile's raw keys as pair-words along D (for S)
   std::vector<uint32_t> values_t16;        // the tile's values as pair-words along Dv (for dP)
   std::vector<uint32_t> key_pairs;         // raw k pair-rows along keys (for dQ)
-  std::vector<float> transposed;           // P'^T or dS^T of a block, before rounding
   std::vector<bfloat16> dlogits16;         // bf16(dS_ij / |k_j|), Br x width (for dQ)
-  std::vector<bfloat16> dlogits_t16;       // bf16(dS_ij g / |q_i|)^T, width x Brp (for dK)
-  std::vector<bfloat16> probs_t16;         // bf16(P')^T, width x Brp (for dV)
+  std::vector<uint32_t> dlogit_pairs;      // bf16(dS_ij g / |q_i|) pair-rows along queries (for dK)
+  std::vector<uint32_t> prob_pairs;        // bf16(P') pair-rows along queries (for dV)
 };
 
 // The head's bf16 operands of the backward's products (HeadQueries::dot).
 struct HeadQueries16 {
   const bfloat16* q = nullptr;      // raw q rows, ldq apart
   int64_t ldq = 0;
-  const float* q_scale = nullptr;   // per row, zero-padded to whole vectors
+  const float* q_scale = nullptr;   // per row
   const bfloat16* dout = nullptr;   // Nq x Dvp
   const uint32_t* dout_pairs = nullptr;   // (Nq + 1) / 2 x Dvp
   const uint32_t* query_pairs = nullptr;  // (Nq + 1) / 2 x Dp
@@ -109,9 +108,8 @@ struct HeadQueries {
 struct TileBuffers {
   float *kt, *kbar, *knorm, *rk, *vt, *dk, *dv, *s, *p, *pd, *ds;
   // bf16 products only
-  uint32_t *kt16, *vt16, *k_pairs;
-  bfloat16 *ds16, *dst16, *pt16;
-  float* transposed;
+  uint32_t *kt16, *vt16, *k_pairs, *p_pairs, *ds_pairs;
+  bfloat16* ds16;
 };
 
 TileBuffers TileBuffersOf(const AttentionArgs<float>& a, int64_t Dp, int64_t Dvp,
@@ -129,9 +127,8 @@ TileBuffers TileBuffersOf(const AttentionArgs<float>& a, int64_t Dp, int64_t Dvp
   t.p = Grow(w.probs, block);
   t.pd = a.dropout > 0 ? Grow(w.probs_kept, block) : t.p;  // without dropout P' is P
   t.ds = Grow(w.dlogits, block);
-  t.kt16 = t.vt16 = t.k_pairs = nullptr;
-  t.ds16 = t.dst16 = t.pt16 = nullptr;
-  t.transposed = nullptr;
+  t.kt16 = t.vt16 = t.k_pairs = t.p_pairs = t.ds_pairs = nullptr;
+  t.ds16 = nullptr;
   return t;
 }
 
@@ -142,10 +139,9 @@ TileBuffers TileBuffers16Of(const AttentionArgs<float>& a, int64_t Dp, int64_t D
   t.kt16 = Grow(w.keys_t16, D / 2 * kBlockK);
   t.vt16 = Grow(w.values_t16, Dv / 2 * kBlockK);
   t.k_pairs = Grow(w.key_pairs, kBlockK / 2 * Dp);
-  t.transposed = Grow(w.transposed, block);
   t.ds16 = Grow(w.dlogits16, block);
-  t.dst16 = Grow(w.dlogits_t16, block);
-  t.pt16 = Grow(w.probs_t16, block);
+  t.p_pairs = Grow(w.prob_pairs, block / 2 + kBlockK);
+  t.ds_pairs = Grow(w.dlogit_pairs, block / 2 + kBlockK);
   return t;
 }
 
@@ -185,8 +181,7 @@ HeadQueries PrepareQueries(const AttentionArgs<float>& a, const Bf16Backward* do
   // D_i = rowsum(dO o O) = sum_j P_ij dP_ij. A non-finite value that row i does not see made its
   // output non-finite (as 0 * v) but not the composite's D_i, so then D_i comes from the tiles.
   hq.d_from_tiles = any_nonfinite(vpoison, Dv);
-  float* q_scale = dot ? Grow(w.query_scale, RoundUp(Nq, L)) : nullptr;
-  if (dot) std::fill(q_scale + Nq, q_scale + RoundUp(Nq, L), 0.0f);
+  float* q_scale = dot ? Grow(w.query_scale, Nq) : nullptr;
   for (int64_t i = 0; i < Nq; ++i) {
     const float* q = &a.q.at(b, h, i, 0);
     const float rq = InverseNorm(q, D, a.q_norm, a.l2_eps, &qnorm[i]);
@@ -263,10 +258,10 @@ HWY_INLINE void TileRows(const AttentionArgs<float>& a, int64_t b, int64_t h,
   const int64_t D = a.dims.qk_dim, Dp = RoundUp(D, L), Dv = a.dims.v_dim;
   if (hq.dot) {  // S as the forward's bf16 products (same operands, scales and order), dP
     const HeadQueries16& x = hq.h16;
-    bf16_dot::gemm(Br, width, D / 2, x.q + i0 * x.ldq, x.ldq, t.kt16, width, t.s, width, false,
+    bf16_dot::gemm(Br, width, D / 2, x.q + i0 * x.ldq, x.ldq / 2, 1, t.kt16, width, t.s, width, false,
                    x.q_scale + i0, t.rk);
     const int64_t Dvp = RoundUp(Dv, L);
-    bf16_dot::gemm(Br, width, Dv / 2, x.dout + i0 * Dvp, Dvp, t.vt16, width, t.ds, width, false,
+    bf16_dot::gemm(Br, width, Dv / 2, x.dout + i0 * Dvp, Dvp / 2, 1, t.vt16, width, t.ds, width, false,
                    nullptr, nullptr);
   } else {
     Gemm(Br, width, D, hq.qn + i0 * Dp, Dp, 1, t.kt, width, t.s, width, false);  // S, as forward
@@ -387,25 +382,20 @@ double TileGradients(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_
                  if (want_dscale) dscale += hn::GetLane(hn::SumOfLanes(d, vscale));
                });
       // (The pad keys' columns of P and dS are 0: only jn rows / jn terms are computed.)
-      if (hq.dot) {  // the same products from bf16 operands: P'^T and dS^T pair queries; the
-        // norms go into dS before it is rounded (dK: g / |q_i| per row, dQ: 1 / |k_j| per column),
-        // so that q and k enter as they are stored
+      if (hq.dot) {  // the same products from bf16 operands: P' and dS as pair-rows along
+        // queries are P'^T and dS^T's pairs (ars 1, aps width). The norms go into dS before it is
+        // rounded (dK: g / |q_i| per row, dQ: 1 / |k_j| per column): q and k enter as stored.
         const HeadQueries16& x = hq.h16;
-        const int64_t Brp = RoundUp(Br, L), pairs = (Br + 1) / 2;
-        auto round_transposed = [&](const float* m, bfloat16* mt16, const float* scale) {
-          TransposeRows(m, width, Br, jn, t.transposed, Brp, Brp);  // Br x width -> jn x Brp
-          for (int64_t c = 0; c < jn; ++c)
-            bf16_dot::round_row(t.transposed + c * Brp, Brp, mt16 + c * Brp, scale);
-        };
-        round_transposed(t.pd, t.pt16, nullptr);
-        round_transposed(t.ds, t.dst16, x.q_scale + i0);
+        const int64_t pairs = (Br + 1) / 2;
+        bf16_dot::round_pairs(t.pd, width, Br, width, t.p_pairs, nullptr);
+        bf16_dot::round_pairs(t.ds, width, Br, width, t.ds_pairs, x.q_scale + i0);
         for (int64_t r = 0; r < Br; ++r) bf16_dot::round_row(t.ds + r * width, width, t.ds16 + r * width, t.rk);
-        bf16_dot::gemm(jn, Dvp, pairs, t.pt16, Brp, x.dout_pairs + i0 / 2 * Dvp, Dvp, t.dv, Dvp, true,
-                       nullptr, nullptr);
-        bf16_dot::gemm(jn, Dp, pairs, t.dst16, Brp, x.query_pairs + i0 / 2 * Dp, Dp, t.dk, Dp, true,
-                       nullptr, nullptr);
-        bf16_dot::gemm(Br, Dp, (jn + 1) / 2, t.ds16, width, t.k_pairs, Dp, dq + i0 * Dp, Dp, true,
-                       nullptr, nullptr);
+        bf16_dot::gemm(jn, Dvp, pairs, t.p_pairs, 1, width, x.dout_pairs + i0 / 2 * Dvp, Dvp, t.dv,
+                       Dvp, true, nullptr, nullptr);
+        bf16_dot::gemm(jn, Dp, pairs, t.ds_pairs, 1, width, x.query_pairs + i0 / 2 * Dp, Dp, t.dk, Dp,
+                       true, nullptr, nullptr);
+        bf16_dot::gemm(Br, Dp, (jn + 1) / 2, t.ds16, width / 2, 1, t.k_pairs, Dp, dq + i0 * Dp, Dp,
+                       true, nullptr, nullptr);
         continue;
       }
       const float* dob = hq.dob + i0 * hq.ldo;

@@ -195,7 +195,7 @@ void ForwardBlock(const AttentionArgs<float>& a, const Bf16Forward* dot, int64_t
     const int64_t ldv = v_in_place ? a.v.stride[2] : Dvp;
     if (dot) {  // S = diag(g / |q|) Q K^T diag(1 / |k|), keys in place in the packed words
       bf16_dot::pack_pairs(&dot->v.at(b, h, j0, 0), dot->v.stride[2], jn, Dv, v16, Dvp);
-      bf16_dot::gemm(Br, width, D / 2, &dot->q.at(b, h, i0, 0), dot->q.stride[2],
+      bf16_dot::gemm(Br, width, D / 2, &dot->q.at(b, h, i0, 0), dot->q.stride[2] / 2, 1,
                      hk.packed16 + PackedTileOffset(D / 2, j0), ldk, s, width, false, row_scale,
                      hk.key_scale + j0);
     } else {
@@ -254,7 +254,7 @@ void ForwardBlock(const AttentionArgs<float>& a, const Bf16Forward* dot, int64_t
     }
     if (dot) {  // O += bf16(P) V (P's columns from jn on are 0, as is the odd row of v16)
       for (int64_t r = 0; r < Br; ++r) bf16_dot::round_row(s + r * width, width, p16 + r * width);
-      bf16_dot::gemm(Br, Dvp, (jn + 1) / 2, p16, width, v16, Dvp, o, Dvp, true, nullptr, nullptr);
+      bf16_dot::gemm(Br, Dvp, (jn + 1) / 2, p16, width / 2, 1, v16, Dvp, o, Dvp, true, nullptr, nullptr);
     } else {
       Gemm(Br, Dvp, jn, s, width, 1, vb, ldv, o, Dvp, true);  // O += P V
     }
