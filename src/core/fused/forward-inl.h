@@ -79,16 +79,18 @@ struct HeadKeys {
   const float* kmax_upto = nullptr;
   const float* vpoison = nullptr;   // Dv: sum_j 0 * v_j, NaN where a value is; null if all finite
   int64_t first_key = 0;            // first unpadded key (sees_no_key)
-  const float* packed = nullptr;   // the keys, packed and normalised once (PackedTileOffset)
+  const float* packed = nullptr;   // the keys, packed and normalised once (PackedTileOffset);
+                                   // null with bf16 products
   // bf16 arithmetic only: the raw keys as bf16 pair-words (D / 2 rows per tile, PackedTileOffset)
   // and each key's 1 / max(|k|, eps), applied to S's columns after the products.
   const uint32_t* packed16 = nullptr;
   const float* key_scale = nullptr;
 };
 
-// Packs the keys of (b, h) into packed (D * RoundUp(Nk, L) floats, PackedTileOffset) and fills
-// kmax_upto (Nk) and vpoison (Dv); key diagnostics into part, and 1 / max(|k|, eps) into key_scale
-// (RoundUp(Nk, L), zero-padded), if given.
+// Packs the keys of (b, h) into packed (D * RoundUp(Nk, L) floats, PackedTileOffset; null: into
+// this thread's tile buffer, for the norms only) and fills kmax_upto (Nk) and vpoison (Dv); key
+// diagnostics into part, and 1 / max(|k|, eps) into key_scale (RoundUp(Nk, L), zero-padded), if
+// given.
 HeadKeys ScanHead(const AttentionArgs<float>& a, int64_t b, int64_t h, float* packed,
                   float* kmax_upto, float* vpoison, float* key_scale, HeadDiagnosticsPartial* part,
                   ForwardScratch& w) {
@@ -101,8 +103,8 @@ HeadKeys ScanHead(const AttentionArgs<float>& a, int64_t b, int64_t h, float* pa
   std::fill(vpoison, vpoison + dm.v_dim, 0.0f);
   for (int64_t j0 = 0; j0 < dm.k_len; j0 += kBlockK) {
     const int64_t jn = std::min(kBlockK, dm.k_len - j0);
-    PackKeys(a, b, h, j0, jn, PackedTileWidth(dm.k_len, j0), packed + PackedTileOffset(dm.qk_dim, j0),
-             nullptr, 0, raw, rk);
+    float* tile = packed ? packed + PackedTileOffset(dm.qk_dim, j0) : Grow(w.key_tile, dm.qk_dim * kBlockK);
+    PackKeys(a, b, h, j0, jn, PackedTileWidth(dm.k_len, j0), tile, nullptr, 0, raw, rk);
     if (key_scale) std::copy_n(rk, jn, key_scale + j0);
     for (int64_t c = 0; c < jn; ++c) {
       const int64_t j = j0 + c;
@@ -380,14 +382,16 @@ void ForwardHeads(const AttentionArgs<float>& a, const Io& io, View4<float> out,
       st.q_of = st.kv_of = -1;  // nothing of this call staged yet
 #pragma omp for schedule(dynamic)
       for (int64_t bh = 0; bh < heads; ++bh) {
-        scan(bh, Grow(w.packed_keys, packed_size), dot ? Grow(w.packed_keys16, packed_size / 2) : nullptr,
+        scan(bh, dot ? nullptr : Grow(w.packed_keys, packed_size),
+             dot ? Grow(w.packed_keys16, packed_size / 2) : nullptr,
              dot ? Grow(w.key_scale, keys_padded) : nullptr, w, st);
         block(bh, w, st);
       }
     }
   } else {  // all heads' keys first, then the query blocks of every head in parallel
-    std::unique_ptr<float[]> packed(new float[heads * packed_size]);
-    std::vector<float> packed16(dot ? heads * packed_size / 2 : 0), key_scale(dot ? heads * keys_padded : 0);
+    // (bf16 products read packed16 and key_scale; the float32 keys are then not kept)
+    std::unique_ptr<float[]> packed(new float[dot ? heads * packed_size / 2 : heads * packed_size]);
+    std::unique_ptr<float[]> key_scale(dot ? new float[heads * keys_padded] : nullptr);
 #pragma omp parallel num_threads(threads)
     {
       ForwardScratch& w = ThreadScratch<ForwardScratch>();
@@ -395,7 +399,7 @@ void ForwardHeads(const AttentionArgs<float>& a, const Io& io, View4<float> out,
       st.q_of = st.kv_of = -1;
 #pragma omp for schedule(static)
       for (int64_t bh = 0; bh < heads; ++bh)
-        scan(bh, &packed[bh * packed_size], dot ? &packed16[bh * packed_size / 2] : nullptr,
+        scan(bh, dot ? nullptr : &packed[bh * packed_size], dot ? &packed[bh * packed_size / 2] : nullptr,
              dot ? &key_scale[bh * keys_padded] : nullptr, w, st);
 #pragma omp for schedule(dynamic)
       for (int64_t item = 0; item < heads * q_blocks; ++item) block(item, w, st);
