@@ -120,7 +120,7 @@ def main() -> None:
 
     info = quest.runtime()
     header = {"threads": torch.get_num_threads(), "torch": torch.__version__, "dtype": args.dtype,
-              "simd_target": info["simd_target"], "blas": info["blas"],
+              "simd_target": info["simd_target"], "bf16_products": info["bf16_products"], "blas": info["blas"],
               "blas_core": info["blas_core"], "paths": args.paths,
               "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "")}
     print(json.dumps(header), flush=True)

@@ -1,5 +1,6 @@
-"""quest's fused kernel in bfloat16 storage against the same kernel on float32 copies and on
-float32 inputs, in one run (issue #33 item 1's first step: bf16 read in place, float32 arithmetic).
+"""quest's fused kernel in bfloat16 against the same kernel on float32 copies and on float32
+inputs, in one run (issue #33 item 1: bf16 read in place; bf16 products where the CPU has
+AVX512_BF16, quest.runtime()["bf16_products"], else float32 arithmetic).
 
     PYTHONPATH=build/python .venv/bin/python bench/python/bench_bf16_storage.py --json out.json
 
@@ -48,7 +49,9 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(2)
     rows = []
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, SIMD target {quest.runtime()['simd_target']}")
+    rt = quest.runtime()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, SIMD target {rt['simd_target']}, "
+          f"bf16 products {rt['bf16_products']}")
     print("| B, H, N, D | bf16 GFLOP/s | bf16 / copies | bf16 / fp32 |")
     print("|---|---|---|---|")
     for shape in SHAPES:
@@ -72,7 +75,8 @@ def main():
               flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"torch": torch.__version__, "simd_target": quest.runtime()["simd_target"], "rows": rows}, f, indent=1)
+            json.dump({"torch": torch.__version__, "simd_target": rt["simd_target"],
+                       "bf16_products": rt["bf16_products"], "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
