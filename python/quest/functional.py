@@ -191,10 +191,19 @@ def select_backend(q: Tensor, k: Tensor, v: Tensor, kind: str = "quest", causal:
         enable_gqa=enable_gqa)
 
 
+def set_bf16_products(enabled: bool) -> bool:
+    """Whether the fused kernel's bfloat16 path may take bf16 products (vdpbf16ps; P and dS
+    rounded to bf16 as in FlashAttention-2) where the CPU has AVX512_BF16. On by default; off, bf16
+    inputs get the float32 kernel's results on their values, the same on every machine (slower
+    where the products would run). Process-wide; returns the previous setting."""
+    return torch.ops.quest.set_bf16_products(bool(enabled))
+
+
 def runtime() -> Dict[str, str]:
     """The fused kernel's SIMD target ("AVX3", "AVX2", ...), whether its bfloat16 path takes bf16
-    products (bf16_products: "vdpbf16ps" on CPUs with AVX512_BF16, else "none": float32
-    arithmetic on the bf16 values), the BLAS behind torch's matmul
+    products (bf16_products: "vdpbf16ps" on CPUs with AVX512_BF16, "disabled" there after
+    set_bf16_products(False), else "none": float32 arithmetic on the bf16 values), the BLAS behind
+    torch's matmul
     (blas, blas_library; blas_core: OpenBLAS's kernel set, where it is OpenBLAS), the OpenMP
     runtimes mapped in this process (openmp_runtimes, ";"-separated: one is right) and the torch
     quest was built against (torch)."""

@@ -7,6 +7,7 @@
 
 #include "quest/core/fused.h"
 #include "quest/core/reference.h"
+#include "quest/torch/runtime.h"
 
 namespace quest::detail {
 
@@ -159,8 +160,9 @@ torch::TensorOptions out_options(KernelBackend b, const Tensor& q) {
 void forward_into(KernelBackend b, const AttentionCall& c, const Tensor& out, const Tensor& stats,
                   HeadDiagnosticsPartial* diag) {
   if (b == KernelBackend::fused && bf16_storage(c)) {
-    const fused::Bf16Forward io{bf16_view<const bfloat16>(c.q), bf16_view<const bfloat16>(c.k),
-                                bf16_view<const bfloat16>(c.v), view4<float>(out)};
+    fused::Bf16Forward io{bf16_view<const bfloat16>(c.q), bf16_view<const bfloat16>(c.k),
+                          bf16_view<const bfloat16>(c.v), view4<float>(out)};
+    io.bf16_dot = bf16_products_enabled();
     fused::forward(c.kernel_args<float>(), io, row_stats(stats), diag, at::get_num_threads());
     return;
   }
@@ -186,13 +188,14 @@ void backward_into(KernelBackend b, const AttentionCall& c, const Tensor& out, c
                    const Tensor& dout, const KernelGrads& g) {
   if (b == KernelBackend::fused && bf16_storage(c)) {
     const Tensor dout_rows = (dout.stride(3) == 1 ? dout : dout.contiguous()).to(torch::kFloat);
-    const fused::Bf16Backward io{bf16_view<const bfloat16>(c.q), bf16_view<const bfloat16>(c.k),
-                                 bf16_view<const bfloat16>(c.v), view4<const float>(out),
-                                 view4<const float>(dout_rows),   bf16_view<bfloat16>(g.dq),
-                                 g.dk_sum.defined() ? View4<bfloat16>{} : bf16_view<bfloat16>(g.dk),
-                                 g.dv_sum.defined() ? View4<bfloat16>{} : bf16_view<bfloat16>(g.dv),
-                                 g.dk_sum.defined() ? view4<float>(g.dk_sum) : View4<float>{},
-                                 g.dv_sum.defined() ? view4<float>(g.dv_sum) : View4<float>{}};
+    fused::Bf16Backward io{bf16_view<const bfloat16>(c.q), bf16_view<const bfloat16>(c.k),
+                           bf16_view<const bfloat16>(c.v), view4<const float>(out),
+                           view4<const float>(dout_rows),   bf16_view<bfloat16>(g.dq),
+                           g.dk_sum.defined() ? View4<bfloat16>{} : bf16_view<bfloat16>(g.dk),
+                           g.dv_sum.defined() ? View4<bfloat16>{} : bf16_view<bfloat16>(g.dv),
+                           g.dk_sum.defined() ? view4<float>(g.dk_sum) : View4<float>{},
+                           g.dv_sum.defined() ? view4<float>(g.dv_sum) : View4<float>{}};
+    io.bf16_dot = bf16_products_enabled();
     fused::backward(c.kernel_args<float>(), io, row_stats(stats), ptr_or_null<float>(g.dhead_scale),
                     at::get_num_threads());
     return;

@@ -188,7 +188,7 @@ c10::Dict<std::string, std::string> runtime_op() {
   const BlasInfo blas = detect_blas();
   c10::Dict<std::string, std::string> r;
   r.insert("simd_target", fused::simd_target());
-  r.insert("bf16_products", fused::bf16_dot_runs() ? "vdpbf16ps" : "none");
+  r.insert("bf16_products", !fused::bf16_dot_runs() ? "none" : bf16_products_enabled() ? "vdpbf16ps" : "disabled");
   r.insert("blas", blas.name);
   r.insert("blas_library", blas.library);
   r.insert("blas_core", blas.core);
@@ -234,6 +234,7 @@ TORCH_LIBRARY(quest, m) {
         ") -> (str, str[])",
         &quest::select_backend_op);
   m.def("runtime() -> Dict(str, str)", &quest::runtime_op);
+  m.def("set_bf16_products(bool enabled) -> bool", &quest::set_bf16_products);
 }
 
 namespace quest {

@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <atomic>
 #include <fstream>
 #include <cstdio>
 #include <filesystem>
@@ -99,6 +100,12 @@ int configure_threads() {
   torch::set_num_threads(threads);
   return threads;
 }
+
+namespace {
+std::atomic<bool> bf16_products{true};
+}  // namespace
+bool set_bf16_products(bool enabled) { return bf16_products.exchange(enabled); }
+bool bf16_products_enabled() { return bf16_products.load(); }
 
 std::string error_message(const std::exception& e) {
   const c10::Error* c10 = dynamic_cast<const c10::Error*>(&e);

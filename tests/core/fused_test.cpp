@@ -312,8 +312,10 @@ TEST(FusedCore, Bf16StorageIsTheFloat32KernelRoundedOnEverySimdTarget) {
 // odd D). Odd key counts leave a half-filled pair in the last tile; 300 queries make two query
 // blocks, whose packed keys are then shared across work items.
 TEST(FusedCore, Bf16ProductsHoldTheirBoundOnEverySimdTarget) {
+  // odd D: no products; even D, odd Dv: products in the forward only (the backward's need pairs
+  // along Dv too)
   const AttentionDims small{2, 3, 70, 41, 16, 8}, wide{1, 2, 300, 261, 64, 64}, odd{1, 2, 33, 17, 5, 3},
-      single{1, 1, 300, 421, 32, 16};
+      odd_v{1, 2, 33, 17, 6, 3}, single{1, 1, 300, 421, 32, 16};
   std::string ran;
   testing::for_each_simd_target([&](const std::string& target) {
     SCOPED_TRACE(target);
@@ -324,6 +326,7 @@ TEST(FusedCore, Bf16ProductsHoldTheirBoundOnEverySimdTarget) {
       check_bf16({wide, kind, true, false, false, 0.0}, true);
       check_bf16({wide, kind, false, true, true, 0.1, 3}, true);
       check_bf16({odd, kind, true, false, true, 0.0}, true);
+      check_bf16({odd_v, kind, false, true, false, 0.0}, true);
       check_bf16({single, kind, true, true, true, 0.1, 2}, true);
     }
   });

@@ -198,6 +198,12 @@ def test_runtime_names_the_kernel_target_the_blas_and_torch():
     has_bf16 = "avx512_bf16" in open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else False
     want = "vdpbf16ps" if has_bf16 and info["simd_target"].startswith("AVX3") else "none"
     assert info["bf16_products"] == want, info
+    previous = quest.set_bf16_products(False)
+    try:
+        assert quest.runtime()["bf16_products"] == ("disabled" if want != "none" else "none")
+    finally:
+        quest.set_bf16_products(previous)
+    assert quest.runtime()["bf16_products"] == want
     assert torch.__version__.startswith(info["torch"]), (torch.__version__, info["torch"])
 
 

@@ -15,7 +15,7 @@ import oracle
 import quest
 
 BOUND = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
-PRODUCTS = quest.runtime()["bf16_products"] != "none"
+PRODUCTS = quest.runtime()["bf16_products"] == "vdpbf16ps"
 PRODUCTS_BOUND = 2.0 ** -5
 
 
@@ -157,3 +157,36 @@ def test_grouped_query_bfloat16_matches_the_oracle(kind, causal):
     close(out, expected, torch.bfloat16, fused=True)
     for x, r in zip((q, k, v), ref):
         close(x.grad, r.grad, torch.bfloat16, fused=True)
+
+
+@pytest.mark.parametrize("kind", ["standard", "quest", "qknorm"])
+def test_bf16_products_can_be_turned_off_for_the_float32_kernels_results(kind):
+    """quest.set_bf16_products(False): bf16 inputs get the float32 kernel's results on their values
+    (rounded once), bit for bit, on every machine; on one with AVX512_BF16 the products (on by
+    default) give other, bf16-accurate results."""
+    (q, k, v), params = inputs(kind, torch.bfloat16, nq=40, nk=37, d=16)
+    dout = torch.randn(2, 2, 40, 16, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
+
+    def run(x):
+        xs = [t.detach().to(x).requires_grad_() for t in (q, k, v)]
+        out = quest.attention(*xs, kind, causal=True, backend="fused", **params)
+        grads = torch.autograd.grad(out, xs, dout.to(x))
+        return [out.bfloat16()] + [g.bfloat16() for g in grads]
+
+    previous = quest.set_bf16_products(False)
+    try:
+        assert quest.runtime()["bf16_products"] in ("disabled", "none")
+        off = run(torch.bfloat16)
+    finally:
+        quest.set_bf16_products(previous)
+    assert previous is True  # the default
+    for got, want in zip(off, run(torch.float32)):
+        assert torch.equal(got, want)
+    on = run(torch.bfloat16)
+    if PRODUCTS:
+        assert not torch.equal(on[0], off[0])
+        for got, want in zip(on, off):
+            close(got, want.double(), torch.bfloat16, fused=True)
+    else:
+        for got, want in zip(on, off):
+            assert torch.equal(got, want)

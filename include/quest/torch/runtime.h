@@ -41,6 +41,13 @@ int set_blas_threads(int threads);
 // Intra-op threads: OMP_NUM_THREADS if set, else every hardware thread. Returns the count used.
 int configure_threads();
 
+// Whether the fused kernel's bfloat16 path takes bf16 products (vdpbf16ps, P and dS rounded to
+// bf16: docs/kernels.md) where the CPU has AVX512_BF16; true by default. false: float32 arithmetic
+// on the bf16 values, i.e. the float32 kernel's results on them, the same on every machine.
+// Process-wide, read by each call. set_ returns the previous setting.
+bool set_bf16_products(bool enabled);
+bool bf16_products_enabled();
+
 // An exception's message for a user: c10::Error's without LibTorch's C++ backtrace, else what().
 std::string error_message(const std::exception& e);
 
