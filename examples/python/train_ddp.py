@@ -98,6 +98,9 @@ def main() -> None:
                        "eval_accuracy": accuracy}, f)
         print(f"world {world}: loss {losses[0]:.4f} -> {losses[-1]:.4f}, eval accuracy {accuracy:.3f}")
     if world > 1:
+        # every rank leaves together: a rank that tore down its gloo pairs while rank 0 was still
+        # saving and evaluating could abort ("terminate called without an active exception")
+        dist.barrier()
         dist.destroy_process_group()
 
 
