@@ -243,7 +243,7 @@ namespace {
 // Under torch.autocast: the float32 activations (q, k, v or qkv, and a float mask or bias) in the
 // autocast dtype, as torch's own scaled_dot_product_attention (a lower-precision op there), then
 // the operator itself with autocast off. The kind's parameters stay as they are (float32 master
-// weights); the operator computes bfloat16 and float16 in float32 and answers in the input dtype.
+// weights); the operator answers in the input dtype (docs/kernels.md: what it computes in bf16).
 template <c10::DispatchKey key, c10::DeviceType device>
 void autocast_boxed(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   static const std::set<std::string> parameters = {"head_scale", "q_norm_weight", "q_norm_bias", "k_norm_weight",

@@ -47,8 +47,8 @@ void backward(const AttentionArgs<float>& args, View4<const float> out, View4<co
 struct Bf16Forward {
   View4<const bfloat16> q, k, v;
   View4<float> out;
-  // Where the CPU has AVX512_BF16 (and the AVX-512 code runs, D is even, q and k rows start at
-  // even offsets): S = QK^T and PV as bf16 products (vdpbf16ps) in float32 accumulators, with
+  // Where the CPU has AVX512_BF16 (and the AVX-512 code runs, D is even, q's and k's row strides
+  // are even): S = QK^T and PV as bf16 products (vdpbf16ps) in float32 accumulators, with
   // P rounded to bf16 and the norms applied to S's rows and columns in float32. Else, or false:
   // bit for bit the float32 kernel on the converted rows.
   bool bf16_dot = true;
@@ -63,7 +63,7 @@ struct Bf16Backward {
   // Optional (data null: unused): dK and dV added in float32 into these instead of written to dk
   // and dv, for a caller that sums several calls' shares (grouped-query attention's query groups).
   View4<float> dk_sum, dv_sum;
-  // As Bf16Forward's (D and Dv even, q, k, v rows at even offsets): S as the forward's bf16
+  // As Bf16Forward's (D and Dv even, q's, k's and v's row strides even): S as the forward's bf16
   // products (bit for bit), dP = bf16(dO) V^T, and dV, dK, dQ from bf16(P'), bf16(dS) (the norms
   // folded in before rounding) and q, k, bf16(dO) as they are, in float32 accumulators.
   bool bf16_dot = true;
