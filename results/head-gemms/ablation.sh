@@ -1,0 +1,46 @@
+#!/bin/bash
+# Where the fused forward + backward spends its time at the small shapes: the kernel built four
+# ways from this commit plus ablation.patch (torch-free, bench/profile_fused only) —
+#   full     the kernel as it is
+#   nogemm   without its seven GEMMs (S, O = PV; S, dP, dV, dK, dQ)
+#   norows   without the per-row softmax work (forward: mask, exp, row sums; backward: P, dS, D_i)
+#   neither  without both: the per-head fixed costs (norms, packing, transposes, staging, stores)
+# The results are meaningless (NaN outputs); only the time counts. One thread, interleaved rounds.
+# usage: [SHAPES="128,4,50,16 64,4,65,32"] results/head-gemms/ablation.sh [ROUNDS] > ablation.csv
+# One CSV row per (round, shape, variant): microseconds per head for forward + backward, and the
+# GFLOP/s that makes by the FlashAttention convention (14 B H N^2 D).
+set -euo pipefail
+rounds=${1:-5}
+root=$(cd "$(dirname "$0")/../.." && pwd)
+work=${ABLATION_DIR:-/tmp/quest-ablation}
+rm -rf "$work"
+mkdir -p "$work/src"
+git -C "$root" archive HEAD | tar -x -C "$work/src"
+git -C "$work/src" init -q 2>/dev/null || true
+(cd "$work/src" && git apply "$root/results/head-gemms/ablation.patch")
+declare -A flags=([full]="" [nogemm]="-DABL_NOGEMM" [norows]="-DABL_NOROWS" [neither]="-DABL_NOGEMM -DABL_NOROWS")
+for v in full nogemm norows neither; do
+  cmake -S "$work/src" -B "$work/$v" -DQUEST_WITH_TORCH=OFF -DQUEST_BUILD_TESTS=OFF \
+    -DCMAKE_BUILD_TYPE=Release "-DCMAKE_CXX_FLAGS=${flags[$v]}" >/dev/null
+  cmake --build "$work/$v" --target profile_fused -j2 >/dev/null
+done
+shapes=("128 4 50 16" "64 4 65 32" "16 4 128 32" "32 12 197 64")
+if [ -n "${SHAPES:-}" ]; then
+  read -r -a list <<< "$SHAPES"; shapes=()
+  for x in "${list[@]}"; do shapes+=("${x//,/ }"); done
+fi
+echo "round,shape,variant,us_per_head,gflops"
+for r in $(seq 1 "$rounds"); do
+  for s in "${shapes[@]}"; do
+    read -r B H N D <<< "$s"
+    f=$(echo "14*$B*$H*$N*$N*$D" | bc)
+    reps=$(echo "x = 10000000000 / $f; if (x < 1) 1 else x" | bc)
+    for v in full nogemm norows neither; do
+      line=$(OMP_NUM_THREADS=1 "$work/$v/bench/profile_fused" $B $H $N $D quest backward "$reps")
+      sec=$(echo "$line" | sed -n 's/.*seconds=\([0-9.]*\).*/\1/p')
+      gf=$(echo "$line" | sed -n 's/.*gflops=\([0-9.]*\).*/\1/p')
+      us=$(echo "scale=3; $sec * 1000000 / ($reps * $B * $H)" | bc)
+      printf "%s,\"%s\",%s,%s,%s\n" "$r" "${s// /,}" "$v" "$us" "$gf"
+    done
+  done
+done
