@@ -92,6 +92,7 @@ struct HeadQueries16 {
 // What every key tile of (b, h) reads about the head's queries.
 struct HeadQueries {
   const float* qn;        // g q_i/|q_i| (or q_i/|q_i| where g = 0), Nq x Dp
+  const float* qnorm;     // raw |q_i|
   const float* dob;       // dO rows, ldo apart
   int64_t ldo;
   float* dsum;            // D_i
@@ -177,7 +178,7 @@ HeadQueries PrepareQueries(const AttentionArgs<float>& a, const Bf16Backward* do
   if (!do_in_place) std::fill(dop, dop + Nq * Dvp, 0.0f);
   std::fill(qpoison, qpoison + D, 0.0f);
   std::fill(vpoison, vpoison + Dv, 0.0f);
-  for (int64_t j = 0; j < dm.k_len; ++j) AccumulateNonfinite(&a.v.at(b, h, j, 0), Dv, vpoison);
+  AccumulateNonfiniteRows(&a.v.at(b, h, 0, 0), a.v.stride[2], dm.k_len, Dv, vpoison);
   // D_i = rowsum(dO o O) = sum_j P_ij dP_ij. A non-finite value that row i does not see made its
   // output non-finite (as 0 * v) but not the composite's D_i, so then D_i comes from the tiles.
   hq.d_from_tiles = any_nonfinite(vpoison, Dv);
@@ -192,6 +193,7 @@ HeadQueries PrepareQueries(const AttentionArgs<float>& a, const Bf16Backward* do
     dsum[i] = hq.d_from_tiles ? 0.0f : Dot(&dout.at(b, h, i, 0), &out.at(b, h, i, 0), Dv);
   }
   hq.qn = qn;
+  hq.qnorm = qnorm;
   hq.dsum = dsum;
   hq.qpoison = qpoison;
   if (dot) {  // bf16(dO) rows and pair-rows, raw q pair-rows
@@ -420,7 +422,8 @@ double TileGradients(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_
 
 // One work item: the key tiles t % chunks == chunk of (b, h). dq (Nq x Dp) and kpoison (D) are
 // zeroed here and receive this item's shares; *dscale its share of the head-scale gradient.
-void BackwardItem(const AttentionArgs<float>& a, const Bf16Backward* dot, int64_t b, int64_t h,
+// Returns the head's queries as prepared (in w: valid until this thread's next item).
+HeadQueries BackwardItem(const AttentionArgs<float>& a, const Bf16Backward* dot, int64_t b, int64_t h,
                   int64_t chunk, int64_t chunks, View4<const float> out, View4<const float> dout,
                   RowStats stats, const AttentionGrads<float>& gr, float* dq, float* kpoison,
                   double* dscale, BackwardScratch& w) {
@@ -432,28 +435,31 @@ void BackwardItem(const AttentionArgs<float>& a, const Bf16Backward* dot, int64_
   std::fill(kpoison, kpoison + D, 0.0f);
   if (hq.d_from_tiles) RowDotsFromTiles(a, b, h, hq, t);
   *dscale = TileGradients(a, b, h, chunk, chunks, hq, t, gr, dq, kpoison);
+  return hq;
 }
 
 // dQ of (b, h) from the summed tile shares dq (Nq x Dp, overwritten) and key poison; adds the
-// poison terms of the head-scale gradient to *dscale.
+// poison terms of the head-scale gradient to *dscale. hq: the head's queries as this thread just
+// prepared them (their norms and poison sum), or null (split heads: computed again here).
 void FinishQueries(const AttentionArgs<float>& a, int64_t b, int64_t h, float* dq,
                    const float* kpoison, const AttentionGrads<float>& gr, double* dscale,
-                   BackwardScratch& w) {
+                   BackwardScratch& w, const HeadQueries* hq) {
   const int64_t L = LanesF();
   const int64_t D = a.dims.qk_dim, Dp = RoundUp(D, L), Nq = a.dims.q_len;
   const float g = static_cast<float>(a.head_scale_at(h));
   const float gq = g != 0 ? g : 1.0f;
   float* qi = Grow(w.query_row, D);
-  float* qpoison = Grow(w.query_poison, D);
-  std::fill(qpoison, qpoison + D, 0.0f);
+  const float* qpoison = hq ? hq->qpoison : Grow(w.query_poison, D);
+  if (!hq) std::fill(w.query_poison.begin(), w.query_poison.begin() + D, 0.0f);
   const bool k_poisoned = any_nonfinite(kpoison, D);
   for (int64_t i = 0; i < Nq; ++i) {
     float raw = 0;
     const float* q = &a.q.at(b, h, i, 0);
-    const float rq = InverseNorm(q, D, a.q_norm, a.l2_eps, &raw);
-    if (MayBeNonfinite(raw, rq * gq)) {  // TileGradients' operand has a NaN or inf
+    const float rq = hq ? InverseOf(raw = hq->qnorm[i], a.q_norm, a.l2_eps)
+                        : InverseNorm(q, D, a.q_norm, a.l2_eps, &raw);
+    if (!hq && MayBeNonfinite(raw, rq * gq)) {  // TileGradients' operand has a NaN or inf
       ScaleRow(q, rq * gq, D, qi);
-      AccumulateNonfinite(qi, D, qpoison);
+      AccumulateNonfinite(qi, D, w.query_poison.data());
     }
     float* dst = &gr.dq.at(b, h, i, 0);
     float* dqi = dq + i * Dp;
@@ -578,11 +584,12 @@ void BackwardHeads(const AttentionArgs<float>& a, const Io& io, RowStats stats, 
     for (int64_t item = 0; item < heads * chunks; ++item) {
       const int64_t bh = item / chunks, b = bh / dm.heads, h = bh % dm.heads;
       const HeadIo x = io.Head(b, h, st);
-      BackwardItem(x.args, io.Dot(), b, h, item % chunks, chunks, x.out, x.dout, stats, x.grads,
-                   dq_of(item), kpoison_of(item), &dscale[item], w);
+      const HeadQueries hq = BackwardItem(x.args, io.Dot(), b, h, item % chunks, chunks, x.out,
+                                          x.dout, stats, x.grads, dq_of(item), kpoison_of(item),
+                                          &dscale[item], w);
       io.KeysDone(b, h, item % chunks, chunks, st);
       if (!split) {
-        FinishQueries(x.args, b, h, dq_of(item), kpoison_of(item), x.grads, &dscale[item], w);
+        FinishQueries(x.args, b, h, dq_of(item), kpoison_of(item), x.grads, &dscale[item], w, &hq);
         io.QueriesDone(b, h, st);
       }
     }
@@ -596,7 +603,8 @@ void BackwardHeads(const AttentionArgs<float>& a, const Io& io, RowStats stats, 
           dscale[first] += dscale[first + c];
         }
         const HeadIo x = io.Queries(b, h, st);
-        FinishQueries(x.args, b, h, dq_of(first), kpoison_of(first), x.grads, &dscale[first], w);
+        FinishQueries(x.args, b, h, dq_of(first), kpoison_of(first), x.grads, &dscale[first], w,
+                      nullptr);
         io.QueriesDone(b, h, st);
       }
     }

@@ -106,13 +106,13 @@ HeadKeys ScanHead(const AttentionArgs<float>& a, int64_t b, int64_t h, float* pa
     float* tile = packed ? packed + PackedTileOffset(dm.qk_dim, j0) : Grow(w.key_tile, dm.qk_dim * kBlockK);
     PackKeys(a, b, h, j0, jn, PackedTileWidth(dm.k_len, j0), tile, nullptr, 0, raw, rk);
     if (key_scale) std::copy_n(rk, jn, key_scale + j0);
+    AccumulateNonfiniteRows(&a.v.at(b, h, j0, 0), a.v.stride[2], jn, dm.v_dim, vpoison);
     for (int64_t c = 0; c < jn; ++c) {
       const int64_t j = j0 + c;
       const float knorm = raw[c] * rk[c];
       finite = finite && std::isfinite(knorm);
       largest = std::max(largest, knorm);
       kmax_upto[j] = finite ? largest : std::numeric_limits<float>::infinity();
-      AccumulateNonfinite(&a.v.at(b, h, j, 0), dm.v_dim, vpoison);
       if (part && !a.key_padded(b, j)) {
         part->k_norm_sum += raw[c];
         part->k_norm_max = nan_max(part->k_norm_max, raw[c]);

@@ -170,6 +170,32 @@ HWY_INLINE void AccumulateNonfinite(const float* x, int64_t n, float* acc) {
   for (; i < n; ++i) acc[i] += 0.0f * x[i];
 }
 
+// AccumulateNonfinite over rows x + r * stride, r < rows, in that order (the same sums bit for
+// bit), with the sums held in registers rather than stored and reloaded row after row.
+HWY_INLINE void AccumulateNonfiniteRows(const float* x, int64_t stride, int64_t rows, int64_t n,
+                                        float* acc) {
+  const DF d;
+  const int64_t L = LanesF();
+  const VF zero = hn::Zero(d);
+  int64_t i = 0;
+  for (; i + 2 * L <= n; i += 2 * L) {
+    VF s0 = hn::LoadU(d, acc + i), s1 = hn::LoadU(d, acc + i + L);
+    for (int64_t r = 0; r < rows; ++r) {
+      s0 = hn::Add(s0, hn::Mul(zero, hn::LoadU(d, x + r * stride + i)));
+      s1 = hn::Add(s1, hn::Mul(zero, hn::LoadU(d, x + r * stride + i + L)));
+    }
+    hn::StoreU(s0, d, acc + i);
+    hn::StoreU(s1, d, acc + i + L);
+  }
+  for (; i + L <= n; i += L) {
+    VF s0 = hn::LoadU(d, acc + i);
+    for (int64_t r = 0; r < rows; ++r) s0 = hn::Add(s0, hn::Mul(zero, hn::LoadU(d, x + r * stride + i)));
+    hn::StoreU(s0, d, acc + i);
+  }
+  for (; i < n; ++i)
+    for (int64_t r = 0; r < rows; ++r) acc[i] += 0.0f * x[r * stride + i];
+}
+
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
 // Rows r[0, 16) become columns: r[k] = (old r[0][k], ..., old r[15][k]). Lane pairs, then 64-bit
 // pairs within each 128-bit block, then the blocks themselves (two rounds of shuffle_f32x4).
@@ -221,13 +247,18 @@ HWY_INLINE void Transpose8(__m256 r[8]) {
 #endif
 
 // e^x for the softmax, where x = logit - shift <= 0 up to rounding: n = round(x log2 e),
-// r = x - n ln 2 (ln 2 in two parts), Cephes' expf polynomial for e^r (~1 ulp), 2^n through the
-// exponent bits. x < -87 (and -inf, NaN) gives 0, as hn::Exp does below its range; x is clamped
-// first so that every lane converts to an integer safely. ~18 vector ops against hn::Exp's ~25.
+// r = x - n ln 2 (ln 2 in two parts), Cephes' expf polynomial for e^r (~1 ulp), times 2^n. x < -87
+// (and -inf, NaN) gives 0, as hn::Exp does below its range. On AVX-512 vscalefps multiplies by 2^n
+// (~14 vector ops against hn::Exp's ~25); elsewhere 2^n is built in the exponent bits from an
+// integer n, so x is clamped first for every lane to convert safely (~18). Both are the same
+// exact product p 2^n for x >= -87 (n >= -126: 2^n is a normal float), so the targets agree.
 HWY_INLINE VF SoftmaxExp(DF d, VF x) {
-  const hn::RebindToSigned<DF> di;
   const auto in_range = hn::Ge(x, hn::Set(d, -87.0f));  // false for NaN
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+  const VF xc = hn::Min(x, hn::Set(d, 88.0f));  // lanes out of range give garbage, zeroed below
+#else
   const VF xc = hn::IfThenElse(in_range, hn::Min(x, hn::Set(d, 88.0f)), hn::Set(d, -87.0f));
+#endif
   const VF n = hn::Round(hn::Mul(xc, hn::Set(d, 1.44269504088896341f)));
   VF r = hn::MulAdd(n, hn::Set(d, -0.693359375f), xc);
   r = hn::MulAdd(n, hn::Set(d, 2.12194440e-4f), r);
@@ -238,8 +269,13 @@ HWY_INLINE VF SoftmaxExp(DF d, VF x) {
   p = hn::MulAdd(p, r, hn::Set(d, 1.6666665459e-1f));
   p = hn::MulAdd(p, r, hn::Set(d, 5.0000001201e-1f));
   p = hn::Add(hn::MulAdd(p, hn::Mul(r, r), r), hn::Set(d, 1.0f));
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+  return hn::IfThenElseZero(in_range, VF{_mm512_scalef_ps(p.raw, n.raw)});
+#else
+  const hn::RebindToSigned<DF> di;
   const VF two_n = hn::BitCast(d, hn::ShiftLeft<23>(hn::Add(hn::ConvertTo(di, n), hn::Set(di, 127))));
   return hn::IfThenElseZero(in_range, hn::Mul(p, two_n));
+#endif
 }
 
 // Whether x * f, for a row x of norm raw, can hold a NaN or inf, so that its poison sum is needed:
