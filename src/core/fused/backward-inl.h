@@ -501,10 +501,9 @@ struct Bf16BackwardIo {
   const AttentionArgs<float>& a;
   const Bf16Backward& io;
   float* dhead_scale;
-  // bf16 products where asked for and the CPU has them (pairs along D and Dv: even dimensions
-  // and row strides).
-  const bool dot = io.bf16_dot && Bf16DotRuns() && a.dims.qk_dim % 2 == 0 && a.dims.v_dim % 2 == 0 &&
-                   io.q.stride[2] % 2 == 0 && io.k.stride[2] % 2 == 0 && io.v.stride[2] % 2 == 0;
+  // bf16 products: pairs along D in q and k, along Dv in v (dP = dO V^T).
+  const bool dot = Bf16DotApplies(io.bf16_dot, {a.dims.qk_dim, a.dims.v_dim, io.q.stride[2],
+                                                io.k.stride[2], io.v.stride[2]});
   const Bf16Backward* Dot() const { return dot ? &io : nullptr; }
   HeadIo Queries(int64_t b, int64_t h, HeadStage& s) const {
     const AttentionDims& dm = a.dims;

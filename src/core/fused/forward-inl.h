@@ -191,17 +191,12 @@ void ForwardBlock(const AttentionArgs<float>& a, const Bf16Forward* dot, int64_t
       std::copy_n(kt, D * ldk, ktc);
       kt = ktc;
     }
-    // V feeds the GEMM in place when its rows are whole vectors; only jn rows are read.
-    const bool v_in_place = Dv == Dvp;
-    const float* vb = v_in_place ? &a.v.at(b, h, j0, 0) : vp;
-    const int64_t ldv = v_in_place ? a.v.stride[2] : Dvp;
     if (dot) {  // S = diag(g / |q|) Q K^T diag(1 / |k|), keys in place in the packed words
       bf16_dot::pack_pairs(&dot->v.at(b, h, j0, 0), dot->v.stride[2], jn, Dv, v16, Dvp);
       bf16_dot::gemm(Br, width, D / 2, &dot->q.at(b, h, i0, 0), dot->q.stride[2] / 2, 1,
                      hk.packed16 + PackedTileOffset(D / 2, j0), ldk, s, width, false, row_scale,
                      hk.key_scale + j0);
     } else {
-      if (!v_in_place) PackValues(a, b, h, j0, jn, Dvp, vp);
       Gemm(Br, width, D, qs, D, 1, kt, ldk, s, width, false);  // S = Qs K^T
     }
     for (int64_t r = 0; r < Br; ++r) {
@@ -257,8 +252,11 @@ void ForwardBlock(const AttentionArgs<float>& a, const Bf16Forward* dot, int64_t
     if (dot) {  // O += bf16(P) V (P's columns from jn on are 0, as is the odd row of v16)
       for (int64_t r = 0; r < Br; ++r) bf16_dot::round_row(s + r * width, width, p16 + r * width);
       bf16_dot::gemm(Br, Dvp, (jn + 1) / 2, p16, width / 2, 1, v16, Dvp, o, Dvp, true, nullptr, nullptr);
-    } else {
-      Gemm(Br, Dvp, jn, s, width, 1, vb, ldv, o, Dvp, true);  // O += P V
+    } else {  // O += P V, V in place when its rows are whole vectors (only jn rows are read)
+      const bool v_in_place = Dv == Dvp;
+      if (!v_in_place) PackValues(a, b, h, j0, jn, Dvp, vp);
+      Gemm(Br, Dvp, jn, s, width, 1, v_in_place ? &a.v.at(b, h, j0, 0) : vp,
+           v_in_place ? a.v.stride[2] : Dvp, o, Dvp, true);
     }
   }
   for (int64_t r = 0; r < Br; ++r) {
@@ -309,10 +307,8 @@ struct F32Forward {
 struct Bf16ForwardIo {
   const AttentionArgs<float>& a;
   const Bf16Forward& io;
-  // bf16 arithmetic (ForwardBlock's dot) where asked for and the CPU has it: an AVX-512 target
-  // (16 lanes, as the packing assumes), pairs along D (even D, even row strides of q and k).
-  const bool dot = io.bf16_dot && Bf16DotRuns() && a.dims.qk_dim % 2 == 0 && io.q.stride[2] % 2 == 0 &&
-                   io.k.stride[2] % 2 == 0;
+  // bf16 products (ForwardBlock's dot): pairs along D in q and k (V is paired along keys).
+  const bool dot = Bf16DotApplies(io.bf16_dot, {a.dims.qk_dim, io.q.stride[2], io.k.stride[2]});
   const Bf16Forward* Dot() const { return dot ? &io : nullptr; }
   AttentionArgs<float> StageValues(int64_t b, int64_t h, HeadStage& s) const {
     const AttentionDims& dm = a.dims;

@@ -159,19 +159,8 @@ HWY_INLINE void ScaleRow(const float* x, float f, int64_t n, float* y) {
   for (; i < n; ++i) y[i] = x[i] * f;
 }
 
-// acc[0, n) += 0 * x[0, n) (problem.h's accumulate_nonfinite, vectorised).
-HWY_INLINE void AccumulateNonfinite(const float* x, int64_t n, float* acc) {
-  const DF d;
-  const int64_t L = LanesF();
-  const VF zero = hn::Zero(d);
-  int64_t i = 0;
-  for (; i + L <= n; i += L)
-    hn::StoreU(hn::Add(hn::LoadU(d, acc + i), hn::Mul(zero, hn::LoadU(d, x + i))), d, acc + i);
-  for (; i < n; ++i) acc[i] += 0.0f * x[i];
-}
-
-// AccumulateNonfinite over rows x + r * stride, r < rows, in that order (the same sums bit for
-// bit), with the sums held in registers rather than stored and reloaded row after row.
+// acc[0, n) += 0 * x[r * stride + [0, n)) for r < rows, in that order (problem.h's
+// accumulate_nonfinite, vectorised), the sums held in registers across the rows.
 HWY_INLINE void AccumulateNonfiniteRows(const float* x, int64_t stride, int64_t rows, int64_t n,
                                         float* acc) {
   const DF d;
@@ -194,6 +183,9 @@ HWY_INLINE void AccumulateNonfiniteRows(const float* x, int64_t stride, int64_t 
   }
   for (; i < n; ++i)
     for (int64_t r = 0; r < rows; ++r) acc[i] += 0.0f * x[r * stride + i];
+}
+HWY_INLINE void AccumulateNonfinite(const float* x, int64_t n, float* acc) {
+  AccumulateNonfiniteRows(x, 0, 1, n, acc);
 }
 
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3

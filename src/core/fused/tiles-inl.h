@@ -4,6 +4,7 @@
 // own -inl.h headers): everything here lives in quest::fused::HWY_NAMESPACE.
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 #include <vector>
 
 #include "hwy/highway.h"
@@ -120,6 +121,13 @@ float DropoutFactor(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t
 // Whether this target takes bf16 products (Bf16Forward::bf16_dot, Bf16Backward::bf16_dot): the
 // AVX-512 code (16 lanes, as the packing assumes) on a CPU with AVX512_BF16.
 bool Bf16DotRuns() { return HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3 && bf16_dot::available(); }
+
+// Whether a call takes them: asked for, run here, and every bf16 pair is one 32-bit word (the
+// paired dimensions and the row strides of the tensors read in pairs are even).
+bool Bf16DotApplies(bool asked, std::initializer_list<int64_t> paired) {
+  if (!asked || !Bf16DotRuns()) return false;
+  return std::all_of(paired.begin(), paired.end(), [](int64_t n) { return n % 2 == 0; });
+}
 
 // --- bfloat16 storage: one head's rows converted to float32 in this thread's buffers, so that the
 // float32 tiles run unchanged on them; results rounded back to bfloat16 row by row. ---
