@@ -22,7 +22,7 @@ declare -A flags=([full]="" [nogemm]="-DABL_NOGEMM" [norows]="-DABL_NOROWS" [nei
 for v in full nogemm norows neither; do
   cmake -S "$work/src" -B "$work/$v" -DQUEST_WITH_TORCH=OFF -DQUEST_BUILD_TESTS=OFF \
     -DCMAKE_BUILD_TYPE=Release "-DCMAKE_CXX_FLAGS=${flags[$v]}" >/dev/null
-  cmake --build "$work/$v" --target profile_fused -j2 >/dev/null
+  cmake --build "$work/$v" --target profile_fused -j2 >"$work/build-$v.log" 2>&1 || { cat "$work/build-$v.log" >&2; exit 1; }
 done
 shapes=("128 4 50 16" "64 4 65 32" "16 4 128 32" "32 12 197 64")
 if [ -n "${SHAPES:-}" ]; then
