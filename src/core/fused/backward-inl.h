@@ -356,10 +356,11 @@ double TileGradients(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_
     const int64_t width = PackTile(a, hq, b, h, j0, jn, Dp, t);
     for (int64_t c = 0; c < jn; ++c)
       if (MayBeNonfinite(t.knorm[c], t.rk[c])) AccumulateNonfinite(t.kbar + c * Dp, D, kpoison);
-    std::fill(t.dk, t.dk + width * Dp, 0.0f);
-    std::fill(t.dv, t.dv + width * Dvp, 0.0f);
+    bool first = true;  // the first query block's dV and dK products overwrite: no zeroing pass
     for (int64_t i0 = FirstBlockSeeing(a, j0); i0 < Nq; i0 += kBlockQ) {
       const int64_t Br = std::min(kBlockQ, Nq - i0);
+      const bool acc = !first;
+      first = false;
       TileRows(a, b, h, hq, t, j0, jn, width, i0, Br, /*nan_rows_empty=*/false,
                [&](int64_t r, int64_t i, bool nan_row) {
                  if (nan_row) {
@@ -393,28 +394,32 @@ double TileGradients(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_
         bf16_dot::round_pairs(t.ds, width, Br, width, t.ds_pairs, x.q_scale + i0);
         for (int64_t r = 0; r < Br; ++r) bf16_dot::round_row(t.ds + r * width, width, t.ds16 + r * width, t.rk);
         bf16_dot::gemm(jn, Dvp, pairs, t.p_pairs, 1, width, x.dout_pairs + i0 / 2 * Dvp, Dvp, t.dv,
-                       Dvp, true, nullptr, nullptr);
+                       Dvp, acc, nullptr, nullptr);
         bf16_dot::gemm(jn, Dp, pairs, t.ds_pairs, 1, width, x.query_pairs + i0 / 2 * Dp, Dp, t.dk, Dp,
-                       true, nullptr, nullptr);
+                       acc, nullptr, nullptr);
         bf16_dot::gemm(Br, Dp, (jn + 1) / 2, t.ds16, width / 2, 1, t.k_pairs, Dp, dq + i0 * Dp, Dp,
                        true, nullptr, nullptr);
         continue;
       }
       const float* dob = hq.dob + i0 * hq.ldo;
-      Gemm(jn, Dvp, Br, t.pd, 1, width, dob, hq.ldo, t.dv, Dvp, true);  // dV += P'^T dO
-      Gemm(jn, Dp, Br, t.ds, 1, width, hq.qn + i0 * Dp, Dp, t.dk, Dp, true);  // dK += dS^T (g Q)
+      Gemm(jn, Dvp, Br, t.pd, 1, width, dob, hq.ldo, t.dv, Dvp, acc);  // dV += P'^T dO
+      Gemm(jn, Dp, Br, t.ds, 1, width, hq.qn + i0 * Dp, Dp, t.dk, Dp, acc);  // dK += dS^T (g Q)
       Gemm(Br, Dp, jn, t.ds, width, 1, t.kbar, Dp, dq + i0 * Dp, Dp, true);  // dQ += dS K (x g later)
+    }
+    if (first) {  // no query sees this tile (causal)
+      std::fill(t.dk, t.dk + jn * Dp, 0.0f);
+      std::fill(t.dv, t.dv + jn * Dvp, 0.0f);
     }
     const bool q_poisoned = any_nonfinite(hq.qpoison, D);
     for (int64_t c = 0; c < jn; ++c) {
-      std::copy_n(t.dv + c * Dvp, Dv, &gr.dv.at(b, h, j0 + c, 0));
+      CopyRow(t.dv + c * Dvp, Dv, &gr.dv.at(b, h, j0 + c, 0));
       if (q_poisoned)  // every query multiplies k_j in the composite, masked ones by 0
         for (int64_t e = 0; e < D; ++e) t.dk[c * Dp + e] += hq.qpoison[e];
       float* dst = &gr.dk.at(b, h, j0 + c, 0);
       if (a.k_norm == Norm::l2)
         L2Backward(t.kbar + c * Dp, t.dk + c * Dp, t.knorm[c], a.l2_eps, D, dst);
       else
-        std::copy_n(t.dk + c * Dp, D, dst);
+        CopyRow(t.dk + c * Dp, D, dst);
     }
   }
   return dscale;

@@ -159,6 +159,15 @@ HWY_INLINE void ScaleRow(const float* x, float f, int64_t n, float* y) {
   for (; i < n; ++i) y[i] = x[i] * f;
 }
 
+// y[0, n) = x[0, n): a row too short for a memcpy call to pay.
+HWY_INLINE void CopyRow(const float* x, int64_t n, float* y) {
+  const DF d;
+  const int64_t L = LanesF();
+  int64_t i = 0;
+  for (; i + L <= n; i += L) hn::StoreU(hn::LoadU(d, x + i), d, y + i);
+  for (; i < n; ++i) y[i] = x[i];
+}
+
 // acc[0, n) += 0 * x[r * stride + [0, n)) for r < rows, in that order (problem.h's
 // accumulate_nonfinite, vectorised), the sums held in registers across the rows.
 HWY_INLINE void AccumulateNonfiniteRows(const float* x, int64_t stride, int64_t rows, int64_t n,

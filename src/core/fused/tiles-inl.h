@@ -95,7 +95,7 @@ void PackKeys(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_t j0, i
       if (rk) rk[c + x] = lane_r[x];
       if (kbar) {  // the same products as kt's, row-major
         ScaleRow(k0 + (c + x) * ks, lane_r[x], D, kbar + (c + x) * ldk);
-        std::fill(kbar + (c + x) * ldk + D, kbar + (c + x + 1) * ldk, 0.0f);
+        if (ldk > D) std::fill(kbar + (c + x) * ldk + D, kbar + (c + x + 1) * ldk, 0.0f);
       }
     }
   }
