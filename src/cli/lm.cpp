@@ -86,6 +86,7 @@ void add_lm(CLI::App& app) {
                               std::string("Where metrics, checkpoints and config go (else the config's, else ") +
                                   kDefaultLmRunDir + ")");
   f->config->add<std::string>("--attention", "model.attention", "standard, quest, qnorm, qknorm or qk_layernorm");
+  f->config->add<std::string>("--backend", "model.backend", "automatic, fused, composite, reference or sdpa");
   f->config->add<uint64_t>("--seed", "seed");
   train->add_flag("--resume", f->resume, "Continue from the run directory's checkpoint");
   train->add_flag("--no-test", f->no_test, "Skip the valid/test evaluation and result.json (sweeps score validation)");
