@@ -3,28 +3,37 @@
 # alternating rounds (order swapped every round) of one epoch of configs/full.json (ViT, 54 000
 # images) and of configs/lm-quick.json (3 epochs of 60 steps; the last epoch's rate), each with
 # --autocast off and bf16, 2 threads; the rate is the epoch line's images_per_second /
-# tokens_per_second of metrics.jsonl (training only). Pause anything else running on the machine.
-# Usage: results/training-step/autocast.sh [quest binary] [rounds] > autocast.csv
+# tokens_per_second of metrics.jsonl (training only). BACKENDS (default: automatic) lists the
+# attention backends to run each with (--backend: fused, composite, sdpa, ...), in an order that
+# rotates every round. Pause anything else running on the machine.
+# Usage: [BACKENDS="fused composite sdpa"] results/training-step/autocast.sh [quest binary] [rounds] > autocast.csv
+# (CSVs written before 2026-12-04's fifth session have no backend column: automatic, i.e. fused.)
 set -euo pipefail
 bin=${1:-./build/quest} rounds=${2:-3}
+read -r -a backends <<< "${BACKENDS:-automatic}"
 root=$(cd "$(dirname "$0")/../.." && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-echo "round,task,autocast,rate,final_train_loss"
+echo "round,task,backend,autocast,rate,final_train_loss"
 for round in $(seq 1 "$rounds"); do
   order="off bf16"; [ $((round % 2)) = 0 ] && order="bf16 off"
   for task in vit lm; do
     cmd="train"; config=$root/configs/full.json; epochs="--epochs 1"; key=images_per_second
     [ "$task" = lm ] && { cmd="lm train"; config=$root/configs/lm-quick.json; epochs=""; key=tokens_per_second; }
-    for ac in $order; do
-      dir=$work/$task-$ac-$round
-      OMP_NUM_THREADS=2 "$bin" $cmd --config "$config" $epochs --autocast "$ac" --run-dir "$dir" > "$dir.log" 2>&1
-      python3 - "$dir/metrics.jsonl" "$round" "$task" "$ac" "$key" <<'PY'
+    n=${#backends[@]}
+    for k in $(seq 0 $((n - 1))); do
+      backend=${backends[$(((k + round) % n))]}
+      for ac in $order; do
+        dir=$work/$task-$backend-$ac-$round
+        OMP_NUM_THREADS=2 "$bin" $cmd --config "$config" $epochs --backend "$backend" --autocast "$ac" \
+          --run-dir "$dir" > "$dir.log" 2>&1
+        python3 - "$dir/metrics.jsonl" "$round" "$task" "$backend" "$ac" "$key" <<'PY'
 import json, sys
-path, round_, task, ac, key = sys.argv[1:]
+path, round_, task, backend, ac, key = sys.argv[1:]
 epochs = [json.loads(l) for l in open(path) if '"type":"epoch"' in l]
-print(f"{round_},{task},{ac},{epochs[-1][key]:.1f},{epochs[-1]['train_loss']:.4f}")
+print(f"{round_},{task},{backend},{ac},{epochs[-1][key]:.1f},{epochs[-1]['train_loss']:.4f}")
 PY
+      done
     done
   done
 done
