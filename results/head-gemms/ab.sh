@@ -8,29 +8,22 @@ base=$1
 rounds=${2:-7}
 threads=${THREADS:-1}
 root=$(cd "$(dirname "$0")/../.." && pwd)
+. "$root/results/head-gemms/common.sh"
 work=${AB_DIR:-/tmp/quest-ab}
 rm -rf "$work"
 declare -A commit=([base]=$(git -C "$root" rev-parse --short "$base") [head]=$(git -C "$root" rev-parse --short HEAD))
 for v in base head; do
   mkdir -p "$work/$v/src"
   git -C "$root" archive "${commit[$v]}" | tar -x -C "$work/$v/src"
-  cmake -S "$work/$v/src" -B "$work/$v/build" -DQUEST_WITH_TORCH=OFF -DQUEST_BUILD_TESTS=OFF \
-    -DCMAKE_BUILD_TYPE=Release >/dev/null
-  cmake --build "$work/$v/build" --target profile_fused -j2 >"$work/$v/build.log" 2>&1 ||
-    { cat "$work/$v/build.log" >&2; exit 1; }
+  build_profile_fused "$work/$v/src" "$work/$v/build"
 done
-shapes=("128 4 50 16" "64 4 65 32" "16 4 128 32" "32 12 197 64")
-if [ -n "${SHAPES:-}" ]; then
-  read -r -a list <<< "$SHAPES"; shapes=()
-  for x in "${list[@]}"; do shapes+=("${x//,/ }"); done
-fi
+shapes_from_env "128 4 50 16" "64 4 65 32" "16 4 128 32" "32 12 197 64"
 echo "round,shape,commit,gflops"
 for r in $(seq 1 "$rounds"); do
   order=(base head); [ $((r % 2)) -eq 0 ] && order=(head base)  # who goes first alternates
   for s in "${shapes[@]}"; do
     read -r B H N D <<< "$s"
-    f=$(echo "14*$B*$H*$N*$N*$D" | bc)
-    reps=$(echo "x = 10000000000 / $f; if (x < 1) 1 else x" | bc)
+    reps=$(repeats_for $B $H $N $D)
     for v in "${order[@]}"; do
       line=$(OMP_NUM_THREADS=$threads "$work/$v/build/bench/profile_fused" $B $H $N $D quest backward "$reps")
       gf=$(echo "$line" | sed -n 's/.*gflops=\([0-9.]*\).*/\1/p')

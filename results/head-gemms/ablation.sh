@@ -12,6 +12,7 @@
 set -euo pipefail
 rounds=${1:-5}
 root=$(cd "$(dirname "$0")/../.." && pwd)
+. "$root/results/head-gemms/common.sh"
 work=${ABLATION_DIR:-/tmp/quest-ablation}
 rm -rf "$work"
 mkdir -p "$work/src"
@@ -20,21 +21,14 @@ git -C "$work/src" init -q 2>/dev/null || true
 (cd "$work/src" && git apply "$root/results/head-gemms/ablation.patch")
 declare -A flags=([full]="" [nogemm]="-DABL_NOGEMM" [norows]="-DABL_NOROWS" [neither]="-DABL_NOGEMM -DABL_NOROWS")
 for v in full nogemm norows neither; do
-  cmake -S "$work/src" -B "$work/$v" -DQUEST_WITH_TORCH=OFF -DQUEST_BUILD_TESTS=OFF \
-    -DCMAKE_BUILD_TYPE=Release "-DCMAKE_CXX_FLAGS=${flags[$v]}" >/dev/null
-  cmake --build "$work/$v" --target profile_fused -j2 >"$work/build-$v.log" 2>&1 || { cat "$work/build-$v.log" >&2; exit 1; }
+  build_profile_fused "$work/src" "$work/$v" "${flags[$v]}"
 done
-shapes=("128 4 50 16" "64 4 65 32" "16 4 128 32" "32 12 197 64")
-if [ -n "${SHAPES:-}" ]; then
-  read -r -a list <<< "$SHAPES"; shapes=()
-  for x in "${list[@]}"; do shapes+=("${x//,/ }"); done
-fi
+shapes_from_env "128 4 50 16" "64 4 65 32" "16 4 128 32" "32 12 197 64"
 echo "round,shape,variant,us_per_head,gflops"
 for r in $(seq 1 "$rounds"); do
   for s in "${shapes[@]}"; do
     read -r B H N D <<< "$s"
-    f=$(echo "14*$B*$H*$N*$N*$D" | bc)
-    reps=$(echo "x = 10000000000 / $f; if (x < 1) 1 else x" | bc)
+    reps=$(repeats_for $B $H $N $D)
     for v in full nogemm norows neither; do
       line=$(OMP_NUM_THREADS=1 "$work/$v/bench/profile_fused" $B $H $N $D quest backward "$reps")
       sec=$(echo "$line" | sed -n 's/.*seconds=\([0-9.]*\).*/\1/p')

@@ -9,18 +9,14 @@
 set -euo pipefail
 rounds=${1:-5}
 root=$(cd "$(dirname "$0")/../.." && pwd)
+. "$root/results/head-gemms/common.sh"
 cmake --build "$root/build" --target profile_fused head_gemms -j2 >/dev/null
-shapes=("128 4 50 16" "64 4 65 32" "16 4 128 32" "32 12 197 64" "4 8 1024 64" "1 8 4096 64")
-if [ -n "${SHAPES:-}" ]; then
-  read -r -a list <<< "$SHAPES"; shapes=()
-  for x in "${list[@]}"; do shapes+=("${x//,/ }"); done
-fi
+shapes_from_env "128 4 50 16" "64 4 65 32" "16 4 128 32" "32 12 197 64" "4 8 1024 64" "1 8 4096 64"
 echo "round,shape,threads,what,gflops,sgemm_gflops"
 for r in $(seq 1 "$rounds"); do
   for s in "${shapes[@]}"; do
     read -r B H N D <<< "$s"
-    f=$(echo "14*$B*$H*$N*$N*$D" | bc)
-    reps=$(echo "x = 10000000000 / $f; if (x < 1) 1 else x" | bc)
+    reps=$(repeats_for $B $H $N $D)
     for t in 1 2; do
       line=$(OMP_NUM_THREADS=$t "$root/build/bench/head_gemms" $B $H $N $D 3)
       gf=$(echo "$line" | sed -n 's/.*head_gemms_gflops=\([0-9.]*\).*/\1/p')
