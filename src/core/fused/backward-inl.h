@@ -356,11 +356,11 @@ double TileGradients(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_
     const int64_t width = PackTile(a, hq, b, h, j0, jn, Dp, t);
     for (int64_t c = 0; c < jn; ++c)
       if (MayBeNonfinite(t.knorm[c], t.rk[c])) AccumulateNonfinite(t.kbar + c * Dp, D, kpoison);
-    bool first = true;  // the first query block's dV and dK products overwrite: no zeroing pass
-    for (int64_t i0 = FirstBlockSeeing(a, j0); i0 < Nq; i0 += kBlockQ) {
+    // The first query block's dV and dK products overwrite the buffers (no zeroing pass).
+    const int64_t i_first = FirstBlockSeeing(a, j0);
+    for (int64_t i0 = i_first; i0 < Nq; i0 += kBlockQ) {
       const int64_t Br = std::min(kBlockQ, Nq - i0);
-      const bool acc = !first;
-      first = false;
+      const bool acc = i0 > i_first;
       TileRows(a, b, h, hq, t, j0, jn, width, i0, Br, /*nan_rows_empty=*/false,
                [&](int64_t r, int64_t i, bool nan_row) {
                  if (nan_row) {
@@ -406,7 +406,7 @@ double TileGradients(const AttentionArgs<float>& a, int64_t b, int64_t h, int64_
       Gemm(jn, Dp, Br, t.ds, 1, width, hq.qn + i0 * Dp, Dp, t.dk, Dp, acc);  // dK += dS^T (g Q)
       Gemm(Br, Dp, jn, t.ds, width, 1, t.kbar, Dp, dq + i0 * Dp, Dp, true);  // dQ += dS K (x g later)
     }
-    if (first) {  // no query sees this tile (causal)
+    if (i_first >= Nq) {  // no query sees this tile (causal)
       std::fill(t.dk, t.dk + jn * Dp, 0.0f);
       std::fill(t.dv, t.dv + jn * Dvp, 0.0f);
     }
@@ -454,8 +454,9 @@ void FinishQueries(const AttentionArgs<float>& a, int64_t b, int64_t h, float* d
   const float g = static_cast<float>(a.head_scale_at(h));
   const float gq = g != 0 ? g : 1.0f;
   float* qi = Grow(w.query_row, D);
-  const float* qpoison = hq ? hq->qpoison : Grow(w.query_poison, D);
-  if (!hq) std::fill(w.query_poison.begin(), w.query_poison.begin() + D, 0.0f);
+  float* own_poison = hq ? nullptr : Grow(w.query_poison, D);  // summed here without hq
+  if (own_poison) std::fill(own_poison, own_poison + D, 0.0f);
+  const float* qpoison = hq ? hq->qpoison : own_poison;
   const bool k_poisoned = any_nonfinite(kpoison, D);
   for (int64_t i = 0; i < Nq; ++i) {
     float raw = 0;
@@ -464,7 +465,7 @@ void FinishQueries(const AttentionArgs<float>& a, int64_t b, int64_t h, float* d
                         : InverseNorm(q, D, a.q_norm, a.l2_eps, &raw);
     if (!hq && MayBeNonfinite(raw, rq * gq)) {  // TileGradients' operand has a NaN or inf
       ScaleRow(q, rq * gq, D, qi);
-      AccumulateNonfinite(qi, D, w.query_poison.data());
+      AccumulateNonfinite(qi, D, own_poison);
     }
     float* dst = &gr.dq.at(b, h, i, 0);
     float* dqi = dq + i * Dp;
