@@ -25,8 +25,7 @@ for r in $(seq 1 "$rounds"); do
     read -r B H N D <<< "$s"
     reps=$(repeats_for $B $H $N $D)
     for v in "${order[@]}"; do
-      line=$(OMP_NUM_THREADS=$threads "$work/$v/build/bench/profile_fused" $B $H $N $D quest backward "$reps")
-      gf=$(echo "$line" | sed -n 's/.*gflops=\([0-9.]*\).*/\1/p')
+      gf=$(field gflops "$(fused_fb "$work/$v/build/bench/profile_fused" $threads $B $H $N $D "$reps")")
       printf "%s,\"%s\",%s,%s\n" "$r" "${s// /,}" "${commit[$v]}" "$gf"
     done
   done

@@ -30,9 +30,9 @@ for r in $(seq 1 "$rounds"); do
     read -r B H N D <<< "$s"
     reps=$(repeats_for $B $H $N $D)
     for v in full nogemm norows neither; do
-      line=$(OMP_NUM_THREADS=1 "$work/$v/bench/profile_fused" $B $H $N $D quest backward "$reps")
-      sec=$(echo "$line" | sed -n 's/.*seconds=\([0-9.]*\).*/\1/p')
-      gf=$(echo "$line" | sed -n 's/.*gflops=\([0-9.]*\).*/\1/p')
+      line=$(fused_fb "$work/$v/bench/profile_fused" 1 $B $H $N $D "$reps")
+      sec=$(field seconds "$line")
+      gf=$(field gflops "$line")
       us=$(echo "scale=3; $sec * 1000000 / ($reps * $B * $H)" | bc)
       printf "%s,\"%s\",%s,%s,%s\n" "$r" "${s// /,}" "$v" "$us" "$gf"
     done

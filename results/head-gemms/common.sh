@@ -19,3 +19,11 @@ build_profile_fused() {
     "-DCMAKE_CXX_FLAGS=${3:-}" >/dev/null
   cmake --build "$2" --target profile_fused -j2 >"$2.log" 2>&1 || { cat "$2.log" >&2; exit 1; }
 }
+# fused_fb BIN THREADS B H N D REPS: profile_fused's line for REPS forward + backward calls, kind quest.
+fused_fb() {
+  OMP_NUM_THREADS=$2 "$1" "$3" "$4" "$5" "$6" quest backward "$7"
+}
+# field KEY LINE: the number after " KEY=" in a benchmark's output line.
+field() {
+  echo "$2" | sed -n "s/.* $1=\([0-9.]*\).*/\1/p"
+}

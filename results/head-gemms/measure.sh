@@ -19,11 +19,10 @@ for r in $(seq 1 "$rounds"); do
     reps=$(repeats_for $B $H $N $D)
     for t in 1 2; do
       line=$(OMP_NUM_THREADS=$t "$root/build/bench/head_gemms" $B $H $N $D 3)
-      gf=$(echo "$line" | sed -n 's/.*head_gemms_gflops=\([0-9.]*\).*/\1/p')
-      sg=$(echo "$line" | sed -n 's/.*sgemm1024_gflops=\([0-9.]*\).*/\1/p')
+      gf=$(field head_gemms_gflops "$line")
+      sg=$(field sgemm1024_gflops "$line")
       printf "%s,\"%s\",%s,head_gemms,%s,%s\n" "$r" "${s// /,}" "$t" "$gf" "$sg"
-      line=$(OMP_NUM_THREADS=$t "$root/build/bench/profile_fused" $B $H $N $D quest backward "$reps")
-      gf=$(echo "$line" | sed -n 's/.*gflops=\([0-9.]*\).*/\1/p')
+      gf=$(field gflops "$(fused_fb "$root/build/bench/profile_fused" $t $B $H $N $D "$reps")")
       printf "%s,\"%s\",%s,fused,%s,\n" "$r" "${s// /,}" "$t" "$gf"
     done
   done
