@@ -11,6 +11,9 @@
 // thread only (the outputs alias).
 // PROFILE_DTYPE=bf16 runs the bfloat16 entry points (q, k, v and dQ, dK, dV in bf16; bf16 products
 // where the CPU has AVX512_BF16; PROFILE_BF16_DOT=0: float32 arithmetic on the bf16 values).
+// PROFILE_LAYOUT=packed lays q, k, v (and dQ, dK, dV) out as one (B, N, 3, H, D) projection and O,
+// dO as (B, N, H, D), as quest's MultiheadAttention hands them to the kernel (default: contiguous
+// (B, H, N, D) tensors).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -45,12 +48,18 @@ int main(int argc, char** argv) {
   const bool backward = mode == "backward";
   const AttentionDims dims{B, H, N, N, D, D};
   const size_t n = static_cast<size_t>(B * H * N * D);
-  std::vector<float> q(n), k(n), v(n), o(n), dout(n), dq(n), dk(n), dv(n), shift(B * H * N),
-      log_sum(B * H * N);
+  // qkv and dqkv hold q, k, v (dq, dk, dv) one after the other, or interleaved when packed.
+  std::vector<float> qkv(3 * n), o(n), dout(n), dqkv(3 * n), shift(B * H * N), log_sum(B * H * N);
   std::mt19937 rng(1);
   std::normal_distribution<float> n01;
-  for (auto* x : {&q, &k, &v, &dout})
+  for (auto* x : {&qkv, &dout})
     for (auto& e : *x) e = n01(rng);
+  const std::string layout = std::getenv("PROFILE_LAYOUT") ? std::getenv("PROFILE_LAYOUT") : "contiguous";
+  if (layout != "contiguous" && layout != "packed") {
+    std::fprintf(stderr, "PROFILE_LAYOUT is contiguous or packed\n");
+    return 2;
+  }
+  const bool packed = layout == "packed";
   const std::string cached = std::getenv("PROFILE_CACHED") ? std::getenv("PROFILE_CACHED") : "";
   if (!cached.empty() && cached != "inputs" && cached != "all") {
     std::fprintf(stderr, "PROFILE_CACHED is inputs or all\n");
@@ -60,17 +69,24 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "PROFILE_CACHED=all aliases the outputs: one thread only\n");
     return 2;
   }
-  auto view = [&](auto* data) {
-    auto vw = contiguous_view(data, H, N, D);
+  // part: 0, 1, 2 for q, k, v in a qkv buffer; -1 for O and dO.
+  auto view = [&](auto* data, int part = -1) {
+    auto vw = contiguous_view(data + std::max(part, 0) * static_cast<int64_t>(packed ? H * D : n), H, N, D);
+    if (packed) {
+      const int64_t row = (part < 0 ? 1 : 3) * H * D;
+      vw.stride[0] = N * row;
+      vw.stride[1] = D;
+      vw.stride[2] = row;
+    }
     if (cached == "all" || (cached == "inputs" && std::is_const_v<std::remove_pointer_t<decltype(data)>>))
       vw.stride[0] = 0;  // every batch entry reads (writes) the first one's rows
     return vw;
   };
   AttentionArgs<float> a;
   a.dims = dims;
-  a.q = view(static_cast<const float*>(q.data()));
-  a.k = view(static_cast<const float*>(k.data()));
-  a.v = view(static_cast<const float*>(v.data()));
+  a.q = view(static_cast<const float*>(qkv.data()), 0);
+  a.k = view(static_cast<const float*>(qkv.data()), 1);
+  a.v = view(static_cast<const float*>(qkv.data()), 2);
   a.q_norm = kind_traits(*kind).q_norm;
   a.k_norm = kind_traits(*kind).k_norm;
   a.scale = default_scale(*kind, D);
@@ -95,21 +111,17 @@ int main(int argc, char** argv) {
     return 2;
   }
   const bool dot = !(std::getenv("PROFILE_BF16_DOT") && std::string(std::getenv("PROFILE_BF16_DOT")) == "0");
-  std::vector<bfloat16> q16(n), k16(n), v16(n), dq16(n), dk16(n), dv16(n);
-  for (size_t i = 0; i < n; ++i) {
-    q16[i] = to_bfloat16(q[i]);
-    k16[i] = to_bfloat16(k[i]);
-    v16[i] = to_bfloat16(v[i]);
-  }
+  std::vector<bfloat16> qkv16(3 * n), dqkv16(3 * n);
+  for (size_t i = 0; i < 3 * n; ++i) qkv16[i] = to_bfloat16(qkv[i]);
   auto run_bf16 = [&] {
-    fused::Bf16Forward f{view(static_cast<const bfloat16*>(q16.data())), view(static_cast<const bfloat16*>(k16.data())),
-                         view(static_cast<const bfloat16*>(v16.data())), view(o.data())};
+    const auto* in16 = static_cast<const bfloat16*>(qkv16.data());
+    fused::Bf16Forward f{view(in16, 0), view(in16, 1), view(in16, 2), view(o.data())};
     f.bf16_dot = dot;
     fused::forward(a, f, {shift.data(), log_sum.data()}, nullptr, threads);
     if (!backward) return;
     fused::Bf16Backward g{f.q, f.k, f.v, view(static_cast<const float*>(o.data())),
-                          view(static_cast<const float*>(dout.data())), view(dq16.data()), view(dk16.data()),
-                          view(dv16.data())};
+                          view(static_cast<const float*>(dout.data())), view(dqkv16.data(), 0),
+                          view(dqkv16.data(), 1), view(dqkv16.data(), 2)};
     g.bf16_dot = dot;
     fused::backward(a, g, {shift.data(), log_sum.data()}, nullptr, threads);
   };
@@ -118,9 +130,9 @@ int main(int argc, char** argv) {
     fused::forward(a, view(o.data()), {shift.data(), log_sum.data()}, nullptr, threads);
     if (!backward) return;
     AttentionGrads<float> g;
-    g.dq = view(dq.data());
-    g.dk = view(dk.data());
-    g.dv = view(dv.data());
+    g.dq = view(dqkv.data(), 0);
+    g.dk = view(dqkv.data(), 1);
+    g.dv = view(dqkv.data(), 2);
     fused::backward(a, view(static_cast<const float*>(o.data())),
                     view(static_cast<const float*>(dout.data())), {shift.data(), log_sum.data()}, g,
                     threads);
@@ -129,10 +141,11 @@ int main(int argc, char** argv) {
   const auto t0 = std::chrono::steady_clock::now();
   for (int rep = 0; rep < repeats; ++rep) run_once();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const size_t dk0 = packed ? H * D : n;  // dk's first element
   const double flop = 4.0 * B * H * N * N * D * (backward ? 3.5 : 1.0) * repeats;
   std::printf("%s %s%s: o[0] = %f%s seconds=%.6f gflops=%.2f\n", fused::simd_target().c_str(),
               dtype.c_str(), dtype == "bf16" && dot && fused::bf16_dot_runs() ? " (bf16 products)" : "", o[0],
-              backward ? (", dk[0] = " + std::to_string(dtype == "bf16" ? to_float(dk16[0]) : dk[0])).c_str() : "", seconds,
+              backward ? (", dk[0] = " + std::to_string(dtype == "bf16" ? to_float(dqkv16[dk0]) : dqkv[dk0])).c_str() : "", seconds,
               flop / seconds / 1e9);
   return 0;
 }

@@ -58,12 +58,12 @@ static void check_supported(const AttentionArgs<float>& a, const char* entry) {
 
 static int resolve_threads(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
 
-void forward(const AttentionArgs<float>& args, View4<float> out, RowStats stats,
+bool forward(const AttentionArgs<float>& args, View4<float> out, RowStats stats,
              HeadDiagnosticsPartial* diagnostics, int threads) {
   check_supported(args, "fused::forward");
   if (!out.data || !stats.shift || !stats.log_sum)
     throw std::invalid_argument("quest::fused::forward: out and stats must not be null");
-  HWY_DYNAMIC_DISPATCH(ForwardF32)(args, out, stats, diagnostics, resolve_threads(threads));
+  return HWY_DYNAMIC_DISPATCH(ForwardF32)(args, out, stats, diagnostics, resolve_threads(threads));
 }
 
 void backward(const AttentionArgs<float>& args, View4<const float> out, View4<const float> dout,
@@ -91,12 +91,12 @@ static AttentionArgs<float> with_bf16_views(AttentionArgs<float> a, View4<const 
   return a;
 }
 
-void forward(const AttentionArgs<float>& args, const Bf16Forward& io, RowStats stats,
+bool forward(const AttentionArgs<float>& args, const Bf16Forward& io, RowStats stats,
              HeadDiagnosticsPartial* diagnostics, int threads) {
   check_supported(with_bf16_views(args, io.q, io.k, io.v), "fused::forward");
   if (!io.out.data || !stats.shift || !stats.log_sum)
     throw std::invalid_argument("quest::fused::forward: out and stats must not be null");
-  HWY_DYNAMIC_DISPATCH(ForwardBF16)(args, io, stats, diagnostics, resolve_threads(threads));
+  return HWY_DYNAMIC_DISPATCH(ForwardBF16)(args, io, stats, diagnostics, resolve_threads(threads));
 }
 
 void backward(const AttentionArgs<float>& args, const Bf16Backward& io, RowStats stats,

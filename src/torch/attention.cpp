@@ -420,6 +420,16 @@ const BackendEntry kBackends[] = {
     {Backend::sdpa, sdpa_why_not, run_sdpa, nullptr},
 };
 
+// Runs a backend on a call, packed self-attention (qkv5 defined, (B, N, 3, H, D)) or not. A call
+// whose finiteness check is pending (request_finite_check) leaves it to the fused kernel, which
+// reads q, k and v anyway; every other backend checks first.
+AttentionOutput run_backend(const BackendEntry& e, const AttentionCall& c, const AttentionRequest& want,
+                            const Tensor& qkv5 = {}) {
+  if (c.finite_check_pending && e.id != Backend::fused) detail::check_call_finite(c);
+  if (!qkv5.defined()) return e.run(c, want);
+  return e.run_packed ? e.run_packed(c, qkv5, want) : run_split_heads(e.run, c, want);
+}
+
 const BackendEntry& entry_of(Backend id) {
   for (const BackendEntry& e : kBackends)
     if (e.id == id) return e;
@@ -521,7 +531,7 @@ std::optional<AsGiven> as_given(const Tensor& q, const Tensor& k, const Tensor& 
   call.q = q;
   call.k = k;
   call.v = v;
-  if (o.check_finite()) detail::check_call_finite(call);
+  if (o.check_finite()) detail::request_finite_check(call);
   return AsGiven{call, s.entry};
 }
 
@@ -551,12 +561,12 @@ AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor
   if (reduced_precision(q) || reduced_precision(k) || reduced_precision(v)) {
     check_one_dtype(q, k, v);
     const AttentionOptions o = in_float(options);
-    if (const auto g = as_given(q, k, v, o)) return in_dtype(g->entry->run(g->call, want), q.scalar_type());
+    if (const auto g = as_given(q, k, v, o)) return in_dtype(run_backend(*g->entry, g->call, want), q.scalar_type());
     const AttentionCall call = detail::make_call(to_float(q), to_float(k), to_float(v), o);
-    return in_dtype(select(call).entry->run(call, want), q.scalar_type());
+    return in_dtype(run_backend(*select(call).entry, call, want), q.scalar_type());
   }
   const AttentionCall call = detail::make_call(q, k, v, options);
-  return select(call).entry->run(call, want);
+  return run_backend(*select(call).entry, call, want);
 }
 
 AttentionOutput attention_packed_forward(const Tensor& qkv, int64_t heads,
@@ -576,16 +586,14 @@ AttentionOutput attention_packed_forward(const Tensor& qkv, int64_t heads,
   const Tensor qkv5 = qkv.unflatten(2, {3, heads, width / (3 * heads)});
   // unbind: one backward node (a stack) where indexing would make one zero-filled buffer per part.
   const std::vector<Tensor> parts = qkv5.permute({2, 0, 3, 1, 4}).unbind(0);
-  const auto run = [&](const AttentionCall& call, const BackendEntry& backend) {
-    return backend.run_packed ? backend.run_packed(call, qkv5, want) : run_split_heads(backend.run, call, want);
-  };
   if (reduced_precision(qkv)) {  // as given where the backend takes it, else float32 copies
     const AttentionOptions o = in_float(options);
-    if (const auto g = as_given(parts[0], parts[1], parts[2], o)) return in_dtype(run(g->call, *g->entry), qkv.scalar_type());
+    if (const auto g = as_given(parts[0], parts[1], parts[2], o))
+      return in_dtype(run_backend(*g->entry, g->call, want, qkv5), qkv.scalar_type());
     return in_dtype(attention_packed_forward(qkv.to(torch::kFloat), heads, o, want), qkv.scalar_type());
   }
   const AttentionCall call = detail::make_call(parts[0], parts[1], parts[2], options);
-  return run(call, *select(call).entry);
+  return run_backend(*select(call).entry, call, want, qkv5);
 }
 
 Tensor attention_packed(const Tensor& qkv, int64_t heads, const AttentionOptions& options) {

@@ -241,8 +241,17 @@ AttentionCall make_call(const Tensor& q, const Tensor& k, const Tensor& v, const
   // Keys already normalised (normalize_keys) take no key normalisation, so no key affine.
   c.k_norm_weight = o.keys_normalized() ? Tensor() : dense(o.k_norm_weight());
   c.k_norm_bias = o.keys_normalized() ? Tensor() : dense(o.k_norm_bias());
-  if (o.check_finite()) check_call_finite(c);
+  if (o.check_finite()) request_finite_check(c);
   return c;
+}
+
+void request_finite_check(AttentionCall& c) {
+  if (!c.q.device().is_cpu() || traced(c.q)) return check_call_finite(c);
+  c.finite_check_pending = true;
+  for (auto [t, name] : {std::pair{&c.head_scale, "head_scale"}, {&c.q_norm_weight, "q_norm_weight"},
+                         {&c.q_norm_bias, "q_norm_bias"}, {&c.k_norm_weight, "k_norm_weight"},
+                         {&c.k_norm_bias, "k_norm_bias"}})
+    check_finite(*t, name);
 }
 
 AttentionCall group_call(const AttentionCall& c, int64_t r) {

@@ -42,6 +42,11 @@ struct AttentionCall : AttentionScalars {
   // its bfloat16 / float16 kernels (flash, cuDNN) serve it with no float32 round trip of q and v.
   // Undefined: everything in the call's dtype.
   std::optional<torch::ScalarType> sdpa_dtype;
+  // check_finite asked, and q, k, v not yet read for it (request_finite_check): the fused CPU
+  // kernel finds a NaN or infinity as it reads them, so the call passes the check to it instead of
+  // a pass of its own (at the ViT's shapes that pass cost 15-30 % of the forward); any other
+  // backend checks them before it runs (run_backend).
+  bool finite_check_pending = false;
 
   // The tensor members in one fixed order: the only place that order is written down.
   static constexpr std::array<torch::Tensor AttentionCall::*, 9> tensor_fields() {
@@ -91,8 +96,12 @@ void scatter_group_partials(const std::vector<HeadDiagnosticsPartial>& group, co
 AttentionCall make_call(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                         const AttentionOptions& options);
 
-// The check_finite part of make_call, for a call whose tensors were replaced after validation
-// (bfloat16 / float16 q, k, v validated on float32 stand-ins, then run as they are).
+// Throws naming the first of the call's tensors (q, k, v, then the parameters) that holds a NaN or
+// an infinity.
 void check_call_finite(const AttentionCall& c);
+// The check_finite part of make_call (also for a call whose tensors were replaced after
+// validation: bfloat16 / float16 q, k, v validated on float32 stand-ins, then run as they are):
+// eager on the CPU, the parameters now and q, k, v left pending (finite_check_pending); else all now.
+void request_finite_check(AttentionCall& c);
 
 }  // namespace quest::detail

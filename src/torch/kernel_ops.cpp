@@ -157,22 +157,22 @@ torch::TensorOptions out_options(KernelBackend b, const Tensor& q) {
                                                                           : q.options();
 }
 
-void forward_into(KernelBackend b, const AttentionCall& c, const Tensor& out, const Tensor& stats,
+// Returns true where the kernel found every q, k and v element finite (the fused kernel tells,
+// see fused::forward); false where one was not, or the kernel does not tell (the reference).
+bool forward_into(KernelBackend b, const AttentionCall& c, const Tensor& out, const Tensor& stats,
                   HeadDiagnosticsPartial* diag) {
   if (b == KernelBackend::fused && bf16_storage(c)) {
     fused::Bf16Forward io{bf16_view<const bfloat16>(c.q), bf16_view<const bfloat16>(c.k),
                           bf16_view<const bfloat16>(c.v), view4<float>(out)};
     io.bf16_dot = bf16_products_enabled();
-    fused::forward(c.kernel_args<float>(), io, row_stats(stats), diag, at::get_num_threads());
-    return;
+    return fused::forward(c.kernel_args<float>(), io, row_stats(stats), diag, at::get_num_threads());
   }
-  if (b == KernelBackend::fused) {
-    fused::forward(c.kernel_args<float>(), view4<float>(out), row_stats(stats), diag, at::get_num_threads());
-    return;
-  }
+  if (b == KernelBackend::fused)
+    return fused::forward(c.kernel_args<float>(), view4<float>(out), row_stats(stats), diag, at::get_num_threads());
   AT_DISPATCH_FLOATING_TYPES(c.q.scalar_type(), "quest_reference_forward", [&] {
     reference::forward<scalar_t>(c.kernel_args<scalar_t>(), view4<scalar_t>(out), stats.data_ptr<double>(), diag);
   });
+  return false;
 }
 
 struct KernelGrads {
@@ -252,8 +252,10 @@ AttentionCall kernel_call(const Tensor& q, const Tensor& k, const Tensor& v, QUE
 
 using ForwardResult = std::tuple<Tensor, Tensor, Tensor>;  // out, stats, diagnostics
 
+// check_finite: refuse a NaN or infinity in q, k, v or the parameters, as make_call would have
+// (read again only where the kernel saw one, see forward_into).
 ForwardResult kernel_forward_cpu(const Tensor& q, const Tensor& k, const Tensor& v, QUEST_KERNEL_PARAMS,
-                                 bool need_diagnostics) {
+                                 bool need_diagnostics, bool check_finite) {
   const KernelBackend b = parse_kernel_backend(backend);
   const AttentionCall c = kernel_call(q, k, v, QUEST_KERNEL_ARGS);
   const AttentionDims& d = c.dims;
@@ -262,16 +264,19 @@ ForwardResult kernel_forward_cpu(const Tensor& q, const Tensor& k, const Tensor&
   Tensor stats = empty_stats(b, q, group, d.batch, d.heads / group, d.q_len);
   Tensor diag = diagnostics_buffer(need_diagnostics, d.batch * d.heads, q);
   std::vector<HeadDiagnosticsPartial> partials(need_diagnostics && group > 1 ? d.batch * d.heads / group : 0);
+  bool finite = true;
   for (int64_t r = 0; r < group; ++r) {
-    forward_into(b, group_call(c, r), group_heads(out, group, r), stats[r],
-                 group == 1 ? partials_of(diag) : partials.empty() ? nullptr : partials.data());
+    finite = forward_into(b, group_call(c, r), group_heads(out, group, r), stats[r],
+                          group == 1 ? partials_of(diag) : partials.empty() ? nullptr : partials.data()) &&
+             finite;
     if (!partials.empty()) scatter_group_partials(partials, c, r, partials_of(diag));
   }
+  if (check_finite && !finite) check_call_finite(c);
   return {out, stats, diag};
 }
 
 ForwardResult kernel_forward_meta(const Tensor& q, const Tensor& k, const Tensor& v, QUEST_KERNEL_PARAMS,
-                                  bool need_diagnostics) {
+                                  bool need_diagnostics, bool) {
   const KernelBackend b = parse_kernel_backend(backend);
   const auto &batch = q.sym_size(0), &heads = q.sym_size(1), &rows = q.sym_size(2), &kv_heads = k.sym_size(1);
   return {at::empty_symint({batch, heads, rows, v.sym_size(3)}, out_options(b, q)),
@@ -292,7 +297,7 @@ KernelGrads empty_grads(KernelBackend b, const Tensor& q, const Tensor& k, const
   return {at::empty_symint(q.sym_sizes(), q.options()), at::empty_symint(k.sym_sizes(), k.options()),
           at::empty_symint(v.sym_sizes(), v.options()), param_grad(head_scale, true),
           param_grad(q_norm_weight, affine), param_grad(q_norm_bias, affine),
-          param_grad(k_norm_weight, affine), param_grad(k_norm_bias, affine)};
+          param_grad(k_norm_weight, affine), param_grad(k_norm_bias, affine), {}, {}};
 }
 
 BackwardResult tuple_of(const KernelGrads& g) {
@@ -364,17 +369,18 @@ AttentionCall packed_call(const Tensor& qkv5, QUEST_PACKED_PARAMS) {
   return c;
 }
 
-ForwardResult packed_forward_cpu(const Tensor& qkv5, QUEST_PACKED_PARAMS, bool need_diagnostics) {
+ForwardResult packed_forward_cpu(const Tensor& qkv5, QUEST_PACKED_PARAMS, bool need_diagnostics, bool check_finite) {
   const AttentionCall c = packed_call(qkv5, QUEST_PACKED_ARGS);
   const AttentionDims& d = c.dims;
   Tensor out = torch::empty({d.batch, d.q_len, d.heads, d.v_dim}, out_options(KernelBackend::fused, qkv5));
   Tensor stats = empty_stats(KernelBackend::fused, qkv5, 1, d.batch, d.heads, d.q_len);
   Tensor diag = diagnostics_buffer(need_diagnostics, d.batch * d.heads, qkv5);
-  forward_into(KernelBackend::fused, c, out.transpose(1, 2), stats[0], partials_of(diag));
+  if (!forward_into(KernelBackend::fused, c, out.transpose(1, 2), stats[0], partials_of(diag)) && check_finite)
+    check_call_finite(c);
   return {out, stats, diag};
 }
 
-ForwardResult packed_forward_meta(const Tensor& qkv5, QUEST_PACKED_PARAMS, bool need_diagnostics) {
+ForwardResult packed_forward_meta(const Tensor& qkv5, QUEST_PACKED_PARAMS, bool need_diagnostics, bool) {
   const auto &batch = qkv5.sym_size(0), &rows = qkv5.sym_size(1), &heads = qkv5.sym_size(3);
   return {at::empty_symint({batch, rows, heads, qkv5.sym_size(4)}, out_options(KernelBackend::fused, qkv5)),
           empty_stats(KernelBackend::fused, qkv5, 1, batch, heads, rows), diagnostics_buffer(need_diagnostics, batch * heads, qkv5)};
@@ -451,12 +457,12 @@ class KernelFunction : public torch::autograd::Function<KernelFunction> {
   static variable_list forward(AutogradContext* ctx, Tensor q, Tensor k, Tensor v, Tensor head_scale,
                                Tensor q_norm_weight, Tensor q_norm_bias, Tensor k_norm_weight,
                                Tensor k_norm_bias, Tensor key_padding_mask, std::string backend,
-                               KernelScalars s, bool need_diagnostics) {
+                               KernelScalars s, bool need_diagnostics, bool check_finite) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [out, stats, diag] = forward_op().call(
         q, k, v, optional_of(head_scale), optional_of(q_norm_weight), optional_of(q_norm_bias),
         optional_of(k_norm_weight), optional_of(k_norm_bias), optional_of(key_padding_mask), backend,
-        QUEST_KERNEL_SCALARS_OF(s), need_diagnostics);
+        QUEST_KERNEL_SCALARS_OF(s), need_diagnostics, check_finite);
     ctx->save_for_backward({q, k, v, head_scale, q_norm_weight, q_norm_bias, k_norm_weight, k_norm_bias,
                             key_padding_mask, out, stats});
     ctx->saved_data["backend"] = backend;
@@ -475,27 +481,27 @@ class KernelFunction : public torch::autograd::Function<KernelFunction> {
         optional_of(t[6]), optional_of(t[7]), optional_of(t[8]), ctx->saved_data["backend"].toStringRef(),
         QUEST_KERNEL_SCALARS_OF(s));
     return {dq, dk, dv, undefined_if_empty(dhs), undefined_if_empty(dqw), undefined_if_empty(dqb),
-            undefined_if_empty(dkw), undefined_if_empty(dkb), Tensor(), Tensor(), Tensor(), Tensor()};
+            undefined_if_empty(dkw), undefined_if_empty(dkb), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
 ForwardResult kernel_forward_autograd(const Tensor& q, const Tensor& k, const Tensor& v, QUEST_KERNEL_PARAMS,
-                                      bool need_diagnostics) {
+                                      bool need_diagnostics, bool check_finite) {
   auto r = KernelFunction::apply(
       q, k, v, placeholder(value_or_undefined(head_scale), q), placeholder(value_or_undefined(q_norm_weight), q),
       placeholder(value_or_undefined(q_norm_bias), q), placeholder(value_or_undefined(k_norm_weight), q),
       placeholder(value_or_undefined(k_norm_bias), q), placeholder_mask(value_or_undefined(key_padding_mask)),
-      std::string(backend.data(), backend.size()), KernelScalars::of(QUEST_KERNEL_SCALARS_ARGS), need_diagnostics);
+      std::string(backend.data(), backend.size()), KernelScalars::of(QUEST_KERNEL_SCALARS_ARGS), need_diagnostics, check_finite);
   return {r[0], r[1], r[2]};
 }
 
 class PackedKernelFunction : public torch::autograd::Function<PackedKernelFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, Tensor qkv5, Tensor head_scale, Tensor key_padding_mask,
-                               KernelScalars s, bool need_diagnostics) {
+                               KernelScalars s, bool need_diagnostics, bool check_finite) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [out, stats, diag] = packed_forward_op().call(qkv5, optional_of(head_scale), optional_of(key_padding_mask),
-                                                       QUEST_KERNEL_SCALARS_OF(s), need_diagnostics);
+                                                       QUEST_KERNEL_SCALARS_OF(s), need_diagnostics, check_finite);
     ctx->save_for_backward({qkv5, head_scale, key_padding_mask, out, stats});
     save_scalars(ctx, s);
     ctx->mark_non_differentiable({stats, diag});
@@ -509,14 +515,14 @@ class PackedKernelFunction : public torch::autograd::Function<PackedKernelFuncti
     const KernelScalars s = load_scalars(ctx);
     auto [dqkv, dhs] = packed_backward_op().call(dout, t[0], t[3], t[4], optional_of(t[1]), optional_of(t[2]),
                                                  QUEST_KERNEL_SCALARS_OF(s));
-    return {dqkv, undefined_if_empty(dhs), Tensor(), Tensor(), Tensor()};
+    return {dqkv, undefined_if_empty(dhs), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
-ForwardResult packed_forward_autograd(const Tensor& qkv5, QUEST_PACKED_PARAMS, bool need_diagnostics) {
+ForwardResult packed_forward_autograd(const Tensor& qkv5, QUEST_PACKED_PARAMS, bool need_diagnostics, bool check_finite) {
   auto r = PackedKernelFunction::apply(qkv5, placeholder(value_or_undefined(head_scale), qkv5),
                                        placeholder_mask(value_or_undefined(key_padding_mask)),
-                                       KernelScalars::of(QUEST_KERNEL_SCALARS_ARGS), need_diagnostics);
+                                       KernelScalars::of(QUEST_KERNEL_SCALARS_ARGS), need_diagnostics, check_finite);
   return {r[0], r[1], r[2]};
 }
 
@@ -562,7 +568,8 @@ Tensor run_kernel(const AttentionCall& c, KernelBackend backend, HeadDiagnostics
       c.q, c.k, c.v, optional_if_defined(c.head_scale), optional_if_defined(c.q_norm_weight),
       optional_if_defined(c.q_norm_bias), optional_if_defined(c.k_norm_weight), optional_if_defined(c.k_norm_bias),
       optional_if_defined(c.key_padding_mask), name_of(backend),
-      QUEST_KERNEL_SCALARS_OF(KernelScalars::of(c)), diagnostics != nullptr);
+      QUEST_KERNEL_SCALARS_OF(KernelScalars::of(c)), diagnostics != nullptr,
+      c.finite_check_pending && backend == KernelBackend::fused);
   reduce_into(diag, c.dims.heads, diagnostics, traced_diagnostics);
   if (logsumexp) *logsumexp = logsumexp_from_stats(stats, backend);
   return out;
@@ -573,7 +580,7 @@ Tensor run_packed_kernel(const AttentionCall& c, const Tensor& qkv5, HeadDiagnos
   auto [out, stats, diag] = packed_forward_op().call(qkv5, optional_if_defined(c.head_scale),
                                                      optional_if_defined(c.key_padding_mask),
                                                      QUEST_KERNEL_SCALARS_OF(KernelScalars::of(c)),
-                                                     diagnostics != nullptr);
+                                                     diagnostics != nullptr, c.finite_check_pending);
   reduce_into(diag, c.dims.heads, diagnostics, traced_diagnostics);
   if (logsumexp) *logsumexp = logsumexp_from_stats(stats, KernelBackend::fused);
   return out;
@@ -587,11 +594,11 @@ Tensor run_packed_kernel(const AttentionCall& c, const Tensor& qkv5, HeadDiagnos
 TORCH_LIBRARY_FRAGMENT(quest, m) {
   const std::vector<at::Tag> tags = {at::Tag::pt2_compliant_tag};
   m.def("_kernel_forward(Tensor q, Tensor k, Tensor v, " QUEST_KERNEL_PARAMS_SCHEMA
-        ", bool need_diagnostics) -> (Tensor, Tensor, Tensor)", tags);
+        ", bool need_diagnostics, bool check_finite=False) -> (Tensor, Tensor, Tensor)", tags);
   m.def("_kernel_backward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor stats, "
         QUEST_KERNEL_PARAMS_SCHEMA ") -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", tags);
   m.def("_packed_kernel_forward(Tensor qkv, " QUEST_PACKED_PARAMS_SCHEMA
-        ", bool need_diagnostics) -> (Tensor, Tensor, Tensor)", tags);
+        ", bool need_diagnostics, bool check_finite=False) -> (Tensor, Tensor, Tensor)", tags);
   m.def("_packed_kernel_backward(Tensor dout, Tensor qkv, Tensor out, Tensor stats, " QUEST_PACKED_PARAMS_SCHEMA
         ") -> (Tensor, Tensor)", tags);
   m.def("_reduce_diagnostics(Tensor partials, int heads) -> Tensor", tags);

@@ -338,6 +338,63 @@ TEST(FusedCore, Bf16ProductsHoldTheirBoundOnEverySimdTarget) {
   std::printf("bf16 products ran on SIMD targets:%s\n", ran.empty() ? " none (no AVX512_BF16)" : ran.c_str());
 }
 
+// The forward reports a NaN or infinity in any q, k or v element (its callers' finiteness check
+// rests on it): every element position of a small case (one query block per head), sampled ones
+// of a case with several query blocks, float32 and bf16 storage (with and without bf16 products),
+// hidden keys (padded, or causally later than every query) included; finite inputs report true.
+TEST(FusedCore, ForwardReportsEveryNonFiniteInputOnEverySimdTarget) {
+  const AttentionDims small{2, 2, 5, 7, 4, 6}, blocks{1, 2, 300, 40, 8, 4};
+  const std::vector<float> scale = {1.5f, 0.5f};
+  testing::for_each_simd_target([&](const std::string& target) {
+    SCOPED_TRACE(target);
+    for (const AttentionDims& d : {small, blocks}) {
+      const Case c{d, Kind::quest, true, true, false, 0.0};
+      std::vector<char> pad(d.batch * d.k_len, 0);
+      for (size_t j = 0; j < pad.size(); j += 3) pad[j] = 1;
+      std::mt19937 rng(3);
+      std::normal_distribution<float> n01;
+      std::vector<float> qkv[3] = {std::vector<float>(d.batch * d.heads * d.q_len * d.qk_dim),
+                                   std::vector<float>(d.batch * d.heads * d.k_len * d.qk_dim),
+                                   std::vector<float>(d.batch * d.heads * d.k_len * d.v_dim)};
+      for (auto& x : qkv)
+        for (auto& e : x) e = n01(rng);
+      const int64_t rows = d.batch * d.heads * d.q_len;
+      std::vector<float> out(rows * d.v_dim), shift(rows), log_sum(rows);
+      // 0: float32, 1: bf16 storage, 2: bf16 storage with bf16 products
+      auto finite = [&](int mode) {
+        AttentionArgs<float> a = args_of(c, scale, pad, 1);
+        a.q = contiguous<const float>(qkv[0].data(), d, d.q_len, d.qk_dim);
+        a.k = contiguous<const float>(qkv[1].data(), d, d.k_len, d.qk_dim);
+        a.v = contiguous<const float>(qkv[2].data(), d, d.k_len, d.v_dim);
+        const View4<float> o = contiguous(out.data(), d, d.q_len, d.v_dim);
+        if (mode == 0) return fused::forward(a, o, {shift.data(), log_sum.data()}, nullptr, 2);
+        std::vector<bfloat16> x16[3];
+        for (int t = 0; t < 3; ++t)
+          for (float e : qkv[t]) x16[t].push_back(to_bfloat16(e));
+        fused::Bf16Forward io{contiguous<const bfloat16>(x16[0].data(), d, d.q_len, d.qk_dim),
+                              contiguous<const bfloat16>(x16[1].data(), d, d.k_len, d.qk_dim),
+                              contiguous<const bfloat16>(x16[2].data(), d, d.k_len, d.v_dim), o};
+        io.bf16_dot = mode == 2;
+        return fused::forward(a, io, {shift.data(), log_sum.data()}, nullptr, 2);
+      };
+      for (int mode = 0; mode < 3; ++mode) {
+        EXPECT_TRUE(finite(mode)) << "mode " << mode;
+        for (int t = 0; t < 3; ++t) {
+          const size_t n = qkv[t].size(), step = n < 200 ? 1 : n / 23;
+          for (size_t at = 0; at < n; at += step) {
+            const float kept = qkv[t][at];
+            for (float bad : {NAN, INFINITY, -INFINITY}) {
+              qkv[t][at] = bad;
+              EXPECT_FALSE(finite(mode)) << "mode " << mode << ", tensor " << t << ", element " << at << " = " << bad;
+            }
+            qkv[t][at] = kept;
+          }
+        }
+      }
+    }
+  });
+}
+
 TEST(CoreTypes, Bfloat16RoundsToNearestEven) {
   EXPECT_EQ(to_bfloat16(1.0f).bits, 0x3f80);
   EXPECT_EQ(to_float(to_bfloat16(1.0f + 0x1p-8f)), 1.0f);                  // a tie: to even (down)

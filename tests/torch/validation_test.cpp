@@ -1,4 +1,6 @@
 // Bad input gets an error that names the problem.
+#include <array>
+
 #include <gtest/gtest.h>
 
 #include "error_message.h"
@@ -100,6 +102,66 @@ TEST(Validation, NonFiniteInputsAreRejectedUnlessUnchecked) {
         attention(in.q, in.k, in.v, AttentionOptions().check_finite(false).backend(backend));
     EXPECT_TRUE(torch::isnan(out[0][0].select(-1, 0)).all().item<bool>());
     EXPECT_EQ(torch::isnan(out).sum().item<int64_t>(), out.size(2));
+  }
+}
+
+// On the CPU the fused kernel finds a NaN or infinity in q, k, v as it reads them (no pass of its
+// own); every other backend checks before it runs. Each backend, each tensor, autograd or not,
+// bf16, grouped-query heads, QK-LayerNorm (normalised before the kernel) and packed projections
+// (read in place, or split where the layout needs it) name the tensor; finite rows whose squared
+// norm overflows float32 (the kernel cannot tell those apart) run unrefused.
+TEST(Validation, EveryBackendNamesTheNonFiniteTensor) {
+  const std::pair<Backend, Kind> runs[] = {{Backend::fused, Kind::quest},      {Backend::fused, Kind::qk_layernorm},
+                                           {Backend::composite, Kind::quest},  {Backend::reference, Kind::quest},
+                                           {Backend::sdpa, Kind::quest}};
+  for (auto [backend, kind] : runs)
+    for (bool grad : {false, true})
+      for (int t = 0; t < 3; ++t) {
+        SCOPED_TRACE(to_string(backend) + " " + to_string(kind) + (grad ? " autograd " : " ") + std::to_string(t));
+        Inputs in;
+        Tensor* x[] = {&in.q, &in.k, &in.v};
+        (*x[t])[1][2][3][t + 1] = t == 1 ? -INFINITY : NAN;
+        for (Tensor* y : x) y->requires_grad_(grad);
+        const AttentionOptions o = AttentionOptions(kind).backend(backend);
+        EXPECT_ERROR_MENTIONS(attention(in.q, in.k, in.v, o), std::string(1, "qkv"[t]) + " contains NaN or Inf");
+        EXPECT_NO_THROW(attention(in.q, in.k, in.v, AttentionOptions(o).check_finite(false)));
+      }
+  for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    SCOPED_TRACE(dtype);
+    Tensor q = torch::randn({2, 4, 5, 4}).to(dtype), k = torch::randn({2, 2, 6, 4}).to(dtype),
+           v = torch::randn({2, 2, 6, 4}).to(dtype);
+    const AttentionOptions gqa = AttentionOptions().enable_gqa(true);
+    EXPECT_NO_THROW(attention(q, k, v, gqa));
+    v[1][1][5][3] = NAN;  // seen by query heads 2 and 3 only
+    EXPECT_ERROR_MENTIONS(attention(q, k, v, gqa), "v contains NaN or Inf");
+    v[1][1][5][3] = 0;
+    q[0][3][0][0] = INFINITY;
+    EXPECT_ERROR_MENTIONS(attention(q, k, v, gqa), "q contains NaN or Inf");
+    q[0][3][0][0] = 1e30;  // finite: |q|^2 overflows, the kernel reports it, the check clears it
+    EXPECT_NO_THROW(attention(q, k, v, gqa));
+  }
+}
+
+// Packed self-attention names the part of the projection that holds a non-finite element: every
+// element position of a (B, N, 3 x H x D) projection, float32 and bf16, and a projection that is
+// itself a strided view (split into heads, not read in place); unchecked, the call runs.
+TEST(Validation, PackedProjectionNamesItsNonFinitePart) {
+  const int64_t B = 2, N = 3, H = 2, D = 4;
+  for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    const Tensor qkv = torch::randn({B, N, 3 * H * D}).to(dtype);
+    EXPECT_NO_THROW(attention_packed(qkv, H));
+    for (int64_t at = 0; at < qkv.numel(); ++at) {
+      Tensor s = qkv.clone();
+      s.view({-1})[at] = at % 2 ? NAN : INFINITY;
+      const char* part = std::array{"q contains", "k contains", "v contains"}[at % (3 * H * D) / (H * D)];
+      EXPECT_ERROR_MENTIONS(attention_packed(s, H), part);
+      EXPECT_NO_THROW(attention_packed(s, H, AttentionOptions().check_finite(false)));
+    }
+    Tensor wide = torch::randn({B, N, 2 * 3 * H * D}).to(dtype);  // every other column: a strided view
+    const Tensor view = wide.unflatten(2, {3 * H * D, 2}).select(3, 0);
+    EXPECT_NO_THROW(attention_packed(view, H));
+    wide[1][2][2 * (2 * H * D + 1)] = NAN;  // v, head 0, channel 1 of the last token
+    EXPECT_ERROR_MENTIONS(attention_packed(view, H), "v contains NaN or Inf");
   }
 }
 

@@ -31,7 +31,10 @@ struct RowStats {
 // Both entry points check their arguments (check_args, supports) and throw
 // std::invalid_argument naming the problem.
 // out: (B, H, Nq, Dv). diagnostics: optional, B*H partials. threads <= 0: OpenMP's default.
-void forward(const AttentionArgs<float>& args, View4<float> out, RowStats stats,
+// Returns false where q, k or v holds a NaN or an infinity (the outputs then carry it, as torch's
+// would), and also where a finite row's squared norm overflows float32: a caller that must refuse
+// non-finite inputs checks them itself only then, instead of reading them again on every call.
+bool forward(const AttentionArgs<float>& args, View4<float> out, RowStats stats,
              HeadDiagnosticsPartial* diagnostics, int threads);
 
 // out and stats from forward; D_i = rowsum(dO o O) is computed from them.
@@ -68,8 +71,8 @@ struct Bf16Backward {
   // folded in before rounding) and q, k, bf16(dO) as they are, in float32 accumulators.
   bool bf16_dot = true;
 };
-void forward(const AttentionArgs<float>& args, const Bf16Forward& io, RowStats stats,
-             HeadDiagnosticsPartial* diagnostics, int threads);
+bool forward(const AttentionArgs<float>& args, const Bf16Forward& io, RowStats stats,
+             HeadDiagnosticsPartial* diagnostics, int threads);  // returns as the float32 forward
 // dhead_scale: (H) float32, written where args has a head scale and it is non-null.
 void backward(const AttentionArgs<float>& args, const Bf16Backward& io, RowStats stats,
               float* dhead_scale, int threads);

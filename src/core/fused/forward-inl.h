@@ -6,6 +6,7 @@
 // Saves per row the shift and log l, from which the backward recomputes P.
 // Included by src/core/fused.cpp once per Highway target (toggle guard as in Highway's -inl.h).
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -132,7 +133,8 @@ HeadKeys ScanHead(const AttentionArgs<float>& a, int64_t b, int64_t h, float* pa
 // Queries [i0, i1) of (b, h). stats point at the head's first row. With dot (and hk.packed16),
 // S and PV are bf16 products in float32 accumulators: S = diag(g / |q|) (Q K^T) diag(1 / |k|) from
 // the raw bf16 q and k, and P rounded to bf16 for PV; everything else as in float32.
-void ForwardBlock(const AttentionArgs<float>& a, const Bf16Forward* dot, int64_t b, int64_t h,
+// Returns whether every element of the block's query rows was finite (their norms are).
+bool ForwardBlock(const AttentionArgs<float>& a, const Bf16Forward* dot, int64_t b, int64_t h,
                   int64_t i0, int64_t i1, const HeadKeys& hk, View4<float> out, RowStats stats,
                   HeadDiagnosticsPartial* part, ForwardScratch& w) {
   const DF d;
@@ -152,7 +154,7 @@ void ForwardBlock(const AttentionArgs<float>& a, const Bf16Forward* dot, int64_t
   float* row_scale = dot ? Grow(w.row_scale, Br) : nullptr;
   uint32_t* v16 = dot ? reinterpret_cast<uint32_t*>(Grow(w.values16, (kBlockK / 2 + 1) * Dvp)) : nullptr;
   bfloat16* p16 = dot ? Grow(w.probs16, Br * kBlockK) : nullptr;
-  bool fixed = true;
+  bool fixed = true, finite_rows = true;
   // Later tiles are hidden from every row of the block.
   const int64_t k_end = a.causal ? std::clamp<int64_t>(i1 + a.causal_shift(), 0, dm.k_len) : dm.k_len;
   for (int64_t r = 0; r < Br; ++r) {  // qs = g q / |q|
@@ -165,6 +167,7 @@ void ForwardBlock(const AttentionArgs<float>& a, const Bf16Forward* dot, int64_t
       ScaleRow(q, rq * g, D, qs + r * D);
     const int64_t last_key = std::min(i0 + r + a.causal_shift(), dm.k_len - 1);
     const float kmax = !a.causal ? hk.kmax : last_key >= 0 ? hk.kmax_upto[last_key] : 0.0f;
+    finite_rows = finite_rows && std::isfinite(raw);  // (also false where |q|^2 overflows)
     bound[r] = std::abs(g) * raw * rq * kmax;
     fixed = fixed && bound[r] <= kFixedShiftMax;  // false for a NaN bound: non-finite inputs
     if (part) {
@@ -291,6 +294,7 @@ void ForwardBlock(const AttentionArgs<float>& a, const Bf16Forward* dot, int64_t
     part->logit_abs_max = nan_max(part->logit_abs_max, logit_max);
     part->logit_max = nan_max(part->logit_max, signed_max);
   }
+  return finite_rows;
 }
 
 // Where the forward reads q, k, v (the output is float32 either way). Float32: in place. Keys(b, h):
@@ -332,8 +336,11 @@ struct Bf16ForwardIo {
   }
 };
 
+// Returns whether every q, k and v element was finite, found from the norms and value sums the
+// forward computes anyway (so a caller's finiteness check costs no pass of its own; false also
+// where a finite row's squared norm overflows).
 template <class Io>
-void ForwardHeads(const AttentionArgs<float>& a, const Io& io, View4<float> out, RowStats stats,
+bool ForwardHeads(const AttentionArgs<float>& a, const Io& io, View4<float> out, RowStats stats,
                   HeadDiagnosticsPartial* diagnostics, int threads) {
   const AttentionDims& dm = a.dims;
   const int64_t heads = dm.batch * dm.heads;
@@ -342,6 +349,7 @@ void ForwardHeads(const AttentionArgs<float>& a, const Io& io, View4<float> out,
   std::vector<float> kmax_upto(heads * dm.k_len), vpoison(heads * dm.v_dim);
   std::vector<HeadKeys> keys(heads);
   std::vector<HeadDiagnosticsPartial> parts(diagnostics ? heads * q_blocks : 0);
+  std::atomic<bool> finite{true};  // only ever set to false
   // Packed keys (every tile is written before it is read, so no buffer is zeroed); with bf16
   // arithmetic also the raw keys as pair-words and their scales.
   const Bf16Forward* dot = io.Dot();
@@ -354,6 +362,7 @@ void ForwardHeads(const AttentionArgs<float>& a, const Io& io, View4<float> out,
     const int64_t b = bh / dm.heads, h = bh % dm.heads;
     keys[bh] = ScanHead(io.Keys(b, h, st), b, h, packed, &kmax_upto[bh * dm.k_len],
                         &vpoison[bh * dm.v_dim], dot ? key_scale : nullptr, part, w);
+    if (!std::isfinite(keys[bh].kmax) || keys[bh].vpoison) finite.store(false, std::memory_order_relaxed);
     if (!dot) return;
     const int64_t pairs = dm.qk_dim / 2;
     for (int64_t j0 = 0; j0 < dm.k_len; j0 += kBlockK) {  // bf16 pairs moved as 32-bit lanes
@@ -367,8 +376,9 @@ void ForwardHeads(const AttentionArgs<float>& a, const Io& io, View4<float> out,
   auto block = [&](int64_t item, ForwardScratch& w, HeadStage& st) {
     const int64_t bh = item / q_blocks, qb = item % q_blocks, b = bh / dm.heads, h = bh % dm.heads;
     const int64_t i0 = qb * kBlockQ, i1 = std::min(dm.q_len, i0 + kBlockQ);
-    ForwardBlock(io.Block(b, h, i0, i1, st), dot, b, h, i0, i1, keys[bh], out,
-                 HeadRows(stats, dm, bh), diagnostics ? &parts[item] : nullptr, w);
+    if (!ForwardBlock(io.Block(b, h, i0, i1, st), dot, b, h, i0, i1, keys[bh], out,
+                      HeadRows(stats, dm, bh), diagnostics ? &parts[item] : nullptr, w))
+      finite.store(false, std::memory_order_relaxed);
   };
   if (OneBlockPerHead(dm)) {
 #pragma omp parallel num_threads(threads)
@@ -404,16 +414,17 @@ void ForwardHeads(const AttentionArgs<float>& a, const Io& io, View4<float> out,
   if (diagnostics)
     for (int64_t item = 0; item < heads * q_blocks; ++item)
       merge_partials(diagnostics[item / q_blocks], parts[item]);
+  return finite.load();
 }
 
-void ForwardF32(const AttentionArgs<float>& a, View4<float> out, RowStats stats,
+bool ForwardF32(const AttentionArgs<float>& a, View4<float> out, RowStats stats,
                 HeadDiagnosticsPartial* diagnostics, int threads) {
-  ForwardHeads(a, F32Forward{a}, out, stats, diagnostics, threads);
+  return ForwardHeads(a, F32Forward{a}, out, stats, diagnostics, threads);
 }
 
-void ForwardBF16(const AttentionArgs<float>& a, const Bf16Forward& io, RowStats stats,
+bool ForwardBF16(const AttentionArgs<float>& a, const Bf16Forward& io, RowStats stats,
                  HeadDiagnosticsPartial* diagnostics, int threads) {
-  ForwardHeads(a, Bf16ForwardIo{a, io}, io.out, stats, diagnostics, threads);
+  return ForwardHeads(a, Bf16ForwardIo{a, io}, io.out, stats, diagnostics, threads);
 }
 
 }  // namespace HWY_NAMESPACE
