@@ -18,11 +18,9 @@ cmake -S "$work/src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$work/build" --target profile_fused -j2 >/dev/null
 cmake --build "$root/build" --target profile_fused -j2 >/dev/null
 new_bin="$root/build/bench/profile_fused"; old_bin="$work/build/bench/profile_fused"
-shapes=("128 4 50 16" "64 4 65 32" "16 4 128 32" "32 12 197 64" "4 8 1024 64" "1 8 4096 64")
-if [ -n "${SHAPES:-}" ]; then
-  read -r -a list <<< "$SHAPES"; shapes=()
-  for x in "${list[@]}"; do shapes+=("${x//,/ }"); done
-fi
+# shared with results/head-gemms' scripts: $SHAPES, or these
+source "$root/results/head-gemms/common.sh"
+shapes_from_env "128 4 50 16" "64 4 65 32" "16 4 128 32" "32 12 197 64" "4 8 1024 64" "1 8 4096 64"
 echo "round,shape,mode,build,repeats,seconds,gflops"
 for r in $(seq 1 "$rounds"); do
   for s in "${shapes[@]}"; do
