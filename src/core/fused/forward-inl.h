@@ -52,10 +52,12 @@ struct ForwardScratch {
   std::vector<float> row_plogit;    // sum_j exp(s_ij - m_i) s_ij (the entropy's)
   std::vector<char> row_bad;        // the row met a NaN or +inf logit: its output is NaN
   // bf16 arithmetic (Bf16ForwardIo::Dot):
-  std::vector<float> packed_keys16;  // one head's raw bf16 keys as pair-words (PackedTileOffset, D / 2)
+  // one head's raw bf16 keys as pair-words (PackedTileOffset, D / 2); float because TransposeRows
+  // moves them (as 32-bit lanes), and the all-heads path keeps them in the float32 keys' buffer
+  std::vector<float> packed_keys16;
   std::vector<float> key_scale;      // 1 / max(|k_j|, eps) of one head's keys, zero-padded
   std::vector<float> row_scale;      // g / max(|q_i|, eps) of the block's rows
-  std::vector<float> values16;       // a tile's values as pair-rows of bf16 (bf16_dot::pack_pairs)
+  std::vector<uint32_t> values16;    // a tile's values as pair-rows of bf16 (bf16_dot::pack_pairs)
   std::vector<bfloat16> probs16;     // P of the block against one tile, rounded to bf16
 };
 
@@ -152,7 +154,7 @@ bool ForwardBlock(const AttentionArgs<float>& a, const Bf16Forward* dot, int64_t
   float* s = Grow(w.logits, Br * kBlockK);
   char* bad = Grow(w.row_bad, Br);
   float* row_scale = dot ? Grow(w.row_scale, Br) : nullptr;
-  uint32_t* v16 = dot ? reinterpret_cast<uint32_t*>(Grow(w.values16, (kBlockK / 2 + 1) * Dvp)) : nullptr;
+  uint32_t* v16 = dot ? Grow(w.values16, (kBlockK / 2 + 1) * Dvp) : nullptr;
   bfloat16* p16 = dot ? Grow(w.probs16, Br * kBlockK) : nullptr;
   bool fixed = true, finite_rows = true;
   // Later tiles are hidden from every row of the block.
