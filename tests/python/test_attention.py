@@ -295,3 +295,30 @@ def test_packed_forward_returns_the_split_heads_weights_and_diagnostics(kind):
     plain = quest.attention_packed_forward(qkv, h, kind, key_padding_mask=mask)
     assert plain[1] is None and plain[2] is None
     torch.testing.assert_close(plain[0], out, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["fused", "composite", "reference", "sdpa"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_non_finite_inputs_are_named_on_every_entry_point(backend, dtype):
+    # The fused CPU kernel finds them as it reads q, k, v; the other backends check first. Either
+    # way the error names the tensor, with and without autograd; unchecked, the NaN or infinity
+    # reaches the output instead.
+    if backend == "reference" and dtype == torch.bfloat16:
+        pytest.skip("the reference backend runs float32 and float64 only")
+    for part, bad in (("q", float("nan")), ("k", float("inf")), ("v", -float("inf"))):
+        t, _ = make_inputs("quest")
+        t = {n: x.to(dtype) for n, x in t.items()}
+        t[part][1, 2, 3, 4] = bad
+        for grad in (False, True):
+            q, k, v = (t[n].clone().requires_grad_(grad) for n in ("q", "k", "v"))
+            with pytest.raises(RuntimeError, match=f"{part} contains NaN or Inf"):
+                quest.attention(q, k, v, "quest", backend=backend)
+            with pytest.raises(RuntimeError, match=f"{part} contains NaN or Inf"):
+                quest.functional.scaled_dot_product_attention(q, k, v, backend=backend)
+            out = quest.attention(q, k, v, "quest", backend=backend, check_finite=False)
+            # (torch's CPU SDPA, which the sdpa backend is, outputs zeros for a NaN query row)
+            assert not torch.isfinite(out).all() or (backend == "sdpa" and part == "q")
+    qkv = torch.randn(2, 5, 3 * 2 * 4, dtype=dtype)
+    qkv[1, 4, 2 * 2 * 4 + 5] = float("nan")  # v, head 1, channel 1
+    with pytest.raises(RuntimeError, match="v contains NaN or Inf"):
+        quest.functional.attention_packed(qkv, 2, backend=backend)
