@@ -44,8 +44,8 @@ struct AttentionCall : AttentionScalars {
   std::optional<torch::ScalarType> sdpa_dtype;
   // check_finite asked, and q, k, v not yet read for it (request_finite_check): the fused CPU
   // kernel finds a NaN or infinity as it reads them, so the call passes the check to it instead of
-  // a pass of its own (at the ViT's shapes that pass cost 15-30 % of the forward); any other
-  // backend checks them before it runs (run_backend).
+  // a pass of its own (which cost 9-54 % of a forward at the README's shapes, results/peers); any
+  // other backend checks them before it runs (run_backend).
   bool finite_check_pending = false;
 
   // The tensor members in one fixed order: the only place that order is written down.
