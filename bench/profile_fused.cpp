@@ -3,8 +3,9 @@
 //   perf record build/bench/profile_fused 64 4 65 32 quest backward 2000
 // Arguments: B H N D kind [backward [repeats]]; prints the seconds and GFLOP/s of the repeated
 // calls (after one warm-up call). One thread unless OMP_NUM_THREADS says otherwise.
-// PROFILE_TARGET=AVX2 (any Highway target this CPU has) runs that target's code, e.g. the AVX2
-// code on an AVX-512 machine, as an AVX2-only machine would.
+// PROFILE_TARGET=AVX2 (any Highway target this CPU has; fused::set_simd_target, as the library's
+// QUEST_SIMD_TARGET) runs that target's code, e.g. the AVX2 code on an AVX-512 machine, as an
+// AVX2-only machine would.
 // PROFILE_CACHED=inputs (or all) gives every batch entry the first one's inputs (q, k, v; O and
 // dO in the backward; with all, also the outputs and gradients), so that they stay in cache: what
 // the kernel would do without waiting on memory. The results are then meaningless; all: one
@@ -19,11 +20,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <vector>
 
-#include "hwy/targets.h"
 #include "quest/core/fused.h"
 
 int main(int argc, char** argv) {
@@ -92,18 +93,12 @@ int main(int argc, char** argv) {
   a.scale = default_scale(*kind, D);
   const int threads = std::getenv("OMP_NUM_THREADS") ? 0 : 1;
   if (const char* want = std::getenv("PROFILE_TARGET")) {  // a Highway target name, e.g. AVX2
-    std::string names;
-    int64_t chosen = 0;
-    for (const int64_t t : hwy::SupportedAndGeneratedTargets()) {
-      names += std::string(" ") + hwy::TargetName(t);
-      if (std::string(want) == hwy::TargetName(t)) chosen = t;
-    }
-    if (!chosen) {
-      std::fprintf(stderr, "PROFILE_TARGET=%s is not a target this CPU and build have:%s\n", want,
-                   names.c_str());
+    try {
+      fused::set_simd_target(want);
+    } catch (const std::invalid_argument& e) {
+      std::fprintf(stderr, "PROFILE_TARGET: %s\n", e.what());
       return 2;
     }
-    hwy::SetSupportedTargetsForTest(chosen);
   }
   const std::string dtype = std::getenv("PROFILE_DTYPE") ? std::getenv("PROFILE_DTYPE") : "fp32";
   if (dtype != "fp32" && dtype != "bf16") {

@@ -8,6 +8,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "quest/core/fused.h"
 #include "quest/lab/bench/timing.h"
 #include "quest/quest.h"
 
@@ -95,6 +96,13 @@ void add_info(CLI::App& app) {
                 to_string(select_backend(one, one, one).backend).c_str(),
                 to_string(select_backend(one.to(torch::kDouble), one.to(torch::kDouble), one.to(torch::kDouble)).backend).c_str(),
                 backend_override() ? " (QUEST_ATTENTION_BACKEND)" : "");
+    const std::string target = fused::simd_target();  // (first: applies QUEST_SIMD_TARGET)
+    const char* forced = std::getenv("QUEST_SIMD_TARGET");
+    std::string others;
+    for (const std::string& t : fused::simd_targets()) others += " " + t;
+    std::printf("fused kernel SIMD target: %s (%s:%s)\n", target.c_str(),
+                forced && *forced ? "QUEST_SIMD_TARGET; it and the targets below it" : "QUEST_SIMD_TARGET picks one of",
+                others.c_str());
   });
 }
 

@@ -11,7 +11,10 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <stdexcept>
 #include <string>
+#include <vector>
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/core/fused.cpp"
@@ -58,8 +61,44 @@ static void check_supported(const AttentionArgs<float>& a, const char* entry) {
 
 static int resolve_threads(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
 
+static void apply_env_simd_target();
+
+std::vector<std::string> simd_targets() {
+  apply_env_simd_target();
+  std::vector<std::string> names;
+  for (const int64_t t : hwy::SupportedAndGeneratedTargets()) names.push_back(hwy::TargetName(t));
+  return names;
+}
+
+void set_simd_target(const std::string& name) {
+  hwy::DisableTargets(0);  // every target this CPU has, to choose from
+  if (name.empty()) return;
+  std::string names;
+  for (const int64_t t : hwy::SupportedAndGeneratedTargets()) {
+    if (name == hwy::TargetName(t)) return hwy::DisableTargets(t - 1);  // the better ones (lower bits)
+    names += std::string(" ") + hwy::TargetName(t);
+  }
+  throw std::invalid_argument("quest: \"" + name + "\" is not a SIMD target this CPU and build have; they are:" + names);
+}
+
+// QUEST_SIMD_TARGET, applied before the first call into the kernels; an unknown name is an error
+// at every call (not a silent fall back to the best target).
+static void apply_env_simd_target() {
+  static const std::string error = [] {
+    const char* name = std::getenv("QUEST_SIMD_TARGET");
+    try {
+      if (name && *name) set_simd_target(name);
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what()) + " (QUEST_SIMD_TARGET)";
+    }
+    return std::string();
+  }();
+  if (!error.empty()) throw std::invalid_argument(error);
+}
+
 bool forward(const AttentionArgs<float>& args, View4<float> out, RowStats stats,
              HeadDiagnosticsPartial* diagnostics, int threads) {
+  apply_env_simd_target();
   check_supported(args, "fused::forward");
   if (!out.data || !stats.shift || !stats.log_sum)
     throw std::invalid_argument("quest::fused::forward: out and stats must not be null");
@@ -68,6 +107,7 @@ bool forward(const AttentionArgs<float>& args, View4<float> out, RowStats stats,
 
 void backward(const AttentionArgs<float>& args, View4<const float> out, View4<const float> dout,
               RowStats stats, const AttentionGrads<float>& grads, int threads) {
+  apply_env_simd_target();
   check_supported(args, "fused::backward");
   if (!out.data || !dout.data || !stats.shift || !stats.log_sum || !grads.dq.data ||
       !grads.dk.data || !grads.dv.data)
@@ -93,6 +133,7 @@ static AttentionArgs<float> with_bf16_views(AttentionArgs<float> a, View4<const 
 
 bool forward(const AttentionArgs<float>& args, const Bf16Forward& io, RowStats stats,
              HeadDiagnosticsPartial* diagnostics, int threads) {
+  apply_env_simd_target();
   check_supported(with_bf16_views(args, io.q, io.k, io.v), "fused::forward");
   if (!io.out.data || !stats.shift || !stats.log_sum)
     throw std::invalid_argument("quest::fused::forward: out and stats must not be null");
@@ -101,6 +142,7 @@ bool forward(const AttentionArgs<float>& args, const Bf16Forward& io, RowStats s
 
 void backward(const AttentionArgs<float>& args, const Bf16Backward& io, RowStats stats,
               float* dhead_scale, int threads) {
+  apply_env_simd_target();
   check_supported(with_bf16_views(args, io.q, io.k, io.v), "fused::backward");
   if (!io.out.data || !io.dout.data || !stats.shift || !stats.log_sum || !io.dq.data ||
       !(io.dk_sum.data ? io.dv_sum.data != nullptr : io.dk.data && io.dv.data))
@@ -112,8 +154,14 @@ void backward(const AttentionArgs<float>& args, const Bf16Backward& io, RowStats
   HWY_DYNAMIC_DISPATCH(BackwardBF16)(args, io, stats, dhead_scale, resolve_threads(threads));
 }
 
-std::string simd_target() { return HWY_DYNAMIC_DISPATCH(TargetName)(); }
-bool bf16_dot_runs() { return HWY_DYNAMIC_DISPATCH(Bf16DotRuns)(); }
+std::string simd_target() {
+  apply_env_simd_target();
+  return HWY_DYNAMIC_DISPATCH(TargetName)();
+}
+bool bf16_dot_runs() {
+  apply_env_simd_target();
+  return HWY_DYNAMIC_DISPATCH(Bf16DotRuns)();
+}
 
 }  // namespace quest::fused
 #endif  // HWY_ONCE

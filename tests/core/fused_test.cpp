@@ -395,6 +395,32 @@ TEST(FusedCore, ForwardReportsEveryNonFiniteInputOnEverySimdTarget) {
   });
 }
 
+// set_simd_target (and QUEST_SIMD_TARGET through it) runs the named target's code, still
+// correct; "" goes back to the best; an unknown name is refused with the names there are.
+TEST(FusedCore, SetSimdTargetRunsThatTargetsCode) {
+  fused::set_simd_target("");
+  const std::vector<std::string> all = fused::simd_targets();
+  ASSERT_FALSE(all.empty());
+  EXPECT_EQ(fused::simd_target(), all.front());
+  for (const std::string& t : all) {
+    SCOPED_TRACE(t);
+    fused::set_simd_target(t);
+    EXPECT_EQ(fused::simd_target(), t);
+    EXPECT_EQ(fused::simd_targets().front(), t);  // the better ones are off
+    check({{2, 3, 70, 40, 16, 8}, Kind::quest, true, true, false, 0.0});
+  }
+  fused::set_simd_target("");
+  EXPECT_EQ(fused::simd_target(), all.front());
+  try {
+    fused::set_simd_target("AVX9");
+    ADD_FAILURE() << "no error";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("\"AVX9\" is not a SIMD target"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(all.back()), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(fused::simd_target(), all.front());
+}
+
 TEST(CoreTypes, Bfloat16RoundsToNearestEven) {
   EXPECT_EQ(to_bfloat16(1.0f).bits, 0x3f80);
   EXPECT_EQ(to_float(to_bfloat16(1.0f + 0x1p-8f)), 1.0f);                  // a tie: to even (down)

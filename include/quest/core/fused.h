@@ -8,6 +8,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "quest/core/diagnostics.h"
 #include "quest/core/problem.h"
@@ -79,5 +80,14 @@ void backward(const AttentionArgs<float>& args, const Bf16Backward& io, RowStats
 
 // The SIMD target chosen at run time, e.g. "AVX3" or "AVX2".
 std::string simd_target();
+// The targets the dispatch may pick now (Highway's names, best first): those this CPU and build
+// have, less the better ones a set_simd_target call turned off.
+std::vector<std::string> simd_targets();
+// Runs `name`'s code from now on (one of simd_targets(), e.g. "AVX2") instead of the best target,
+// as a CPU with only that target would, its rounding included; "" goes back to the best. Throws
+// std::invalid_argument naming the targets there are (the best one then runs). The environment variable QUEST_SIMD_TARGET
+// does the same before the first call into the kernels (an unknown name then fails every call).
+// Process-wide, not thread-safe against kernels running at the time.
+void set_simd_target(const std::string& name);
 
 }  // namespace quest::fused
