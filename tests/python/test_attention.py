@@ -207,6 +207,21 @@ def test_runtime_names_the_kernel_target_the_blas_and_torch():
     assert torch.__version__.startswith(info["torch"]), (torch.__version__, info["torch"])
 
 
+def test_simd_target_from_the_environment():
+    # QUEST_SIMD_TARGET is read once per process, before the first kernel call: a fresh one each.
+    # SSE4: every x86-64 machine has it; its code has no bf16 products.
+    import subprocess
+    import sys
+    code = ("import torch, quest; q = torch.randn(1, 2, 5, 8); quest.attention(q, q, q, backend='fused'); "
+            "print(quest.runtime()['simd_target'], quest.runtime()['bf16_products'])")
+    run = lambda target: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                        env={**os.environ, "QUEST_SIMD_TARGET": target})
+    ok = run("SSE4")
+    assert ok.returncode == 0 and ok.stdout.split() == ["SSE4", "none"], ok.stderr
+    bad = run("AVX9")
+    assert bad.returncode != 0 and '"AVX9" is not a SIMD target' in bad.stderr, bad.stderr
+
+
 def test_rows_that_see_no_key_are_zero_with_finite_gradients():
     q = torch.randn(1, 1, 3, 4, requires_grad=True)
     k = torch.randn(1, 1, 3, 4, requires_grad=True)
