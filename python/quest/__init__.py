@@ -12,12 +12,12 @@ kernels (fused SIMD for float32) in the process's LibTorch.
 """
 from .functional import (BACKENDS, KINDS, attention, attention_forward, attention_packed,
                          attention_packed_forward, runtime, scaled_dot_product_attention,
-                         select_backend, set_bf16_products)
+                         select_backend, set_bf16_products, set_simd_target)
 from .nn import MultiheadAttention
 from .convert import convert
 from .diagnostics import HeadDiagnostics, record_diagnostics
 
 __all__ = ["attention", "scaled_dot_product_attention", "attention_forward", "attention_packed", "attention_packed_forward",
            "select_backend", "MultiheadAttention", "convert", "HeadDiagnostics", "record_diagnostics", "runtime",
-           "set_bf16_products", "KINDS", "BACKENDS"]
+           "set_bf16_products", "set_simd_target", "KINDS", "BACKENDS"]
 __version__ = "0.1.0"

@@ -199,6 +199,15 @@ def set_bf16_products(enabled: bool) -> bool:
     return torch.ops.quest.set_bf16_products(bool(enabled))
 
 
+def set_simd_target(name: str) -> str:
+    """Runs the fused kernel's code for another SIMD target from now on, as a CPU with only that
+    target would, rounding included: e.g. "AVX2" reproduces an AVX2 machine's results on an
+    AVX-512 one; "" goes back to the best this CPU has (runtime()["simd_target"] says which runs).
+    The environment variable QUEST_SIMD_TARGET does the same before the first call. Process-wide;
+    returns the previous target; an unknown name raises ValueError listing the ones there are."""
+    return torch.ops.quest.set_simd_target(str(name))
+
+
 def runtime() -> Dict[str, str]:
     """The fused kernel's SIMD target ("AVX3", "AVX2", ...), whether its bfloat16 path takes bf16
     products (bf16_products: "vdpbf16ps" on CPUs with AVX512_BF16, "disabled" there after

@@ -235,6 +235,8 @@ TORCH_LIBRARY(quest, m) {
         &quest::select_backend_op);
   m.def("runtime() -> Dict(str, str)", &quest::runtime_op);
   m.def("set_bf16_products(bool enabled) -> bool", &quest::set_bf16_products);
+  m.def("set_simd_target(str name) -> str",
+        [](c10::string_view name) { return quest::set_simd_target(std::string(name)); });
 }
 
 namespace quest {

@@ -12,6 +12,8 @@
 #include <mutex>
 #include <thread>
 
+#include "quest/core/fused.h"
+
 namespace quest {
 
 BlasInfo detect_blas() {
@@ -106,6 +108,12 @@ std::atomic<bool> bf16_products{true};
 }  // namespace
 bool set_bf16_products(bool enabled) { return bf16_products.exchange(enabled); }
 bool bf16_products_enabled() { return bf16_products.load(); }
+
+std::string set_simd_target(const std::string& name) {
+  std::string previous = fused::simd_target();
+  fused::set_simd_target(name);
+  return previous;
+}
 
 std::string error_message(const std::exception& e) {
   const c10::Error* c10 = dynamic_cast<const c10::Error*>(&e);

@@ -220,6 +220,21 @@ def test_simd_target_from_the_environment():
     assert ok.returncode == 0 and ok.stdout.split() == ["SSE4", "none"], ok.stderr
     bad = run("AVX9")
     assert bad.returncode != 0 and '"AVX9" is not a SIMD target' in bad.stderr, bad.stderr
+    # and in this process, back and forth; the results are the target's own (SSE4 against the best:
+    # the same values to rounding)
+    q, k, v = (torch.randn(2, 3, 7, 8, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    best = quest.runtime()["simd_target"]
+    expected = quest.attention(q, k, v, backend="fused")
+    assert quest.set_simd_target("SSE4") == best
+    try:
+        assert quest.runtime()["simd_target"] == "SSE4"
+        torch.testing.assert_close(quest.attention(q, k, v, backend="fused"), expected)
+        with pytest.raises(ValueError, match='"AVX9" is not a SIMD target'):
+            quest.set_simd_target("AVX9")
+        assert quest.runtime()["simd_target"] == best  # an unknown name: the best one runs
+    finally:
+        quest.set_simd_target("")
+    assert quest.runtime()["simd_target"] == best
 
 
 def test_rows_that_see_no_key_are_zero_with_finite_gradients():

@@ -47,6 +47,10 @@ int configure_threads();
 // Process-wide, read by each call. set_ returns the previous setting.
 bool set_bf16_products(bool enabled);
 bool bf16_products_enabled();
+// The fused kernel's SIMD target from now on (quest::fused::set_simd_target: e.g. "AVX2" runs an
+// AVX2 machine's code and rounding here; "" the best this CPU has). Process-wide; returns the
+// previous target; an unknown name is a std::invalid_argument listing the ones there are.
+std::string set_simd_target(const std::string& name);
 
 // An exception's message for a user: c10::Error's without LibTorch's C++ backtrace, else what().
 std::string error_message(const std::exception& e);
