@@ -70,7 +70,8 @@ std::vector<std::string> simd_targets() {
   return names;
 }
 
-void set_simd_target(const std::string& name) {
+// set_simd_target without the environment's: what QUEST_SIMD_TARGET itself applies.
+static void choose_simd_target(const std::string& name) {
   hwy::DisableTargets(0);  // every target this CPU has, to choose from
   if (name.empty()) return;
   std::string names;
@@ -81,13 +82,18 @@ void set_simd_target(const std::string& name) {
   throw std::invalid_argument("quest: \"" + name + "\" is not a SIMD target this CPU and build have; they are:" + names);
 }
 
+void set_simd_target(const std::string& name) {
+  apply_env_simd_target();  // first, so that a later first kernel call does not override `name`
+  choose_simd_target(name);
+}
+
 // QUEST_SIMD_TARGET, applied before the first call into the kernels; an unknown name is an error
 // at every call (not a silent fall back to the best target).
 static void apply_env_simd_target() {
   static const std::string error = [] {
     const char* name = std::getenv("QUEST_SIMD_TARGET");
     try {
-      if (name && *name) set_simd_target(name);
+      if (name && *name) choose_simd_target(name);
     } catch (const std::invalid_argument& e) {
       return std::string(e.what()) + " (QUEST_SIMD_TARGET)";
     }

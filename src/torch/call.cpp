@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -123,11 +124,17 @@ namespace {
 int64_t known(const c10::SymInt& size) { return size.maybe_as_int().value_or(-1); }
 }  // namespace
 
+namespace {
+// The call's tensors in the order their finiteness is checked (and the first bad one named).
+std::array<std::pair<const Tensor*, const char*>, 8> finite_checked(const AttentionCall& c) {
+  return {{{&c.q, "q"}, {&c.k, "k"}, {&c.v, "v"}, {&c.head_scale, "head_scale"},
+           {&c.q_norm_weight, "q_norm_weight"}, {&c.q_norm_bias, "q_norm_bias"},
+           {&c.k_norm_weight, "k_norm_weight"}, {&c.k_norm_bias, "k_norm_bias"}}};
+}
+}  // namespace
+
 void check_call_finite(const AttentionCall& c) {
-  const std::pair<const Tensor*, const char*> checked[] = {
-      {&c.q, "q"}, {&c.k, "k"}, {&c.v, "v"}, {&c.head_scale, "head_scale"},
-      {&c.q_norm_weight, "q_norm_weight"}, {&c.q_norm_bias, "q_norm_bias"},
-      {&c.k_norm_weight, "k_norm_weight"}, {&c.k_norm_bias, "k_norm_bias"}};
+  const auto checked = finite_checked(c);
   if (c.q.device().is_cpu() || traced(c.q)) {
     for (auto [t, name] : checked) check_finite(*t, name);
     return;
@@ -248,10 +255,8 @@ AttentionCall make_call(const Tensor& q, const Tensor& k, const Tensor& v, const
 void request_finite_check(AttentionCall& c) {
   if (!c.q.device().is_cpu() || traced(c.q)) return check_call_finite(c);
   c.finite_check_pending = true;
-  for (auto [t, name] : {std::pair{&c.head_scale, "head_scale"}, {&c.q_norm_weight, "q_norm_weight"},
-                         {&c.q_norm_bias, "q_norm_bias"}, {&c.k_norm_weight, "k_norm_weight"},
-                         {&c.k_norm_bias, "k_norm_bias"}})
-    check_finite(*t, name);
+  for (auto [t, name] : finite_checked(c))
+    if (t != &c.q && t != &c.k && t != &c.v) check_finite(*t, name);  // the parameters, now
 }
 
 AttentionCall group_call(const AttentionCall& c, int64_t r) {
