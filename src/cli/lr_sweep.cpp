@@ -117,7 +117,13 @@ void run_lr_sweep(const LrSweepFlags& f, const std::string& command) {
               f.out_dir.c_str(), sweep.sizes.size() >= 2 ? ", plots/sensitivity-vs-size.png, plots/stable-*-vs-size.png" : "");
   for (const auto& size : sweep.sizes)
     if (const auto lr = experiments::contrast_lr(results, size.name)) {
-      const auto plots = report::write_training_plots(experiment.sweep_point(size.name, *lr).root());
+      const auto point = experiment.sweep_point(size.name, *lr).root();
+      if (report::training_runs(point).empty()) {  // a fresh machine resuming from the record
+        std::printf("training curves, size %s at lr %g: not drawn, no run directory under %s (its runs were "
+                    "taken from the record)\n", size.name.c_str(), *lr, point.c_str());
+        continue;
+      }
+      const auto plots = report::write_training_plots(point);
       std::printf("training curves, size %s at lr %g (standard against quest and the rest): %s\n", size.name.c_str(),
                   *lr, plots.dir.c_str());
     }

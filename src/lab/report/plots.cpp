@@ -91,13 +91,19 @@ PlottedRun convert(const runs::RunDir& run, const fs::path& root, const fs::path
 
 }  // namespace
 
-TrainingPlots write_training_plots(const fs::path& root) {
-  if (!fs::is_directory(root)) throw std::invalid_argument("'" + root.string() + "' is not a directory");
+std::vector<fs::path> training_runs(const fs::path& root) {
   std::vector<fs::path> run_roots;
+  if (!fs::is_directory(root)) return run_roots;
   for (const auto& e : fs::recursive_directory_iterator(root))
     if (e.is_regular_file() && e.path() == runs::RunDir(e.path().parent_path()).metrics())
       run_roots.push_back(e.path().parent_path());
   std::sort(run_roots.begin(), run_roots.end());
+  return run_roots;
+}
+
+TrainingPlots write_training_plots(const fs::path& root) {
+  if (!fs::is_directory(root)) throw std::invalid_argument("'" + root.string() + "' is not a directory");
+  const std::vector<fs::path> run_roots = training_runs(root);
   if (run_roots.empty()) throw std::invalid_argument("no run (metrics.jsonl) below '" + root.string() + "'");
   const fs::path out = root / "plots", data = out / "data";
   fs::create_directories(data);

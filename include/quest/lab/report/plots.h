@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <string>
+#include <vector>
 
 namespace quest::report {
 
@@ -20,6 +21,10 @@ struct TrainingPlots {
   size_t runs = 0, layers = 0;
   std::filesystem::path dir;  // <root>/plots
 };
+
+// The run directories below `root` (each with a metrics.jsonl), sorted; none where `root` is
+// absent (e.g. a sweep point whose runs were all taken from a record).
+std::vector<std::filesystem::path> training_runs(const std::filesystem::path& root);
 
 // Every run directory below `root` (each with a metrics.jsonl: one run, or a compare directory
 // with <kind>/seed-<s>) drawn into <root>/plots: loss.png and accuracy.png per epoch, steps.png
