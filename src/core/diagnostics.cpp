@@ -40,7 +40,9 @@ HeadDiagnostics reduce_partials(const std::vector<HeadDiagnosticsPartial>& parti
     out.k_norm_max[h] = sum[h].k_norm_max;
     out.logit_abs_max[h] = sum[h].logit_abs_max;
     out.logit_max[h] = sum[h].logit_max;
-    out.entropy_mean[h] = mean(sum[h].entropy_sum, sum[h].entropy_rows);
+    // H >= 0, but lse - sum p s of a one-hot row rounds to ~-1e-7: 0 then (NaN stays NaN).
+    const double entropy = mean(sum[h].entropy_sum, sum[h].entropy_rows);
+    out.entropy_mean[h] = entropy <= 0 ? 0.0 : entropy;
   }
   return out;
 }

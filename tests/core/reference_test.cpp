@@ -305,6 +305,18 @@ TEST(Reference, FloatAgreesWithDouble) {
   for (size_t i = 0; i < ref.size(); ++i) EXPECT_NEAR(out[i], ref[i], 1e-5 * (1 + std::abs(ref[i])));
 }
 
+TEST(Diagnostics, EntropyRoundedBelowZeroIsZeroAndNaNStays) {
+  std::vector<HeadDiagnosticsPartial> parts(3);
+  parts[0].entropy_sum = -2e-7, parts[0].entropy_rows = 2;  // one-hot rows: lse - sum p s rounds below 0
+  parts[1].entropy_sum = 1.5, parts[1].entropy_rows = 3;
+  parts[2].entropy_sum = std::numeric_limits<double>::quiet_NaN(), parts[2].entropy_rows = 1;
+  const HeadDiagnostics d = reduce_partials(parts, 3);
+  EXPECT_EQ(d.entropy_mean[0], 0.0);
+  EXPECT_FALSE(std::signbit(d.entropy_mean[0]));
+  EXPECT_DOUBLE_EQ(d.entropy_mean[1], 0.5);
+  EXPECT_TRUE(std::isnan(d.entropy_mean[2]));
+}
+
 TEST(Dropout, KeepFractionMatchesRateAndSeedDecides) {
   const AttentionDims d{2, 3, 40, 50, 1, 1};
   std::vector<char> a(d.batch * d.heads * d.q_len * d.k_len), b(a.size()), c(a.size());

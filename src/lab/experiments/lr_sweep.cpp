@@ -529,7 +529,7 @@ std::vector<Sensitivity> sensitivities(const LrSweep& sweep, const std::vector<S
             any = true;
             div |= r->outcome.status == runs::RunStatus::diverged;
             if (std::isfinite(r->logit_abs_max)) logit.push_back(r->logit_abs_max);
-            if (std::isfinite(r->entropy_min)) entropy.push_back(r->entropy_min);
+            if (std::isfinite(r->entropy_min)) entropy.push_back(std::max(0.0, r->entropy_min));  // (records before the clamp of reduce_partials)
           }
         if (!any || div) continue;
         s.stable_lr = lr;
