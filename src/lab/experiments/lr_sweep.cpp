@@ -372,12 +372,11 @@ std::vector<SweepRunResult> run_sweep(const std::vector<SweepPoint>& points, boo
     if (on_note) on_note(line);
   };
   std::map<std::string, Recorded> recorded;
-  std::ofstream record_out;
   if (!record.empty()) {
     if (resume) recorded = read_record(record, on_note);
     if (const auto parent = fs::path(record).parent_path(); !parent.empty()) fs::create_directories(parent);
-    record_out.open(record, resume ? std::ios::app : std::ios::trunc);
-    if (!record_out) throw std::runtime_error("lr-sweep: cannot write the record " + record);
+    std::ofstream start(record, resume ? std::ios::app : std::ios::trunc);
+    if (!start) throw std::runtime_error("lr-sweep: cannot write the record " + record);
   }
   auto key_of = [&](const SweepPoint& p) { return record_key(p.size, p.run.kind, p.lr, p.run.seed); };
   auto write_record = [&](const SweepPoint& p, const SweepRunResult& r) {
@@ -387,7 +386,12 @@ std::vector<SweepRunResult> run_sweep(const std::vector<SweepPoint>& points, boo
     if (it != recorded.end() && it->second.config == config) return;
     nlohmann::json j = r.to_json();
     j["config"] = config;
-    record_out << j.dump() << "\n" << std::flush;  // one whole line per run: a kill tears at most the last
+    // Opened per line, not held for the whole sweep: a record replaced meanwhile (git checkout or
+    // stash of a committed record) gets the line, not the replaced file's orphaned inode.
+    std::ofstream out(record, std::ios::app);
+    out << j.dump() << "\n" << std::flush;  // one whole line per run: a kill tears at most the last
+    if (!out)  // the run stays in its directory: the next --resume records it when it plans
+      note("lr-sweep: could not write " + key_of(p) + " to the record " + record);
     recorded[key_of(p)] = {r, config};
   };
 
