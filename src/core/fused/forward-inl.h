@@ -235,7 +235,7 @@ bool ForwardBlock(const AttentionArgs<float>& a, const Bf16Forward* dot, int64_t
       VF vsum = hn::Zero(d), vt = hn::Zero(d), vabs = hn::Zero(d), vhi = hn::Set(d, kNegInf);
       for (int64_t c = 0; c < width; c += L) {
         const VF x = hn::LoadU(d, sr + c);
-        const VF p = SoftmaxExp(d, hn::Sub(x, vm));  // exp(-inf) = 0
+        const VF p = dot ? SoftmaxExpBf16(d, hn::Sub(x, vm)) : SoftmaxExp(d, hn::Sub(x, vm));  // exp(-inf) = 0
         hn::StoreU(p, d, sr + c);
         vsum = hn::Add(vsum, p);
         if (part) {

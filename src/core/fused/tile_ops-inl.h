@@ -279,6 +279,30 @@ HWY_INLINE VF SoftmaxExp(DF d, VF x) {
 #endif
 }
 
+// e^x for the softmax of the bf16 products, whose P is rounded to bf16 (relative 2^-9) before it
+// meets V: 2^t with t = x log2 e, n = round(t), f = t - n, 2^f by a degree-5 minimax fit on
+// [-1/2, 1/2] (relative error 1.5e-7; rounding t adds up to |x| 2^-24 relative, 5e-6 at x = -87,
+// where e^x is negligible in a row's sum), times 2^n: 12 vector ops against SoftmaxExp's 16, 3-4 %
+// of a bf16 forward + backward (results/peers/README.md). x < -87 (and -inf, NaN) gives 0. Only
+// the AVX-512 code takes bf16 products; other targets use SoftmaxExp.
+HWY_INLINE VF SoftmaxExpBf16(DF d, VF x) {
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+  const auto in_range = hn::Ge(x, hn::Set(d, -87.0f));  // false for NaN
+  const VF t = hn::Mul(hn::Min(x, hn::Set(d, 88.0f)), hn::Set(d, 1.44269504088896341f));
+  const VF n = hn::Round(t);
+  const VF f = hn::Sub(t, n);
+  VF p = hn::Set(d, 1.3276447e-3f);
+  p = hn::MulAdd(p, f, hn::Set(d, 9.6755326e-3f));
+  p = hn::MulAdd(p, f, hn::Set(d, 5.5507131e-2f));
+  p = hn::MulAdd(p, f, hn::Set(d, 2.4022120e-1f));
+  p = hn::MulAdd(p, f, hn::Set(d, 6.9314694e-1f));
+  p = hn::MulAdd(p, f, hn::Set(d, 1.0000001f));
+  return hn::IfThenElseZero(in_range, VF{_mm512_scalef_ps(p.raw, n.raw)});
+#else
+  return SoftmaxExp(d, x);
+#endif
+}
+
 // Whether x * f, for a row x of norm raw, can hold a NaN or inf, so that its poison sum is needed:
 // a finite norm bounds every entry, so only a factor that overflows the product can make one.
 HWY_INLINE bool MayBeNonfinite(float raw, float f) {
