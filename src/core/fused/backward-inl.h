@@ -294,10 +294,14 @@ HWY_INLINE void TileRows(const AttentionArgs<float>& a, int64_t b, int64_t h,
       continue;
     }
     const VF vm = hn::Set(d, shift), vls = hn::Set(d, hq.log_sum[i]);
-    for (int64_t c = 0; c < width; c += L) {  // P = exp((s - shift) - log_sum)
-      const VF x = hn::Sub(hn::Sub(hn::Mul(vpost, hn::LoadU(d, sr + c)), vm), vls);
-      hn::StoreU(hq.dot ? SoftmaxExpBf16(d, x) : SoftmaxExp(d, x), d, pr + c);
-    }
+    auto probabilities = [&](auto exp) {  // P = exp((s - shift) - log_sum); exp chosen outside the loop
+      for (int64_t c = 0; c < width; c += L)
+        hn::StoreU(exp(hn::Sub(hn::Sub(hn::Mul(vpost, hn::LoadU(d, sr + c)), vm), vls)), d, pr + c);
+    };
+    if (hq.dot)
+      probabilities([d](VF x) { return SoftmaxExpBf16(d, x); });
+    else
+      probabilities([d](VF x) { return SoftmaxExp(d, x); });
     if (a.dropout > 0)
       for (int64_t c = 0; c < width; ++c) {
         const float f = c < jn ? DropoutFactor(a, b, h, i, j0 + c) : 0.0f;

@@ -233,18 +233,24 @@ bool ForwardBlock(const AttentionArgs<float>& a, const Bf16Forward* dot, int64_t
       }
       const VF vm = hn::Set(d, m[r]);
       VF vsum = hn::Zero(d), vt = hn::Zero(d), vabs = hn::Zero(d), vhi = hn::Set(d, kNegInf);
-      for (int64_t c = 0; c < width; c += L) {
-        const VF x = hn::LoadU(d, sr + c);
-        const VF p = dot ? SoftmaxExpBf16(d, hn::Sub(x, vm)) : SoftmaxExp(d, hn::Sub(x, vm));  // exp(-inf) = 0
-        hn::StoreU(p, d, sr + c);
-        vsum = hn::Add(vsum, p);
-        if (part) {
-          const auto visible = hn::Gt(x, hn::Set(d, kNegInf));
-          vt = hn::Add(vt, hn::IfThenElseZero(visible, hn::Mul(p, x)));
-          vabs = hn::Max(vabs, hn::IfThenElseZero(visible, hn::Abs(x)));
-          vhi = hn::Max(vhi, x);  // masked lanes hold -inf
+      auto probabilities = [&](auto exp) {  // exp chosen outside the loop
+        for (int64_t c = 0; c < width; c += L) {
+          const VF x = hn::LoadU(d, sr + c);
+          const VF p = exp(hn::Sub(x, vm));  // exp(-inf) = 0
+          hn::StoreU(p, d, sr + c);
+          vsum = hn::Add(vsum, p);
+          if (part) {
+            const auto visible = hn::Gt(x, hn::Set(d, kNegInf));
+            vt = hn::Add(vt, hn::IfThenElseZero(visible, hn::Mul(p, x)));
+            vabs = hn::Max(vabs, hn::IfThenElseZero(visible, hn::Abs(x)));
+            vhi = hn::Max(vhi, x);  // masked lanes hold -inf
+          }
         }
-      }
+      };
+      if (dot)
+        probabilities([d](VF x) { return SoftmaxExpBf16(d, x); });
+      else
+        probabilities([d](VF x) { return SoftmaxExp(d, x); });
       l[r] += hn::GetLane(hn::SumOfLanes(d, vsum));
       if (part) {
         t[r] += hn::GetLane(hn::SumOfLanes(d, vt));
