@@ -282,7 +282,7 @@ HWY_INLINE VF SoftmaxExp(DF d, VF x) {
 // e^x for the softmax of the bf16 products, whose P is rounded to bf16 (relative 2^-9) before it
 // meets V: 2^t with t = x log2 e, n = round(t), f = t - n, 2^f by a degree-5 minimax fit on
 // [-1/2, 1/2] (relative error 1.5e-7; rounding t adds up to |x| 2^-24 relative, 5e-6 at x = -87,
-// where e^x is negligible in a row's sum), times 2^n: 12 vector ops against SoftmaxExp's 16, 3-4 %
+// where e^x is negligible in a row's sum), times 2^n: 12 vector ops against SoftmaxExp's 16, 1-4 %
 // of a bf16 forward + backward (results/peers/README.md). x < -87 (and -inf, NaN) gives 0. Only
 // the AVX-512 code takes bf16 products; other targets use SoftmaxExp.
 HWY_INLINE VF SoftmaxExpBf16(DF d, VF x) {

@@ -419,10 +419,13 @@ std::vector<SweepRunResult> run_sweep(const std::vector<SweepPoint>& points, boo
       note(points[i].size + " " + runs::lr_dir_name(points[i].lr) + " " + points[i].run.label() + ": diverged before, not retrained");
       continue;
     }
-    // Finished in its directory but not in the record (lines lost, e.g. to a reset working tree):
-    // recorded now, not only when the whole sweep ends, sessions later.
-    if (before && points[i].run.dir().checkpoint_epoch().value_or(-1) >= points[i].run.epochs)
-      write_record(points[i], read_sweep_run(points[i], *before));
+    // Finished in its directory but not in the record (lines lost, e.g. to a replaced record file):
+    // read and recorded now, as a recorded run, instead of evaluated again when the sweep ends.
+    if (before && points[i].run.dir().checkpoint_epoch().value_or(-1) >= points[i].run.epochs) {
+      from_record[i] = read_sweep_run(points[i], *before);
+      write_record(points[i], *from_record[i]);
+      continue;
+    }
     index[i] = static_cast<int>(to_train.size());
     to_train.push_back(points[i].run);
   }
