@@ -42,9 +42,9 @@ template <int R, int V>
 inline void Micro(const void* A, int64_t ars, int64_t aps, const uint32_t* B, int64_t ldb, float* C,
                   int64_t ldc, int64_t P, bool accumulate, const float* row_scale,
                   const float* col_scale) {
-  // Every loop over r and v is unrolled by pragma: left to itself GCC 12 keeps c on the stack
-  // outside the p loop (16 stores and loads on entry and again on exit, ~100 memory operations a
-  // call), a tenth of a call at P = 32 (the QK^T products at D = 64).
+  // Every loop over r and v is unrolled by pragma: left to itself GCC 12 keeps c in a stack array
+  // outside the p loop (~100 memory operations a call, around product loops as short as 32 pairs:
+  // QK^T at D = 64); in registers a bf16 forward + backward is 5-6 % faster (docs/kernels.md).
   __m512 c[R][V];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
