@@ -3,6 +3,8 @@
 `quest experiment lr-sweep`, copied here by results/lr-sweep/collect.sh): per kind, the LR
 sensitivity with its bootstrap 95 % interval at every size, then at the largest size the best
 seed-mean validation loss (its rate) and the seed-mean max |logit| at the highest rate.
+(results/lr-sweep/table.py prints one row per size and kind from a sweep.json; this one puts the
+sizes side by side, the verdict's question, and reads the CSV that interim-s1-s3/ keeps.)
 usage: results/lr-sweep-scale/table.py results/lr-sweep-scale/vit/sensitivity.csv"""
 import csv
 import sys
@@ -11,7 +13,7 @@ rows = list(csv.DictReader(open(sys.argv[1])))
 params = {}
 for r in rows:
     params.setdefault(r["size"], int(r["parameters"]))
-sizes = sorted(params, key=params.get)  # smallest first (qk_layernorm's extra gains aside)
+sizes = sorted(params, key=params.get)  # smallest first (each size's first kind's count: qk_layernorm's LayerNorm gains add a few)
 kinds = list(dict.fromkeys(r["kind"] for r in rows))  # the sweep's own order: five kinds, then the fixes
 cell = {(r["size"], r["kind"]): r for r in rows}
 last = sizes[-1]
