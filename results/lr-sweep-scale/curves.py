@@ -8,7 +8,8 @@ other run's rows stay (those trained on earlier machines), so a session on a fre
 the curves instead of losing them.
 Columns: size, kind, lr, seed, step, the step's training loss, max |logit| over layers and heads,
 log Z of the output logits, and 1 on the step of a logit-monitor warning.
-usage: results/lr-sweep-scale/curves.py <task> [csv, default results/lr-sweep-scale/<task>/curves.csv]"""
+usage: results/lr-sweep-scale/curves.py <task> [csv, default results/lr-sweep-scale/<task>/curves.csv]
+                                       [run root, default runs/lr-sweep-scale/<task>]"""
 import glob
 import json
 import os
@@ -17,6 +18,7 @@ import sys
 HEADER = "size,kind,lr,seed,step,loss,logit_abs_max,log_z,warned"
 task = sys.argv[1]
 out = sys.argv[2] if len(sys.argv) > 2 else f"results/lr-sweep-scale/{task}/curves.csv"
+root = sys.argv[3] if len(sys.argv) > 3 else f"runs/lr-sweep-scale/{task}"
 
 def run_key(size, kind, lr, seed):
     return size, float(lr), kind, int(seed)
@@ -31,9 +33,9 @@ if os.path.exists(out):
             runs.setdefault(run_key(size, kind, lr, seed), []).append(line.rstrip("\n"))
 
 here = 0
-for path in glob.glob(f"runs/lr-sweep-scale/{task}/*/lr-*/*/seed-*/metrics.jsonl"):
-    parts = path.split("/")
-    size, lr, kind, seed = parts[3], parts[4][3:], parts[5], parts[6][5:]
+for path in glob.glob(os.path.join(glob.escape(root), "*", "lr-*", "*", "seed-*", "metrics.jsonl")):
+    size, lr, kind, seed = os.path.relpath(path, root).split(os.sep)[:4]
+    lr, seed = lr[len("lr-"):], seed[len("seed-"):]
     try:
         with open(path.replace("metrics.jsonl", "outcome.json")) as f:
             if json.load(f).get("status") not in ("ok", "diverged"):
