@@ -672,6 +672,19 @@ void write_sweep_plots(const LrSweep& sweep, const std::vector<SweepRunResult>& 
          << "set title 'min attention entropy at the highest learning rate without a divergence'\n"
          << "set ylabel 'min entropy (nats)'\n"
          << "plot " << curves("1:7", "linespoints") << "\n";
+      // The three side by side (issue #36's figure), one key for all, right of the panels.
+      gp << "set terminal pngcairo size 2400,760 font ',11' noenhanced\n"
+         << "set output " << report::gnuplot_quote((out / "scale-vs-size.png").string()) << "\n"
+         << "set multiplot layout 1,3 margins 0.04,0.87,0.1,0.9 spacing 0.05,0.1\n"
+         << "set key at screen 0.88,0.9 left top\n"
+         << "set title 'LR sensitivity (bars: 95 % bootstrap interval over seeds)'\n"
+         << "set ylabel 'LR sensitivity (lower is better)'\n"
+         << "plot " << curves("1:2:3:4", "yerrorlines") << "\nunset key\n"
+         << "set title 'max |logit| at the highest rate without a divergence'\n"
+         << "set ylabel 'max |logit|'\nset logscale y\n"
+         << "plot " << curves("1:6", "linespoints") << "\nunset logscale y\n"
+         << "set title 'min attention entropy at that rate'\nset ylabel 'min entropy (nats)'\n"
+         << "plot " << curves("1:7", "linespoints") << "\nunset multiplot\n";
     }
   }
   report::run_gnuplot(out / "sweep.gp", gp.str());
