@@ -5,8 +5,12 @@ sensitivity with its bootstrap 95 % interval at every size, then at the largest 
 seed-mean validation loss (its rate) and the seed-mean max |logit| at the highest rate.
 (results/lr-sweep/table.py prints one row per size and kind from a sweep.json; this one puts the
 sizes side by side, the verdict's question, and reads the CSV that interim-s1-s3/ keeps.)
-usage: results/lr-sweep-scale/table.py results/lr-sweep-scale/vit/sensitivity.csv"""
+With the sweep's runs.csv as a second argument it also prints, at the largest size, every kind's
+seed-mean final validation loss at every rate (the loss-vs-LR curve the sensitivity averages).
+usage: results/lr-sweep-scale/table.py results/lr-sweep-scale/vit/sensitivity.csv [.../vit/runs.csv]"""
+import collections
 import csv
+import statistics
 import sys
 
 rows = list(csv.DictReader(open(sys.argv[1])))
@@ -40,3 +44,15 @@ for k in kinds:
         out += [f"{float(r['best_val_loss']):.3f} ({float(r['best_lr']):g}){diverged}",
                 count(float(r["stable_logit_abs_max"]))]
     print(f"| {k} | " + " | ".join(out) + " |")
+
+if len(sys.argv) > 2:  # the largest size's loss against rate, seed means
+    losses = collections.defaultdict(list)
+    for r in csv.DictReader(open(sys.argv[2])):
+        if r["size"] == last:
+            losses[(r["kind"], float(r["lr"]))].append(float(r["final_val_loss"]))
+    rates = sorted({lr for _, lr in losses})
+    print(f"\n| {last}: kind | " + " | ".join(f"{lr:g}" for lr in rates) + " |")
+    print("|---|" + "---|" * len(rates))
+    for k in kinds:
+        print(f"| {k} | " + " | ".join(f"{statistics.mean(losses[(k, lr)]):.3f}" if (k, lr) in losses else "—"
+                                        for lr in rates) + " |")

@@ -44,6 +44,26 @@ class Table(unittest.TestCase):
             "| standard+qk-clip | — | 0.440 [0.430, 0.470] | 0.602 (0.003) | 2 655 |",
         ])
 
+    def test_loss_against_rate_at_the_largest_size(self):
+        with tempfile.TemporaryDirectory() as d:
+            sens, runs = os.path.join(d, "sensitivity.csv"), os.path.join(d, "runs.csv")
+            with open(sens, "w") as f:
+                f.write("size,kind,lr_sensitivity,ci_low,ci_high,best_val_loss,best_lr,init_loss,diverged,runs,"
+                        "parameters,stable_lr,stable_logit_abs_max,stable_entropy_min\n"
+                        "a,standard,0.5,0.4,0.6,1.0,0.01,2.4,0,4,10,0.1,5,0\n"
+                        "b,standard,0.5,0.4,0.6,1.0,0.01,2.4,0,4,99,0.1,5,0\n"
+                        "b,quest,0.5,0.4,0.6,1.0,0.01,2.4,0,2,99,0.1,5,0\n")
+            with open(runs, "w") as f:
+                f.write("size,kind,lr,seed,final_val_loss\n"
+                        "a,standard,0.01,0,9\n"  # the smaller size: not in the grid
+                        "b,standard,0.01,0,1.0\n" "b,standard,0.01,1,2.0\n" "b,standard,0.1,0,3.0\n"
+                        "b,quest,0.1,0,0.25\n")
+            r = tool("table.py", sens, runs)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.split("\n\n")[1].splitlines(), [
+            "| b: kind | 0.01 | 0.1 |", "|---|---|---|",
+            "| standard | 1.500 | 3.000 |", "| quest | — | 0.250 |"])
+
 
 def step(n, loss, logits, log_z=1.5):
     return json.dumps({"type": "step", "step": n, "loss": loss, "log_z": log_z,
