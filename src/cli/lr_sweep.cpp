@@ -114,7 +114,10 @@ void run_lr_sweep(const LrSweepFlags& f, const std::string& command) {
   }
   experiments::write_sweep_plots(sweep, results, f.out_dir);
   std::printf("results in %s (sweep.json, sensitivity.csv, runs.csv, plots/loss-vs-lr-*.png, plots/logit-vs-lr-*.png%s)\n",
-              f.out_dir.c_str(), sweep.sizes.size() >= 2 ? ", plots/sensitivity-vs-size.png, plots/stable-*-vs-size.png, plots/scale-vs-size.png (the three side by side)" : "");
+              f.out_dir.c_str(),
+              sweep.sizes.size() >= 2 ? ", plots/sensitivity-vs-size.png, plots/stable-*-vs-size.png, "
+                                        "plots/scale-vs-size.png (the three side by side)"
+                                      : "");
   for (const auto& size : sweep.sizes)
     if (const auto lr = experiments::contrast_lr(results, size.name)) {
       const auto point = experiment.sweep_point(size.name, *lr).root();
