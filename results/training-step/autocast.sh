@@ -12,12 +12,18 @@
 # Usage: [BACKENDS="fused composite sdpa"] [TASKS=vit] [BASELINE=/old/quest] \
 #          results/training-step/autocast.sh [quest binary] [rounds] > autocast.csv
 # (CSVs written before 2026-12-04's fifth session have no backend column: automatic, i.e. fused;
-# those before 2026-12-06 no binary column: one binary. autocast-ab-26a6694-2026-12-05.csv was
+# those before 2026-12-05's tenth session no binary column: one binary. autocast-ab-26a6694-2026-12-05.csv was
 # written by the former ab_vit.sh, the same loop with BASELINE set and TASKS=vit.)
 set -euo pipefail
 bin=${1:-./build/quest} rounds=${2:-3}
 read -r -a backends <<< "${BACKENDS:-automatic}"
 read -r -a tasks <<< "${TASKS:-vit lm}"
+for task in "${tasks[@]}"; do
+  case $task in vit|lm) ;; *) echo "autocast.sh: TASKS holds '$task': the tasks are vit and lm" >&2; exit 2 ;; esac
+done
+for quest in "$bin" ${BASELINE:+"$BASELINE"}; do
+  [ -x "$quest" ] || { echo "autocast.sh: no quest binary at '$quest'" >&2; exit 2; }
+done
 root=$(cd "$(dirname "$0")/../.." && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
