@@ -2,7 +2,8 @@
 //   valgrind --tool=callgrind build/bench/profile_fused 1 4 1024 64 quest
 //   perf record build/bench/profile_fused 64 4 65 32 quest backward 2000
 // Arguments: B H N D kind [backward [repeats]]; prints the seconds and GFLOP/s of the repeated
-// calls (after one warm-up call). One thread unless OMP_NUM_THREADS says otherwise.
+// calls (after one warm-up call) and a hash of the outputs' bits. One thread unless OMP_NUM_THREADS
+// says otherwise.
 // PROFILE_TARGET=AVX2 (any Highway target this CPU has; fused::set_simd_target, as the library's
 // QUEST_SIMD_TARGET) runs that target's code, e.g. the AVX2 code on an AVX-512 machine, as an
 // AVX2-only machine would.
@@ -17,6 +18,7 @@
 // (B, H, N, D) tensors).
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
@@ -138,9 +140,18 @@ int main(int argc, char** argv) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const size_t dk0 = packed ? H * D : n;  // dk's first element
   const double flop = 4.0 * B * H * N * N * D * (backward ? 3.5 : 1.0) * repeats;
-  std::printf("%s %s%s: o[0] = %f%s seconds=%.6f gflops=%.2f\n", fused::simd_target().c_str(),
+  // A hash of every output bit (O, and dQ, dK, dV with backward): two builds that should compute
+  // the same thing bit for bit print the same hash.
+  uint64_t hash = 1469598103934665603ull;  // FNV-1a
+  auto mix = [&](const void* p, size_t bytes) {
+    for (size_t i = 0; i < bytes; ++i) hash = (hash ^ static_cast<const unsigned char*>(p)[i]) * 1099511628211ull;
+  };
+  mix(o.data(), o.size() * sizeof(float));
+  if (backward && dtype == "bf16") mix(dqkv16.data(), dqkv16.size() * sizeof(bfloat16));
+  if (backward && dtype != "bf16") mix(dqkv.data(), dqkv.size() * sizeof(float));
+  std::printf("%s %s%s: o[0] = %f%s seconds=%.6f gflops=%.2f outputs=%016llx\n", fused::simd_target().c_str(),
               dtype.c_str(), dtype == "bf16" && dot && fused::bf16_dot_runs() ? " (bf16 products)" : "", o[0],
               backward ? (", dk[0] = " + std::to_string(dtype == "bf16" ? to_float(dqkv16[dk0]) : dqkv[dk0])).c_str() : "", seconds,
-              flop / seconds / 1e9);
+              flop / seconds / 1e9, static_cast<unsigned long long>(hash));
   return 0;
 }
