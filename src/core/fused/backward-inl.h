@@ -505,6 +505,12 @@ struct F32Backward {
   HeadIo Queries(int64_t, int64_t, HeadStage&) const { return {a, out, dout, gr}; }
   void KeysDone(int64_t, int64_t, int64_t, int64_t, HeadStage&) const {}
   void QueriesDone(int64_t, int64_t, HeadStage&) const {}
+  void Warm(int64_t b) const {  // WarmSpans: batch entry b's q, k, v, O, dO
+    const AttentionDims& d = a.dims;
+    WarmSpans({EntrySpan(a.q, b, d.heads, d.q_len, d.qk_dim), EntrySpan(a.k, b, d.heads, d.k_len, d.qk_dim),
+               EntrySpan(a.v, b, d.heads, d.k_len, d.v_dim), EntrySpan(out, b, d.heads, d.q_len, d.v_dim),
+               EntrySpan(dout, b, d.heads, d.q_len, d.v_dim)});
+  }
 };
 
 // bfloat16 storage: each head's q, k, v staged in float32 (HeadStage), dQ, dK, dV rounded back.
@@ -562,6 +568,12 @@ struct Bf16BackwardIo {
   void QueriesDone(int64_t b, int64_t h, HeadStage& s) const {
     UnstageRows(s.dq.data(), 0, a.dims.q_len, a.dims.qk_dim, io.dq, b, h);
   }
+  void Warm(int64_t b) const {
+    const AttentionDims& d = a.dims;
+    WarmSpans({EntrySpan(io.q, b, d.heads, d.q_len, d.qk_dim), EntrySpan(io.k, b, d.heads, d.k_len, d.qk_dim),
+               EntrySpan(io.v, b, d.heads, d.k_len, d.v_dim), EntrySpan(io.out, b, d.heads, d.q_len, d.v_dim),
+               EntrySpan(io.dout, b, d.heads, d.q_len, d.v_dim)});
+  }
 };
 
 template <class Io>
@@ -593,6 +605,7 @@ void BackwardHeads(const AttentionArgs<float>& a, const Io& io, RowStats stats, 
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < heads * chunks; ++item) {
       const int64_t bh = item / chunks, b = bh / dm.heads, h = bh % dm.heads;
+      if (h == 0 && item % chunks == 0) io.Warm(b);  // before the entry's first head (WarmSpans)
       const HeadIo x = io.Head(b, h, st);
       const HeadQueries hq = BackwardItem(x.args, io.Dot(), b, h, item % chunks, chunks, x.out,
                                           x.dout, stats, x.grads, dq_of(item), kpoison_of(item),

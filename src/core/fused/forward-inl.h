@@ -313,6 +313,11 @@ struct F32Forward {
   const Bf16Forward* Dot() const { return nullptr; }
   const AttentionArgs<float>& Keys(int64_t, int64_t, HeadStage&) const { return a; }
   const AttentionArgs<float>& Block(int64_t, int64_t, int64_t, int64_t, HeadStage&) const { return a; }
+  void Warm(int64_t b) const {  // WarmSpans: batch entry b's q, k, v
+    const AttentionDims& d = a.dims;
+    WarmSpans({EntrySpan(a.q, b, d.heads, d.q_len, d.qk_dim), EntrySpan(a.k, b, d.heads, d.k_len, d.qk_dim),
+               EntrySpan(a.v, b, d.heads, d.k_len, d.v_dim)});
+  }
 };
 
 // bfloat16 storage: each head's q, k, v staged in float32 (HeadStage).
@@ -342,6 +347,11 @@ struct Bf16ForwardIo {
     x.q = HeadView<const float>(s.q.data(), a.dims.qk_dim);
     return x;
   }
+  void Warm(int64_t b) const {
+    const AttentionDims& d = a.dims;
+    WarmSpans({EntrySpan(io.q, b, d.heads, d.q_len, d.qk_dim), EntrySpan(io.k, b, d.heads, d.k_len, d.qk_dim),
+               EntrySpan(io.v, b, d.heads, d.k_len, d.v_dim)});
+  }
 };
 
 // Returns whether every q, k and v element was finite, found from the norms and value sums the
@@ -368,6 +378,7 @@ bool ForwardHeads(const AttentionArgs<float>& a, const Io& io, View4<float> out,
     HeadDiagnosticsPartial* part = diagnostics ? &diagnostics[bh] : nullptr;
     if (part) *part = HeadDiagnosticsPartial{};
     const int64_t b = bh / dm.heads, h = bh % dm.heads;
+    if (h == 0) io.Warm(b);  // before the entry's first head (heads interleaved: WarmSpans)
     keys[bh] = ScanHead(io.Keys(b, h, st), b, h, packed, &kmax_upto[bh * dm.k_len],
                         &vpoison[bh * dm.v_dim], dot ? key_scale : nullptr, part, w);
     if (!std::isfinite(keys[bh].kmax) || keys[bh].vpoison) finite.store(false, std::memory_order_relaxed);
