@@ -590,6 +590,7 @@ void BackwardHeads(const AttentionArgs<float>& a, const Io& io, RowStats stats, 
   // Split heads keep every chunk's dQ share until all are done; otherwise a thread's own buffer
   // serves head after head (extra memory stays O(threads * N * D)).
   const bool split = chunks > 1;
+  const bool warm = WarmPays(dm, threads);
   std::vector<float> shares(split ? heads * chunks * dm.q_len * Dp : 0),
       share_kpoison(split ? heads * chunks * dm.qk_dim : 0);
 #pragma omp parallel num_threads(threads)
@@ -605,7 +606,7 @@ void BackwardHeads(const AttentionArgs<float>& a, const Io& io, RowStats stats, 
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < heads * chunks; ++item) {
       const int64_t bh = item / chunks, b = bh / dm.heads, h = bh % dm.heads;
-      if (h == 0 && item % chunks == 0) io.Warm(b);  // before the entry's first head (WarmSpans)
+      if (h == 0 && item % chunks == 0 && warm) io.Warm(b);  // before the entry's first head (WarmSpans)
       const HeadIo x = io.Head(b, h, st);
       const HeadQueries hq = BackwardItem(x.args, io.Dot(), b, h, item % chunks, chunks, x.out,
                                           x.dout, stats, x.grads, dq_of(item), kpoison_of(item),

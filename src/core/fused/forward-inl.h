@@ -373,12 +373,13 @@ bool ForwardHeads(const AttentionArgs<float>& a, const Io& io, View4<float> out,
   const Bf16Forward* dot = io.Dot();
   const int64_t packed_size = dm.qk_dim * RoundUp(dm.k_len, LanesF());
   const int64_t keys_padded = RoundUp(dm.k_len, LanesF());
+  const bool warm = WarmPays(dm, threads);
   auto scan = [&](int64_t bh, float* packed, float* packed16, float* key_scale, ForwardScratch& w,
                   HeadStage& st) {
     HeadDiagnosticsPartial* part = diagnostics ? &diagnostics[bh] : nullptr;
     if (part) *part = HeadDiagnosticsPartial{};
     const int64_t b = bh / dm.heads, h = bh % dm.heads;
-    if (h == 0) io.Warm(b);  // before the entry's first head (heads interleaved: WarmSpans)
+    if (h == 0 && warm) io.Warm(b);  // before the entry's first head (heads interleaved: WarmSpans)
     keys[bh] = ScanHead(io.Keys(b, h, st), b, h, packed, &kmax_upto[bh * dm.k_len],
                         &vpoison[bh * dm.v_dim], dot ? key_scale : nullptr, part, w);
     if (!std::isfinite(keys[bh].kmax) || keys[bh].vpoison) finite.store(false, std::memory_order_relaxed);

@@ -141,6 +141,12 @@ bool Bf16DotApplies(bool asked, std::initializer_list<int64_t> paired) {
 // What WarmEntry reads at most (the entry's rows should still be in cache when its heads run).
 constexpr int64_t kWarmBytes = int64_t{4} << 20;
 
+// With fewer than two of an entry's heads per thread, its other heads run while the thread of its
+// first one reads it, and gain little from that.
+HWY_INLINE bool WarmPays(const AttentionDims& dm, int threads) {
+  return threads == 1 || dm.heads >= 2 * int64_t{threads};
+}
+
 struct ByteSpan {
   const char* begin = nullptr;
   const char* end = nullptr;
