@@ -3,8 +3,9 @@ inputs, in one run (issue #33 item 1: bf16 read in place; bf16 products where th
 AVX512_BF16, quest.runtime()["bf16_products"], else float32 arithmetic).
 
     PYTHONPATH=build/python .venv/bin/python bench/python/bench_bf16_storage.py --json out.json
+    ... bench_bf16_storage.py --kind qk_layernorm   (LayerNorm parameters with gradients too)
 
-Paths (kind quest, forward+backward, fused backend):
+Paths (kind quest unless --kind, forward+backward, fused backend):
   bf16     bf16 q, k, v given to quest.attention: read in place, dQ/dK/dV written in bf16
   copies   what the bf16 path did before: q.float(), k.float(), v.float() -> the float32 kernel ->
            .bfloat16() (autograd carries the copies both ways)
@@ -23,14 +24,24 @@ import quest
 SHAPES = ["128,4,50,16", "64,4,65,32", "16,4,128,32", "32,12,197,64", "4,8,1024,64", "1,8,4096,64"]
 
 
-def run(q, k, v, dout):
-    out = quest.attention(q, k, v, "quest", backend="fused")
-    torch.autograd.grad(out, (q, k, v), dout)
+def run(kind, params, q, k, v, dout):
+    out = quest.attention(q, k, v, kind, backend="fused", **params)
+    torch.autograd.grad(out, (q, k, v, *params.values()), dout)
 
 
-def copies(q, k, v, dout):
-    out = quest.attention(q.float(), k.float(), v.float(), "quest", backend="fused").to(q.dtype)
-    torch.autograd.grad(out, (q, k, v), dout)
+def copies(kind, params, q, k, v, dout):
+    out = quest.attention(q.float(), k.float(), v.float(), kind, backend="fused", **params).to(q.dtype)
+    torch.autograd.grad(out, (q, k, v, *params.values()), dout)
+
+
+def parameters(kind, h, d):
+    """The kind's learned parameters (float32 master weights, as under autocast)."""
+    if kind == "qknorm":
+        return {"head_scale": torch.full((h,), 2.0, requires_grad=True)}
+    if kind == "qk_layernorm":
+        return {n: (torch.ones(d) if "weight" in n else torch.zeros(d)).requires_grad_()
+                for n in ("q_norm_weight", "q_norm_bias", "k_norm_weight", "k_norm_bias")}
+    return {}
 
 
 def seconds(fn, min_time=0.1):
@@ -46,12 +57,13 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--json")
+    p.add_argument("--kind", default="quest", choices=quest.KINDS)
     args = p.parse_args()
     torch.set_num_threads(2)
     rows = []
     rt = quest.runtime()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, SIMD target {rt['simd_target']}, "
-          f"bf16 products {rt['bf16_products']}")
+          f"bf16 products {rt['bf16_products']}, kind {args.kind}")
     print("| B, H, N, D | bf16 GFLOP/s | bf16 / copies | bf16 / fp32 |")
     print("|---|---|---|---|")
     for shape in SHAPES:
@@ -61,7 +73,9 @@ def main():
         x16 = [t.detach().bfloat16().requires_grad_() for t in x32]
         d32 = torch.randn(b, h, n, d, generator=g)
         d16 = d32.bfloat16()
-        paths = {"bf16": lambda: run(*x16, d16), "copies": lambda: copies(*x16, d16), "fp32": lambda: run(*x32, d32)}
+        par = parameters(args.kind, h, d)
+        paths = {"bf16": lambda: run(args.kind, par, *x16, d16), "copies": lambda: copies(args.kind, par, *x16, d16),
+                 "fp32": lambda: run(args.kind, par, *x32, d32)}
         times = {name: [] for name in paths}
         for r in range(args.rounds):
             for name in (list(paths) if r % 2 == 0 else list(paths)[::-1]):
@@ -75,7 +89,7 @@ def main():
               flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"torch": torch.__version__, "simd_target": rt["simd_target"],
+            json.dump({"torch": torch.__version__, "simd_target": rt["simd_target"], "kind": args.kind,
                        "bf16_products": rt["bf16_products"], "rows": rows}, f, indent=1)
 
 

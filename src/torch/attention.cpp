@@ -284,11 +284,13 @@ AttentionOutput run_fused(const AttentionCall& c, const AttentionRequest& want) 
   } else if (want.diagnostics) {
     if (f.q_norm != c.q_norm || f.k_norm != c.k_norm) {  // norms of the raw rows, as every path
       torch::NoGradGuard no_grad;
+      const AttentionCall raw_rows = in_float32(c);  // (bfloat16 storage: float32 copies)
       std::vector<HeadDiagnosticsPartial> norms(c.dims.batch * c.dims.heads);
       std::vector<HeadDiagnosticsPartial> group(c.kv_group > 1 ? norms.size() / c.kv_group : 0);
       for (int64_t g = 0; g < c.kv_group; ++g) {
         std::fill(group.begin(), group.end(), HeadDiagnosticsPartial{});  // add_norm_diagnostics adds
-        add_norm_diagnostics(detail::group_call(c, g).kernel_args<float>(), group.empty() ? norms.data() : group.data());
+        add_norm_diagnostics(detail::group_call(raw_rows, g).kernel_args<float>(),
+                             group.empty() ? norms.data() : group.data());
         if (!group.empty()) detail::scatter_group_partials(group, c, g, norms.data());
       }
       const HeadDiagnostics raw = reduce_partials(norms, c.dims.heads);
@@ -509,11 +511,13 @@ Tensor stand_in(const Tensor& t) {
 
 // Whether a backend takes bfloat16 / float16 q, k, v as they are, rather than their float32
 // copies: torch's SDPA off the CPU (its bf16 / fp16 kernels; AttentionCall::sdpa_dtype), and the
-// fused kernel in bfloat16 storage where it reads the caller's tensors in place (no LayerNorm
-// applied first, unit stride along D). It computes in float32 either way.
+// fused kernel in bfloat16 storage. That reads the caller's tensors in place, or what FusedLayout
+// makes of them in bfloat16 (a contiguous copy; QK-LayerNorm's output, which torch's layer_norm
+// computes in float32 and rounds to the input's dtype, as a bf16 model's LayerNorm would).
+// Either way it computes in float32.
 bool takes_input_dtype(const AttentionCall& c, Backend backend, torch::ScalarType dtype) {
   if (backend == Backend::sdpa) return !c.q.device().is_cpu();
-  return backend == Backend::fused && dtype == torch::kBFloat16 && fused_layout(c).in_place();
+  return backend == Backend::fused && dtype == torch::kBFloat16;
 }
 
 // A bfloat16 / float16 call validated and selected on float32 stand-ins, with the caller's q, k, v

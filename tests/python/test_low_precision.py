@@ -127,7 +127,8 @@ def _graph_chain(out):
 def test_fused_kernel_reads_bfloat16_in_place():
     """bfloat16 q, k, v (and a packed qkv) reach the fused kernel as they are: no float32 copy
     between them and the kernel in the graph (the kernel's float32 output is rounded after it).
-    LayerNorm kinds (normalised by torch first) and float16 take float32 copies."""
+    QK-LayerNorm's q and k reach it as torch's bfloat16 LayerNorm outputs; float16 takes float32
+    copies."""
     g = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(2, 3, 20, 16, generator=g).to(torch.bfloat16).requires_grad_() for _ in range(3))
     chain = _graph_chain(quest.attention(q, k, v, "quest", backend="fused"))
@@ -137,6 +138,12 @@ def test_fused_kernel_reads_bfloat16_in_place():
     assert "PackedKernelFunction" in chain[2] and chain[-1].endswith("AccumulateGrad") and "ToCopy" not in chain[3], chain
     chain = _graph_chain(quest.attention(q.half(), k.half(), v.half(), "quest", backend="fused"))
     assert "KernelFunction" in chain[1] and "ToCopy" in chain[2], chain
+    _, params = inputs("qk_layernorm", torch.bfloat16, h=3, d=16)
+    chain = _graph_chain(quest.attention(q, k, v, "qk_layernorm", backend="fused", **params))
+    assert "KernelFunction" in chain[1] and "LayerNorm" in chain[2] and chain[3].endswith("AccumulateGrad"), chain
+    chain = _graph_chain(quest.attention_packed(qkv, 4, "qk_layernorm", **inputs("qk_layernorm", torch.bfloat16, d=8)[1]))
+    kernel = next(i for i, n in enumerate(chain) if "KernelFunction" in n)
+    assert "LayerNorm" in chain[kernel + 1] and not any("ToCopy" in n for n in chain[kernel:]), chain
 
 
 @pytest.mark.parametrize("kind", quest.KINDS)
@@ -190,3 +197,15 @@ def test_bf16_products_can_be_turned_off_for_the_float32_kernels_results(kind):
     else:
         for got, want in zip(on, off):
             assert torch.equal(got, want)
+
+
+def test_qk_layernorm_bfloat16_diagnostics_use_the_raw_rows():
+    """bfloat16 QK-LayerNorm runs the kernel on torch's bf16 LayerNorm outputs; its diagnostics'
+    query and key norms are still those of the raw rows (as on the float32 path, bit for bit), the
+    rest (entropy, logits) those of the rounded LayerNorm outputs."""
+    (q, k, v), params = inputs("qk_layernorm", torch.bfloat16, b=2, h=3, nq=20, nk=20, d=16)
+    _, _, diag = quest.attention_forward(q, k, v, "qk_layernorm", backend="fused", need_diagnostics=True, **params)
+    _, _, ref = quest.attention_forward(q.float(), k.float(), v.float(), "qk_layernorm", backend="fused",
+                                        need_diagnostics=True, **params)
+    torch.testing.assert_close(diag[:4], ref[:4], rtol=0, atol=0)
+    torch.testing.assert_close(diag[4:], ref[4:], rtol=0.02, atol=0.02)
