@@ -136,9 +136,9 @@ bool Bf16DotApplies(bool asked, std::initializer_list<int64_t> paired) {
 // more apart, and the hardware prefetchers (which stop at page boundaries) leave each row a cold
 // miss as the head first reads it. Reading all of batch entry b's rows once, in address order,
 // before its first head runs lets the prefetchers stream them; the heads then find them in cache.
-// (bf16 forward + backward at (32, 12, 197, 64) ~5 % faster, float32 ~3 %: results/peers/README.md.)
+// (Forward + backward 3-6 % faster at one thread, both dtypes: results/head-gemms/README.md.)
 
-// What WarmEntry reads at most (the entry's rows should still be in cache when its heads run).
+// What WarmSpans reads at most (the entry's rows should still be in cache when its heads run).
 constexpr int64_t kWarmBytes = int64_t{4} << 20;
 
 // With fewer than two of an entry's heads per thread, its other heads run while the thread of its
