@@ -209,3 +209,23 @@ def test_qk_layernorm_bfloat16_diagnostics_use_the_raw_rows():
                                         need_diagnostics=True, **params)
     torch.testing.assert_close(diag[:4], ref[:4], rtol=0, atol=0)
     torch.testing.assert_close(diag[4:], ref[4:], rtol=0.02, atol=0.02)
+
+
+@pytest.mark.parametrize("kind", ["quest", "qk_layernorm"])
+def test_bfloat16_rows_without_unit_stride_match_the_oracle(kind):
+    """q, k, v whose rows are not contiguous along D reach the fused kernel as bf16 copies (and
+    QK-LayerNorm's as bf16 LayerNorm outputs of them): same bound against the float64 oracle."""
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 2, 8, 6, generator=g).to(torch.bfloat16).transpose(-1, -2).requires_grad_()
+               for _ in range(3))
+    assert q.stride(-1) != 1
+    _, params = inputs(kind, torch.bfloat16, d=8)
+    out = quest.attention(q, k, v, kind, backend="fused", **params)
+    dout = torch.randn(out.shape, generator=g).to(torch.bfloat16)
+    out.backward(dout)
+    ref = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    expected, _ = oracle.attention(*ref, kind, **{n: p.detach().double() for n, p in params.items()})
+    expected.backward(dout.double())
+    close(out, expected, torch.bfloat16, fused=True)
+    for x, r in zip((q, k, v), ref):
+        close(x.grad, r.grad, torch.bfloat16, fused=True)
