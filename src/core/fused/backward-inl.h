@@ -505,12 +505,7 @@ struct F32Backward {
   HeadIo Queries(int64_t, int64_t, HeadStage&) const { return {a, out, dout, gr}; }
   void KeysDone(int64_t, int64_t, int64_t, int64_t, HeadStage&) const {}
   void QueriesDone(int64_t, int64_t, HeadStage&) const {}
-  void Warm(int64_t b) const {  // WarmSpans: batch entry b's q, k, v, O, dO
-    const AttentionDims& d = a.dims;
-    WarmSpans({EntrySpan(a.q, b, d.heads, d.q_len, d.qk_dim), EntrySpan(a.k, b, d.heads, d.k_len, d.qk_dim),
-               EntrySpan(a.v, b, d.heads, d.k_len, d.v_dim), EntrySpan(out, b, d.heads, d.q_len, d.v_dim),
-               EntrySpan(dout, b, d.heads, d.q_len, d.v_dim)});
-  }
+  void Warm(int64_t b) const { WarmEntry(a.dims, b, a.q, a.k, a.v, out, dout); }
 };
 
 // bfloat16 storage: each head's q, k, v staged in float32 (HeadStage), dQ, dK, dV rounded back.
@@ -568,12 +563,7 @@ struct Bf16BackwardIo {
   void QueriesDone(int64_t b, int64_t h, HeadStage& s) const {
     UnstageRows(s.dq.data(), 0, a.dims.q_len, a.dims.qk_dim, io.dq, b, h);
   }
-  void Warm(int64_t b) const {
-    const AttentionDims& d = a.dims;
-    WarmSpans({EntrySpan(io.q, b, d.heads, d.q_len, d.qk_dim), EntrySpan(io.k, b, d.heads, d.k_len, d.qk_dim),
-               EntrySpan(io.v, b, d.heads, d.k_len, d.v_dim), EntrySpan(io.out, b, d.heads, d.q_len, d.v_dim),
-               EntrySpan(io.dout, b, d.heads, d.q_len, d.v_dim)});
-  }
+  void Warm(int64_t b) const { WarmEntry(a.dims, b, io.q, io.k, io.v, io.out, io.dout); }
 };
 
 template <class Io>

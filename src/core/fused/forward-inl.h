@@ -313,11 +313,7 @@ struct F32Forward {
   const Bf16Forward* Dot() const { return nullptr; }
   const AttentionArgs<float>& Keys(int64_t, int64_t, HeadStage&) const { return a; }
   const AttentionArgs<float>& Block(int64_t, int64_t, int64_t, int64_t, HeadStage&) const { return a; }
-  void Warm(int64_t b) const {  // WarmSpans: batch entry b's q, k, v
-    const AttentionDims& d = a.dims;
-    WarmSpans({EntrySpan(a.q, b, d.heads, d.q_len, d.qk_dim), EntrySpan(a.k, b, d.heads, d.k_len, d.qk_dim),
-               EntrySpan(a.v, b, d.heads, d.k_len, d.v_dim)});
-  }
+  void Warm(int64_t b) const { WarmEntry(a.dims, b, a.q, a.k, a.v); }
 };
 
 // bfloat16 storage: each head's q, k, v staged in float32 (HeadStage).
@@ -347,11 +343,7 @@ struct Bf16ForwardIo {
     x.q = HeadView<const float>(s.q.data(), a.dims.qk_dim);
     return x;
   }
-  void Warm(int64_t b) const {
-    const AttentionDims& d = a.dims;
-    WarmSpans({EntrySpan(io.q, b, d.heads, d.q_len, d.qk_dim), EntrySpan(io.k, b, d.heads, d.k_len, d.qk_dim),
-               EntrySpan(io.v, b, d.heads, d.k_len, d.v_dim)});
-  }
+  void Warm(int64_t b) const { WarmEntry(a.dims, b, io.q, io.k, io.v); }
 };
 
 // Returns whether every q, k and v element was finite, found from the norms and value sums the

@@ -190,6 +190,15 @@ HWY_INLINE void WarmSpans(std::initializer_list<ByteSpan> spans) {
   (void)keep;
 }
 
+// Batch entry b's q, k, v (and O, dO for the backward) through WarmSpans: every Io's Warm.
+template <class T, class O = const float>
+HWY_INLINE void WarmEntry(const AttentionDims& d, int64_t b, const View4<T>& q, const View4<T>& k,
+                          const View4<T>& v, const View4<O>& out = {}, const View4<O>& dout = {}) {
+  WarmSpans({EntrySpan(q, b, d.heads, d.q_len, d.qk_dim), EntrySpan(k, b, d.heads, d.k_len, d.qk_dim),
+             EntrySpan(v, b, d.heads, d.k_len, d.v_dim), EntrySpan(out, b, d.heads, d.q_len, d.v_dim),
+             EntrySpan(dout, b, d.heads, d.q_len, d.v_dim)});
+}
+
 // --- bfloat16 storage: one head's rows converted to float32 in this thread's buffers, so that the
 // float32 tiles run unchanged on them; results rounded back to bfloat16 row by row. ---
 
