@@ -24,9 +24,16 @@ def split(row):
     return seconds * share, seconds * (1 - share)
 
 
+COLUMNS = {"round", "shape", "dtype", "gflops", "products", "rest"}
+
+
 def main(path):
     runs = defaultdict(dict)  # (round, shape) -> dtype -> (P, R)
-    for row in csv.DictReader(open(path)):
+    reader = csv.DictReader(open(path))
+    if missing := COLUMNS - set(reader.fieldnames or []):
+        sys.exit(f"summarize_bound.py: {path} lacks the column(s) {', '.join(sorted(missing))} "
+                 "(it reads products_bound.sh's CSV)")
+    for row in reader:
         runs[(row["round"], row["shape"])][row["dtype"]] = split(row)
     by_shape = defaultdict(lambda: defaultdict(list))
     for (_, shape), got in runs.items():
